@@ -1,0 +1,3 @@
+//! Caches: blobs on disk, manifests in memory and on disk, tags with a TTL.
+
+pub mod blob_store;

@@ -1,0 +1,580 @@
+//! Configuration: the TOML shape from the design, embedded defaults, and validation that names
+//! the offending key.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
+pub const DEFAULT_DATA_DIR: &str = "./archway-data";
+pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
+pub const DOCKER_HUB_ALIASES: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    Parse(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub cache: CacheConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Byte budget of the blob store on disk.
+    pub max_size: u64,
+    /// Byte budget of the in-memory manifest cache.
+    pub memory_size: u64,
+    pub tag_ttl: Duration,
+    /// How old a cached tag may be and still be served when upstream fails.
+    pub stale_if_error: Duration,
+    /// How long an upstream 404 for a tag is remembered.
+    pub negative_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_size: 50 << 30,
+            memory_size: 64 << 20,
+            tag_ttl: Duration::from_secs(300),
+            stale_if_error: Duration::from_secs(24 * 3600),
+            negative_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// `scheme://host[:port]`, no path.
+    pub url: http::Uri,
+    pub aliases: Vec<String>,
+    pub default: bool,
+    pub credentials: Option<Credentials>,
+    /// Extra PEM CA bundle trusted besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Overrides `cache.tag_ttl` for this upstream.
+    pub tag_ttl: Option<Duration>,
+    pub connect_timeout: Duration,
+    /// Longest wait for response headers, and for each chunk of a body.
+    pub read_timeout: Duration,
+    /// Docker Hub: one-component names live under `library/`.
+    pub library_prefix: bool,
+}
+
+impl UpstreamConfig {
+    /// An upstream for `url` with defaults; Docker Hub is recognised by its host.
+    pub fn from_url(name: Option<&str>, url: &str) -> Result<Self, ConfigError> {
+        let uri = parse_upstream_url("upstream.url", url)?;
+        let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+        let is_hub = DOCKER_HUB_ALIASES.contains(&host.as_str());
+        let name = match name {
+            Some(n) => n.to_owned(),
+            None if is_hub => "docker.io".to_owned(),
+            None => match uri.port_u16() {
+                Some(p) => format!("{host}:{p}"),
+                None => host.clone(),
+            },
+        };
+        let aliases = if is_hub || name == "docker.io" {
+            DOCKER_HUB_ALIASES
+                .iter()
+                .filter(|a| **a != name)
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(UpstreamConfig {
+            library_prefix: is_hub || name == "docker.io",
+            name,
+            url: uri,
+            aliases,
+            default: false,
+            credentials: None,
+            ca_file: None,
+            tag_ttl: None,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// Every name this upstream answers to (`ns=`, path prefix, Host), lowercased.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str()).chain(self.aliases.iter().map(|s| s.as_str()))
+    }
+}
+
+fn parse_upstream_url(key: &str, url: &str) -> Result<http::Uri, ConfigError> {
+    let uri: http::Uri = url
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| invalid(key, format!("not a URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(invalid(key, "must start with http:// or https://")),
+    }
+    if uri.host().is_none() {
+        return Err(invalid(key, "has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") {
+        return Err(invalid(key, "must not have a path"));
+    }
+    Ok(uri)
+}
+
+impl Default for Config {
+    /// The embedded defaults: a Docker Hub mirror on :5000 caching under ./archway-data.
+    fn default() -> Self {
+        let mut hub = UpstreamConfig::from_url(None, DOCKER_HUB_URL)
+            .unwrap_or_else(|_| unreachable!("the Docker Hub URL is valid"));
+        hub.default = true;
+        Config {
+            listen: vec![DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| unreachable!("the default address is valid"))],
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            cache: CacheConfig::default(),
+            upstreams: vec![hub],
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+// === the TOML file ===
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<OneOrMany>,
+    data_dir: Option<PathBuf>,
+    log_format: Option<String>,
+    cache: Option<RawCache>,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    max_size: Option<String>,
+    memory_size: Option<String>,
+    tag_ttl: Option<String>,
+    stale_if_error: Option<String>,
+    negative_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    url: String,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    default: bool,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    ca_file: Option<PathBuf>,
+    tag_ttl: Option<String>,
+    connect_timeout: Option<String>,
+    read_timeout: Option<String>,
+    library_prefix: Option<bool>,
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut cfg = Config::default();
+        if let Some(l) = raw.listen {
+            let list = match l {
+                OneOrMany::One(s) => vec![s],
+                OneOrMany::Many(v) => v,
+            };
+            cfg.listen = parse_listen("listen", &list)?;
+        }
+        if let Some(d) = raw.data_dir {
+            cfg.data_dir = d;
+        }
+        if let Some(f) = raw.log_format {
+            cfg.log_format = parse_log_format("log_format", &f)?;
+        }
+        if let Some(c) = raw.cache {
+            let k = &mut cfg.cache;
+            if let Some(v) = c.max_size {
+                k.max_size = parse_size("cache.max_size", &v)?;
+            }
+            if let Some(v) = c.memory_size {
+                k.memory_size = parse_size("cache.memory_size", &v)?;
+            }
+            if let Some(v) = c.tag_ttl {
+                k.tag_ttl = parse_duration("cache.tag_ttl", &v)?;
+            }
+            if let Some(v) = c.stale_if_error {
+                k.stale_if_error = parse_duration("cache.stale_if_error", &v)?;
+            }
+            if let Some(v) = c.negative_ttl {
+                k.negative_ttl = parse_duration("cache.negative_ttl", &v)?;
+            }
+        }
+        if !raw.upstream.is_empty() {
+            cfg.upstreams = raw
+                .upstream
+                .into_iter()
+                .enumerate()
+                .map(|(i, u)| u.into_config(i))
+                .collect::<Result<_, _>>()?;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Cross-key checks; run after flags are applied too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(invalid("listen", "needs at least one address"));
+        }
+        if self.upstreams.is_empty() {
+            return Err(invalid("upstream", "needs at least one upstream"));
+        }
+        let defaults = self.upstreams.iter().filter(|u| u.default).count();
+        if defaults > 1 {
+            return Err(invalid("upstream.default", "only one upstream may be the default"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            for n in u.names() {
+                if !seen.insert(n.to_ascii_lowercase()) {
+                    return Err(invalid(
+                        format!("upstream[{i}].aliases"),
+                        format!("`{n}` names more than one upstream"),
+                    ));
+                }
+            }
+        }
+        if self.cache.max_size == 0 {
+            return Err(invalid("cache.max_size", "must be more than 0"));
+        }
+        Ok(())
+    }
+
+    /// The upstream a request with no `ns=`, prefix or Host match reaches.
+    pub fn default_upstream(&self) -> Option<usize> {
+        self.upstreams.iter().position(|u| u.default)
+    }
+}
+
+impl RawUpstream {
+    fn into_config(self, i: usize) -> Result<UpstreamConfig, ConfigError> {
+        let key = |k: &str| format!("upstream[{i}].{k}");
+        if self.name.is_empty() || self.name.contains('/') || self.name.contains(char::is_whitespace)
+        {
+            return Err(invalid(key("name"), "must be a non-empty registry name without `/`"));
+        }
+        parse_upstream_url(&key("url"), &self.url)?;
+        let mut u = UpstreamConfig::from_url(Some(&self.name), &self.url)?;
+        u.default = self.default;
+        for a in self.aliases {
+            let a = a.to_ascii_lowercase();
+            if a.is_empty() || a.contains('/') {
+                return Err(invalid(key("aliases"), format!("`{a}` is not a registry name")));
+            }
+            if a != u.name && !u.aliases.contains(&a) {
+                u.aliases.push(a);
+            }
+        }
+        if let Some(p) = self.library_prefix {
+            u.library_prefix = p;
+        }
+        u.ca_file = self.ca_file;
+        if let Some(v) = self.tag_ttl {
+            u.tag_ttl = Some(parse_duration(&key("tag_ttl"), &v)?);
+        }
+        if let Some(v) = self.connect_timeout {
+            u.connect_timeout = parse_duration(&key("connect_timeout"), &v)?;
+        }
+        if let Some(v) = self.read_timeout {
+            u.read_timeout = parse_duration(&key("read_timeout"), &v)?;
+        }
+        let sources = [
+            self.password.is_some(),
+            self.password_file.is_some(),
+            self.password_env.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if sources > 1 {
+            return Err(invalid(
+                key("password"),
+                "give only one of password, password_file, password_env",
+            ));
+        }
+        let password = if let Some(p) = self.password {
+            Some(p)
+        } else if let Some(f) = self.password_file {
+            let text = std::fs::read_to_string(&f).map_err(|e| {
+                invalid(key("password_file"), format!("cannot read {}: {e}", f.display()))
+            })?;
+            Some(text.trim_end_matches(['\r', '\n']).to_owned())
+        } else if let Some(var) = self.password_env {
+            Some(std::env::var(&var).map_err(|_| {
+                invalid(key("password_env"), format!("environment variable {var} is not set"))
+            })?)
+        } else {
+            None
+        };
+        u.credentials = match (self.username, password) {
+            (Some(username), Some(p)) => Some(Credentials {
+                username,
+                password: Secret::new(p),
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid(key("password"), "username given without a password")),
+            (None, Some(_)) => return Err(invalid(key("username"), "password given without a username")),
+        };
+        Ok(u)
+    }
+}
+
+pub fn parse_listen(key: &str, list: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    list.iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|_| invalid(key, format!("`{s}` is not an address like 0.0.0.0:5000")))
+        })
+        .collect()
+}
+
+pub fn parse_log_format(key: &str, s: &str) -> Result<LogFormat, ConfigError> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(invalid(key, format!("`{s}` is not one of text, json"))),
+    }
+}
+
+/// `"50GiB"`, `"512MiB"`, `"10GB"`, `"1000"` (bytes).
+pub fn parse_size(key: &str, s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| invalid(key, format!("`{s}` is not a size like 50GiB")))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        _ => return Err(invalid(key, format!("`{s}` has an unknown unit"))),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| invalid(key, format!("`{s}` is too large")))
+}
+
+/// `"5m"`, `"24h"`, `"30s"`, `"500ms"`, `"1h30m"`, `"2d"`.
+pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
+    let bad = || invalid(key, format!("`{s}` is not a duration like 30s, 5m, 24h"));
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86400)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(d);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_a_hub_mirror() {
+        let c = Config::default();
+        assert_eq!(c.listen, vec!["0.0.0.0:5000".parse().unwrap()]);
+        assert_eq!(c.data_dir, PathBuf::from("./archway-data"));
+        assert_eq!(c.upstreams.len(), 1);
+        let hub = &c.upstreams[0];
+        assert!(hub.default && hub.library_prefix);
+        assert_eq!(hub.name, "docker.io");
+        assert!(hub.names().any(|n| n == "index.docker.io"));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn design_doc_example_parses() {
+        let c = Config::from_toml(
+            r#"
+listen = "0.0.0.0:5000"
+data_dir = "/var/lib/archway"
+[cache]
+max_size = "50GiB"
+tag_ttl = "5m"
+stale_if_error = "24h"
+[[upstream]]
+name = "docker.io"
+url = "https://registry-1.docker.io"
+aliases = ["docker.io", "index.docker.io", "registry-1.docker.io"]
+default = true
+[[upstream]]
+name = "ghcr.io"
+url = "https://ghcr.io"
+username = "bot"
+password = "hunter2"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.cache.max_size, 50 << 30);
+        assert_eq!(c.cache.tag_ttl, Duration::from_secs(300));
+        assert_eq!(c.upstreams.len(), 2);
+        assert_eq!(c.default_upstream(), Some(0));
+        let creds = c.upstreams[1].credentials.as_ref().unwrap();
+        assert_eq!(creds.password.expose(), "hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"), "secrets never print");
+    }
+
+    #[test]
+    fn listen_takes_a_list() {
+        let c = Config::from_toml(r#"listen = ["127.0.0.1:5000", "127.0.0.1:5001"]"#).unwrap();
+        assert_eq!(c.listen.len(), 2);
+    }
+
+    #[test]
+    fn bad_config_names_the_key() {
+        let cases = [
+            (r#"listen = "nope""#, "listen"),
+            ("[cache]\nmax_size = \"lots\"", "cache.max_size"),
+            ("[cache]\ntag_ttl = \"5 parsecs\"", "cache.tag_ttl"),
+            ("[[upstream]]\nname = \"x\"\nurl = \"ftp://x\"", "upstream[0].url"),
+            ("[[upstream]]\nname = \"x\"\nurl = \"http://x/path\"", "upstream[0].url"),
+            (
+                "[[upstream]]\nname = \"a\"\nurl = \"http://a\"\ndefault = true\n[[upstream]]\nname = \"b\"\nurl = \"http://b\"\ndefault = true",
+                "upstream.default",
+            ),
+            ("[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nusername = \"u\"", "upstream[0].password"),
+            ("bogus = 1", "bogus"),
+            ("[cache]\nttl = \"5m\"", "ttl"),
+        ];
+        for (toml, key) in cases {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("k", "1000").unwrap(), 1000);
+        assert_eq!(parse_size("k", "2MiB").unwrap(), 2 << 20);
+        assert_eq!(parse_size("k", "10GB").unwrap(), 10_000_000_000);
+        assert!(parse_size("k", "-1").is_err());
+        assert_eq!(parse_duration("k", "1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("k", "500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("k", "5").is_err());
+        assert!(parse_duration("k", "m").is_err());
+    }
+
+    #[test]
+    fn upstream_from_url_names_by_host() {
+        let u = UpstreamConfig::from_url(None, "http://127.0.0.1:5000").unwrap();
+        assert_eq!(u.name, "127.0.0.1:5000");
+        assert!(!u.library_prefix);
+    }
+}

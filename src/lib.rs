@@ -1,0 +1,12 @@
+//! archway: a platform-resolving pull-through proxy for container registries.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod body;
+pub mod cache;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod media_type;
+pub mod reference;
+pub mod upstream;
