@@ -9,4 +9,5 @@ pub mod digest;
 pub mod error;
 pub mod media_type;
 pub mod reference;
+pub mod routing;
 pub mod upstream;
