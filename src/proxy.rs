@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -28,7 +28,19 @@ const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const STALE_WARNING: &str = "110 - \"Response is Stale\"";
 
+/// Counters the tests and (later) metrics read.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub stale_served: AtomicU64,
+    pub manifest_hits: AtomicU64,
+    pub manifest_misses: AtomicU64,
+    pub blob_hits: AtomicU64,
+    pub blob_misses: AtomicU64,
+    pub blob_coalesced: AtomicU64,
+}
+
 pub struct Proxy {
+    pub stats: ProxyStats,
     config: Config,
     upstreams: Vec<Arc<Upstream>>,
     default_upstream: Option<usize>,
@@ -103,6 +115,7 @@ impl Proxy {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Proxy {
+            stats: ProxyStats::default(),
             default_upstream: config.default_upstream(),
             config,
             upstreams,
@@ -192,6 +205,12 @@ impl Proxy {
                     Reference::Tag(t) => self.manifest_by_tag(&upstream, &target, t).await?,
                 };
                 notes.cache = Some(result.as_str());
+                let counter = match result {
+                    CacheResult::Hit => &self.stats.manifest_hits,
+                    CacheResult::Stale => &self.stats.stale_served,
+                    CacheResult::Miss | CacheResult::Coalesced => &self.stats.manifest_misses,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 Ok(manifest_response(client, &m, result == CacheResult::Stale))
             }
             Endpoint::Blob { digest, .. } => {
@@ -454,6 +473,7 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         if let Some(cached) = self.blobs.get(digest) {
             notes.cache = Some(CacheResult::Hit.as_str());
+            self.stats.blob_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(blob_response(client, digest, Blob::Cached(cached)));
         }
         if client.method == Method::HEAD {
@@ -522,13 +542,14 @@ impl Proxy {
             }
         };
         let blob = self.blobs.get_or_fill(digest, fetch).await?;
-        let result = if started.load(Ordering::SeqCst) {
-            CacheResult::Miss
+        let (result, counter) = if started.load(Ordering::SeqCst) {
+            (CacheResult::Miss, &self.stats.blob_misses)
         } else if blob.is_cached() {
-            CacheResult::Hit
+            (CacheResult::Hit, &self.stats.blob_hits)
         } else {
-            CacheResult::Coalesced
+            (CacheResult::Coalesced, &self.stats.blob_coalesced)
         };
+        counter.fetch_add(1, Ordering::Relaxed);
         notes.cache = Some(result.as_str());
         Ok(blob_response(client, digest, blob))
     }
