@@ -1,3 +1,5 @@
 //! Caches: blobs on disk, manifests in memory and on disk, tags with a TTL.
 
 pub mod blob_store;
+pub mod manifest_store;
+pub mod tag_store;
