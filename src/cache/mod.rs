@@ -1,3 +1,5 @@
 //! Caches: blobs on disk, manifests in memory and on disk, tags with a TTL.
 
+mod blob_body;
+mod blob_fill;
 pub mod blob_store;
