@@ -430,10 +430,8 @@ mod tests {
     #[test]
     fn token_responses() {
         let secs = Duration::from_secs;
-        let cases: &[(
-            &str,
-            Result<(&str, Duration, Option<&str>), TokenParseError>,
-        )] = &[
+        type Want = Result<(&'static str, Duration, Option<&'static str>), TokenParseError>;
+        let cases: &[(&str, Want)] = &[
             (
                 r#"{"token":"abc","expires_in":300,"issued_at":"2024-05-01T10:00:00.123Z"}"#,
                 Ok(("abc", secs(300), Some("2024-05-01T10:00:00.123Z"))),
