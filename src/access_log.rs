@@ -20,6 +20,9 @@ pub struct AccessLog {
     pub method: http::Method,
     pub path: String,
     pub status: u16,
+    /// The Content-Length announced, if any: a body that delivered it all is complete even when
+    /// the connection never polled for the end of stream.
+    pub expected_bytes: Option<u64>,
     pub started: Instant,
     pub notes: RequestNotes,
 }
@@ -78,7 +81,10 @@ impl Body for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         let Some(log) = self.log.take() else { return };
-        let complete = !self.failed && (self.ended || self.inner.is_end_stream());
+        let complete = !self.failed
+            && (self.ended
+                || self.inner.is_end_stream()
+                || log.expected_bytes == Some(self.bytes));
         tracing::info!(
             target: "archway::access",
             method = %log.method,

@@ -159,6 +159,15 @@ impl Proxy {
             .headers_mut()
             .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
         let status = response.status().as_u16();
+        let expected_bytes = if client.method == Method::HEAD {
+            Some(0)
+        } else {
+            response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
         response.map(|b| {
             LoggedBody::new(
                 b,
@@ -166,6 +175,7 @@ impl Proxy {
                     method: client.method,
                     path: log_path,
                     status,
+                    expected_bytes,
                     started,
                     notes,
                 },
