@@ -459,11 +459,23 @@ async fn referrers_pass_through_with_filter_and_link() {
     assert_eq!(found, want);
 
     let f = h
-        .get(&format!("{path}?artifactType=application/spdx%2Bjson"))
+        .get(&format!("{path}?artifactType=application%2Fspdx%2Bjson"))
         .await;
     assert_eq!(f.json()["manifests"].as_array().unwrap().len(), 1);
     assert_eq!(f.json()["manifests"][0]["digest"], sbom.to_string());
     assert_eq!(f.header("oci-filters-applied"), Some("artifactType"));
+    // An unescaped `/` is legal in a query. Either the filter is applied and says so, or it is
+    // not and the client filters itself (the spec's fallback): never a filtered-looking lie.
+    let raw = h
+        .get(&format!("{path}?artifactType=application/spdx%2Bjson"))
+        .await;
+    assert_eq!(raw.status, StatusCode::OK);
+    let n = raw.json()["manifests"].as_array().unwrap().len();
+    match raw.header("oci-filters-applied") {
+        Some("artifactType") => assert_eq!(n, 1),
+        None => assert_eq!(n, 2),
+        Some(other) => panic!("OCI-Filters-Applied: {other}"),
+    }
 
     let paged = h.get(&format!("{path}?n=1")).await;
     assert_eq!(paged.status, StatusCode::OK);
@@ -525,4 +537,35 @@ async fn upstream_5xx_is_502() {
             assert!(r.json()["errors"][0]["code"].is_string());
         }
     }
+}
+
+/// A Docker Hub-like upstream: one-component names get `library/`, and the Link of tags/list is
+/// rewritten back to the name the client used.
+#[tokio::test]
+async fn library_prefix_is_added_for_hub_like_upstreams() {
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        c.upstreams[0].library_prefix = true;
+    })
+    .await;
+    let img = h.fake.sample_image("library/alpine", "3.20", 10);
+    h.fake.add_tags("library/alpine", &["3.18", "3.19"]);
+    let r = h.get("/v2/alpine/manifests/3.20").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, img.manifest_bytes);
+    assert_eq!(
+        h.fake.requests()[0].path,
+        "/v2/library/alpine/manifests/3.20"
+    );
+    let l = h.get("/v2/alpine/tags/list?n=1").await;
+    assert_eq!(l.json()["tags"], serde_json::json!(["3.18"]));
+    assert_eq!(
+        l.header("link"),
+        Some("</v2/alpine/tags/list?n=1&last=3.18>; rel=\"next\"")
+    );
+    // Two-component names are left alone.
+    let other = h.fake.sample_image("team/app", "v1", 11);
+    assert_eq!(
+        h.get("/v2/team/app/manifests/v1").await.body,
+        other.manifest_bytes
+    );
 }

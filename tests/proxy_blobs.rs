@@ -4,6 +4,7 @@
 mod support;
 
 use http::StatusCode;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::{dir_size, FakeRegistry, Fault, Harness, Kind, Reply};
 
@@ -88,6 +89,11 @@ async fn concurrent_cold_requests_make_one_upstream_fetch() {
         assert_eq!(r.body, bodies[0].body, "#{i}");
         assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
     }
+    // They really overlapped the one fill: none of them was a plain cache hit.
+    let stats = &h.archway.as_ref().unwrap().proxy().stats;
+    assert_eq!(stats.blob_hits.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.blob_misses.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.blob_coalesced.load(Ordering::Relaxed), 31);
 }
 
 /// Coalesced waiters of a fill that fails verification all see the failure.

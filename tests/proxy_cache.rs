@@ -306,9 +306,16 @@ async fn restart_keeps_manifests_tags_and_blobs() {
     for l in &img.layers {
         paths.push(format!("/v2/lib/app/blobs/{l}"));
     }
+    // A client that takes every manifest type, so the index is served as it is.
+    let accept = [(
+        "accept",
+        "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+         application/vnd.docker.distribution.manifest.v2+json, \
+         application/vnd.docker.distribution.manifest.list.v2+json",
+    )];
     let mut before = Vec::new();
     for p in &paths {
-        let r = h.get(p).await;
+        let r = h.get_with(p, &accept).await;
         assert_eq!(r.status, StatusCode::OK, "{p}");
         assert!(r.complete());
         before.push(r);
@@ -318,7 +325,7 @@ async fn restart_keeps_manifests_tags_and_blobs() {
     h.restart().await;
     h.fake.reset_counts();
     for (p, old) in paths.iter().zip(&before) {
-        let r = h.get(p).await;
+        let r = h.get_with(p, &accept).await;
         assert_eq!(r.status, StatusCode::OK, "{p} after restart: {}", r.text());
         assert_eq!(r.body, old.body, "{p}");
         assert!(r.complete(), "{p}");
