@@ -505,14 +505,14 @@ async fn wrong_bytes_keep_length_but_not_digest() {
 async fn delay_holds_each_response() {
     let fake = FakeRegistry::start().await;
     fake.sample_image("f/d", "v1", 13);
-    fake.set_delay(Some(Kind::Manifest), Duration::from_millis(300));
+    fake.set_delay(Some(Kind::Manifest), Duration::from_millis(500));
     let c = TestClient::new();
     let started = Instant::now();
     let url = format!("{}/v2/f/d/manifests/v1", fake.url());
     let (a, b) = tokio::join!(c.get(&url), c.get(&url));
     assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took >= Duration::from_millis(500), "{took:?}");
     assert!(
         took < Duration::from_millis(590),
         "delays overlap: {took:?}"
@@ -521,7 +521,7 @@ async fn delay_holds_each_response() {
     fake.set_delay(Some(Kind::Manifest), Duration::ZERO);
     let started = Instant::now();
     c.get(&url).await;
-    assert!(started.elapsed() < Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_millis(500));
 }
 
 #[tokio::test]

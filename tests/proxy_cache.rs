@@ -66,14 +66,14 @@ async fn manifest_by_digest_is_immutable() {
 
 #[tokio::test]
 async fn tag_is_revalidated_by_head_after_ttl() {
-    let h = harness(Duration::from_millis(300), Duration::from_secs(3600)).await;
+    let h = harness(Duration::from_secs(1), Duration::from_secs(3600)).await;
     let v1 = h.fake.sample_image("lib/app", "latest", 3);
     assert_eq!(
         h.get("/v2/lib/app/manifests/latest").await.body,
         v1.manifest_bytes
     );
 
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     h.fake.reset_counts();
     let r = h.get("/v2/lib/app/manifests/latest").await;
     assert_eq!(r.body, v1.manifest_bytes);
@@ -95,7 +95,7 @@ async fn tag_is_revalidated_by_head_after_ttl() {
         stale_view.body, v1.manifest_bytes,
         "within TTL: the cached answer"
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     h.fake.reset_counts();
     let r = h.get("/v2/lib/app/manifests/latest").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -185,8 +185,8 @@ async fn stale_tag_served_when_upstream_times_out() {
     stale_served_when(Breakage::Fault(Fault::StallHeaders), "stalled").await;
 }
 
-#[tokio::test]
-async fn beyond_stale_if_error_is_an_error() {
+/// Warm a tag, wait past stale-if-error, break upstream: the client gets the error.
+async fn error_beyond_stale_window(breakage: Breakage) -> support::Reply {
     let h = harness(Duration::from_millis(100), Duration::from_millis(600)).await;
     h.fake.sample_image("lib/app", "v1", 6);
     assert_eq!(
@@ -194,22 +194,48 @@ async fn beyond_stale_if_error_is_an_error() {
         StatusCode::OK
     );
     tokio::time::sleep(Duration::from_millis(900)).await;
-
-    h.fake.fault(None, Fault::status(500));
+    match breakage {
+        Breakage::Fault(f) => h.fake.fault(None, f),
+        Breakage::Stop => h.fake.stop().await,
+    }
     let r = h.get("/v2/lib/app/manifests/v1").await;
-    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
     assert!(r.header("warning").is_none());
-    assert!(r.json()["errors"][0]["code"].is_string());
+    assert!(r.json()["errors"][0]["code"].is_string(), "{}", r.text());
+    r
+}
 
-    h.fake.clear_faults();
-    h.fake.fault(None, Fault::too_many_requests("9"));
-    let r = h.get("/v2/lib/app/manifests/v1").await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(r.header("retry-after"), Some("9"));
-
-    h.fake.stop().await;
-    let r = h.get("/v2/lib/app/manifests/v1").await;
+#[tokio::test]
+async fn beyond_stale_if_error_500_is_502() {
+    let r = error_beyond_stale_window(Breakage::Fault(Fault::status(500))).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+}
+
+#[tokio::test]
+async fn beyond_stale_if_error_429_is_429() {
+    let r = error_beyond_stale_window(Breakage::Fault(Fault::too_many_requests("9"))).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert_eq!(r.error_code(), "TOOMANYREQUESTS");
+    assert_eq!(r.header("retry-after"), Some("9"));
+}
+
+#[tokio::test]
+async fn beyond_stale_if_error_refused_is_502() {
+    let r = error_beyond_stale_window(Breakage::Stop).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+}
+
+/// One failed upstream answer for a cold tag must not make the next request fail too.
+#[tokio::test]
+async fn one_upstream_blip_does_not_fail_the_next_request() {
+    let h = Harness::start().await;
+    let img = h.fake.sample_image("lib/app", "v1", 16);
+    h.fake.fault_times(None, Fault::status(503), 1);
+    let r = h.get("/v2/lib/app/manifests/v1").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    let r = h.get("/v2/lib/app/manifests/v1").await;
+    assert_eq!(r.status, StatusCode::OK, "upstream is back: {}", r.text());
+    assert_eq!(r.body, img.manifest_bytes);
+    assert_eq!(h.fake.count("GET", Kind::Manifest), 2);
 }
 
 #[tokio::test]
