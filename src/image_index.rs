@@ -177,8 +177,19 @@ struct RawPlatform {
 
 impl ImageIndex {
     pub fn parse(bytes: &[u8]) -> Result<ImageIndex, SelectError> {
-        let raw: RawIndex =
-            serde_json::from_slice(bytes).map_err(|e| SelectError::Malformed(e.to_string()))?;
+        let malformed = |e: serde_json::Error| SelectError::Malformed(e.to_string());
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(malformed)?;
+        // serde would also read a struct from a JSON array; an index and its entries are objects.
+        let objects = value.as_object().is_some_and(|o| match o.get("manifests") {
+            Some(serde_json::Value::Array(entries)) => entries.iter().all(|e| e.is_object()),
+            _ => true,
+        });
+        if !objects {
+            return Err(SelectError::Malformed(
+                "the index and its entries must be JSON objects".into(),
+            ));
+        }
+        let raw: RawIndex = serde_json::from_value(value).map_err(malformed)?;
         if let Some(t) = raw.media_type.as_deref() {
             if !media_type::is_index(t) {
                 return Err(SelectError::NotAnIndex(t.to_owned()));
