@@ -95,8 +95,23 @@ pub struct Schema2Descriptor {
 
 /// Converts an OCI image manifest into the equivalent Docker schema2 manifest bytes.
 pub fn convert_oci_to_docker(bytes: &[u8]) -> Result<Vec<u8>, ConversionError> {
-    let oci: OciManifest =
-        serde_json::from_slice(bytes).map_err(|e| ConversionError::Malformed(e.to_string()))?;
+    let malformed = |e: serde_json::Error| ConversionError::Malformed(e.to_string());
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(malformed)?;
+    // serde would also read a struct from a JSON array; a manifest and its descriptors are
+    // objects.
+    let objects = value.as_object().is_some_and(|o| {
+        o.get("config").is_none_or(serde_json::Value::is_object)
+            && match o.get("layers") {
+                Some(serde_json::Value::Array(layers)) => layers.iter().all(|l| l.is_object()),
+                _ => true,
+            }
+    });
+    if !objects {
+        return Err(ConversionError::Malformed(
+            "the manifest and its descriptors must be JSON objects".into(),
+        ));
+    }
+    let oci: OciManifest = serde_json::from_value(value).map_err(malformed)?;
     if let Some(t) = oci.media_type.as_deref() {
         if t != media_type::OCI_MANIFEST {
             return Err(ConversionError::NotAnOciManifest(t.to_owned()));

@@ -58,7 +58,11 @@ pub enum SkipReason {
 impl IndexEntry {
     pub fn skip_reason(&self) -> Option<SkipReason> {
         if self.annotations.contains_key(REFERENCE_TYPE_ANNOTATION)
-            || self.descriptor.platform.as_ref().is_some_and(Platform::is_unknown)
+            || self
+                .descriptor
+                .platform
+                .as_ref()
+                .is_some_and(Platform::is_unknown)
         {
             return Some(SkipReason::Attestation);
         }
@@ -105,7 +109,8 @@ pub enum SelectError {
     NotAnIndex(String),
     #[error("{}", no_match_message(wanted, offered))]
     NoMatch {
-        wanted: Platform,
+        /// Boxed to keep the error small.
+        wanted: Box<Platform>,
         /// The platforms of the candidate entries, as the index wrote them, duplicates removed.
         offered: Vec<Platform>,
     },
@@ -197,7 +202,8 @@ impl ImageIndex {
         }
         let Some(manifests) = raw.manifests else {
             return Err(SelectError::NotAnIndex(
-                raw.media_type.unwrap_or_else(|| "none, no \"manifests\"".into()),
+                raw.media_type
+                    .unwrap_or_else(|| "none, no \"manifests\"".into()),
             ));
         };
         let entries = manifests
@@ -227,7 +233,11 @@ impl ImageIndex {
     /// The best candidate for `wanted`: lowest rank (containerd's fallback order, then Windows
     /// build/revision); equal ranks keep index order ("the first matching entry SHOULD be
     /// used"). Entries without a platform come after every matching one, as in containerd.
-    pub fn select(&self, wanted: &Platform, windows: WindowsMatch) -> Result<Selection, SelectError> {
+    pub fn select(
+        &self,
+        wanted: &Platform,
+        windows: WindowsMatch,
+    ) -> Result<Selection, SelectError> {
         let matcher = Matcher::only(wanted, windows);
         // (has no platform, rank): lower is better.
         let mut best: Option<((bool, Option<Rank>), usize)> = None;
@@ -250,12 +260,19 @@ impl ImageIndex {
         }
         let Some(((_, rank), position)) = best else {
             return Err(SelectError::NoMatch {
-                wanted: matcher.target().clone(),
+                wanted: Box::new(matcher.target().clone()),
                 offered: self.offered(),
             });
         };
         let child = self.entries[position].descriptor.clone();
-        let reason = reason(&matcher, &child, rank, position, self.entries.len(), candidates);
+        let reason = reason(
+            &matcher,
+            &child,
+            rank,
+            position,
+            self.entries.len(),
+            candidates,
+        );
         Ok(Selection {
             child,
             position,

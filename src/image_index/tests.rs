@@ -72,7 +72,8 @@ fn docker_hub_list_table() {
 
 #[test]
 fn docker_hub_list_no_match_lists_what_is_offered() {
-    let offered = "linux/amd64, linux/arm/v5, linux/arm/v6, linux/arm/v7, linux/arm64/v8, linux/386, \
+    let offered =
+        "linux/amd64, linux/arm/v5, linux/arm/v6, linux/arm/v7, linux/arm64/v8, linux/386, \
 linux/mips64le, linux/ppc64le, linux/s390x, windows(10.0.14393.6452)/amd64, \
 windows(10.0.17763.5329)/amd64, windows(10.0.17763.5830)/amd64, windows(10.0.20348.2227)/amd64, \
 windows(10.0.20348.10000)/amd64";
@@ -118,8 +119,16 @@ fn reasons_say_why() {
     );
 }
 
-/// A Docker manifest list from (os, arch, variant, digest name) rows.
-fn list(rows: &[(&str, &str, Option<&str>, &str)]) -> String {
+/// (os, arch, variant, digest name)
+type Row = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+);
+
+/// A Docker manifest list from rows.
+fn list(rows: &[Row]) -> String {
     let manifests: Vec<serde_json::Value> = rows
         .iter()
         .map(|(os, arch, variant, name)| {
@@ -146,7 +155,7 @@ fn list(rows: &[(&str, &str, Option<&str>, &str)]) -> String {
 #[test]
 fn fallbacks_and_ties() {
     #[rustfmt::skip]
-    let cases: &[(&[(&str, &str, Option<&str>, &str)], &str, &str)] = &[
+    let cases: &[(&[Row], &str, &str)] = &[
         // arm64 host, only arm/v7 offered: fallback.
         (&[("linux", "arm", Some("v7"), "v7")], "linux/arm64", "v7"),
         // arm64 host: arm/v7 ranks above arm/v5 whatever the order.
@@ -205,7 +214,10 @@ fn buildx_attestations_are_skipped() {
     assert_eq!(s.position, 1);
     assert_eq!(s.child.media_type, media_type::OCI_MANIFEST);
     assert_eq!(s.child.size, 1051);
-    assert_eq!(s.child.platform, Some(Platform::new("linux", "amd64", None)));
+    assert_eq!(
+        s.child.platform,
+        Some(Platform::new("linux", "amd64", None))
+    );
     let s = select(BUILDX, "linux/arm64", WindowsMatch::Process).unwrap();
     assert_eq!(s.child.digest, d("buildx-linux-arm64"));
 
@@ -313,7 +325,15 @@ fn empty_platform_object_counts_as_none() {
     .to_string();
     let parsed = ImageIndex::parse(index.as_bytes()).unwrap();
     assert_eq!(parsed.entries[0].descriptor.platform, None);
-    assert_eq!(parsed.entries[1].descriptor.platform.as_ref().unwrap().variant, None);
+    assert_eq!(
+        parsed.entries[1]
+            .descriptor
+            .platform
+            .as_ref()
+            .unwrap()
+            .variant,
+        None
+    );
     let s = select(&index, "linux/amd64", WindowsMatch::Process).unwrap();
     assert_eq!(s.child.digest, d("amd64"));
     let s = select(&index, "linux/arm64", WindowsMatch::Process).unwrap();
@@ -379,7 +399,10 @@ mod props {
             prop::sample::select(vec!["linux", "windows", "unknown"]),
             prop::sample::select(vec!["amd64", "386", "arm", "arm64", "s390x", "unknown"]),
             prop::option::of(prop::sample::select(vec!["v5", "v6", "v7", "v8"])),
-            prop::option::of((prop::sample::select(vec![14393u32, 17763, 20348]), 0u32..12000)),
+            prop::option::of((
+                prop::sample::select(vec![14393u32, 17763, 20348]),
+                0u32..12000,
+            )),
         )
             .prop_map(|(os, arch, variant, version)| {
                 (

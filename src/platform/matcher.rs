@@ -128,14 +128,16 @@ fn features_subset(offered: &[String], host: &[String], windows: bool) -> bool {
 
 /// containerd/platforms `compare.go` `platformVector`, on a normalised platform.
 fn fallback_vector(p: &Platform) -> Vec<Platform> {
-    let with = |arch: &str, variant: Option<String>| Platform {
-        os: p.os.clone(),
-        architecture: arch.to_owned(),
-        variant,
-        os_version: p.os_version.clone(),
-        os_features: p.os_features.clone(),
-    }
-    .normalize();
+    let with = |arch: &str, variant: Option<String>| {
+        Platform {
+            os: p.os.clone(),
+            architecture: arch.to_owned(),
+            variant,
+            os_version: p.os_version.clone(),
+            os_features: p.os_features.clone(),
+        }
+        .normalize()
+    };
     let mut vector = vec![p.clone()];
     let variant = p.variant.clone().unwrap_or_default();
     match p.architecture.as_str() {

@@ -33,7 +33,9 @@ pub enum PlatformError {
     Empty,
     #[error("invalid platform {input:?}: {reason}")]
     Invalid { input: String, reason: &'static str },
-    #[error("invalid platform {input:?}: {component:?} is neither a known OS nor a known architecture")]
+    #[error(
+        "invalid platform {input:?}: {component:?} is neither a known OS nor a known architecture"
+    )]
     Unknown { input: String, component: String },
 }
 
@@ -216,7 +218,11 @@ fn parse_os_component(s: &str) -> Option<OsComponent> {
         Some((os, rest)) => (os, Some(rest.strip_suffix(')')?)),
         None => (s, None),
     };
-    if os.is_empty() || !os.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if os.is_empty()
+        || !os
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         return None;
     }
     let mut out = OsComponent {

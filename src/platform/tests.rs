@@ -6,12 +6,23 @@ fn p(s: &str) -> Platform {
 
 // === parsing and normalising ===
 
+/// input, os, arch, variant, os.version, os.features, display
+type ParseCase = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    &'static [&'static str],
+    &'static str,
+);
+
 /// containerd's `TestParseSelector` facts (with archway's default architecture `amd64` and OS
 /// `linux` where containerd would take the host's), plus the colon config form.
 #[test]
 fn parse_table() {
     #[rustfmt::skip]
-    let cases: &[(&str, &str, &str, Option<&str>, Option<&str>, &[&str], &str)] = &[
+    let cases: &[ParseCase] = &[
         // input, os, arch, variant, os.version, os.features, display
         ("linux/arm64", "linux", "arm64", None, None, &[], "linux/arm64"),
         ("linux/arm64/v8", "linux", "arm64", None, None, &[], "linux/arm64"),
@@ -110,17 +121,29 @@ fn parse_rejects() {
         "linux//v7",
         "windows(10.0.17763)x/amd64",
     ] {
-        assert!(Platform::parse(input).is_err(), "{input:?} should not parse");
+        assert!(
+            Platform::parse(input).is_err(),
+            "{input:?} should not parse"
+        );
     }
     assert_eq!(Platform::parse(""), Err(PlatformError::Empty));
     let e = Platform::parse("notanos").unwrap_err().to_string();
     assert!(e.contains("notanos"), "{e}");
 }
 
+type NormalizeCase = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    Option<&'static str>,
+);
+
 #[test]
 fn normalize_table() {
     #[rustfmt::skip]
-    let cases: &[(&str, &str, Option<&str>, &str, Option<&str>)] = &[
+    // arch, os, variant → arch, variant
+    let cases: &[NormalizeCase] = &[
         ("x86_64", "linux", None, "amd64", None),
         ("x86-64", "linux", Some("v1"), "amd64", None),
         ("amd64", "linux", Some("v2"), "amd64", Some("v2")),
@@ -255,7 +278,12 @@ fn fallback_order() {
     assert_eq!(order("linux/amd64"), ["linux/amd64", "linux/386"]);
     assert_eq!(
         order("linux/amd64/v3"),
-        ["linux/amd64/v3", "linux/amd64/v2", "linux/amd64", "linux/386"]
+        [
+            "linux/amd64/v3",
+            "linux/amd64/v2",
+            "linux/amd64",
+            "linux/386"
+        ]
     );
     assert_eq!(
         order("linux/arm64"),
@@ -331,20 +359,37 @@ fn os_features_must_be_offered_by_the_host() {
 #[test]
 fn windows_version_parse() {
     let v = WindowsVersion::parse("10.0.17763.5329").unwrap();
-    assert_eq!((v.major, v.minor, v.build, v.revision), (10, 0, 17763, Some(5329)));
+    assert_eq!(
+        (v.major, v.minor, v.build, v.revision),
+        (10, 0, 17763, Some(5329))
+    );
     assert_eq!(v.release_name(), Some("Windows Server 2019"));
     let v = WindowsVersion::parse("10.0.20348").unwrap();
     assert_eq!((v.build, v.revision), (20348, None));
     assert_eq!(v.release_name(), Some("Windows Server 2022"));
     assert_eq!(
-        WindowsVersion::parse("10.0.14393.1").unwrap().release_name(),
+        WindowsVersion::parse("10.0.14393.1")
+            .unwrap()
+            .release_name(),
         Some("Windows Server 2016")
     );
     assert_eq!(
-        WindowsVersion::parse("10.0.26100.1742").unwrap().release_name(),
+        WindowsVersion::parse("10.0.26100.1742")
+            .unwrap()
+            .release_name(),
         Some("Windows Server 2025")
     );
-    for bad in ["", "10", "10.0", "10.0.x", "10.0.17763.", "10.0.17763.1.2", "a.b.c", "10.0.-1", "10.0.+5"] {
+    for bad in [
+        "",
+        "10",
+        "10.0",
+        "10.0.x",
+        "10.0.17763.",
+        "10.0.17763.1.2",
+        "a.b.c",
+        "10.0.-1",
+        "10.0.+5",
+    ] {
         assert_eq!(WindowsVersion::parse(bad), None, "{bad:?}");
     }
 }
@@ -443,19 +488,29 @@ fn user_agent_table() {
     ];
     for &(ua, want) in cases {
         let got = platform_from_user_agent(ua);
-        assert_eq!(got.as_ref().map(Platform::to_string).as_deref(), want, "{ua}");
+        assert_eq!(
+            got.as_ref().map(Platform::to_string).as_deref(),
+            want,
+            "{ua}"
+        );
     }
 }
 
 #[test]
 fn meta_header() {
-    assert_eq!(platform_from_meta_header("linux/arm64").unwrap(), p("linux/arm64"));
+    assert_eq!(
+        platform_from_meta_header("linux/arm64").unwrap(),
+        p("linux/arm64")
+    );
     assert_eq!(
         platform_from_meta_header(" windows(10.0.17763)/amd64 ").unwrap(),
         p("windows/amd64:10.0.17763")
     );
     assert_eq!(
-        platform_from_meta_header("windows/amd64:10.0.20348").unwrap().os_version.as_deref(),
+        platform_from_meta_header("windows/amd64:10.0.20348")
+            .unwrap()
+            .os_version
+            .as_deref(),
         Some("10.0.20348")
     );
     assert!(platform_from_meta_header("linux/&").is_err());
@@ -490,7 +545,10 @@ fn combine_table() {
     )
     .unwrap();
     let route = p("windows/amd64:10.0.17763");
-    assert_eq!(combine(&ua, Some(&route)).os_version.as_deref(), Some("10.0.17763"));
+    assert_eq!(
+        combine(&ua, Some(&route)).os_version.as_deref(),
+        Some("10.0.17763")
+    );
 }
 
 // === properties ===
@@ -500,7 +558,9 @@ mod props {
     use proptest::prelude::*;
 
     fn platform_strategy() -> impl Strategy<Value = Platform> {
-        let os = prop::sample::select(vec!["linux", "windows", "darwin", "freebsd", "Linux", "macos"]);
+        let os = prop::sample::select(vec![
+            "linux", "windows", "darwin", "freebsd", "Linux", "macos",
+        ]);
         let arch = prop::sample::select(vec![
             "amd64", "x86_64", "386", "i386", "arm", "armhf", "armel", "arm64", "aarch64", "s390x",
             "ppc64le", "riscv64",
@@ -508,8 +568,16 @@ mod props {
         let variant = prop::option::of(prop::sample::select(vec![
             "v5", "v6", "v7", "v8", "8", "v8.1", "v9", "9.0", "v1", "v2", "v3",
         ]));
-        let version = prop::option::of((0u32..20, 0u32..3, 0u32..30000, prop::option::of(0u64..20000)));
-        let features = prop::collection::vec(prop::sample::select(vec!["win32k", "gpu", "a+b", "x%y"]), 0..3);
+        let version = prop::option::of((
+            0u32..20,
+            0u32..3,
+            0u32..30000,
+            prop::option::of(0u64..20000),
+        ));
+        let features = prop::collection::vec(
+            prop::sample::select(vec!["win32k", "gpu", "a+b", "x%y"]),
+            0..3,
+        );
         (os, arch, variant, version, features).prop_map(|(os, arch, variant, version, features)| {
             Platform {
                 os: os.into(),
@@ -556,5 +624,26 @@ mod props {
             let _ = Platform::parse(&s);
             let _ = platform_from_user_agent(&s);
         }
+    }
+}
+
+/// The User-Agents of the captured requests: Docker says linux/amd64, ctr and skopeo nothing.
+#[test]
+fn captured_user_agents() {
+    for line in include_str!("../../tests/data/client-requests.jsonl").lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ua = v["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h[0] == "User-Agent")
+            .and_then(|h| h[1].as_str())
+            .unwrap();
+        let want = if v["name"].as_str().unwrap().starts_with("docker") {
+            Some(p("linux/amd64"))
+        } else {
+            None
+        };
+        assert_eq!(platform_from_user_agent(ua), want, "{ua}");
     }
 }
