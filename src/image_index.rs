@@ -51,8 +51,10 @@ pub enum SkipReason {
     /// `unknown/unknown` platform or a `vnd.docker.reference.type` annotation (buildx
     /// provenance / SBOM).
     Attestation,
-    /// Not a manifest or index media type (e.g. a layer or an artifact).
+    /// Not a manifest or index media type (e.g. a layer).
     NotAManifest,
+    /// An artifact (`artifactType` set: SBOM, signature, Helm chart…), never a runnable image.
+    Artifact,
 }
 
 impl IndexEntry {
@@ -68,6 +70,9 @@ impl IndexEntry {
         }
         if !is_manifest_type(&self.descriptor.media_type) {
             return Some(SkipReason::NotAManifest);
+        }
+        if self.artifact_type.is_some() {
+            return Some(SkipReason::Artifact);
         }
         None
     }
@@ -232,7 +237,9 @@ impl ImageIndex {
 
     /// The best candidate for `wanted`: lowest rank (containerd's fallback order, then Windows
     /// build/revision); equal ranks keep index order ("the first matching entry SHOULD be
-    /// used"). Entries without a platform come after every matching one, as in containerd.
+    /// used"). Entries without a platform come after every matching one, as in containerd;
+    /// containerd then checks such a child's config, so a caller that serves one unverified
+    /// (`child.platform == None`) should know it may be for another platform.
     pub fn select(
         &self,
         wanted: &Platform,
@@ -241,12 +248,10 @@ impl ImageIndex {
         let matcher = Matcher::only(wanted, windows);
         // (has no platform, rank): lower is better.
         let mut best: Option<((bool, Option<Rank>), usize)> = None;
-        let mut candidates = 0usize;
         for (i, e) in self.entries.iter().enumerate() {
             if e.skip_reason().is_some() {
                 continue;
             }
-            candidates += 1;
             let key = match &e.descriptor.platform {
                 Some(p) => match matcher.rank(p) {
                     Some(rank) => (false, Some(rank)),
@@ -265,14 +270,7 @@ impl ImageIndex {
             });
         };
         let child = self.entries[position].descriptor.clone();
-        let reason = reason(
-            &matcher,
-            &child,
-            rank,
-            position,
-            self.entries.len(),
-            candidates,
-        );
+        let reason = reason(&matcher, &child, rank, position, self.entries.len());
         Ok(Selection {
             child,
             position,
@@ -333,14 +331,13 @@ fn reason(
     rank: Option<Rank>,
     position: usize,
     entries: usize,
-    candidates: usize,
 ) -> String {
     let wanted = matcher.target();
     let mut s = format!("entry {} of {entries}", position + 1);
     let Some(rank) = rank else {
         let _ = write!(
             s,
-            " names no platform; no entry of the {candidates} candidates names one {wanted} can run, so it is the last resort"
+            " names no platform, and no entry names one {wanted} can run: it is the last resort"
         );
         return s;
     };

@@ -309,6 +309,34 @@ fn entries_that_are_not_manifests_are_skipped() {
         parsed.entries[2].artifact_type.as_deref(),
         Some("application/spdx+json")
     );
+    let skips: Vec<_> = parsed.entries.iter().map(IndexEntry::skip_reason).collect();
+    assert_eq!(
+        skips,
+        [
+            Some(SkipReason::NotAManifest),
+            Some(SkipReason::NotAManifest),
+            Some(SkipReason::NotAManifest),
+            None
+        ]
+    );
+    // A platform-less SBOM stored as an image manifest is an artifact, never the last resort.
+    let with_sbom = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [
+            {"mediaType": media_type::OCI_MANIFEST, "size": 1, "digest": d("image").to_string(),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": media_type::OCI_MANIFEST, "size": 1, "digest": d("sbom").to_string(),
+             "artifactType": "application/spdx+json"},
+        ]
+    })
+    .to_string();
+    let parsed = ImageIndex::parse(with_sbom.as_bytes()).unwrap();
+    assert_eq!(parsed.entries[1].skip_reason(), Some(SkipReason::Artifact));
+    let e = select(&with_sbom, "linux/arm64", WindowsMatch::Process).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no image for linux/arm64: the index offers linux/amd64"
+    );
     assert_eq!(parsed.offered(), [Platform::new("linux", "amd64", None)]);
 }
 
