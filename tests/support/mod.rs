@@ -40,6 +40,7 @@ pub fn config_for(fake: &FakeRegistry, dir: &Path) -> Config {
         data_dir: dir.to_path_buf(),
         cache: CacheConfig::default(),
         upstreams: vec![u],
+        routes: Vec::new(),
         log_format: LogFormat::Text,
     }
 }
