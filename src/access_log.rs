@@ -14,6 +14,10 @@ pub struct RequestNotes {
     pub upstream: Option<String>,
     pub cache: Option<&'static str>,
     pub error: Option<String>,
+    /// The platform a tag answer was resolved for, when it was.
+    pub rewrite: Option<String>,
+    /// Everything the platform decision considered (for `archway explain`).
+    pub decision: Option<Box<crate::rewrite::Decision>>,
 }
 
 pub struct AccessLog {
@@ -94,6 +98,7 @@ impl Drop for LoggedBody {
             upstream = log.notes.upstream.as_deref().unwrap_or("-"),
             cache = log.notes.cache.unwrap_or("none"),
             error = log.notes.error.as_deref(),
+            rewrite = log.notes.rewrite.as_deref(),
             "request"
         );
     }

@@ -83,16 +83,7 @@ pub struct RouteConfig {
     pub platform: Option<String>,
     pub rewrite: crate::route::RewriteMode,
     pub oci_for_legacy: crate::route::OciForLegacy,
-    pub windows_match: WindowsMatchMode,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WindowsMatchMode {
-    /// Process isolation: the same major.minor.build.
-    #[default]
-    Process,
-    /// Hyper-V isolation: also the newest build not above the host's.
-    Hyperv,
+    pub windows_match: crate::platform::WindowsMatch,
 }
 
 #[derive(Debug, Clone)]
@@ -302,8 +293,8 @@ impl RawRoute {
             }
         };
         let windows_match = match self.windows_match.as_deref() {
-            None | Some("process") => WindowsMatchMode::Process,
-            Some("hyperv") => WindowsMatchMode::Hyperv,
+            None | Some("process") => crate::platform::WindowsMatch::Process,
+            Some("hyperv") => crate::platform::WindowsMatch::Hyperv,
             Some(o) => {
                 return Err(invalid(
                     key("windows_match"),

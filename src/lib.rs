@@ -14,6 +14,7 @@ pub mod media_type;
 pub mod platform;
 pub mod proxy;
 pub mod reference;
+pub mod rewrite;
 pub mod route;
 pub mod routing;
 pub mod server;

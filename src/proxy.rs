@@ -9,10 +9,18 @@ use crate::cache::keyed_lock::KeyedLock;
 use crate::cache::manifest_store::{ManifestStore, StoredManifest};
 use crate::cache::tag_store::{now_ms, TagEntry, TagKey, TagStore};
 use crate::config::Config;
+use crate::conversion::convert_oci_to_docker;
 use crate::digest::Digest;
 use crate::error::{ErrorCode, ProxyError};
+use crate::image_index::{ImageIndex, MAX_INDEX_DEPTH};
 use crate::media_type;
+use crate::media_type::AcceptSet;
+use crate::platform::{Platform, WindowsMatch};
 use crate::reference::{Reference, Tag};
+use crate::rewrite::{
+    choose_route, client_platform, should_rewrite, Decision, Route, SelectionStep,
+};
+use crate::route::{OciForLegacy, RequestFacts, RewriteMode};
 use crate::routing::{self, Target};
 use crate::upstream::{status_error, Upstream};
 use bytes::Bytes;
@@ -29,6 +37,8 @@ const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 /// How long an upstream failure for one tag is reused by requests that were waiting on it.
 const RECENT_FAILURE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// What a rewritten (or rewritable) answer depends on.
+const HINT_VARY: &str = "Accept, User-Agent, X-Meta-Platform";
 const STALE_WARNING: &str = "110 - \"Response is Stale\"";
 
 /// Counters the tests and (later) metrics read.
@@ -52,6 +62,10 @@ pub struct Proxy {
     /// Concurrent misses for one tag make one upstream request.
     tag_locks: KeyedLock<TagKey>,
     recent_failures: moka::sync::Cache<TagKey, (Instant, ProxyError)>,
+    routes: Vec<Route>,
+    /// Rewrite answers by (index, platform, what the client takes): a rewritten hit costs about
+    /// what a plain hit does.
+    selections: moka::sync::Cache<SelectionKey, Arc<Resolved>>,
     blobs: Arc<BlobStore>,
 }
 
@@ -62,6 +76,8 @@ pub enum ProxyInitError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Route(String),
     #[error("upstream `{name}`: {source}")]
     Upstream {
         name: String,
@@ -87,6 +103,24 @@ impl CacheResult {
             CacheResult::Coalesced => "coalesced",
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SelectionKey {
+    index: Digest,
+    platform: String,
+    windows: WindowsMatch,
+    accepts_oci: bool,
+    oci_for_legacy: OciForLegacy,
+}
+
+/// A cached rewrite: the answer and how it was found.
+#[derive(Debug)]
+struct Resolved {
+    answer: Arc<StoredManifest>,
+    converted: bool,
+    steps: Vec<SelectionStep>,
+    offered: Vec<String>,
 }
 
 /// Where a request came from and in on: route matching reads both.
@@ -128,6 +162,13 @@ impl Proxy {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let routes = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Route::from_config(i, r.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ProxyInitError::Route(e.message))?;
         Ok(Proxy {
             stats: ProxyStats::default(),
             default_upstream: config.default_upstream(),
@@ -136,6 +177,8 @@ impl Proxy {
             manifests,
             tags,
             tag_locks: KeyedLock::default(),
+            routes,
+            selections: moka::sync::Cache::builder().max_capacity(50_000).build(),
             recent_failures: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(RECENT_FAILURE_TTL)
@@ -245,7 +288,17 @@ impl Proxy {
                     CacheResult::Miss | CacheResult::Coalesced => &self.stats.manifest_misses,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                Ok(manifest_response(client, &m, result == CacheResult::Stale))
+                let stale = result == CacheResult::Stale;
+                match reference {
+                    // Digest requests are never rewritten: the client gets what it named.
+                    Reference::Digest(_) => Ok(manifest_response(client, &m, stale, false)),
+                    Reference::Tag(_) => {
+                        let (answer, vary) = self
+                            .answer_for_client(&upstream, &target, client, m, notes)
+                            .await?;
+                        Ok(manifest_response(client, &answer, stale, vary))
+                    }
+                }
             }
             Endpoint::Blob { digest, .. } => {
                 self.blob(&upstream, &target, digest, client, notes).await
@@ -525,6 +578,203 @@ impl Proxy {
         Ok(m)
     }
 
+    // === platform rewriting ===
+
+    /// The answer to a tag request for this client: the manifest itself, or — for a client that
+    /// can't take an index (or on an `always` route) — the child for its platform, converted to
+    /// Docker schema2 when it can't take OCI either.
+    async fn answer_for_client(
+        &self,
+        upstream: &Upstream,
+        target: &Target,
+        client: &ClientRequest,
+        m: Arc<StoredManifest>,
+        notes: &mut RequestNotes,
+    ) -> Result<(Arc<StoredManifest>, bool), ProxyError> {
+        let header_str = |name: &str| client.headers.get(name).and_then(|v| v.to_str().ok());
+        let user_agent = header_str("user-agent");
+        let facts = RequestFacts {
+            host: header_str("host"),
+            local_port: client.conn.local.map(|a| a.port()),
+            client_ip: client.conn.peer.map(|a| a.ip()),
+            repository: target.repository.as_str(),
+            user_agent,
+        };
+        let route = choose_route(&self.routes, &facts);
+        let mode = route.map(|r| r.config.rewrite).unwrap_or_default();
+        let oci_for_legacy = route.map(|r| r.config.oci_for_legacy).unwrap_or_default();
+        let windows = route.map(|r| r.config.windows_match).unwrap_or_default();
+        let accept = AcceptSet::from_headers(&client.headers);
+        let (rewrite, why) = should_rewrite(mode, &accept, &m.media_type);
+        let mut decision = Decision {
+            upstream: upstream.config().name.clone(),
+            repository: target.repository.to_string(),
+            route: route.map(|r| r.index),
+            manifest_digest: m.digest.to_string(),
+            manifest_media_type: m.media_type.clone(),
+            rewrite,
+            rewrite_reason: why.to_owned(),
+            ..Default::default()
+        };
+        let single_oci = m.media_type == media_type::OCI_MANIFEST;
+        let vary =
+            mode != RewriteMode::Never && (media_type::is_index(&m.media_type) || single_oci);
+        let answer = if rewrite {
+            let (platform, source) =
+                client_platform(route, header_str("x-meta-platform"), user_agent)?;
+            decision.platform = Some(platform.to_string());
+            decision.platform_source = Some(source);
+            let key = SelectionKey {
+                index: m.digest.clone(),
+                platform: platform.to_string(),
+                windows,
+                accepts_oci: accept.accepts(media_type::OCI_MANIFEST),
+                oci_for_legacy,
+            };
+            let resolved = match self.selections.get(&key) {
+                Some(r) => r,
+                None => {
+                    let child = self
+                        .select_for_platform(
+                            upstream,
+                            target,
+                            &m,
+                            &platform,
+                            windows,
+                            &mut decision,
+                        )
+                        .await?;
+                    let (answer, converted) = self
+                        .fit_for_client(child, &accept, oci_for_legacy, &platform)
+                        .await?;
+                    let r = Arc::new(Resolved {
+                        answer,
+                        converted,
+                        steps: decision.steps.clone(),
+                        offered: decision.offered.clone(),
+                    });
+                    self.selections.insert(key, r.clone());
+                    r
+                }
+            };
+            decision.steps = resolved.steps.clone();
+            decision.offered = resolved.offered.clone();
+            decision.converted = resolved.converted;
+            notes.rewrite = Some(format!(
+                "{platform} ({}){}",
+                source.as_str(),
+                if resolved.converted {
+                    ", converted"
+                } else {
+                    ""
+                }
+            ));
+            resolved.answer.clone()
+        } else if single_oci
+            && mode != RewriteMode::Never
+            && !accept.accepts(media_type::OCI_MANIFEST)
+        {
+            // A single-platform OCI image for a client that only knows Docker's types.
+            let platform = Platform::parse(crate::rewrite::DEFAULT_PLATFORM)
+                .map_err(|e| ProxyError::internal(e.to_string()))?;
+            let (answer, converted) = self
+                .fit_for_client(m, &accept, oci_for_legacy, &platform)
+                .await?;
+            decision.converted = converted;
+            if converted {
+                notes.rewrite = Some("converted".into());
+            }
+            answer
+        } else {
+            m
+        };
+        decision.answer_digest = answer.digest.to_string();
+        decision.answer_media_type = answer.media_type.clone();
+        notes.decision = Some(Box::new(decision));
+        Ok((answer, vary))
+    }
+
+    /// Follows the index (and nested indexes) down to one manifest for `platform`.
+    async fn select_for_platform(
+        &self,
+        upstream: &Upstream,
+        target: &Target,
+        index: &Arc<StoredManifest>,
+        platform: &Platform,
+        windows: WindowsMatch,
+        decision: &mut Decision,
+    ) -> Result<Arc<StoredManifest>, ProxyError> {
+        let mut current = index.clone();
+        for _ in 0..MAX_INDEX_DEPTH {
+            let parsed = ImageIndex::parse(&current.bytes)?;
+            if decision.offered.is_empty() {
+                decision.offered = parsed.offered().iter().map(|p| p.to_string()).collect();
+            }
+            let selection = parsed.select(platform, windows)?;
+            decision.steps.push(SelectionStep {
+                index_digest: current.digest.to_string(),
+                chosen_digest: selection.child.digest.to_string(),
+                chosen_media_type: selection.child.media_type.clone(),
+                chosen_platform: selection.child.platform.as_ref().map(|p| p.to_string()),
+                reason: selection.reason.clone(),
+            });
+            let (child, _) = self
+                .manifest_by_digest(upstream, target, &selection.child.digest)
+                .await?;
+            if !media_type::is_index(&child.media_type) {
+                return Ok(child);
+            }
+            current = child;
+        }
+        Err(ProxyError::bad_gateway(format!(
+            "index {} nests deeper than {MAX_INDEX_DEPTH} levels",
+            index.digest
+        )))
+    }
+
+    /// An OCI manifest for a client that doesn't accept OCI: converted to Docker schema2 (and
+    /// stored, so the client's GET by the new digest is served) or refused, as the route says.
+    async fn fit_for_client(
+        &self,
+        child: Arc<StoredManifest>,
+        accept: &AcceptSet,
+        oci_for_legacy: OciForLegacy,
+        platform: &Platform,
+    ) -> Result<(Arc<StoredManifest>, bool), ProxyError> {
+        if child.media_type != media_type::OCI_MANIFEST || accept.accepts(media_type::OCI_MANIFEST)
+        {
+            return Ok((child, false));
+        }
+        if oci_for_legacy == OciForLegacy::Reject {
+            return Err(ProxyError::downstream(
+                ErrorCode::ManifestUnknown,
+                format!(
+                    "the image for {platform} is an OCI manifest ({}), which this client does not accept (oci_for_legacy = \"reject\")",
+                    child.digest
+                ),
+            ));
+        }
+        let bytes = convert_oci_to_docker(&child.bytes).map_err(|e| {
+            ProxyError::downstream(
+                ErrorCode::ManifestUnknown,
+                format!(
+                    "the image for {platform} is an OCI manifest ({}) that cannot be converted for a client without OCI support: {e}",
+                    child.digest
+                ),
+            )
+        })?;
+        let converted = Arc::new(StoredManifest {
+            digest: Digest::sha256_of(&bytes),
+            media_type: media_type::DOCKER_MANIFEST.to_owned(),
+            bytes: Bytes::from(bytes),
+        });
+        self.manifests
+            .put(converted.clone())
+            .await
+            .map_err(|e| ProxyError::internal(format!("cannot store a converted manifest: {e}")))?;
+        Ok((converted, true))
+    }
+
     // === blobs ===
 
     async fn blob(
@@ -771,6 +1021,7 @@ fn manifest_response(
     client: &ClientRequest,
     m: &StoredManifest,
     stale: bool,
+    vary: bool,
 ) -> Response<ResponseBody> {
     let mut r = if not_modified(&client.headers, &m.digest) {
         let mut r = Response::new(body::empty());
@@ -797,6 +1048,9 @@ fn manifest_response(
     h.insert(header::ETAG, etag(&m.digest));
     if stale {
         h.insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
+    }
+    if vary {
+        h.insert(header::VARY, HeaderValue::from_static(HINT_VARY));
     }
     r
 }

@@ -3,7 +3,7 @@
 use ipnet::IpNet;
 use std::net::IpAddr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum RewriteMode {
     /// Rewrite only when the client cannot take the index it asked for.
     #[default]
@@ -14,7 +14,7 @@ pub enum RewriteMode {
     Never,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum OciForLegacy {
     #[default]
     Convert,

@@ -13,7 +13,7 @@ pub const BUILD_2022: u32 = 20348;
 pub const BUILD_2025: u32 = 26100;
 
 /// How strictly a Windows host's build must match an image's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum WindowsMatch {
     /// Process isolation: the same major.minor.build only.
     #[default]
