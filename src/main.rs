@@ -21,6 +21,44 @@ struct Cli {
 enum Command {
     /// Serve the registry mirror.
     Serve(ServeArgs),
+    /// Show which upstream, route, platform and manifest a client would get for an image.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// The image as a client names it: alpine, ghcr.io/org/app:v1, 127.0.0.1:5000/x@sha256:…
+    image: String,
+    /// The client's User-Agent, e.g. "docker/17.06.2-ee-19 … os/linux arch/arm64".
+    #[arg(long)]
+    user_agent: Option<String>,
+    /// One Accept header line (repeat for several). None given: the client sends no Accept.
+    #[arg(long)]
+    accept: Vec<String>,
+    /// Sent as X-Meta-Platform, e.g. linux/arm/v7 or windows(10.0.17763)/amd64.
+    #[arg(long)]
+    platform: Option<String>,
+    /// The client's address, for client_cidr routes.
+    #[arg(long)]
+    client_ip: Option<std::net::IpAddr>,
+    /// The Host header, for host routes.
+    #[arg(long)]
+    host: Option<String>,
+    /// The archway port the client connects to, for port routes (default: the first listen port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Ask with HEAD instead of GET.
+    #[arg(long)]
+    head: bool,
+    /// TOML config file (the embedded defaults otherwise).
+    #[arg(long, env = "ARCHWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Mirror this registry as the only, default upstream.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -117,10 +155,75 @@ async fn shutdown_signal() {
     }
 }
 
+async fn run_explain(args: ExplainArgs) -> ExitCode {
+    let image = match archway::image_ref::ImageRef::parse(&args.image) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("archway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let serve = ServeArgs {
+        config: args.config,
+        listen: Vec::new(),
+        data_dir: None,
+        upstream: args.upstream,
+        cache_max_size: None,
+        tag_ttl: None,
+        log_format: None,
+    };
+    let mut cfg = match serve.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("archway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // A scratch cache: explain shows what would happen without touching a live cache.
+    let scratch = std::env::temp_dir().join(format!("archway-explain-{}", std::process::id()));
+    cfg.data_dir = scratch.clone();
+    let hints = archway::explain::Hints {
+        user_agent: args.user_agent,
+        accept: args.accept,
+        platform: args.platform,
+        client_ip: args.client_ip,
+        host: args.host,
+        port: args.port,
+        head: args.head,
+    };
+    let result = archway::explain::explain(cfg, &image, &args.image, &hints).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    match result {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("archway: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.status < 400 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("archway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Explain(args) => run_explain(args).await,
         Command::Serve(args) => {
             let cfg = match args.into_config() {
                 Ok(c) => c,

@@ -202,31 +202,14 @@ impl Proxy {
         conn: ConnInfo,
     ) -> Response<LoggedBody> {
         let started = Instant::now();
-        let (parts, _body) = req.into_parts();
-        let path = parts.uri.path().to_owned();
-        let log_path = match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.clone(),
+        let log_path = match req.uri().query() {
+            Some(q) => format!("{}?{q}", req.uri().path()),
+            None => req.uri().path().to_owned(),
         };
-        let client = ClientRequest {
-            conn,
-            method: parts.method.clone(),
-            headers: parts.headers,
-            query: parts.uri.query().map(str::to_owned),
-        };
-        let mut notes = RequestNotes::default();
-        let mut response = match self.dispatch(&path, &client, &mut notes).await {
-            Ok(r) => r,
-            Err(e) => {
-                notes.error = Some(e.message.clone());
-                error_response(&e, client.method == Method::HEAD)
-            }
-        };
-        response
-            .headers_mut()
-            .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        let method = req.method().clone();
+        let (response, notes) = self.answer(req, conn).await;
         let status = response.status().as_u16();
-        let expected_bytes = if client.method == Method::HEAD {
+        let expected_bytes = if method == Method::HEAD {
             Some(0)
         } else {
             response
@@ -239,7 +222,7 @@ impl Proxy {
             LoggedBody::new(
                 b,
                 AccessLog {
-                    method: client.method,
+                    method,
                     path: log_path,
                     status,
                     expected_bytes,
@@ -248,6 +231,33 @@ impl Proxy {
                 },
             )
         })
+    }
+
+    /// The response and what was learned on the way; `handle` logs it, `archway explain` prints it.
+    pub async fn answer<B>(
+        &self,
+        req: Request<B>,
+        conn: ConnInfo,
+    ) -> (Response<ResponseBody>, RequestNotes) {
+        let (parts, _body) = req.into_parts();
+        let client = ClientRequest {
+            conn,
+            method: parts.method,
+            headers: parts.headers,
+            query: parts.uri.query().map(str::to_owned),
+        };
+        let mut notes = RequestNotes::default();
+        let mut response = match self.dispatch(parts.uri.path(), &client, &mut notes).await {
+            Ok(r) => r,
+            Err(e) => {
+                notes.error = Some(e.message.clone());
+                error_response(&e, client.method == Method::HEAD)
+            }
+        };
+        response
+            .headers_mut()
+            .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        (response, notes)
     }
 
     async fn dispatch(
@@ -602,8 +612,6 @@ impl Proxy {
         };
         let route = choose_route(&self.routes, &facts);
         let mode = route.map(|r| r.config.rewrite).unwrap_or_default();
-        let oci_for_legacy = route.map(|r| r.config.oci_for_legacy).unwrap_or_default();
-        let windows = route.map(|r| r.config.windows_match).unwrap_or_default();
         let accept = AcceptSet::from_headers(&client.headers);
         let (rewrite, why) = should_rewrite(mode, &accept, &m.media_type);
         let mut decision = Decision {
@@ -614,8 +622,47 @@ impl Proxy {
             manifest_media_type: m.media_type.clone(),
             rewrite,
             rewrite_reason: why.to_owned(),
+            selected_by: format!("{:?}", target.selected_by).to_lowercase(),
             ..Default::default()
         };
+        let result = self
+            .resolve_for_client(
+                upstream,
+                target,
+                client,
+                m,
+                route,
+                &accept,
+                &mut decision,
+                notes,
+            )
+            .await;
+        if let Ok((answer, _)) = &result {
+            decision.answer_digest = answer.digest.to_string();
+            decision.answer_media_type = answer.media_type.clone();
+        }
+        notes.decision = Some(Box::new(decision));
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn resolve_for_client(
+        &self,
+        upstream: &Upstream,
+        target: &Target,
+        client: &ClientRequest,
+        m: Arc<StoredManifest>,
+        route: Option<&Route>,
+        accept: &AcceptSet,
+        decision: &mut Decision,
+        notes: &mut RequestNotes,
+    ) -> Result<(Arc<StoredManifest>, bool), ProxyError> {
+        let header_str = |name: &str| client.headers.get(name).and_then(|v| v.to_str().ok());
+        let user_agent = header_str("user-agent");
+        let mode = route.map(|r| r.config.rewrite).unwrap_or_default();
+        let oci_for_legacy = route.map(|r| r.config.oci_for_legacy).unwrap_or_default();
+        let windows = route.map(|r| r.config.windows_match).unwrap_or_default();
+        let rewrite = decision.rewrite;
         let single_oci = m.media_type == media_type::OCI_MANIFEST;
         let vary =
             mode != RewriteMode::Never && (media_type::is_index(&m.media_type) || single_oci);
@@ -635,14 +682,7 @@ impl Proxy {
                 Some(r) => r,
                 None => {
                     let child = self
-                        .select_for_platform(
-                            upstream,
-                            target,
-                            &m,
-                            &platform,
-                            windows,
-                            &mut decision,
-                        )
+                        .select_for_platform(upstream, target, &m, &platform, windows, decision)
                         .await?;
                     let (answer, converted) = self
                         .fit_for_client(child, &accept, oci_for_legacy, &platform)
@@ -688,9 +728,6 @@ impl Proxy {
         } else {
             m
         };
-        decision.answer_digest = answer.digest.to_string();
-        decision.answer_media_type = answer.media_type.clone();
-        notes.decision = Some(Box::new(decision));
         Ok((answer, vary))
     }
 

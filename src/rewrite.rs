@@ -38,6 +38,8 @@ impl Route {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Decision {
     pub upstream: String,
+    /// How the upstream was chosen: namespace, pathprefix, host, default.
+    pub selected_by: String,
     pub repository: String,
     pub route: Option<usize>,
     pub manifest_digest: String,
