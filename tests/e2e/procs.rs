@@ -2,7 +2,8 @@
 //!
 //! A daemon runs under a tiny `sh` watchdog that holds a pipe from the test process: when the
 //! test drops the daemon, or the whole test binary exits or is killed (statics are never dropped),
-//! the pipe closes and the watchdog sends the daemon SIGTERM. Nothing outlives the test run.
+//! the pipe closes and the watchdog sends the daemon SIGTERM, and can then remove the daemon's
+//! directory. Nothing outlives the test run.
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
@@ -19,6 +20,7 @@ echo "$child"
 read -r _ <&3 || true
 kill -TERM "$child" 2>/dev/null
 wait "$child"
+if [ -n "$ARCHWAY_E2E_CLEANUP" ]; then rm -rf -- "$ARCHWAY_E2E_CLEANUP"; fi
 "#;
 
 /// Proxy settings for every child: any attempt to reach a public registry fails fast at a closed
@@ -56,6 +58,12 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `cmd` (program, args, env, cwd are kept) with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, cmd: &Command, log: &Path) -> Daemon {
+        Self::spawn_owning(name, cmd, log, None)
+    }
+
+    /// Like [`Daemon::spawn`], and `dir` is removed once the daemon has exited: for daemons held
+    /// in statics, whose `TempDir` is never dropped.
+    pub fn spawn_owning(name: &str, cmd: &Command, log: &Path, dir: Option<&Path>) -> Daemon {
         let mut sh = Command::new("sh");
         sh.arg("-c").arg(WATCHDOG).arg("sh").arg(cmd.get_program());
         sh.args(cmd.get_args());
@@ -67,6 +75,9 @@ impl Daemon {
         }
         if let Some(dir) = cmd.get_current_dir() {
             sh.current_dir(dir);
+        }
+        if let Some(dir) = dir {
+            sh.env("ARCHWAY_E2E_CLEANUP", dir);
         }
         sh.env("ARCHWAY_E2E_LOG", log)
             .stdin(Stdio::piped())
@@ -90,14 +101,6 @@ impl Daemon {
             watchdog,
             log: log.to_owned(),
         }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log
     }
 
     pub fn log(&self) -> String {

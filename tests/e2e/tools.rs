@@ -6,7 +6,7 @@ use crate::e2e::procs::{self, command, free_port, Daemon};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// The Debian 20.10 client that matches the engine; another `docker` on PATH may be newer.
@@ -93,34 +93,32 @@ fn ping_ok(base: &str) -> bool {
 pub struct Registry {
     daemon: Daemon,
     pub port: u16,
-    _dir: TempDir,
 }
 
 impl Registry {
+    /// Starts a registry whose storage the watchdog removes when it exits, so that even the
+    /// shared one, held in a static, leaves nothing behind.
     pub fn start() -> Registry {
-        let dir = temp_dir("registry");
+        let dir = temp_dir("registry").keep();
         let port = free_port();
-        let config = dir.path().join("config.yml");
+        let config = dir.join("config.yml");
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog: {{level: warn}}\nstorage:\n  cache: {{blobdescriptor: inmemory}}\n  \
                  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n\
                  http: {{addr: 127.0.0.1:{port}, secret: not-a-secret}}\n",
-                dir.path().join("storage").display()
+                dir.join("storage").display()
             ),
         )
         .expect("write registry config");
         let mut cmd = command(tool("docker-registry"));
         cmd.arg("serve").arg(&config);
-        let daemon = Daemon::spawn("docker-registry", &cmd, &dir.path().join("registry.log"));
+        let log = dir.join("registry.log");
+        let daemon = Daemon::spawn_owning("docker-registry", &cmd, &log, Some(&dir));
         let base = format!("http://127.0.0.1:{port}");
         daemon.wait_ready(Duration::from_secs(30), || ping_ok(&base));
-        Registry {
-            daemon,
-            port,
-            _dir: dir,
-        }
+        Registry { daemon, port }
     }
 
     pub fn url(&self) -> String {
@@ -150,6 +148,9 @@ pub struct Access {
     pub bytes: Option<u64>,
     pub upstream: Option<String>,
     pub cache: Option<String>,
+    /// Whether the whole body reached the client (archway logs when the body ends or drops).
+    pub complete: Option<bool>,
+    pub error: Option<String>,
 }
 
 impl Access {
@@ -173,6 +174,8 @@ impl Access {
             bytes: f.get("bytes").and_then(Value::as_u64),
             upstream: s("upstream"),
             cache: s("cache"),
+            complete: f.get("complete").and_then(Value::as_bool),
+            error: s("error"),
         })
     }
 
@@ -184,24 +187,24 @@ impl Access {
         self.uri.split_once('?').map(|(_, q)| q).unwrap_or("")
     }
 
-    /// True for a request on a manifest or blob whose path ends in `reference`.
-    pub fn is_for(&self, kind: &str, reference: &str) -> bool {
-        let p = self.path();
-        p.starts_with("/v2/") && p.ends_with(&format!("/{kind}/{reference}"))
-    }
 }
 
 impl std::fmt::Display for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} {} -> {} cache={} upstream={} bytes={}",
+            "{} {} -> {} cache={} upstream={} bytes={}{}",
             self.method,
             self.uri,
             self.status,
             self.cache.as_deref().unwrap_or("-"),
             self.upstream.as_deref().unwrap_or("-"),
-            self.bytes.map_or("-".into(), |b| b.to_string())
+            self.bytes.map_or("-".into(), |b| b.to_string()),
+            match (self.complete, &self.error) {
+                (Some(false), _) => " INCOMPLETE".to_owned(),
+                (_, Some(e)) => format!(" error={e:?}"),
+                _ => String::new(),
+            }
         )
     }
 }
@@ -262,12 +265,20 @@ impl Archway {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The access log so far. archway writes a line when a response body ends, a moment after
+    /// the client has its bytes: wait until no new line has come for a little while.
     pub fn access_log(&self) -> Vec<Access> {
-        self.daemon.log().lines().filter_map(Access::parse).collect()
-    }
-
-    pub fn log_tail(&self) -> String {
-        self.daemon.log_tail(60)
+        let read = || -> Vec<Access> { self.daemon.log().lines().filter_map(Access::parse).collect() };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = read();
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = read();
+            if now.len() == last.len() || Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
     }
 }
 
@@ -311,10 +322,6 @@ impl Containerd {
         let mut cmd = command(tool("ctr"));
         cmd.arg("--address").arg(&self.socket).args(args);
         cmd
-    }
-
-    pub fn log_tail(&self) -> String {
-        self.daemon.log_tail(40)
     }
 }
 
