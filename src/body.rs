@@ -12,7 +12,9 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, std::io::Error>;
 pub type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 pub fn empty() -> ResponseBody {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {

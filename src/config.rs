@@ -311,7 +311,10 @@ impl Config {
         }
         let defaults = self.upstreams.iter().filter(|u| u.default).count();
         if defaults > 1 {
-            return Err(invalid("upstream.default", "only one upstream may be the default"));
+            return Err(invalid(
+                "upstream.default",
+                "only one upstream may be the default",
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
@@ -339,9 +342,14 @@ impl Config {
 impl RawUpstream {
     fn into_config(self, i: usize) -> Result<UpstreamConfig, ConfigError> {
         let key = |k: &str| format!("upstream[{i}].{k}");
-        if self.name.is_empty() || self.name.contains('/') || self.name.contains(char::is_whitespace)
+        if self.name.is_empty()
+            || self.name.contains('/')
+            || self.name.contains(char::is_whitespace)
         {
-            return Err(invalid(key("name"), "must be a non-empty registry name without `/`"));
+            return Err(invalid(
+                key("name"),
+                "must be a non-empty registry name without `/`",
+            ));
         }
         parse_upstream_url(&key("url"), &self.url)?;
         let mut u = UpstreamConfig::from_url(Some(&self.name), &self.url)?;
@@ -349,7 +357,10 @@ impl RawUpstream {
         for a in self.aliases {
             let a = a.to_ascii_lowercase();
             if a.is_empty() || a.contains('/') {
-                return Err(invalid(key("aliases"), format!("`{a}` is not a registry name")));
+                return Err(invalid(
+                    key("aliases"),
+                    format!("`{a}` is not a registry name"),
+                ));
             }
             if a != u.name && !u.aliases.contains(&a) {
                 u.aliases.push(a);
@@ -386,12 +397,18 @@ impl RawUpstream {
             Some(p)
         } else if let Some(f) = self.password_file {
             let text = std::fs::read_to_string(&f).map_err(|e| {
-                invalid(key("password_file"), format!("cannot read {}: {e}", f.display()))
+                invalid(
+                    key("password_file"),
+                    format!("cannot read {}: {e}", f.display()),
+                )
             })?;
             Some(text.trim_end_matches(['\r', '\n']).to_owned())
         } else if let Some(var) = self.password_env {
             Some(std::env::var(&var).map_err(|_| {
-                invalid(key("password_env"), format!("environment variable {var} is not set"))
+                invalid(
+                    key("password_env"),
+                    format!("environment variable {var} is not set"),
+                )
             })?)
         } else {
             None
@@ -402,8 +419,18 @@ impl RawUpstream {
                 password: Secret::new(p),
             }),
             (None, None) => None,
-            (Some(_), None) => return Err(invalid(key("password"), "username given without a password")),
-            (None, Some(_)) => return Err(invalid(key("username"), "password given without a username")),
+            (Some(_), None) => {
+                return Err(invalid(
+                    key("password"),
+                    "username given without a password",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    key("username"),
+                    "password given without a username",
+                ))
+            }
         };
         Ok(u)
     }
@@ -466,7 +493,9 @@ pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
         }
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let d = match unit {
@@ -565,8 +594,14 @@ password = "hunter2"
         assert_eq!(parse_size("k", "2MiB").unwrap(), 2 << 20);
         assert_eq!(parse_size("k", "10GB").unwrap(), 10_000_000_000);
         assert!(parse_size("k", "-1").is_err());
-        assert_eq!(parse_duration("k", "1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("k", "500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            parse_duration("k", "1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_duration("k", "500ms").unwrap(),
+            Duration::from_millis(500)
+        );
         assert!(parse_duration("k", "5").is_err());
         assert!(parse_duration("k", "m").is_err());
     }

@@ -84,7 +84,9 @@ impl FromStr for Digest {
             _ => return Err(DigestError::UnsupportedAlgorithm),
         };
         let ok = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !ok {
             return Err(DigestError::BadHex);
         }

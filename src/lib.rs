@@ -1,6 +1,7 @@
 //! archway: a platform-resolving pull-through proxy for container registries.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod api;
 pub mod body;
 pub mod cache;
@@ -8,5 +9,10 @@ pub mod config;
 pub mod digest;
 pub mod error;
 pub mod media_type;
+pub mod proxy;
 pub mod reference;
+pub mod routing;
+pub mod server;
+
+pub use server::Archway;
 pub mod upstream;

@@ -33,7 +33,12 @@ pub struct AcceptSet {
 
 impl AcceptSet {
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        Self::from_lines(headers.get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()))
+        Self::from_lines(
+            headers
+                .get_all(ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        )
     }
 
     pub fn from_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Self {
@@ -41,7 +46,12 @@ impl AcceptSet {
         for line in lines {
             set.present = true;
             for item in line.split(',') {
-                let media = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                let media = item
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
                 if media.is_empty() {
                     continue;
                 }
@@ -61,7 +71,11 @@ impl AcceptSet {
     }
 
     pub fn accepts(&self, media_type: &str) -> bool {
-        self.any || self.types.iter().any(|t| t.eq_ignore_ascii_case(media_type))
+        self.any
+            || self
+                .types
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(media_type))
     }
 }
 
@@ -96,7 +110,9 @@ mod tests {
 
     #[test]
     fn parameters_and_case() {
-        let a = AcceptSet::from_lines(["Application/VND.OCI.image.index.v1+json; q=0.5 ,  application/json"]);
+        let a = AcceptSet::from_lines([
+            "Application/VND.OCI.image.index.v1+json; q=0.5 ,  application/json",
+        ]);
         assert!(a.accepts(OCI_INDEX));
         assert!(a.accepts("application/json"));
         assert!(!a.accepts(DOCKER_MANIFEST));

@@ -1,3 +1,7 @@
 //! Caches: blobs on disk, manifests in memory and on disk, tags with a TTL.
 
+mod blob_body;
+mod blob_fill;
 pub mod blob_store;
+pub mod manifest_store;
+pub mod tag_store;

@@ -1,0 +1,102 @@
+//! One structured log line per request, written when the response body is finished or dropped,
+//! so `bytes` and `duration_ms` are what the client really got.
+
+use crate::body::ResponseBody;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// What the proxy learned while answering, for the log line.
+#[derive(Debug, Clone, Default)]
+pub struct RequestNotes {
+    pub upstream: Option<String>,
+    pub cache: Option<&'static str>,
+    pub error: Option<String>,
+}
+
+pub struct AccessLog {
+    pub method: http::Method,
+    pub path: String,
+    pub status: u16,
+    /// The Content-Length announced, if any: a body that delivered it all is complete even when
+    /// the connection never polled for the end of stream.
+    pub expected_bytes: Option<u64>,
+    pub started: Instant,
+    pub notes: RequestNotes,
+}
+
+pub struct LoggedBody {
+    inner: ResponseBody,
+    bytes: u64,
+    failed: bool,
+    ended: bool,
+    log: Option<AccessLog>,
+}
+
+impl LoggedBody {
+    pub fn new(inner: ResponseBody, log: AccessLog) -> Self {
+        LoggedBody {
+            inner,
+            bytes: 0,
+            failed: false,
+            ended: false,
+            log: Some(log),
+        }
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.failed = true,
+            Poll::Ready(None) => self.ended = true,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        let Some(log) = self.log.take() else { return };
+        let complete = !self.failed
+            && (self.ended
+                || self.inner.is_end_stream()
+                || log.expected_bytes == Some(self.bytes));
+        tracing::info!(
+            target: "archway::access",
+            method = %log.method,
+            path = %log.path,
+            status = log.status,
+            bytes = self.bytes,
+            complete,
+            duration_ms = log.started.elapsed().as_secs_f64() * 1000.0,
+            upstream = log.notes.upstream.as_deref().unwrap_or("-"),
+            cache = log.notes.cache.unwrap_or("none"),
+            error = log.notes.error.as_deref(),
+            "request"
+        );
+    }
+}

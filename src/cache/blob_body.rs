@@ -1,0 +1,276 @@
+//! Response bodies that stream a blob from disk: a committed file, or a temp file still being
+//! filled (following the fill's progress). Reads are positional (`pread`) in blocking tasks, a
+//! bounded chunk at a time, so no blob is ever held in memory and readers never share an offset.
+
+use crate::body::ResponseBody;
+use crate::cache::blob_fill::{FillState, Phase};
+use crate::cache::blob_store::PinGuard;
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Bytes per read: large enough to amortise the blocking-task hop, small enough to stream.
+const CHUNK: u64 = 128 * 1024;
+
+/// A committed blob. `pin` keeps it from being evicted until the body is finished or dropped.
+pub(crate) fn cached_body(
+    path: PathBuf,
+    size: u64,
+    range: Option<(u64, u64)>,
+    pin: Arc<PinGuard>,
+) -> ResponseBody {
+    let (start, end) = match range {
+        Some((start, end)) => (start, end.checked_add(1)),
+        None => (0, Some(size)),
+    };
+    let reader = Reader {
+        source: Source::Cached {
+            path,
+            file: None,
+            _pin: pin,
+        },
+        pos: start,
+        end,
+        finished: false,
+    };
+    into_body(reader)
+}
+
+/// A blob being filled: bytes are released as they are written, except that the range's last
+/// byte (or, with no known end, the end of the stream) waits until the fill is verified.
+pub(crate) fn filling_body(
+    rx: watch::Receiver<FillState>,
+    file: Arc<File>,
+    size: Option<u64>,
+    range: Option<(u64, u64)>,
+) -> ResponseBody {
+    let (start, end) = match range {
+        Some((start, end)) => (start, end.checked_add(1)),
+        None => (0, size),
+    };
+    let reader = Reader {
+        source: Source::Filling { rx, file },
+        pos: start,
+        end,
+        finished: false,
+    };
+    into_body(reader)
+}
+
+fn into_body(reader: Reader) -> ResponseBody {
+    let stream = futures_util::stream::unfold(reader, |mut reader| async move {
+        let item = reader.next_chunk().await?;
+        Some((item.map(Frame::data), reader))
+    });
+    StreamBody::new(stream).boxed_unsync()
+}
+
+/// How many bytes (from offset 0) a reader may release. Until the fill is verified, the last byte
+/// of a known end is held back: with Content-Length framing a client that got every byte would
+/// treat the response as complete, so the final byte is what makes a failed blob a broken one.
+/// With no known end the stream's end itself is held back (see `Reader::next_chunk`).
+pub(crate) fn releasable(written: u64, verified: bool, end: Option<u64>) -> u64 {
+    match end {
+        None => written,
+        Some(end) if verified => written.min(end),
+        Some(end) if written >= end => end.saturating_sub(1),
+        Some(_) => written,
+    }
+}
+
+enum Source {
+    Cached {
+        path: PathBuf,
+        file: Option<Arc<File>>,
+        _pin: Arc<PinGuard>,
+    },
+    Filling {
+        rx: watch::Receiver<FillState>,
+        file: Arc<File>,
+    },
+}
+
+struct Reader {
+    source: Source,
+    pos: u64,
+    /// Exclusive end; `None` = the end of a blob whose size is not known yet.
+    end: Option<u64>,
+    finished: bool,
+}
+
+/// What the fill allows right now.
+enum Progress {
+    Read { file: Arc<File>, limit: u64 },
+    End,
+    Fail(io::Error),
+}
+
+impl Reader {
+    /// The next chunk, an error (after which the body ends), or `None` at a verified end.
+    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        if self.finished {
+            return None;
+        }
+        let progress = match self.progress().await {
+            Ok(progress) => progress,
+            Err(e) => Progress::Fail(e),
+        };
+        let result = match progress {
+            Progress::End => {
+                self.finished = true;
+                return None;
+            }
+            Progress::Fail(e) => Err(e),
+            Progress::Read { file, limit } => {
+                let len = (limit - self.pos).min(CHUNK);
+                read_at(file, self.pos, len).await
+            }
+        };
+        match &result {
+            Ok(bytes) => self.pos += bytes.len() as u64,
+            Err(_) => self.finished = true,
+        }
+        Some(result)
+    }
+
+    /// Waits until there is something to release (bytes, the verified end, or a failure).
+    async fn progress(&mut self) -> io::Result<Progress> {
+        let pos = self.pos;
+        let end = self.end;
+        match &mut self.source {
+            Source::Cached { path, file, .. } => {
+                let Some(end) = end else {
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad range"));
+                };
+                if pos >= end {
+                    return Ok(Progress::End);
+                }
+                let file = match file {
+                    Some(file) => file.clone(),
+                    None => {
+                        let path = path.clone();
+                        let opened = tokio::task::spawn_blocking(move || File::open(path))
+                            .await
+                            .map_err(io::Error::other)??;
+                        let opened = Arc::new(opened);
+                        *file = Some(opened.clone());
+                        opened
+                    }
+                };
+                Ok(Progress::Read { file, limit: end })
+            }
+            Source::Filling { rx, file } => {
+                let state = rx
+                    .wait_for(|s| {
+                        s.is_terminal()
+                            || releasable(s.written, matches!(s.phase, Phase::Done), end) > pos
+                    })
+                    .await
+                    .map(|s| (*s).clone())
+                    .map_err(|_| io::Error::other("blob fill vanished"))?;
+                let verified = match &state.phase {
+                    Phase::Done => true,
+                    Phase::Failed(failure) => return Err(failure.to_io_error()),
+                    Phase::HeadFailed(e) => return Err(io::Error::other(e.message.clone())),
+                    Phase::Fetching | Phase::Streaming => false,
+                };
+                let limit = releasable(state.written, verified, end);
+                if pos < limit {
+                    return Ok(Progress::Read {
+                        file: file.clone(),
+                        limit,
+                    });
+                }
+                // Only reachable when verified: nothing more will ever arrive.
+                match end {
+                    Some(end) if pos < end => Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "range extends past the end of the blob",
+                    )),
+                    _ => Ok(Progress::End),
+                }
+            }
+        }
+    }
+}
+
+/// Reads up to `len` bytes at `offset`; a file shorter than promised is an error, never a short
+/// success.
+async fn read_at(file: Arc<File>, offset: u64, len: u64) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        let mut buf = vec![0u8; len];
+        let mut filled = 0;
+        while filled < len {
+            let n = pread(&file, &mut buf[filled..], offset + filled as u64)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob file is shorter than expected",
+            ));
+        }
+        buf.truncate(filled);
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+#[cfg(unix)]
+fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::releasable;
+
+    #[test]
+    fn releasable_table() {
+        // (written, verified, end, expected)
+        let cases: &[(u64, bool, Option<u64>, u64)] = &[
+            // Unknown end: everything written (the stream end itself waits for verification).
+            (0, false, None, 0),
+            (10, false, None, 10),
+            (10, true, None, 10),
+            // Known end, still filling: the last byte is held back.
+            (5, false, Some(10), 5),
+            (9, false, Some(10), 9),
+            (10, false, Some(10), 9),
+            (50, false, Some(10), 9),
+            // Verified: up to the end.
+            (10, true, Some(10), 10),
+            (50, true, Some(10), 10),
+            // Verified but shorter than the range: only what exists.
+            (4, true, Some(10), 4),
+            // Empty blob / empty remainder.
+            (0, false, Some(0), 0),
+            (0, true, Some(0), 0),
+            // A one-byte range is released only once verified.
+            (1, false, Some(1), 0),
+            (1, true, Some(1), 1),
+        ];
+        for &(written, verified, end, expected) in cases {
+            assert_eq!(
+                releasable(written, verified, end),
+                expected,
+                "written={written} verified={verified} end={end:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,878 @@
+//! The pipeline: parse → route → caches → upstream → response. Everything a client sees is
+//! decided here; the pieces it calls are pure or thin.
+
+use crate::access_log::{AccessLog, LoggedBody, RequestNotes};
+use crate::api::{self, ByteRange, Endpoint};
+use crate::body::{self, ResponseBody};
+use crate::cache::blob_store::{Blob, BlobStore, UpstreamBlob};
+use crate::cache::manifest_store::{ManifestStore, StoredManifest};
+use crate::cache::tag_store::{now_ms, TagEntry, TagKey, TagStore};
+use crate::config::Config;
+use crate::digest::Digest;
+use crate::error::{ErrorCode, ProxyError};
+use crate::media_type;
+use crate::reference::{Reference, Tag};
+use crate::routing::{self, Target};
+use crate::upstream::{status_error, Upstream};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Distribution refuses manifests above 4 MiB; so do we, so a hostile upstream can't fill memory.
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+const STALE_WARNING: &str = "110 - \"Response is Stale\"";
+
+/// Counters the tests and (later) metrics read.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub stale_served: AtomicU64,
+    pub manifest_hits: AtomicU64,
+    pub manifest_misses: AtomicU64,
+    pub blob_hits: AtomicU64,
+    pub blob_misses: AtomicU64,
+    pub blob_coalesced: AtomicU64,
+}
+
+pub struct Proxy {
+    pub stats: ProxyStats,
+    config: Config,
+    upstreams: Vec<Arc<Upstream>>,
+    default_upstream: Option<usize>,
+    manifests: ManifestStore,
+    tags: TagStore,
+    blobs: Arc<BlobStore>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyInitError {
+    #[error("cannot open the cache under {path}: {source}")]
+    Cache {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("upstream `{name}`: {source}")]
+    Upstream {
+        name: String,
+        source: crate::upstream::UpstreamInitError,
+    },
+}
+
+/// How a request was answered, for logs (and later metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheResult {
+    Hit,
+    Miss,
+    Stale,
+    Coalesced,
+}
+
+impl CacheResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Stale => "stale",
+            CacheResult::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// The parts of the client request the pipeline reads; nothing else is ever forwarded.
+struct ClientRequest {
+    method: Method,
+    headers: HeaderMap,
+    query: Option<String>,
+}
+
+impl Proxy {
+    pub fn new(config: Config) -> Result<Proxy, ProxyInitError> {
+        let cache_err =
+            |path: std::path::PathBuf| move |source| ProxyInitError::Cache { path, source };
+        let dir = config.data_dir.clone();
+        let blobs =
+            BlobStore::open(dir.clone(), config.cache.max_size).map_err(cache_err(dir.clone()))?;
+        let mdir = dir.join("manifests");
+        let manifests =
+            ManifestStore::open(mdir.clone(), config.cache.memory_size).map_err(cache_err(mdir))?;
+        let tdir = dir.join("tags");
+        let tags = TagStore::open(tdir.clone()).map_err(cache_err(tdir))?;
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                Upstream::new(u.clone())
+                    .map(Arc::new)
+                    .map_err(|source| ProxyInitError::Upstream {
+                        name: u.name.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Proxy {
+            stats: ProxyStats::default(),
+            default_upstream: config.default_upstream(),
+            config,
+            upstreams,
+            manifests,
+            tags,
+            blobs,
+        })
+    }
+
+    pub fn upstream(&self, i: usize) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(i)
+    }
+
+    pub fn blob_store(&self) -> &Arc<BlobStore> {
+        &self.blobs
+    }
+
+    /// Answers one request. Never fails: errors become registry error responses.
+    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<LoggedBody> {
+        let started = Instant::now();
+        let (parts, _body) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        let log_path = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        let client = ClientRequest {
+            method: parts.method.clone(),
+            headers: parts.headers,
+            query: parts.uri.query().map(str::to_owned),
+        };
+        let mut notes = RequestNotes::default();
+        let mut response = match self.dispatch(&path, &client, &mut notes).await {
+            Ok(r) => r,
+            Err(e) => {
+                notes.error = Some(e.message.clone());
+                error_response(&e, client.method == Method::HEAD)
+            }
+        };
+        response
+            .headers_mut()
+            .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        let status = response.status().as_u16();
+        let expected_bytes = if client.method == Method::HEAD {
+            Some(0)
+        } else {
+            response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
+        response.map(|b| {
+            LoggedBody::new(
+                b,
+                AccessLog {
+                    method: client.method,
+                    path: log_path,
+                    status,
+                    expected_bytes,
+                    started,
+                    notes,
+                },
+            )
+        })
+    }
+
+    async fn dispatch(
+        &self,
+        path: &str,
+        client: &ClientRequest,
+        notes: &mut RequestNotes,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let endpoint = api::parse(&client.method, path)?;
+        let raw_name = match endpoint.name() {
+            None => return Ok(ping()),
+            Some(n) => n,
+        };
+        let host = client
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let target = routing::resolve(
+            &self.config.upstreams,
+            self.default_upstream,
+            raw_name,
+            api::ns_param(client.query.as_deref()),
+            host,
+        )?;
+        let upstream = self.upstreams[target.upstream].clone();
+        notes.upstream = Some(upstream.config().name.clone());
+        match &endpoint {
+            Endpoint::Ping => Ok(ping()),
+            Endpoint::Manifest { reference, .. } => {
+                let (m, result) = match reference {
+                    Reference::Digest(d) => self.manifest_by_digest(&upstream, &target, d).await?,
+                    Reference::Tag(t) => self.manifest_by_tag(&upstream, &target, t).await?,
+                };
+                notes.cache = Some(result.as_str());
+                let counter = match result {
+                    CacheResult::Hit => &self.stats.manifest_hits,
+                    CacheResult::Stale => &self.stats.stale_served,
+                    CacheResult::Miss | CacheResult::Coalesced => &self.stats.manifest_misses,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(manifest_response(client, &m, result == CacheResult::Stale))
+            }
+            Endpoint::Blob { digest, .. } => {
+                self.blob(&upstream, &target, digest, client, notes).await
+            }
+            Endpoint::TagsList { .. } => {
+                let q = api::passthrough_query(client.query.as_deref(), &["n", "last"]);
+                self.pass_through(
+                    &upstream,
+                    &target,
+                    raw_name,
+                    &format!("tags/list{q}"),
+                    ErrorCode::NameUnknown,
+                )
+                .await
+            }
+            Endpoint::Referrers { digest, .. } => {
+                let q = api::passthrough_query(client.query.as_deref(), &["artifactType"]);
+                self.pass_through(
+                    &upstream,
+                    &target,
+                    raw_name,
+                    &format!("referrers/{digest}{q}"),
+                    ErrorCode::ManifestUnknown,
+                )
+                .await
+            }
+        }
+    }
+
+    // === manifests ===
+
+    async fn manifest_by_digest(
+        &self,
+        upstream: &Upstream,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<(Arc<StoredManifest>, CacheResult), ProxyError> {
+        if let Some(m) = self.manifests.get(digest).await {
+            return Ok((m, CacheResult::Hit));
+        }
+        let m = self
+            .fetch_manifest(upstream, target, &digest.to_string(), Some(digest))
+            .await?;
+        Ok((m, CacheResult::Miss))
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        upstream: &Upstream,
+        target: &Target,
+        tag: &Tag,
+    ) -> Result<(Arc<StoredManifest>, CacheResult), ProxyError> {
+        let key = TagKey {
+            upstream: upstream.config().name.clone(),
+            repository: target.repository.to_string(),
+            tag: tag.to_string(),
+        };
+        let ttl = upstream
+            .config()
+            .tag_ttl
+            .unwrap_or(self.config.cache.tag_ttl);
+        let cached = self.tags.get(&key);
+        if let Some(entry) = &cached {
+            if entry.age(SystemTime::now()) < ttl {
+                if let Some(m) = self.manifests.get(&entry.digest).await {
+                    return Ok((m, CacheResult::Hit));
+                }
+            }
+        } else if self.tags.is_known_missing(&key) {
+            return Err(ProxyError::upstream(
+                ErrorCode::ManifestUnknown,
+                format!("manifest unknown: {}:{tag}", target.repository),
+            ));
+        }
+        match self
+            .refresh_tag(upstream, target, tag, &key, cached.as_ref())
+            .await
+        {
+            Ok(found) => Ok(found),
+            Err(e) if e.is_upstream_unavailable() => {
+                // stale-if-error: a cached answer young enough beats an error.
+                let Some(entry) = cached else { return Err(e) };
+                if entry.age(SystemTime::now()) > self.config.cache.stale_if_error {
+                    return Err(e);
+                }
+                match self.manifests.get(&entry.digest).await {
+                    Some(m) => {
+                        tracing::warn!(upstream = %key.upstream, repository = %key.repository, tag = %key.tag, error = %e.message, "upstream unavailable, serving stale tag");
+                        Ok((m, CacheResult::Stale))
+                    }
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Revalidates with HEAD when we already know the tag (HEADs don't count against Docker
+    /// Hub's pull limit), and GETs by tag otherwise.
+    async fn refresh_tag(
+        &self,
+        upstream: &Upstream,
+        target: &Target,
+        tag: &Tag,
+        key: &TagKey,
+        cached: Option<&TagEntry>,
+    ) -> Result<(Arc<StoredManifest>, CacheResult), ProxyError> {
+        let suffix = format!("manifests/{tag}");
+        if cached.is_some() {
+            let resp = upstream
+                .send(Method::HEAD, &target.repository, &suffix, manifest_accept())
+                .await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                self.tags
+                    .mark_missing(key, self.config.cache.negative_ttl)
+                    .await;
+            }
+            check_status(
+                upstream,
+                resp.status(),
+                resp.headers(),
+                ErrorCode::ManifestUnknown,
+            )?;
+            let announced = resp
+                .headers()
+                .get(CONTENT_DIGEST)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<Digest>().ok());
+            if let Some(digest) = announced {
+                let m = match self.manifests.get(&digest).await {
+                    Some(m) => m,
+                    None => {
+                        self.fetch_manifest(upstream, target, &digest.to_string(), Some(&digest))
+                            .await?
+                    }
+                };
+                self.remember_tag(key, &m).await;
+                return Ok((m, CacheResult::Hit));
+            }
+        }
+        let resp = upstream
+            .send(Method::GET, &target.repository, &suffix, manifest_accept())
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            self.tags
+                .mark_missing(key, self.config.cache.negative_ttl)
+                .await;
+        }
+        let m = self.read_manifest(upstream, resp, None).await?;
+        self.remember_tag(key, &m).await;
+        Ok((m, CacheResult::Miss))
+    }
+
+    async fn remember_tag(&self, key: &TagKey, m: &StoredManifest) {
+        let entry = TagEntry {
+            digest: m.digest.clone(),
+            media_type: m.media_type.clone(),
+            size: m.bytes.len() as u64,
+            validated_at_ms: now_ms(),
+        };
+        if let Err(e) = self.tags.put(key.clone(), entry).await {
+            // The answer is still right; only persistence failed.
+            tracing::error!(error = %e, "cannot persist tag");
+        }
+    }
+
+    async fn fetch_manifest(
+        &self,
+        upstream: &Upstream,
+        target: &Target,
+        reference: &str,
+        expected: Option<&Digest>,
+    ) -> Result<Arc<StoredManifest>, ProxyError> {
+        let resp = upstream
+            .send(
+                Method::GET,
+                &target.repository,
+                &format!("manifests/{reference}"),
+                manifest_accept(),
+            )
+            .await?;
+        self.read_manifest(upstream, resp, expected).await
+    }
+
+    /// Reads a manifest body, keeps its exact bytes, and stores it under the digest it hashes to.
+    async fn read_manifest(
+        &self,
+        upstream: &Upstream,
+        resp: Response<crate::body::UpstreamBody>,
+        expected: Option<&Digest>,
+    ) -> Result<Arc<StoredManifest>, ProxyError> {
+        check_status(
+            upstream,
+            resp.status(),
+            resp.headers(),
+            ErrorCode::ManifestUnknown,
+        )?;
+        if resp.status() != StatusCode::OK {
+            return Err(ProxyError::bad_gateway(format!(
+                "upstream {} answered {} for a manifest",
+                upstream.config().name,
+                resp.status()
+            )));
+        }
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
+        let announced = resp
+            .headers()
+            .get(CONTENT_DIGEST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = http_body_util::Limited::new(resp.into_body(), MAX_MANIFEST_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                ProxyError::bad_gateway(format!(
+                    "reading a manifest from upstream {} failed: {e}",
+                    upstream.config().name
+                ))
+            })?
+            .to_bytes();
+        let digest = match expected {
+            Some(d) if d.verifies(&bytes) => d.clone(),
+            Some(d) => {
+                return Err(ProxyError::bad_gateway(format!(
+                    "upstream {} sent a manifest that does not match {d}",
+                    upstream.config().name
+                )))
+            }
+            None => Digest::sha256_of(&bytes),
+        };
+        if let Some(a) = announced.filter(|a| *a != digest.to_string()) {
+            tracing::warn!(announced = %a, computed = %digest, "upstream's Docker-Content-Digest differs from the bytes; using the bytes' digest");
+        }
+        let media_type = media_type_of(content_type.as_deref(), &bytes);
+        let m = Arc::new(StoredManifest {
+            digest,
+            media_type,
+            bytes,
+        });
+        if let Err(e) = self.manifests.put(m.clone()).await {
+            tracing::error!(error = %e, "cannot persist manifest");
+        }
+        Ok(m)
+    }
+
+    // === blobs ===
+
+    async fn blob(
+        &self,
+        upstream: &Arc<Upstream>,
+        target: &Target,
+        digest: &Digest,
+        client: &ClientRequest,
+        notes: &mut RequestNotes,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        if let Some(cached) = self.blobs.get(digest) {
+            notes.cache = Some(CacheResult::Hit.as_str());
+            self.stats.blob_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(blob_response(client, digest, Blob::Cached(cached)));
+        }
+        if client.method == Method::HEAD {
+            // A HEAD tells the client the size; it must not start a download.
+            notes.cache = Some(CacheResult::Miss.as_str());
+            let resp = upstream
+                .send(
+                    Method::HEAD,
+                    &target.repository,
+                    &format!("blobs/{digest}"),
+                    HeaderMap::new(),
+                )
+                .await?;
+            check_status(
+                upstream,
+                resp.status(),
+                resp.headers(),
+                ErrorCode::BlobUnknown,
+            )?;
+            let mut out = Response::new(body::empty());
+            if let Some(len) = resp.headers().get(header::CONTENT_LENGTH) {
+                out.headers_mut()
+                    .insert(header::CONTENT_LENGTH, len.clone());
+            }
+            blob_headers(out.headers_mut(), digest);
+            return Ok(out);
+        }
+        let started = Arc::new(AtomicBool::new(false));
+        let fetch = {
+            let upstream = upstream.clone();
+            let repository = target.repository.clone();
+            let digest = digest.clone();
+            let started = started.clone();
+            move || async move {
+                started.store(true, Ordering::SeqCst);
+                let resp = upstream
+                    .send(
+                        Method::GET,
+                        &repository,
+                        &format!("blobs/{digest}"),
+                        HeaderMap::new(),
+                    )
+                    .await?;
+                check_status(
+                    &upstream,
+                    resp.status(),
+                    resp.headers(),
+                    ErrorCode::BlobUnknown,
+                )?;
+                if resp.status() != StatusCode::OK {
+                    return Err(ProxyError::bad_gateway(format!(
+                        "upstream {} answered {} for a blob",
+                        upstream.config().name,
+                        resp.status()
+                    )));
+                }
+                let size = resp
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                Ok(UpstreamBlob {
+                    size,
+                    body: resp.into_body(),
+                })
+            }
+        };
+        let blob = self.blobs.get_or_fill(digest, fetch).await?;
+        let (result, counter) = if started.load(Ordering::SeqCst) {
+            (CacheResult::Miss, &self.stats.blob_misses)
+        } else if blob.is_cached() {
+            (CacheResult::Hit, &self.stats.blob_hits)
+        } else {
+            (CacheResult::Coalesced, &self.stats.blob_coalesced)
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        notes.cache = Some(result.as_str());
+        Ok(blob_response(client, digest, blob))
+    }
+
+    // === tags/list and referrers ===
+
+    async fn pass_through(
+        &self,
+        upstream: &Upstream,
+        target: &Target,
+        client_name: &str,
+        suffix: &str,
+        not_found: ErrorCode,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.oci.image.index.v1+json, application/json"),
+        );
+        let resp = upstream
+            .send(Method::GET, &target.repository, suffix, headers)
+            .await?;
+        check_status(upstream, resp.status(), resp.headers(), not_found)?;
+        let (parts, upstream_body) = resp.into_parts();
+        let mut out = Response::new(upstream_body);
+        *out.status_mut() = parts.status;
+        for name in [
+            header::CONTENT_TYPE,
+            header::CONTENT_LENGTH,
+            HeaderName::from_static("oci-filters-applied"),
+        ] {
+            if let Some(v) = parts.headers.get(&name) {
+                out.headers_mut().insert(name, v.clone());
+            }
+        }
+        if let Some(link) = parts
+            .headers
+            .get(header::LINK)
+            .and_then(|v| v.to_str().ok())
+        {
+            // Point the next page back through archway, under the name the client used.
+            let rewritten = link.replace(
+                &format!("/v2/{}/", target.repository),
+                &format!("/v2/{client_name}/"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&rewritten) {
+                out.headers_mut().insert(header::LINK, v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn check_status(
+    upstream: &Upstream,
+    status: StatusCode,
+    headers: &HeaderMap,
+    not_found: ErrorCode,
+) -> Result<(), ProxyError> {
+    match status_error(&upstream.config().name, status, headers, not_found) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn manifest_accept() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::ACCEPT,
+        HeaderValue::from_static(media_type::UPSTREAM_ACCEPT),
+    );
+    h
+}
+
+/// Upstream's Content-Type when it is specific, else the manifest's own `mediaType` field.
+fn media_type_of(content_type: Option<&str>, bytes: &Bytes) -> String {
+    let generic = |t: &str| {
+        t.is_empty()
+            || t == "application/json"
+            || t == "text/plain"
+            || t == "application/octet-stream"
+    };
+    if let Some(t) = content_type.filter(|t| !generic(t)) {
+        return t.to_owned();
+    }
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        #[serde(rename = "schemaVersion")]
+        schema_version: Option<u32>,
+        signatures: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Probe>(bytes) {
+        Ok(Probe {
+            media_type: Some(t),
+            ..
+        }) if !t.is_empty() && HeaderValue::from_str(&t).is_ok() => t,
+        Ok(Probe {
+            schema_version: Some(1),
+            signatures: Some(_),
+            ..
+        }) => media_type::DOCKER_SCHEMA1_SIGNED.to_owned(),
+        Ok(Probe {
+            schema_version: Some(1),
+            ..
+        }) => media_type::DOCKER_SCHEMA1.to_owned(),
+        _ => content_type.unwrap_or("application/json").to_owned(),
+    }
+}
+
+fn etag(digest: &Digest) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{digest}\"")).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+fn digest_value(digest: &Digest) -> HeaderValue {
+    HeaderValue::from_str(&digest.to_string()).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// `If-None-Match` naming this digest, quoted or not, alone or in a list.
+fn not_modified(headers: &HeaderMap, digest: &Digest) -> bool {
+    let want = digest.to_string();
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
+        .any(|t| t == want || t == "*")
+}
+
+fn ping() -> Response<ResponseBody> {
+    let mut r = Response::new(body::full(Bytes::from_static(b"{}")));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+    r
+}
+
+fn manifest_response(
+    client: &ClientRequest,
+    m: &StoredManifest,
+    stale: bool,
+) -> Response<ResponseBody> {
+    let mut r = if not_modified(&client.headers, &m.digest) {
+        let mut r = Response::new(body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(if client.method == Method::HEAD {
+            body::empty()
+        } else {
+            body::full(m.bytes.clone())
+        });
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(m.bytes.len() as u64),
+        );
+        if let Ok(v) = HeaderValue::from_str(&m.media_type) {
+            h.insert(header::CONTENT_TYPE, v);
+        }
+        r
+    };
+    let h = r.headers_mut();
+    h.insert(CONTENT_DIGEST, digest_value(&m.digest));
+    h.insert(header::ETAG, etag(&m.digest));
+    if stale {
+        h.insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
+    }
+    r
+}
+
+fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(CONTENT_DIGEST, digest_value(digest));
+    h.insert(header::ETAG, etag(digest));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // Blobs are immutable: let any HTTP cache in front keep them.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=31536000, immutable"),
+    );
+}
+
+fn blob_response(client: &ClientRequest, digest: &Digest, blob: Blob) -> Response<ResponseBody> {
+    let mut r = Response::new(body::empty());
+    blob_headers(r.headers_mut(), digest);
+    if not_modified(&client.headers, digest) {
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        return r;
+    }
+    let head = client.method == Method::HEAD;
+    let Some(size) = blob.size() else {
+        // Upstream sent no length: stream it whole, ranges can't be answered yet.
+        if !head {
+            *r.body_mut() = blob.body(None);
+        }
+        return r;
+    };
+    let range = client
+        .headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok());
+    let (status, span) = match api::parse_range(range, size) {
+        ByteRange::Whole => (StatusCode::OK, None),
+        ByteRange::Part(a, b) => (StatusCode::PARTIAL_CONTENT, Some((a, b))),
+        ByteRange::Unsatisfiable => {
+            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            let e =
+                ProxyError::downstream(ErrorCode::RangeInvalid, "requested range not satisfiable");
+            *r.body_mut() = if head {
+                body::empty()
+            } else {
+                body::full(e.body())
+            };
+            return r;
+        }
+    };
+    *r.status_mut() = status;
+    let len = match span {
+        Some((a, b)) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            b - a + 1
+        }
+        None => size,
+    };
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if !head {
+        *r.body_mut() = blob.body(span);
+    }
+    r
+}
+
+pub fn error_response(e: &ProxyError, head: bool) -> Response<ResponseBody> {
+    let bytes = e.body();
+    let len = bytes.len() as u64;
+    let mut r = Response::new(if head {
+        body::empty()
+    } else {
+        body::full(bytes)
+    });
+    *r.status_mut() = e.status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some(ra) = &e.retry_after {
+        h.insert(header::RETRY_AFTER, ra.clone());
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_type_detection() {
+        let oci = Bytes::from_static(
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#,
+        );
+        assert_eq!(media_type_of(None, &oci), media_type::OCI_INDEX);
+        assert_eq!(
+            media_type_of(Some("application/json"), &oci),
+            media_type::OCI_INDEX
+        );
+        assert_eq!(
+            media_type_of(Some(media_type::DOCKER_MANIFEST), &oci),
+            media_type::DOCKER_MANIFEST,
+            "a specific Content-Type wins"
+        );
+        let s1 = Bytes::from_static(br#"{"schemaVersion":1,"signatures":[]}"#);
+        assert_eq!(media_type_of(None, &s1), media_type::DOCKER_SCHEMA1_SIGNED);
+        assert_eq!(
+            media_type_of(None, &Bytes::from_static(b"not json")),
+            "application/json"
+        );
+    }
+
+    #[test]
+    fn if_none_match_forms() {
+        let d = Digest::sha256_of(b"x");
+        for v in [
+            format!("\"{d}\""),
+            d.to_string(),
+            format!("W/\"{d}\""),
+            format!("\"a\", \"{d}\""),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::IF_NONE_MATCH, HeaderValue::from_str(&v).unwrap());
+            assert!(not_modified(&h, &d), "{v}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"sha256:other\""),
+        );
+        assert!(!not_modified(&h, &d));
+        assert!(!not_modified(&HeaderMap::new(), &d));
+    }
+}
