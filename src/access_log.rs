@@ -82,9 +82,7 @@ impl Drop for LoggedBody {
     fn drop(&mut self) {
         let Some(log) = self.log.take() else { return };
         let complete = !self.failed
-            && (self.ended
-                || self.inner.is_end_stream()
-                || log.expected_bytes == Some(self.bytes));
+            && (self.ended || self.inner.is_end_stream() || log.expected_bytes == Some(self.bytes));
         tracing::info!(
             target: "archway::access",
             method = %log.method,

@@ -17,13 +17,13 @@ mod e2e {
 }
 
 use e2e::fixtures::{
-    self, Blob, Flavour, FixtureSet, Image, LINUX_AMD64, LINUX_ARM64_V8, PLATFORMS,
+    self, Blob, FixtureSet, Flavour, Image, LINUX_AMD64, LINUX_ARM64_V8, PLATFORMS,
 };
 use e2e::layout::OciLayout;
 use e2e::procs::{run, run_ok};
 use e2e::tools::{
-    e2e_enabled, port_open, show, skopeo, temp_dir, write_hosts_toml, Access, Archway,
-    Containerd, Dockerd, Registry,
+    e2e_enabled, port_open, show, skopeo, temp_dir, write_hosts_toml, Access, Archway, Containerd,
+    Dockerd, Registry,
 };
 use flate2::read::GzDecoder;
 use serde_json::Value;
@@ -81,14 +81,18 @@ fn requests<'a>(log: &'a [Access], repo: &str, kind: &str, reference: &str) -> V
     log.iter().filter(|a| a.path() == path).collect()
 }
 
+fn has_query(a: &Access, query: Option<&str>) -> bool {
+    match query {
+        Some(q) => a.query().contains(q),
+        None => true,
+    }
+}
+
 /// Asserts archway answered a GET for `/v2/<repo>/<kind>/<reference>` with 200 (and, when
 /// `query` is given, that the request carried it).
 fn assert_got(log: &[Access], repo: &str, kind: &str, reference: &str, query: Option<&str>) {
     let found = requests(log, repo, kind, reference).into_iter().any(|a| {
-        a.method == "GET"
-            && a.status == 200
-            && a.complete != Some(false)
-            && query.map_or(true, |q| a.query().contains(q))
+        a.method == "GET" && a.status == 200 && a.complete != Some(false) && has_query(a, query)
     });
     assert!(
         found,
@@ -102,7 +106,7 @@ fn assert_got(log: &[Access], repo: &str, kind: &str, reference: &str, query: Op
 fn assert_tag_resolved(log: &[Access], repo: &str, tag: &str, query: Option<&str>) {
     let found = requests(log, repo, "manifests", tag)
         .into_iter()
-        .any(|a| a.status == 200 && query.map_or(true, |q| a.query().contains(q)));
+        .any(|a| a.status == 200 && has_query(a, query));
     assert!(
         found,
         "archway's log has no request for {repo}:{tag} answered 200; it has:\n{}",
@@ -143,7 +147,11 @@ fn assert_all_from_cache(log: &[Access], repo: &str) {
         .iter()
         .filter(|a| a.path().starts_with(&prefix))
         .collect();
-    assert!(!mine.is_empty(), "no requests on {repo} after the upstream stopped:\n{}", show(log));
+    assert!(
+        !mine.is_empty(),
+        "no requests on {repo} after the upstream stopped:\n{}",
+        show(log)
+    );
     let bad: Vec<Access> = mine
         .iter()
         .filter(|a| {
@@ -262,7 +270,12 @@ fn fixture_set_is_deterministic_and_well_formed() {
         assert_eq!(m["layers"][0]["mediaType"], fixtures::IN_TOTO);
         let statement = json(&att.statement);
         assert_eq!(
-            format!("sha256:{}", statement["subject"][0]["digest"]["sha256"].as_str().unwrap()),
+            format!(
+                "sha256:{}",
+                statement["subject"][0]["digest"]["sha256"]
+                    .as_str()
+                    .unwrap()
+            ),
             subject
         );
     }
@@ -299,7 +312,11 @@ fn upload_url_keeps_the_location_query() {
         "http://127.0.0.1:5/v2/r/blobs/uploads/u?_state=x&digest=sha256%3Aabc"
     );
     assert_eq!(
-        fixtures::upload_url("http://127.0.0.1:5", "http://127.0.0.1:5/v2/r/blobs/uploads/u", d),
+        fixtures::upload_url(
+            "http://127.0.0.1:5",
+            "http://127.0.0.1:5/v2/r/blobs/uploads/u",
+            d
+        ),
         "http://127.0.0.1:5/v2/r/blobs/uploads/u?digest=sha256%3Aabc"
     );
 }
@@ -320,7 +337,12 @@ fn pushed_fixtures_are_readable_from_the_registry() {
             .iter()
             .map(|(t, b)| (t.as_str(), b))
             .collect();
-        manifests.extend(s.fixtures.images.iter().map(|i| (i.manifest.digest.as_str(), &i.manifest)));
+        manifests.extend(
+            s.fixtures
+                .images
+                .iter()
+                .map(|i| (i.manifest.digest.as_str(), &i.manifest)),
+        );
         manifests.extend(
             s.fixtures
                 .attestations
@@ -362,7 +384,10 @@ fn skopeo_copy(tmp: &Path, source: &str, out: &str, extra: &[&str]) -> OciLayout
 fn check_one_platform_layout(layout: &OciLayout, fx: &FixtureSet) -> Image {
     let want = fx.image(Flavour::Oci, LINUX_ARM64_V8).clone();
     let top = layout.descriptor("x");
-    assert_eq!(top["digest"], want.manifest.digest, "skopeo picked the arm64/v8 child");
+    assert_eq!(
+        top["digest"], want.manifest.digest,
+        "skopeo picked the arm64/v8 child"
+    );
     let manifest = layout.json(&want.manifest.digest);
     assert_eq!(manifest["config"]["digest"], want.config.digest);
     let all = layout.walk(&want.manifest.digest);
@@ -443,7 +468,11 @@ fn skopeo_copies_all_platforms_through_archway() {
         PULL_TIMEOUT,
     );
     let copied = std::fs::read(out.join("manifest.json")).expect("dir: manifest.json");
-    assert_eq!(fixtures::sha256(&copied), list.digest, "the list arrives byte for byte");
+    assert_eq!(
+        fixtures::sha256(&copied),
+        list.digest,
+        "the list arrives byte for byte"
+    );
     let log = archway.access_log();
     assert_tag_resolved(&log, "multi", "docker", None);
     for image in s.fixtures.images_of(Flavour::Docker) {
@@ -466,7 +495,12 @@ fn skopeo_copies_the_large_layer_through_archway() {
     let archway = Archway::start(&s.registry.url(), "5m");
     let tmp = temp_dir("skopeolarge");
     let started = Instant::now();
-    let layout = skopeo_copy(tmp.path(), &format!("{}/multi:large", archway.host()), "out", &[]);
+    let layout = skopeo_copy(
+        tmp.path(),
+        &format!("{}/multi:large", archway.host()),
+        "out",
+        &[],
+    );
     eprintln!("50 MB image through archway in {:?}", started.elapsed());
     assert_eq!(layout.descriptor("x")["digest"], large.manifest.digest);
     layout.walk(&large.manifest.digest);
@@ -484,7 +518,7 @@ fn skopeo_copies_the_large_layer_through_archway() {
         .collect();
     assert!(
         sent.iter()
-            .all(|a| a.bytes.map_or(true, |b| b == layer.data.len() as u64)),
+            .all(|a| a.bytes == Some(layer.data.len() as u64)),
         "the layer's GET should report all {} bytes: {sent:?}",
         layer.data.len()
     );
@@ -514,17 +548,29 @@ fn ctr_pull(containerd: &Containerd, hosts: &Path, name: &str) {
 
 /// Asserts containerd now holds the index and the arm64 child with all its blobs.
 fn assert_ctr_has(containerd: &Containerd, fx: &FixtureSet, name: &str) {
-    let images = run_ok(&mut containerd.ctr(&["image", "ls"]), Duration::from_secs(30)).stdout;
+    let images = run_ok(
+        &mut containerd.ctr(&["image", "ls"]),
+        Duration::from_secs(30),
+    )
+    .stdout;
     let want = format!("docker.io/library/{name}:oci");
     let line = images
         .lines()
         .find(|l| l.starts_with(&format!("{want} ")))
         .unwrap_or_else(|| panic!("ctr image ls lacks {want}:\n{images}"));
     assert!(line.contains(&fx.tag("oci").digest), "{line}");
-    let content = run_ok(&mut containerd.ctr(&["content", "ls", "-q"]), Duration::from_secs(30)).stdout;
+    let content = run_ok(
+        &mut containerd.ctr(&["content", "ls", "-q"]),
+        Duration::from_secs(30),
+    )
+    .stdout;
     let child = fx.image(Flavour::Oci, LINUX_ARM64_V8);
     for d in std::iter::once(&child.manifest).chain(child.blobs()) {
-        assert!(content.contains(&d.digest), "containerd lacks {}:\n{content}", d.digest);
+        assert!(
+            content.contains(&d.digest),
+            "containerd lacks {}:\n{content}",
+            d.digest
+        );
     }
 }
 
@@ -537,7 +583,11 @@ fn assert_ctr_through(log: &[Access], fx: &FixtureSet, repo: &str) {
         .into_iter()
         .chain(requests(log, repo, "manifests", "oci"))
         .any(|a| a.method == "GET" && a.status == 200 && a.query().contains("ns=docker.io"));
-    assert!(index_fetched, "the index was never fetched through archway:\n{}", show(log));
+    assert!(
+        index_fetched,
+        "the index was never fetched through archway:\n{}",
+        show(log)
+    );
     assert_image_served(log, repo, fx.image(Flavour::Oci, LINUX_ARM64_V8), ns);
     assert_no_errors(log, repo);
 }
@@ -583,7 +633,11 @@ fn assert_docker_has(dockerd: &Dockerd, fx: &FixtureSet, image: &str) {
     )
     .stdout;
     let want = fx.image(Flavour::Docker, LINUX_AMD64);
-    assert_eq!(id.trim(), want.config.digest, "dockerd picked the linux/amd64 child");
+    assert_eq!(
+        id.trim(),
+        want.config.digest,
+        "dockerd picked the linux/amd64 child"
+    );
 }
 
 fn assert_docker_through(log: &[Access], fx: &FixtureSet, repo: &str) {
@@ -635,7 +689,7 @@ fn upstream_down_skopeo_copies_from_the_cache() {
     if !e2e_enabled("upstream_down_skopeo_copies_from_the_cache") {
         return;
     }
-    let (mut registry, fx) = own_upstream(&["multi"]);
+    let (mut registry, fx) = own_upstream(&["multi", "library/multi"]);
     let archway = Archway::start(&registry.url(), SHORT_TTL);
     let tmp = temp_dir("downskopeo");
     let source = format!("{}/multi:oci", archway.host());
@@ -643,7 +697,12 @@ fn upstream_down_skopeo_copies_from_the_cache() {
 
     let layout = skopeo_copy(tmp.path(), &source, "first", &arm64);
     check_one_platform_layout(&layout, &fx);
-    assert_image_served(&archway.access_log(), "multi", fx.image(Flavour::Oci, LINUX_ARM64_V8), None);
+    assert_image_served(
+        &archway.access_log(),
+        "multi",
+        fx.image(Flavour::Oci, LINUX_ARM64_V8),
+        None,
+    );
 
     let before = take_upstream_down(&mut registry, &archway);
     let layout = skopeo_copy(tmp.path(), &source, "second", &arm64);
@@ -698,7 +757,10 @@ fn upstream_down_docker_pulls_from_the_cache() {
     docker_pull(&dockerd, "multi:docker");
     assert_docker_has(&dockerd, &fx, "multi:docker");
     assert_docker_through(&archway.access_log(), &fx, "library/multi");
-    run_ok(&mut dockerd.docker(&["rmi", "multi:docker"]), Duration::from_secs(60));
+    run_ok(
+        &mut dockerd.docker(&["rmi", "multi:docker"]),
+        Duration::from_secs(60),
+    );
 
     let before = take_upstream_down(&mut registry, &archway);
     docker_pull(&dockerd, "multi:docker");

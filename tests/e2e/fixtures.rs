@@ -324,16 +324,15 @@ fn image(
 }
 
 fn platform_image(rng: &mut Rng, seed: u64, platform: Platform, flavour: Flavour) -> Image {
-    let id = format!(
-        "{} {} seed={seed}\n",
-        platform.slug(),
-        flavour.name()
-    );
+    let id = format!("{} {} seed={seed}\n", platform.slug(), flavour.name());
     let n = rng.range(512, 4096);
     let noise = rng.bytes(n);
     let base = layer(
         flavour.layer_type(),
-        &[("fixture/platform", id.as_bytes()), ("fixture/noise", &noise)],
+        &[
+            ("fixture/platform", id.as_bytes()),
+            ("fixture/noise", &noise),
+        ],
         Compression::default(),
     );
     let n = rng.range(256, 2048);
@@ -427,14 +426,16 @@ impl FixtureSet {
             }
         }
         let of = |f: Flavour| images.iter().filter(move |i| i.flavour == f);
-        let attestations: Vec<Attestation> = of(Flavour::Oci)
-            .map(|i| attestation(&mut rng, i))
-            .collect();
+        let attestations: Vec<Attestation> =
+            of(Flavour::Oci).map(|i| attestation(&mut rng, i)).collect();
 
         let mut tags = BTreeMap::new();
         tags.insert(
             "docker".to_owned(),
-            index(DOCKER_LIST, of(Flavour::Docker).map(platform_entry).collect()),
+            index(
+                DOCKER_LIST,
+                of(Flavour::Docker).map(platform_entry).collect(),
+            ),
         );
         tags.insert(
             "oci".to_owned(),
@@ -456,7 +457,11 @@ impl FixtureSet {
         let large = with_large.then(|| {
             let data = rng.bytes(LARGE_LAYER_BYTES);
             // Random bytes don't compress: store them, and don't spend seconds trying.
-            let l = layer(OCI_LAYER, &[("fixture/large.bin", &data)], Compression::none());
+            let l = layer(
+                OCI_LAYER,
+                &[("fixture/large.bin", &data)],
+                Compression::none(),
+            );
             image(
                 LINUX_AMD64,
                 Flavour::Oci,
@@ -502,7 +507,8 @@ impl FixtureSet {
         }
         for a in &self.attestations {
             seen.entry(a.config.digest.clone()).or_insert(&a.config);
-            seen.entry(a.statement.digest.clone()).or_insert(&a.statement);
+            seen.entry(a.statement.digest.clone())
+                .or_insert(&a.statement);
         }
         seen.into_values().collect()
     }
@@ -540,13 +546,26 @@ impl FixtureSet {
 
 /// Uploads one blob: an existing one is skipped, a cross-repository mount is tried when
 /// `mount_from` is given, else POST + monolithic PUT.
-pub fn push_blob(base: &str, repo: &str, blob: &Blob, mount_from: Option<&str>) -> Result<(), String> {
-    let head = http::send("HEAD", &format!("{base}/v2/{repo}/blobs/{}", blob.digest), &[], Bytes::new())?;
+pub fn push_blob(
+    base: &str,
+    repo: &str,
+    blob: &Blob,
+    mount_from: Option<&str>,
+) -> Result<(), String> {
+    let head = http::send(
+        "HEAD",
+        &format!("{base}/v2/{repo}/blobs/{}", blob.digest),
+        &[],
+        Bytes::new(),
+    )?;
     if head.status == 200 {
         return Ok(());
     }
     let start = match mount_from {
-        Some(from) => format!("{base}/v2/{repo}/blobs/uploads/?mount={}&from={from}", blob.digest),
+        Some(from) => format!(
+            "{base}/v2/{repo}/blobs/uploads/?mount={}&from={from}",
+            blob.digest
+        ),
         None => format!("{base}/v2/{repo}/blobs/uploads/"),
     };
     let resp = http::send("POST", &start, &[], Bytes::new())?;
@@ -588,12 +607,20 @@ pub fn upload_url(base: &str, location: &str, digest: &str) -> String {
 
 pub fn push_manifest(base: &str, repo: &str, reference: &str, m: &Blob) -> Result<(), String> {
     let url = format!("{base}/v2/{repo}/manifests/{reference}");
-    let resp = http::send("PUT", &url, &[("content-type", &m.media_type)], m.data.clone())?;
+    let resp = http::send(
+        "PUT",
+        &url,
+        &[("content-type", &m.media_type)],
+        m.data.clone(),
+    )?;
     if resp.status != 201 {
         return Err(format!("PUT {url}: {} {}", resp.status, resp.text()));
     }
     match resp.header("docker-content-digest") {
         Some(d) if d == m.digest => Ok(()),
-        other => Err(format!("PUT {url}: registry says digest {other:?}, expected {}", m.digest)),
+        other => Err(format!(
+            "PUT {url}: registry says digest {other:?}, expected {}",
+            m.digest
+        )),
     }
 }

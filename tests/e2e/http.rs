@@ -74,7 +74,9 @@ fn assert_loopback(url: &str) {
         .strip_prefix("http://")
         .unwrap_or_else(|| panic!("test URL must be plain http on loopback: {url}"));
     assert!(
-        rest.starts_with("127.0.0.1:") || rest.starts_with("localhost:") || rest.starts_with("[::1]:"),
+        rest.starts_with("127.0.0.1:")
+            || rest.starts_with("localhost:")
+            || rest.starts_with("[::1]:"),
         "test URL must be loopback: {url}"
     );
 }

@@ -13,7 +13,10 @@ impl OciLayout {
     pub fn open(dir: &Path) -> OciLayout {
         let marker = std::fs::read_to_string(dir.join("oci-layout"))
             .unwrap_or_else(|e| panic!("{} is not an OCI layout: {e}", dir.display()));
-        assert!(marker.contains("imageLayoutVersion"), "odd oci-layout file: {marker}");
+        assert!(
+            marker.contains("imageLayoutVersion"),
+            "odd oci-layout file: {marker}"
+        );
         OciLayout {
             dir: dir.to_owned(),
         }
@@ -44,7 +47,12 @@ impl OciLayout {
         let path = self.dir.join("blobs/sha256").join(hex);
         let data = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("blob {digest} missing from the layout: {e}"));
-        assert_eq!(sha256(&data), digest, "blob file {} is corrupt", path.display());
+        assert_eq!(
+            sha256(&data),
+            digest,
+            "blob file {} is corrupt",
+            path.display()
+        );
         data
     }
 

@@ -47,6 +47,27 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// Starts a daemon on a free port, trying again with another port when something else took the
+/// port between [`free_port`] and the daemon's bind.
+pub fn start_on_free_port<T>(
+    mut start: impl FnMut(u16) -> (Daemon, T),
+    ready: impl Fn(u16) -> bool,
+) -> (Daemon, u16, T) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = free_port();
+        let (daemon, extra) = start(port);
+        match daemon.try_wait_ready(Duration::from_secs(30), || ready(port)) {
+            Ok(()) => return (daemon, port, extra),
+            Err(e) if attempt < 3 && e.to_lowercase().contains("address already in use") => {
+                eprintln!("port {port} was taken, trying another: {e}");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 pub struct Daemon {
     name: String,
     pid: u32,
@@ -119,7 +140,8 @@ impl Daemon {
         match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
             // The state follows the parenthesised command name.
             Ok(stat) => !matches!(
-                stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()),
+                stat.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().chars().next()),
                 Some(Some('Z' | 'X')) | None
             ),
             Err(_) => false,
@@ -127,27 +149,37 @@ impl Daemon {
     }
 
     /// Polls `ready` until it holds; panics with the log tail if the daemon dies or time runs out.
-    pub fn wait_ready(&self, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    pub fn wait_ready(&self, timeout: Duration, ready: impl FnMut() -> bool) {
+        if let Err(e) = self.try_wait_ready(timeout, ready) {
+            panic!("{e}");
+        }
+    }
+
+    /// Polls `ready` until it holds; the error carries the log tail.
+    pub fn try_wait_ready(
+        &self,
+        timeout: Duration,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             if ready() {
-                return;
+                return Ok(());
             }
-            assert!(
-                self.is_running(),
-                "{} exited during start-up; log {}:\n{}",
+            let failure = if !self.is_running() {
+                "exited during start-up"
+            } else if Instant::now() > deadline {
+                "did not get ready in time"
+            } else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            return Err(format!(
+                "{} {failure} ({timeout:?}); log {}:\n{}",
                 self.name,
                 self.log.display(),
                 self.log_tail(40)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{} not ready after {timeout:?}; log {}:\n{}",
-                self.name,
-                self.log.display(),
-                self.log_tail(40)
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            ));
         }
     }
 
@@ -163,10 +195,14 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("{} ignored SIGTERM for {grace:?}; killing pid {}", self.name, self.pid);
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(self.pid.to_string())
+        eprintln!(
+            "{} ignored SIGTERM for {grace:?}; killing pid {}",
+            self.name, self.pid
+        );
+        // The shell's builtin: a minimal system may have no kill binary.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -KILL {}", self.pid))
             .status();
         let _ = self.watchdog.wait();
     }
@@ -213,8 +249,18 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
             s
         })
     };
-    let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {

@@ -2,7 +2,7 @@
 //! Distribution (`docker-registry`), archway itself, containerd + ctr, dockerd + docker, skopeo.
 
 use crate::e2e::http;
-use crate::e2e::procs::{self, command, free_port, Daemon};
+use crate::e2e::procs::{self, command, Daemon};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,11 +76,8 @@ pub fn temp_dir(prefix: &str) -> TempDir {
 
 /// True if something accepts TCP connections on 127.0.0.1:`port`.
 pub fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &([127, 0, 0, 1], port).into(),
-        Duration::from_millis(500),
-    )
-    .is_ok()
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+        .is_ok()
 }
 
 fn ping_ok(base: &str) -> bool {
@@ -99,25 +96,29 @@ impl Registry {
     /// Starts a registry whose storage the watchdog removes when it exits, so that even the
     /// shared one, held in a static, leaves nothing behind.
     pub fn start() -> Registry {
-        let dir = temp_dir("registry").keep();
-        let port = free_port();
-        let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  cache: {{blobdescriptor: inmemory}}\n  \
-                 filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n\
-                 http: {{addr: 127.0.0.1:{port}, secret: not-a-secret}}\n",
-                dir.join("storage").display()
-            ),
-        )
-        .expect("write registry config");
-        let mut cmd = command(tool("docker-registry"));
-        cmd.arg("serve").arg(&config);
-        let log = dir.join("registry.log");
-        let daemon = Daemon::spawn_owning("docker-registry", &cmd, &log, Some(&dir));
-        let base = format!("http://127.0.0.1:{port}");
-        daemon.wait_ready(Duration::from_secs(30), || ping_ok(&base));
+        let (daemon, port, ()) = procs::start_on_free_port(
+            |port| {
+                let dir = temp_dir("registry").keep();
+                let config = dir.join("config.yml");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "version: 0.1\nlog: {{level: warn}}\nstorage:\n  \
+                         cache: {{blobdescriptor: inmemory}}\n  \
+                         filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n\
+                         http: {{addr: 127.0.0.1:{port}, secret: not-a-secret}}\n",
+                        dir.join("storage").display()
+                    ),
+                )
+                .expect("write registry config");
+                let mut cmd = command(tool("docker-registry"));
+                cmd.arg("serve").arg(&config);
+                let log = dir.join("registry.log");
+                let daemon = Daemon::spawn_owning("docker-registry", &cmd, &log, Some(&dir));
+                (daemon, ())
+            },
+            |port| ping_ok(&format!("http://127.0.0.1:{port}")),
+        );
         Registry { daemon, port }
     }
 
@@ -186,7 +187,6 @@ impl Access {
     pub fn query(&self) -> &str {
         self.uri.split_once('?').map(|(_, q)| q).unwrap_or("")
     }
-
 }
 
 impl std::fmt::Display for Access {
@@ -227,29 +227,33 @@ pub struct Archway {
 
 impl Archway {
     pub fn start(upstream_url: &str, tag_ttl: &str) -> Archway {
-        let dir = temp_dir("archway");
-        let port = free_port();
-        let config = dir.path().join("archway.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nlog_format = \"json\"\n\n\
-                 [cache]\ntag_ttl = \"{tag_ttl}\"\nstale_if_error = \"24h\"\n\n\
-                 [[upstream]]\nname = \"docker.io\"\nurl = \"{upstream_url}\"\ndefault = true\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("write archway config");
-        let mut cmd = command(env!("CARGO_BIN_EXE_archway"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--log-format")
-            .arg("json")
-            .env_remove("RUST_LOG");
-        let daemon = Daemon::spawn("archway", &cmd, &dir.path().join("archway.log"));
-        let base = format!("http://127.0.0.1:{port}");
-        daemon.wait_ready(Duration::from_secs(30), || ping_ok(&base));
+        let (daemon, port, dir) = procs::start_on_free_port(
+            |port| {
+                let dir = temp_dir("archway");
+                let config = dir.path().join("archway.toml");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nlog_format = \"json\"\n\n\
+                         [cache]\ntag_ttl = \"{tag_ttl}\"\nstale_if_error = \"24h\"\n\n\
+                         [[upstream]]\nname = \"docker.io\"\nurl = \"{upstream_url}\"\n\
+                         default = true\n",
+                        dir.path().join("data").display()
+                    ),
+                )
+                .expect("write archway config");
+                let mut cmd = command(env!("CARGO_BIN_EXE_archway"));
+                cmd.arg("serve")
+                    .arg("--config")
+                    .arg(&config)
+                    .arg("--log-format")
+                    .arg("json")
+                    .env_remove("RUST_LOG");
+                let log = dir.path().join("archway.log");
+                (Daemon::spawn("archway", &cmd, &log), dir)
+            },
+            |port| ping_ok(&format!("http://127.0.0.1:{port}")),
+        );
         Archway {
             daemon,
             port,
@@ -268,7 +272,13 @@ impl Archway {
     /// The access log so far. archway writes a line when a response body ends, a moment after
     /// the client has its bytes: wait until no new line has come for a little while.
     pub fn access_log(&self) -> Vec<Access> {
-        let read = || -> Vec<Access> { self.daemon.log().lines().filter_map(Access::parse).collect() };
+        let read = || -> Vec<Access> {
+            self.daemon
+                .log()
+                .lines()
+                .filter_map(Access::parse)
+                .collect()
+        };
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut last = read();
         loop {
@@ -312,7 +322,8 @@ impl Containerd {
         let daemon = Daemon::spawn("containerd", &cmd, &dir.join("containerd.log"));
         let c = Containerd { daemon, socket };
         c.daemon.wait_ready(Duration::from_secs(30), || {
-            c.socket.exists() && procs::run(&mut c.ctr(&["version"]), Duration::from_secs(10)).success()
+            c.socket.exists()
+                && procs::run(&mut c.ctr(&["version"]), Duration::from_secs(10)).success()
         });
         c
     }
@@ -388,7 +399,8 @@ impl Dockerd {
             cli_config,
         };
         d.daemon.wait_ready(Duration::from_secs(60), || {
-            d.socket.exists() && procs::run(&mut d.docker(&["version"]), Duration::from_secs(10)).success()
+            d.socket.exists()
+                && procs::run(&mut d.docker(&["version"]), Duration::from_secs(10)).success()
         });
         d
     }
