@@ -11,6 +11,7 @@ pub mod error;
 pub mod media_type;
 pub mod proxy;
 pub mod reference;
+pub mod route;
 pub mod routing;
 pub mod server;
 

@@ -5,6 +5,7 @@ use crate::access_log::{AccessLog, LoggedBody, RequestNotes};
 use crate::api::{self, ByteRange, Endpoint};
 use crate::body::{self, ResponseBody};
 use crate::cache::blob_store::{Blob, BlobStore, UpstreamBlob};
+use crate::cache::keyed_lock::KeyedLock;
 use crate::cache::manifest_store::{ManifestStore, StoredManifest};
 use crate::cache::tag_store::{now_ms, TagEntry, TagKey, TagStore};
 use crate::config::Config;
@@ -26,6 +27,8 @@ use std::time::{Instant, SystemTime};
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+/// How long an upstream failure for one tag is reused by requests that were waiting on it.
+const RECENT_FAILURE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 const STALE_WARNING: &str = "110 - \"Response is Stale\"";
 
 /// Counters the tests and (later) metrics read.
@@ -46,6 +49,9 @@ pub struct Proxy {
     default_upstream: Option<usize>,
     manifests: ManifestStore,
     tags: TagStore,
+    /// Concurrent misses for one tag make one upstream request.
+    tag_locks: KeyedLock<TagKey>,
+    recent_failures: moka::sync::Cache<TagKey, ProxyError>,
     blobs: Arc<BlobStore>,
 }
 
@@ -121,6 +127,11 @@ impl Proxy {
             upstreams,
             manifests,
             tags,
+            tag_locks: KeyedLock::default(),
+            recent_failures: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(RECENT_FAILURE_TTL)
+                .build(),
             blobs,
         })
     }
@@ -283,25 +294,28 @@ impl Proxy {
             .config()
             .tag_ttl
             .unwrap_or(self.config.cache.tag_ttl);
-        let cached = self.tags.get(&key);
-        if let Some(entry) = &cached {
-            if entry.age(SystemTime::now()) < ttl {
-                if let Some(m) = self.manifests.get(&entry.digest).await {
-                    return Ok((m, CacheResult::Hit));
-                }
-            }
-        } else if self.tags.is_known_missing(&key) {
-            return Err(ProxyError::upstream(
-                ErrorCode::ManifestUnknown,
-                format!("manifest unknown: {}:{tag}", target.repository),
-            ));
+        if let Some(fresh) = self.fresh_tag(&key, ttl, target, tag).await {
+            return fresh;
         }
-        match self
-            .refresh_tag(upstream, target, tag, &key, cached.as_ref())
-            .await
-        {
+        let _refreshing = self.tag_locks.lock(&key).await;
+        // Whoever held the lock before us may have refreshed it.
+        if let Some(fresh) = self.fresh_tag(&key, ttl, target, tag).await {
+            return fresh;
+        }
+        let cached = self.tags.get(&key);
+        // Requests that queued behind a refresh which found upstream down don't each wait out
+        // another timeout: they take that answer.
+        let refreshed = match self.recent_failures.get(&key) {
+            Some(e) => Err(e),
+            None => {
+                self.refresh_tag(upstream, target, tag, &key, cached.as_ref())
+                    .await
+            }
+        };
+        match refreshed {
             Ok(found) => Ok(found),
             Err(e) if e.is_upstream_unavailable() => {
+                self.recent_failures.insert(key.clone(), e.clone());
                 // stale-if-error: a cached answer young enough beats an error.
                 let Some(entry) = cached else { return Err(e) };
                 if entry.age(SystemTime::now()) > self.config.cache.stale_if_error {
@@ -316,6 +330,29 @@ impl Proxy {
                 }
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// The cached answer while it is fresh, or the remembered 404.
+    async fn fresh_tag(
+        &self,
+        key: &TagKey,
+        ttl: std::time::Duration,
+        target: &Target,
+        tag: &Tag,
+    ) -> Option<Result<(Arc<StoredManifest>, CacheResult), ProxyError>> {
+        match self.tags.get(key) {
+            Some(entry) if entry.age(SystemTime::now()) < ttl => self
+                .manifests
+                .get(&entry.digest)
+                .await
+                .map(|m| Ok((m, CacheResult::Hit))),
+            Some(_) => None,
+            None if self.tags.is_known_missing(key) => Some(Err(ProxyError::upstream(
+                ErrorCode::ManifestUnknown,
+                format!("manifest unknown: {}:{tag}", target.repository),
+            ))),
+            None => None,
         }
     }
 

@@ -122,12 +122,13 @@ mod tests {
     #[test]
     fn table() {
         use SelectedBy::*;
-        let cases: &[(
-            &str,
-            Option<&str>,
-            Option<&str>,
-            Result<(usize, &str, SelectedBy), ErrorCode>,
-        )] = &[
+        type Case<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Option<&'a str>,
+            Result<(usize, &'a str, SelectedBy), ErrorCode>,
+        );
+        let cases: &[Case] = &[
             // daemon.json mirror: no ns, no prefix → default (Docker Hub), library/ added.
             (
                 "alpine",
@@ -215,7 +216,7 @@ mod tests {
         ];
         for (name, ns, host, want) in cases {
             let got = r(name, *ns, *host);
-            let want = want.clone().map(|(i, n, s)| (i, n.to_string(), s));
+            let want = (*want).map(|(i, n, s)| (i, n.to_string(), s));
             assert_eq!(got, want, "{name} ns={ns:?} host={host:?}");
         }
     }

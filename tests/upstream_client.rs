@@ -386,7 +386,7 @@ async fn basic_credentials_go_to_the_token_endpoint_only_when_configured() {
     assert!(reg
         .seen()
         .iter()
-        .all(|s| s.authorization().map_or(true, |a| a.starts_with("Bearer "))));
+        .all(|s| s.authorization().is_none_or(|a| a.starts_with("Bearer "))));
 }
 
 #[tokio::test]

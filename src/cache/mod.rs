@@ -3,5 +3,6 @@
 mod blob_body;
 mod blob_fill;
 pub mod blob_store;
+pub mod keyed_lock;
 pub mod manifest_store;
 pub mod tag_store;
