@@ -297,6 +297,14 @@ impl Archway {
 pub struct Containerd {
     daemon: Daemon,
     pub socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.daemon.stop(Duration::from_secs(20));
+        procs::unmount_under(&self.dir);
+    }
 }
 
 impl Containerd {
@@ -320,7 +328,11 @@ impl Containerd {
         let mut cmd = command(tool("containerd"));
         cmd.arg("--config").arg(&config);
         let daemon = Daemon::spawn("containerd", &cmd, &dir.join("containerd.log"));
-        let c = Containerd { daemon, socket };
+        let c = Containerd {
+            daemon,
+            socket,
+            dir: dir.to_owned(),
+        };
         c.daemon.wait_ready(Duration::from_secs(30), || {
             c.socket.exists()
                 && procs::run(&mut c.ctr(&["version"]), Duration::from_secs(10)).success()
@@ -354,6 +366,14 @@ pub struct Dockerd {
     daemon: Daemon,
     socket: PathBuf,
     cli_config: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        self.daemon.stop(Duration::from_secs(30));
+        procs::unmount_under(&self.dir);
+    }
 }
 
 impl Dockerd {
@@ -397,6 +417,7 @@ impl Dockerd {
             daemon,
             socket,
             cli_config,
+            dir: dir.to_owned(),
         };
         d.daemon.wait_ready(Duration::from_secs(60), || {
             d.socket.exists()
