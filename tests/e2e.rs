@@ -67,10 +67,21 @@ fn shared() -> &'static Shared {
 /// upstream, or must see every request because a client would skip digests it already has.
 fn own_upstream(repos: &[&str]) -> (Registry, FixtureSet) {
     let registry = Registry::start();
-    let fixtures = FixtureSet::build(fixtures::fresh_seed(), false);
-    eprintln!("fixture seed {} in {}", fixtures.seed, registry.url());
-    fixtures.push(&registry.url(), repos);
+    let fixtures = push_fresh(&registry, repos);
     (registry, fixtures)
+}
+
+/// Content no client or cache has seen yet, pushed under `repos`; the seed is printed so a
+/// failure can be reproduced with the same digests.
+fn push_fresh(registry: &Registry, repos: &[&str]) -> FixtureSet {
+    let fixtures = FixtureSet::build(fixtures::fresh_seed(), false);
+    eprintln!(
+        "fixture seed {} in {} {repos:?}",
+        fixtures.seed,
+        registry.url()
+    );
+    fixtures.push(&registry.url(), repos);
+    fixtures
 }
 
 // === Access-log assertions ===
@@ -599,8 +610,7 @@ fn ctr_pulls_through_archway_as_hosts_toml_mirror() {
     }
     let s = shared();
     // Fresh content under a name of its own: containerd must fetch every digest.
-    let fx = FixtureSet::build(fixtures::fresh_seed(), false);
-    fx.push(&s.registry.url(), &["library/ctrpull"]);
+    let fx = push_fresh(&s.registry, &["library/ctrpull"]);
     let archway = Archway::start(&s.registry.url(), "5m");
     let tmp = temp_dir("ctr");
     let hosts = tmp.path().join("certs.d");
@@ -657,8 +667,7 @@ fn docker_pulls_through_archway_as_registry_mirror() {
         return;
     }
     let s = shared();
-    let fx = FixtureSet::build(fixtures::fresh_seed(), false);
-    fx.push(&s.registry.url(), &["library/dockerpull"]);
+    let fx = push_fresh(&s.registry, &["library/dockerpull"]);
     let archway = Archway::start(&s.registry.url(), "5m");
     let tmp = temp_dir("docker");
     let containerd = Containerd::start(&tmp.path().join("ctd"));

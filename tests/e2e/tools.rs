@@ -4,6 +4,7 @@
 use crate::e2e::http;
 use crate::e2e::procs::{self, command, Daemon};
 use serde_json::Value;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -46,9 +47,11 @@ pub fn e2e_enabled(test: &str) -> bool {
     let required = std::env::var("ARCHWAY_E2E").is_ok_and(|v| v == "1")
         || std::env::var("CI").is_ok_and(|v| v == "true");
     if !required {
-        eprintln!(
+        // Straight to stderr: the test harness captures eprintln! of passing tests.
+        let _ = writeln!(
+            std::io::stderr(),
             "\n######## {test}: skipped: set ARCHWAY_E2E=1 to run the end-to-end tier \
-             (scripts/test does) ########\n"
+             (scripts/test does) ########"
         );
         return false;
     }
