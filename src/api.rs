@@ -149,7 +149,7 @@ pub fn passthrough_query(query: Option<&str>, allowed: &[&str]) -> String {
         .split('&')
         .filter(|kv| {
             let key = kv.split('=').next().unwrap_or("");
-            allowed.contains(&key) && !kv.contains(['/', '#'])
+            allowed.contains(&key) && !kv.contains('#')
         })
         .collect();
     if kept.is_empty() {

@@ -70,7 +70,29 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub cache: CacheConfig,
     pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
     pub log_format: LogFormat,
+}
+
+/// One `[[route]]`: a match and the platform policy it sets.
+#[derive(Debug, Clone, Default)]
+pub struct RouteConfig {
+    pub matcher: crate::route::RouteMatch,
+    /// The route's platform in containerd form (`linux/arm64`, `windows(10.0.17763)/amd64`) or
+    /// `windows/amd64:10.0.17763`; validated when the config is loaded.
+    pub platform: Option<String>,
+    pub rewrite: crate::route::RewriteMode,
+    pub oci_for_legacy: crate::route::OciForLegacy,
+    pub windows_match: WindowsMatchMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WindowsMatchMode {
+    /// Process isolation: the same major.minor.build.
+    #[default]
+    Process,
+    /// Hyper-V isolation: also the newest build not above the host's.
+    Hyperv,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +213,7 @@ impl Default for Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             cache: CacheConfig::default(),
             upstreams: vec![hub],
+            routes: Vec::new(),
             log_format: LogFormat::Text,
         }
     }
@@ -214,6 +237,104 @@ struct RawConfig {
     cache: Option<RawCache>,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(rename = "match", default)]
+    matcher: RawRouteMatch,
+    platform: Option<String>,
+    rewrite: Option<String>,
+    oci_for_legacy: Option<String>,
+    windows_match: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRouteMatch {
+    host: Option<String>,
+    port: Option<u16>,
+    client_cidr: Option<String>,
+    repository: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl RawRoute {
+    fn into_config(self, i: usize) -> Result<RouteConfig, ConfigError> {
+        use crate::route::{OciForLegacy, RewriteMode, RouteMatch};
+        let key = |k: &str| format!("route[{i}].{k}");
+        let m = self.matcher;
+        let client_cidr = match m.client_cidr {
+            None => None,
+            Some(c) => Some(
+                c.parse::<ipnet::IpNet>()
+                    .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            key("match.client_cidr"),
+                            format!("`{c}` is not a CIDR like 10.0.0.0/8"),
+                        )
+                    })?,
+            ),
+        };
+        let rewrite = match self.rewrite.as_deref() {
+            None | Some("legacy") => RewriteMode::Legacy,
+            Some("always") => RewriteMode::Always,
+            Some("never") => RewriteMode::Never,
+            Some(o) => {
+                return Err(invalid(
+                    key("rewrite"),
+                    format!("`{o}` is not one of legacy, always, never"),
+                ))
+            }
+        };
+        let oci_for_legacy = match self.oci_for_legacy.as_deref() {
+            None | Some("convert") => OciForLegacy::Convert,
+            Some("reject") => OciForLegacy::Reject,
+            Some(o) => {
+                return Err(invalid(
+                    key("oci_for_legacy"),
+                    format!("`{o}` is not one of convert, reject"),
+                ))
+            }
+        };
+        let windows_match = match self.windows_match.as_deref() {
+            None | Some("process") => WindowsMatchMode::Process,
+            Some("hyperv") => WindowsMatchMode::Hyperv,
+            Some(o) => {
+                return Err(invalid(
+                    key("windows_match"),
+                    format!("`{o}` is not one of process, hyperv"),
+                ))
+            }
+        };
+        if rewrite == RewriteMode::Always && self.platform.is_none() {
+            return Err(invalid(
+                key("platform"),
+                "rewrite = \"always\" needs a platform",
+            ));
+        }
+        if let Some(p) = &self.platform {
+            crate::platform::Platform::parse(p)
+                .map_err(|e| invalid(key("platform"), format!("`{p}`: {e}")))?;
+        }
+        Ok(RouteConfig {
+            matcher: RouteMatch {
+                host: m.host.map(|h| h.to_ascii_lowercase()),
+                port: m.port,
+                client_cidr,
+                repository: m.repository,
+                user_agent: m.user_agent,
+            },
+            platform: self.platform,
+            rewrite,
+            oci_for_legacy,
+            windows_match,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -297,6 +418,12 @@ impl Config {
                 .map(|(i, u)| u.into_config(i))
                 .collect::<Result<_, _>>()?;
         }
+        cfg.routes = raw
+            .route
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| r.into_config(i))
+            .collect::<Result<_, _>>()?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -51,7 +51,7 @@ pub struct Proxy {
     tags: TagStore,
     /// Concurrent misses for one tag make one upstream request.
     tag_locks: KeyedLock<TagKey>,
-    recent_failures: moka::sync::Cache<TagKey, ProxyError>,
+    recent_failures: moka::sync::Cache<TagKey, (Instant, ProxyError)>,
     blobs: Arc<BlobStore>,
 }
 
@@ -89,8 +89,16 @@ impl CacheResult {
     }
 }
 
+/// Where a request came from and in on: route matching reads both.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnInfo {
+    pub local: Option<std::net::SocketAddr>,
+    pub peer: Option<std::net::SocketAddr>,
+}
+
 /// The parts of the client request the pipeline reads; nothing else is ever forwarded.
 struct ClientRequest {
+    conn: ConnInfo,
     method: Method,
     headers: HeaderMap,
     query: Option<String>,
@@ -145,7 +153,11 @@ impl Proxy {
     }
 
     /// Answers one request. Never fails: errors become registry error responses.
-    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<LoggedBody> {
+    pub async fn handle<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        conn: ConnInfo,
+    ) -> Response<LoggedBody> {
         let started = Instant::now();
         let (parts, _body) = req.into_parts();
         let path = parts.uri.path().to_owned();
@@ -154,6 +166,7 @@ impl Proxy {
             None => path.clone(),
         };
         let client = ClientRequest {
+            conn,
             method: parts.method.clone(),
             headers: parts.headers,
             query: parts.uri.query().map(str::to_owned),
@@ -243,6 +256,7 @@ impl Proxy {
                     &upstream,
                     &target,
                     raw_name,
+                    api::ns_param(client.query.as_deref()),
                     &format!("tags/list{q}"),
                     ErrorCode::NameUnknown,
                 )
@@ -254,6 +268,7 @@ impl Proxy {
                     &upstream,
                     &target,
                     raw_name,
+                    api::ns_param(client.query.as_deref()),
                     &format!("referrers/{digest}{q}"),
                     ErrorCode::ManifestUnknown,
                 )
@@ -297,6 +312,7 @@ impl Proxy {
         if let Some(fresh) = self.fresh_tag(&key, ttl, target, tag).await {
             return fresh;
         }
+        let queued_at = Instant::now();
         let _refreshing = self.tag_locks.lock(&key).await;
         // Whoever held the lock before us may have refreshed it.
         if let Some(fresh) = self.fresh_tag(&key, ttl, target, tag).await {
@@ -304,10 +320,10 @@ impl Proxy {
         }
         let cached = self.tags.get(&key);
         // Requests that queued behind a refresh which found upstream down don't each wait out
-        // another timeout: they take that answer.
+        // another timeout: they take that answer. Requests that came later ask upstream again.
         let refreshed = match self.recent_failures.get(&key) {
-            Some(e) => Err(e),
-            None => {
+            Some((failed_at, e)) if failed_at >= queued_at => Err(e),
+            _ => {
                 self.refresh_tag(upstream, target, tag, &key, cached.as_ref())
                     .await
             }
@@ -315,7 +331,8 @@ impl Proxy {
         match refreshed {
             Ok(found) => Ok(found),
             Err(e) if e.is_upstream_unavailable() => {
-                self.recent_failures.insert(key.clone(), e.clone());
+                self.recent_failures
+                    .insert(key.clone(), (Instant::now(), e.clone()));
                 // stale-if-error: a cached answer young enough beats an error.
                 let Some(entry) = cached else { return Err(e) };
                 if entry.age(SystemTime::now()) > self.config.cache.stale_if_error {
@@ -608,6 +625,7 @@ impl Proxy {
         upstream: &Upstream,
         target: &Target,
         client_name: &str,
+        ns: Option<&str>,
         suffix: &str,
         not_found: ErrorCode,
     ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -637,17 +655,27 @@ impl Proxy {
             .get(header::LINK)
             .and_then(|v| v.to_str().ok())
         {
-            // Point the next page back through archway, under the name the client used.
-            let rewritten = link.replace(
-                &format!("/v2/{}/", target.repository),
-                &format!("/v2/{client_name}/"),
-            );
+            let rewritten = rewrite_link(link, target.repository.as_str(), client_name, ns);
             if let Ok(v) = HeaderValue::from_str(&rewritten) {
                 out.headers_mut().insert(header::LINK, v);
             }
         }
         Ok(out)
     }
+}
+
+/// Points a pagination `Link` back through archway: under the name the client used, and with the
+/// `ns=` that selected the upstream, so following it reaches the same upstream.
+fn rewrite_link(link: &str, upstream_repo: &str, client_name: &str, ns: Option<&str>) -> String {
+    let mut out = link.replace(
+        &format!("/v2/{upstream_repo}/"),
+        &format!("/v2/{client_name}/"),
+    );
+    if let (Some(ns), Some(end)) = (ns, out.find('>')) {
+        let sep = if out[..end].contains('?') { '&' } else { '?' };
+        out.insert_str(end, &format!("{sep}ns={ns}"));
+    }
+    out
 }
 
 fn check_status(
@@ -867,6 +895,23 @@ pub fn error_response(e: &ProxyError, head: bool) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pagination_links() {
+        let link = r#"</v2/library/alpine/tags/list?n=2&last=b>; rel="next""#;
+        assert_eq!(
+            rewrite_link(link, "library/alpine", "docker.io/alpine", None),
+            r#"</v2/docker.io/alpine/tags/list?n=2&last=b>; rel="next""#
+        );
+        assert_eq!(
+            rewrite_link(link, "library/alpine", "library/alpine", Some("docker.io")),
+            r#"</v2/library/alpine/tags/list?n=2&last=b&ns=docker.io>; rel="next""#
+        );
+        assert_eq!(
+            rewrite_link("</v2/x/tags/list>; rel=\"next\"", "x", "x", Some("ghcr.io")),
+            "</v2/x/tags/list?ns=ghcr.io>; rel=\"next\""
+        );
+    }
 
     #[test]
     fn media_type_detection() {

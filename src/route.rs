@@ -168,7 +168,9 @@ mod tests {
         assert!(m(&|r| r.port = Some(5019)));
         assert!(!m(&|r| r.port = Some(5000)));
         assert!(m(&|r| r.client_cidr = Some("10.20.0.0/16".parse().unwrap())));
-        assert!(!m(&|r| r.client_cidr = Some("10.30.0.0/16".parse().unwrap())));
+        assert!(!m(
+            &|r| r.client_cidr = Some("10.30.0.0/16".parse().unwrap())
+        ));
         assert!(m(&|r| r.repository = Some("library/*".into())));
         assert!(m(&|r| r.user_agent = Some("os/windows".into())));
         assert!(!m(&|r| r.user_agent = Some("containerd/".into())));

@@ -1,7 +1,7 @@
 //! Listeners, HTTP/1.1 + h2 connections, graceful shutdown.
 
 use crate::config::Config;
-use crate::proxy::{Proxy, ProxyInitError};
+use crate::proxy::{ConnInfo, Proxy, ProxyInitError};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -102,10 +102,14 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Receiv
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let conn_info = ConnInfo {
+            local: stream.local_addr().ok(),
+            peer: Some(peer),
+        };
         let proxy = proxy.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+            async move { Ok::<_, Infallible>(proxy.handle(req, conn_info).await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
