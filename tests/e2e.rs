@@ -1,0 +1,780 @@
+//! End-to-end tier: real registries and clients through archway, on loopback only.
+//!
+//! Upstream is CNCF Distribution (`docker-registry`) filled by the fixture tool; the clients are
+//! skopeo, containerd's ctr (hosts.toml mirror, `?ns=`) and dockerd (`--registry-mirror`). Every
+//! test reads archway's JSON access log to prove the traffic went through archway: the clients
+//! silently fall back to the upstream otherwise.
+//!
+//! Runs when `ARCHWAY_E2E=1` or `CI=true` (then a missing tool fails the test); otherwise each
+//! test prints that it was skipped. `scripts/test` installs the tools and sets `ARCHWAY_E2E=1`.
+
+mod e2e {
+    pub mod fixtures;
+    pub mod http;
+    pub mod layout;
+    pub mod procs;
+    pub mod tools;
+}
+
+use e2e::fixtures::{
+    self, Blob, FixtureSet, Flavour, Image, LINUX_AMD64, LINUX_ARM64_V8, PLATFORMS,
+};
+use e2e::layout::OciLayout;
+use e2e::procs::{run, run_ok};
+use e2e::tools::{
+    e2e_enabled, port_open, show, skopeo, temp_dir, write_hosts_toml, Access, Archway, Containerd,
+    Dockerd, Registry,
+};
+use flate2::read::GzDecoder;
+use serde_json::Value;
+use std::io::Read;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The seed of the shared fixture set: fixed, so its digests are the same in every run.
+const SHARED_SEED: u64 = 1;
+const PULL_TIMEOUT: Duration = Duration::from_secs(300);
+const ALL_MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// One upstream registry for the tests that never stop it, holding the seeded fixture set under
+/// `multi` and (for the Docker Hub mirror paths) `library/multi`.
+struct Shared {
+    registry: Registry,
+    fixtures: FixtureSet,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let started = Instant::now();
+        let registry = Registry::start();
+        let fixtures = FixtureSet::build(SHARED_SEED, true);
+        fixtures.push(&registry.url(), &["multi", "library/multi"]);
+        eprintln!(
+            "shared upstream {} ready in {:?}",
+            registry.url(),
+            started.elapsed()
+        );
+        Shared { registry, fixtures }
+    })
+}
+
+/// A registry of the test's own with fresh content under `repos`: for tests that stop their
+/// upstream, or must see every request because a client would skip digests it already has.
+fn own_upstream(repos: &[&str]) -> (Registry, FixtureSet) {
+    let registry = Registry::start();
+    let fixtures = push_fresh(&registry, repos);
+    (registry, fixtures)
+}
+
+/// Content no client or cache has seen yet, pushed under `repos`; the seed is printed so a
+/// failure can be reproduced with the same digests.
+fn push_fresh(registry: &Registry, repos: &[&str]) -> FixtureSet {
+    let fixtures = FixtureSet::build(fixtures::fresh_seed(), false);
+    eprintln!(
+        "fixture seed {} in {} {repos:?}",
+        fixtures.seed,
+        registry.url()
+    );
+    fixtures.push(&registry.url(), repos);
+    fixtures
+}
+
+// === Access-log assertions ===
+
+/// The entries for `/v2/<repo>/<kind>/<reference>` (any query).
+fn requests<'a>(log: &'a [Access], repo: &str, kind: &str, reference: &str) -> Vec<&'a Access> {
+    let path = format!("/v2/{repo}/{kind}/{reference}");
+    log.iter().filter(|a| a.path() == path).collect()
+}
+
+fn has_query(a: &Access, query: Option<&str>) -> bool {
+    match query {
+        Some(q) => a.query().contains(q),
+        None => true,
+    }
+}
+
+/// Asserts archway answered a GET for `/v2/<repo>/<kind>/<reference>` with 200 (and, when
+/// `query` is given, that the request carried it).
+fn assert_got(log: &[Access], repo: &str, kind: &str, reference: &str, query: Option<&str>) {
+    let found = requests(log, repo, kind, reference).into_iter().any(|a| {
+        a.method == "GET" && a.status == 200 && a.complete != Some(false) && has_query(a, query)
+    });
+    assert!(
+        found,
+        "archway's log has no `GET /v2/{repo}/{kind}/{reference}{}` answered 200; it has:\n{}",
+        query.map(|q| format!("?…{q}…")).unwrap_or_default(),
+        show(log)
+    );
+}
+
+/// Asserts some request (HEAD or GET) for the tag was answered 200.
+fn assert_tag_resolved(log: &[Access], repo: &str, tag: &str, query: Option<&str>) {
+    let found = requests(log, repo, "manifests", tag)
+        .into_iter()
+        .any(|a| a.status == 200 && has_query(a, query));
+    assert!(
+        found,
+        "archway's log has no request for {repo}:{tag} answered 200; it has:\n{}",
+        show(log)
+    );
+}
+
+/// Asserts the image's manifest and every blob went through archway with 200.
+fn assert_image_served(log: &[Access], repo: &str, image: &Image, query: Option<&str>) {
+    assert_got(log, repo, "manifests", &image.manifest.digest, query);
+    for b in image.blobs() {
+        assert_got(log, repo, "blobs", &b.digest, query);
+    }
+}
+
+/// Asserts no request on `repo` failed: a fresh pull of content that exists upstream has no
+/// reason to see an error.
+fn assert_no_errors(log: &[Access], repo: &str) {
+    let prefix = format!("/v2/{repo}/");
+    let bad: Vec<&Access> = log
+        .iter()
+        .filter(|a| a.path().starts_with(&prefix) && a.status >= 400)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "archway answered errors:\n{}\nfull log:\n{}",
+        show(&bad.into_iter().cloned().collect::<Vec<_>>()),
+        show(log)
+    );
+}
+
+/// Asserts that, with the upstream gone, every request on `repo` was answered from the cache:
+/// 2xx, `cache` = `hit` (digests) or `stale` (tags past their TTL), and that some tag request was
+/// actually served stale.
+fn assert_all_from_cache(log: &[Access], repo: &str) {
+    let prefix = format!("/v2/{repo}/");
+    let mine: Vec<&Access> = log
+        .iter()
+        .filter(|a| a.path().starts_with(&prefix))
+        .collect();
+    assert!(
+        !mine.is_empty(),
+        "no requests on {repo} after the upstream stopped:\n{}",
+        show(log)
+    );
+    let bad: Vec<Access> = mine
+        .iter()
+        .filter(|a| {
+            !(200..300).contains(&a.status)
+                || !matches!(a.cache.as_deref(), Some("hit") | Some("stale"))
+        })
+        .map(|a| (*a).clone())
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "with the upstream down these were not served from the cache:\n{}\nall after the stop:\n{}",
+        show(&bad),
+        show(log)
+    );
+    let stale_tag = mine.iter().any(|a| {
+        a.path().contains("/manifests/")
+            && !a.path().contains("/manifests/sha256:")
+            && a.cache.as_deref() == Some("stale")
+    });
+    assert!(
+        stale_tag,
+        "no tag request was served `stale` although the tag TTL had expired and the upstream \
+         was down:\n{}",
+        show(log)
+    );
+}
+
+// === Pure checks of the fixture tool ===
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    GzDecoder::new(data).read_to_end(&mut out).expect("gunzip");
+    out
+}
+
+fn json(b: &Blob) -> Value {
+    serde_json::from_slice(&b.data).expect("fixture JSON")
+}
+
+#[test]
+fn fixture_set_is_deterministic_and_well_formed() {
+    let a = FixtureSet::build(7, false);
+    let b = FixtureSet::build(7, false);
+    let c = FixtureSet::build(8, false);
+    let digests = |f: &FixtureSet| -> Vec<String> {
+        f.tags
+            .values()
+            .chain(f.images.iter().map(|i| &i.manifest))
+            .chain(f.blobs())
+            .map(|b| b.digest.clone())
+            .collect()
+    };
+    assert_eq!(digests(&a), digests(&b), "same seed, same bytes");
+    let (da, dc) = (digests(&a), digests(&c));
+    assert!(
+        da.iter().all(|d| !dc.contains(d)),
+        "another seed shares no content"
+    );
+    assert_eq!(a.images.len(), 2 * PLATFORMS.len());
+    assert_eq!(
+        a.tags.keys().collect::<Vec<_>>(),
+        ["docker", "oci", "oci-attest"]
+    );
+
+    for image in &a.images {
+        let p = image.platform;
+        let config = json(&image.config);
+        assert_eq!(config["os"], p.os);
+        assert_eq!(config["architecture"], p.architecture);
+        assert_eq!(config["variant"].as_str(), p.variant);
+        assert_eq!(config["os.version"].as_str(), p.os_version);
+        // The diff_ids are what containerd and dockerd check after unpacking.
+        let diff_ids: Vec<String> = image
+            .layers
+            .iter()
+            .map(|l| fixtures::sha256(&gunzip(&l.data)))
+            .collect();
+        assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!(diff_ids));
+        let manifest = json(&image.manifest);
+        assert_eq!(manifest["mediaType"], image.flavour.manifest_type());
+        assert_eq!(manifest["config"]["digest"], image.config.digest);
+        assert_eq!(manifest["layers"].as_array().map(Vec::len), Some(2));
+    }
+
+    for (tag, flavour) in [("docker", Flavour::Docker), ("oci", Flavour::Oci)] {
+        let index = json(a.tag(tag));
+        assert_eq!(index["mediaType"], flavour.index_type());
+        let entries = index["manifests"].as_array().expect("entries");
+        assert_eq!(entries.len(), PLATFORMS.len());
+        for (entry, p) in entries.iter().zip(PLATFORMS) {
+            let child = a.image(flavour, p);
+            assert_eq!(entry["digest"], child.manifest.digest);
+            assert_eq!(entry["size"], child.manifest.data.len());
+            assert_eq!(entry["platform"], p.json());
+        }
+    }
+
+    let attest = json(a.tag("oci-attest"));
+    let entries = attest["manifests"].as_array().expect("entries");
+    assert_eq!(entries.len(), 2 * PLATFORMS.len());
+    for (entry, att) in entries[PLATFORMS.len()..].iter().zip(&a.attestations) {
+        assert_eq!(entry["digest"], att.manifest.digest);
+        assert_eq!(entry["platform"]["os"], "unknown");
+        assert_eq!(entry["platform"]["architecture"], "unknown");
+        assert_eq!(
+            entry["annotations"]["vnd.docker.reference.type"],
+            "attestation-manifest"
+        );
+        let subject = entry["annotations"]["vnd.docker.reference.digest"]
+            .as_str()
+            .expect("subject");
+        assert!(entries[..PLATFORMS.len()]
+            .iter()
+            .any(|e| e["digest"] == subject));
+        let m = json(&att.manifest);
+        assert_eq!(m["layers"][0]["mediaType"], fixtures::IN_TOTO);
+        let statement = json(&att.statement);
+        assert_eq!(
+            format!(
+                "sha256:{}",
+                statement["subject"][0]["digest"]["sha256"]
+                    .as_str()
+                    .unwrap()
+            ),
+            subject
+        );
+    }
+}
+
+#[test]
+fn large_fixture_layer_is_incompressible_and_intact() {
+    let f = FixtureSet::build(3, true);
+    let large = f.large.as_ref().expect("large image");
+    assert_eq!(f.tag("large").digest, large.manifest.digest);
+    let layer = &large.layers[0];
+    assert!(
+        layer.data.len() > fixtures::LARGE_LAYER_BYTES,
+        "stored, not compressed: {} bytes",
+        layer.data.len()
+    );
+    let tar = gunzip(&layer.data);
+    let config = json(&large.config);
+    assert_eq!(config["rootfs"]["diff_ids"][0], fixtures::sha256(&tar));
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let sizes: Vec<u64> = archive
+        .entries()
+        .expect("tar entries")
+        .map(|e| e.expect("entry").header().size().expect("size"))
+        .collect();
+    assert_eq!(sizes, [0, fixtures::LARGE_LAYER_BYTES as u64]);
+}
+
+#[test]
+fn upload_url_keeps_the_location_query() {
+    let d = "sha256:abc";
+    assert_eq!(
+        fixtures::upload_url("http://127.0.0.1:5", "/v2/r/blobs/uploads/u?_state=x", d),
+        "http://127.0.0.1:5/v2/r/blobs/uploads/u?_state=x&digest=sha256%3Aabc"
+    );
+    assert_eq!(
+        fixtures::upload_url(
+            "http://127.0.0.1:5",
+            "http://127.0.0.1:5/v2/r/blobs/uploads/u",
+            d
+        ),
+        "http://127.0.0.1:5/v2/r/blobs/uploads/u?digest=sha256%3Aabc"
+    );
+}
+
+// === The registry itself ===
+
+#[test]
+fn pushed_fixtures_are_readable_from_the_registry() {
+    if !e2e_enabled("pushed_fixtures_are_readable_from_the_registry") {
+        return;
+    }
+    let s = shared();
+    let base = s.registry.url();
+    for repo in ["multi", "library/multi"] {
+        let mut manifests: Vec<(&str, &Blob)> = s
+            .fixtures
+            .tags
+            .iter()
+            .map(|(t, b)| (t.as_str(), b))
+            .collect();
+        manifests.extend(
+            s.fixtures
+                .images
+                .iter()
+                .map(|i| (i.manifest.digest.as_str(), &i.manifest)),
+        );
+        manifests.extend(
+            s.fixtures
+                .attestations
+                .iter()
+                .map(|a| (a.manifest.digest.as_str(), &a.manifest)),
+        );
+        for (reference, m) in manifests {
+            let url = format!("{base}/v2/{repo}/manifests/{reference}");
+            let r = e2e::http::get(&url, &[("accept", ALL_MANIFEST_TYPES)]).expect("GET manifest");
+            assert_eq!(r.status, 200, "GET {url}: {}", r.text());
+            assert_eq!(r.body, m.data, "GET {url} returns the pushed bytes");
+            assert_eq!(r.header("docker-content-digest"), Some(m.digest.as_str()));
+            assert_eq!(r.header("content-type"), Some(m.media_type.as_str()));
+        }
+        for b in s.fixtures.blobs() {
+            let url = format!("{base}/v2/{repo}/blobs/{}", b.digest);
+            let r = e2e::http::get(&url, &[]).expect("GET blob");
+            assert_eq!(r.status, 200, "GET {url}");
+            assert_eq!(fixtures::sha256(&r.body), b.digest, "GET {url} is intact");
+        }
+    }
+}
+
+// === skopeo ===
+
+/// `skopeo copy` from `source` (`host:port/repo:tag`) into a fresh OCI layout under `tmp`.
+fn skopeo_copy(tmp: &Path, source: &str, out: &str, extra: &[&str]) -> OciLayout {
+    let dir = tmp.join(out);
+    let src = format!("docker://{source}");
+    let dst = format!("oci:{}:x", dir.display());
+    let mut args = vec!["copy", "--src-tls-verify=false"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[&src, &dst]);
+    run_ok(&mut skopeo(tmp, &args), PULL_TIMEOUT);
+    OciLayout::open(&dir)
+}
+
+/// The arm64/v8 child of `multi:oci`, checked in the layout skopeo wrote.
+fn check_one_platform_layout(layout: &OciLayout, fx: &FixtureSet) -> Image {
+    let want = fx.image(Flavour::Oci, LINUX_ARM64_V8).clone();
+    let top = layout.descriptor("x");
+    assert_eq!(
+        top["digest"], want.manifest.digest,
+        "skopeo picked the arm64/v8 child"
+    );
+    let manifest = layout.json(&want.manifest.digest);
+    assert_eq!(manifest["config"]["digest"], want.config.digest);
+    let all = layout.walk(&want.manifest.digest);
+    for b in want.blobs() {
+        assert!(all.contains(&b.digest), "layout lacks {}", b.digest);
+    }
+    want
+}
+
+#[test]
+fn skopeo_copies_one_platform_through_archway() {
+    if !e2e_enabled("skopeo_copies_one_platform_through_archway") {
+        return;
+    }
+    let s = shared();
+    let archway = Archway::start(&s.registry.url(), "5m");
+    let tmp = temp_dir("skopeo1");
+    let layout = skopeo_copy(
+        tmp.path(),
+        &format!("{}/multi:oci", archway.host()),
+        "out",
+        &["--override-arch", "arm64", "--override-variant", "v8"],
+    );
+    let child = check_one_platform_layout(&layout, &s.fixtures);
+
+    let log = archway.access_log();
+    assert_tag_resolved(&log, "multi", "oci", None);
+    assert_image_served(&log, "multi", &child, None);
+    assert_no_errors(&log, "multi");
+}
+
+#[test]
+fn skopeo_copies_all_platforms_through_archway() {
+    if !e2e_enabled("skopeo_copies_all_platforms_through_archway") {
+        return;
+    }
+    let s = shared();
+    let archway = Archway::start(&s.registry.url(), "5m");
+    let tmp = temp_dir("skopeoall");
+
+    // An OCI index with buildx attestations: every image and every attestation arrives intact.
+    let index = s.fixtures.tag("oci-attest");
+    let layout = skopeo_copy(
+        tmp.path(),
+        &format!("{}/multi:oci-attest", archway.host()),
+        "attest",
+        &["--all"],
+    );
+    assert_eq!(layout.descriptor("x")["digest"], index.digest);
+    let all = layout.walk(&index.digest);
+    let log = archway.access_log();
+    assert_tag_resolved(&log, "multi", "oci-attest", None);
+    for image in s.fixtures.images_of(Flavour::Oci) {
+        assert_image_served(&log, "multi", image, None);
+        assert!(all.contains(&image.manifest.digest));
+    }
+    for a in &s.fixtures.attestations {
+        assert!(all.contains(&a.manifest.digest) && all.contains(&a.statement.digest));
+        assert_got(&log, "multi", "manifests", &a.manifest.digest, None);
+        assert_got(&log, "multi", "blobs", &a.statement.digest, None);
+        assert_got(&log, "multi", "blobs", &a.config.digest, None);
+    }
+
+    // A Docker manifest list, every platform.
+    let list = s.fixtures.tag("docker");
+    let out = tmp.path().join("docker");
+    run_ok(
+        &mut skopeo(
+            tmp.path(),
+            &[
+                "copy",
+                "--src-tls-verify=false",
+                "--all",
+                &format!("docker://{}/multi:docker", archway.host()),
+                &format!("dir:{}", out.display()),
+            ],
+        ),
+        PULL_TIMEOUT,
+    );
+    let copied = std::fs::read(out.join("manifest.json")).expect("dir: manifest.json");
+    assert_eq!(
+        fixtures::sha256(&copied),
+        list.digest,
+        "the list arrives byte for byte"
+    );
+    let log = archway.access_log();
+    assert_tag_resolved(&log, "multi", "docker", None);
+    for image in s.fixtures.images_of(Flavour::Docker) {
+        assert_image_served(&log, "multi", image, None);
+        for b in image.blobs() {
+            let file = std::fs::read(out.join(b.hex())).expect("dir: blob file");
+            assert_eq!(fixtures::sha256(&file), b.digest);
+        }
+    }
+    assert_no_errors(&log, "multi");
+}
+
+#[test]
+fn skopeo_copies_the_large_layer_through_archway() {
+    if !e2e_enabled("skopeo_copies_the_large_layer_through_archway") {
+        return;
+    }
+    let s = shared();
+    let large = s.fixtures.large.as_ref().expect("shared set has `large`");
+    let archway = Archway::start(&s.registry.url(), "5m");
+    let tmp = temp_dir("skopeolarge");
+    let started = Instant::now();
+    let layout = skopeo_copy(
+        tmp.path(),
+        &format!("{}/multi:large", archway.host()),
+        "out",
+        &[],
+    );
+    eprintln!("50 MB image through archway in {:?}", started.elapsed());
+    assert_eq!(layout.descriptor("x")["digest"], large.manifest.digest);
+    layout.walk(&large.manifest.digest);
+
+    // A single-platform tag: its manifest comes by tag, no by-digest request needed.
+    let log = archway.access_log();
+    assert_tag_resolved(&log, "multi", "large", None);
+    for b in large.blobs() {
+        assert_got(&log, "multi", "blobs", &b.digest, None);
+    }
+    let layer = &large.layers[0];
+    let sent: Vec<&Access> = requests(&log, "multi", "blobs", &layer.digest)
+        .into_iter()
+        .filter(|a| a.method == "GET" && a.status == 200)
+        .collect();
+    assert!(
+        sent.iter()
+            .all(|a| a.bytes == Some(layer.data.len() as u64)),
+        "the layer's GET should report all {} bytes: {sent:?}",
+        layer.data.len()
+    );
+    assert_no_errors(&log, "multi");
+}
+
+// === containerd (ctr) ===
+
+/// `ctr image pull` of `docker.io/library/<name>:oci` for linux/arm64 with archway as the
+/// hosts.toml mirror.
+fn ctr_pull(containerd: &Containerd, hosts: &Path, name: &str) {
+    let image = format!("docker.io/library/{name}:oci");
+    let hosts = hosts.display().to_string();
+    run_ok(
+        &mut containerd.ctr(&[
+            "image",
+            "pull",
+            "--hosts-dir",
+            &hosts,
+            "--platform",
+            "linux/arm64",
+            &image,
+        ]),
+        PULL_TIMEOUT,
+    );
+}
+
+/// Asserts containerd now holds the index and the arm64 child with all its blobs.
+fn assert_ctr_has(containerd: &Containerd, fx: &FixtureSet, name: &str) {
+    let images = run_ok(
+        &mut containerd.ctr(&["image", "ls"]),
+        Duration::from_secs(30),
+    )
+    .stdout;
+    let want = format!("docker.io/library/{name}:oci");
+    let line = images
+        .lines()
+        .find(|l| l.starts_with(&format!("{want} ")))
+        .unwrap_or_else(|| panic!("ctr image ls lacks {want}:\n{images}"));
+    assert!(line.contains(&fx.tag("oci").digest), "{line}");
+    let content = run_ok(
+        &mut containerd.ctr(&["content", "ls", "-q"]),
+        Duration::from_secs(30),
+    )
+    .stdout;
+    let child = fx.image(Flavour::Oci, LINUX_ARM64_V8);
+    for d in std::iter::once(&child.manifest).chain(child.blobs()) {
+        assert!(
+            content.contains(&d.digest),
+            "containerd lacks {}:\n{content}",
+            d.digest
+        );
+    }
+}
+
+/// The requests ctr sends a mirror for the arm64 pull, all with `?ns=docker.io`.
+fn assert_ctr_through(log: &[Access], fx: &FixtureSet, repo: &str) {
+    let ns = Some("ns=docker.io");
+    assert_tag_resolved(log, repo, "oci", ns);
+    let index = &fx.tag("oci").digest;
+    let index_fetched = requests(log, repo, "manifests", index)
+        .into_iter()
+        .chain(requests(log, repo, "manifests", "oci"))
+        .any(|a| a.method == "GET" && a.status == 200 && a.query().contains("ns=docker.io"));
+    assert!(
+        index_fetched,
+        "the index was never fetched through archway:\n{}",
+        show(log)
+    );
+    assert_image_served(log, repo, fx.image(Flavour::Oci, LINUX_ARM64_V8), ns);
+    assert_no_errors(log, repo);
+}
+
+#[test]
+fn ctr_pulls_through_archway_as_hosts_toml_mirror() {
+    if !e2e_enabled("ctr_pulls_through_archway_as_hosts_toml_mirror") {
+        return;
+    }
+    let s = shared();
+    // Fresh content under a name of its own: containerd must fetch every digest.
+    let fx = push_fresh(&s.registry, &["library/ctrpull"]);
+    let archway = Archway::start(&s.registry.url(), "5m");
+    let tmp = temp_dir("ctr");
+    let hosts = tmp.path().join("certs.d");
+    write_hosts_toml(&hosts, "docker.io", &s.registry.url(), &archway.url());
+    let containerd = Containerd::start(&tmp.path().join("ctd"));
+
+    ctr_pull(&containerd, &hosts, "ctrpull");
+    assert_ctr_has(&containerd, &fx, "ctrpull");
+    assert_ctr_through(&archway.access_log(), &fx, "library/ctrpull");
+}
+
+// === dockerd ===
+
+fn docker_pull(dockerd: &Dockerd, image: &str) {
+    let out = run(&mut dockerd.docker(&["pull", image]), PULL_TIMEOUT);
+    assert!(
+        out.success(),
+        "docker pull {image} failed:\n{}\n{}\ndockerd log:\n{}",
+        out.stdout,
+        out.stderr,
+        dockerd.log_tail()
+    );
+}
+
+/// Asserts dockerd holds `image` as the linux/amd64 child of the Docker list.
+fn assert_docker_has(dockerd: &Dockerd, fx: &FixtureSet, image: &str) {
+    let id = run_ok(
+        &mut dockerd.docker(&["image", "inspect", "--format", "{{.Id}}", image]),
+        Duration::from_secs(30),
+    )
+    .stdout;
+    let want = fx.image(Flavour::Docker, LINUX_AMD64);
+    assert_eq!(
+        id.trim(),
+        want.config.digest,
+        "dockerd picked the linux/amd64 child"
+    );
+}
+
+fn assert_docker_through(log: &[Access], fx: &FixtureSet, repo: &str) {
+    assert_tag_resolved(log, repo, "docker", None);
+    assert_image_served(log, repo, fx.image(Flavour::Docker, LINUX_AMD64), None);
+    assert!(
+        log.iter().all(|a| !a.query().contains("ns=")),
+        "dockerd's mirror requests carry no ns=:\n{}",
+        show(log)
+    );
+    assert_no_errors(log, repo);
+}
+
+#[test]
+fn docker_pulls_through_archway_as_registry_mirror() {
+    if !e2e_enabled("docker_pulls_through_archway_as_registry_mirror") {
+        return;
+    }
+    let s = shared();
+    let fx = push_fresh(&s.registry, &["library/dockerpull"]);
+    let archway = Archway::start(&s.registry.url(), "5m");
+    let tmp = temp_dir("docker");
+    let containerd = Containerd::start(&tmp.path().join("ctd"));
+    let dockerd = Dockerd::start(&tmp.path().join("dkd"), &containerd, &archway.host());
+
+    docker_pull(&dockerd, "dockerpull:docker");
+    assert_docker_has(&dockerd, &fx, "dockerpull:docker");
+    assert_docker_through(&archway.access_log(), &fx, "library/dockerpull");
+}
+
+// === Upstream down: the same pulls from archway's cache ===
+
+/// Tags expire after a second here, so the second pull must use stale-if-error.
+const SHORT_TTL: &str = "1s";
+
+/// Stops the upstream and waits out the tag TTL; returns how many log entries came before.
+fn take_upstream_down(registry: &mut Registry, archway: &Archway) -> usize {
+    let before = archway.access_log().len();
+    let port = registry.port;
+    registry.stop();
+    assert!(!port_open(port));
+    std::thread::sleep(Duration::from_millis(1500));
+    before
+}
+
+#[test]
+fn upstream_down_skopeo_copies_from_the_cache() {
+    if !e2e_enabled("upstream_down_skopeo_copies_from_the_cache") {
+        return;
+    }
+    let (mut registry, fx) = own_upstream(&["multi", "library/multi"]);
+    let archway = Archway::start(&registry.url(), SHORT_TTL);
+    let tmp = temp_dir("downskopeo");
+    let source = format!("{}/multi:oci", archway.host());
+    let arm64 = ["--override-arch", "arm64", "--override-variant", "v8"];
+
+    let layout = skopeo_copy(tmp.path(), &source, "first", &arm64);
+    check_one_platform_layout(&layout, &fx);
+    assert_image_served(
+        &archway.access_log(),
+        "multi",
+        fx.image(Flavour::Oci, LINUX_ARM64_V8),
+        None,
+    );
+
+    let before = take_upstream_down(&mut registry, &archway);
+    let layout = skopeo_copy(tmp.path(), &source, "second", &arm64);
+    let child = check_one_platform_layout(&layout, &fx);
+    let after = archway.access_log()[before..].to_vec();
+    assert_image_served(&after, "multi", &child, None);
+    assert_all_from_cache(&after, "multi");
+}
+
+#[test]
+fn upstream_down_ctr_pulls_from_the_cache() {
+    if !e2e_enabled("upstream_down_ctr_pulls_from_the_cache") {
+        return;
+    }
+    let (mut registry, fx) = own_upstream(&["library/multi"]);
+    let archway = Archway::start(&registry.url(), SHORT_TTL);
+    let tmp = temp_dir("downctr");
+    let hosts = tmp.path().join("certs.d");
+    write_hosts_toml(&hosts, "docker.io", &registry.url(), &archway.url());
+    {
+        let containerd = Containerd::start(&tmp.path().join("ctd1"));
+        ctr_pull(&containerd, &hosts, "multi");
+        assert_ctr_has(&containerd, &fx, "multi");
+        assert_ctr_through(&archway.access_log(), &fx, "library/multi");
+        run_ok(
+            &mut containerd.ctr(&["image", "rm", "--sync", "docker.io/library/multi:oci"]),
+            Duration::from_secs(60),
+        );
+    }
+
+    let before = take_upstream_down(&mut registry, &archway);
+    // A fresh content store: nothing of the first pull is left to skip fetches with.
+    let containerd = Containerd::start(&tmp.path().join("ctd2"));
+    ctr_pull(&containerd, &hosts, "multi");
+    assert_ctr_has(&containerd, &fx, "multi");
+    let after = archway.access_log()[before..].to_vec();
+    assert_ctr_through(&after, &fx, "library/multi");
+    assert_all_from_cache(&after, "library/multi");
+}
+
+#[test]
+fn upstream_down_docker_pulls_from_the_cache() {
+    if !e2e_enabled("upstream_down_docker_pulls_from_the_cache") {
+        return;
+    }
+    let (mut registry, fx) = own_upstream(&["library/multi"]);
+    let archway = Archway::start(&registry.url(), SHORT_TTL);
+    let tmp = temp_dir("downdocker");
+    let containerd = Containerd::start(&tmp.path().join("ctd"));
+    let dockerd = Dockerd::start(&tmp.path().join("dkd"), &containerd, &archway.host());
+
+    docker_pull(&dockerd, "multi:docker");
+    assert_docker_has(&dockerd, &fx, "multi:docker");
+    assert_docker_through(&archway.access_log(), &fx, "library/multi");
+    run_ok(
+        &mut dockerd.docker(&["rmi", "multi:docker"]),
+        Duration::from_secs(60),
+    );
+
+    let before = take_upstream_down(&mut registry, &archway);
+    docker_pull(&dockerd, "multi:docker");
+    assert_docker_has(&dockerd, &fx, "multi:docker");
+    let after = archway.access_log()[before..].to_vec();
+    assert_docker_through(&after, &fx, "library/multi");
+    assert_all_from_cache(&after, "library/multi");
+}
