@@ -23,6 +23,48 @@ enum Command {
     Serve(ServeArgs),
     /// Show which upstream, route, platform and manifest a client would get for an image.
     Explain(ExplainArgs),
+    /// Probe a health endpoint (for container HEALTHCHECKs, where there is no curl): exit 0 on 2xx.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Args)]
+struct HealthcheckArgs {
+    /// The URL to GET (plain http).
+    #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+    url: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+}
+
+async fn run_healthcheck(args: HealthcheckArgs) -> ExitCode {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let uri: http::Uri = match args.url.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("archway: --url: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let probe = client.get(uri);
+    match tokio::time::timeout(std::time::Duration::from_secs(args.timeout), probe).await {
+        Ok(Ok(resp)) if resp.status().is_success() => ExitCode::SUCCESS,
+        Ok(Ok(resp)) => {
+            eprintln!("archway: {} answered {}", args.url, resp.status());
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("archway: {}: {e}", args.url);
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("archway: {}: no answer within {} s", args.url, args.timeout);
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Args)]
@@ -224,6 +266,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Explain(args) => run_explain(args).await,
+        Command::Healthcheck(args) => run_healthcheck(args).await,
         Command::Serve(args) => {
             let cfg = match args.into_config() {
                 Ok(c) => c,

@@ -1,0 +1,235 @@
+//! The `archway` binary: embedded defaults, flags and environment, refusing bad config by key,
+//! graceful SIGTERM, and the healthcheck probe.
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{FakeRegistry, Kind, TestClient};
+
+fn archway() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_archway"));
+    // Nothing from the developer's environment; nothing may leave the machine.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ARCHWAY_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("NO_PROXY", "127.0.0.1,localhost,::1");
+    c
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "archway did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+async fn wait_ready(url: &str) {
+    let client = TestClient::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.try_request(http::Method::GET, url, &[]).await {
+            if r.status == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} never answered 200");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn bad_config_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[cache]\ntag_ttl = \"5 parsecs\"\n", "cache.tag_ttl"),
+        ("listen = \"not an address\"\n", "listen"),
+        (
+            "[[upstream]]\nname = \"x\"\nurl = \"ftp://x\"\n",
+            "upstream[0].url",
+        ),
+        (
+            "[[route]]\nplatform = \"linux/not-an-arch/v9/x\"\n",
+            "route[0].platform",
+        ),
+        ("[[route]]\nrewrite = \"always\"\n", "route[0].platform"),
+        ("surprise = true\n", "surprise"),
+    ];
+    for (toml, key) in cases {
+        let path = dir.path().join("archway.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = archway()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml:?}: {stderr}");
+        assert!(stderr.contains(key), "{toml:?}: {stderr}");
+    }
+    let out = archway()
+        .args(["serve", "--cache-max-size", "lots"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cache-max-size"));
+}
+
+/// `archway serve` with nothing else: a Docker Hub mirror on 0.0.0.0:5000 caching in
+/// ./archway-data. Only the ping is asked (it needs no upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_defaults_listen_on_5000_and_cache_in_cwd() {
+    assert!(
+        TcpListener::bind("0.0.0.0:5000").is_ok(),
+        "port 5000 must be free for this test"
+    );
+    let cwd = tempfile::tempdir().unwrap();
+    let mut run = Running(
+        archway()
+            .arg("serve")
+            .current_dir(cwd.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready("http://127.0.0.1:5000/v2/").await;
+    assert!(cwd.path().join("archway-data").is_dir());
+    run.sigterm();
+    let status = run.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    use std::io::Read;
+    run.0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("docker.io=https://registry-1.docker.io"),
+        "{stderr}"
+    );
+}
+
+/// Flags and environment override; SIGTERM lets an in-flight request finish, then exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_overrides_and_sigterm_drains() {
+    let fake = FakeRegistry::start().await;
+    let img = fake.sample_image("app", "v1", 3);
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let mut run = Running(
+        archway()
+            .arg("serve")
+            .env("ARCHWAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ARCHWAY_DATA_DIR", data.path())
+            .env("ARCHWAY_UPSTREAM", fake.url())
+            .env("ARCHWAY_LOG_FORMAT", "json")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("{base}/v2/")).await;
+
+    // A blob the upstream answers only after a second: SIGTERM arrives while it is in flight.
+    fake.set_delay(Some(Kind::Blob), Duration::from_millis(1000));
+    let url = format!("{base}/v2/app/blobs/{}", img.layers[1]);
+    let pending = tokio::spawn(async move { TestClient::new().get(&url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.sigterm();
+    let reply = pending.await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, img.layer_bytes[1]);
+    let status = run.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    // The blob went to the data dir the environment named.
+    let hex = img.layers[1].to_string()["sha256:".len()..].to_owned();
+    assert!(data
+        .path()
+        .join("blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex)
+        .is_file());
+    let mut stderr = String::new();
+    use std::io::Read;
+    run.0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    // JSON logs, one access line for the blob.
+    let access: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "archway::access")
+        .collect();
+    assert!(access.iter().any(|v| v["fields"]["path"]
+        .as_str()
+        .is_some_and(|p| p.contains("/blobs/"))
+        && v["fields"]["status"] == 200
+        && v["fields"]["cache"] == "miss"));
+}
+
+// The blocking child wait must not starve the fake registry: it runs on another worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_probe_exit_codes() {
+    let fake = FakeRegistry::start().await;
+    let ok = archway()
+        .args(["healthcheck", "--url", &format!("{}/v2/", fake.url())])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let closed = archway()
+        .args([
+            "healthcheck",
+            "--url",
+            &format!("http://127.0.0.1:{}/healthz", free_port()),
+            "--timeout",
+            "2",
+        ])
+        .status()
+        .unwrap();
+    assert_eq!(closed.code(), Some(1));
+}
