@@ -685,7 +685,7 @@ impl Proxy {
                         .select_for_platform(upstream, target, &m, &platform, windows, decision)
                         .await?;
                     let (answer, converted) = self
-                        .fit_for_client(child, &accept, oci_for_legacy, &platform)
+                        .fit_for_client(child, accept, oci_for_legacy, &platform)
                         .await?;
                     let r = Arc::new(Resolved {
                         answer,
@@ -718,7 +718,7 @@ impl Proxy {
             let platform = Platform::parse(crate::rewrite::DEFAULT_PLATFORM)
                 .map_err(|e| ProxyError::internal(e.to_string()))?;
             let (answer, converted) = self
-                .fit_for_client(m, &accept, oci_for_legacy, &platform)
+                .fit_for_client(m, accept, oci_for_legacy, &platform)
                 .await?;
             decision.converted = converted;
             if converted {
