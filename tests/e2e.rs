@@ -3,7 +3,8 @@
 //! Upstream is CNCF Distribution (`docker-registry`) filled by the fixture tool; the clients are
 //! skopeo, containerd's ctr (hosts.toml mirror, `?ns=`) and dockerd (`--registry-mirror`). Every
 //! test reads archway's JSON access log to prove the traffic went through archway: the clients
-//! silently fall back to the upstream otherwise.
+//! silently fall back to the upstream otherwise. The platform-rewriting tests run archway with a
+//! per-port `[[route]]` and check both what the client ended up with and the log's `rewrite`.
 //!
 //! Runs when `ARCHWAY_E2E=1` or `CI=true` (then a missing tool fails the test); otherwise each
 //! test prints that it was skipped. `scripts/test` installs the tools and sets `ARCHWAY_E2E=1`.
@@ -17,7 +18,7 @@ mod e2e {
 }
 
 use e2e::fixtures::{
-    self, Blob, FixtureSet, Flavour, Image, LINUX_AMD64, LINUX_ARM64_V8, PLATFORMS,
+    self, Blob, FixtureSet, Flavour, Image, LINUX_AMD64, LINUX_ARM64_V8, LINUX_ARM_V7, PLATFORMS,
 };
 use e2e::layout::OciLayout;
 use e2e::procs::{run, run_ok};
@@ -777,4 +778,404 @@ fn upstream_down_docker_pulls_from_the_cache() {
     let after = archway.access_log()[before..].to_vec();
     assert_docker_through(&after, &fx, "library/multi");
     assert_all_from_cache(&after, "library/multi");
+}
+
+// === Platform rewriting ===
+
+/// A `[[route]]` that answers every tag on archway's `port` with `platform`'s manifest.
+fn always_route(port: u16, platform: &str) -> String {
+    format!(
+        "[[route]]\nmatch = {{ port = {port} }}\nplatform = \"{platform}\"\nrewrite = \"always\"\n"
+    )
+}
+
+/// Asserts a request for `repo:tag` (with `query`, when given) was answered 200 with exactly
+/// `rewrite` in archway's log.
+fn assert_rewritten(log: &[Access], repo: &str, tag: &str, query: Option<&str>, rewrite: &str) {
+    let tag_requests = requests(log, repo, "manifests", tag);
+    let found = tag_requests
+        .iter()
+        .any(|a| a.status == 200 && has_query(a, query) && a.rewrite.as_deref() == Some(rewrite));
+    assert!(
+        found,
+        "archway's log has no request for {repo}:{tag} answered 200 with rewrite={rewrite:?}; \
+         it has:\n{}",
+        show(log)
+    );
+    let other: Vec<Access> = tag_requests
+        .into_iter()
+        .filter(|a| a.rewrite.as_deref() != Some(rewrite))
+        .cloned()
+        .collect();
+    assert!(
+        other.is_empty(),
+        "every request for {repo}:{tag} should be answered for {rewrite:?}, these were not:\n{}",
+        show(&other)
+    );
+}
+
+/// Asserts the client never asked for `digest` (the index it must not see).
+fn assert_never_fetched(log: &[Access], repo: &str, digest: &str) {
+    let asked = requests(log, repo, "manifests", digest);
+    assert!(
+        asked.is_empty(),
+        "the client fetched the index {digest} although the tag was answered with a child:\n{}",
+        show(log)
+    );
+}
+
+#[test]
+fn ctr_pulls_the_arm64_manifest_through_an_always_route() {
+    if !e2e_enabled("ctr_pulls_the_arm64_manifest_through_an_always_route") {
+        return;
+    }
+    let s = shared();
+    let fx = push_fresh(&s.registry, &["library/ctralways"]);
+    // The main port is a plain mirror; only the second one pins linux/arm64.
+    let archway = Archway::start_with(&s.registry.url(), "5m", 1, |ports| {
+        always_route(ports[1], "linux/arm64")
+    });
+    let tmp = temp_dir("ctralways");
+    let hosts = tmp.path().join("certs.d");
+    let mirror = format!("http://{}", archway.host_of(1));
+    write_hosts_toml(&hosts, "docker.io", &s.registry.url(), &mirror);
+    let containerd = Containerd::start(&tmp.path().join("ctd"));
+
+    ctr_pull(&containerd, &hosts, "ctralways");
+
+    // The image's target is the arm64 manifest itself: ctr never saw an index.
+    let child = fx.image(Flavour::Oci, LINUX_ARM64_V8);
+    let images = run_ok(
+        &mut containerd.ctr(&["image", "ls"]),
+        Duration::from_secs(30),
+    )
+    .stdout;
+    let want = "docker.io/library/ctralways:oci";
+    let line = images
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(want))
+        .unwrap_or_else(|| panic!("ctr image ls lacks {want}:\n{images}"));
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        columns.get(1..3),
+        Some(&[fixtures::OCI_MANIFEST, child.manifest.digest.as_str()][..]),
+        "ctr records the arm64 manifest (type, digest), not the index {}:\n{images}",
+        fx.tag("oci").digest
+    );
+    assert!(line.contains("linux/arm64"), "platform column: {line}");
+    let content = run_ok(
+        &mut containerd.ctr(&["content", "ls", "-q"]),
+        Duration::from_secs(30),
+    )
+    .stdout;
+    for b in std::iter::once(&child.manifest).chain(child.blobs()) {
+        assert!(
+            content.contains(&b.digest),
+            "containerd lacks {}:\n{content}",
+            b.digest
+        );
+    }
+    assert!(
+        !content.contains(&fx.tag("oci").digest),
+        "containerd holds the index although archway answered the tag with the child:\n{content}"
+    );
+
+    let log = archway.access_log();
+    let repo = "library/ctralways";
+    let ns = Some("ns=docker.io");
+    assert_rewritten(
+        &log,
+        repo,
+        "oci",
+        ns,
+        "linux/arm64 (route (rewrite = always))",
+    );
+    assert_image_served(&log, repo, child, ns);
+    assert_never_fetched(&log, repo, &fx.tag("oci").digest);
+    assert_no_errors(&log, repo);
+}
+
+#[test]
+fn docker_pull_through_an_arm_v7_route_inspects_as_arm_v7() {
+    if !e2e_enabled("docker_pull_through_an_arm_v7_route_inspects_as_arm_v7") {
+        return;
+    }
+    let s = shared();
+    let fx = push_fresh(&s.registry, &["library/dockerarm"]);
+    let archway = Archway::start_with(&s.registry.url(), "5m", 1, |ports| {
+        always_route(ports[1], "linux/arm/v7")
+    });
+    let tmp = temp_dir("dockerarm");
+    let containerd = Containerd::start(&tmp.path().join("ctd"));
+    let dockerd = Dockerd::start(&tmp.path().join("dkd"), &containerd, &archway.host_of(1));
+
+    // Both flavours: a Docker list gives a schema2 child, an OCI index an OCI child (dockerd
+    // 20.10 accepts OCI, so nothing is converted). No --platform: the route alone decides.
+    for (tag, flavour) in [("docker", Flavour::Docker), ("oci", Flavour::Oci)] {
+        let image = format!("dockerarm:{tag}");
+        docker_pull(&dockerd, &image);
+        let inspect = run_ok(
+            &mut dockerd.docker(&[
+                "image",
+                "inspect",
+                "--format",
+                "{{.Os}} {{.Architecture}} {{.Variant}} {{.Id}}",
+                &image,
+            ]),
+            Duration::from_secs(30),
+        )
+        .stdout;
+        let want = fx.image(flavour, LINUX_ARM_V7);
+        assert_eq!(
+            inspect.trim(),
+            format!("linux arm v7 {}", want.config.digest),
+            "docker image inspect {image}"
+        );
+
+        let log = archway.access_log();
+        let repo = "library/dockerarm";
+        assert_rewritten(
+            &log,
+            repo,
+            tag,
+            None,
+            "linux/arm/v7 (route (rewrite = always))",
+        );
+        assert_image_served(&log, repo, want, None);
+        assert_never_fetched(&log, repo, &fx.tag(tag).digest);
+        assert_no_errors(&log, repo);
+    }
+}
+
+const DOCKER_1706_ACCEPT: [&str; 4] = [
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "application/json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// Docker EE 17.06's User-Agent on a Linux host of architecture `arch`.
+fn docker_1706_user_agent(arch: &str) -> String {
+    format!(
+        "docker/17.06.2-ee-19 go/go1.8.7 git-commit/6b5fb4d kernel/3.10.0-1062.el7.x86_64 \
+         os/linux arch/{arch} UpstreamClient(Docker-Client/17.06.2-ee-19 \\(linux\\))"
+    )
+}
+
+/// Replays Docker 17.06's pull of `repo:tag` against `base` with archway's own HTTP client and
+/// checks that what comes back is `want` as a complete, verifiable schema2 image. Returns the
+/// digest of the manifest archway answered with.
+fn replay_docker_1706_pull(base: &str, repo: &str, tag: &str, arch: &str, want: &Image) -> String {
+    let ua = docker_1706_user_agent(arch);
+    let ping = e2e::http::get(&format!("{base}/v2/"), &[("user-agent", &ua)]).expect("GET /v2/");
+    assert_eq!(ping.status, 200, "GET /v2/: {}", ping.text());
+
+    // Four separate Accept lines, as Go's Header.Add writes them.
+    let mut headers: Vec<(&str, &str)> =
+        DOCKER_1706_ACCEPT.iter().map(|t| ("accept", *t)).collect();
+    headers.push(("user-agent", &ua));
+    let url = format!("{base}/v2/{repo}/manifests/{tag}");
+    let r = e2e::http::get(&url, &headers).expect("GET manifest by tag");
+    assert_eq!(
+        r.status,
+        200,
+        "GET {url} as Docker 17.06 arch/{arch}: {}",
+        r.text()
+    );
+    assert_eq!(
+        r.header("content-type"),
+        Some(fixtures::DOCKER_MANIFEST),
+        "GET {url} as Docker 17.06 arch/{arch}: the answer must be schema2: {}",
+        r.text()
+    );
+    let digest = fixtures::sha256(&r.body);
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(digest.as_str()),
+        "GET {url}: Docker-Content-Digest must be the sha256 of the body"
+    );
+    let manifest: Value = serde_json::from_slice(&r.body).expect("manifest JSON");
+    assert_eq!(manifest["schemaVersion"], 2);
+    assert_eq!(manifest["mediaType"], fixtures::DOCKER_MANIFEST);
+    // The same blobs as the OCI image for this platform, under schema2's media types.
+    let config = &manifest["config"];
+    assert_eq!(config["mediaType"], fixtures::DOCKER_CONFIG);
+    assert_eq!(config["digest"], want.config.digest, "{}", r.text());
+    assert_eq!(config["size"], want.config.data.len());
+    let layers = manifest["layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), want.layers.len());
+    for (l, w) in layers.iter().zip(&want.layers) {
+        assert_eq!(l["mediaType"], fixtures::DOCKER_LAYER);
+        assert_eq!(l["digest"], w.digest);
+        assert_eq!(l["size"], w.data.len());
+    }
+
+    // Docker verifies the manifest by digest; fetch it that way too: the same bytes.
+    let by_digest = format!("{base}/v2/{repo}/manifests/{digest}");
+    let r2 = e2e::http::get(&by_digest, &headers).expect("GET manifest by digest");
+    assert_eq!(r2.status, 200, "GET {by_digest}: {}", r2.text());
+    assert_eq!(r2.body, r.body, "GET {by_digest} returns the tag's bytes");
+    assert_eq!(r2.header("docker-content-digest"), Some(digest.as_str()));
+    assert_eq!(r2.header("content-type"), Some(fixtures::DOCKER_MANIFEST));
+
+    // Blobs as Docker fetches them: no Accept.
+    let blob = |d: &Value, size: &Value| -> Vec<u8> {
+        let d = d.as_str().expect("digest");
+        let url = format!("{base}/v2/{repo}/blobs/{d}");
+        let r = e2e::http::get(&url, &[("user-agent", &ua)]).expect("GET blob");
+        assert_eq!(r.status, 200, "GET {url}: {}", r.text());
+        assert_eq!(fixtures::sha256(&r.body), d, "GET {url} is intact");
+        assert_eq!(Some(r.body.len() as u64), size.as_u64(), "GET {url} size");
+        r.body.to_vec()
+    };
+    let config_bytes = blob(&config["digest"], &config["size"]);
+    let image_config: Value = serde_json::from_slice(&config_bytes).expect("config JSON");
+    let p = want.platform;
+    assert_eq!(image_config["os"], p.os);
+    assert_eq!(image_config["architecture"], p.architecture);
+    assert_eq!(image_config["variant"].as_str(), p.variant);
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        let tar = gunzip(&blob(&l["digest"], &l["size"]));
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let mut files = Vec::new();
+        for entry in archive.entries().expect("tar entries") {
+            let mut entry = entry.expect("tar entry");
+            let path = entry.path().expect("entry path").display().to_string();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).expect("entry data");
+            files.push((path, data));
+        }
+        assert!(!files.is_empty(), "an empty layer");
+        if let Some((_, id)) = files.iter().find(|(p, _)| p == "fixture/platform") {
+            // The base layer names the image it belongs to.
+            assert!(
+                String::from_utf8_lossy(id).starts_with(&format!("{} oci ", p.slug())),
+                "layer of the wrong image: {}",
+                String::from_utf8_lossy(id)
+            );
+        }
+        diff_ids.push(fixtures::sha256(&tar));
+    }
+    assert_eq!(
+        image_config["rootfs"]["diff_ids"],
+        serde_json::json!(diff_ids),
+        "the config's diff_ids are the uncompressed layers"
+    );
+    digest
+}
+
+#[test]
+fn docker_1706_request_sequence_pulls_a_buildx_image() {
+    if !e2e_enabled("docker_1706_request_sequence_pulls_a_buildx_image") {
+        return;
+    }
+    let s = shared();
+    // No routes: a legacy client is recognised by its Accept alone.
+    let archway = Archway::start(&s.registry.url(), "5m");
+    let base = archway.url();
+    // `arch/arm` says nothing of the variant: arm means arm/v7.
+    for (arch, platform, rewrite) in [
+        ("amd64", LINUX_AMD64, "linux/amd64 (User-Agent), converted"),
+        (
+            "arm64",
+            LINUX_ARM64_V8,
+            "linux/arm64 (User-Agent), converted",
+        ),
+        ("arm", LINUX_ARM_V7, "linux/arm/v7 (User-Agent), converted"),
+    ] {
+        let before = archway.access_log().len();
+        let want = s.fixtures.image(Flavour::Oci, platform);
+        let digest = replay_docker_1706_pull(&base, "multi", "oci-attest", arch, want);
+        assert_ne!(
+            digest, want.manifest.digest,
+            "an OCI manifest for a client without OCI must be converted"
+        );
+
+        let log = archway.access_log()[before..].to_vec();
+        assert_rewritten(&log, "multi", "oci-attest", None, rewrite);
+        assert_got(&log, "multi", "manifests", &digest, None);
+        for b in want.blobs() {
+            assert_got(&log, "multi", "blobs", &b.digest, None);
+        }
+        assert_never_fetched(&log, "multi", &s.fixtures.tag("oci-attest").digest);
+        assert_no_errors(&log, "multi");
+    }
+}
+
+#[test]
+fn skopeo_inspect_raw_sees_the_route_platform_or_the_untouched_index() {
+    if !e2e_enabled("skopeo_inspect_raw_sees_the_route_platform_or_the_untouched_index") {
+        return;
+    }
+    let s = shared();
+    let archway = Archway::start_with(&s.registry.url(), "5m", 1, |ports| {
+        always_route(ports[1], "linux/arm64")
+    });
+    let tmp = temp_dir("skopeoinspect");
+    let raw = |host: &str, tag: &str, extra: &[&str]| -> String {
+        let image = format!("docker://{host}/multi:{tag}");
+        let mut args = vec!["inspect", "--tls-verify=false", "--raw"];
+        args.extend_from_slice(extra);
+        args.push(&image);
+        run_ok(&mut skopeo(tmp.path(), &args), PULL_TIMEOUT).stdout
+    };
+
+    // The default route: a modern client gets every index byte for byte.
+    for tag in ["oci", "oci-attest", "docker"] {
+        let got = raw(&archway.host_of(0), tag, &[]);
+        assert_eq!(
+            got.as_bytes(),
+            &s.fixtures.tag(tag).data[..],
+            "skopeo inspect --raw multi:{tag} through the default route"
+        );
+    }
+    let log = archway.access_log();
+    let before = log.len();
+    for tag in ["oci", "oci-attest", "docker"] {
+        assert_tag_resolved(&log, "multi", tag, None);
+        let rewritten: Vec<Access> = requests(&log, "multi", "manifests", tag)
+            .into_iter()
+            .filter(|a| a.rewrite.is_some())
+            .cloned()
+            .collect();
+        assert!(
+            rewritten.is_empty(),
+            "rewritten on the default route:\n{}",
+            show(&rewritten)
+        );
+    }
+
+    // The always route: the arm64 manifest by tag, whatever the client would pick itself.
+    let arm64 = ["--override-arch", "arm64", "--override-variant", "v8"];
+    for (tag, flavour) in [
+        ("oci", Flavour::Oci),
+        ("oci-attest", Flavour::Oci),
+        ("docker", Flavour::Docker),
+    ] {
+        let got = raw(&archway.host_of(1), tag, &arm64);
+        let want = s.fixtures.image(flavour, LINUX_ARM64_V8);
+        assert_eq!(
+            got.as_bytes(),
+            &want.manifest.data[..],
+            "skopeo inspect --raw multi:{tag} through the always route"
+        );
+    }
+    // Even a client that asks for another platform: the route decides.
+    let got = raw(&archway.host_of(1), "oci", &["--override-arch", "amd64"]);
+    assert_eq!(
+        got.as_bytes(),
+        &s.fixtures.image(Flavour::Oci, LINUX_ARM64_V8).manifest.data[..]
+    );
+    let log = archway.access_log()[before..].to_vec();
+    for tag in ["oci", "oci-attest", "docker"] {
+        assert_rewritten(
+            &log,
+            "multi",
+            tag,
+            None,
+            "linux/arm64 (route (rewrite = always))",
+        );
+    }
+    assert_no_errors(&log, "multi");
 }

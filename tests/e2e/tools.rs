@@ -155,6 +155,9 @@ pub struct Access {
     /// Whether the whole body reached the client (archway logs when the body ends or drops).
     pub complete: Option<bool>,
     pub error: Option<String>,
+    /// The platform a tag answer was resolved for and why, e.g.
+    /// `linux/arm64 (route (rewrite = always))`, with `, converted` for an OCI→schema2 answer.
+    pub rewrite: Option<String>,
 }
 
 impl Access {
@@ -180,6 +183,7 @@ impl Access {
             cache: s("cache"),
             complete: f.get("complete").and_then(Value::as_bool),
             error: s("error"),
+            rewrite: s("rewrite"),
         })
     }
 
@@ -196,13 +200,17 @@ impl std::fmt::Display for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} {} -> {} cache={} upstream={} bytes={}{}",
+            "{} {} -> {} cache={} upstream={} bytes={}{}{}",
             self.method,
             self.uri,
             self.status,
             self.cache.as_deref().unwrap_or("-"),
             self.upstream.as_deref().unwrap_or("-"),
             self.bytes.map_or("-".into(), |b| b.to_string()),
+            self.rewrite
+                .as_deref()
+                .map(|r| format!(" rewrite={r:?}"))
+                .unwrap_or_default(),
             match (self.complete, &self.error) {
                 (Some(false), _) => " INCOMPLETE".to_owned(),
                 (_, Some(e)) => format!(" error={e:?}"),
@@ -225,23 +233,48 @@ pub fn show(entries: &[Access]) -> String {
 pub struct Archway {
     daemon: Daemon,
     pub port: u16,
+    /// Every listen port, the main one first.
+    pub ports: Vec<u16>,
     _dir: TempDir,
 }
 
 impl Archway {
     pub fn start(upstream_url: &str, tag_ttl: &str) -> Archway {
-        let (daemon, port, dir) = procs::start_on_free_port(
+        Self::start_with(upstream_url, tag_ttl, 0, |_| String::new())
+    }
+
+    /// Like [`Archway::start`], listening on `extra_listen` more free ports besides the main one
+    /// (for per-port routes), with `routes(&ports)` appended to the config: `ports[0]` is the
+    /// main port, then the extras in order.
+    pub fn start_with(
+        upstream_url: &str,
+        tag_ttl: &str,
+        extra_listen: usize,
+        routes: impl Fn(&[u16]) -> String,
+    ) -> Archway {
+        let (daemon, port, (dir, ports)) = procs::start_on_free_port(
             |port| {
                 let dir = temp_dir("archway");
                 let config = dir.path().join("archway.toml");
+                let mut ports = vec![port];
+                while ports.len() <= extra_listen {
+                    let p = procs::free_port();
+                    if !ports.contains(&p) {
+                        ports.push(p);
+                    }
+                }
+                let listen: Vec<String> =
+                    ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
                 std::fs::write(
                     &config,
                     format!(
-                        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nlog_format = \"json\"\n\n\
+                        "listen = [{}]\ndata_dir = \"{}\"\nlog_format = \"json\"\n\n\
                          [cache]\ntag_ttl = \"{tag_ttl}\"\nstale_if_error = \"24h\"\n\n\
                          [[upstream]]\nname = \"docker.io\"\nurl = \"{upstream_url}\"\n\
-                         default = true\n",
-                        dir.path().join("data").display()
+                         default = true\n\n{}",
+                        listen.join(", "),
+                        dir.path().join("data").display(),
+                        routes(&ports),
                     ),
                 )
                 .expect("write archway config");
@@ -253,15 +286,28 @@ impl Archway {
                     .arg("json")
                     .env_remove("RUST_LOG");
                 let log = dir.path().join("archway.log");
-                (Daemon::spawn("archway", &cmd, &log), dir)
+                (Daemon::spawn("archway", &cmd, &log), (dir, ports))
             },
             |port| ping_ok(&format!("http://127.0.0.1:{port}")),
         );
+        // The main port answering says the config loaded; the extras are bound at the same time,
+        // but check each so a test never talks to a port nobody listens on.
+        for p in &ports[1..] {
+            daemon.wait_ready(Duration::from_secs(10), || {
+                ping_ok(&format!("http://127.0.0.1:{p}"))
+            });
+        }
         Archway {
             daemon,
             port,
+            ports,
             _dir: dir,
         }
+    }
+
+    /// `127.0.0.1:<port>` of the `i`th listen address (0 = the main one).
+    pub fn host_of(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[i])
     }
 
     pub fn host(&self) -> String {
