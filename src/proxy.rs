@@ -530,19 +530,7 @@ impl Proxy {
         resp: Response<crate::body::UpstreamBody>,
         expected: Option<&Digest>,
     ) -> Result<Arc<StoredManifest>, ProxyError> {
-        check_status(
-            upstream,
-            resp.status(),
-            resp.headers(),
-            ErrorCode::ManifestUnknown,
-        )?;
-        if resp.status() != StatusCode::OK {
-            return Err(ProxyError::bad_gateway(format!(
-                "upstream {} answered {} for a manifest",
-                upstream.config().name,
-                resp.status()
-            )));
-        }
+        expect_ok(upstream, &resp, ErrorCode::ManifestUnknown, "a manifest")?;
         let content_type = resp
             .headers()
             .get(header::CONTENT_TYPE)
@@ -868,19 +856,7 @@ impl Proxy {
                         HeaderMap::new(),
                     )
                     .await?;
-                check_status(
-                    &upstream,
-                    resp.status(),
-                    resp.headers(),
-                    ErrorCode::BlobUnknown,
-                )?;
-                if resp.status() != StatusCode::OK {
-                    return Err(ProxyError::bad_gateway(format!(
-                        "upstream {} answered {} for a blob",
-                        upstream.config().name,
-                        resp.status()
-                    )));
-                }
+                expect_ok(&upstream, &resp, ErrorCode::BlobUnknown, "a blob")?;
                 let size = resp
                     .headers()
                     .get(header::CONTENT_LENGTH)
@@ -963,6 +939,25 @@ fn rewrite_link(link: &str, upstream_repo: &str, client_name: &str, ns: Option<&
         out.insert_str(end, &format!("{sep}ns={ns}"));
     }
     out
+}
+
+/// A body we keep must come from a plain 200: errors map as `check_status` says, anything else
+/// (a 206 or 204 we never asked for) is upstream misbehaving.
+fn expect_ok<B>(
+    upstream: &Upstream,
+    resp: &Response<B>,
+    not_found: ErrorCode,
+    what: &str,
+) -> Result<(), ProxyError> {
+    check_status(upstream, resp.status(), resp.headers(), not_found)?;
+    if resp.status() != StatusCode::OK {
+        return Err(ProxyError::bad_gateway(format!(
+            "upstream {} answered {} for {what}",
+            upstream.config().name,
+            resp.status()
+        )));
+    }
+    Ok(())
 }
 
 fn check_status(
