@@ -959,6 +959,36 @@ async fn no_matching_platform_is_a_404_listing_what_the_index_offers() {
     );
 }
 
+/// A 404 that exists only because of this client's platform or Accept must not be reused by an
+/// HTTP cache in front of archway for other clients: it carries Vary like a rewritten answer.
+#[tokio::test]
+async fn hint_dependent_404s_carry_vary() {
+    let fake = FakeRegistry::start().await;
+    let h = Harness::with(fake, |cfg| {
+        cfg.routes.push(RouteConfig {
+            oci_for_legacy: OciForLegacy::Reject,
+            ..route(
+                RouteMatch {
+                    repository: Some("team/strict".into()),
+                    ..Default::default()
+                },
+                None,
+                RewriteMode::Legacy,
+            )
+        })
+    })
+    .await;
+    images::buildx_index(&h.fake, REPO, "v1", 43, &BUILDX_PLATFORMS);
+    images::buildx_index(&h.fake, "team/strict", "v1", 44, &BUILDX_PLATFORMS);
+    let c = clients::docker_1706();
+    let r = pull_get_first(&h, TAG_PATH, &c.with(&[("X-Meta-Platform", "linux/s390x")])).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_vary(&r, "no match for linux/s390x");
+    let r = pull_get_first(&h, "/v2/team/strict/manifests/v1", &c.lines()).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_vary(&r, "OCI rejected for Docker 17.06");
+}
+
 #[tokio::test]
 async fn invalid_meta_platform_is_a_400_naming_the_header() {
     let h = Harness::start().await;
