@@ -3,7 +3,9 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod clients;
 pub mod fake_registry;
+pub mod images;
 
 use archway::config::{CacheConfig, Config, LogFormat, UpstreamConfig};
 use archway::Archway;
