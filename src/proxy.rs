@@ -303,10 +303,23 @@ impl Proxy {
                     // Digest requests are never rewritten: the client gets what it named.
                     Reference::Digest(_) => Ok(manifest_response(client, &m, stale, false)),
                     Reference::Tag(_) => {
-                        let (answer, vary) = self
+                        match self
                             .answer_for_client(&upstream, &target, client, m, notes)
-                            .await?;
-                        Ok(manifest_response(client, &answer, stale, vary))
+                            .await
+                        {
+                            Ok((answer, vary)) => {
+                                Ok(manifest_response(client, &answer, stale, vary))
+                            }
+                            // Only the rewrite path fails here, and its 404s (no match, OCI
+                            // refused) are this client's, not everyone's: caches must know.
+                            Err(e) => {
+                                notes.error = Some(e.message.clone());
+                                let mut r = error_response(&e, client.method == Method::HEAD);
+                                r.headers_mut()
+                                    .insert(header::VARY, HeaderValue::from_static(HINT_VARY));
+                                Ok(r)
+                            }
+                        }
                     }
                 }
             }
