@@ -370,22 +370,22 @@ impl Collector for BlobStoreCollector {
         let gauges = [
             (
                 "archway_blob_store_bytes",
-                "Bytes of blobs committed to the on-disk cache",
+                "Bytes of blobs committed to the on-disk cache.",
                 bytes,
             ),
             (
                 "archway_blob_store_max_bytes",
-                "The blob cache's byte budget (cache.max_size)",
+                "The blob cache's byte budget (cache.max_size).",
                 store.max_bytes(),
             ),
             (
                 "archway_blob_store_entries",
-                "Blobs committed to the on-disk cache",
+                "Blobs committed to the on-disk cache.",
                 entries,
             ),
             (
                 "archway_blob_downloads_in_flight",
-                "Blob downloads from upstreams in progress (one per coalesced group of requests)",
+                "Blob downloads from upstreams in progress (one per coalesced group of requests).",
                 in_flight,
             ),
         ];
@@ -397,7 +397,7 @@ impl Collector for BlobStoreCollector {
         let counter = ConstCounter::new(evictions);
         let metric = encoder.encode_descriptor(
             "archway_blob_store_evictions",
-            "Blobs deleted from the cache to stay within its budget",
+            "Blobs deleted from the cache to stay within its budget.",
             None,
             counter.metric_type(),
         )?;

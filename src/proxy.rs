@@ -792,7 +792,9 @@ impl Proxy {
         Ok((answer, vary))
     }
 
-    /// Follows the index (and nested indexes) down to one manifest for `platform`.
+    /// Follows the index (and nested indexes) down to one manifest for `platform`. `refused`
+    /// becomes `no-match` when the index has nothing for it.
+    #[allow(clippy::too_many_arguments)]
     async fn select_for_platform(
         &self,
         upstream: &Upstream,
@@ -838,6 +840,7 @@ impl Proxy {
 
     /// An OCI manifest for a client that doesn't accept OCI: converted to Docker schema2 (and
     /// stored, so the client's GET by the new digest is served) or refused, as the route says.
+    /// `refused` becomes `rejected` when it is refused or cannot be converted.
     async fn fit_for_client(
         &self,
         child: Arc<StoredManifest>,
