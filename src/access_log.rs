@@ -2,9 +2,11 @@
 //! so `bytes` and `duration_ms` are what the client really got.
 
 use crate::body::ResponseBody;
+use crate::metrics::Metrics;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -18,6 +20,15 @@ pub struct RequestNotes {
     pub rewrite: Option<String>,
     /// Everything the platform decision considered (for `archway explain`).
     pub decision: Option<Box<crate::rewrite::Decision>>,
+    /// The API endpoint kind (`ping`, `manifest`, `blob`, `tags`, `referrers`); `None` when the
+    /// path is none of them.
+    pub kind: Option<&'static str>,
+    /// Where the body's bytes come from (`cache` or `upstream`); `None` for archway's own
+    /// bodies (pings, errors).
+    pub source: Option<&'static str>,
+    /// For the rewrites metric: the client's platform and what the platform logic did
+    /// (`legacy`, `always`, `converted`, `rejected`, `no-match`).
+    pub rewrite_outcome: Option<(String, &'static str)>,
 }
 
 pub struct AccessLog {
@@ -29,6 +40,8 @@ pub struct AccessLog {
     pub expected_bytes: Option<u64>,
     pub started: Instant,
     pub notes: RequestNotes,
+    /// Where the request is counted once it is over.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 pub struct LoggedBody {
@@ -87,6 +100,21 @@ impl Drop for LoggedBody {
         let Some(log) = self.log.take() else { return };
         let complete = !self.failed
             && (self.ended || self.inner.is_end_stream() || log.expected_bytes == Some(self.bytes));
+        let took = log.started.elapsed();
+        if let Some(m) = &log.metrics {
+            let notes = &log.notes;
+            let kind = notes.kind.unwrap_or("other");
+            m.request_done(kind, &log.method, log.status, took);
+            if let Some(result) = notes.cache {
+                m.cache_result(kind, result);
+            }
+            if let Some(source) = notes.source {
+                m.bytes_served(source, self.bytes);
+            }
+            if let Some((platform, reason)) = &notes.rewrite_outcome {
+                m.rewrite(platform, reason);
+            }
+        }
         tracing::info!(
             target: "archway::access",
             method = %log.method,
@@ -94,7 +122,7 @@ impl Drop for LoggedBody {
             status = log.status,
             bytes = self.bytes,
             complete,
-            duration_ms = log.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = took.as_secs_f64() * 1000.0,
             upstream = log.notes.upstream.as_deref().unwrap_or("-"),
             cache = log.notes.cache.unwrap_or("none"),
             error = log.notes.error.as_deref(),

@@ -67,6 +67,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP); `None`: nowhere.
+    pub admin_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub cache: CacheConfig,
     pub upstreams: Vec<UpstreamConfig>,
@@ -201,6 +203,7 @@ impl Default for Config {
             listen: vec![DEFAULT_LISTEN
                 .parse()
                 .unwrap_or_else(|_| unreachable!("the default address is valid"))],
+            admin_listen: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             cache: CacheConfig::default(),
             upstreams: vec![hub],
@@ -223,6 +226,7 @@ enum OneOrMany {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<OneOrMany>,
+    admin_listen: Option<String>,
     data_dir: Option<PathBuf>,
     log_format: Option<String>,
     cache: Option<RawCache>,
@@ -377,6 +381,9 @@ impl Config {
             };
             cfg.listen = parse_listen("listen", &list)?;
         }
+        if let Some(a) = raw.admin_listen {
+            cfg.admin_listen = parse_admin_listen("admin_listen", &a)?;
+        }
         if let Some(d) = raw.data_dir {
             cfg.data_dir = d;
         }
@@ -426,6 +433,16 @@ impl Config {
         }
         if self.upstreams.is_empty() {
             return Err(invalid("upstream", "needs at least one upstream"));
+        }
+        if let Some(a) = self.admin_listen.filter(|a| a.port() != 0) {
+            if self.listen.contains(&a) {
+                return Err(invalid(
+                    "admin_listen",
+                    format!(
+                        "{a} is also a registry `listen` address; the admin listener needs its own"
+                    ),
+                ));
+            }
         }
         let defaults = self.upstreams.iter().filter(|u| u.default).count();
         if defaults > 1 {
@@ -563,6 +580,19 @@ pub fn parse_listen(key: &str, list: &[String]) -> Result<Vec<SocketAddr>, Confi
         .collect()
 }
 
+/// An address like `127.0.0.1:9091`, or `""`/`off` for no admin listener.
+pub fn parse_admin_listen(key: &str, s: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    match s.trim() {
+        "" | "off" => Ok(None),
+        a => a.parse().map(Some).map_err(|_| {
+            invalid(
+                key,
+                format!("`{s}` is not an address like 127.0.0.1:9091 (or \"off\")"),
+            )
+        }),
+    }
+}
+
 pub fn parse_log_format(key: &str, s: &str) -> Result<LogFormat, ConfigError> {
     match s {
         "text" => Ok(LogFormat::Text),
@@ -676,6 +706,24 @@ password = "hunter2"
         let creds = c.upstreams[1].credentials.as_ref().unwrap();
         assert_eq!(creds.password.expose(), "hunter2");
         assert!(!format!("{c:?}").contains("hunter2"), "secrets never print");
+    }
+
+    #[test]
+    fn admin_listen() {
+        assert_eq!(Config::default().admin_listen, None, "off unless asked for");
+        let c = Config::from_toml(r#"admin_listen = "127.0.0.1:9091""#).unwrap();
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9091".parse().unwrap()));
+        let c = Config::from_toml(r#"admin_listen = "off""#).unwrap();
+        assert_eq!(c.admin_listen, None);
+        for bad in [
+            r#"admin_listen = "localhost""#,
+            "listen = \"127.0.0.1:5000\"\nadmin_listen = \"127.0.0.1:5000\"",
+        ] {
+            let err = Config::from_toml(bad).unwrap_err().to_string();
+            assert!(err.contains("admin_listen"), "{bad:?} -> {err}");
+        }
+        // Port 0 (tests) may appear in both: each bind gets its own port.
+        Config::from_toml("listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"").unwrap();
     }
 
     #[test]

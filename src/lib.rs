@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod admin;
 pub mod api;
 pub mod body;
 pub mod cache;
@@ -13,6 +14,7 @@ pub mod explain;
 pub mod image_index;
 pub mod image_ref;
 pub mod media_type;
+pub mod metrics;
 pub mod platform;
 pub mod proxy;
 pub mod reference;

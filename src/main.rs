@@ -111,6 +111,10 @@ struct ServeArgs {
     /// Address to listen on (repeat for several); replaces `listen`.
     #[arg(long, env = "ARCHWAY_LISTEN", value_delimiter = ',')]
     listen: Vec<String>,
+    /// Address for /metrics, /healthz and /readyz (e.g. 127.0.0.1:9091, or "off"); replaces
+    /// `admin_listen`.
+    #[arg(long, env = "ARCHWAY_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
     /// Cache directory; replaces `data_dir`.
     #[arg(long, env = "ARCHWAY_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -136,6 +140,9 @@ impl ServeArgs {
         };
         if !self.listen.is_empty() {
             cfg.listen = config::parse_listen("--listen", &self.listen)?;
+        }
+        if let Some(a) = &self.admin_listen {
+            cfg.admin_listen = config::parse_admin_listen("--admin-listen", a)?;
         }
         if let Some(d) = self.data_dir {
             cfg.data_dir = d;
@@ -208,6 +215,7 @@ async fn run_explain(args: ExplainArgs) -> ExitCode {
     let serve = ServeArgs {
         config: args.config,
         listen: Vec::new(),
+        admin_listen: None,
         data_dir: None,
         upstream: args.upstream,
         cache_max_size: None,

@@ -12,9 +12,10 @@ use crate::config::Config;
 use crate::conversion::convert_oci_to_docker;
 use crate::digest::Digest;
 use crate::error::{ErrorCode, ProxyError};
-use crate::image_index::{ImageIndex, MAX_INDEX_DEPTH};
+use crate::image_index::{ImageIndex, SelectError, MAX_INDEX_DEPTH};
 use crate::media_type;
 use crate::media_type::AcceptSet;
+use crate::metrics::Metrics;
 use crate::platform::{Platform, WindowsMatch};
 use crate::reference::{Reference, Tag};
 use crate::rewrite::{
@@ -67,6 +68,7 @@ pub struct Proxy {
     /// what a plain hit does.
     selections: moka::sync::Cache<SelectionKey, Arc<Resolved>>,
     blobs: Arc<BlobStore>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,14 @@ impl CacheResult {
             CacheResult::Miss => "miss",
             CacheResult::Stale => "stale",
             CacheResult::Coalesced => "coalesced",
+        }
+    }
+
+    /// Where the answer's bytes come from, for the bytes-served metric.
+    fn source(self) -> &'static str {
+        match self {
+            CacheResult::Hit | CacheResult::Stale => "cache",
+            CacheResult::Miss | CacheResult::Coalesced => "upstream",
         }
     }
 }
@@ -150,12 +160,14 @@ impl Proxy {
             ManifestStore::open(mdir.clone(), config.cache.memory_size).map_err(cache_err(mdir))?;
         let tdir = dir.join("tags");
         let tags = TagStore::open(tdir.clone()).map_err(cache_err(tdir))?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.observe_blob_store(blobs.clone());
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| {
                 Upstream::new(u.clone())
-                    .map(Arc::new)
+                    .map(|up| Arc::new(up.with_metrics(metrics.clone())))
                     .map_err(|source| ProxyInitError::Upstream {
                         name: u.name.clone(),
                         source,
@@ -184,7 +196,13 @@ impl Proxy {
                 .time_to_live(RECENT_FAILURE_TTL)
                 .build(),
             blobs,
+            metrics,
         })
+    }
+
+    /// The metrics this proxy (and its upstreams and blob store) report to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn upstream(&self, i: usize) -> Option<&Arc<Upstream>> {
@@ -228,6 +246,7 @@ impl Proxy {
                     expected_bytes,
                     started,
                     notes,
+                    metrics: Some(self.metrics.clone()),
                 },
             )
         })
@@ -251,6 +270,8 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => {
                 notes.error = Some(e.message.clone());
+                // The body is archway's error, not content from the cache or upstream.
+                notes.source = None;
                 error_response(&e, client.method == Method::HEAD)
             }
         };
@@ -267,6 +288,7 @@ impl Proxy {
         notes: &mut RequestNotes,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let endpoint = api::parse(&client.method, path)?;
+        notes.kind = Some(endpoint.kind());
         let raw_name = match endpoint.name() {
             None => return Ok(ping()),
             Some(n) => n,
@@ -292,6 +314,7 @@ impl Proxy {
                     Reference::Tag(t) => self.manifest_by_tag(&upstream, &target, t).await?,
                 };
                 notes.cache = Some(result.as_str());
+                notes.source = Some(result.source());
                 let counter = match result {
                     CacheResult::Hit => &self.stats.manifest_hits,
                     CacheResult::Stale => &self.stats.stale_served,
@@ -327,6 +350,7 @@ impl Proxy {
                 self.blob(&upstream, &target, digest, client, notes).await
             }
             Endpoint::TagsList { .. } => {
+                notes.source = Some("upstream");
                 let q = api::passthrough_query(client.query.as_deref(), &["n", "last"]);
                 self.pass_through(
                     &upstream,
@@ -339,6 +363,7 @@ impl Proxy {
                 .await
             }
             Endpoint::Referrers { digest, .. } => {
+                notes.source = Some("upstream");
                 let q = api::passthrough_query(client.query.as_deref(), &["artifactType"]);
                 self.pass_through(
                     &upstream,
@@ -682,12 +707,35 @@ impl Proxy {
             let resolved = match self.selections.get(&key) {
                 Some(r) => r,
                 None => {
-                    let child = self
-                        .select_for_platform(upstream, target, &m, &platform, windows, decision)
-                        .await?;
-                    let (answer, converted) = self
-                        .fit_for_client(child, accept, oci_for_legacy, &platform)
-                        .await?;
+                    let mut refused = None;
+                    let fitted = match self
+                        .select_for_platform(
+                            upstream,
+                            target,
+                            &m,
+                            &platform,
+                            windows,
+                            decision,
+                            &mut refused,
+                        )
+                        .await
+                    {
+                        Ok(child) => {
+                            self.fit_for_client(
+                                child,
+                                accept,
+                                oci_for_legacy,
+                                &platform,
+                                &mut refused,
+                            )
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if let Some(reason) = refused {
+                        notes.rewrite_outcome = Some((platform.to_string(), reason));
+                    }
+                    let (answer, converted) = fitted?;
                     let r = Arc::new(Resolved {
                         answer,
                         converted,
@@ -701,6 +749,12 @@ impl Proxy {
             decision.steps = resolved.steps.clone();
             decision.offered = resolved.offered.clone();
             decision.converted = resolved.converted;
+            let reason = match (resolved.converted, mode) {
+                (true, _) => "converted",
+                (false, RewriteMode::Always) => "always",
+                (false, _) => "legacy",
+            };
+            notes.rewrite_outcome = Some((platform.to_string(), reason));
             notes.rewrite = Some(format!(
                 "{platform} ({}){}",
                 source.as_str(),
@@ -718,12 +772,19 @@ impl Proxy {
             // A single-platform OCI image for a client that only knows Docker's types.
             let platform = Platform::parse(crate::rewrite::DEFAULT_PLATFORM)
                 .map_err(|e| ProxyError::internal(e.to_string()))?;
-            let (answer, converted) = self
-                .fit_for_client(m, accept, oci_for_legacy, &platform)
-                .await?;
+            let mut refused = None;
+            let fitted = self
+                .fit_for_client(m, accept, oci_for_legacy, &platform, &mut refused)
+                .await;
+            // No platform was selected: the image has only one.
+            if let Some(reason) = refused {
+                notes.rewrite_outcome = Some(("none".into(), reason));
+            }
+            let (answer, converted) = fitted?;
             decision.converted = converted;
             if converted {
                 notes.rewrite = Some("converted".into());
+                notes.rewrite_outcome = Some(("none".into(), "converted"));
             }
             answer
         } else {
@@ -732,7 +793,9 @@ impl Proxy {
         Ok((answer, vary))
     }
 
-    /// Follows the index (and nested indexes) down to one manifest for `platform`.
+    /// Follows the index (and nested indexes) down to one manifest for `platform`. `refused`
+    /// becomes `no-match` when the index has nothing for it.
+    #[allow(clippy::too_many_arguments)]
     async fn select_for_platform(
         &self,
         upstream: &Upstream,
@@ -741,6 +804,7 @@ impl Proxy {
         platform: &Platform,
         windows: WindowsMatch,
         decision: &mut Decision,
+        refused: &mut Option<&'static str>,
     ) -> Result<Arc<StoredManifest>, ProxyError> {
         let mut current = index.clone();
         for _ in 0..MAX_INDEX_DEPTH {
@@ -748,7 +812,12 @@ impl Proxy {
             if decision.offered.is_empty() {
                 decision.offered = parsed.offered().iter().map(|p| p.to_string()).collect();
             }
-            let selection = parsed.select(platform, windows)?;
+            let selection = parsed.select(platform, windows).map_err(|e| {
+                if matches!(e, SelectError::NoMatch { .. }) {
+                    *refused = Some("no-match");
+                }
+                ProxyError::from(e)
+            })?;
             decision.steps.push(SelectionStep {
                 index_digest: current.digest.to_string(),
                 chosen_digest: selection.child.digest.to_string(),
@@ -772,18 +841,21 @@ impl Proxy {
 
     /// An OCI manifest for a client that doesn't accept OCI: converted to Docker schema2 (and
     /// stored, so the client's GET by the new digest is served) or refused, as the route says.
+    /// `refused` becomes `rejected` when it is refused or cannot be converted.
     async fn fit_for_client(
         &self,
         child: Arc<StoredManifest>,
         accept: &AcceptSet,
         oci_for_legacy: OciForLegacy,
         platform: &Platform,
+        refused: &mut Option<&'static str>,
     ) -> Result<(Arc<StoredManifest>, bool), ProxyError> {
         if child.media_type != media_type::OCI_MANIFEST || accept.accepts(media_type::OCI_MANIFEST)
         {
             return Ok((child, false));
         }
         if oci_for_legacy == OciForLegacy::Reject {
+            *refused = Some("rejected");
             return Err(ProxyError::downstream(
                 ErrorCode::ManifestUnknown,
                 format!(
@@ -793,6 +865,7 @@ impl Proxy {
             ));
         }
         let bytes = convert_oci_to_docker(&child.bytes).map_err(|e| {
+            *refused = Some("rejected");
             ProxyError::downstream(
                 ErrorCode::ManifestUnknown,
                 format!(
@@ -825,12 +898,14 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         if let Some(cached) = self.blobs.get(digest) {
             notes.cache = Some(CacheResult::Hit.as_str());
+            notes.source = Some(CacheResult::Hit.source());
             self.stats.blob_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(blob_response(client, digest, Blob::Cached(cached)));
         }
         if client.method == Method::HEAD {
             // A HEAD tells the client the size; it must not start a download.
             notes.cache = Some(CacheResult::Miss.as_str());
+            notes.source = Some(CacheResult::Miss.source());
             let resp = upstream
                 .send(
                     Method::HEAD,
@@ -891,6 +966,7 @@ impl Proxy {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         notes.cache = Some(result.as_str());
+        notes.source = Some(result.source());
         Ok(blob_response(client, digest, blob))
     }
 

@@ -1,5 +1,6 @@
 //! Listeners, HTTP/1.1 + h2 connections, graceful shutdown.
 
+use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::proxy::{ConnInfo, Proxy, ProxyInitError};
 use hyper::service::service_fn;
@@ -31,6 +32,7 @@ pub enum StartError {
 /// A running archway: what `main` and the tests both start.
 pub struct Archway {
     addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     proxy: Arc<Proxy>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -39,6 +41,8 @@ pub struct Archway {
 impl Archway {
     pub async fn start(config: Config) -> Result<Archway, StartError> {
         let listen = config.listen.clone();
+        let admin_listen = config.admin_listen;
+        let data_dir = config.data_dir.clone();
         let proxy = Arc::new(Proxy::new(config)?);
         let (stop, _) = watch::channel(false);
         let mut addrs = Vec::new();
@@ -56,8 +60,24 @@ impl Archway {
                 stop.subscribe(),
             )));
         }
+        let mut admin_addr = None;
+        if let Some(addr) = admin_listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let local = listener.local_addr().unwrap_or(addr);
+            admin_addr = Some(local);
+            tracing::info!(addr = %local, "admin listening (/metrics, /healthz, /readyz)");
+            let state = Arc::new(Admin::new(proxy.metrics().clone(), data_dir));
+            tasks.push(tokio::spawn(admin::serve(
+                listener,
+                state,
+                stop.subscribe(),
+            )));
+        }
         Ok(Archway {
             addrs,
+            admin_addr,
             proxy,
             stop,
             tasks,
@@ -70,6 +90,11 @@ impl Archway {
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.clone()
+    }
+
+    /// Where the admin endpoints are served, if `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn proxy(&self) -> &Arc<Proxy> {

@@ -9,6 +9,7 @@ mod token_cache;
 use crate::body::UpstreamBody;
 use crate::config::{Credentials, Secret, UpstreamConfig};
 use crate::error::{ErrorCode, ProxyError};
+use crate::metrics::{Metrics, UpstreamOutcome};
 use crate::reference::RepositoryName;
 use auth::Challenge;
 use base64::Engine as _;
@@ -25,7 +26,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use token_cache::{TokenCache, TokenKey};
 
 /// Token responses are small JSON documents; anything bigger is not one.
@@ -80,6 +81,7 @@ pub struct Upstream {
     hint: Mutex<Option<AuthHint>>,
     tokens: TokenCache,
     token_fetches: AtomicU64,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl fmt::Debug for Upstream {
@@ -134,7 +136,15 @@ impl Upstream {
             hint: Mutex::new(None),
             tokens: TokenCache::default(),
             token_fetches: AtomicU64::new(0),
+            metrics: None,
         })
+    }
+
+    /// Reports every upstream exchange, token fetch and `RateLimit-Remaining` to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        metrics.register_upstream(&self.config.name);
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn config(&self) -> &UpstreamConfig {
@@ -372,7 +382,30 @@ impl Upstream {
         // Connecting has its own limit (the connector's); the header wait starts after it.
         let budget = self.config.connect_timeout + self.config.read_timeout;
         let host = url.host().unwrap_or_default();
-        match tokio::time::timeout(budget, self.client.request(request)).await {
+        let started = Instant::now();
+        let result = tokio::time::timeout(budget, self.client.request(request)).await;
+        if let Some(m) = &self.metrics {
+            let outcome = match &result {
+                Ok(Ok(response)) => UpstreamOutcome::Status(response.status().as_u16()),
+                Ok(Err(_)) => UpstreamOutcome::Error,
+                Err(_) => UpstreamOutcome::Timeout,
+            };
+            m.upstream_request(&self.config.name, outcome, started.elapsed());
+            let remaining = result
+                .as_ref()
+                .ok()
+                .and_then(|r| r.as_ref().ok())
+                .and_then(|r| {
+                    r.headers()
+                        .get("ratelimit-remaining")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(crate::metrics::parse_ratelimit_remaining)
+                });
+            if let Some(n) = remaining {
+                m.ratelimit_remaining(&self.config.name, n);
+            }
+        }
+        match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(ProxyError::bad_gateway(format!(
                 "upstream {}: request to {host} failed: {}",
@@ -397,6 +430,9 @@ impl Upstream {
     /// `GET realm?service=…&scope=…`, with Basic credentials when configured.
     async fn fetch_token(&self, key: &TokenKey) -> Result<(Secret, Duration), ProxyError> {
         self.token_fetches.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.token_fetch(&self.config.name);
+        }
         let name = &self.config.name;
         let url: Uri = auth::token_url(&key.realm, key.service.as_deref(), &key.scope)
             .parse()

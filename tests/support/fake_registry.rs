@@ -183,6 +183,8 @@ struct State {
     connections: usize,
     faults: Vec<FaultRule>,
     delays: Vec<(Option<Kind>, Duration)>,
+    /// Added to every answer of the registry listener (e.g. Docker Hub's `ratelimit-remaining`).
+    extra_headers: Vec<(http::header::HeaderName, HeaderValue)>,
 }
 
 struct Settings {
@@ -667,6 +669,15 @@ impl FakeRegistry {
         }
     }
 
+    /// Send `name: value` on every registry answer from now on (replacing an earlier value).
+    pub fn set_response_header(&self, name: &str, value: &str) {
+        let name = http::header::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        let mut st = self.shared.lock();
+        st.extra_headers.retain(|(n, _)| *n != name);
+        st.extra_headers
+            .push((name, HeaderValue::from_str(value).unwrap()));
+    }
+
     /// Close both listeners and every open connection: new connections are refused.
     pub async fn stop(&self) {
         let running = self.running.lock().unwrap().take();
@@ -928,6 +939,12 @@ async fn handle(
             }
         }
     };
+    let mut response = response;
+    if which == Listener::Registry {
+        for (name, value) in shared.lock().extra_headers.iter() {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
 
     // Body faults only touch successful GETs with a body.
     if req.method() == Method::GET && response.status().is_success() {

@@ -39,6 +39,7 @@ pub fn config_for(fake: &FakeRegistry, dir: &Path) -> Config {
     u.default = true;
     Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
+        admin_listen: None,
         data_dir: dir.to_path_buf(),
         cache: CacheConfig::default(),
         upstreams: vec![u],

@@ -1,0 +1,166 @@
+//! The admin listener: `/metrics`, `/healthz` and `/readyz` over plain HTTP/1.1, on its own
+//! address so that it is never exposed (or authenticated) like the registry port.
+
+use crate::body::{self, ResponseBody};
+use crate::metrics::{self, Metrics};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Scrapes and probes are quick; a connection that lingers longer is dropped at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the admin endpoints read.
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub data_dir: PathBuf,
+    probes: AtomicU64,
+}
+
+impl Admin {
+    pub fn new(metrics: Arc<Metrics>, data_dir: PathBuf) -> Admin {
+        Admin {
+            metrics,
+            data_dir,
+            probes: AtomicU64::new(0),
+        }
+    }
+
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<ResponseBody> {
+        let head = req.method() == Method::HEAD;
+        if req.method() != Method::GET && !head {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n", head);
+        }
+        match req.uri().path() {
+            "/metrics" => {
+                let mut r = text(StatusCode::OK, self.metrics.encode(), head);
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(metrics::CONTENT_TYPE),
+                );
+                r
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n", head),
+            "/readyz" => match self.ready().await {
+                Ok(()) => text(StatusCode::OK, "ready\n", head),
+                Err(reason) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {reason}\n"),
+                    head,
+                ),
+            },
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /healthz, /readyz\n",
+                head,
+            ),
+        }
+    }
+
+    /// Ready when the config is loaded (it is, or archway would not be running) and the data
+    /// directory takes a new file.
+    async fn ready(&self) -> Result<(), String> {
+        let n = self.probes.fetch_add(1, Ordering::Relaxed);
+        let dir = self.data_dir.clone();
+        tokio::task::spawn_blocking(move || probe_writable(&dir, n))
+            .await
+            .map_err(|e| format!("readiness probe failed: {e}"))?
+    }
+}
+
+/// Creates and deletes a probe file in `dir`.
+fn probe_writable(dir: &Path, n: u64) -> Result<(), String> {
+    let path = dir.join(format!(".readyz-{}-{n}", std::process::id()));
+    let fail = |what: &str, e: std::io::Error| {
+        format!(
+            "data directory {} is not writable ({what}: {e})",
+            dir.display()
+        )
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| fail("create", e))?;
+    std::fs::remove_file(&path).map_err(|e| fail("delete", e))
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, head: bool) -> Response<ResponseBody> {
+    let bytes: Bytes = body.into();
+    let len = bytes.len() as u64;
+    let mut r = Response::new(if head {
+        body::empty()
+    } else {
+        body::full(bytes)
+    });
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    r
+}
+
+/// Serves the admin endpoints on `listener` until `stop` turns true.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let admin = admin.clone();
+        let service = service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin.handle(req).await) }
+        });
+        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_needs_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        probe_writable(dir.path(), 1).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "probe file left behind"
+        );
+        let gone = dir.path().join("missing");
+        let err = probe_writable(&gone, 2).unwrap_err();
+        assert!(err.contains("missing") && err.contains("create"), "{err}");
+    }
+}

@@ -1,0 +1,493 @@
+//! Prometheus metrics: one registry per running archway, fed by the request log point, the
+//! upstream client and (at scrape time) the blob store. Encoded in the OpenMetrics text format.
+//!
+//! Every label value is bounded: kinds, methods, results, sources and reasons are fixed sets,
+//! statuses are status codes, upstreams come from the config, and platforms (which clients can
+//! name freely) are capped at [`MAX_PLATFORM_LABELS`] distinct values.
+
+use crate::cache::blob_store::{BlobStore, BlobStoreStats};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Distinct `platform` label values kept; later ones are counted under `other`, so clients
+/// sending made-up platforms cannot grow the series without bound.
+pub const MAX_PLATFORM_LABELS: usize = 64;
+
+/// Client requests run from a few milliseconds (cache hits) to minutes (big blobs).
+const REQUEST_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+/// Upstream requests are timed to their response headers.
+const UPSTREAM_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    kind: &'static str,
+    method: &'static str,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindMethodLabels {
+    kind: &'static str,
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamStatusLabels {
+    upstream: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RewriteLabels {
+    platform: String,
+    reason: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// How an upstream exchange ended, for the `status` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamOutcome {
+    /// Response headers arrived with this status.
+    Status(u16),
+    /// The connection or exchange failed.
+    Error,
+    /// No response headers within the budget.
+    Timeout,
+}
+
+/// All of archway's metrics. Cheap to share (`Arc`); every method takes `&self`.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<KindMethodLabels>,
+    cache_results: Family<CacheLabels, Counter>,
+    bytes_served: Family<SourceLabels, Counter>,
+    rewrites: Family<RewriteLabels, Counter>,
+    upstream_requests: Family<UpstreamStatusLabels, Counter>,
+    upstream_duration: HistogramFamily<UpstreamLabels>,
+    token_fetches: Family<UpstreamLabels, Counter>,
+    ratelimit_remaining: Family<UpstreamLabels, Gauge>,
+    blob_store: Arc<BlobStoreCollector>,
+    platforms: Mutex<HashSet<String>>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "archway_requests",
+            "Client requests answered, by API kind, method and response status",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<KindMethodLabels> =
+            Family::new_with_constructor(|| Histogram::new(REQUEST_BUCKETS));
+        registry.register(
+            "archway_request_duration_seconds",
+            "Time from a client request's arrival until its response body was finished or abandoned",
+            request_duration.clone(),
+        );
+        let cache_results = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "archway_cache_results",
+            "Manifest and blob requests by how the cache answered: hit, miss, stale, coalesced",
+            cache_results.clone(),
+        );
+        let bytes_served = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "archway_served_bytes",
+            "Response body bytes sent to clients, by where they came from: cache or upstream",
+            bytes_served.clone(),
+        );
+        let rewrites = Family::<RewriteLabels, Counter>::default();
+        registry.register(
+            "archway_rewrites",
+            "Tag requests the platform logic answered or refused, by client platform and reason",
+            rewrites.clone(),
+        );
+        let upstream_requests = Family::<UpstreamStatusLabels, Counter>::default();
+        registry.register(
+            "archway_upstream_requests",
+            "HTTP exchanges with upstreams (auth, token and redirect hops included), by upstream and status",
+            upstream_requests.clone(),
+        );
+        let upstream_duration: HistogramFamily<UpstreamLabels> =
+            Family::new_with_constructor(|| Histogram::new(UPSTREAM_BUCKETS));
+        registry.register(
+            "archway_upstream_request_duration_seconds",
+            "Time until an upstream's response headers arrived (or the exchange failed)",
+            upstream_duration.clone(),
+        );
+        let token_fetches = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "archway_upstream_token_fetches",
+            "Bearer token requests made to an upstream's token endpoint",
+            token_fetches.clone(),
+        );
+        let ratelimit_remaining = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "archway_upstream_ratelimit_remaining",
+            "The last RateLimit-Remaining an upstream sent (Docker Hub: pulls left in its window)",
+            ratelimit_remaining.clone(),
+        );
+        let blob_store = Arc::new(BlobStoreCollector::default());
+        registry.register_collector(Box::new(blob_store.clone()));
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            cache_results,
+            bytes_served,
+            rewrites,
+            upstream_requests,
+            upstream_duration,
+            token_fetches,
+            ratelimit_remaining,
+            blob_store,
+            platforms: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Reports the blob store's state at each scrape. The first store given stays.
+    pub fn observe_blob_store(&self, store: Arc<BlobStore>) {
+        let _ = self.blob_store.store.set(store);
+    }
+
+    /// One client request, when its response body is finished or dropped.
+    pub fn request_done(
+        &self,
+        kind: &'static str,
+        method: &http::Method,
+        status: u16,
+        took: Duration,
+    ) {
+        let method = method_label(method);
+        self.requests
+            .get_or_create(&RequestLabels {
+                kind,
+                method,
+                status: status.to_string(),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&KindMethodLabels { kind, method })
+            .observe(took.as_secs_f64());
+    }
+
+    /// How the cache answered a manifest or blob request (`hit`, `miss`, `stale`, `coalesced`).
+    pub fn cache_result(&self, kind: &'static str, result: &'static str) {
+        self.cache_results
+            .get_or_create(&CacheLabels { kind, result })
+            .inc();
+    }
+
+    /// `n` body bytes sent to a client from `source` (`cache` or `upstream`).
+    pub fn bytes_served(&self, source: &'static str, n: u64) {
+        self.bytes_served
+            .get_or_create(&SourceLabels { source })
+            .inc_by(n);
+    }
+
+    /// A tag answer the platform logic changed or refused: `reason` is `legacy`, `always`,
+    /// `converted`, `rejected` or `no-match`.
+    pub fn rewrite(&self, platform: &str, reason: &'static str) {
+        let platform = self.platform_label(platform);
+        self.rewrites
+            .get_or_create(&RewriteLabels { platform, reason })
+            .inc();
+    }
+
+    /// One HTTP exchange with an upstream.
+    pub fn upstream_request(&self, upstream: &str, outcome: UpstreamOutcome, took: Duration) {
+        let status = match outcome {
+            UpstreamOutcome::Status(s) => s.to_string(),
+            UpstreamOutcome::Error => "error".to_owned(),
+            UpstreamOutcome::Timeout => "timeout".to_owned(),
+        };
+        self.upstream_requests
+            .get_or_create(&UpstreamStatusLabels {
+                upstream: upstream.to_owned(),
+                status,
+            })
+            .inc();
+        self.upstream_duration
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Makes the token counter of `upstream` exist (at 0) before its first fetch, so that
+    /// `increase()` sees the first one.
+    pub fn register_upstream(&self, upstream: &str) {
+        drop(self.token_fetches.get_or_create(&UpstreamLabels {
+            upstream: upstream.to_owned(),
+        }));
+    }
+
+    pub fn token_fetch(&self, upstream: &str) {
+        self.token_fetches
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn ratelimit_remaining(&self, upstream: &str, remaining: i64) {
+        self.ratelimit_remaining
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .set(remaining);
+    }
+
+    /// The OpenMetrics text exposition, `# EOF` included.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            // Only a failing writer errs, and a String never fails; keep what was written.
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    fn platform_label(&self, platform: &str) -> String {
+        let mut seen = self
+            .platforms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if seen.contains(platform) {
+            return platform.to_owned();
+        }
+        if seen.len() >= MAX_PLATFORM_LABELS {
+            return "other".to_owned();
+        }
+        seen.insert(platform.to_owned());
+        platform.to_owned()
+    }
+}
+
+/// Standard methods by name, anything else as `other` (extension methods are unbounded).
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::OPTIONS => "OPTIONS",
+        M::CONNECT => "CONNECT",
+        M::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// The remaining count of a `RateLimit-Remaining` value: Docker Hub sends `76;w=21600` (76 pulls
+/// left in a 21600 s window); the IETF draft sends a bare `76`.
+pub fn parse_ratelimit_remaining(value: &str) -> Option<i64> {
+    value
+        .split(';')
+        .next()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// Reads the blob store's counters at scrape time, so they never drift from the store.
+#[derive(Default)]
+struct BlobStoreCollector {
+    store: OnceLock<Arc<BlobStore>>,
+}
+
+impl fmt::Debug for BlobStoreCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobStoreCollector")
+            .field("attached", &self.store.get().is_some())
+            .finish()
+    }
+}
+
+impl Collector for BlobStoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let Some(store) = self.store.get() else {
+            return Ok(());
+        };
+        let BlobStoreStats {
+            bytes,
+            entries,
+            evictions,
+            in_flight,
+            fills_started: _,
+        } = store.stats();
+        let gauges = [
+            (
+                "archway_blob_store_bytes",
+                "Bytes of blobs committed to the on-disk cache.",
+                bytes,
+            ),
+            (
+                "archway_blob_store_max_bytes",
+                "The blob cache's byte budget (cache.max_size).",
+                store.max_bytes(),
+            ),
+            (
+                "archway_blob_store_entries",
+                "Blobs committed to the on-disk cache.",
+                entries,
+            ),
+            (
+                "archway_blob_downloads_in_flight",
+                "Blob downloads from upstreams in progress (one per coalesced group of requests).",
+                in_flight,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        let counter = ConstCounter::new(evictions);
+        let metric = encoder.encode_descriptor(
+            "archway_blob_store_evictions",
+            "Blobs deleted from the cache to stay within its budget.",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratelimit_values() {
+        let cases = [
+            ("76;w=21600", Some(76)),
+            ("0;w=21600", Some(0)),
+            (" 100 ; w=21600", Some(100)),
+            ("42", Some(42)),
+            ("", None),
+            ("-1;w=60", None),
+            ("many;w=60", None),
+            ("18446744073709551615", Some(i64::MAX)),
+        ];
+        for (value, want) in cases {
+            assert_eq!(parse_ratelimit_remaining(value), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn methods_are_bounded() {
+        assert_eq!(method_label(&http::Method::GET), "GET");
+        assert_eq!(method_label(&http::Method::HEAD), "HEAD");
+        let odd = http::Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(method_label(&odd), "other");
+    }
+
+    #[test]
+    fn platform_labels_are_capped() {
+        let m = Metrics::new();
+        for i in 0..MAX_PLATFORM_LABELS + 5 {
+            m.rewrite(&format!("linux/arch{i}"), "no-match");
+        }
+        m.rewrite("linux/arch0", "no-match");
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "archway_rewrites_total{platform=\"linux/arch0\",reason=\"no-match\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("archway_rewrites_total{platform=\"other\",reason=\"no-match\"} 5\n"),
+            "{text}"
+        );
+        assert!(!text.contains(&format!("linux/arch{MAX_PLATFORM_LABELS}\"")));
+    }
+
+    #[test]
+    fn encodes_counters_histograms_and_gauges() {
+        let m = Metrics::new();
+        m.request_done("blob", &http::Method::GET, 200, Duration::from_millis(3));
+        m.request_done("blob", &http::Method::GET, 200, Duration::from_millis(700));
+        m.upstream_request(
+            "hub",
+            UpstreamOutcome::Status(401),
+            Duration::from_millis(20),
+        );
+        m.upstream_request("hub", UpstreamOutcome::Timeout, Duration::from_secs(40));
+        m.ratelimit_remaining("hub", 76);
+        m.bytes_served("cache", 1000);
+        m.bytes_served("cache", 24);
+        let text = m.encode();
+        for line in [
+            "archway_requests_total{kind=\"blob\",method=\"GET\",status=\"200\"} 2",
+            "archway_request_duration_seconds_count{kind=\"blob\",method=\"GET\"} 2",
+            "archway_request_duration_seconds_bucket{le=\"0.005\",kind=\"blob\",method=\"GET\"} 1",
+            "archway_request_duration_seconds_bucket{le=\"1.0\",kind=\"blob\",method=\"GET\"} 2",
+            "archway_upstream_requests_total{upstream=\"hub\",status=\"401\"} 1",
+            "archway_upstream_requests_total{upstream=\"hub\",status=\"timeout\"} 1",
+            "archway_upstream_request_duration_seconds_count{upstream=\"hub\"} 2",
+            "archway_upstream_ratelimit_remaining{upstream=\"hub\"} 76",
+            "archway_served_bytes_total{source=\"cache\"} 1024",
+            "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        // No store attached: no blob store series rather than made-up zeros.
+        assert!(!text.contains("archway_blob_store_bytes"), "{text}");
+    }
+}
