@@ -26,6 +26,8 @@ pub struct RequestNotes {
     /// Where the body's bytes come from (`cache` or `upstream`); `None` for archway's own
     /// bodies (pings, errors).
     pub source: Option<&'static str>,
+    /// An error answer depends on the client's hints (a rewritable tag): it carries `Vary`.
+    pub vary_on_error: bool,
     /// For the rewrites metric: the client's platform and what the platform logic did
     /// (`legacy`, `always`, `converted`, `rejected`, `no-match`).
     pub rewrite_outcome: Option<(String, &'static str)>,

@@ -272,7 +272,12 @@ impl Proxy {
                 notes.error = Some(e.message.clone());
                 // The body is archway's error, not content from the cache or upstream.
                 notes.source = None;
-                error_response(&e, client.method == Method::HEAD)
+                let mut r = error_response(&e, client.method == Method::HEAD);
+                if notes.vary_on_error {
+                    r.headers_mut()
+                        .insert(header::VARY, HeaderValue::from_static(HINT_VARY));
+                }
+                r
             }
         };
         response
@@ -326,23 +331,13 @@ impl Proxy {
                     // Digest requests are never rewritten: the client gets what it named.
                     Reference::Digest(_) => Ok(manifest_response(client, &m, stale, false)),
                     Reference::Tag(_) => {
-                        match self
+                        // Only the rewrite path fails past here, and its 404s (no match, OCI
+                        // refused) are this client's, not everyone's: caches must know.
+                        notes.vary_on_error = true;
+                        let (answer, vary) = self
                             .answer_for_client(&upstream, &target, client, m, notes)
-                            .await
-                        {
-                            Ok((answer, vary)) => {
-                                Ok(manifest_response(client, &answer, stale, vary))
-                            }
-                            // Only the rewrite path fails here, and its 404s (no match, OCI
-                            // refused) are this client's, not everyone's: caches must know.
-                            Err(e) => {
-                                notes.error = Some(e.message.clone());
-                                let mut r = error_response(&e, client.method == Method::HEAD);
-                                r.headers_mut()
-                                    .insert(header::VARY, HeaderValue::from_static(HINT_VARY));
-                                Ok(r)
-                            }
-                        }
+                            .await?;
+                        Ok(manifest_response(client, &answer, stale, vary))
                     }
                 }
             }
