@@ -155,6 +155,29 @@ async fn shutdown_signal() {
     }
 }
 
+/// One message per SIGHUP (never any elsewhere than on unix).
+fn hangup_signals() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        // A reload already queued covers this one too.
+                        let _ = tx.try_send(());
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; no TLS reloads"),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
+}
+
 async fn run_explain(args: ExplainArgs) -> ExitCode {
     let image = match archway::image_ref::ImageRef::parse(&args.image) {
         Ok(i) => i,
@@ -182,6 +205,8 @@ async fn run_explain(args: ExplainArgs) -> ExitCode {
     // A scratch cache: explain shows what would happen without touching a live cache.
     let scratch = std::env::temp_dir().join(format!("archway-explain-{}", std::process::id()));
     cfg.data_dir = scratch.clone();
+    // explain asks the pipeline directly, past the listener and its client authentication.
+    cfg.auth = None;
     let hints = archway::explain::Hints {
         user_agent: args.user_agent,
         accept: args.accept,
@@ -247,7 +272,18 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            shutdown_signal().await;
+            let shutdown = shutdown_signal();
+            tokio::pin!(shutdown);
+            let mut hangups = hangup_signals();
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    Some(()) = hangups.recv() => {
+                        // reload_tls logs the outcome; a bad file keeps the old certificate.
+                        let _ = server.reload_tls();
+                    }
+                }
+            }
             tracing::info!("shutting down");
             server.shutdown().await;
             ExitCode::SUCCESS

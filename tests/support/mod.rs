@@ -42,6 +42,8 @@ pub fn config_for(fake: &FakeRegistry, dir: &Path) -> Config {
         upstreams: vec![u],
         routes: Vec::new(),
         log_format: LogFormat::Text,
+        tls: None,
+        auth: None,
     }
 }
 
