@@ -279,6 +279,7 @@ async fn main() -> ExitCode {
                 tokio::select! {
                     _ = &mut shutdown => break,
                     Some(()) = hangups.recv() => {
+                        tracing::info!(tls = server.tls().is_some(), "SIGHUP: reloading");
                         // reload_tls logs the outcome; a bad file keeps the old certificate.
                         let _ = server.reload_tls();
                     }

@@ -226,10 +226,19 @@ pub struct Archway {
     daemon: Daemon,
     pub port: u16,
     _dir: TempDir,
+    scheme: &'static str,
 }
 
 impl Archway {
     pub fn start(upstream_url: &str, tag_ttl: &str) -> Archway {
+        Self::start_with(upstream_url, tag_ttl, "", false)
+    }
+
+    /// Like [`Archway::start`], with `extra` appended to the config file (e.g. `[tls]`, `[auth]`
+    /// sections); `tls` says whether the listener speaks HTTPS. With either, readiness is the
+    /// port accepting: archway reads certificates and auth files before it binds.
+    pub fn start_with(upstream_url: &str, tag_ttl: &str, extra: &str, tls: bool) -> Archway {
+        let plain = extra.is_empty() && !tls;
         let (daemon, port, dir) = procs::start_on_free_port(
             |port| {
                 let dir = temp_dir("archway");
@@ -240,7 +249,7 @@ impl Archway {
                         "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nlog_format = \"json\"\n\n\
                          [cache]\ntag_ttl = \"{tag_ttl}\"\nstale_if_error = \"24h\"\n\n\
                          [[upstream]]\nname = \"docker.io\"\nurl = \"{upstream_url}\"\n\
-                         default = true\n",
+                         default = true\n\n{extra}",
                         dir.path().join("data").display()
                     ),
                 )
@@ -255,12 +264,19 @@ impl Archway {
                 let log = dir.path().join("archway.log");
                 (Daemon::spawn("archway", &cmd, &log), dir)
             },
-            |port| ping_ok(&format!("http://127.0.0.1:{port}")),
+            |port| {
+                if plain {
+                    ping_ok(&format!("http://127.0.0.1:{port}"))
+                } else {
+                    port_open(port)
+                }
+            },
         );
         Archway {
             daemon,
             port,
             _dir: dir,
+            scheme: if tls { "https" } else { "http" },
         }
     }
 
@@ -269,7 +285,23 @@ impl Archway {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// Everything archway logged so far.
+    #[allow(dead_code)] // Used by tests/e2e_tls.rs only.
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+
+    /// Sends the archway process a signal (`kill -<name> <pid>`), e.g. `HUP`.
+    #[allow(dead_code)] // Used by tests/e2e_tls.rs only.
+    pub fn signal(&self, name: &str) {
+        let pid = self.daemon.pid().to_string();
+        procs::run_ok(
+            Command::new("kill").args([&format!("-{name}"), pid.as_str()]),
+            Duration::from_secs(10),
+        );
     }
 
     /// The access log so far. archway writes a line when a response body ends, a moment after

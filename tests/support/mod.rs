@@ -2,8 +2,10 @@
 //! and a harness that runs archway on 127.0.0.1:0 in front of a fake.
 #![allow(dead_code, unused_imports)]
 
+pub mod certs;
 pub mod client;
 pub mod fake_registry;
+pub mod logs;
 
 use archway::config::{CacheConfig, Config, LogFormat, UpstreamConfig};
 use archway::Archway;
