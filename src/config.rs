@@ -74,6 +74,26 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub log_format: LogFormat,
+    /// `[tls]`: serve the registry listener over HTTPS.
+    pub tls: Option<TlsConfig>,
+    /// `[auth]`: clients must authenticate on `/v2/`.
+    pub auth: Option<AuthConfig>,
+}
+
+/// `[tls]`: PEM certificate chain and private key of the registry listener, re-read on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// `[auth]`: who may pull. At least one of the two files is set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuthConfig {
+    /// htpasswd with bcrypt hashes (`htpasswd -B`).
+    pub htpasswd_file: Option<PathBuf>,
+    /// One bearer token per line; `#` starts a comment.
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// One `[[route]]`: a match and the platform policy it sets.
@@ -123,6 +143,8 @@ pub struct UpstreamConfig {
     pub credentials: Option<Credentials>,
     /// Extra PEM CA bundle trusted besides the system roots.
     pub ca_file: Option<PathBuf>,
+    /// Accept any certificate from this upstream (handshake signatures are still checked).
+    pub insecure_skip_verify: bool,
     /// Overrides `cache.tag_ttl` for this upstream.
     pub tag_ttl: Option<Duration>,
     pub connect_timeout: Duration,
@@ -163,6 +185,7 @@ impl UpstreamConfig {
             default: false,
             credentials: None,
             ca_file: None,
+            insecure_skip_verify: false,
             tag_ttl: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
@@ -209,6 +232,8 @@ impl Default for Config {
             upstreams: vec![hub],
             routes: Vec::new(),
             log_format: LogFormat::Text,
+            tls: None,
+            auth: None,
         }
     }
 }
@@ -234,6 +259,22 @@ struct RawConfig {
     upstream: Vec<RawUpstream>,
     #[serde(default)]
     route: Vec<RawRoute>,
+    tls: Option<RawTls>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    htpasswd_file: Option<PathBuf>,
+    tokens_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -356,6 +397,8 @@ struct RawUpstream {
     password_file: Option<PathBuf>,
     password_env: Option<String>,
     ca_file: Option<PathBuf>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
     tag_ttl: Option<String>,
     connect_timeout: Option<String>,
     read_timeout: Option<String>,
@@ -422,6 +465,22 @@ impl Config {
             .enumerate()
             .map(|(i, r)| r.into_config(i))
             .collect::<Result<_, _>>()?;
+        if let Some(t) = raw.tls {
+            cfg.tls = Some(TlsConfig {
+                cert_file: t
+                    .cert_file
+                    .ok_or_else(|| invalid("tls.cert_file", "is required in [tls]"))?,
+                key_file: t
+                    .key_file
+                    .ok_or_else(|| invalid("tls.key_file", "is required in [tls]"))?,
+            });
+        }
+        if let Some(a) = raw.auth {
+            cfg.auth = Some(AuthConfig {
+                htpasswd_file: a.htpasswd_file,
+                tokens_file: a.tokens_file,
+            });
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -465,6 +524,11 @@ impl Config {
         if self.cache.max_size == 0 {
             return Err(invalid("cache.max_size", "must be more than 0"));
         }
+        if let Some(a) = &self.auth {
+            if a.htpasswd_file.is_none() && a.tokens_file.is_none() {
+                return Err(invalid("auth", "needs htpasswd_file, tokens_file or both"));
+            }
+        }
         Ok(())
     }
 
@@ -505,6 +569,13 @@ impl RawUpstream {
             u.library_prefix = p;
         }
         u.ca_file = self.ca_file;
+        u.insecure_skip_verify = self.insecure_skip_verify;
+        if u.insecure_skip_verify && u.ca_file.is_some() {
+            return Err(invalid(
+                key("insecure_skip_verify"),
+                "is set together with ca_file, which it would make pointless; give one",
+            ));
+        }
         if let Some(v) = self.tag_ttl {
             u.tag_ttl = Some(parse_duration(&key("tag_ttl"), &v)?);
         }
@@ -747,6 +818,61 @@ password = "hunter2"
             ("[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nusername = \"u\"", "upstream[0].password"),
             ("bogus = 1", "bogus"),
             ("[cache]\nttl = \"5m\"", "ttl"),
+        ];
+        for (toml, key) in cases {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn tls_auth_and_insecure_upstreams_parse() {
+        let c = Config::from_toml(
+            r#"
+[tls]
+cert_file = "/etc/archway/tls.crt"
+key_file = "/etc/archway/tls.key"
+[auth]
+htpasswd_file = "/etc/archway/htpasswd"
+[[upstream]]
+name = "lab"
+url = "https://registry.lab:5000"
+insecure_skip_verify = true
+"#,
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_file, PathBuf::from("/etc/archway/tls.crt"));
+        assert_eq!(tls.key_file, PathBuf::from("/etc/archway/tls.key"));
+        let auth = c.auth.unwrap();
+        assert_eq!(
+            auth.htpasswd_file,
+            Some(PathBuf::from("/etc/archway/htpasswd"))
+        );
+        assert_eq!(auth.tokens_file, None);
+        assert!(c.upstreams[0].insecure_skip_verify);
+
+        let plain = Config::from_toml("").unwrap();
+        assert!(plain.tls.is_none() && plain.auth.is_none());
+        assert!(!plain.upstreams[0].insecure_skip_verify);
+    }
+
+    #[test]
+    fn bad_tls_and_auth_name_the_key() {
+        let cases = [
+            ("[tls]\nkey_file = \"k.pem\"", "tls.cert_file"),
+            ("[tls]\ncert_file = \"c.pem\"", "tls.key_file"),
+            ("[tls]\ncert = \"c.pem\"", "cert"),
+            ("[auth]", "`auth`"),
+            ("[auth]\nhtpasswd = \"h\"", "htpasswd"),
+            (
+                "[[upstream]]\nname = \"x\"\nurl = \"https://x\"\nca_file = \"ca.pem\"\ninsecure_skip_verify = true",
+                "upstream[0].insecure_skip_verify",
+            ),
+            (
+                "[[upstream]]\nname = \"x\"\nurl = \"https://x\"\ninsecure_skip_verify = \"yes\"",
+                "insecure_skip_verify",
+            ),
         ];
         for (toml, key) in cases {
             let err = Config::from_toml(toml).unwrap_err().to_string();

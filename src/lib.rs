@@ -6,6 +6,7 @@ pub mod admin;
 pub mod api;
 pub mod body;
 pub mod cache;
+pub mod client_auth;
 pub mod config;
 pub mod conversion;
 pub mod digest;
@@ -22,6 +23,7 @@ pub mod rewrite;
 pub mod route;
 pub mod routing;
 pub mod server;
+pub mod tls;
 
 pub use server::Archway;
 pub mod upstream;

@@ -29,19 +29,50 @@ enum Command {
 
 #[derive(Args)]
 struct HealthcheckArgs {
-    /// The URL to GET (plain http).
-    #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
-    url: String,
+    /// The URL to GET (plain http). Default: /healthz on the config's `admin_listen`.
+    #[arg(long)]
+    url: Option<String>,
+    /// Config whose `admin_listen` to probe when no --url is given.
+    #[arg(long, env = "ARCHWAY_CONFIG")]
+    config: Option<PathBuf>,
     /// Give up after this many seconds.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     timeout: u64,
+}
+
+/// `/healthz` on the admin listener, reached over loopback when it listens on every address.
+fn admin_health_url(config: Option<PathBuf>) -> Result<String, String> {
+    let cfg = match config {
+        Some(path) => Config::from_file(&path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    let mut addr = cfg
+        .admin_listen
+        .ok_or("admin_listen is not set: give --url or configure admin_listen")?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(format!("http://{addr}/healthz"))
 }
 
 async fn run_healthcheck(args: HealthcheckArgs) -> ExitCode {
     use http_body_util::Empty;
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
-    let uri: http::Uri = match args.url.parse() {
+    let url = match args.url {
+        Some(u) => u,
+        None => match admin_health_url(args.config) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("archway: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let uri: http::Uri = match url.parse() {
         Ok(u) => u,
         Err(e) => {
             eprintln!("archway: --url: {e}");
@@ -53,15 +84,15 @@ async fn run_healthcheck(args: HealthcheckArgs) -> ExitCode {
     match tokio::time::timeout(std::time::Duration::from_secs(args.timeout), probe).await {
         Ok(Ok(resp)) if resp.status().is_success() => ExitCode::SUCCESS,
         Ok(Ok(resp)) => {
-            eprintln!("archway: {} answered {}", args.url, resp.status());
+            eprintln!("archway: {url} answered {}", resp.status());
             ExitCode::FAILURE
         }
         Ok(Err(e)) => {
-            eprintln!("archway: {}: {e}", args.url);
+            eprintln!("archway: {url}: {e}");
             ExitCode::FAILURE
         }
         Err(_) => {
-            eprintln!("archway: {}: no answer within {} s", args.url, args.timeout);
+            eprintln!("archway: {url}: no answer within {} s", args.timeout);
             ExitCode::FAILURE
         }
     }
@@ -204,6 +235,29 @@ async fn shutdown_signal() {
     }
 }
 
+/// One message per SIGHUP (never any elsewhere than on unix).
+fn hangup_signals() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        // A reload already queued covers this one too.
+                        let _ = tx.try_send(());
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; no TLS reloads"),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
+}
+
 async fn run_explain(args: ExplainArgs) -> ExitCode {
     let image = match archway::image_ref::ImageRef::parse(&args.image) {
         Ok(i) => i,
@@ -232,6 +286,8 @@ async fn run_explain(args: ExplainArgs) -> ExitCode {
     // A scratch cache: explain shows what would happen without touching a live cache.
     let scratch = std::env::temp_dir().join(format!("archway-explain-{}", std::process::id()));
     cfg.data_dir = scratch.clone();
+    // explain asks the pipeline directly, past the listener and its client authentication.
+    cfg.auth = None;
     let hints = archway::explain::Hints {
         user_agent: args.user_agent,
         accept: args.accept,
@@ -298,7 +354,19 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            shutdown_signal().await;
+            let shutdown = shutdown_signal();
+            tokio::pin!(shutdown);
+            let mut hangups = hangup_signals();
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    Some(()) = hangups.recv() => {
+                        tracing::info!(tls = server.tls().is_some(), "SIGHUP: reloading");
+                        // reload_tls logs the outcome; a bad file keeps the old certificate.
+                        let _ = server.reload_tls();
+                    }
+                }
+            }
             tracing::info!("shutting down");
             server.shutdown().await;
             ExitCode::SUCCESS

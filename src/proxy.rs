@@ -8,6 +8,7 @@ use crate::cache::blob_store::{Blob, BlobStore, UpstreamBlob};
 use crate::cache::keyed_lock::KeyedLock;
 use crate::cache::manifest_store::{ManifestStore, StoredManifest};
 use crate::cache::tag_store::{now_ms, TagEntry, TagKey, TagStore};
+use crate::client_auth::ClientAuth;
 use crate::config::Config;
 use crate::conversion::convert_oci_to_docker;
 use crate::digest::Digest;
@@ -69,10 +70,14 @@ pub struct Proxy {
     selections: moka::sync::Cache<SelectionKey, Arc<Resolved>>,
     blobs: Arc<BlobStore>,
     metrics: Arc<Metrics>,
+    /// `[auth]`: credentials every `/v2/` request must carry.
+    client_auth: Option<ClientAuth>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyInitError {
+    #[error("[auth]: {0}")]
+    ClientAuth(#[from] crate::client_auth::ClientAuthError),
     #[error("cannot open the cache under {path}: {source}")]
     Cache {
         path: std::path::PathBuf,
@@ -181,6 +186,7 @@ impl Proxy {
             .map(|(i, r)| Route::from_config(i, r.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ProxyInitError::Route(e.message))?;
+        let client_auth = config.auth.as_ref().map(ClientAuth::load).transpose()?;
         Ok(Proxy {
             stats: ProxyStats::default(),
             default_upstream: config.default_upstream(),
@@ -197,6 +203,7 @@ impl Proxy {
                 .build(),
             blobs,
             metrics,
+            client_auth,
         })
     }
 
@@ -225,7 +232,10 @@ impl Proxy {
             None => req.uri().path().to_owned(),
         };
         let method = req.method().clone();
-        let (response, notes) = self.answer(req, conn).await;
+        let (response, notes) = match self.authenticate(&req).await {
+            Ok(()) => self.answer(req, conn).await,
+            Err(refused) => refused,
+        };
         let status = response.status().as_u16();
         let expected_bytes = if method == Method::HEAD {
             Some(0)
@@ -250,6 +260,38 @@ impl Proxy {
                 },
             )
         })
+    }
+
+    /// With `[auth]`, a `/v2/` request without good credentials gets 401 and the Basic
+    /// challenge. Nothing of the presented credentials goes into the answer or the log.
+    async fn authenticate<B>(
+        &self,
+        req: &Request<B>,
+    ) -> Result<(), (Response<ResponseBody>, RequestNotes)> {
+        let Some(auth) = &self.client_auth else {
+            return Ok(());
+        };
+        let path = req.uri().path();
+        if path != "/v2" && !path.starts_with("/v2/") {
+            return Ok(());
+        }
+        let denied = match auth.check(req.headers().get(header::AUTHORIZATION)).await {
+            Ok(()) => return Ok(()),
+            Err(d) => d,
+        };
+        let e = ProxyError::downstream(ErrorCode::Unauthorized, denied.as_str());
+        let mut response = error_response(&e, req.method() == Method::HEAD);
+        let h = response.headers_mut();
+        h.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(crate::client_auth::CHALLENGE),
+        );
+        let notes = RequestNotes {
+            error: Some(e.message),
+            ..RequestNotes::default()
+        };
+        Err((response, notes))
     }
 
     /// The response and what was learned on the way; `handle` logs it, `archway explain` prints it.

@@ -3,6 +3,7 @@
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::proxy::{ConnInfo, Proxy, ProxyInitError};
+use crate::tls::{ServerTls, TlsError};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -17,11 +18,15 @@ use tokio::task::JoinHandle;
 
 /// How long open connections get to finish after shutdown is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client that opens a connection and never finishes the TLS handshake is dropped after this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Proxy(#[from] ProxyInitError),
+    #[error("[tls]: {0}")]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -36,6 +41,7 @@ pub struct Archway {
     proxy: Arc<Proxy>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    tls: Option<ServerTls>,
 }
 
 impl Archway {
@@ -43,6 +49,8 @@ impl Archway {
         let listen = config.listen.clone();
         let admin_listen = config.admin_listen;
         let data_dir = config.data_dir.clone();
+        // Certificates first: a bad file stops the start before anything listens.
+        let tls = config.tls.as_ref().map(ServerTls::new).transpose()?;
         let proxy = Arc::new(Proxy::new(config)?);
         let (stop, _) = watch::channel(false);
         let mut addrs = Vec::new();
@@ -53,11 +61,12 @@ impl Archway {
                 .map_err(|source| StartError::Bind { addr, source })?;
             let local = listener.local_addr().unwrap_or(addr);
             addrs.push(local);
-            tracing::info!(addr = %local, "listening");
+            tracing::info!(addr = %local, tls = tls.is_some(), "listening");
             tasks.push(tokio::spawn(serve(
                 listener,
                 proxy.clone(),
                 stop.subscribe(),
+                tls.as_ref().map(ServerTls::acceptor),
             )));
         }
         let mut admin_addr = None;
@@ -81,7 +90,32 @@ impl Archway {
             proxy,
             stop,
             tasks,
+            tls,
         })
+    }
+
+    /// Re-reads `[tls]` cert_file and key_file (what SIGHUP does). New handshakes get the new
+    /// certificate; open connections keep theirs. On an error the old certificate stays in use
+    /// and the error is returned (and logged). Without `[tls]` this does nothing.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        match tls.reload() {
+            Ok(()) => {
+                tracing::info!(cert_file = %tls.cert_file().display(), "TLS certificate reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload failed; keeping the current certificate");
+                Err(e)
+            }
+        }
+    }
+
+    /// The TLS set-up of the registry listener, when `[tls]` is configured.
+    pub fn tls(&self) -> Option<&ServerTls> {
+        self.tls.as_ref()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -110,7 +144,12 @@ impl Archway {
     }
 }
 
-async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    mut stop: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     loop {
@@ -136,10 +175,35 @@ async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Receiv
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, conn_info).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let Some(acceptor) = tls.clone() else {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // The handshake runs in the connection's own task so a slow client never holds up
+        // accepting; the watcher makes shutdown wait for it too.
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });

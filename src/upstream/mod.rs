@@ -102,7 +102,15 @@ struct Fetched {
 
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Result<Upstream, UpstreamInitError> {
-        let tls = tls_config(config.ca_file.as_deref())?;
+        let tls = tls_config(config.ca_file.as_deref(), config.insecure_skip_verify)?;
+        if config.insecure_skip_verify {
+            tracing::warn!(
+                upstream = %config.name,
+                url = %config.url,
+                "insecure_skip_verify: this upstream's TLS certificate is NOT verified; \
+                 anyone on the path can impersonate it"
+            );
+        }
         let mut http = HttpConnector::new();
         // The https connector wraps this one; it must accept https URLs.
         http.enforce_http(false);
@@ -543,7 +551,20 @@ pub fn status_error(
 
 /// Builds the rustls config: system roots plus the optional extra CA file, ring as provider
 /// (explicitly, never the process-global default).
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, UpstreamInitError> {
+fn tls_config(
+    ca_file: Option<&Path>,
+    insecure_skip_verify: bool,
+) -> Result<rustls::ClientConfig, UpstreamInitError> {
+    let provider = crate::tls::provider();
+    if insecure_skip_verify {
+        let verifier = crate::tls::AcceptAnyServerCert::new(provider.clone());
+        return Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamInitError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth());
+    }
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {
@@ -576,7 +597,6 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, UpstreamIn
                 })?;
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| UpstreamInitError::Tls(e.to_string()))?
@@ -629,7 +649,7 @@ mod tests {
     #[test]
     fn ca_file_errors_name_the_file() {
         let missing = Path::new("/nonexistent/archway-ca.pem");
-        let err = tls_config(Some(missing)).unwrap_err();
+        let err = tls_config(Some(missing), false).unwrap_err();
         assert!(matches!(err, UpstreamInitError::CaFileRead { .. }));
         assert!(
             err.to_string().contains("/nonexistent/archway-ca.pem"),
@@ -639,7 +659,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "no certificates here\n").unwrap();
-        let err = tls_config(Some(&empty)).unwrap_err();
+        let err = tls_config(Some(&empty), false).unwrap_err();
         assert!(matches!(err, UpstreamInitError::CaFileEmpty { .. }));
         assert!(err.to_string().contains("empty.pem"), "{err}");
 
@@ -649,7 +669,7 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nnot base64 !!\n-----END CERTIFICATE-----\n",
         )
         .unwrap();
-        let err = tls_config(Some(&broken)).unwrap_err();
+        let err = tls_config(Some(&broken), false).unwrap_err();
         assert!(err.to_string().contains("broken.pem"), "{err}");
     }
 

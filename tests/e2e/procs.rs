@@ -128,6 +128,12 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The daemon's own process id (not the watchdog's), e.g. to signal it.
+    #[allow(dead_code)] // Used by tests/e2e_tls.rs only.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// The last lines of the log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let log = self.log();

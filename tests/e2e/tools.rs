@@ -236,11 +236,12 @@ pub struct Archway {
     /// Every listen port, the main one first.
     pub ports: Vec<u16>,
     _dir: TempDir,
+    scheme: &'static str,
 }
 
 impl Archway {
     pub fn start(upstream_url: &str, tag_ttl: &str) -> Archway {
-        Self::start_with(upstream_url, tag_ttl, 0, |_| String::new())
+        Self::start_full(upstream_url, tag_ttl, 0, |_| String::new(), "", false)
     }
 
     /// Like [`Archway::start`], listening on `extra_listen` more free ports besides the main one
@@ -252,6 +253,26 @@ impl Archway {
         extra_listen: usize,
         routes: impl Fn(&[u16]) -> String,
     ) -> Archway {
+        Self::start_full(upstream_url, tag_ttl, extra_listen, routes, "", false)
+    }
+
+    /// Like [`Archway::start`], with `extra` appended to the config file (e.g. `[tls]`, `[auth]`
+    /// sections); `tls` says whether the listener speaks HTTPS. With either, readiness is the
+    /// port accepting: archway reads certificates and auth files before it binds.
+    #[allow(dead_code)] // used by the e2e_tls binary, which shares this module
+    pub fn start_with_extra(upstream_url: &str, tag_ttl: &str, extra: &str, tls: bool) -> Archway {
+        Self::start_full(upstream_url, tag_ttl, 0, |_| String::new(), extra, tls)
+    }
+
+    fn start_full(
+        upstream_url: &str,
+        tag_ttl: &str,
+        extra_listen: usize,
+        routes: impl Fn(&[u16]) -> String,
+        extra: &str,
+        tls: bool,
+    ) -> Archway {
+        let plain = extra.is_empty() && !tls;
         let (daemon, port, (dir, ports)) = procs::start_on_free_port(
             |port| {
                 let dir = temp_dir("archway");
@@ -271,7 +292,7 @@ impl Archway {
                         "listen = [{}]\ndata_dir = \"{}\"\nlog_format = \"json\"\n\n\
                          [cache]\ntag_ttl = \"{tag_ttl}\"\nstale_if_error = \"24h\"\n\n\
                          [[upstream]]\nname = \"docker.io\"\nurl = \"{upstream_url}\"\n\
-                         default = true\n\n{}",
+                         default = true\n\n{}\n{extra}",
                         listen.join(", "),
                         dir.path().join("data").display(),
                         routes(&ports),
@@ -288,7 +309,13 @@ impl Archway {
                 let log = dir.path().join("archway.log");
                 (Daemon::spawn("archway", &cmd, &log), (dir, ports))
             },
-            |port| ping_ok(&format!("http://127.0.0.1:{port}")),
+            |port| {
+                if plain {
+                    ping_ok(&format!("http://127.0.0.1:{port}"))
+                } else {
+                    port_open(port)
+                }
+            },
         );
         // The main port answering says the config loaded; the extras are bound at the same time,
         // but check each so a test never talks to a port nobody listens on.
@@ -302,6 +329,7 @@ impl Archway {
             port,
             ports,
             _dir: dir,
+            scheme: if tls { "https" } else { "http" },
         }
     }
 
@@ -315,7 +343,23 @@ impl Archway {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// Everything archway logged so far.
+    #[allow(dead_code)] // Used by tests/e2e_tls.rs only.
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+
+    /// Sends the archway process a signal (`kill -<name> <pid>`), e.g. `HUP`.
+    #[allow(dead_code)] // Used by tests/e2e_tls.rs only.
+    pub fn signal(&self, name: &str) {
+        let pid = self.daemon.pid().to_string();
+        procs::run_ok(
+            Command::new("kill").args([&format!("-{name}"), pid.as_str()]),
+            Duration::from_secs(10),
+        );
     }
 
     /// The access log so far. archway writes a line when a response body ends, a moment after

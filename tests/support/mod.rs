@@ -2,10 +2,12 @@
 //! and a harness that runs archway on 127.0.0.1:0 in front of a fake.
 #![allow(dead_code, unused_imports)]
 
+pub mod certs;
 pub mod client;
 pub mod clients;
 pub mod fake_registry;
 pub mod images;
+pub mod logs;
 
 use archway::config::{CacheConfig, Config, LogFormat, UpstreamConfig};
 use archway::Archway;
@@ -45,6 +47,8 @@ pub fn config_for(fake: &FakeRegistry, dir: &Path) -> Config {
         upstreams: vec![u],
         routes: Vec::new(),
         log_format: LogFormat::Text,
+        tls: None,
+        auth: None,
     }
 }
 
