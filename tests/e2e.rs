@@ -28,7 +28,7 @@ use e2e::tools::{
 };
 use flate2::read::GzDecoder;
 use serde_json::Value;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -1178,4 +1178,248 @@ fn skopeo_inspect_raw_sees_the_route_platform_or_the_untouched_index() {
         );
     }
     assert_no_errors(&log, "multi");
+}
+
+// === The container image (deploy/container) ===
+
+/// Builds deploy/container's image as `tag` into `dockerd` with build.sh: a static release build
+/// of archway (in `<target>/static`, so later runs only rebuild what changed) and `docker
+/// build` of the FROM scratch Dockerfile, which pulls nothing.
+fn build_image(dockerd: &Dockerd, tag: &str) {
+    let bin = Path::new(env!("CARGO_BIN_EXE_archway"));
+    let target_dir = bin
+        .parent()
+        .and_then(Path::parent)
+        .expect("cargo's target dir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/container/build.sh");
+    let mut cmd = e2e::procs::command(&script);
+    // The dependencies are those of the build that made this test: nothing to download.
+    cmd.arg(tag)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env("CARGO_NET_OFFLINE", "true");
+    dockerd.client_env(&mut cmd);
+    let started = Instant::now();
+    let out = run(&mut cmd, Duration::from_secs(45 * 60));
+    assert!(
+        out.success(),
+        "deploy/container/build.sh failed:\n{}\n{}\ndockerd log:\n{}",
+        out.stdout,
+        out.stderr,
+        dockerd.log_tail()
+    );
+    eprintln!("image {tag} built in {:?}", started.elapsed());
+}
+
+/// `docker inspect` of one object, as JSON.
+fn inspect(dockerd: &Dockerd, what: &str) -> Value {
+    let out = run_ok(
+        &mut dockerd.docker(&["inspect", what]),
+        Duration::from_secs(30),
+    );
+    let all: Value = serde_json::from_str(&out.stdout).expect("docker inspect JSON");
+    all[0].clone()
+}
+
+/// Removes the container (and its anonymous volume) even when the test fails.
+struct Container<'a> {
+    dockerd: &'a Dockerd,
+    name: String,
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let _ = run(
+            &mut self
+                .dockerd
+                .docker(&["rm", "--force", "--volumes", &self.name]),
+            Duration::from_secs(60),
+        );
+    }
+}
+
+impl Container<'_> {
+    fn logs(&self) -> String {
+        let out = run(
+            &mut self.dockerd.docker(&["logs", &self.name]),
+            Duration::from_secs(30),
+        );
+        format!("{}{}", out.stdout, out.stderr)
+    }
+
+    fn access_log(&self) -> Vec<Access> {
+        // archway logs when a response body ends, a moment after the client has its bytes.
+        std::thread::sleep(Duration::from_millis(500));
+        self.logs().lines().filter_map(Access::parse).collect()
+    }
+}
+
+#[test]
+fn container_image_serves_a_pull() {
+    if !e2e_enabled("container_image_serves_a_pull") {
+        return;
+    }
+    let (registry, fx) = own_upstream(&["library/imagepull"]);
+    let port = e2e::procs::free_port();
+    let admin_port = e2e::procs::free_port();
+    let mirror = format!("127.0.0.1:{port}");
+    let tmp = temp_dir("image");
+    let containerd = Containerd::start(&tmp.path().join("ctd"));
+    // dockerd builds and runs the image, and pulls through the container as its mirror.
+    let dockerd = Dockerd::start(&tmp.path().join("dkd"), &containerd, &mirror);
+    let tag = "archway:test";
+    build_image(&dockerd, tag);
+
+    // The features the image's health check needs may not be in this build yet: then the
+    // check is declared but cannot pass, and only its declaration is checked.
+    let admin = archway::config::Config::from_toml("admin_listen = \"127.0.0.1:9090\"").is_ok();
+    let healthcheck = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
+        .args(["healthcheck", "--help"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+
+    // Upstream by a name only the container's /etc/hosts knows: the static binary resolves
+    // names in an image with no libc files. Host networking (dockerd runs without a bridge):
+    // everything stays on 127.0.0.1.
+    let config = tmp.path().join("archway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{mirror}\"\n{}data_dir = \"/var/lib/archway\"\nlog_format = \"json\"\n\n\
+             [[upstream]]\nname = \"docker.io\"\nurl = \"http://upstream.archway.test:{}\"\n\
+             default = true\n",
+            if admin {
+                format!("admin_listen = \"127.0.0.1:{admin_port}\"\n")
+            } else {
+                String::new()
+            },
+            registry.port
+        ),
+    )
+    .expect("write archway.toml");
+    let name = format!("aw-image-{}", std::process::id());
+    let mount = format!("{}:/etc/archway/archway.toml:ro", config.display());
+    run_ok(
+        &mut dockerd.docker(&[
+            "run",
+            "--detach",
+            "--name",
+            &name,
+            "--network",
+            "host",
+            "--add-host",
+            "upstream.archway.test:127.0.0.1",
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--volume",
+            &mount,
+            tag,
+        ]),
+        Duration::from_secs(60),
+    );
+    let container = Container {
+        dockerd: &dockerd,
+        name: name.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ping = e2e::http::get(&format!("http://{mirror}/v2/"), &[]);
+        if let Ok(r) = ping {
+            assert_eq!(r.status, 200, "GET /v2/: {}", r.text());
+            assert_eq!(
+                r.header("docker-distribution-api-version"),
+                Some("registry/2.0")
+            );
+            break;
+        }
+        let state = inspect(&dockerd, &name);
+        assert!(
+            state["State"]["Running"] == true && Instant::now() < deadline,
+            "the container does not answer on {mirror}: {}\nlogs:\n{}",
+            state["State"],
+            container.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // What the image declares, and that it holds at run time.
+    let c = inspect(&dockerd, &name);
+    assert_eq!(c["Config"]["User"], "65532:65532");
+    assert_eq!(
+        c["Config"]["Healthcheck"]["Test"],
+        serde_json::json!(["CMD", "/archway", "healthcheck"])
+    );
+    assert!(c["Config"]["Volumes"]["/var/lib/archway"].is_object());
+    let volume = c["Mounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["Destination"] == "/var/lib/archway")
+        .unwrap_or_else(|| panic!("no volume at /var/lib/archway: {}", c["Mounts"]));
+    assert_eq!(volume["Type"], "volume");
+    let pid = c["State"]["Pid"].as_u64().expect("pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let ids = |key: &str| -> Vec<String> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"));
+        line.split_whitespace().skip(1).map(str::to_owned).collect()
+    };
+    assert_eq!(ids("Uid:"), ["65532"; 4], "archway runs as 65532");
+    assert_eq!(ids("Gid:"), ["65532"; 4]);
+    assert_eq!(ids("CapEff:"), ["0000000000000000"]);
+
+    // A pull through the container: dockerd's Docker Hub mirror is the container.
+    docker_pull(&dockerd, "imagepull:docker");
+    assert_docker_has(&dockerd, &fx, "imagepull:docker");
+    assert_docker_through(&container.access_log(), &fx, "library/imagepull");
+
+    // The blobs were written to the volume as 65532: asked again, they come from the cache.
+    let layer = &fx.image(Flavour::Docker, LINUX_AMD64).layers[0];
+    let url = format!(
+        "http://{mirror}/v2/library/imagepull/blobs/{}",
+        layer.digest
+    );
+    let r = e2e::http::get(&url, &[]).expect("GET blob");
+    assert_eq!(r.status, 200);
+    assert_eq!(fixtures::sha256(&r.body), layer.digest);
+    let log = container.access_log();
+    let again = requests(&log, "library/imagepull", "blobs", &layer.digest);
+    assert_eq!(
+        again.last().and_then(|a| a.cache.as_deref()),
+        Some("hit"),
+        "{}",
+        show(&log)
+    );
+
+    if admin && healthcheck {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let health = &inspect(&dockerd, &name)["State"]["Health"];
+            if health["Status"] == "healthy" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the container never became healthy: {health}\nlogs:\n{}",
+                container.logs()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    } else {
+        let _ =
+            writeln!(
+            std::io::stderr(),
+            "\n######## container_image_serves_a_pull: the health status was NOT checked: this \
+             build lacks {} ########",
+            [(!admin).then_some("admin_listen"), (!healthcheck).then_some("`archway healthcheck`")]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" and ")
+        );
+    }
 }

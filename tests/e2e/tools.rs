@@ -161,7 +161,8 @@ pub struct Access {
 }
 
 impl Access {
-    fn parse(line: &str) -> Option<Access> {
+    /// One line of archway's JSON log, if it is an access-log line.
+    pub fn parse(line: &str) -> Option<Access> {
         let v: Value = serde_json::from_str(line).ok()?;
         if v.get("target")?.as_str()? != "archway::access" {
             return None;
@@ -533,6 +534,15 @@ impl Dockerd {
 
     pub fn log_tail(&self) -> String {
         self.daemon.log_tail(40)
+    }
+
+    /// Points a program that runs the docker CLI as `$DOCKER` (deploy/container/build.sh) at
+    /// this daemon, with this daemon's client config.
+    pub fn client_env(&self, cmd: &mut Command) {
+        cmd.env("DOCKER", DOCKER_CLI)
+            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_CONFIG", &self.cli_config)
+            .env_remove("DOCKER_CONTEXT");
     }
 }
 
