@@ -233,3 +233,47 @@ async fn healthcheck_probe_exit_codes() {
         .unwrap();
     assert_eq!(closed.code(), Some(1));
 }
+
+/// Without --url the probe reads `admin_listen` from the config (0.0.0.0 probed via loopback),
+/// as the container image's HEALTHCHECK does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_probes_the_configured_admin_listener() {
+    let fake = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.path().join("archway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"0.0.0.0:{admin}\"\ndata_dir = \"{}\"\n\
+             [[upstream]]\nname = \"fake\"\nurl = \"{}\"\ndefault = true\n",
+            dir.path().join("data").display(),
+            fake.url()
+        ),
+    )
+    .unwrap();
+    let _run = Running(
+        archway()
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(&format!("http://127.0.0.1:{admin}/healthz")).await;
+    let ok = archway()
+        .args(["healthcheck", "--config"])
+        .arg(&config)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let no_admin = dir.path().join("no-admin.toml");
+    std::fs::write(&no_admin, format!("listen = \"127.0.0.1:{port}\"\n")).unwrap();
+    let out = archway()
+        .args(["healthcheck", "--config"])
+        .arg(&no_admin)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin_listen"));
+}
