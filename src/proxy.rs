@@ -829,6 +829,15 @@ impl Proxy {
             return Ok(blob_response(client, digest, Blob::Cached(cached)));
         }
         if client.method == Method::HEAD {
+            // Being downloaded (or committed) right now: the size is known, upstream isn't asked.
+            if let Some(size) = self.blobs.in_flight_size(digest) {
+                notes.cache = Some(CacheResult::Coalesced.as_str());
+                let mut out = Response::new(body::empty());
+                out.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+                blob_headers(out.headers_mut(), digest);
+                return Ok(out);
+            }
             // A HEAD tells the client the size; it must not start a download.
             notes.cache = Some(CacheResult::Miss.as_str());
             let resp = upstream
@@ -1031,24 +1040,34 @@ fn media_type_of(content_type: Option<&str>, bytes: &Bytes) -> String {
     }
 }
 
-fn etag(digest: &Digest) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{digest}\"")).unwrap_or(HeaderValue::from_static("\"\""))
-}
-
-fn digest_value(digest: &Digest) -> HeaderValue {
-    HeaderValue::from_str(&digest.to_string()).unwrap_or(HeaderValue::from_static(""))
+/// `Docker-Content-Digest` and `ETag` for a digest. Built from one formatted string, handed to
+/// `HeaderValue` without another copy: these are on every cached answer's path.
+fn insert_digest_headers(h: &mut HeaderMap, digest: &Digest) {
+    let plain = digest.to_string();
+    let quoted = format!("\"{plain}\"");
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(plain)) {
+        h.insert(CONTENT_DIGEST, v);
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(quoted)) {
+        h.insert(header::ETAG, v);
+    }
 }
 
 /// `If-None-Match` naming this digest, quoted or not, alone or in a list.
 fn not_modified(headers: &HeaderMap, digest: &Digest) -> bool {
-    let want = digest.to_string();
+    let names = |t: &str| {
+        t == "*"
+            || t.strip_prefix(digest.algorithm().as_str())
+                .and_then(|rest| rest.strip_prefix(':'))
+                == Some(digest.hex())
+    };
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
-        .any(|t| t == want || t == "*")
+        .any(names)
 }
 
 fn ping() -> Response<ResponseBody> {
@@ -1089,8 +1108,7 @@ fn manifest_response(
         r
     };
     let h = r.headers_mut();
-    h.insert(CONTENT_DIGEST, digest_value(&m.digest));
-    h.insert(header::ETAG, etag(&m.digest));
+    insert_digest_headers(h, &m.digest);
     if stale {
         h.insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
     }
@@ -1105,8 +1123,7 @@ fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    h.insert(CONTENT_DIGEST, digest_value(digest));
-    h.insert(header::ETAG, etag(digest));
+    insert_digest_headers(h, digest);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     // Blobs are immutable: let any HTTP cache in front keep them.
     h.insert(
