@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Bytes per read: large enough to amortise the blocking-task hop, small enough to stream.
-const CHUNK: u64 = 128 * 1024;
+const CHUNK: u64 = 256 * 1024;
 
 /// A committed blob. `pin` keeps it from being evicted until the body is finished or dropped.
 pub(crate) fn cached_body(
