@@ -367,3 +367,34 @@ async fn head_during_a_download_is_answered_from_it() {
     assert_eq!(h.fake.count("GET", Kind::Blob), 1, "no second download");
     assert_failed(&stalled.await.unwrap(), &img.layer_bytes[1], "stalled");
 }
+
+/// A small cached blob (an image config) is kept in memory after its first read: later GETs,
+/// whole or ranged, do not read its file again.
+#[tokio::test]
+async fn small_cached_blob_is_served_from_memory() {
+    let h = Harness::start().await;
+    let img = h.fake.sample_image("lib/app", "v1", 12);
+    let path = format!("/v2/lib/app/blobs/{}", img.config);
+    let first = h.get(&path).await; // fills the cache
+    assert_eq!(first.body, img.config_bytes);
+    // The commit (fsync, rename) may finish just after the response.
+    let hex = img.config.hex();
+    let file = h.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "never committed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = h.get(&path).await; // a hit: read from the file, kept in memory
+    assert_eq!(second.body, img.config_bytes);
+
+    // From now on the file is not read: damage it (same length) and the right bytes still come.
+    std::fs::write(&file, vec![b'x'; img.config_bytes.len()]).unwrap();
+    let third = h.get(&path).await;
+    assert_eq!(third.status, StatusCode::OK);
+    assert_eq!(third.body, img.config_bytes);
+    let ranged = h.get_with(&path, &[("range", "bytes=1-4")]).await;
+    assert_eq!(ranged.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(ranged.body, img.config_bytes.slice(1..5));
+    assert_eq!(h.fake.count("GET", Kind::Blob), 1);
+}
