@@ -79,6 +79,7 @@ pub async fn explain(
         req = req.header(http::header::HOST, hint(h)?);
     }
     let req = req
+        .extension(crate::proxy::ExplainRequest)
         .body(())
         .map_err(|e| ExplainError::Hint(e.to_string()))?;
     let client_ip = hints.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));

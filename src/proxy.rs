@@ -4,7 +4,7 @@
 use crate::access_log::{AccessLog, LoggedBody, RequestNotes};
 use crate::api::{self, ByteRange, Endpoint};
 use crate::body::{self, ResponseBody};
-use crate::cache::blob_store::{Blob, BlobStore, UpstreamBlob};
+use crate::cache::blob_store::{Blob, BlobStore, CachedBlob, UpstreamBlob};
 use crate::cache::keyed_lock::KeyedLock;
 use crate::cache::manifest_store::{ManifestStore, StoredManifest};
 use crate::cache::tag_store::{now_ms, TagEntry, TagKey, TagStore};
@@ -35,6 +35,10 @@ use std::time::{Instant, SystemTime};
 
 /// Distribution refuses manifests above 4 MiB; so do we, so a hostile upstream can't fill memory.
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Cached blobs up to this size (image configs, small layers) are also kept in memory: serving
+/// them from a file costs a hop to the blocking pool per request, which for a few KiB is most of
+/// the request's cost.
+const SMALL_BLOB_BYTES: u64 = 64 << 10;
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 /// How long an upstream failure for one tag is reused by requests that were waiting on it.
@@ -72,6 +76,10 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// `[auth]`: credentials every `/v2/` request must carry.
     client_auth: Option<ClientAuth>,
+    /// Small committed blobs' bytes (verified when loaded), within a quarter of
+    /// `cache.memory_size`.
+    small_blobs: moka::sync::Cache<Digest, Bytes>,
+    answers: Answers,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +159,113 @@ struct ClientRequest {
     method: Method,
     headers: HeaderMap,
     query: Option<String>,
+    /// `archway explain` asks: the full platform decision is recorded in the notes.
+    explain: bool,
+}
+
+/// Marks a request (as an extension) as coming from `archway explain`, which needs the whole
+/// platform decision; other requests skip recording it.
+#[derive(Debug, Clone, Copy)]
+pub struct ExplainRequest;
+
+/// How many tag answers `Answers` remembers before it starts over.
+const MAX_ANSWERS: usize = 10_000;
+
+/// Tag answers by what they depend on: the manifest the tag points at, the route, and the
+/// client's hints exactly as sent (User-Agent, X-Meta-Platform, every Accept line). A client
+/// that asks again with the same headers gets the remembered answer without parsing its Accept
+/// or User-Agent or looking the selection up again: a rewritten answer then costs what a
+/// pass-through does.
+#[derive(Default)]
+struct Answers(std::sync::RwLock<std::collections::HashMap<u64, Arc<AnswerMemo>>>);
+
+struct AnswerMemo {
+    manifest: Digest,
+    route: Option<usize>,
+    hints: Vec<(HeaderName, HeaderValue)>,
+    answer: Arc<StoredManifest>,
+    vary: bool,
+    rewrite: Option<String>,
+}
+
+/// The request headers a tag answer depends on.
+static HINT_HEADERS: [HeaderName; 3] = [
+    header::USER_AGENT,
+    HeaderName::from_static("x-meta-platform"),
+    header::ACCEPT,
+];
+
+impl AnswerMemo {
+    fn hints(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        HINT_HEADERS
+            .iter()
+            .flat_map(move |name| headers.get_all(name).iter().map(move |v| (name, v)))
+    }
+
+    fn key(m: &StoredManifest, route: Option<&Route>, headers: &HeaderMap) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        m.digest.hash(&mut h);
+        route.map(|r| r.index).hash(&mut h);
+        for (name, value) in Self::hints(headers) {
+            name.hash(&mut h);
+            value.as_bytes().hash(&mut h);
+        }
+        h.finish()
+    }
+
+    fn new(
+        m: &StoredManifest,
+        route: Option<&Route>,
+        headers: &HeaderMap,
+        answer: &Arc<StoredManifest>,
+        vary: bool,
+        notes: &RequestNotes,
+    ) -> AnswerMemo {
+        AnswerMemo {
+            manifest: m.digest.clone(),
+            route: route.map(|r| r.index),
+            hints: Self::hints(headers)
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+            answer: answer.clone(),
+            vary,
+            rewrite: notes.rewrite.clone(),
+        }
+    }
+
+    /// The key is a hash: a hit must also match every input exactly.
+    fn matches(&self, m: &StoredManifest, route: Option<&Route>, headers: &HeaderMap) -> bool {
+        self.manifest == m.digest
+            && self.route == route.map(|r| r.index)
+            && Self::hints(headers).eq(self.hints.iter().map(|(n, v)| (n, v)))
+    }
+}
+
+impl Answers {
+    fn get(
+        &self,
+        key: u64,
+        m: &StoredManifest,
+        route: Option<&Route>,
+        headers: &HeaderMap,
+    ) -> Option<Arc<AnswerMemo>> {
+        let map = self.0.read().ok()?;
+        map.get(&key)
+            .filter(|memo| memo.matches(m, route, headers))
+            .cloned()
+    }
+
+    fn insert(&self, key: u64, memo: AnswerMemo) {
+        if let Ok(mut map) = self.0.write() {
+            // A crude bound: clients' header sets are few; a flood of distinct ones just
+            // starts the memo over.
+            if map.len() >= MAX_ANSWERS {
+                map.clear();
+            }
+            map.insert(key, Arc::new(memo));
+        }
+    }
 }
 
 impl Proxy {
@@ -187,6 +302,7 @@ impl Proxy {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ProxyInitError::Route(e.message))?;
         let client_auth = config.auth.as_ref().map(ClientAuth::load).transpose()?;
+        let small_blob_budget = config.cache.memory_size / 4;
         Ok(Proxy {
             stats: ProxyStats::default(),
             default_upstream: config.default_upstream(),
@@ -204,6 +320,11 @@ impl Proxy {
             blobs,
             metrics,
             client_auth,
+            answers: Answers::default(),
+            small_blobs: moka::sync::Cache::builder()
+                .weigher(|_: &Digest, b: &Bytes| u32::try_from(b.len() + 128).unwrap_or(u32::MAX))
+                .max_capacity(small_blob_budget)
+                .build(),
         })
     }
 
@@ -306,6 +427,7 @@ impl Proxy {
             method: parts.method,
             headers: parts.headers,
             query: parts.uri.query().map(str::to_owned),
+            explain: parts.extensions.get::<ExplainRequest>().is_some(),
         };
         let mut notes = RequestNotes::default();
         let mut response = match self.dispatch(parts.uri.path(), &client, &mut notes).await {
@@ -674,6 +796,13 @@ impl Proxy {
             user_agent,
         };
         let route = choose_route(&self.routes, &facts);
+        let memo_key = (!client.explain).then(|| AnswerMemo::key(&m, route, &client.headers));
+        if let Some(hit) =
+            memo_key.and_then(|key| self.answers.get(key, &m, route, &client.headers))
+        {
+            notes.rewrite = hit.rewrite.clone();
+            return Ok((hit.answer.clone(), hit.vary));
+        }
         let mode = route.map(|r| r.config.rewrite).unwrap_or_default();
         let accept = AcceptSet::from_headers(&client.headers);
         let (rewrite, why) = should_rewrite(mode, &accept, &m.media_type);
@@ -693,18 +822,26 @@ impl Proxy {
                 upstream,
                 target,
                 client,
-                m,
+                m.clone(),
                 route,
                 &accept,
                 &mut decision,
                 notes,
             )
             .await;
-        if let Ok((answer, _)) = &result {
+        if let Ok((answer, vary)) = &result {
+            if let Some(key) = memo_key {
+                self.answers.insert(
+                    key,
+                    AnswerMemo::new(&m, route, &client.headers, answer, *vary, notes),
+                );
+            }
             decision.answer_digest = answer.digest.to_string();
             decision.answer_media_type = answer.media_type.clone();
         }
-        notes.decision = Some(Box::new(decision));
+        if client.explain {
+            notes.decision = Some(Box::new(decision));
+        }
         result
     }
 
@@ -937,9 +1074,38 @@ impl Proxy {
             notes.cache = Some(CacheResult::Hit.as_str());
             notes.source = Some(CacheResult::Hit.source());
             self.stats.blob_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(blob_response(client, digest, Blob::Cached(cached)));
+            if cached.size() <= SMALL_BLOB_BYTES {
+                if let Some(bytes) = self.small_blob(digest, &cached).await {
+                    return Ok(blob_response(client, digest, Some(cached.size()), |span| {
+                        match span {
+                            None => body::full(bytes),
+                            // parse_range only yields ranges inside the blob; anything else
+                            // would end short of its Content-Length, never panic.
+                            Some((a, b)) => match (usize::try_from(a), usize::try_from(b)) {
+                                (Ok(a), Ok(b)) if a <= b && b < bytes.len() => {
+                                    body::full(bytes.slice(a..=b))
+                                }
+                                _ => body::empty(),
+                            },
+                        }
+                    }));
+                }
+            }
+            let blob = Blob::Cached(cached);
+            return Ok(blob_response(client, digest, blob.size(), |span| {
+                blob.body(span)
+            }));
         }
         if client.method == Method::HEAD {
+            // Being downloaded (or committed) right now: the size is known, upstream isn't asked.
+            if let Some(size) = self.blobs.in_flight_size(digest) {
+                notes.cache = Some(CacheResult::Coalesced.as_str());
+                let mut out = Response::new(body::empty());
+                out.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+                blob_headers(out.headers_mut(), digest);
+                return Ok(out);
+            }
             // A HEAD tells the client the size; it must not start a download.
             notes.cache = Some(CacheResult::Miss.as_str());
             notes.source = Some(CacheResult::Miss.source());
@@ -1004,7 +1170,30 @@ impl Proxy {
         counter.fetch_add(1, Ordering::Relaxed);
         notes.cache = Some(result.as_str());
         notes.source = Some(result.source());
-        Ok(blob_response(client, digest, blob))
+        Ok(blob_response(client, digest, blob.size(), |span| {
+            blob.body(span)
+        }))
+    }
+
+    /// A small committed blob's bytes from memory, or read (and checked against its digest)
+    /// from its file and kept; `None` if the file can't be read or doesn't match (the caller
+    /// then streams it as usual, so a damaged file is never pinned in memory).
+    async fn small_blob(&self, digest: &Digest, cached: &CachedBlob) -> Option<Bytes> {
+        if let Some(bytes) = self.small_blobs.get(digest) {
+            return Some(bytes);
+        }
+        let path = cached.path().to_path_buf();
+        let raw = tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .ok()?
+            .ok()?;
+        if raw.len() as u64 != cached.size() || !digest.verifies(&raw) {
+            tracing::warn!(%digest, "cached blob file does not match its digest");
+            return None;
+        }
+        let bytes = Bytes::from(raw);
+        self.small_blobs.insert(digest.clone(), bytes.clone());
+        Some(bytes)
     }
 
     // === tags/list and referrers ===
@@ -1144,24 +1333,34 @@ fn media_type_of(content_type: Option<&str>, bytes: &Bytes) -> String {
     }
 }
 
-fn etag(digest: &Digest) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{digest}\"")).unwrap_or(HeaderValue::from_static("\"\""))
-}
-
-fn digest_value(digest: &Digest) -> HeaderValue {
-    HeaderValue::from_str(&digest.to_string()).unwrap_or(HeaderValue::from_static(""))
+/// `Docker-Content-Digest` and `ETag` for a digest. Built from one formatted string, handed to
+/// `HeaderValue` without another copy: these are on every cached answer's path.
+fn insert_digest_headers(h: &mut HeaderMap, digest: &Digest) {
+    let plain = digest.to_string();
+    let quoted = format!("\"{plain}\"");
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(plain)) {
+        h.insert(CONTENT_DIGEST, v);
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(quoted)) {
+        h.insert(header::ETAG, v);
+    }
 }
 
 /// `If-None-Match` naming this digest, quoted or not, alone or in a list.
 fn not_modified(headers: &HeaderMap, digest: &Digest) -> bool {
-    let want = digest.to_string();
+    let names = |t: &str| {
+        t == "*"
+            || t.strip_prefix(digest.algorithm().as_str())
+                .and_then(|rest| rest.strip_prefix(':'))
+                == Some(digest.hex())
+    };
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
-        .any(|t| t == want || t == "*")
+        .any(names)
 }
 
 fn ping() -> Response<ResponseBody> {
@@ -1202,8 +1401,7 @@ fn manifest_response(
         r
     };
     let h = r.headers_mut();
-    h.insert(CONTENT_DIGEST, digest_value(&m.digest));
-    h.insert(header::ETAG, etag(&m.digest));
+    insert_digest_headers(h, &m.digest);
     if stale {
         h.insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
     }
@@ -1218,8 +1416,7 @@ fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    h.insert(CONTENT_DIGEST, digest_value(digest));
-    h.insert(header::ETAG, etag(digest));
+    insert_digest_headers(h, digest);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     // Blobs are immutable: let any HTTP cache in front keep them.
     h.insert(
@@ -1228,7 +1425,14 @@ fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
     );
 }
 
-fn blob_response(client: &ClientRequest, digest: &Digest, blob: Blob) -> Response<ResponseBody> {
+/// A blob answer: headers, `If-None-Match`, `Range`; `body` makes the body for the whole blob
+/// (`None`) or an inclusive byte range of it.
+fn blob_response(
+    client: &ClientRequest,
+    digest: &Digest,
+    size: Option<u64>,
+    body: impl FnOnce(Option<(u64, u64)>) -> ResponseBody,
+) -> Response<ResponseBody> {
     let mut r = Response::new(body::empty());
     blob_headers(r.headers_mut(), digest);
     if not_modified(&client.headers, digest) {
@@ -1236,10 +1440,10 @@ fn blob_response(client: &ClientRequest, digest: &Digest, blob: Blob) -> Respons
         return r;
     }
     let head = client.method == Method::HEAD;
-    let Some(size) = blob.size() else {
+    let Some(size) = size else {
         // Upstream sent no length: stream it whole, ranges can't be answered yet.
         if !head {
-            *r.body_mut() = blob.body(None);
+            *r.body_mut() = body(None);
         }
         return r;
     };
@@ -1278,7 +1482,7 @@ fn blob_response(client: &ClientRequest, digest: &Digest, blob: Blob) -> Respons
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if !head {
-        *r.body_mut() = blob.body(span);
+        *r.body_mut() = body(span);
     }
     r
 }
@@ -1346,6 +1550,68 @@ mod tests {
             media_type_of(None, &Bytes::from_static(b"not json")),
             "application/json"
         );
+    }
+
+    #[test]
+    fn answer_memo_matches_only_the_same_manifest_route_and_hints() {
+        let m = Arc::new(StoredManifest {
+            digest: Digest::sha256_of(b"index"),
+            media_type: media_type::OCI_INDEX.into(),
+            bytes: Bytes::from_static(b"index"),
+        });
+        let other = Arc::new(StoredManifest {
+            digest: Digest::sha256_of(b"other"),
+            ..(*m).clone()
+        });
+        let headers = |lines: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in lines {
+                h.append(*n, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let legacy = headers(&[
+            ("accept", media_type::DOCKER_MANIFEST),
+            ("accept", media_type::DOCKER_MANIFEST_LIST),
+            ("user-agent", "docker/17.06.2-ee-19 os/windows arch/amd64"),
+            ("host", "mirror.internal"),
+        ]);
+        let memo = AnswerMemo::new(&m, None, &legacy, &m, true, &RequestNotes::default());
+        let key = AnswerMemo::key(&m, None, &legacy);
+        assert!(memo.matches(&m, None, &legacy));
+        // Headers the answer does not depend on don't matter.
+        let mut other_host = legacy.clone();
+        other_host.insert("host", HeaderValue::from_static("elsewhere"));
+        assert!(memo.matches(&m, None, &other_host));
+        assert_eq!(AnswerMemo::key(&m, None, &other_host), key);
+        // Every hint does, and so do the manifest and the route.
+        for changed in [
+            headers(&[
+                ("accept", media_type::DOCKER_MANIFEST),
+                ("user-agent", "docker/17.06.2-ee-19 os/windows arch/amd64"),
+            ]),
+            headers(&[
+                ("accept", media_type::DOCKER_MANIFEST_LIST),
+                ("accept", media_type::DOCKER_MANIFEST),
+                ("user-agent", "docker/17.06.2-ee-19 os/windows arch/amd64"),
+            ]),
+            headers(&[
+                ("accept", media_type::DOCKER_MANIFEST),
+                ("accept", media_type::DOCKER_MANIFEST_LIST),
+                ("user-agent", "docker/17.06.2-ee-19 os/linux arch/arm64"),
+            ]),
+            headers(&[
+                ("accept", media_type::DOCKER_MANIFEST),
+                ("accept", media_type::DOCKER_MANIFEST_LIST),
+                ("user-agent", "docker/17.06.2-ee-19 os/windows arch/amd64"),
+                ("x-meta-platform", "linux/arm/v7"),
+            ]),
+        ] {
+            assert!(!memo.matches(&m, None, &changed), "{changed:?}");
+        }
+        assert!(!memo.matches(&other, None, &legacy));
+        let route = Route::from_config(0, Default::default()).unwrap();
+        assert!(!memo.matches(&m, Some(&route), &legacy));
     }
 
     #[test]

@@ -164,8 +164,14 @@ async fn bad_body_not_cached(fault: Fault, read_timeout: Duration, what: &str) {
         2,
         "{what}: cached after the good fill"
     );
-    // Nothing but the one right blob on disk.
-    let on_disk = support::files_under(&h.data_dir().join("blobs"));
+    // Nothing but the one right blob on disk. The client has every (verified) byte before the
+    // commit's fsync and rename finish, so the file may land a moment after the response.
+    let blobs = h.data_dir().join("blobs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while support::files_under(&blobs).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let on_disk = support::files_under(&blobs);
     assert_eq!(on_disk.len(), 1, "{what}: {on_disk:?}");
     assert_eq!(std::fs::read(&on_disk[0]).unwrap(), right.to_vec());
 }
@@ -320,4 +326,75 @@ async fn blob_larger_than_the_budget_is_served_but_not_kept() {
         assert!(Instant::now() < deadline, "over budget");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A HEAD for a blob that is being downloaded is answered from the download (its size is known
+/// from upstream's response head): no HEAD goes upstream, and no second download starts.
+#[tokio::test]
+async fn head_during_a_download_is_answered_from_it() {
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        c.upstreams[0].read_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let img = h.fake.sample_image("lib/app", "v1", 11);
+    let path = format!("/v2/lib/app/blobs/{}", img.layers[1]);
+    let size = img.layer_bytes[1].len();
+    // The download stalls after 10 000 bytes, so it is in flight while the HEAD comes.
+    h.fake
+        .fault_times(Some(Kind::Blob), Fault::StallBody { sent: 10_000 }, 1);
+    let url = h.url(&path);
+    let client = h.client.clone();
+    let stalled = tokio::spawn(async move { client.get(&url).await });
+    let store = h.archway.as_ref().unwrap().proxy().blob_store().clone();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while store.in_flight_size(&img.layers[1]).is_none() {
+        assert!(Instant::now() < deadline, "the download never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let head = h.head(&path).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(
+        head.header("content-length"),
+        Some(size.to_string().as_str())
+    );
+    assert_eq!(
+        head.header("docker-content-digest"),
+        Some(img.layers[1].to_string().as_str())
+    );
+    assert!(head.body.is_empty());
+    assert_eq!(h.fake.count("HEAD", Kind::Blob), 0, "no HEAD upstream");
+    assert_eq!(h.fake.count("GET", Kind::Blob), 1, "no second download");
+    assert_failed(&stalled.await.unwrap(), &img.layer_bytes[1], "stalled");
+}
+
+/// A small cached blob (an image config) is kept in memory after its first read: later GETs,
+/// whole or ranged, do not read its file again.
+#[tokio::test]
+async fn small_cached_blob_is_served_from_memory() {
+    let h = Harness::start().await;
+    let img = h.fake.sample_image("lib/app", "v1", 12);
+    let path = format!("/v2/lib/app/blobs/{}", img.config);
+    let first = h.get(&path).await; // fills the cache
+    assert_eq!(first.body, img.config_bytes);
+    // The commit (fsync, rename) may finish just after the response.
+    let hex = img.config.hex();
+    let file = h.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "never committed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = h.get(&path).await; // a hit: read from the file, kept in memory
+    assert_eq!(second.body, img.config_bytes);
+
+    // From now on the file is not read: damage it (same length) and the right bytes still come.
+    std::fs::write(&file, vec![b'x'; img.config_bytes.len()]).unwrap();
+    let third = h.get(&path).await;
+    assert_eq!(third.status, StatusCode::OK);
+    assert_eq!(third.body, img.config_bytes);
+    let ranged = h.get_with(&path, &[("range", "bytes=1-4")]).await;
+    assert_eq!(ranged.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(ranged.body, img.config_bytes.slice(1..5));
+    assert_eq!(h.fake.count("GET", Kind::Blob), 1);
 }

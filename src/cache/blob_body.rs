@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Bytes per read: large enough to amortise the blocking-task hop, small enough to stream.
-const CHUNK: u64 = 128 * 1024;
+const CHUNK: u64 = 256 * 1024;
 
 /// A committed blob. `pin` keeps it from being evicted until the body is finished or dropped.
 pub(crate) fn cached_body(
@@ -103,9 +103,16 @@ struct Reader {
     finished: bool,
 }
 
+/// The file to read from: open already, or (a committed blob's first read) still to be opened,
+/// in the same blocking task as the read, so a small blob costs one hop to the blocking pool.
+enum FileRef {
+    Open(Arc<File>),
+    Path(PathBuf),
+}
+
 /// What the fill allows right now.
 enum Progress {
-    Read { file: Arc<File>, limit: u64 },
+    Read { file: FileRef, limit: u64 },
     End,
     Fail(io::Error),
 }
@@ -128,7 +135,17 @@ impl Reader {
             Progress::Fail(e) => Err(e),
             Progress::Read { file, limit } => {
                 let len = (limit - self.pos).min(CHUNK);
-                read_at(file, self.pos, len).await
+                match read_at(file, self.pos, len).await {
+                    Ok((file, bytes)) => {
+                        if let Source::Cached { file: slot, .. } = &mut self.source {
+                            if slot.is_none() {
+                                *slot = Some(file);
+                            }
+                        }
+                        Ok(bytes)
+                    }
+                    Err(e) => Err(e),
+                }
             }
         };
         match &result {
@@ -151,58 +168,59 @@ impl Reader {
                     return Ok(Progress::End);
                 }
                 let file = match file {
-                    Some(file) => file.clone(),
-                    None => {
-                        let path = path.clone();
-                        let opened = tokio::task::spawn_blocking(move || File::open(path))
-                            .await
-                            .map_err(io::Error::other)??;
-                        let opened = Arc::new(opened);
-                        *file = Some(opened.clone());
-                        opened
-                    }
+                    Some(file) => FileRef::Open(file.clone()),
+                    None => FileRef::Path(path.clone()),
                 };
                 Ok(Progress::Read { file, limit: end })
             }
-            Source::Filling { rx, file } => {
+            Source::Filling { rx, file } => loop {
                 let state = rx
-                    .wait_for(|s| {
-                        s.is_terminal()
-                            || releasable(s.written, matches!(s.phase, Phase::Done), end) > pos
-                    })
+                    .wait_for(|s| s.is_terminal() || releasable(s.written, s.verified, end) > pos)
                     .await
                     .map(|s| (*s).clone())
                     .map_err(|_| io::Error::other("blob fill vanished"))?;
-                let verified = match &state.phase {
+                let done = match &state.phase {
                     Phase::Done => true,
                     Phase::Failed(failure) => return Err(failure.to_io_error()),
                     Phase::HeadFailed(e) => return Err(io::Error::other(e.message.clone())),
                     Phase::Fetching | Phase::Streaming => false,
                 };
-                let limit = releasable(state.written, verified, end);
+                let limit = releasable(state.written, state.verified || done, end);
                 if pos < limit {
                     return Ok(Progress::Read {
-                        file: file.clone(),
+                        file: FileRef::Open(file.clone()),
                         limit,
                     });
                 }
+                if !done {
+                    // Verified and all released: the end of the stream follows the commit.
+                    let _ = rx
+                        .wait_for(|s| s.is_terminal())
+                        .await
+                        .map_err(|_| io::Error::other("blob fill vanished"))?;
+                    continue;
+                }
                 // Only reachable when verified: nothing more will ever arrive.
-                match end {
+                return match end {
                     Some(end) if pos < end => Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "range extends past the end of the blob",
                     )),
                     _ => Ok(Progress::End),
-                }
-            }
+                };
+            },
         }
     }
 }
 
-/// Reads up to `len` bytes at `offset`; a file shorter than promised is an error, never a short
-/// success.
-async fn read_at(file: Arc<File>, offset: u64, len: u64) -> io::Result<Bytes> {
+/// Reads up to `len` bytes at `offset` (opening the file first if need be); a file shorter than
+/// promised is an error, never a short success. Returns the open file for the next read.
+async fn read_at(file: FileRef, offset: u64, len: u64) -> io::Result<(Arc<File>, Bytes)> {
     tokio::task::spawn_blocking(move || {
+        let file = match file {
+            FileRef::Open(file) => file,
+            FileRef::Path(path) => Arc::new(File::open(path)?),
+        };
         let len = usize::try_from(len).map_err(io::Error::other)?;
         let mut buf = vec![0u8; len];
         let mut filled = 0;
@@ -220,7 +238,7 @@ async fn read_at(file: Arc<File>, offset: u64, len: u64) -> io::Result<Bytes> {
             ));
         }
         buf.truncate(filled);
-        Ok(Bytes::from(buf))
+        Ok((file, Bytes::from(buf)))
     })
     .await
     .map_err(io::Error::other)?

@@ -5,13 +5,18 @@
 use crate::cache::blob_store::{Shared, UpstreamBlob};
 use crate::digest::{Digest, Verifier};
 use crate::error::ProxyError;
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::fs::File;
 use std::future::Future;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+/// Upstream chunks queued for the writer thread: enough to keep the network read going while
+/// the disk catches up, bounded so that a slow disk pushes back on upstream.
+const WRITE_QUEUE: usize = 32;
 
 /// Shared between the fill task (the only writer of the state) and every reader of the fill.
 pub(crate) struct Fill {
@@ -25,6 +30,9 @@ pub(crate) struct FillState {
     pub(crate) phase: Phase,
     /// Bytes written to the temp file so far; readers may `pread` up to here.
     pub(crate) written: u64,
+    /// Size and digest checked: every byte may be released, although the commit (fsync, rename)
+    /// may still be running. The stream's end still waits for `Done` or a failure.
+    pub(crate) verified: bool,
     /// Upstream's Content-Length, known once the phase leaves `Fetching`.
     pub(crate) size: Option<u64>,
     /// The temp file, opened read+write. Readers `pread` from this descriptor, which stays valid
@@ -84,10 +92,16 @@ impl Fill {
         let (tx, _) = watch::channel(FillState {
             phase: Phase::Fetching,
             written: 0,
+            verified: false,
             size: None,
             file: None,
         });
         Fill { digest, tx }
+    }
+
+    /// Upstream's Content-Length, once its response head arrived.
+    pub(crate) fn size(&self) -> Option<u64> {
+        self.tx.borrow().size
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<FillState> {
@@ -200,11 +214,20 @@ impl FillTask {
     }
 
     /// Tees the body into the temp file, hashing as it goes; returns the verified length.
+    ///
+    /// One blocking thread per fill writes, publishes and hashes, fed through a bounded queue:
+    /// the next network read overlaps this chunk's write, chunks that queued up meanwhile are
+    /// written as one batch with one wake-up of the readers, and each batch is hashed after it
+    /// was published (the hash is only needed at the end). This replaced a blocking task per
+    /// upstream frame; a second thread for the hash, and serving not-yet-written chunks from
+    /// memory, both measured slower on two cores (docs/benchmarks.md).
     async fn stream(&self, upstream: UpstreamBlob, file: Arc<File>) -> Result<u64, FillFailure> {
         let expected_size = upstream.size;
         let mut body = upstream.body;
-        let mut verifier = Verifier::new(self.fill.digest.algorithm());
-        let mut written: u64 = 0;
+        let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let fill = self.fill.clone();
+        let writer = tokio::task::spawn_blocking(move || write_loop(rx, &file, &fill));
+        let mut received: u64 = 0;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
                 FillFailure::new(e.kind(), format!("upstream blob body failed: {e}"))
@@ -216,27 +239,22 @@ impl FillTask {
             if chunk.is_empty() {
                 continue;
             }
-            let new_len = written.saturating_add(chunk.len() as u64);
-            if expected_size.is_some_and(|expected| new_len > expected) {
+            received = received.saturating_add(chunk.len() as u64);
+            if expected_size.is_some_and(|expected| received > expected) {
                 return Err(FillFailure::new(
                     io::ErrorKind::InvalidData,
                     "upstream sent more bytes than its Content-Length",
                 ));
             }
-            let file = file.clone();
-            // Writing and hashing are blocking/CPU work: keep them off the async workers.
-            verifier = tokio::task::spawn_blocking(move || {
-                (&*file).write_all(&chunk)?;
-                verifier.update(&chunk);
-                Ok::<_, io::Error>(verifier)
-            })
+            if tx.send(chunk).await.is_err() {
+                break; // The writer stopped: its error is collected below.
+            }
+        }
+        drop(tx);
+        let (written, verifier) = writer
             .await
             .map_err(|e| FillFailure::new(io::ErrorKind::Other, format!("blob write task: {e}")))?
             .map_err(|e| FillFailure::new(e.kind(), format!("cannot write blob temp file: {e}")))?;
-            written = new_len;
-            // Published only after the write returned, so readers never `pread` past real data.
-            self.fill.publish(|s| s.written = written);
-        }
         if let Some(expected) = expected_size {
             if written != expected {
                 return Err(FillFailure::new(
@@ -255,6 +273,10 @@ impl FillTask {
                 ),
             ));
         }
+        // The last byte is released only once the blob is committed (`Done`): a client that has
+        // the whole blob can count on the next request being a cache hit, and a restart right
+        // after a pull keeps it. This costs the commit's fsync (tens of milliseconds for 50 MB)
+        // on a cold download's total time; see docs/benchmarks.md.
         Ok(written)
     }
 
@@ -272,6 +294,38 @@ impl FillTask {
         self.shared.forget_fill(&self.fill);
         self.fill.publish(|s| s.phase = phase);
     }
+}
+
+/// The writer thread of one fill: writes what the queue holds, publishes it to the readers, then
+/// hashes it. Returns the length written and the hash state; stops at the first write error.
+fn write_loop(
+    mut rx: mpsc::Receiver<Bytes>,
+    file: &File,
+    fill: &Fill,
+) -> io::Result<(u64, Verifier)> {
+    let mut verifier = Verifier::new(fill.digest.algorithm());
+    let mut written: u64 = 0;
+    let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_QUEUE);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < WRITE_QUEUE {
+            match rx.try_recv() {
+                Ok(chunk) => batch.push(chunk),
+                Err(_) => break,
+            }
+        }
+        for chunk in &batch {
+            let mut out = file;
+            out.write_all(chunk)?;
+            written += chunk.len() as u64;
+        }
+        // Published only after the writes returned, so readers never `pread` past real data.
+        fill.publish(|s| s.written = written);
+        for chunk in batch.drain(..) {
+            verifier.update(&chunk);
+        }
+    }
+    Ok((written, verifier))
 }
 
 impl Drop for FillTask {

@@ -297,6 +297,12 @@ impl BlobStore {
         Some(self.cached_handle(digest, size))
     }
 
+    /// The size of a blob whose download is in flight, once upstream announced it: a HEAD
+    /// needs nothing else (and the commit may still be running after every byte went out).
+    pub fn in_flight_size(&self, digest: &Digest) -> Option<u64> {
+        self.shared.lock().in_flight.get(digest)?.size()
+    }
+
     // The pin was taken under the lock; the guard releases it.
     fn cached_handle(&self, digest: &Digest, size: u64) -> CachedBlob {
         CachedBlob {
