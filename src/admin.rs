@@ -118,16 +118,10 @@ fn text(status: StatusCode, body: impl Into<Bytes>, head: bool) -> Response<Resp
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
+        let Some((stream, peer)) =
+            crate::server::next_connection(&listener, &mut stop, "admin").await
+        else {
+            break;
         };
         let admin = admin.clone();
         let service = service_fn(move |req| {

@@ -153,17 +153,8 @@ async fn serve(
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
+        let Some((stream, peer)) = next_connection(&listener, &mut stop, "registry").await else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         let conn_info = ConnInfo {
@@ -214,5 +205,26 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("connections still open after the drain timeout; closing");
+    }
+}
+
+/// The next connection, or `None` once `stop` turns true. Accept errors (out of file descriptors
+/// and the like) back off instead of spinning.
+pub(crate) async fn next_connection(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+    which: &'static str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    tracing::warn!(listener = which, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return None,
+        }
     }
 }
