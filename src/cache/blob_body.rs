@@ -175,7 +175,7 @@ impl Reader {
             }
             Source::Filling { rx, file } => loop {
                 let state = rx
-                    .wait_for(|s| s.is_terminal() || releasable(s.written, s.verified, end) > pos)
+                    .wait_for(|s| s.is_terminal() || releasable(s.written, false, end) > pos)
                     .await
                     .map(|s| (*s).clone())
                     .map_err(|_| io::Error::other("blob fill vanished"))?;
@@ -185,7 +185,7 @@ impl Reader {
                     Phase::HeadFailed(e) => return Err(io::Error::other(e.message.clone())),
                     Phase::Fetching | Phase::Streaming => false,
                 };
-                let limit = releasable(state.written, state.verified || done, end);
+                let limit = releasable(state.written, done, end);
                 if pos < limit {
                     return Ok(Progress::Read {
                         file: FileRef::Open(file.clone()),

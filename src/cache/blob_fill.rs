@@ -30,9 +30,6 @@ pub(crate) struct FillState {
     pub(crate) phase: Phase,
     /// Bytes written to the temp file so far; readers may `pread` up to here.
     pub(crate) written: u64,
-    /// Size and digest checked: every byte may be released, although the commit (fsync, rename)
-    /// may still be running. The stream's end still waits for `Done` or a failure.
-    pub(crate) verified: bool,
     /// Upstream's Content-Length, known once the phase leaves `Fetching`.
     pub(crate) size: Option<u64>,
     /// The temp file, opened read+write. Readers `pread` from this descriptor, which stays valid
@@ -92,7 +89,6 @@ impl Fill {
         let (tx, _) = watch::channel(FillState {
             phase: Phase::Fetching,
             written: 0,
-            verified: false,
             size: None,
             file: None,
         });
