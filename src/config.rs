@@ -114,6 +114,8 @@ pub struct CacheConfig {
     pub max_size: u64,
     /// Byte budget of the in-memory manifest cache.
     pub memory_size: u64,
+    /// Received blob bytes that may wait in memory for the disk, across all downloads.
+    pub write_buffer: u64,
     pub tag_ttl: Duration,
     /// How old a cached tag may be and still be served when upstream fails.
     pub stale_if_error: Duration,
@@ -126,6 +128,7 @@ impl Default for CacheConfig {
         CacheConfig {
             max_size: 50 << 30,
             memory_size: 64 << 20,
+            write_buffer: crate::cache::blob_store::DEFAULT_WRITE_BUFFER,
             tag_ttl: Duration::from_secs(300),
             stale_if_error: Duration::from_secs(24 * 3600),
             negative_ttl: Duration::from_secs(30),
@@ -378,6 +381,7 @@ impl RawRoute {
 struct RawCache {
     max_size: Option<String>,
     memory_size: Option<String>,
+    write_buffer: Option<String>,
     tag_ttl: Option<String>,
     stale_if_error: Option<String>,
     negative_ttl: Option<String>,
@@ -440,6 +444,9 @@ impl Config {
             }
             if let Some(v) = c.memory_size {
                 k.memory_size = parse_size("cache.memory_size", &v)?;
+            }
+            if let Some(v) = c.write_buffer {
+                k.write_buffer = parse_size("cache.write_buffer", &v)?;
             }
             if let Some(v) = c.tag_ttl {
                 k.tag_ttl = parse_duration("cache.tag_ttl", &v)?;
@@ -523,6 +530,9 @@ impl Config {
         }
         if self.cache.max_size == 0 {
             return Err(invalid("cache.max_size", "must be more than 0"));
+        }
+        if self.cache.write_buffer == 0 {
+            return Err(invalid("cache.write_buffer", "must be more than 0"));
         }
         if let Some(a) = &self.auth {
             if a.htpasswd_file.is_none() && a.tokens_file.is_none() {
@@ -771,6 +781,7 @@ password = "hunter2"
         )
         .unwrap();
         assert_eq!(c.cache.max_size, 50 << 30);
+        assert_eq!(c.cache.write_buffer, 64 << 20, "the default");
         assert_eq!(c.cache.tag_ttl, Duration::from_secs(300));
         assert_eq!(c.upstreams.len(), 2);
         assert_eq!(c.default_upstream(), Some(0));
@@ -809,6 +820,8 @@ password = "hunter2"
             (r#"listen = "nope""#, "listen"),
             ("[cache]\nmax_size = \"lots\"", "cache.max_size"),
             ("[cache]\ntag_ttl = \"5 parsecs\"", "cache.tag_ttl"),
+            ("[cache]\nwrite_buffer = \"0\"", "cache.write_buffer"),
+            ("[cache]\nwrite_buffer = \"a lot\"", "cache.write_buffer"),
             ("[[upstream]]\nname = \"x\"\nurl = \"ftp://x\"", "upstream[0].url"),
             ("[[upstream]]\nname = \"x\"\nurl = \"http://x/path\"", "upstream[0].url"),
             (
@@ -878,6 +891,12 @@ insecure_skip_verify = true
             let err = Config::from_toml(toml).unwrap_err().to_string();
             assert!(err.contains(key), "{toml:?} -> {err}");
         }
+    }
+
+    #[test]
+    fn write_buffer_is_configurable() {
+        let c = Config::from_toml("[cache]\nwrite_buffer = \"16MiB\"").unwrap();
+        assert_eq!(c.cache.write_buffer, 16 << 20);
     }
 
     #[test]

@@ -366,6 +366,7 @@ impl Collector for BlobStoreCollector {
             evictions,
             in_flight,
             fills_started: _,
+            write_buffered,
         } = store.stats();
         let gauges = [
             (
@@ -387,6 +388,12 @@ impl Collector for BlobStoreCollector {
                 "archway_blob_downloads_in_flight",
                 "Blob downloads from upstreams in progress (one per coalesced group of requests).",
                 in_flight,
+            ),
+            (
+                "archway_blob_write_buffer_bytes",
+                "Bytes of blob downloads received and waiting in memory for the disk \
+                 (at most cache.write_buffer); near the limit, the disk is what slows cold pulls.",
+                write_buffered,
             ),
         ];
         for (name, help, value) in gauges {

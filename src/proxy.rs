@@ -273,8 +273,12 @@ impl Proxy {
         let cache_err =
             |path: std::path::PathBuf| move |source| ProxyInitError::Cache { path, source };
         let dir = config.data_dir.clone();
-        let blobs =
-            BlobStore::open(dir.clone(), config.cache.max_size).map_err(cache_err(dir.clone()))?;
+        let blobs = BlobStore::open_with_write_buffer(
+            dir.clone(),
+            config.cache.max_size,
+            config.cache.write_buffer,
+        )
+        .map_err(cache_err(dir.clone()))?;
         let mdir = dir.join("manifests");
         let manifests =
             ManifestStore::open(mdir.clone(), config.cache.memory_size).map_err(cache_err(mdir))?;
@@ -1099,7 +1103,14 @@ impl Proxy {
         if client.method == Method::HEAD {
             // Being downloaded (or committed) right now: the size is known, upstream isn't asked.
             if let Some(size) = self.blobs.in_flight_size(digest) {
-                notes.cache = Some(CacheResult::Coalesced.as_str());
+                let (result, counter) = if self.blobs.in_flight_verified(digest) {
+                    (CacheResult::Hit, &self.stats.blob_hits)
+                } else {
+                    (CacheResult::Coalesced, &self.stats.blob_coalesced)
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                notes.cache = Some(result.as_str());
+                notes.source = Some(result.source());
                 let mut out = Response::new(body::empty());
                 out.headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
@@ -1162,7 +1173,7 @@ impl Proxy {
         let blob = self.blobs.get_or_fill(digest, fetch).await?;
         let (result, counter) = if started.load(Ordering::SeqCst) {
             (CacheResult::Miss, &self.stats.blob_misses)
-        } else if blob.is_cached() {
+        } else if blob.is_local() {
             (CacheResult::Hit, &self.stats.blob_hits)
         } else {
             (CacheResult::Coalesced, &self.stats.blob_coalesced)

@@ -135,12 +135,14 @@ impl Archway {
         &self.proxy
     }
 
-    /// Stops accepting, lets open requests finish (up to a drain timeout), then returns.
+    /// Stops accepting, lets open requests finish (up to a drain timeout) and verified blobs
+    /// finish their commit, then returns.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
+        self.proxy.blob_store().finish_commits(DRAIN_TIMEOUT).await;
     }
 }
 

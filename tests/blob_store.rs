@@ -98,7 +98,7 @@ fn tmp_count(root: &Path) -> usize {
     std::fs::read_dir(root.join("tmp")).unwrap().count()
 }
 
-/// Fills `bytes` into the store and reads it back through the fill's body.
+/// Fills `bytes` into the store, reads it back through the fill's body and waits for the commit.
 async fn fill(store: &Arc<BlobStore>, bytes: &[u8]) -> Digest {
     let digest = Digest::sha256_of(bytes);
     let blob = store
@@ -106,7 +106,13 @@ async fn fill(store: &Arc<BlobStore>, bytes: &[u8]) -> Digest {
         .await
         .unwrap();
     assert_eq!(collect(blob.body(None)).await.unwrap(), bytes);
+    committed(store).await;
     digest
+}
+
+/// A reader gets the last byte once the blob is verified; the commit (fsync, rename) follows.
+async fn committed(store: &Arc<BlobStore>) {
+    store.finish_commits(Duration::from_secs(10)).await;
 }
 
 async fn wait_until(mut cond: impl FnMut() -> bool) {
@@ -155,6 +161,7 @@ async fn fill_then_get_serves_identical_bytes_from_blob_path() {
     assert!(!blob.is_cached());
     assert_eq!(blob.size(), Some(src.len() as u64));
     assert_eq!(collect(blob.body(None)).await.unwrap(), src);
+    committed(&store).await;
 
     let path = blob_file(dir.path(), &digest);
     assert_eq!(std::fs::read(&path).unwrap(), src);
@@ -190,6 +197,7 @@ async fn sha512_blob_lands_under_its_algorithm() {
         .await
         .unwrap();
     assert_eq!(collect(blob.body(None)).await.unwrap(), src);
+    committed(&store).await;
     let path = blob_file(dir.path(), &digest);
     assert!(path.starts_with(dir.path().join("blobs/sha512")));
     assert_eq!(std::fs::read(path).unwrap(), src);
@@ -414,6 +422,7 @@ async fn last_byte_is_released_only_after_verification() {
     assert_quiet(&mut reader).await;
     drop(tx);
     assert!(reader.frame().await.is_none());
+    committed(&store).await;
     assert!(store.get(&digest).is_some());
 }
 
@@ -676,6 +685,7 @@ async fn blob_larger_than_budget_is_served_but_not_kept() {
     let (r1, r2) = tokio::join!(collect(blob.body(None)), collect(blob.body(None)));
     assert_eq!(r1.unwrap(), big_src);
     assert_eq!(r2.unwrap(), big_src);
+    committed(&store).await;
     assert!(store.get(&digest).is_none());
     assert!(!blob_file(dir.path(), &digest).exists());
     assert_eq!(tmp_count(dir.path()), 0);
@@ -801,6 +811,7 @@ mod prop {
                     .await
                     .unwrap();
                 assert_eq!(collect(blob.body(None)).await.unwrap(), data);
+                committed(&store).await;
                 let cached = store.get(&digest).unwrap();
                 let on_disk = std::fs::read(cached.path()).unwrap();
                 assert!(digest.verifies(&on_disk));
@@ -808,4 +819,59 @@ mod prop {
             });
         }
     }
+}
+
+/// What downloads have received but not yet written waits in memory, bounded store-wide by
+/// the write buffer: never more than it (a chunk larger than the whole buffer takes all of it
+/// alone), back to zero once written. Two downloads at once share the one bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_buffer_bounds_what_waits_for_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget: u64 = 64 << 10;
+    let store =
+        BlobStore::open_with_write_buffer(dir.path().to_path_buf(), 64 << 20, budget).unwrap();
+    let a = sample(3 << 20, 60);
+    let b = sample(2 << 20, 61);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let store = store.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut max = 0;
+            while !done.load(Ordering::SeqCst) {
+                max = max.max(store.stats().write_buffered);
+                tokio::task::yield_now().await;
+            }
+            max
+        })
+    };
+    let fetch = |src: &[u8], chunk: usize| {
+        let digest = Digest::sha256_of(src);
+        let store = store.clone();
+        let src = src.to_vec();
+        async move {
+            let blob = store
+                .get_or_fill(&digest, fetch_bytes(src.clone(), chunk, calls()))
+                .await
+                .unwrap();
+            assert_eq!(collect(blob.body(None)).await.unwrap(), src);
+        }
+    };
+    tokio::join!(fetch(&a, 16 << 10), fetch(&b, 8 << 10));
+    done.store(true, Ordering::SeqCst);
+    let max = sampler.await.unwrap();
+    assert!(
+        max <= budget,
+        "{max} bytes waited for the disk, budget {budget}"
+    );
+    committed(&store).await;
+    assert_eq!(store.stats().write_buffered, 0);
+    assert_eq!(store.stats().entries, 2);
+
+    // One chunk larger than the whole buffer still gets through (alone).
+    let big = sample(300 << 10, 62);
+    fetch(&big, 300 << 10).await;
+    committed(&store).await;
+    assert_eq!(store.stats().write_buffered, 0);
+    assert!(store.get(&Digest::sha256_of(&big)).is_some());
 }

@@ -568,6 +568,9 @@ async fn blob_store_gauges_follow_evictions() {
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.body.len(), 30_000);
     }
+    // Clients get the last byte once the digest checks out; the commit (and eviction) follows.
+    let store = h.archway.as_ref().unwrap().proxy().blob_store().clone();
+    store.finish_commits(Duration::from_secs(10)).await;
     let s = scrape_until(&h, |s| s.sum("archway_requests_total") >= 2.0).await;
     let stats = h.archway.as_ref().unwrap().proxy().blob_store().stats();
     // Two 30 kB blobs do not fit 50 kB: one was evicted.

@@ -398,3 +398,115 @@ async fn small_cached_blob_is_served_from_memory() {
     assert_eq!(ranged.body, img.config_bytes.slice(1..5));
     assert_eq!(h.fake.count("GET", Kind::Blob), 1);
 }
+
+/// A cold blob's last byte goes out as soon as its digest checked out, before the commit's
+/// fsync and rename. A client that asks again at once (as a pull's verify-then-reuse does) must
+/// still be answered locally — a hit, nothing asked upstream — and a shutdown right after the
+/// pull must keep the blob. Repeated over many blobs to give the race room to show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_right_after_a_pull_is_a_hit_and_a_restart_keeps_it() {
+    let mut h = Harness::start().await;
+    let sizes = [1_500_000; 12];
+    let img = h.fake.sample_image_sized("lib/app", Some("v1"), 41, &sizes);
+    let stats = |h: &Harness| {
+        let s = &h.archway.as_ref().unwrap().proxy().stats;
+        (
+            s.blob_hits.load(Ordering::SeqCst),
+            s.blob_misses.load(Ordering::SeqCst),
+            s.blob_coalesced.load(Ordering::SeqCst),
+        )
+    };
+    for (i, layer) in img.layers.iter().enumerate() {
+        let path = format!("/v2/lib/app/blobs/{layer}");
+        let first = h.get(&path).await;
+        assert_eq!(first.status, StatusCode::OK);
+        assert!(first.complete());
+        assert_eq!(first.body, img.layer_bytes[i]);
+        let head = h.head(&path).await;
+        assert_eq!(head.status, StatusCode::OK);
+        let again = h.get(&path).await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert!(again.complete());
+        assert_eq!(again.body, img.layer_bytes[i]);
+    }
+    let n = img.layers.len() as u64;
+    assert_eq!(h.fake.count("GET", Kind::Blob), n as usize);
+    assert_eq!(h.fake.count("HEAD", Kind::Blob), 0);
+    // Every first GET a miss; every HEAD and second GET a hit, none coalesced onto a download.
+    assert_eq!(stats(&h), (2 * n, n, 0));
+
+    // Pull, then shut down at once: the blob is on disk after the restart.
+    let fresh = h
+        .fake
+        .sample_image_sized("lib/fresh", Some("v1"), 42, &[4_000_000]);
+    let path = format!("/v2/lib/fresh/blobs/{}", fresh.layers[0]);
+    let r = h.get(&path).await;
+    assert!(r.complete());
+    h.restart().await;
+    h.fake.reset_counts();
+    let r = h.get(&path).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, fresh.layer_bytes[0]);
+    assert_eq!(h.fake.total(), 0, "{:?}", h.fake.requests());
+    assert_eq!(stats(&h), (1, 0, 0));
+}
+
+/// Each download's writer thread runs at a lower CPU priority (nice 10) than the rest of
+/// archway, so that on a busy machine the transfer to clients goes first and the disk catches
+/// up; its hashing thread (the last byte waits for the digest) keeps the normal priority.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn blob_writer_thread_runs_at_lower_priority() {
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        c.upstreams[0].read_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let img = h.fake.sample_image("lib/app", "v1", 12);
+    let path = format!("/v2/lib/app/blobs/{}", img.layers[1]);
+    h.fake
+        .fault_times(Some(Kind::Blob), Fault::StallBody { sent: 10_000 }, 1);
+    let url = h.url(&path);
+    let client = h.client.clone();
+    let stalled = tokio::spawn(async move { client.get(&url).await });
+
+    // (thread name, nice) of this process's download threads; comm is cut to 15 bytes.
+    let threads = || -> Vec<(String, i64)> {
+        let mut found = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let comm = comm.trim().to_owned();
+            if !comm.starts_with("archway-blob") {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // Fields after the parenthesised name; nice is field 19 overall.
+            let Some(rest) = stat.rsplit_once(") ").map(|(_, rest)| rest.to_owned()) else {
+                continue;
+            };
+            let nice = rest.split_whitespace().nth(16).unwrap().parse().unwrap();
+            found.push((comm, nice));
+        }
+        found
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let found = loop {
+        let found = threads();
+        if found.iter().any(|(n, _)| n == "archway-blob-wr") {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no writer thread: {found:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    for (name, nice) in &found {
+        match name.as_str() {
+            "archway-blob-wr" => assert_eq!(*nice, 10, "{found:?}"),
+            "archway-blob-ha" => assert_eq!(*nice, 0, "{found:?}"),
+            other => panic!("unexpected thread {other}"),
+        }
+    }
+    assert!(
+        found.iter().any(|(n, _)| n == "archway-blob-ha"),
+        "{found:?}"
+    );
+    assert_failed(&stalled.await.unwrap(), &img.layer_bytes[1], "stalled");
+}

@@ -1,9 +1,10 @@
-//! Response bodies that stream a blob from disk: a committed file, or a temp file still being
-//! filled (following the fill's progress). Reads are positional (`pread`) in blocking tasks, a
-//! bounded chunk at a time, so no blob is ever held in memory and readers never share an offset.
+//! Response bodies that stream a blob: a committed file, or a download in progress (following
+//! the fill's progress: bytes not yet written come from the fill's memory, the rest from its temp
+//! file). File reads are positional (`pread`) in blocking tasks, a bounded chunk at a time, so no
+//! blob is ever read whole into memory and readers never share an offset.
 
 use crate::body::ResponseBody;
-use crate::cache::blob_fill::{FillState, Phase};
+use crate::cache::blob_fill::{Fill, FillState, Phase};
 use crate::cache::blob_store::PinGuard;
 use bytes::Bytes;
 use http_body::Frame;
@@ -44,6 +45,7 @@ pub(crate) fn cached_body(
 /// A blob being filled: bytes are released as they are written, except that the range's last
 /// byte (or, with no known end, the end of the stream) waits until the fill is verified.
 pub(crate) fn filling_body(
+    fill: Arc<Fill>,
     rx: watch::Receiver<FillState>,
     file: Arc<File>,
     size: Option<u64>,
@@ -54,7 +56,7 @@ pub(crate) fn filling_body(
         None => (0, size),
     };
     let reader = Reader {
-        source: Source::Filling { rx, file },
+        source: Source::Filling { fill, rx, file },
         pos: start,
         end,
         finished: false,
@@ -90,6 +92,7 @@ enum Source {
         _pin: Arc<PinGuard>,
     },
     Filling {
+        fill: Arc<Fill>,
         rx: watch::Receiver<FillState>,
         file: Arc<File>,
     },
@@ -112,7 +115,12 @@ enum FileRef {
 
 /// What the fill allows right now.
 enum Progress {
-    Read { file: FileRef, limit: u64 },
+    Read {
+        file: FileRef,
+        limit: u64,
+    },
+    /// Received bytes not written yet, straight from the fill's memory.
+    Ready(Bytes),
     End,
     Fail(io::Error),
 }
@@ -133,6 +141,7 @@ impl Reader {
                 return None;
             }
             Progress::Fail(e) => Err(e),
+            Progress::Ready(bytes) => Ok(bytes),
             Progress::Read { file, limit } => {
                 let len = (limit - self.pos).min(CHUNK);
                 match read_at(file, self.pos, len).await {
@@ -173,32 +182,37 @@ impl Reader {
                 };
                 Ok(Progress::Read { file, limit: end })
             }
-            Source::Filling { rx, file } => loop {
+            Source::Filling { fill, rx, file } => loop {
                 let state = rx
-                    .wait_for(|s| s.is_terminal() || releasable(s.written, false, end) > pos)
+                    .wait_for(|s| {
+                        s.is_verified()
+                            || s.is_terminal()
+                            || releasable(s.received, false, end) > pos
+                    })
                     .await
                     .map(|s| (*s).clone())
                     .map_err(|_| io::Error::other("blob fill vanished"))?;
                 let done = match &state.phase {
-                    Phase::Done => true,
+                    Phase::Verified | Phase::Done => true,
                     Phase::Failed(failure) => return Err(failure.to_io_error()),
                     Phase::HeadFailed(e) => return Err(io::Error::other(e.message.clone())),
                     Phase::Fetching | Phase::Streaming => false,
                 };
-                let limit = releasable(state.written, done, end);
+                let limit = releasable(state.received, done, end);
                 if pos < limit {
+                    if pos >= state.written {
+                        if let Some(bytes) = fill.pending_at(pos, limit - pos) {
+                            return Ok(Progress::Ready(bytes));
+                        }
+                        // Written since the state was read: the file has it now.
+                    }
                     return Ok(Progress::Read {
                         file: FileRef::Open(file.clone()),
                         limit,
                     });
                 }
                 if !done {
-                    // Verified and all released: the end of the stream follows the commit.
-                    let _ = rx
-                        .wait_for(|s| s.is_terminal())
-                        .await
-                        .map_err(|_| io::Error::other("blob fill vanished"))?;
-                    continue;
+                    continue; // Not reachable: the wait above saw new bytes or a verdict.
                 }
                 // Only reachable when verified: nothing more will ever arrive.
                 return match end {

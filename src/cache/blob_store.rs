@@ -13,7 +13,7 @@
 
 use crate::body::{ResponseBody, UpstreamBody};
 use crate::cache::blob_body;
-use crate::cache::blob_fill::{self, Fill, FillState, Phase};
+use crate::cache::blob_fill::{self, Fill, FillState, Phase, WriteBuffer};
 use crate::digest::{Algorithm, Digest};
 use crate::error::ProxyError;
 use std::collections::{BTreeMap, HashMap};
@@ -48,6 +48,9 @@ pub struct BlobStoreStats {
     pub in_flight: u64,
     /// Downloads started since `open` (one per coalesced group of requests).
     pub fills_started: u64,
+    /// Bytes downloads received that wait in memory for the disk (at most `cache.write_buffer`,
+    /// give or take one chunk).
+    pub write_buffered: u64,
 }
 
 pub struct BlobStore {
@@ -61,7 +64,12 @@ pub(crate) struct Shared {
     max_bytes: u64,
     index: Mutex<Index>,
     tmp_seq: AtomicU64,
+    write_buffer: WriteBuffer,
 }
+
+/// Received blob bytes that may wait in memory for the disk, across all downloads, unless
+/// configured otherwise (`cache.write_buffer`).
+pub const DEFAULT_WRITE_BUFFER: u64 = 64 << 20;
 
 #[derive(Default)]
 struct Index {
@@ -126,6 +134,10 @@ impl Shared {
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
         blob_path(&self.blobs_dir, digest)
+    }
+
+    pub(crate) fn write_buffer(&self) -> &WriteBuffer {
+        &self.write_buffer
     }
 
     /// A new, uniquely named temp file, opened read+write.
@@ -259,6 +271,15 @@ impl BlobStore {
     /// index (recency from each file's latest access/modification time), and evicts down to the
     /// budget. Blocking: call it at startup, before serving.
     pub fn open(root: PathBuf, max_bytes: u64) -> io::Result<Arc<BlobStore>> {
+        Self::open_with_write_buffer(root, max_bytes, DEFAULT_WRITE_BUFFER)
+    }
+
+    /// `open`, with `write_buffer` bytes of received data allowed to wait in memory for the disk.
+    pub fn open_with_write_buffer(
+        root: PathBuf,
+        max_bytes: u64,
+        write_buffer: u64,
+    ) -> io::Result<Arc<BlobStore>> {
         let blobs_dir = root.join("blobs");
         let tmp_dir = root.join("tmp");
         fs::create_dir_all(&blobs_dir)?;
@@ -277,6 +298,7 @@ impl BlobStore {
             max_bytes,
             index: Mutex::new(Index::default()),
             tmp_seq: AtomicU64::new(0),
+            write_buffer: WriteBuffer::new(write_buffer),
         };
         shared.evict_locked(&mut index);
         tracing::info!(
@@ -301,6 +323,38 @@ impl BlobStore {
     /// needs nothing else (and the commit may still be running after every byte went out).
     pub fn in_flight_size(&self, digest: &Digest) -> Option<u64> {
         self.shared.lock().in_flight.get(digest)?.size()
+    }
+
+    /// Whether the in-flight download of `digest` is verified and only committing.
+    pub fn in_flight_verified(&self, digest: &Digest) -> bool {
+        self.shared
+            .lock()
+            .in_flight
+            .get(digest)
+            .is_some_and(|fill| fill.is_verified())
+    }
+
+    /// Waits (at most `limit`) until every download whose bytes are verified is committed, so
+    /// that a shutdown right after a pull keeps the blob. Downloads still receiving are left:
+    /// they end with the process and their temp files are cleared at the next start.
+    pub async fn finish_commits(&self, limit: std::time::Duration) {
+        let committing: Vec<_> = {
+            let index = self.shared.lock();
+            index
+                .in_flight
+                .values()
+                .filter(|fill| fill.is_verified())
+                .map(|fill| fill.subscribe())
+                .collect()
+        };
+        let wait = async {
+            for mut rx in committing {
+                let _ = rx.wait_for(|s| s.is_terminal()).await;
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            tracing::warn!("shutdown: blob commits still running after {limit:?}");
+        }
     }
 
     // The pin was taken under the lock; the guard releases it.
@@ -359,7 +413,8 @@ impl BlobStore {
             Phase::HeadFailed(e) => Err(e),
             // Joined too late to stream anything: a clean error beats a broken 200.
             Phase::Failed(failure) => Err(ProxyError::bad_gateway(failure.message())),
-            Phase::Fetching | Phase::Streaming | Phase::Done => {
+            Phase::Fetching | Phase::Streaming | Phase::Verified | Phase::Done => {
+                let verified = state.is_verified();
                 let file = state
                     .file
                     .ok_or_else(|| ProxyError::internal("blob fill has no file"))?;
@@ -367,6 +422,8 @@ impl BlobStore {
                     size: state.size,
                     file,
                     rx,
+                    fill,
+                    verified,
                 }))
             }
         }
@@ -380,6 +437,7 @@ impl BlobStore {
             evictions: index.evictions,
             in_flight: index.in_flight.len() as u64,
             fills_started: index.fills_started,
+            write_buffered: self.shared.write_buffer.waiting(),
         }
     }
 
@@ -520,6 +578,10 @@ pub struct FillingBlob {
     size: Option<u64>,
     file: Arc<File>,
     rx: watch::Receiver<FillState>,
+    fill: Arc<Fill>,
+    /// Joined after every byte was verified (the commit still running): served wholly from
+    /// local, verified data, as a committed blob would be.
+    verified: bool,
 }
 
 impl FillingBlob {
@@ -529,7 +591,13 @@ impl FillingBlob {
     }
 
     pub fn body(&self, range: Option<(u64, u64)>) -> ResponseBody {
-        blob_body::filling_body(self.rx.clone(), self.file.clone(), self.size, range)
+        blob_body::filling_body(
+            self.fill.clone(),
+            self.rx.clone(),
+            self.file.clone(),
+            self.size,
+            range,
+        )
     }
 }
 
@@ -556,8 +624,18 @@ impl Blob {
         }
     }
 
+    /// Committed in the store (rather than a download joined while in flight).
     pub fn is_cached(&self) -> bool {
         matches!(self, Blob::Cached(_))
+    }
+
+    /// Served without waiting on upstream: committed, or fully downloaded and verified with only
+    /// the commit still running (a request right after a pull). Counted as a cache hit.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Blob::Cached(_) => true,
+            Blob::Filling(blob) => blob.verified,
+        }
     }
 
     /// The bytes `start..=end` (`None` = whole blob) as a streaming response body. The caller
