@@ -195,7 +195,7 @@ def main():
             met(r_n is not None and r_n >= 0.9))
 
     # f. cold blob
-    c = {s: cold(s) for s in ("direct",) + SYSTEMS}
+    c = {s: cold(s) for s in ("direct", "relay") + SYSTEMS}
     direct = c["direct"]
     ttfb = {s: c[s][0] if c[s] else None for s in SYSTEMS}
     total = {s: c[s][1] if c[s] else None for s in SYSTEMS}
@@ -213,6 +213,12 @@ def main():
             f"{fx(rt)} direct from upstream ({fmt(direct[1])} ms)", "≤ 1.1× direct", met(rt <= 1.1))
     else:
         row("f. cold 50 MB blob, total time, ms", total, "direct failed", "≤ 1.1× direct", met(None))
+    relay = c["relay"]
+    if direct and relay:
+        rows.append(
+            f"| f. reference: nginx relaying to upstream (no cache, no hashing, proxy_buffering off), "
+            f"total time, ms | — | — | {fmt(relay[1])} | {fx(relay[1] / direct[1])} direct; archway = "
+            f"{fx(ratio(total['archway'], relay[1]))} this relay | — | — |")
 
     # g. memory and CPU
     kib = lambda k: int(results[k]) / 1024 if k in results else None  # noqa: E731
