@@ -248,8 +248,15 @@ impl FillTask {
         };
         // Verified: clients have their last byte. What is left (the rest of the write, the
         // fsync, the rename) is not theirs to wait for.
+        let (verified_len, writer) = writer;
         let written = match writer.await {
-            Ok(Ok(written)) => written,
+            Ok(Ok(written)) if written == verified_len => written,
+            Ok(Ok(written)) => {
+                // Cannot happen (the writer gets every chunk); never commit a partial file.
+                tracing::error!(%digest, written, verified_len, "blob file short; served, not kept");
+                self.abandon(Phase::Done);
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::error!(%digest, error = %e, "cannot write blob; served, not kept");
                 self.abandon(Phase::Done);
@@ -286,12 +293,13 @@ impl FillTask {
 
     /// Receives the body, handing each chunk to the readers (at once, from memory), the hashing
     /// thread and the writing thread; checks length and digest at the end and publishes
-    /// `Verified`. Returns what the writer will report once every byte is in the file.
+    /// `Verified`. Returns the verified length and what the writer will report once every byte
+    /// is in the file.
     async fn stream(
         &self,
         upstream: UpstreamBlob,
         file: Arc<File>,
-    ) -> Result<oneshot::Receiver<io::Result<u64>>, FillFailure> {
+    ) -> Result<(u64, oneshot::Receiver<io::Result<u64>>), FillFailure> {
         let expected_size = upstream.size;
         let mut body = upstream.body;
         let algorithm = self.fill.digest.algorithm();
@@ -377,7 +385,7 @@ impl FillTask {
             ));
         }
         self.fill.publish(|s| s.phase = Phase::Verified);
-        Ok(write_done)
+        Ok((received, write_done))
     }
 
     /// Deletes the temp file, forgets the fill (so the next request retries) and only then
