@@ -1075,9 +1075,7 @@ impl Proxy {
         notes: &mut RequestNotes,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         if let Some(cached) = self.blobs.get(digest) {
-            notes.cache = Some(CacheResult::Hit.as_str());
-            notes.source = Some(CacheResult::Hit.source());
-            self.stats.blob_hits.fetch_add(1, Ordering::Relaxed);
+            self.note_blob(CacheResult::Hit, notes);
             if cached.size() <= SMALL_BLOB_BYTES {
                 if let Some(bytes) = self.small_blob(digest, &cached).await {
                     return Ok(blob_response(client, digest, Some(cached.size()), |span| {
@@ -1101,16 +1099,15 @@ impl Proxy {
             }));
         }
         if client.method == Method::HEAD {
-            // Being downloaded (or committed) right now: the size is known, upstream isn't asked.
-            if let Some(size) = self.blobs.in_flight_size(digest) {
-                let (result, counter) = if self.blobs.in_flight_verified(digest) {
-                    (CacheResult::Hit, &self.stats.blob_hits)
+            // Being downloaded, or committed since the lookup above: the size is known, upstream
+            // isn't asked.
+            if let Some((size, local)) = self.blobs.head(digest) {
+                let result = if local {
+                    CacheResult::Hit
                 } else {
-                    (CacheResult::Coalesced, &self.stats.blob_coalesced)
+                    CacheResult::Coalesced
                 };
-                counter.fetch_add(1, Ordering::Relaxed);
-                notes.cache = Some(result.as_str());
-                notes.source = Some(result.source());
+                self.note_blob(result, notes);
                 let mut out = Response::new(body::empty());
                 out.headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
@@ -1171,19 +1168,30 @@ impl Proxy {
             }
         };
         let blob = self.blobs.get_or_fill(digest, fetch).await?;
-        let (result, counter) = if started.load(Ordering::SeqCst) {
-            (CacheResult::Miss, &self.stats.blob_misses)
+        let result = if started.load(Ordering::SeqCst) {
+            CacheResult::Miss
         } else if blob.is_local() {
-            (CacheResult::Hit, &self.stats.blob_hits)
+            CacheResult::Hit
         } else {
-            (CacheResult::Coalesced, &self.stats.blob_coalesced)
+            CacheResult::Coalesced
+        };
+        self.note_blob(result, notes);
+        Ok(blob_response(client, digest, blob.size(), |span| {
+            blob.body(span)
+        }))
+    }
+
+    /// Counts how the cache answered a blob request and notes it for the log and the metrics.
+    fn note_blob(&self, result: CacheResult, notes: &mut RequestNotes) {
+        let counter = match result {
+            CacheResult::Hit => &self.stats.blob_hits,
+            CacheResult::Miss => &self.stats.blob_misses,
+            CacheResult::Coalesced => &self.stats.blob_coalesced,
+            CacheResult::Stale => &self.stats.stale_served,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         notes.cache = Some(result.as_str());
         notes.source = Some(result.source());
-        Ok(blob_response(client, digest, blob.size(), |span| {
-            blob.body(span)
-        }))
     }
 
     /// A small committed blob's bytes from memory, or read (and checked against its digest)

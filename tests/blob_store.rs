@@ -240,6 +240,7 @@ async fn concurrent_requests_coalesce_into_one_fetch() {
     for reader in readers {
         assert_eq!(reader.await.unwrap().unwrap(), src);
     }
+    committed(&store).await;
     assert_eq!(n.load(Ordering::SeqCst), 1);
     let stats = store.stats();
     assert_eq!(

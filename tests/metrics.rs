@@ -314,6 +314,9 @@ async fn scripted_traffic_is_counted_with_exact_labels() {
     bytes.cache += r.body.len();
 
     let total_requests = 20.0;
+    // Blob commits follow the clients' last byte; the store gauges below are read after them.
+    let store = h.archway.as_ref().unwrap().proxy().blob_store().clone();
+    store.finish_commits(Duration::from_secs(10)).await;
     let s = scrape_until(&h, |s| s.sum("archway_requests_total") >= total_requests).await;
 
     // Requests by kind, method, status: all of them, and nothing else.

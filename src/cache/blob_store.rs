@@ -325,13 +325,17 @@ impl BlobStore {
         self.shared.lock().in_flight.get(digest)?.size()
     }
 
-    /// Whether the in-flight download of `digest` is verified and only committing.
-    pub fn in_flight_verified(&self, digest: &Digest) -> bool {
-        self.shared
-            .lock()
-            .in_flight
-            .get(digest)
-            .is_some_and(|fill| fill.is_verified())
+    /// What a `HEAD` needs, in one look at the index (a download may commit between two):
+    /// the size, and whether the bytes are local — committed, or downloaded and verified with
+    /// only the commit running — rather than still arriving. `None`: neither cached nor being
+    /// downloaded with a known size.
+    pub fn head(&self, digest: &Digest) -> Option<(u64, bool)> {
+        let index = self.shared.lock();
+        if let Some(entry) = index.entries.get(digest) {
+            return Some((entry.size, true));
+        }
+        let fill = index.in_flight.get(digest)?;
+        Some((fill.size()?, fill.is_verified()))
     }
 
     /// Waits (at most `limit`) until every download whose bytes are verified is committed, so
