@@ -69,7 +69,7 @@ pub(crate) enum Phase {
     Streaming,
     /// Size and digest verified: readers may release the last byte while the rest of the write
     /// and the commit (fsync, rename) run. The fill stays registered until `Done`, so a request
-    /// that comes in meanwhile joins it and reads the verified file instead of asking upstream.
+    /// that comes in meanwhile joins it and reads the verified bytes instead of asking upstream.
     Verified,
     /// The blob is committed (or deliberately not kept); the open file still serves readers.
     Done,
@@ -80,7 +80,7 @@ pub(crate) enum Phase {
 }
 
 impl FillState {
-    /// Every byte is written and the digest matched: all of it may be released.
+    /// Every byte arrived and the digest matched: all of it may be released.
     pub(crate) fn is_verified(&self) -> bool {
         matches!(self.phase, Phase::Verified | Phase::Done)
     }

@@ -319,12 +319,6 @@ impl BlobStore {
         Some(self.cached_handle(digest, size))
     }
 
-    /// The size of a blob whose download is in flight, once upstream announced it: a HEAD
-    /// needs nothing else (and the commit may still be running after every byte went out).
-    pub fn in_flight_size(&self, digest: &Digest) -> Option<u64> {
-        self.shared.lock().in_flight.get(digest)?.size()
-    }
-
     /// What a `HEAD` needs, in one look at the index (a download may commit between two):
     /// the size, and whether the bytes are local — committed, or downloaded and verified with
     /// only the commit running — rather than still arriving. `None`: neither cached nor being
