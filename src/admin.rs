@@ -119,7 +119,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Re
     let graceful = GracefulShutdown::new();
     loop {
         let Some((stream, peer)) =
-            crate::server::next_connection(&listener, &mut stop, "admin").await
+            crate::accept::next_connection(&listener, &mut stop, "admin").await
         else {
             break;
         };

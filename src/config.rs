@@ -128,7 +128,7 @@ impl Default for CacheConfig {
         CacheConfig {
             max_size: 50 << 30,
             memory_size: 64 << 20,
-            write_buffer: crate::cache::blob_store::DEFAULT_WRITE_BUFFER,
+            write_buffer: crate::cache::blob::DEFAULT_WRITE_BUFFER,
             tag_ttl: Duration::from_secs(300),
             stale_if_error: Duration::from_secs(24 * 3600),
             negative_ttl: Duration::from_secs(30),

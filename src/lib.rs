@@ -1,6 +1,7 @@
 //! archway: a platform-resolving pull-through proxy for container registries.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod api;

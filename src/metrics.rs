@@ -5,7 +5,7 @@
 //! statuses are status codes, upstreams come from the config, and platforms (which clients can
 //! name freely) are capped at [`MAX_PLATFORM_LABELS`] distinct values.
 
-use crate::cache::blob_store::{BlobStore, BlobStoreStats};
+use crate::cache::blob::{BlobStore, BlobStoreStats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};

@@ -4,7 +4,7 @@
 use crate::access_log::{AccessLog, LoggedBody, RequestNotes};
 use crate::api::{self, ByteRange, Endpoint};
 use crate::body::{self, ResponseBody};
-use crate::cache::blob_store::{Blob, BlobStore, CachedBlob, UpstreamBlob};
+use crate::cache::blob::{BlobStore, BlobStoreLimits, FillError, IncomingBlob, SourceError};
 use crate::cache::keyed_lock::KeyedLock;
 use crate::cache::manifest_store::{ManifestStore, StoredManifest};
 use crate::cache::tag_store::{now_ms, TagEntry, TagKey, TagStore};
@@ -29,16 +29,12 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 /// Distribution refuses manifests above 4 MiB; so do we, so a hostile upstream can't fill memory.
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
-/// Cached blobs up to this size (image configs, small layers) are also kept in memory: serving
-/// them from a file costs a hop to the blocking pool per request, which for a few KiB is most of
-/// the request's cost.
-const SMALL_BLOB_BYTES: u64 = 64 << 10;
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 /// How long an upstream failure for one tag is reused by requests that were waiting on it.
@@ -76,9 +72,6 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// `[auth]`: credentials every `/v2/` request must carry.
     client_auth: Option<ClientAuth>,
-    /// Small committed blobs' bytes (verified when loaded), within a quarter of
-    /// `cache.memory_size`.
-    small_blobs: moka::sync::Cache<Digest, Bytes>,
     answers: Answers,
 }
 
@@ -273,10 +266,13 @@ impl Proxy {
         let cache_err =
             |path: std::path::PathBuf| move |source| ProxyInitError::Cache { path, source };
         let dir = config.data_dir.clone();
-        let blobs = BlobStore::open_with_write_buffer(
+        let blobs = BlobStore::open_with(
             dir.clone(),
-            config.cache.max_size,
-            config.cache.write_buffer,
+            BlobStoreLimits {
+                max_bytes: config.cache.max_size,
+                write_buffer: config.cache.write_buffer,
+                small_blob_memory: config.cache.memory_size / 4,
+            },
         )
         .map_err(cache_err(dir.clone()))?;
         let mdir = dir.join("manifests");
@@ -306,7 +302,6 @@ impl Proxy {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ProxyInitError::Route(e.message))?;
         let client_auth = config.auth.as_ref().map(ClientAuth::load).transpose()?;
-        let small_blob_budget = config.cache.memory_size / 4;
         Ok(Proxy {
             stats: ProxyStats::default(),
             default_upstream: config.default_upstream(),
@@ -325,10 +320,6 @@ impl Proxy {
             metrics,
             client_auth,
             answers: Answers::default(),
-            small_blobs: moka::sync::Cache::builder()
-                .weigher(|_: &Digest, b: &Bytes| u32::try_from(b.len() + 128).unwrap_or(u32::MAX))
-                .max_capacity(small_blob_budget)
-                .build(),
         })
     }
 
@@ -1074,26 +1065,8 @@ impl Proxy {
         client: &ClientRequest,
         notes: &mut RequestNotes,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        if let Some(cached) = self.blobs.get(digest) {
+        if let Some(blob) = self.blobs.lookup(digest).await {
             self.note_blob(CacheResult::Hit, notes);
-            if cached.size() <= SMALL_BLOB_BYTES {
-                if let Some(bytes) = self.small_blob(digest, &cached).await {
-                    return Ok(blob_response(client, digest, Some(cached.size()), |span| {
-                        match span {
-                            None => body::full(bytes),
-                            // parse_range only yields ranges inside the blob; anything else
-                            // would end short of its Content-Length, never panic.
-                            Some((a, b)) => match (usize::try_from(a), usize::try_from(b)) {
-                                (Ok(a), Ok(b)) if a <= b && b < bytes.len() => {
-                                    body::full(bytes.slice(a..=b))
-                                }
-                                _ => body::empty(),
-                            },
-                        }
-                    }));
-                }
-            }
-            let blob = Blob::Cached(cached);
             return Ok(blob_response(client, digest, blob.size(), |span| {
                 blob.body(span)
             }));
@@ -1139,14 +1112,11 @@ impl Proxy {
             blob_headers(out.headers_mut(), digest);
             return Ok(out);
         }
-        let started = Arc::new(AtomicBool::new(false));
         let fetch = {
             let upstream = upstream.clone();
             let repository = target.repository.clone();
             let digest = digest.clone();
-            let started = started.clone();
             move || async move {
-                started.store(true, Ordering::SeqCst);
                 let resp = upstream
                     .send(
                         Method::GET,
@@ -1154,21 +1124,27 @@ impl Proxy {
                         &format!("blobs/{digest}"),
                         HeaderMap::new(),
                     )
-                    .await?;
-                expect_ok(&upstream, &resp, ErrorCode::BlobUnknown, "a blob")?;
+                    .await
+                    .map_err(SourceError::new)?;
+                expect_ok(&upstream, &resp, ErrorCode::BlobUnknown, "a blob")
+                    .map_err(SourceError::new)?;
                 let size = resp
                     .headers()
                     .get(header::CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok());
-                Ok(UpstreamBlob {
+                Ok(IncomingBlob {
                     size,
                     body: resp.into_body(),
                 })
             }
         };
-        let blob = self.blobs.get_or_fill(digest, fetch).await?;
-        let result = if started.load(Ordering::SeqCst) {
+        let blob = self
+            .blobs
+            .get_or_fill(digest, fetch)
+            .await
+            .map_err(fill_error)?;
+        let result = if blob.started_download() {
             CacheResult::Miss
         } else if blob.is_local() {
             CacheResult::Hit
@@ -1192,27 +1168,6 @@ impl Proxy {
         counter.fetch_add(1, Ordering::Relaxed);
         notes.cache = Some(result.as_str());
         notes.source = Some(result.source());
-    }
-
-    /// A small committed blob's bytes from memory, or read (and checked against its digest)
-    /// from its file and kept; `None` if the file can't be read or doesn't match (the caller
-    /// then streams it as usual, so a damaged file is never pinned in memory).
-    async fn small_blob(&self, digest: &Digest, cached: &CachedBlob) -> Option<Bytes> {
-        if let Some(bytes) = self.small_blobs.get(digest) {
-            return Some(bytes);
-        }
-        let path = cached.path().to_path_buf();
-        let raw = tokio::task::spawn_blocking(move || std::fs::read(path))
-            .await
-            .ok()?
-            .ok()?;
-        if raw.len() as u64 != cached.size() || !digest.verifies(&raw) {
-            tracing::warn!(%digest, "cached blob file does not match its digest");
-            return None;
-        }
-        let bytes = Bytes::from(raw);
-        self.small_blobs.insert(digest.clone(), bytes.clone());
-        Some(bytes)
     }
 
     // === tags/list and referrers ===
@@ -1258,6 +1213,18 @@ impl Proxy {
             }
         }
         Ok(out)
+    }
+}
+
+/// Why a blob could not be had, as the client sees it.
+fn fill_error(e: FillError) -> ProxyError {
+    match e {
+        FillError::Source(source) => match source.downcast_ref::<ProxyError>() {
+            Some(e) => e.clone(),
+            None => ProxyError::bad_gateway(source.to_string()),
+        },
+        FillError::Failed(message) => ProxyError::bad_gateway(message),
+        FillError::Storage(message) => ProxyError::internal(message),
     }
 }
 

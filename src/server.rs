@@ -1,5 +1,6 @@
 //! Listeners, HTTP/1.1 + h2 connections, graceful shutdown.
 
+use crate::accept;
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::proxy::{ConnInfo, Proxy, ProxyInitError};
@@ -155,7 +156,8 @@ async fn serve(
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     loop {
-        let Some((stream, peer)) = next_connection(&listener, &mut stop, "registry").await else {
+        let Some((stream, peer)) = accept::next_connection(&listener, &mut stop, "registry").await
+        else {
             break;
         };
         let _ = stream.set_nodelay(true);
@@ -207,26 +209,5 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("connections still open after the drain timeout; closing");
-    }
-}
-
-/// The next connection, or `None` once `stop` turns true. Accept errors (out of file descriptors
-/// and the like) back off instead of spinning.
-pub(crate) async fn next_connection(
-    listener: &TcpListener,
-    stop: &mut watch::Receiver<bool>,
-    which: &'static str,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => return Some(a),
-                Err(e) => {
-                    tracing::warn!(listener = which, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = stop.changed() => return None,
-        }
     }
 }

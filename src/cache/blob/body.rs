@@ -3,9 +3,9 @@
 //! file). File reads are positional (`pread`) in blocking tasks, a bounded chunk at a time, so no
 //! blob is ever read whole into memory and readers never share an offset.
 
+use super::catalog::PinGuard;
+use super::fill_state::{Fill, FillState, Phase};
 use crate::body::ResponseBody;
-use crate::cache::blob_fill::{Fill, FillState, Phase};
-use crate::cache::blob_store::PinGuard;
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
@@ -195,7 +195,7 @@ impl Reader {
                 let done = match &state.phase {
                     Phase::Verified | Phase::Done => true,
                     Phase::Failed(failure) => return Err(failure.to_io_error()),
-                    Phase::HeadFailed(e) => return Err(io::Error::other(e.message.clone())),
+                    Phase::HeadFailed(e) => return Err(io::Error::other(e.to_string())),
                     Phase::Fetching | Phase::Streaming => false,
                 };
                 let limit = releasable(state.received, done, end);

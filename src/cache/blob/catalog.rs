@@ -1,0 +1,172 @@
+//! The committed blobs and the downloads in flight, kept in step under one lock: a lookup finds a
+//! blob committed or in flight, never neither, and an eviction never deletes a file that a
+//! concurrent commit just put in its place.
+//!
+//! Budget policy: after each commit, least-recently-used committed blobs that are not pinned (no
+//! handle or body alive) are deleted until the total fits. Pinned blobs are skipped, so if older
+//! blobs are all pinned the blob just committed is the one evicted. A blob larger than the whole
+//! budget is verified and streamed to its waiting clients (they read from the open temp file) but
+//! never committed: keeping it would flush the whole cache for one blob.
+
+use super::fill_state::Fill;
+use super::index::Index;
+use super::layout::{self, Layout};
+use crate::digest::Digest;
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+pub(crate) struct Catalog {
+    layout: Layout,
+    max_bytes: u64,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) index: Index,
+    pub(crate) in_flight: HashMap<Digest, Arc<Fill>>,
+    pub(crate) fills_started: u64,
+}
+
+impl Catalog {
+    /// Opens the layout under `root`, re-indexes what is committed (recency from each file's
+    /// latest access/modification time) and evicts down to the budget. Blocking.
+    pub(crate) fn open(root: &Path, max_bytes: u64) -> io::Result<Catalog> {
+        let layout = Layout::open(root)?;
+        let mut found = layout.scan()?;
+        found.sort_by(|a, b| {
+            a.last_used
+                .cmp(&b.last_used)
+                .then_with(|| a.digest.cmp(&b.digest))
+        });
+        let mut index = Index::default();
+        for blob in found {
+            index.insert(blob.digest, blob.size);
+        }
+        for digest in index.evict_to(max_bytes) {
+            layout.remove(&digest);
+        }
+        tracing::info!(
+            entries = index.len(),
+            bytes = index.bytes(),
+            evictions = index.evictions(),
+            "blob store opened"
+        );
+        Ok(Catalog {
+            layout,
+            max_bytes,
+            state: Mutex::new(State {
+                index,
+                ..State::default()
+            }),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves the state consistent enough (every
+        // mutation is a few map operations); refusing all blob requests would be worse.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    pub(crate) fn blobs_dir(&self) -> &Path {
+        self.layout.blobs_dir()
+    }
+
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.layout.blob_path(digest)
+    }
+
+    pub(crate) fn create_tmp_file(&self) -> io::Result<(PathBuf, File)> {
+        self.layout.create_tmp_file()
+    }
+
+    /// A committed blob, pinned: the caller owns one pin and must give it back (`PinGuard`).
+    pub(crate) fn pin(self: &Arc<Self>, digest: &Digest) -> Option<(u64, PinGuard)> {
+        let size = self.lock().index.touch_and_pin(digest)?;
+        Some((size, self.pin_guard(digest)))
+    }
+
+    /// Wraps a pin already taken under the lock.
+    pub(crate) fn pin_guard(self: &Arc<Self>, digest: &Digest) -> PinGuard {
+        PinGuard {
+            catalog: self.clone(),
+            digest: digest.clone(),
+        }
+    }
+
+    /// Forgets an in-flight fill (if it is still the registered one), so the next request retries.
+    pub(crate) fn forget_fill(&self, fill: &Arc<Fill>) {
+        let mut state = self.lock();
+        forget_locked(&mut state, fill);
+    }
+
+    /// Makes a verified temp file durable and visible: fsync, rename into `blobs/`, index, evict.
+    /// Blocking; runs in a blocking task. On error the caller deletes the temp file.
+    pub(crate) fn commit(
+        &self,
+        fill: &Arc<Fill>,
+        tmp: &Path,
+        file: &File,
+        size: u64,
+    ) -> io::Result<()> {
+        if size > self.max_bytes {
+            // See the module comment: served from the open file, never kept.
+            fs::remove_file(tmp)?;
+            self.forget_fill(fill);
+            tracing::info!(digest = %fill.digest, size, "blob larger than the cache budget; not kept");
+            return Ok(());
+        }
+        file.sync_all()?;
+        let parent = self.layout.prepare_dir(&fill.digest)?;
+        {
+            let mut state = self.lock();
+            self.layout.install(tmp, &fill.digest)?;
+            state.index.insert(fill.digest.clone(), size);
+            forget_locked(&mut state, fill);
+            for digest in state.index.evict_to(self.max_bytes) {
+                self.layout.remove(&digest);
+            }
+        }
+        layout::sync_dir(&parent);
+        Ok(())
+    }
+
+    fn unpin(&self, digest: &Digest) {
+        self.lock().index.unpin(digest);
+    }
+}
+
+fn forget_locked(state: &mut State, fill: &Arc<Fill>) {
+    if state
+        .in_flight
+        .get(&fill.digest)
+        .is_some_and(|current| Arc::ptr_eq(current, fill))
+    {
+        state.in_flight.remove(&fill.digest);
+    }
+}
+
+/// Keeps a committed blob from eviction while any handle or body holding it lives.
+pub(crate) struct PinGuard {
+    catalog: Arc<Catalog>,
+    digest: Digest,
+}
+
+impl PinGuard {
+    pub(crate) fn digest(&self) -> &Digest {
+        &self.digest
+    }
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        self.catalog.unpin(&self.digest);
+    }
+}

@@ -1,0 +1,147 @@
+//! What everyone who follows one in-flight download sees: its phase, how far it got, and the
+//! received chunks still waiting for the disk. The fill task is the only writer.
+
+use super::source::FillError;
+use crate::digest::Digest;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::watch;
+
+/// Shared between the fill task (the only writer of the state) and every reader of the fill.
+pub(crate) struct Fill {
+    pub(crate) digest: Digest,
+    tx: watch::Sender<FillState>,
+    /// Received chunks not yet in the temp file, by offset, in order. The writer removes a chunk
+    /// only after writing it and publishing the new `written`, so a reader that misses a chunk
+    /// here finds its bytes in the file.
+    pending: Mutex<VecDeque<(u64, Bytes)>>,
+}
+
+/// What readers see of a fill. Cheap to clone (the file and failure are behind `Arc`s).
+#[derive(Clone)]
+pub(crate) struct FillState {
+    pub(crate) phase: Phase,
+    /// Bytes written to the temp file so far; readers may `pread` up to here.
+    pub(crate) written: u64,
+    /// Bytes received so far; `written..received` is in `Fill::pending`. Readers may release up
+    /// to here (all but a known end's last byte until verified).
+    pub(crate) received: u64,
+    /// The source's announced length, known once the phase leaves `Fetching`.
+    pub(crate) size: Option<u64>,
+    /// The temp file, opened read+write. Readers `pread` from this descriptor, which stays valid
+    /// after the rename into `blobs/` (and even after an unlink), so late joiners need no path.
+    pub(crate) file: Option<Arc<File>>,
+}
+
+#[derive(Clone)]
+pub(crate) enum Phase {
+    /// Waiting for the source's response head.
+    Fetching,
+    /// Bytes are arriving; `written` grows.
+    Streaming,
+    /// Size and digest verified: readers may release the last byte while the rest of the write
+    /// and the commit (fsync, rename) run. The fill stays registered until `Done`, so a request
+    /// that comes in meanwhile joins it and reads the verified bytes instead of asking upstream.
+    Verified,
+    /// The blob is committed (or deliberately not kept); the open file still serves readers.
+    Done,
+    /// The source refused or failed before any body: every waiter gets this error.
+    HeadFailed(FillError),
+    /// The body failed (error, truncation, mismatch): every reader's body errors.
+    Failed(FillFailure),
+}
+
+impl FillState {
+    /// Every byte arrived and the digest matched: all of it may be released.
+    pub(crate) fn is_verified(&self) -> bool {
+        matches!(self.phase, Phase::Verified | Phase::Done)
+    }
+
+    pub(crate) fn is_terminal(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Done | Phase::HeadFailed(_) | Phase::Failed(_)
+        )
+    }
+}
+
+/// Why a fill's body failed; turned into an `io::Error` for each reader.
+#[derive(Clone, Debug)]
+pub(crate) struct FillFailure {
+    kind: io::ErrorKind,
+    message: Arc<str>,
+}
+
+impl FillFailure {
+    pub(crate) fn new(kind: io::ErrorKind, message: impl Into<String>) -> Self {
+        FillFailure {
+            kind,
+            message: Arc::from(message.into()),
+        }
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn to_io_error(&self) -> io::Error {
+        io::Error::new(self.kind, self.message.to_string())
+    }
+}
+
+impl Fill {
+    pub(crate) fn new(digest: Digest) -> Self {
+        let (tx, _) = watch::channel(FillState {
+            phase: Phase::Fetching,
+            written: 0,
+            received: 0,
+            size: None,
+            file: None,
+        });
+        Fill {
+            digest,
+            tx,
+            pending: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub(crate) fn pending(&self) -> MutexGuard<'_, VecDeque<(u64, Bytes)>> {
+        // Every mutation is one push or pop; a panic elsewhere leaves it consistent.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Up to `max` bytes at `pos` from a received chunk not yet written, without copying;
+    /// `None` if that chunk is in the file by now.
+    pub(crate) fn pending_at(&self, pos: u64, max: u64) -> Option<Bytes> {
+        let pending = self.pending();
+        let i = pending.partition_point(|(offset, _)| *offset <= pos);
+        let (offset, chunk) = pending.get(i.checked_sub(1)?)?;
+        let start = usize::try_from(pos - offset).ok()?;
+        if start >= chunk.len() {
+            return None;
+        }
+        let len = usize::try_from(max).unwrap_or(usize::MAX);
+        Some(chunk.slice(start..chunk.len().min(start.saturating_add(len))))
+    }
+
+    /// The source's announced length, once its response head arrived.
+    pub(crate) fn size(&self) -> Option<u64> {
+        self.tx.borrow().size
+    }
+
+    pub(crate) fn is_verified(&self) -> bool {
+        self.tx.borrow().is_verified()
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<FillState> {
+        self.tx.subscribe()
+    }
+
+    // `send_modify` (unlike `send`) updates the value even when no receiver exists yet.
+    pub(crate) fn publish(&self, f: impl FnOnce(&mut FillState)) {
+        self.tx.send_modify(f);
+    }
+}

@@ -1,0 +1,176 @@
+//! Where blobs live on disk: committed ones at `blobs/<alg>/<first two hex>/<hex>`, downloads in
+//! progress in `tmp/` under unique names. Everything under `tmp/` is garbage after a restart.
+
+use crate::digest::{Algorithm, Digest};
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub(crate) struct Layout {
+    blobs_dir: PathBuf,
+    tmp_dir: PathBuf,
+    tmp_seq: AtomicU64,
+}
+
+/// A committed blob found on disk at start-up.
+pub(crate) struct Found {
+    pub(crate) digest: Digest,
+    pub(crate) size: u64,
+    /// The later of the file's access and modification times: its recency across a restart.
+    pub(crate) last_used: SystemTime,
+}
+
+impl Layout {
+    /// Creates the directories and deletes everything in `tmp/` (left by a crash).
+    pub(crate) fn open(root: &Path) -> io::Result<Layout> {
+        let blobs_dir = root.join("blobs");
+        let tmp_dir = root.join("tmp");
+        fs::create_dir_all(&blobs_dir)?;
+        fs::create_dir_all(&tmp_dir)?;
+        clear_dir(&tmp_dir)?;
+        Ok(Layout {
+            blobs_dir,
+            tmp_dir,
+            tmp_seq: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn blobs_dir(&self) -> &Path {
+        &self.blobs_dir
+    }
+
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        // Validated digests have at least 64 hex characters.
+        let prefix = hex.get(..2).unwrap_or("00");
+        self.blobs_dir
+            .join(digest.algorithm().as_str())
+            .join(prefix)
+            .join(hex)
+    }
+
+    /// A new, uniquely named temp file, opened read+write.
+    pub(crate) fn create_tmp_file(&self) -> io::Result<(PathBuf, File)> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        loop {
+            let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+            let name = format!("{}-{nanos}-{seq}.part", std::process::id());
+            let path = self.tmp_dir.join(name);
+            match fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => return Ok((path, file)),
+                // Only possible with a leftover of the same pid and clock reading; try the next.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The directory a committed blob goes into, created if need be.
+    pub(crate) fn prepare_dir(&self, digest: &Digest) -> io::Result<PathBuf> {
+        let dest = self.blob_path(digest);
+        let parent = dest
+            .parent()
+            .ok_or_else(|| io::Error::other("blob path has no parent"))?
+            .to_path_buf();
+        fs::create_dir_all(&parent)?;
+        Ok(parent)
+    }
+
+    /// Moves a verified, synced temp file into place.
+    pub(crate) fn install(&self, tmp: &Path, digest: &Digest) -> io::Result<()> {
+        fs::rename(tmp, self.blob_path(digest))
+    }
+
+    /// Deletes a committed blob's file; a file already gone is not an error.
+    pub(crate) fn remove(&self, digest: &Digest) {
+        match fs::remove_file(self.blob_path(digest)) {
+            Ok(()) => tracing::debug!(%digest, "blob evicted"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(%digest, error = %e, "cannot delete evicted blob"),
+        }
+    }
+
+    /// Committed blobs under `blobs/<alg>/<xx>/<hex>`. Anything else (unknown algorithms, bad
+    /// names, files in the wrong prefix dir, non-files) is ignored.
+    pub(crate) fn scan(&self) -> io::Result<Vec<Found>> {
+        let mut found = Vec::new();
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            let alg_dir = self.blobs_dir.join(alg.as_str());
+            let prefixes = match fs::read_dir(&alg_dir) {
+                Ok(prefixes) => prefixes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for prefix in prefixes {
+                let prefix = prefix?;
+                if !prefix.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let Some(prefix_name) = prefix.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                for file in fs::read_dir(prefix.path())? {
+                    let file = file?;
+                    if let Some(blob) = scan_entry(alg, &prefix_name, &file) {
+                        found.push(blob);
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Makes a rename into `dir` durable; the blob is already correct and visible without it.
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Err(e) = File::open(dir).and_then(|dir| dir.sync_all()) {
+        tracing::debug!(error = %e, "cannot fsync blob directory");
+    }
+}
+
+/// Deletes every entry of `dir` (files and subdirectories).
+fn clear_dir(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let removed = match entry.file_type() {
+            Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+            _ => fs::remove_file(&path),
+        };
+        if let Err(e) = removed {
+            tracing::warn!(path = %path.display(), error = %e, "cannot delete stale temp file");
+        }
+    }
+    Ok(())
+}
+
+fn scan_entry(alg: Algorithm, prefix: &str, file: &fs::DirEntry) -> Option<Found> {
+    let name = file.file_name();
+    let name = name.to_str()?;
+    let digest: Digest = format!("{}:{name}", alg.as_str()).parse().ok()?;
+    if digest.hex().get(..2) != Some(prefix) {
+        return None;
+    }
+    // `DirEntry::metadata` does not follow symlinks, so only real files count.
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let modified = meta.modified().unwrap_or(UNIX_EPOCH);
+    let accessed = meta.accessed().unwrap_or(UNIX_EPOCH);
+    Some(Found {
+        digest,
+        size: meta.len(),
+        last_used: modified.max(accessed),
+    })
+}

@@ -1,0 +1,25 @@
+//! Blobs on disk, content-addressed and verified, as named pieces:
+//!
+//! - `store`: the API the proxy uses (lookup, join-or-start a download, HEAD, shutdown);
+//! - `catalog`: committed blobs and downloads in flight under one lock (commit, evict, pins);
+//! - `index`: what is committed, recency and pins (pure); `layout`: where files live;
+//! - `fill_state` / `fill`: one download per digest, teed to readers, a hasher and a writer;
+//! - `body`: response bodies over a committed file or a download; `memory`: small blobs' bytes;
+//! - `write_buffer`: the bound on received bytes waiting for the disk;
+//! - `source`: what a download reads from and how it fails, in the cache's own terms.
+
+mod body;
+mod catalog;
+mod fill;
+mod fill_state;
+mod index;
+mod layout;
+mod memory;
+mod source;
+mod store;
+mod write_buffer;
+
+pub use memory::SMALL_BLOB_BYTES;
+pub use source::{FillError, IncomingBlob, SourceError};
+pub use store::{Blob, BlobStore, BlobStoreLimits, BlobStoreStats, CachedBlob, FillingBlob};
+pub use write_buffer::DEFAULT_WRITE_BUFFER;

@@ -1,0 +1,55 @@
+//! What a fill reads from, and how a fill can fail, in the cache's own terms: the cache knows
+//! nothing of HTTP or of registry errors.
+
+use crate::body::UpstreamBody;
+use std::fmt;
+use std::sync::Arc;
+
+/// A blob as its source delivers it: the length it announced, if any, and the body (a stalled
+/// source shows up as a body error).
+pub struct IncomingBlob {
+    pub size: Option<u64>,
+    pub body: UpstreamBody,
+}
+
+/// Why the source could not start delivering a blob. Opaque to the cache, which hands the same
+/// error to every caller that joined the fill; a caller that knows the type gets it back with
+/// [`SourceError::downcast_ref`].
+#[derive(Clone)]
+pub struct SourceError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl SourceError {
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        SourceError(Arc::new(error))
+    }
+
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        self.0.downcast_ref()
+    }
+}
+
+impl fmt::Debug for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// Why a caller gets no blob from `get_or_fill`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FillError {
+    /// The source refused or failed before any body.
+    #[error("{0}")]
+    Source(SourceError),
+    /// The download failed before this caller joined it: nothing of it can be served.
+    #[error("{0}")]
+    Failed(String),
+    /// The cache could not take the download (no temp file).
+    #[error("{0}")]
+    Storage(String),
+}

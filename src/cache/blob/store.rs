@@ -1,0 +1,388 @@
+//! The blob store's API: look a blob up, join or start the one download of a digest, answer a
+//! HEAD, wait for commits at shutdown. The proxy sees blobs and bodies, never files.
+
+use super::body;
+use super::catalog::{Catalog, PinGuard};
+use super::fill;
+use super::fill_state::{Fill, FillState, Phase};
+use super::memory::{SmallBlobs, SMALL_BLOB_BYTES};
+use super::source::{FillError, IncomingBlob, SourceError};
+use super::write_buffer::{WriteBuffer, DEFAULT_WRITE_BUFFER};
+use crate::body::ResponseBody;
+use crate::digest::Digest;
+use bytes::Bytes;
+use std::fmt;
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// What the store may use.
+#[derive(Debug, Clone, Copy)]
+pub struct BlobStoreLimits {
+    /// Bytes of committed blobs on disk (`cache.max_size`).
+    pub max_bytes: u64,
+    /// Received bytes that may wait in memory for the disk (`cache.write_buffer`).
+    pub write_buffer: u64,
+    /// Small committed blobs kept in memory.
+    pub small_blob_memory: u64,
+}
+
+impl BlobStoreLimits {
+    pub fn with_max_bytes(max_bytes: u64) -> Self {
+        BlobStoreLimits {
+            max_bytes,
+            write_buffer: DEFAULT_WRITE_BUFFER,
+            small_blob_memory: 16 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BlobStoreStats {
+    /// Bytes of committed blobs.
+    pub bytes: u64,
+    /// Committed blobs.
+    pub entries: u64,
+    /// Blobs deleted to stay within the budget since `open`.
+    pub evictions: u64,
+    /// Downloads in progress.
+    pub in_flight: u64,
+    /// Downloads started since `open` (one per coalesced group of requests).
+    pub fills_started: u64,
+    /// Bytes downloads received that wait in memory for the disk (at most `cache.write_buffer`,
+    /// give or take one chunk).
+    pub write_buffered: u64,
+}
+
+pub struct BlobStore {
+    catalog: Arc<Catalog>,
+    write_buffer: Arc<WriteBuffer>,
+    small: SmallBlobs,
+}
+
+impl BlobStore {
+    /// Opens the store under `root` with the default write buffer. Blocking: call it at
+    /// start-up, before serving.
+    pub fn open(root: PathBuf, max_bytes: u64) -> io::Result<Arc<BlobStore>> {
+        Self::open_with(root, BlobStoreLimits::with_max_bytes(max_bytes))
+    }
+
+    /// `open`, with `write_buffer` bytes of received data allowed to wait in memory for the disk.
+    pub fn open_with_write_buffer(
+        root: PathBuf,
+        max_bytes: u64,
+        write_buffer: u64,
+    ) -> io::Result<Arc<BlobStore>> {
+        Self::open_with(
+            root,
+            BlobStoreLimits {
+                write_buffer,
+                ..BlobStoreLimits::with_max_bytes(max_bytes)
+            },
+        )
+    }
+
+    /// Creates dirs, clears what a crash left in `tmp/`, re-indexes the committed blobs and
+    /// evicts down to the budget. Blocking.
+    pub fn open_with(root: PathBuf, limits: BlobStoreLimits) -> io::Result<Arc<BlobStore>> {
+        let catalog = Catalog::open(&root, limits.max_bytes)?;
+        Ok(Arc::new(BlobStore {
+            catalog: Arc::new(catalog),
+            write_buffer: Arc::new(WriteBuffer::new(limits.write_buffer)),
+            small: SmallBlobs::new(limits.small_blob_memory),
+        }))
+    }
+
+    /// A committed blob, pinned (not evictable) while the returned handle lives. Touches LRU.
+    pub fn get(&self, digest: &Digest) -> Option<CachedBlob> {
+        let (size, pin) = self.catalog.pin(digest)?;
+        Some(CachedBlob {
+            size,
+            path: self.catalog.blob_path(digest),
+            pin: Arc::new(pin),
+        })
+    }
+
+    /// A committed blob ready to serve: a small one from memory (read and verified once), any
+    /// other streamed from the store. `None` if it is not committed.
+    pub async fn lookup(&self, digest: &Digest) -> Option<Blob> {
+        let cached = self.get(digest)?;
+        if cached.size <= SMALL_BLOB_BYTES {
+            let path = cached.path.clone();
+            if let Some(bytes) = self.small.get_or_load(digest, path, cached.size).await {
+                return Some(Blob::Memory(bytes));
+            }
+        }
+        Some(Blob::Cached(cached))
+    }
+
+    /// What a `HEAD` needs, in one look at the catalog (a download may commit between two):
+    /// the size, and whether the bytes are local — committed, or downloaded and verified with
+    /// only the commit running — rather than still arriving. `None`: neither cached nor being
+    /// downloaded with a known size.
+    pub fn head(&self, digest: &Digest) -> Option<(u64, bool)> {
+        let state = self.catalog.lock();
+        if let Some(size) = state.index.size(digest) {
+            return Some((size, true));
+        }
+        let fill = state.in_flight.get(digest)?;
+        Some((fill.size()?, fill.is_verified()))
+    }
+
+    /// Waits (at most `limit`) until every download whose bytes are verified is committed, so
+    /// that a shutdown right after a pull keeps the blob. Downloads still receiving are left:
+    /// they end with the process and their temp files are cleared at the next start.
+    pub async fn finish_commits(&self, limit: std::time::Duration) {
+        let committing: Vec<_> = {
+            let state = self.catalog.lock();
+            state
+                .in_flight
+                .values()
+                .filter(|fill| fill.is_verified())
+                .map(|fill| fill.subscribe())
+                .collect()
+        };
+        let wait = async {
+            for mut rx in committing {
+                let _ = rx.wait_for(|s| s.is_terminal()).await;
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            tracing::warn!("shutdown: blob commits still running after {limit:?}");
+        }
+    }
+
+    /// Returns the cached blob, or joins the in-flight fill for this digest, or starts one by
+    /// calling `fetch` (only the caller that starts the fill calls it; others' closures are
+    /// dropped unused). Returns once the fetch has produced its response head or failed: every
+    /// joined caller gets the same error if `fetch` fails. The download runs as its own task,
+    /// so it completes (and commits) even if every caller goes away.
+    pub async fn get_or_fill<F, Fut>(&self, digest: &Digest, fetch: F) -> Result<Blob, FillError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<IncomingBlob, SourceError>> + Send + 'static,
+    {
+        let (fill, start) = {
+            let mut state = self.catalog.lock();
+            if let Some(size) = state.index.touch_and_pin(digest) {
+                drop(state);
+                return Ok(Blob::Cached(CachedBlob {
+                    size,
+                    path: self.catalog.blob_path(digest),
+                    pin: Arc::new(self.catalog.pin_guard(digest)),
+                }));
+            }
+            match state.in_flight.get(digest) {
+                Some(fill) => (fill.clone(), false),
+                None => {
+                    let fill = Arc::new(Fill::new(digest.clone()));
+                    state.in_flight.insert(digest.clone(), fill.clone());
+                    state.fills_started += 1;
+                    (fill, true)
+                }
+            }
+        };
+        let mut rx = fill.subscribe();
+        if start {
+            tracing::debug!(%digest, "blob fill started");
+            fill::spawn(
+                self.catalog.clone(),
+                self.write_buffer.clone(),
+                fill.clone(),
+                fetch,
+            );
+        }
+        let state = rx
+            .wait_for(|s| !matches!(s.phase, Phase::Fetching))
+            .await
+            .map(|s| (*s).clone())
+            .map_err(|_| FillError::Failed("blob fill vanished".into()))?;
+        match state.phase {
+            Phase::HeadFailed(e) => Err(e),
+            // Joined too late to stream anything: a clean error beats a broken 200.
+            Phase::Failed(failure) => Err(FillError::Failed(failure.message().to_owned())),
+            Phase::Fetching | Phase::Streaming | Phase::Verified | Phase::Done => {
+                let verified = state.is_verified();
+                let file = state
+                    .file
+                    .ok_or_else(|| FillError::Storage("blob fill has no file".into()))?;
+                Ok(Blob::Filling(FillingBlob {
+                    size: state.size,
+                    file,
+                    rx,
+                    fill,
+                    verified,
+                    started: start,
+                }))
+            }
+        }
+    }
+
+    pub fn stats(&self) -> BlobStoreStats {
+        let state = self.catalog.lock();
+        BlobStoreStats {
+            bytes: state.index.bytes(),
+            entries: state.index.len() as u64,
+            evictions: state.index.evictions(),
+            in_flight: state.in_flight.len() as u64,
+            fills_started: state.fills_started,
+            write_buffered: self.write_buffer.waiting(),
+        }
+    }
+
+    /// The configured byte budget.
+    pub fn max_bytes(&self) -> u64 {
+        self.catalog.max_bytes()
+    }
+}
+
+impl fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("blobs_dir", &self.catalog.blobs_dir())
+            .field("max_bytes", &self.catalog.max_bytes())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// A committed blob, pinned while this handle (or a body made from it) lives.
+#[derive(Clone)]
+pub struct CachedBlob {
+    size: u64,
+    path: PathBuf,
+    pin: Arc<PinGuard>,
+}
+
+impl CachedBlob {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn digest(&self) -> &Digest {
+        self.pin.digest()
+    }
+
+    /// Where the blob lives on disk (for tests and tools; the proxy streams bodies).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn body(&self, range: Option<(u64, u64)>) -> ResponseBody {
+        body::cached_body(self.path.clone(), self.size, range, self.pin.clone())
+    }
+}
+
+impl fmt::Debug for CachedBlob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedBlob")
+            .field("digest", self.pin.digest())
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// A blob being downloaded; bodies made from it follow the download.
+#[derive(Clone)]
+pub struct FillingBlob {
+    size: Option<u64>,
+    file: Arc<File>,
+    rx: watch::Receiver<FillState>,
+    fill: Arc<Fill>,
+    /// Joined after every byte was verified (the commit still running): served wholly from
+    /// local, verified data, as a committed blob would be.
+    verified: bool,
+    /// This caller started the download.
+    started: bool,
+}
+
+impl FillingBlob {
+    /// The source's announced length, if it sent one.
+    pub fn size(&self) -> Option<u64> {
+        self.size
+    }
+
+    pub fn body(&self, range: Option<(u64, u64)>) -> ResponseBody {
+        body::filling_body(
+            self.fill.clone(),
+            self.rx.clone(),
+            self.file.clone(),
+            self.size,
+            range,
+        )
+    }
+}
+
+impl fmt::Debug for FillingBlob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FillingBlob")
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Blob {
+    /// Committed, streamed from the store.
+    Cached(CachedBlob),
+    /// Committed and small: its verified bytes, from memory.
+    Memory(Bytes),
+    /// Being downloaded.
+    Filling(FillingBlob),
+}
+
+impl Blob {
+    /// Known unless a download's source announced no length.
+    pub fn size(&self) -> Option<u64> {
+        match self {
+            Blob::Cached(blob) => Some(blob.size()),
+            Blob::Memory(bytes) => Some(bytes.len() as u64),
+            Blob::Filling(blob) => blob.size(),
+        }
+    }
+
+    /// Committed in the store (rather than a download joined while in flight).
+    pub fn is_cached(&self) -> bool {
+        matches!(self, Blob::Cached(_) | Blob::Memory(_))
+    }
+
+    /// Served without waiting on the source: committed, or fully downloaded and verified with
+    /// only the commit still running (a request right after a pull). Counted as a cache hit.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Blob::Cached(_) | Blob::Memory(_) => true,
+            Blob::Filling(blob) => blob.verified,
+        }
+    }
+
+    /// This caller's request started the download (a miss, not a join).
+    pub fn started_download(&self) -> bool {
+        matches!(self, Blob::Filling(blob) if blob.started)
+    }
+
+    /// The bytes `start..=end` (`None` = whole blob) as a streaming response body. The caller
+    /// has validated the range against `size()`. For `Filling` it yields bytes as they arrive;
+    /// a failed fill ends the body with an `Err`, never a short or wrong success.
+    pub fn body(&self, range: Option<(u64, u64)>) -> ResponseBody {
+        match self {
+            Blob::Cached(blob) => blob.body(range),
+            Blob::Memory(bytes) => memory_body(bytes, range),
+            Blob::Filling(blob) => blob.body(range),
+        }
+    }
+}
+
+fn memory_body(bytes: &Bytes, range: Option<(u64, u64)>) -> ResponseBody {
+    match range {
+        None => crate::body::full(bytes.clone()),
+        // Callers only pass ranges inside the blob; anything else would end short of its
+        // Content-Length, never panic.
+        Some((a, b)) => match (usize::try_from(a), usize::try_from(b)) {
+            (Ok(a), Ok(b)) if a <= b && b < bytes.len() => crate::body::full(bytes.slice(a..=b)),
+            _ => crate::body::empty(),
+        },
+    }
+}
