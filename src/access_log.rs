@@ -1,5 +1,6 @@
 //! One structured log line per request, written when the response body is finished or dropped,
-//! so `bytes` and `duration_ms` are what the client really got.
+//! so `bytes` and `duration_ms` are what the client really got. It is written inside the
+//! request's span (`request{id kind upstream}`).
 
 use crate::body::ResponseBody;
 use crate::metrics::Metrics;
@@ -19,7 +20,7 @@ pub struct RequestNotes {
     /// The platform a tag answer was resolved for, when it was.
     pub rewrite: Option<String>,
     /// Everything the platform decision considered (for `archway explain`).
-    pub decision: Option<Box<crate::rewrite::Decision>>,
+    pub decision: Option<Box<crate::route_policy::Decision>>,
     /// The API endpoint kind (`ping`, `manifest`, `blob`, `tags`, `referrers`); `None` when the
     /// path is none of them.
     pub kind: Option<&'static str>,
@@ -44,6 +45,8 @@ pub struct AccessLog {
     pub notes: RequestNotes,
     /// Where the request is counted once it is over.
     pub metrics: Option<Arc<Metrics>>,
+    /// The request's span: the log line is written inside it, tied to the request's other lines.
+    pub span: tracing::Span,
 }
 
 pub struct LoggedBody {
@@ -100,6 +103,7 @@ impl Body for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         let Some(log) = self.log.take() else { return };
+        let _in_request = log.span.enter();
         let complete = !self.failed
             && (self.ended || self.inner.is_end_stream() || log.expected_bytes == Some(self.bytes));
         let took = log.started.elapsed();

@@ -99,12 +99,12 @@ pub struct AuthConfig {
 /// One `[[route]]`: a match and the platform policy it sets.
 #[derive(Debug, Clone, Default)]
 pub struct RouteConfig {
-    pub matcher: crate::route::RouteMatch,
+    pub matcher: crate::route_policy::RouteMatch,
     /// The route's platform in containerd form (`linux/arm64`, `windows(10.0.17763)/amd64`) or
     /// `windows/amd64:10.0.17763`; validated when the config is loaded.
     pub platform: Option<String>,
-    pub rewrite: crate::route::RewriteMode,
-    pub oci_for_legacy: crate::route::OciForLegacy,
+    pub rewrite: crate::route_policy::RewriteMode,
+    pub oci_for_legacy: crate::route_policy::OciForLegacy,
     pub windows_match: crate::platform::WindowsMatch,
 }
 
@@ -303,7 +303,7 @@ struct RawRouteMatch {
 
 impl RawRoute {
     fn into_config(self, i: usize) -> Result<RouteConfig, ConfigError> {
-        use crate::route::{OciForLegacy, RewriteMode, RouteMatch};
+        use crate::route_policy::{OciForLegacy, RewriteMode, RouteMatch};
         let key = |k: &str| format!("route[{i}].{k}");
         let m = self.matcher;
         let client_cidr = match m.client_cidr {

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::image_ref::ImageRef;
 use crate::proxy::{ConnInfo, Proxy};
-use crate::rewrite::Decision;
+use crate::route_policy::Decision;
 use http::{HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 use std::fmt::Write as _;

@@ -7,8 +7,8 @@
 //! paths exist only where it is deployed. The container image is tested in `tests/e2e.rs`.
 
 use archway::config::Config;
-use archway::route::{RequestFacts, RewriteMode};
-use archway::routing;
+use archway::route_policy::{RequestFacts, RewriteMode};
+use archway::upstream_choice;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -119,7 +119,7 @@ fn upstream_names(cfg: &Config) -> BTreeSet<String> {
 /// The upstream (by name) a request for `name` reaches with containerd's `?ns=`, a path
 /// prefix, or neither.
 fn upstream_for(cfg: &Config, name: &str, ns: Option<&str>) -> String {
-    let target = routing::resolve(&cfg.upstreams, cfg.default_upstream(), name, ns, None)
+    let target = upstream_choice::resolve(&cfg.upstreams, cfg.default_upstream(), name, ns, None)
         .unwrap_or_else(|e| panic!("{name} (ns={ns:?}) reaches no upstream: {e:?}"));
     cfg.upstreams[target.upstream].name.clone()
 }

@@ -6,8 +6,8 @@ mod support;
 use archway::config::{RouteConfig, UpstreamConfig};
 use archway::explain::{explain, Hints};
 use archway::image_ref::ImageRef;
-use archway::rewrite::PlatformSource;
-use archway::route::{RewriteMode, RouteMatch};
+use archway::route_policy::PlatformSource;
+use archway::route_policy::{RewriteMode, RouteMatch};
 use support::{config_for, FakeRegistry};
 
 const DOCKER_1706_ARM64: &str = "docker/17.06.2-ee-19 go/go1.8.7 git-commit/6b5fb4d kernel/4.9.0 os/linux arch/arm64 UpstreamClient(Docker-Client/17.06.2-ee-19 \\(linux\\))";

@@ -4,12 +4,12 @@
 mod support;
 
 use archway::config::RouteConfig;
-use archway::route::{OciForLegacy, RewriteMode, RouteMatch};
+use archway::route_policy::{OciForLegacy, RewriteMode, RouteMatch};
 use http::StatusCode;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::fake_registry::pseudo_random_bytes;
+use support::metrics::{parse_sample, Scrape};
 use support::{upstream_for, FakeRegistry, Fault, Harness, Kind, Reply, TestClient};
 
 const DOCKER_1706_AMD64: &str = "docker/17.06.2-ee-19 go/go1.8.7 git-commit/6b5fb4d kernel/3.10.0-1062.el7.x86_64 os/linux arch/amd64 UpstreamClient(Docker-Client/17.06.2-ee-19 \\(linux\\))";
@@ -20,100 +20,6 @@ const DOCKER_1706_ACCEPT: [&str; 4] = [
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// One parsed exposition: `(name, labels) -> value`.
-struct Scrape {
-    text: String,
-    samples: Vec<(String, BTreeMap<String, String>, f64)>,
-}
-
-impl Scrape {
-    fn parse(text: String) -> Scrape {
-        let samples = text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(|l| parse_sample(l).unwrap_or_else(|| panic!("unparsable line {l:?}")))
-            .collect();
-        Scrape { text, samples }
-    }
-
-    /// The value of the series with exactly these labels.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.samples
-            .iter()
-            .find(|(n, l, _)| n == name && *l == want)
-            .map(|(_, _, v)| *v)
-    }
-
-    /// Like `get`, failing the test (with the whole exposition) when the series is missing.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels)
-            .unwrap_or_else(|| panic!("no {name}{labels:?} in\n{}", self.text))
-    }
-
-    /// Sum over every series of `name`.
-    fn sum(&self, name: &str) -> f64 {
-        self.samples
-            .iter()
-            .filter(|(n, _, _)| n == name)
-            .map(|(_, _, v)| *v)
-            .sum()
-    }
-
-    /// Every label set of `name`, for asserting that nothing else was counted.
-    fn series(&self, name: &str) -> Vec<BTreeMap<String, String>> {
-        self.samples
-            .iter()
-            .filter(|(n, _, _)| n == name)
-            .map(|(_, l, _)| l.clone())
-            .collect()
-    }
-}
-
-/// `name{k="v",…} value` or `name value`.
-fn parse_sample(line: &str) -> Option<(String, BTreeMap<String, String>, f64)> {
-    let mut labels = BTreeMap::new();
-    let (name, rest) = match line.find('{') {
-        Some(open) => {
-            let name = &line[..open];
-            let mut chars = line[open + 1..].char_indices();
-            let end = loop {
-                let mut key = String::new();
-                for (_, c) in chars.by_ref() {
-                    if c == '=' {
-                        break;
-                    }
-                    key.push(c);
-                }
-                if chars.next()?.1 != '"' {
-                    return None;
-                }
-                let mut value = String::new();
-                while let Some((_, c)) = chars.next() {
-                    match c {
-                        '\\' => value.push(chars.next()?.1),
-                        '"' => break,
-                        c => value.push(c),
-                    }
-                }
-                labels.insert(key.trim_start_matches(',').to_owned(), value);
-                match chars.next()? {
-                    (_, ',') => continue,
-                    (i, '}') => break open + 1 + i + 1,
-                    _ => return None,
-                }
-            };
-            (name, &line[end..])
-        }
-        None => line.split_once(' ')?,
-    };
-    let value = rest.split_whitespace().next()?.parse().ok()?;
-    Some((name.to_owned(), labels, value))
-}
 
 fn admin_addr(h: &Harness) -> SocketAddr {
     h.archway

@@ -4,7 +4,6 @@
 mod support;
 
 use http::StatusCode;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::{dir_size, FakeRegistry, Fault, Harness, Kind, Reply};
 
@@ -90,10 +89,11 @@ async fn concurrent_cold_requests_make_one_upstream_fetch() {
         assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
     }
     // They really overlapped the one fill: none of them was a plain cache hit.
-    let stats = &h.archway.as_ref().unwrap().proxy().stats;
-    assert_eq!(stats.blob_hits.load(Ordering::Relaxed), 0);
-    assert_eq!(stats.blob_misses.load(Ordering::Relaxed), 1);
-    assert_eq!(stats.blob_coalesced.load(Ordering::Relaxed), 31);
+    let proxy = h.archway.as_ref().unwrap().proxy();
+    let (hits, misses, coalesced) = support::metrics::cache_results(proxy, "blob", 32.0).await;
+    assert_eq!(hits, 0);
+    assert_eq!(misses, 1);
+    assert_eq!(coalesced, 31);
 }
 
 /// Coalesced waiters of a fill that fails verification all see the failure.
@@ -411,13 +411,10 @@ async fn a_request_right_after_a_pull_is_a_hit_and_a_restart_keeps_it() {
     let mut h = Harness::start().await;
     let sizes = [1_500_000; 12];
     let img = h.fake.sample_image_sized("lib/app", Some("v1"), 41, &sizes);
-    let stats = |h: &Harness| {
-        let s = &h.archway.as_ref().unwrap().proxy().stats;
-        (
-            s.blob_hits.load(Ordering::SeqCst),
-            s.blob_misses.load(Ordering::SeqCst),
-            s.blob_coalesced.load(Ordering::SeqCst),
-        )
+    // (hits, misses, coalesced) once `total` blob requests were counted.
+    let stats = |h: &Harness, total: u64| {
+        let proxy = h.archway.as_ref().unwrap().proxy().clone();
+        async move { support::metrics::cache_results(&proxy, "blob", total as f64).await }
     };
     for (i, layer) in img.layers.iter().enumerate() {
         let path = format!("/v2/lib/app/blobs/{layer}");
@@ -436,7 +433,7 @@ async fn a_request_right_after_a_pull_is_a_hit_and_a_restart_keeps_it() {
     assert_eq!(h.fake.count("GET", Kind::Blob), n as usize);
     assert_eq!(h.fake.count("HEAD", Kind::Blob), 0);
     // Every first GET a miss; every HEAD and second GET a hit, none coalesced onto a download.
-    assert_eq!(stats(&h), (2 * n, n, 0));
+    assert_eq!(stats(&h, 3 * n).await, (2 * n, n, 0));
 
     // Pull, then shut down at once: the blob is on disk after the restart.
     let fresh = h
@@ -451,7 +448,7 @@ async fn a_request_right_after_a_pull_is_a_hit_and_a_restart_keeps_it() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, fresh.layer_bytes[0]);
     assert_eq!(h.fake.total(), 0, "{:?}", h.fake.requests());
-    assert_eq!(stats(&h), (1, 0, 0));
+    assert_eq!(stats(&h, 1).await, (1, 0, 0));
 }
 
 /// Each download's writer thread runs at a lower CPU priority (nice 10) than the rest of

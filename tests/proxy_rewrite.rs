@@ -9,7 +9,7 @@ mod support;
 use archway::config::RouteConfig;
 use archway::conversion::convert_oci_to_docker;
 use archway::platform::WindowsMatch;
-use archway::route::{OciForLegacy, RewriteMode, RouteMatch};
+use archway::route_policy::{OciForLegacy, RewriteMode, RouteMatch};
 use http::{Method, StatusCode};
 use std::net::SocketAddr;
 use support::clients::{self, ClientHeaders};

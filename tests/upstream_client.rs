@@ -1,9 +1,9 @@
 //! The upstream client against small in-process registries on 127.0.0.1:0.
 
 use archway::config::{Credentials, Secret, UpstreamConfig};
-use archway::error::{ErrorCode, Side};
+use archway::error::{ErrorCode, ProxyError, Side};
 use archway::reference::RepositoryName;
-use archway::upstream::{status_error, Upstream};
+use archway::upstream::{status_error, Missing, Upstream};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
@@ -444,6 +444,7 @@ async fn token_endpoint_refusal_is_an_upstream_error() {
         let err = up
             .send(Method::GET, &repo("a/b"), "manifests/1", HeaderMap::new())
             .await
+            .map_err(ProxyError::from)
             .unwrap_err();
         assert_eq!(err.side, Side::Upstream);
         assert_eq!((err.code, err.status), (code, status), "{err}");
@@ -457,6 +458,7 @@ async fn token_endpoint_refusal_is_an_upstream_error() {
     let err = upstream(&reg.url())
         .send(Method::GET, &repo("a/b"), "manifests/1", HeaderMap::new())
         .await
+        .map_err(ProxyError::from)
         .unwrap_err();
     assert_eq!(err.status, StatusCode::BAD_GATEWAY);
 }
@@ -567,6 +569,7 @@ async fn redirect_loops_stop_after_five_hops() {
     let err = up
         .send(Method::HEAD, &repo("a/b"), "manifests/x", HeaderMap::new())
         .await
+        .map_err(ProxyError::from)
         .unwrap_err();
     assert_eq!(err.status, StatusCode::BAD_GATEWAY);
     assert!(
@@ -585,6 +588,7 @@ async fn redirect_failure_does_not_leak_the_signed_url() {
     let err = upstream(&reg.url())
         .send(Method::GET, &repo("a/b"), "blobs/x", HeaderMap::new())
         .await
+        .map_err(ProxyError::from)
         .unwrap_err();
     assert_eq!(err.status, StatusCode::BAD_GATEWAY);
     assert!(!err.message.contains("s3cr3t"), "{err}");
@@ -606,6 +610,7 @@ async fn connection_refused_is_bad_gateway() {
     let err = up
         .send(Method::GET, &repo("a/b"), "manifests/x", HeaderMap::new())
         .await
+        .map_err(ProxyError::from)
         .unwrap_err();
     assert_eq!(err.side, Side::Upstream);
     assert_eq!(err.code, ErrorCode::Unavailable);
@@ -632,6 +637,7 @@ async fn stalled_server_is_gateway_timeout() {
     let err = up
         .send(Method::GET, &repo("a/b"), "manifests/x", HeaderMap::new())
         .await
+        .map_err(ProxyError::from)
         .unwrap_err();
     let elapsed = started.elapsed();
     assert_eq!(err.status, StatusCode::GATEWAY_TIMEOUT);
@@ -675,6 +681,16 @@ async fn body_stalling_mid_way_times_out() {
 }
 
 // === status mapping ===
+
+/// What a 404 means, by the registry code a client sees for it.
+fn missing(code: ErrorCode) -> Missing {
+    match code {
+        ErrorCode::ManifestUnknown => Missing::Manifest,
+        ErrorCode::BlobUnknown => Missing::Blob,
+        ErrorCode::NameUnknown => Missing::Repository,
+        other => panic!("no 404 is {other:?}"),
+    }
+}
 
 #[test]
 fn status_error_table() {
@@ -756,7 +772,8 @@ fn status_error_table() {
     ];
     for (status, not_found, want) in cases {
         let status = StatusCode::from_u16(*status).unwrap();
-        let got = status_error("docker.io", status, &retry, *not_found);
+        let got =
+            status_error("docker.io", status, &retry, missing(*not_found)).map(ProxyError::from);
         match (got, want) {
             (None, None) => {}
             (Some(e), Some((code, st))) => {
@@ -769,13 +786,9 @@ fn status_error_table() {
             (got, want) => panic!("{status}: got {got:?}, want {want:?}"),
         }
     }
-    let e = status_error(
-        "x",
-        StatusCode::TOO_MANY_REQUESTS,
-        &none,
-        ErrorCode::BlobUnknown,
-    )
-    .unwrap();
+    let e = ProxyError::from(
+        status_error("x", StatusCode::TOO_MANY_REQUESTS, &none, Missing::Blob).unwrap(),
+    );
     assert_eq!(e.retry_after, None);
 }
 
@@ -802,13 +815,15 @@ async fn too_many_requests_keeps_retry_after() {
             .send(Method::GET, &repo("a/b"), suffix, HeaderMap::new())
             .await
             .unwrap();
-        let e = status_error(
-            &up.config().name,
-            resp.status(),
-            resp.headers(),
-            ErrorCode::ManifestUnknown,
-        )
-        .unwrap();
+        let e = ProxyError::from(
+            status_error(
+                &up.config().name,
+                resp.status(),
+                resp.headers(),
+                Missing::Manifest,
+            )
+            .unwrap(),
+        );
         assert_eq!((e.code, e.status.as_u16()), (code, status));
         assert_eq!(e.retry_after.as_ref().unwrap(), retry);
         assert!(e.is_upstream_unavailable());
@@ -942,6 +957,7 @@ async fn https_with_extra_ca_file_uses_http2() {
             HeaderMap::new(),
         )
         .await
+        .map_err(ProxyError::from)
         .unwrap_err();
     assert_eq!(err.status, StatusCode::BAD_GATEWAY);
     assert!(err.message.contains("certificate"), "{err}");

@@ -2,20 +2,14 @@
 //! moka) and on disk so they survive restarts.
 
 use crate::digest::Digest;
+pub use crate::manifest::Manifest;
 use bytes::Bytes;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredManifest {
-    pub digest: Digest,
-    pub media_type: String,
-    pub bytes: Bytes,
-}
-
 pub struct ManifestStore {
-    memory: moka::sync::Cache<Digest, Arc<StoredManifest>>,
+    memory: moka::sync::Cache<Digest, Arc<Manifest>>,
     dir: PathBuf,
 }
 
@@ -24,7 +18,7 @@ impl ManifestStore {
         std::fs::create_dir_all(dir.join("tmp"))?;
         clear_dir(&dir.join("tmp"))?;
         let memory = moka::sync::Cache::builder()
-            .weigher(|_: &Digest, m: &Arc<StoredManifest>| {
+            .weigher(|_: &Digest, m: &Arc<Manifest>| {
                 u32::try_from(m.bytes.len() + m.media_type.len() + 128).unwrap_or(u32::MAX)
             })
             .max_capacity(memory_bytes)
@@ -37,7 +31,7 @@ impl ManifestStore {
     }
 
     /// From memory, else from disk (re-checked against its digest, so a damaged file is a miss).
-    pub async fn get(&self, digest: &Digest) -> Option<Arc<StoredManifest>> {
+    pub async fn get(&self, digest: &Digest) -> Option<Arc<Manifest>> {
         if let Some(m) = self.memory.get(digest) {
             return Some(m);
         }
@@ -48,7 +42,7 @@ impl ManifestStore {
     }
 
     /// Only call with bytes that hash to `m.digest`.
-    pub async fn put(&self, m: Arc<StoredManifest>) -> std::io::Result<()> {
+    pub async fn put(&self, m: Arc<Manifest>) -> std::io::Result<()> {
         self.memory.insert(m.digest.clone(), m.clone());
         let path = self.path(&m.digest);
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
@@ -69,7 +63,7 @@ pub(crate) fn manifest_path(root: &Path, digest: &Digest) -> PathBuf {
 }
 
 /// `<media type>\n<exact bytes>`: media types never contain a newline (they were header values).
-fn encode(m: &StoredManifest) -> Vec<u8> {
+fn encode(m: &Manifest) -> Vec<u8> {
     let mut out = Vec::with_capacity(m.media_type.len() + 1 + m.bytes.len());
     out.extend_from_slice(m.media_type.as_bytes());
     out.push(b'\n');
@@ -77,14 +71,14 @@ fn encode(m: &StoredManifest) -> Vec<u8> {
     out
 }
 
-fn decode(digest: &Digest, raw: &[u8]) -> Option<StoredManifest> {
+fn decode(digest: &Digest, raw: &[u8]) -> Option<Manifest> {
     let nl = raw.iter().position(|b| *b == b'\n')?;
     let media_type = std::str::from_utf8(&raw[..nl]).ok()?.to_owned();
     let bytes = Bytes::copy_from_slice(&raw[nl + 1..]);
     if !digest.verifies(&bytes) {
         return None;
     }
-    Some(StoredManifest {
+    Some(Manifest {
         digest: digest.clone(),
         media_type,
         bytes,
@@ -138,8 +132,8 @@ pub(crate) fn clear_dir(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn manifest(body: &'static [u8]) -> Arc<StoredManifest> {
-        Arc::new(StoredManifest {
+    fn manifest(body: &'static [u8]) -> Arc<Manifest> {
+        Arc::new(Manifest {
             digest: Digest::sha256_of(body),
             media_type: crate::media_type::OCI_MANIFEST.into(),
             bytes: Bytes::from_static(body),

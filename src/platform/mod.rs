@@ -62,6 +62,17 @@ impl Platform {
     /// `os(version)/arch`, `os(version+feature)/arch`, `os(+feature)/arch` — and archway's config
     /// form with the OS version after a colon, `windows/amd64:10.0.17763`. The result is
     /// normalised.
+    /// linux/amd64: what a client gets when nothing says otherwise.
+    pub fn default_for_clients() -> Platform {
+        Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+            os_version: None,
+            os_features: Vec::new(),
+        }
+    }
+
     pub fn parse(input: &str) -> Result<Platform, PlatformError> {
         if input.is_empty() {
             return Err(PlatformError::Empty);

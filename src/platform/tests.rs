@@ -647,3 +647,11 @@ fn captured_user_agents() {
         assert_eq!(platform_from_user_agent(ua), want, "{ua}");
     }
 }
+
+#[test]
+fn default_for_clients_is_linux_amd64() {
+    assert_eq!(
+        Platform::default_for_clients(),
+        Platform::parse(crate::route_policy::DEFAULT_PLATFORM).unwrap()
+    );
+}

@@ -8,6 +8,7 @@ pub mod clients;
 pub mod fake_registry;
 pub mod images;
 pub mod logs;
+pub mod metrics;
 
 use archway::config::{CacheConfig, Config, LogFormat, UpstreamConfig};
 use archway::Archway;

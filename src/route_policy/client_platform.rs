@@ -1,75 +1,13 @@
-//! Whether a tag answer is rewritten, and for which platform. Pure: the proxy feeds it the
-//! request's hints and the manifest it found.
+//! The client's platform, strongest hint first: an `always` route, `X-Meta-Platform`, the
+//! User-Agent, the route's platform, linux/amd64. Pure.
 
-use crate::config::RouteConfig;
+use super::route_match::RewriteMode;
+use super::Route;
 use crate::error::{ErrorCode, ProxyError};
-use crate::media_type::{self, AcceptSet};
 use crate::platform::{combine, platform_from_meta_header, platform_from_user_agent, Platform};
-use crate::route::{RequestFacts, RewriteMode};
 
 /// The platform a client gets when nothing says otherwise.
 pub const DEFAULT_PLATFORM: &str = "linux/amd64";
-
-/// A configured route with its platform parsed.
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub index: usize,
-    pub config: RouteConfig,
-    pub platform: Option<Platform>,
-}
-
-impl Route {
-    pub fn from_config(index: usize, config: RouteConfig) -> Result<Route, ProxyError> {
-        let platform = match &config.platform {
-            Some(p) => Some(Platform::parse(p).map_err(|e| {
-                ProxyError::internal(format!("route[{index}].platform `{p}`: {e}"))
-            })?),
-            None => None,
-        };
-        Ok(Route {
-            index,
-            config,
-            platform,
-        })
-    }
-}
-
-/// What the platform decision for one tag request considered and chose.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Decision {
-    pub upstream: String,
-    /// How the upstream was chosen: namespace, pathprefix, host, default.
-    pub selected_by: String,
-    pub repository: String,
-    pub route: Option<usize>,
-    pub manifest_digest: String,
-    pub manifest_media_type: String,
-    pub rewrite: bool,
-    pub rewrite_reason: String,
-    pub platform: Option<String>,
-    pub platform_source: Option<PlatformSource>,
-    /// The platforms the top-level index offers.
-    pub offered: Vec<String>,
-    /// One step per index level followed.
-    pub steps: Vec<SelectionStep>,
-    pub converted: bool,
-    pub answer_digest: String,
-    pub answer_media_type: String,
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct SelectionStep {
-    pub index_digest: String,
-    pub chosen_digest: String,
-    pub chosen_media_type: String,
-    pub chosen_platform: Option<String>,
-    pub reason: String,
-}
-
-/// First match wins.
-pub fn choose_route<'a>(routes: &'a [Route], facts: &RequestFacts<'_>) -> Option<&'a Route> {
-    routes.iter().find(|r| r.config.matcher.matches(facts))
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -127,35 +65,14 @@ pub fn client_platform(
     if let Some(p) = route_platform {
         return Ok((p.clone(), PlatformSource::Route));
     }
-    let default = Platform::parse(DEFAULT_PLATFORM)
-        .map_err(|e| ProxyError::internal(format!("default platform: {e}")))?;
-    Ok((default, PlatformSource::Default))
-}
-
-/// Whether a tag answer of `media_type` is resolved to one platform for this client, and why.
-pub fn should_rewrite(
-    mode: RewriteMode,
-    accept: &AcceptSet,
-    media_type: &str,
-) -> (bool, &'static str) {
-    if !media_type::is_index(media_type) {
-        return (false, "not an index");
-    }
-    match mode {
-        RewriteMode::Never => (false, "route says rewrite = never"),
-        RewriteMode::Always => (true, "route says rewrite = always"),
-        RewriteMode::Legacy if !accept.is_present() => (true, "legacy client: no Accept header"),
-        RewriteMode::Legacy if accept.accepts(media_type) => {
-            (false, "client accepts this index type")
-        }
-        RewriteMode::Legacy => (true, "legacy client: Accept lacks this index type"),
-    }
+    Ok((Platform::default_for_clients(), PlatformSource::Default))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::RouteMatch;
+    use crate::config::RouteConfig;
+    use crate::route_policy::RouteMatch;
 
     const DOCKER_1706: &str = "docker/17.06.2-ee-19 go/go1.8.7 git-commit/6b5fb4d kernel/3.10.0-1062.el7.x86_64 os/linux arch/amd64 UpstreamClient(Docker-Client/17.06.2-ee-19 \\(linux\\))";
     const DOCKER_WIN_1706: &str = "docker/17.06.2-ee-16 go/go1.8.7 git-commit/9ef4f0a os/windows arch/amd64 UpstreamClient(Docker-Client/17.06.2-ee-16 \\(windows\\))";
@@ -228,47 +145,5 @@ mod tests {
         let e = client_platform(None, Some("not a platform!"), None).unwrap_err();
         assert_eq!(e.status, http::StatusCode::BAD_REQUEST);
         assert!(e.message.contains("X-Meta-Platform"));
-    }
-
-    #[test]
-    fn when_to_rewrite() {
-        let docker_1706 = AcceptSet::from_lines([
-            media_type::DOCKER_SCHEMA1_SIGNED,
-            "application/json",
-            media_type::DOCKER_MANIFEST,
-            media_type::DOCKER_MANIFEST_LIST,
-        ]);
-        let schema2_only = AcceptSet::from_lines([media_type::DOCKER_MANIFEST]);
-        let none = AcceptSet::default();
-        let modern = AcceptSet::from_lines([
-            media_type::DOCKER_MANIFEST,
-            media_type::DOCKER_MANIFEST_LIST,
-            media_type::OCI_MANIFEST,
-            media_type::OCI_INDEX,
-        ]);
-        use RewriteMode::*;
-        let cases = [
-            (Legacy, &docker_1706, media_type::OCI_INDEX, true),
-            (
-                Legacy,
-                &docker_1706,
-                media_type::DOCKER_MANIFEST_LIST,
-                false,
-            ),
-            (
-                Legacy,
-                &schema2_only,
-                media_type::DOCKER_MANIFEST_LIST,
-                true,
-            ),
-            (Legacy, &none, media_type::DOCKER_MANIFEST_LIST, true),
-            (Legacy, &modern, media_type::OCI_INDEX, false),
-            (Always, &modern, media_type::OCI_INDEX, true),
-            (Never, &none, media_type::OCI_INDEX, false),
-            (Always, &modern, media_type::OCI_MANIFEST, false),
-        ];
-        for (mode, accept, mt, want) in cases {
-            assert_eq!(should_rewrite(mode, accept, mt).0, want, "{mode:?} {mt}");
-        }
     }
 }

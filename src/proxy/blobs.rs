@@ -1,0 +1,160 @@
+//! Blob requests: served from the blob store (a file, memory, or a download in flight), or —
+//! on a miss — the one upstream download of that digest is started and streamed while it fills.
+//! A HEAD never starts a download.
+
+use super::client::ClientRequest;
+use super::outcome::CacheResult;
+use super::response::{blob_headers, blob_response};
+use crate::access_log::RequestNotes;
+use crate::body::{self, ResponseBody};
+use crate::cache::blob::{BlobStore, FillError, IncomingBlob, SourceError};
+use crate::digest::Digest;
+use crate::error::ProxyError;
+use crate::reference::RepositoryName;
+use crate::upstream::{Upstream, UpstreamError};
+use http::header::{self, HeaderValue};
+use http::Response;
+use std::sync::Arc;
+
+pub(crate) struct Blobs {
+    store: Arc<BlobStore>,
+}
+
+impl Blobs {
+    pub(crate) fn new(store: Arc<BlobStore>) -> Self {
+        Blobs { store }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<BlobStore> {
+        &self.store
+    }
+
+    pub(crate) async fn serve(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepositoryName,
+        digest: &Digest,
+        client: &ClientRequest,
+        notes: &mut RequestNotes,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        if let Some(blob) = self.store.lookup(digest).await {
+            note(CacheResult::Hit, notes);
+            return Ok(blob_response(client, digest, blob.size(), |span| {
+                blob.body(span)
+            }));
+        }
+        if client.is_head() {
+            return self.head(upstream, repo, digest, notes).await;
+        }
+        let fetch = {
+            let upstream = upstream.clone();
+            let repo = repo.clone();
+            let digest = digest.clone();
+            move || async move {
+                let stream = upstream
+                    .get_blob(&repo, &digest)
+                    .await
+                    .map_err(SourceError::new)?;
+                Ok(IncomingBlob {
+                    size: stream.size,
+                    body: stream.body,
+                })
+            }
+        };
+        let blob = self
+            .store
+            .get_or_fill(digest, fetch)
+            .await
+            .map_err(fill_error)?;
+        let result = if blob.started_download() {
+            CacheResult::Miss
+        } else if blob.is_local() {
+            CacheResult::Hit
+        } else {
+            CacheResult::Coalesced
+        };
+        note(result, notes);
+        Ok(blob_response(client, digest, blob.size(), |span| {
+            blob.body(span)
+        }))
+    }
+
+    /// A HEAD tells the client the size; it must not start a download.
+    async fn head(
+        &self,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        digest: &Digest,
+        notes: &mut RequestNotes,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let mut out = Response::new(body::empty());
+        // Being downloaded, or committed since the lookup: the size is known, upstream isn't
+        // asked.
+        if let Some((size, local)) = self.store.head(digest) {
+            note(
+                if local {
+                    CacheResult::Hit
+                } else {
+                    CacheResult::Coalesced
+                },
+                notes,
+            );
+            out.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            blob_headers(out.headers_mut(), digest);
+            return Ok(out);
+        }
+        note(CacheResult::Miss, notes);
+        let head = upstream.head_blob(repo, digest).await?;
+        if let Some(size) = head.size {
+            out.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
+        blob_headers(out.headers_mut(), digest);
+        Ok(out)
+    }
+}
+
+/// Notes how the cache answered a blob request, for the log and the metrics.
+fn note(result: CacheResult, notes: &mut RequestNotes) {
+    notes.cache = Some(result.as_str());
+    notes.source = Some(result.source());
+}
+
+/// Why a blob could not be had, as the client sees it.
+fn fill_error(e: FillError) -> ProxyError {
+    match e {
+        FillError::Source(source) => match source.downcast_ref::<UpstreamError>() {
+            Some(e) => ProxyError::from(e.clone()),
+            None => ProxyError::bad_gateway(source.to_string()),
+        },
+        // The download broke before this request joined: nothing of it can be served.
+        FillError::Failed(message) => ProxyError::bad_gateway(message),
+        FillError::Storage(message) => ProxyError::internal(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::upstream::{Missing, UpstreamErrorKind};
+    use http::StatusCode;
+
+    #[test]
+    fn fill_errors_as_clients_see_them() {
+        let not_found = UpstreamError::new(
+            UpstreamErrorKind::NotFound(Missing::Blob),
+            "upstream x answered 404 Not Found",
+        );
+        let e = fill_error(FillError::Source(SourceError::new(not_found)));
+        assert_eq!(
+            (e.code, e.status),
+            (ErrorCode::BlobUnknown, StatusCode::NOT_FOUND)
+        );
+        let e = fill_error(FillError::Failed("upstream blob truncated".into()));
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+        let e = fill_error(FillError::Storage("cannot create blob temp file".into()));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

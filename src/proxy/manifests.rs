@@ -1,0 +1,229 @@
+//! Manifests for the pipeline: by digest (immutable, cached until evicted) and by tag (a TTL,
+//! revalidation with HEAD, stale-if-error, one upstream request for concurrent misses of a tag,
+//! and a short memo of upstream failures for the requests that queued behind one).
+
+use super::outcome::CacheResult;
+use crate::cache::keyed_lock::KeyedLock;
+use crate::cache::manifest_store::ManifestStore;
+use crate::cache::tag_store::{now_ms, TagEntry, TagKey, TagStore};
+use crate::config::CacheConfig;
+use crate::digest::Digest;
+use crate::error::{ErrorCode, ProxyError};
+use crate::manifest::Manifest;
+use crate::reference::{RepositoryName, Tag};
+use crate::upstream::{ManifestRef, Upstream, UpstreamError};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long an upstream failure for one tag is reused by requests that were waiting on it.
+const RECENT_FAILURE_TTL: Duration = Duration::from_secs(5);
+/// Bytes of remembered failures (keys are client-named tags).
+const RECENT_FAILURE_BYTES: u64 = 4 << 20;
+
+type Found = (Arc<Manifest>, CacheResult);
+
+pub(crate) struct Manifests {
+    store: ManifestStore,
+    tags: TagStore,
+    /// Concurrent misses for one tag make one upstream request.
+    refreshing: KeyedLock<TagKey>,
+    /// The last upstream failure per tag, for the requests that queued behind it.
+    recent_failures: moka::sync::Cache<TagKey, (Instant, ProxyError)>,
+    tag_ttl: Duration,
+    stale_if_error: Duration,
+    negative_ttl: Duration,
+}
+
+impl Manifests {
+    /// Opens the manifest and tag stores under `data_dir`. Blocking.
+    pub(crate) fn open(
+        data_dir: &Path,
+        cache: &CacheConfig,
+    ) -> Result<Self, (std::path::PathBuf, std::io::Error)> {
+        let mdir = data_dir.join("manifests");
+        let store = ManifestStore::open(mdir.clone(), cache.memory_size).map_err(|e| (mdir, e))?;
+        let tdir = data_dir.join("tags");
+        let tags = TagStore::open(tdir.clone()).map_err(|e| (tdir, e))?;
+        Ok(Manifests {
+            store,
+            tags,
+            refreshing: KeyedLock::default(),
+            recent_failures: moka::sync::Cache::builder()
+                .weigher(|k: &TagKey, (_, e): &(Instant, ProxyError)| {
+                    let len =
+                        96 + k.upstream.len() + k.repository.len() + k.tag.len() + e.message.len();
+                    u32::try_from(len).unwrap_or(u32::MAX)
+                })
+                .max_capacity(RECENT_FAILURE_BYTES)
+                .time_to_live(RECENT_FAILURE_TTL)
+                .build(),
+            tag_ttl: cache.tag_ttl,
+            stale_if_error: cache.stale_if_error,
+            negative_ttl: cache.negative_ttl,
+        })
+    }
+
+    /// Keeps a manifest archway made (a conversion) so that a GET by its digest is served.
+    pub(crate) async fn keep(&self, m: Arc<Manifest>) -> std::io::Result<()> {
+        self.store.put(m).await
+    }
+
+    pub(crate) async fn by_digest(
+        &self,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Found, ProxyError> {
+        if let Some(m) = self.store.get(digest).await {
+            return Ok((m, CacheResult::Hit));
+        }
+        let m = self
+            .fetch(upstream, repo, ManifestRef::Digest(digest))
+            .await?;
+        Ok((m, CacheResult::Miss))
+    }
+
+    pub(crate) async fn by_tag(
+        &self,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        tag: &Tag,
+    ) -> Result<Found, ProxyError> {
+        let key = TagKey {
+            upstream: upstream.config().name.clone(),
+            repository: repo.to_string(),
+            tag: tag.to_string(),
+        };
+        let ttl = upstream.config().tag_ttl.unwrap_or(self.tag_ttl);
+        if let Some(fresh) = self.fresh_tag(&key, ttl, repo, tag).await {
+            return fresh;
+        }
+        let queued_at = Instant::now();
+        let _refreshing = self.refreshing.lock(&key).await;
+        // Whoever held the lock before us may have refreshed it.
+        if let Some(fresh) = self.fresh_tag(&key, ttl, repo, tag).await {
+            return fresh;
+        }
+        let cached = self.tags.get(&key);
+        // Requests that queued behind a refresh which found upstream down don't each wait out
+        // another timeout: they take that answer. Requests that came later ask upstream again.
+        let refreshed = match self.recent_failures.get(&key) {
+            Some((failed_at, e)) if failed_at >= queued_at => Err(e),
+            _ => {
+                self.refresh_tag(upstream, repo, tag, &key, cached.as_ref())
+                    .await
+            }
+        };
+        match refreshed {
+            Ok(found) => Ok(found),
+            Err(e) if e.is_upstream_unavailable() => {
+                self.recent_failures
+                    .insert(key.clone(), (Instant::now(), e.clone()));
+                // stale-if-error: a cached answer young enough beats an error.
+                let Some(entry) = cached else { return Err(e) };
+                if entry.age(SystemTime::now()) > self.stale_if_error {
+                    return Err(e);
+                }
+                match self.store.get(&entry.digest).await {
+                    Some(m) => {
+                        tracing::warn!(upstream = %key.upstream, repository = %key.repository, tag = %key.tag, error = %e.message, "upstream unavailable, serving stale tag");
+                        Ok((m, CacheResult::Stale))
+                    }
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The cached answer while it is fresh, or the remembered 404.
+    async fn fresh_tag(
+        &self,
+        key: &TagKey,
+        ttl: Duration,
+        repo: &RepositoryName,
+        tag: &Tag,
+    ) -> Option<Result<Found, ProxyError>> {
+        match self.tags.get(key) {
+            Some(entry) if entry.age(SystemTime::now()) < ttl => self
+                .store
+                .get(&entry.digest)
+                .await
+                .map(|m| Ok((m, CacheResult::Hit))),
+            Some(_) => None,
+            None if self.tags.is_known_missing(key) => Some(Err(ProxyError::upstream(
+                ErrorCode::ManifestUnknown,
+                format!("manifest unknown: {repo}:{tag}"),
+            ))),
+            None => None,
+        }
+    }
+
+    /// Revalidates with HEAD when the tag is known (HEADs don't count against Docker Hub's pull
+    /// limit), and GETs by tag otherwise.
+    async fn refresh_tag(
+        &self,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        tag: &Tag,
+        key: &TagKey,
+        cached: Option<&TagEntry>,
+    ) -> Result<Found, ProxyError> {
+        if cached.is_some() {
+            let head = upstream.head_manifest(repo, tag).await;
+            if let Err(e) = &head {
+                if e.is_not_found() {
+                    self.tags.mark_missing(key, self.negative_ttl).await;
+                }
+            }
+            if let Some(digest) = head?.digest {
+                let m = match self.store.get(&digest).await {
+                    Some(m) => m,
+                    None => {
+                        self.fetch(upstream, repo, ManifestRef::Digest(&digest))
+                            .await?
+                    }
+                };
+                self.remember_tag(key, &m).await;
+                return Ok((m, CacheResult::Hit));
+            }
+        }
+        let fetched = self.fetch(upstream, repo, ManifestRef::Tag(tag)).await;
+        if let Err(e) = &fetched {
+            if e.is_not_found() {
+                self.tags.mark_missing(key, self.negative_ttl).await;
+            }
+        }
+        let m = fetched?;
+        self.remember_tag(key, &m).await;
+        Ok((m, CacheResult::Miss))
+    }
+
+    async fn remember_tag(&self, key: &TagKey, m: &Manifest) {
+        let entry = TagEntry {
+            digest: m.digest.clone(),
+            media_type: m.media_type.clone(),
+            size: m.bytes.len() as u64,
+            validated_at_ms: now_ms(),
+        };
+        if let Err(e) = self.tags.put(key.clone(), entry).await {
+            // The answer is still right; only persistence failed.
+            tracing::error!(error = %e, "cannot persist tag");
+        }
+    }
+
+    /// GETs a manifest from upstream and keeps it under the digest it hashes to.
+    async fn fetch(
+        &self,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        reference: ManifestRef<'_>,
+    ) -> Result<Arc<Manifest>, UpstreamError> {
+        let m = Arc::new(upstream.get_manifest(repo, reference).await?);
+        if let Err(e) = self.store.put(m.clone()).await {
+            tracing::error!(error = %e, "cannot persist manifest");
+        }
+        Ok(m)
+    }
+}

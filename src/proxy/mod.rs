@@ -1,0 +1,348 @@
+//! The pipeline: one request in, one response out. It authenticates the client, parses the path,
+//! chooses the upstream, and hands the request to the part that answers it — manifests (by tag
+//! or digest, then the platform answer), blobs, or listings. Errors become registry error
+//! responses here, and every request gets a tracing span and one access-log line.
+//!
+//! - `manifests`: tags (TTL, stale-if-error, coalescing, failure memo) and manifests by digest;
+//! - `platform_answer` (+ `memo`): the answer for this client's platform, and its memos;
+//! - `blobs`: the blob store or one download per digest; `listings`: tags/list, referrers;
+//! - `response`: building responses (pure); `client`: the request as read; `outcome`: hit/miss.
+
+mod blobs;
+mod client;
+mod listings;
+mod manifests;
+mod memo;
+mod outcome;
+mod platform_answer;
+mod response;
+
+pub use client::{ConnInfo, ExplainRequest};
+pub use response::error_response;
+
+use crate::access_log::{AccessLog, LoggedBody, RequestNotes};
+use crate::api::{self, Endpoint};
+use crate::body::ResponseBody;
+use crate::cache::blob::{BlobStore, BlobStoreLimits};
+use crate::client_auth::ClientAuth;
+use crate::config::Config;
+use crate::error::{ErrorCode, ProxyError};
+use crate::metrics::Metrics;
+use crate::reference::Reference;
+use crate::route_policy::Route;
+use crate::upstream::Upstream;
+use crate::upstream_choice;
+use blobs::Blobs;
+use client::ClientRequest;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response};
+use manifests::Manifests;
+use outcome::CacheResult;
+use platform_answer::PlatformAnswers;
+use response::{manifest_response, ping, API_VERSION, HINT_VARY};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+
+pub struct Proxy {
+    config: Config,
+    upstreams: Vec<Arc<Upstream>>,
+    default_upstream: Option<usize>,
+    manifests: Manifests,
+    platform: PlatformAnswers,
+    blobs: Blobs,
+    metrics: Arc<Metrics>,
+    /// `[auth]`: credentials every `/v2/` request must carry.
+    client_auth: Option<ClientAuth>,
+}
+
+/// Why a proxy could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyInitError {
+    #[error("[auth]: {0}")]
+    ClientAuth(#[from] crate::client_auth::ClientAuthError),
+    #[error("cannot open the cache under {path}: {source}")]
+    Cache {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Route(#[from] crate::route_policy::RouteConfigError),
+    #[error("upstream `{name}`: {source}")]
+    Upstream {
+        name: String,
+        source: crate::upstream::UpstreamInitError,
+    },
+}
+
+/// Request ids, unique within the process: every log line of a request carries its id.
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Proxy {
+    pub fn new(config: Config) -> Result<Proxy, ProxyInitError> {
+        let cache_err = |path: std::path::PathBuf, source| ProxyInitError::Cache { path, source };
+        let dir = config.data_dir.clone();
+        let blobs = BlobStore::open_with(
+            dir.clone(),
+            BlobStoreLimits {
+                max_bytes: config.cache.max_size,
+                write_buffer: config.cache.write_buffer,
+                small_blob_memory: config.cache.memory_size / 4,
+            },
+        )
+        .map_err(|e| cache_err(dir.clone(), e))?;
+        let manifests =
+            Manifests::open(&dir, &config.cache).map_err(|(path, e)| cache_err(path, e))?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.observe_blob_store(blobs.clone());
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                Upstream::new(u.clone())
+                    .map(|up| Arc::new(up.with_metrics(metrics.clone())))
+                    .map_err(|source| ProxyInitError::Upstream {
+                        name: u.name.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let routes = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Route::from_config(i, r.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let client_auth = config.auth.as_ref().map(ClientAuth::load).transpose()?;
+        Ok(Proxy {
+            default_upstream: config.default_upstream(),
+            upstreams,
+            manifests,
+            platform: PlatformAnswers::new(
+                routes,
+                memo::DEFAULT_MEMO_BYTES,
+                memo::DEFAULT_MEMO_BYTES,
+            ),
+            blobs: Blobs::new(blobs),
+            metrics,
+            client_auth,
+            config,
+        })
+    }
+
+    /// The metrics this proxy (and its upstreams and blob store) report to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn upstream(&self, i: usize) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(i)
+    }
+
+    pub fn blob_store(&self) -> &Arc<BlobStore> {
+        self.blobs.store()
+    }
+
+    /// Answers one request. Never fails: errors become registry error responses. Everything
+    /// logged while answering (and the access-log line when the body ends) is in the request's
+    /// span: `request{id kind upstream}`.
+    pub async fn handle<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        conn: ConnInfo,
+    ) -> Response<LoggedBody> {
+        let started = Instant::now();
+        let span = tracing::info_span!(
+            "request",
+            id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
+            kind = tracing::field::Empty,
+            upstream = tracing::field::Empty,
+        );
+        let log_path = match req.uri().query() {
+            Some(q) => format!("{}?{q}", req.uri().path()),
+            None => req.uri().path().to_owned(),
+        };
+        let method = req.method().clone();
+        let (response, notes) = async {
+            match self.authenticate(&req).await {
+                Ok(()) => self.answer(req, conn).await,
+                Err(refused) => refused,
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        let status = response.status().as_u16();
+        let expected_bytes = if method == Method::HEAD {
+            Some(0)
+        } else {
+            response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
+        response.map(|b| {
+            LoggedBody::new(
+                b,
+                AccessLog {
+                    method,
+                    path: log_path,
+                    status,
+                    expected_bytes,
+                    started,
+                    notes,
+                    metrics: Some(self.metrics.clone()),
+                    span,
+                },
+            )
+        })
+    }
+
+    /// With `[auth]`, a `/v2/` request without good credentials gets 401 and the Basic
+    /// challenge. Nothing of the presented credentials goes into the answer or the log.
+    async fn authenticate<B>(
+        &self,
+        req: &Request<B>,
+    ) -> Result<(), (Response<ResponseBody>, RequestNotes)> {
+        let Some(auth) = &self.client_auth else {
+            return Ok(());
+        };
+        let path = req.uri().path();
+        if path != "/v2" && !path.starts_with("/v2/") {
+            return Ok(());
+        }
+        let denied = match auth.check(req.headers().get(header::AUTHORIZATION)).await {
+            Ok(()) => return Ok(()),
+            Err(d) => d,
+        };
+        let e = ProxyError::downstream(ErrorCode::Unauthorized, denied.as_str());
+        let mut response = error_response(&e, req.method() == Method::HEAD);
+        let h = response.headers_mut();
+        h.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(crate::client_auth::CHALLENGE),
+        );
+        let notes = RequestNotes {
+            error: Some(e.message),
+            ..RequestNotes::default()
+        };
+        Err((response, notes))
+    }
+
+    /// The response and what was learned on the way; `handle` logs it, `archway explain` prints it.
+    pub async fn answer<B>(
+        &self,
+        req: Request<B>,
+        conn: ConnInfo,
+    ) -> (Response<ResponseBody>, RequestNotes) {
+        let (parts, _body) = req.into_parts();
+        let client = ClientRequest {
+            conn,
+            method: parts.method,
+            headers: parts.headers,
+            query: parts.uri.query().map(str::to_owned),
+            explain: parts.extensions.get::<ExplainRequest>().is_some(),
+        };
+        let mut notes = RequestNotes::default();
+        let mut response = match self.dispatch(parts.uri.path(), &client, &mut notes).await {
+            Ok(r) => r,
+            Err(e) => {
+                notes.error = Some(e.message.clone());
+                // The body is archway's error, not content from the cache or upstream.
+                notes.source = None;
+                let mut r = error_response(&e, client.is_head());
+                if notes.vary_on_error {
+                    r.headers_mut()
+                        .insert(header::VARY, HeaderValue::from_static(HINT_VARY));
+                }
+                r
+            }
+        };
+        response
+            .headers_mut()
+            .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        (response, notes)
+    }
+
+    async fn dispatch(
+        &self,
+        path: &str,
+        client: &ClientRequest,
+        notes: &mut RequestNotes,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let endpoint = api::parse(&client.method, path)?;
+        notes.kind = Some(endpoint.kind());
+        let span = tracing::Span::current();
+        span.record("kind", endpoint.kind());
+        let Some(raw_name) = endpoint.name() else {
+            return Ok(ping());
+        };
+        let ns = api::ns_param(client.query.as_deref());
+        let target = upstream_choice::resolve(
+            &self.config.upstreams,
+            self.default_upstream,
+            raw_name,
+            ns,
+            client.header("host"),
+        )?;
+        let upstream = self.upstreams.get(target.upstream).ok_or_else(|| {
+            ProxyError::internal(format!("no upstream #{} configured", target.upstream))
+        })?;
+        span.record("upstream", upstream.config().name.as_str());
+        notes.upstream = Some(upstream.config().name.clone());
+        let repo = &target.repository;
+        match &endpoint {
+            Endpoint::Ping => Ok(ping()),
+            Endpoint::Manifest { reference, .. } => {
+                let (m, result) = match reference {
+                    Reference::Digest(d) => self.manifests.by_digest(upstream, repo, d).await?,
+                    Reference::Tag(t) => self.manifests.by_tag(upstream, repo, t).await?,
+                };
+                notes.cache = Some(result.as_str());
+                notes.source = Some(result.source());
+                let stale = result == CacheResult::Stale;
+                match reference {
+                    // Digest requests are never rewritten: the client gets what it named.
+                    Reference::Digest(_) => Ok(manifest_response(client, &m, stale, false)),
+                    Reference::Tag(_) => {
+                        // Only the platform answer fails past here, and its 404s (no match, OCI
+                        // refused) are this client's, not everyone's: caches must know.
+                        notes.vary_on_error = true;
+                        let (answer, vary) = self
+                            .platform
+                            .answer(&self.manifests, upstream, &target, client, m, notes)
+                            .await?;
+                        Ok(manifest_response(client, &answer, stale, vary))
+                    }
+                }
+            }
+            Endpoint::Blob { digest, .. } => {
+                self.blobs
+                    .serve(upstream, repo, digest, client, notes)
+                    .await
+            }
+            Endpoint::TagsList { .. } => {
+                notes.source = Some("upstream");
+                listings::tags(upstream, repo, view(raw_name, ns, client)).await
+            }
+            Endpoint::Referrers { digest, .. } => {
+                notes.source = Some("upstream");
+                listings::referrers(upstream, repo, digest, view(raw_name, ns, client)).await
+            }
+        }
+    }
+}
+
+fn view<'a>(
+    name: &'a str,
+    ns: Option<&'a str>,
+    client: &'a ClientRequest,
+) -> listings::ClientView<'a> {
+    listings::ClientView {
+        name,
+        ns,
+        query: client.query.as_deref(),
+    }
+}

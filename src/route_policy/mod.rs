@@ -1,0 +1,67 @@
+//! The route policy: which `[[route]]` a request matches (host, port, client subnet, repository,
+//! User-Agent; first match wins) and what it says — rewrite mode, platform, OCI for legacy
+//! clients, Windows matching — plus the decisions made from it. Pure.
+//!
+//! - `route_match`: a route's conditions and the request facts they test;
+//! - `client_platform`: the client's platform from the route and the request's hints;
+//! - `rewrite`: whether a tag answer is resolved to one platform;
+//! - `decision`: the record of what was considered and chosen (for `archway explain`).
+
+mod client_platform;
+mod decision;
+mod rewrite;
+mod route_match;
+
+pub use client_platform::{client_platform, PlatformSource, DEFAULT_PLATFORM};
+pub use decision::{Decision, SelectionStep};
+pub use rewrite::should_rewrite;
+pub use route_match::{
+    glob_match, strip_port, OciForLegacy, RequestFacts, RewriteMode, RouteMatch,
+};
+
+use crate::config::RouteConfig;
+use crate::platform::{Platform, PlatformError};
+
+/// A route the config names that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteConfigError {
+    #[error("route[{index}].platform `{platform}`: {source}")]
+    Platform {
+        index: usize,
+        platform: String,
+        source: PlatformError,
+    },
+}
+
+/// A configured route with its platform parsed.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub index: usize,
+    pub config: RouteConfig,
+    pub platform: Option<Platform>,
+}
+
+impl Route {
+    pub fn from_config(index: usize, config: RouteConfig) -> Result<Route, RouteConfigError> {
+        let platform = match &config.platform {
+            Some(p) => Some(
+                Platform::parse(p).map_err(|source| RouteConfigError::Platform {
+                    index,
+                    platform: p.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        Ok(Route {
+            index,
+            config,
+            platform,
+        })
+    }
+}
+
+/// First match wins.
+pub fn choose_route<'a>(routes: &'a [Route], facts: &RequestFacts<'_>) -> Option<&'a Route> {
+    routes.iter().find(|r| r.config.matcher.matches(facts))
+}

@@ -1,0 +1,61 @@
+//! The upstream client's rustls config: system roots plus an optional extra CA file, or (with
+//! `insecure_skip_verify`) no verification at all. ring as provider, never the process-global one.
+
+use super::UpstreamInitError;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Builds the rustls config: system roots plus the optional extra CA file, ring as provider
+/// (explicitly, never the process-global default).
+pub(super) fn tls_config(
+    ca_file: Option<&Path>,
+    insecure_skip_verify: bool,
+) -> Result<rustls::ClientConfig, UpstreamInitError> {
+    let provider = crate::tls::provider();
+    if insecure_skip_verify {
+        let verifier = crate::tls::AcceptAnyServerCert::new(provider.clone());
+        return Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamInitError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(%error, "while loading system CA certificates");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(added, ignored, "system CA certificates");
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|source| UpstreamInitError::CaFileRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| UpstreamInitError::CaFileInvalid {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(UpstreamInitError::CaFileEmpty {
+                path: path.to_owned(),
+            });
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| UpstreamInitError::CaFileInvalid {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamInitError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

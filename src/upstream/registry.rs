@@ -1,0 +1,271 @@
+//! The registry pull API as upstream speaks it: HEAD and GET of manifests, blobs, tags/list and
+//! referrers. Each call interprets upstream's status and headers and returns a typed answer or
+//! an `UpstreamError`; nothing above this file reads an upstream status.
+
+use super::error::{status_error, Missing, UpstreamError};
+use super::Upstream;
+use crate::body::UpstreamBody;
+use crate::digest::Digest;
+use crate::manifest::{media_type_of, Manifest, MAX_MANIFEST_BYTES};
+use crate::media_type;
+use crate::reference::{RepositoryName, Tag};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::BodyExt;
+
+const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+const FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+
+/// Which manifest to fetch: by tag, or by digest (then the bytes must hash to it).
+#[derive(Debug, Clone, Copy)]
+pub enum ManifestRef<'a> {
+    Tag(&'a Tag),
+    Digest(&'a Digest),
+}
+
+/// What a manifest HEAD tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHead {
+    /// `Docker-Content-Digest`, when upstream sent a valid one.
+    pub digest: Option<Digest>,
+}
+
+/// What a blob HEAD tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobHead {
+    pub size: Option<u64>,
+}
+
+/// A blob GET's answer: the announced length, if any, and the body (a stalled upstream shows up
+/// as a body error).
+pub struct BlobStream {
+    pub size: Option<u64>,
+    pub body: UpstreamBody,
+}
+
+/// A tags/list or referrers answer, passed on as it came: the status (2xx/3xx), the headers a
+/// client needs, and the body.
+pub struct Listing {
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub content_length: Option<HeaderValue>,
+    /// `OCI-Filters-Applied` of a filtered referrers list.
+    pub filters_applied: Option<HeaderValue>,
+    /// The pagination `Link`, pointing into upstream's namespace.
+    pub link: Option<String>,
+    pub body: UpstreamBody,
+}
+
+impl Upstream {
+    /// HEAD a tag: its digest, without the bytes (Docker Hub does not count HEADs as pulls).
+    pub async fn head_manifest(
+        &self,
+        repo: &RepositoryName,
+        tag: &Tag,
+    ) -> Result<ManifestHead, UpstreamError> {
+        let resp = self
+            .send(
+                Method::HEAD,
+                repo,
+                &format!("manifests/{tag}"),
+                manifest_accept(),
+            )
+            .await?;
+        self.fail_on_error(&resp, Missing::Manifest)?;
+        let digest = resp
+            .headers()
+            .get(CONTENT_DIGEST)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
+        Ok(ManifestHead { digest })
+    }
+
+    /// GET a manifest with the full Accept list, its exact bytes within the 4 MiB cap, its
+    /// media type (Content-Type, else sniffed) and the digest the bytes hash to. By digest, the
+    /// bytes must hash to it.
+    pub async fn get_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: ManifestRef<'_>,
+    ) -> Result<Manifest, UpstreamError> {
+        let suffix = match reference {
+            ManifestRef::Tag(tag) => format!("manifests/{tag}"),
+            ManifestRef::Digest(digest) => format!("manifests/{digest}"),
+        };
+        let resp = self
+            .send(Method::GET, repo, &suffix, manifest_accept())
+            .await?;
+        self.expect_ok(&resp, Missing::Manifest, "a manifest")?;
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
+        let announced = resp
+            .headers()
+            .get(CONTENT_DIGEST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let name = &self.config().name;
+        let bytes = http_body_util::Limited::new(resp.into_body(), MAX_MANIFEST_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                UpstreamError::unavailable(format!(
+                    "reading a manifest from upstream {name} failed: {e}"
+                ))
+            })?
+            .to_bytes();
+        let digest = match reference {
+            ManifestRef::Digest(d) if d.verifies(&bytes) => d.clone(),
+            ManifestRef::Digest(d) => {
+                return Err(UpstreamError::unavailable(format!(
+                    "upstream {name} sent a manifest that does not match {d}"
+                )))
+            }
+            ManifestRef::Tag(_) => Digest::sha256_of(&bytes),
+        };
+        if let Some(a) = announced.filter(|a| *a != digest.to_string()) {
+            tracing::warn!(upstream = %name, announced = %a, computed = %digest, "upstream's Docker-Content-Digest differs from the bytes; using the bytes' digest");
+        }
+        let media_type = media_type_of(content_type.as_deref(), &bytes);
+        Ok(Manifest {
+            digest,
+            media_type,
+            bytes,
+        })
+    }
+
+    /// HEAD a blob: its size, without starting a download.
+    pub async fn head_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<BlobHead, UpstreamError> {
+        let resp = self
+            .send(
+                Method::HEAD,
+                repo,
+                &format!("blobs/{digest}"),
+                HeaderMap::new(),
+            )
+            .await?;
+        self.fail_on_error(&resp, Missing::Blob)?;
+        Ok(BlobHead {
+            size: content_length(resp.headers()),
+        })
+    }
+
+    /// GET a blob (following the registry's redirect to its storage). The body is not checked
+    /// here: the blob store verifies it.
+    pub async fn get_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<BlobStream, UpstreamError> {
+        let resp = self
+            .send(
+                Method::GET,
+                repo,
+                &format!("blobs/{digest}"),
+                HeaderMap::new(),
+            )
+            .await?;
+        self.expect_ok(&resp, Missing::Blob, "a blob")?;
+        Ok(BlobStream {
+            size: content_length(resp.headers()),
+            body: resp.into_body(),
+        })
+    }
+
+    /// GET tags/list; `query` is the `?n=…&last=…` to pass on (or empty).
+    pub async fn tags(&self, repo: &RepositoryName, query: &str) -> Result<Listing, UpstreamError> {
+        self.listing(repo, &format!("tags/list{query}"), Missing::Repository)
+            .await
+    }
+
+    /// GET the referrers of `digest`; `query` is the `?artifactType=…` to pass on (or empty).
+    pub async fn referrers(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        query: &str,
+    ) -> Result<Listing, UpstreamError> {
+        self.listing(
+            repo,
+            &format!("referrers/{digest}{query}"),
+            Missing::Manifest,
+        )
+        .await
+    }
+
+    async fn listing(
+        &self,
+        repo: &RepositoryName,
+        suffix: &str,
+        missing: Missing,
+    ) -> Result<Listing, UpstreamError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.oci.image.index.v1+json, application/json"),
+        );
+        let resp = self.send(Method::GET, repo, suffix, headers).await?;
+        self.fail_on_error(&resp, missing)?;
+        let (parts, body) = resp.into_parts();
+        let h = &parts.headers;
+        Ok(Listing {
+            status: parts.status,
+            content_type: h.get(header::CONTENT_TYPE).cloned(),
+            content_length: h.get(header::CONTENT_LENGTH).cloned(),
+            filters_applied: h.get(FILTERS_APPLIED).cloned(),
+            link: h
+                .get(header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body,
+        })
+    }
+
+    fn fail_on_error<B>(&self, resp: &Response<B>, missing: Missing) -> Result<(), UpstreamError> {
+        match status_error(&self.config().name, resp.status(), resp.headers(), missing) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// A body archway keeps must come from a plain 200: errors map as `status_error` says,
+    /// anything else (a 206 or 204 never asked for) is upstream misbehaving.
+    fn expect_ok<B>(
+        &self,
+        resp: &Response<B>,
+        missing: Missing,
+        what: &str,
+    ) -> Result<(), UpstreamError> {
+        self.fail_on_error(resp, missing)?;
+        if resp.status() != StatusCode::OK {
+            return Err(UpstreamError::unavailable(format!(
+                "upstream {} answered {} for {what}",
+                self.config().name,
+                resp.status()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn manifest_accept() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::ACCEPT,
+        HeaderValue::from_static(media_type::UPSTREAM_ACCEPT),
+    );
+    h
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
