@@ -682,28 +682,25 @@ pub fn parse_log_format(key: &str, s: &str) -> Result<LogFormat, ConfigError> {
     }
 }
 
-/// `"50GiB"`, `"512MiB"`, `"10GB"`, `"1000"` (bytes).
+/// `"50GiB"`, `"512MiB"`, `"10GB"`, `"1000"` (bytes), read by `bytesize`: units B, K/KB/KiB up to
+/// E/EB/EiB, case-insensitive, optionally after a space; a fraction such as `"1.5GiB"` is allowed.
 pub fn parse_size(key: &str, s: &str) -> Result<u64, ConfigError> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| invalid(key, format!("`{s}` is not a size like 50GiB")))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        "t" | "tb" => 1_000_000_000_000,
-        "tib" => 1 << 40,
-        _ => return Err(invalid(key, format!("`{s}` has an unknown unit"))),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| invalid(key, format!("`{s}` is too large")))
+    let size = t
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| invalid(key, format!("`{s}` is not a size like 50GiB: {e}")))?
+        .as_u64();
+    // bytesize saturates where it overflows. u64::MAX is odd, so no unit above a byte can reach
+    // it exactly: there it is always an overflow.
+    let in_bytes = t
+        .trim_end_matches(['b', 'B'])
+        .trim_end()
+        .parse::<u64>()
+        .is_ok();
+    if size == u64::MAX && !in_bytes {
+        return Err(invalid(key, format!("`{s}` is too large")));
+    }
+    Ok(size)
 }
 
 /// `"5m"`, `"24h"`, `"30s"`, `"500ms"`, `"1h30m"`, `"2d"`.
@@ -905,6 +902,43 @@ insecure_skip_verify = true
         assert_eq!(parse_size("k", "2MiB").unwrap(), 2 << 20);
         assert_eq!(parse_size("k", "10GB").unwrap(), 10_000_000_000);
         assert!(parse_size("k", "-1").is_err());
+        let sizes: &[(&str, Option<u64>)] = &[
+            ("50GiB", Some(50 << 30)),
+            ("512MiB", Some(512 << 20)),
+            ("16MiB", Some(16 << 20)),
+            ("64kib", Some(64 << 10)),
+            ("1k", Some(1_000)),
+            ("1kb", Some(1_000)),
+            ("3m", Some(3_000_000)),
+            ("3Mb", Some(3_000_000)),
+            ("2g", Some(2_000_000_000)),
+            ("2T", Some(2_000_000_000_000)),
+            ("2tb", Some(2_000_000_000_000)),
+            ("1TiB", Some(1 << 40)),
+            // bytesize also takes fractions and the short IEC forms.
+            ("1.5GiB", Some(3 << 29)),
+            ("4Mi", Some(4 << 20)),
+            ("7b", Some(7)),
+            ("7B", Some(7)),
+            ("10 GB", Some(10_000_000_000)),
+            (" 10GB ", Some(10_000_000_000)),
+            ("0", Some(0)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551615B", Some(u64::MAX)),
+            ("", None),
+            ("GB", None),
+            ("10 parsecs", None),
+            ("10GBs", None),
+            ("1e3", None),
+            ("0x10", None),
+            ("-1GB", None),
+            ("18446744073709551616", None),
+            ("20000000TB", None),
+            ("99999999999999999999GiB", None),
+        ];
+        for (input, want) in sizes {
+            assert_eq!(parse_size("k", input).ok(), *want, "{input:?}");
+        }
         assert_eq!(
             parse_duration("k", "1h30m").unwrap(),
             Duration::from_secs(5400)
