@@ -703,38 +703,18 @@ pub fn parse_size(key: &str, s: &str) -> Result<u64, ConfigError> {
     Ok(size)
 }
 
-/// `"5m"`, `"24h"`, `"30s"`, `"500ms"`, `"1h30m"`, `"2d"`.
+/// `"5m"`, `"24h"`, `"30s"`, `"500ms"`, `"1h30m"`, `"2d"`, read by `humantime` (which also takes
+/// `"1h 30m"`, `"1.5h"`, `"5min"`, `"1w"` and a bare `"0"`). A number needs a unit: `"5"` is refused.
 pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
     let bad = || invalid(key, format!("`{s}` is not a duration like 30s, 5m, 24h"));
     let t = s.trim();
-    if t.is_empty() {
+    // humantime reads a capital `M` as months; `5M` is more likely meant as minutes, so it stays
+    // an error as it always was (`months` spelt out is taken). No other humantime unit has an
+    // upper-case M.
+    if t.contains('M') {
         return Err(bad());
     }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            "d" => Duration::from_secs(n.saturating_mul(86400)),
-            _ => return Err(bad()),
-        };
-        total = total.saturating_add(d);
-    }
-    Ok(total)
+    humantime::parse_duration(t).map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -949,6 +929,36 @@ insecure_skip_verify = true
         );
         assert!(parse_duration("k", "5").is_err());
         assert!(parse_duration("k", "m").is_err());
+        let secs = Duration::from_secs;
+        let durations: &[(&str, Option<Duration>)] = &[
+            ("5m", Some(secs(300))),
+            ("24h", Some(secs(86_400))),
+            ("30s", Some(secs(30))),
+            ("2d", Some(secs(172_800))),
+            ("1h30m", Some(secs(5400))),
+            ("1d12h", Some(secs(129_600))),
+            ("0s", Some(Duration::ZERO)),
+            (" 10s ", Some(secs(10))),
+            // humantime's wider grammar.
+            ("1h 30m", Some(secs(5400))),
+            ("5min", Some(secs(300))),
+            ("1.5h", Some(secs(5400))),
+            ("0", Some(Duration::ZERO)),
+            ("", None),
+            ("5", None),
+            ("m", None),
+            ("5 parsecs", None),
+            ("-5s", None),
+            ("5s-", None),
+            ("1h30", None),
+            // Months in humantime; refused rather than read as 5 months.
+            ("5M", None),
+            ("1h5M", None),
+            ("99999999999999999999s", None),
+        ];
+        for (input, want) in durations {
+            assert_eq!(parse_duration("k", input).ok(), *want, "{input:?}");
+        }
     }
 
     #[test]
