@@ -319,6 +319,15 @@ impl RawRoute {
                     })?,
             ),
         };
+        let repository = match m.repository {
+            None => None,
+            Some(g) => Some(crate::route::RepoGlob::new(&g).map_err(|e| {
+                invalid(
+                    key("match.repository"),
+                    format!("`{g}` is not a glob like library/*: {}", e.kind()),
+                )
+            })?),
+        };
         let rewrite = match self.rewrite.as_deref() {
             None | Some("legacy") => RewriteMode::Legacy,
             Some("always") => RewriteMode::Always,
@@ -365,7 +374,7 @@ impl RawRoute {
                 host: m.host.map(|h| h.to_ascii_lowercase()),
                 port: m.port,
                 client_cidr,
-                repository: m.repository,
+                repository,
                 user_agent: m.user_agent,
             },
             platform: self.platform,
@@ -808,6 +817,10 @@ password = "hunter2"
             ("[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nusername = \"u\"", "upstream[0].password"),
             ("bogus = 1", "bogus"),
             ("[cache]\nttl = \"5m\"", "ttl"),
+            (
+                "[[route]]\nmatch = { repository = \"library/[\" }",
+                "route[0].match.repository",
+            ),
         ];
         for (toml, key) in cases {
             let err = Config::from_toml(toml).unwrap_err().to_string();
