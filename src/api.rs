@@ -169,31 +169,26 @@ pub enum ByteRange {
     Unsatisfiable,
 }
 
+/// Reads `Range` with `http-range-header` (RFC 9110 §14.1.2), against a blob of `size` bytes.
+/// A header that does not parse (another unit, `bytes=5-1`, garbage) is ignored, as RFC 9110
+/// allows, and so is a list of several ranges: the whole blob is served.
 pub fn parse_range(header: Option<&str>, size: u64) -> ByteRange {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+    let Some(h) = header.map(str::trim) else {
         return ByteRange::Whole;
     };
-    if spec.contains(',') {
+    // Several ranges (or a list with an empty element): clients accept a 200 with everything.
+    if h.contains(',') {
         return ByteRange::Whole;
     }
-    let Some((a, b)) = spec.trim().split_once('-') else {
+    let Ok(ranges) = http_range_header::parse_range_header(h) else {
         return ByteRange::Whole;
     };
-    let (a, b) = (a.trim(), b.trim());
-    let range = match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(start), Ok(end)) if start <= end => Some((start, end.min(size.saturating_sub(1)))),
-        (Ok(start), Err(_)) if b.is_empty() => Some((start, size.saturating_sub(1))),
-        // Suffix range: the last N bytes.
-        (Err(_), Ok(len)) if a.is_empty() && len > 0 => {
-            Some((size.saturating_sub(len), size.saturating_sub(1)))
-        }
-        _ => return ByteRange::Whole,
-    };
-    match range {
-        Some((start, end)) if size > 0 && start < size && start <= end => {
-            ByteRange::Part(start, end)
-        }
-        _ => ByteRange::Unsatisfiable,
+    match ranges.validate(size).as_deref() {
+        Ok([r]) => ByteRange::Part(*r.start(), *r.end()),
+        // A suffix range of an empty blob: there is no byte to send.
+        Ok(_) => ByteRange::Unsatisfiable,
+        Err(http_range_header::RangeUnsatisfiableError::Unsatisfiable) => ByteRange::Unsatisfiable,
+        Err(_) => ByteRange::Whole,
     }
 }
 
@@ -342,6 +337,32 @@ mod tests {
             (Some("bytes=0-1,5-6"), 100, Whole),
             (Some("items=0-1"), 100, Whole),
             (Some("bytes=5-1"), 100, Whole),
+            (Some("bytes=0-0"), 1, Part(0, 0)),
+            (Some("bytes=99-"), 100, Part(99, 99)),
+            (Some("bytes=-200"), 100, Part(0, 99)),
+            (Some("bytes=150-200"), 100, Unsatisfiable),
+            (Some("bytes=-10"), 0, Unsatisfiable),
+            (Some(" bytes=10-19 "), 100, Part(10, 19)),
+            (Some("bytes= 10-19"), 100, Part(10, 19)),
+            (Some("bytes=0-1,"), 100, Whole),
+            (Some("bytes=0-1, 5-6"), 100, Whole),
+            (Some("bytes="), 100, Whole),
+            (Some("bytes=-"), 100, Whole),
+            (Some("bytes=abc"), 100, Whole),
+            (Some("bytes=10"), 100, Whole),
+            (Some(""), 100, Whole),
+            // RFC 9110 §14.1.1: a suffix of length 0 is unsatisfiable (was 200 before
+            // http-range-header), as is a first byte past the end however many digits it has.
+            (Some("bytes=-0"), 100, Unsatisfiable),
+            (Some("bytes=99999999999999999999999-"), 100, Unsatisfiable),
+            // Positions past u64 are clamped like any other (were ignored before).
+            (Some("bytes=0-99999999999999999999999"), 100, Part(0, 99)),
+            (Some("bytes=-99999999999999999999999"), 100, Part(0, 99)),
+            // The unit is case-insensitive (RFC 9110 §14.1).
+            (Some("Bytes=10-19"), 100, Part(10, 19)),
+            // Not the RFC's grammar: ignored, whole blob.
+            (Some("bytes=10 - 19"), 100, Whole),
+            (Some("bytes=+10-19"), 100, Whole),
         ];
         for (h, size, want) in cases {
             assert_eq!(parse_range(*h, *size), *want, "{h:?} {size}");

@@ -319,6 +319,15 @@ impl RawRoute {
                     })?,
             ),
         };
+        let repository = match m.repository {
+            None => None,
+            Some(g) => Some(crate::route::RepoGlob::new(&g).map_err(|e| {
+                invalid(
+                    key("match.repository"),
+                    format!("`{g}` is not a glob like library/*: {}", e.kind()),
+                )
+            })?),
+        };
         let rewrite = match self.rewrite.as_deref() {
             None | Some("legacy") => RewriteMode::Legacy,
             Some("always") => RewriteMode::Always,
@@ -365,7 +374,7 @@ impl RawRoute {
                 host: m.host.map(|h| h.to_ascii_lowercase()),
                 port: m.port,
                 client_cidr,
-                repository: m.repository,
+                repository,
                 user_agent: m.user_agent,
             },
             platform: self.platform,
@@ -682,62 +691,39 @@ pub fn parse_log_format(key: &str, s: &str) -> Result<LogFormat, ConfigError> {
     }
 }
 
-/// `"50GiB"`, `"512MiB"`, `"10GB"`, `"1000"` (bytes).
+/// `"50GiB"`, `"512MiB"`, `"10GB"`, `"1000"` (bytes), read by `bytesize`: units B, K/KB/KiB up to
+/// E/EB/EiB, case-insensitive, optionally after a space; a fraction such as `"1.5GiB"` is allowed.
 pub fn parse_size(key: &str, s: &str) -> Result<u64, ConfigError> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| invalid(key, format!("`{s}` is not a size like 50GiB")))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        "t" | "tb" => 1_000_000_000_000,
-        "tib" => 1 << 40,
-        _ => return Err(invalid(key, format!("`{s}` has an unknown unit"))),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| invalid(key, format!("`{s}` is too large")))
+    let size = t
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| invalid(key, format!("`{s}` is not a size like 50GiB: {e}")))?
+        .as_u64();
+    // bytesize saturates where it overflows. u64::MAX is odd, so no unit above a byte can reach
+    // it exactly: there it is always an overflow.
+    let in_bytes = t
+        .trim_end_matches(['b', 'B'])
+        .trim_end()
+        .parse::<u64>()
+        .is_ok();
+    if size == u64::MAX && !in_bytes {
+        return Err(invalid(key, format!("`{s}` is too large")));
+    }
+    Ok(size)
 }
 
-/// `"5m"`, `"24h"`, `"30s"`, `"500ms"`, `"1h30m"`, `"2d"`.
+/// `"5m"`, `"24h"`, `"30s"`, `"500ms"`, `"1h30m"`, `"2d"`, read by `humantime` (which also takes
+/// `"1h 30m"`, `"1.5h"`, `"5min"`, `"1w"` and a bare `"0"`). A number needs a unit: `"5"` is refused.
 pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
     let bad = || invalid(key, format!("`{s}` is not a duration like 30s, 5m, 24h"));
     let t = s.trim();
-    if t.is_empty() {
+    // humantime reads a capital `M` as months; `5M` is more likely meant as minutes, so it stays
+    // an error as it always was (`months` spelt out is taken). No other humantime unit has an
+    // upper-case M.
+    if t.contains('M') {
         return Err(bad());
     }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            "d" => Duration::from_secs(n.saturating_mul(86400)),
-            _ => return Err(bad()),
-        };
-        total = total.saturating_add(d);
-    }
-    Ok(total)
+    humantime::parse_duration(t).map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -831,6 +817,10 @@ password = "hunter2"
             ("[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nusername = \"u\"", "upstream[0].password"),
             ("bogus = 1", "bogus"),
             ("[cache]\nttl = \"5m\"", "ttl"),
+            (
+                "[[route]]\nmatch = { repository = \"library/[\" }",
+                "route[0].match.repository",
+            ),
         ];
         for (toml, key) in cases {
             let err = Config::from_toml(toml).unwrap_err().to_string();
@@ -905,6 +895,43 @@ insecure_skip_verify = true
         assert_eq!(parse_size("k", "2MiB").unwrap(), 2 << 20);
         assert_eq!(parse_size("k", "10GB").unwrap(), 10_000_000_000);
         assert!(parse_size("k", "-1").is_err());
+        let sizes: &[(&str, Option<u64>)] = &[
+            ("50GiB", Some(50 << 30)),
+            ("512MiB", Some(512 << 20)),
+            ("16MiB", Some(16 << 20)),
+            ("64kib", Some(64 << 10)),
+            ("1k", Some(1_000)),
+            ("1kb", Some(1_000)),
+            ("3m", Some(3_000_000)),
+            ("3Mb", Some(3_000_000)),
+            ("2g", Some(2_000_000_000)),
+            ("2T", Some(2_000_000_000_000)),
+            ("2tb", Some(2_000_000_000_000)),
+            ("1TiB", Some(1 << 40)),
+            // bytesize also takes fractions and the short IEC forms.
+            ("1.5GiB", Some(3 << 29)),
+            ("4Mi", Some(4 << 20)),
+            ("7b", Some(7)),
+            ("7B", Some(7)),
+            ("10 GB", Some(10_000_000_000)),
+            (" 10GB ", Some(10_000_000_000)),
+            ("0", Some(0)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551615B", Some(u64::MAX)),
+            ("", None),
+            ("GB", None),
+            ("10 parsecs", None),
+            ("10GBs", None),
+            ("1e3", None),
+            ("0x10", None),
+            ("-1GB", None),
+            ("18446744073709551616", None),
+            ("20000000TB", None),
+            ("99999999999999999999GiB", None),
+        ];
+        for (input, want) in sizes {
+            assert_eq!(parse_size("k", input).ok(), *want, "{input:?}");
+        }
         assert_eq!(
             parse_duration("k", "1h30m").unwrap(),
             Duration::from_secs(5400)
@@ -915,6 +942,36 @@ insecure_skip_verify = true
         );
         assert!(parse_duration("k", "5").is_err());
         assert!(parse_duration("k", "m").is_err());
+        let secs = Duration::from_secs;
+        let durations: &[(&str, Option<Duration>)] = &[
+            ("5m", Some(secs(300))),
+            ("24h", Some(secs(86_400))),
+            ("30s", Some(secs(30))),
+            ("2d", Some(secs(172_800))),
+            ("1h30m", Some(secs(5400))),
+            ("1d12h", Some(secs(129_600))),
+            ("0s", Some(Duration::ZERO)),
+            (" 10s ", Some(secs(10))),
+            // humantime's wider grammar.
+            ("1h 30m", Some(secs(5400))),
+            ("5min", Some(secs(300))),
+            ("1.5h", Some(secs(5400))),
+            ("0", Some(Duration::ZERO)),
+            ("", None),
+            ("5", None),
+            ("m", None),
+            ("5 parsecs", None),
+            ("-5s", None),
+            ("5s-", None),
+            ("1h30", None),
+            // Months in humantime; refused rather than read as 5 months.
+            ("5M", None),
+            ("1h5M", None),
+            ("99999999999999999999s", None),
+        ];
+        for (input, want) in durations {
+            assert_eq!(parse_duration("k", input).ok(), *want, "{input:?}");
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub struct RouteMatch {
     pub port: Option<u16>,
     pub client_cidr: Option<IpNet>,
     /// Glob over the repository name as asked upstream (`library/*`, `*/windows/*`).
-    pub repository: Option<String>,
+    pub repository: Option<RepoGlob>,
     /// Substring of the User-Agent.
     pub user_agent: Option<String>,
 }
@@ -62,7 +62,7 @@ impl RouteMatch {
         let repo_ok = self
             .repository
             .as_ref()
-            .is_none_or(|g| glob_match(g, facts.repository));
+            .is_none_or(|g| g.is_match(facts.repository));
         let ua_ok = self
             .user_agent
             .as_ref()
@@ -90,32 +90,81 @@ pub fn strip_port(host: &str) -> &str {
     }
 }
 
-/// `*` matches any run of characters (including `/`), `?` one character.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
+/// A `match.repository` glob, compiled once when the config is read. `*` matches any run of
+/// characters (including `/`; `**` is the same as `*`), `?` one character, and, from `globset`,
+/// `[a-z]` a class, `{a,b}` either alternative, `\\` escapes the next character.
+#[derive(Clone)]
+pub struct RepoGlob {
+    pattern: String,
+    matcher: globset::GlobMatcher,
+}
+
+impl RepoGlob {
+    pub fn new(pattern: &str) -> Result<Self, globset::Error> {
+        let glob = globset::GlobBuilder::new(&collapse_stars(pattern))
+            .literal_separator(false)
+            .backslash_escape(true)
+            .build()?;
+        Ok(RepoGlob {
+            pattern: pattern.to_owned(),
+            matcher: glob.compile_matcher(),
+        })
+    }
+
+    /// The glob as written.
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+
+    pub fn is_match(&self, repository: &str) -> bool {
+        self.matcher.is_match(repository)
+    }
+}
+
+/// For globs written in code (tests, defaults); the config goes through [`RepoGlob::new`], which
+/// reports a bad glob as a config error.
+///
+/// # Panics
+/// On a pattern that is not a valid glob.
+impl From<&str> for RepoGlob {
+    fn from(pattern: &str) -> Self {
+        RepoGlob::new(pattern).unwrap_or_else(|e| panic!("invalid glob {pattern:?}: {e}"))
+    }
+}
+
+impl PartialEq for RepoGlob {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern
+    }
+}
+
+impl std::fmt::Debug for RepoGlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RepoGlob").field(&self.pattern).finish()
+    }
+}
+
+/// `**` means "any number of directories" to globset, where `**/x` also matches a bare `x`;
+/// in a repository glob `*` already crosses `/`, so a run of stars means just what one does.
+fn collapse_stars(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let (mut escaped, mut star) = (false, false);
+    for c in pattern.chars() {
+        if escaped {
+            escaped = false;
+            star = false;
+        } else if c == '*' {
+            if star {
+                continue;
+            }
+            star = true;
         } else {
-            return false;
+            escaped = c == '\\';
+            star = false;
         }
+        out.push(c);
     }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
+    out
 }
 
 #[cfg(test)]
@@ -134,10 +183,37 @@ mod tests {
             ("exact", "exact", true),
             ("exact", "exactly", false),
             ("*sigs*", "kubernetes-sigs/kind", true),
+            // A run of stars is one star: `**/alpine` needs a `/` before `alpine`.
+            ("**/alpine", "library/alpine", true),
+            ("**/alpine", "alpine", false),
+            ("library/**", "library/a/b", true),
+            ("a/**/b", "a/b", false),
+            ("a/**/b", "a/x/y/b", true),
+            ("*", "", true),
+            ("", "", true),
+            ("", "a", false),
+            ("?", "", false),
+            ("???", "a/b", true),
+            ("library/alpine", "library/Alpine", false),
+            // Classes, alternatives and escapes (globset's).
+            ("library/[ab]*", "library/alpine", true),
+            ("library/[!a]*", "library/alpine", false),
+            ("{library,team}/*", "team/app", true),
+            ("{library,team}/*", "org/app", false),
+            (r"a\*", "a*", true),
+            (r"a\*", "ab", false),
+            (r"a\**", "a*b", true),
         ];
         for (p, t, want) in cases {
             assert_eq!(glob_match(p, t), want, "{p} {t}");
         }
+        for bad in ["library/[", "{a,b", "a\\"] {
+            assert!(RepoGlob::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn glob_match(pattern: &str, text: &str) -> bool {
+        RepoGlob::new(pattern).unwrap().is_match(text)
     }
 
     #[test]

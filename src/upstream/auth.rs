@@ -69,6 +69,11 @@ pub fn select_challenge(headers: &HeaderMap) -> Option<Challenge> {
 /// Parses one header value into challenges (RFC 9110 §11.6.1): `scheme [token68 | param *(, param)]`
 /// with several challenges allowed in one comma-separated list. Lenient: unparseable parts are
 /// skipped rather than failing the whole header.
+///
+/// Hand-written rather than `http-auth` 0.1.10's `ChallengeParser`, which stops at the first
+/// thing it cannot read and so fails these tests: more than one space after the scheme
+/// (`Bearer   realm=…`, RFC 9110's `1*SP`), a token68 challenge before a Bearer one in the same
+/// header (`Negotiate abc==, Bearer realm=…` loses the Bearer), a tab after the scheme.
 fn parse_challenges(input: &str) -> Vec<RawChallenge> {
     let mut out: Vec<RawChallenge> = Vec::new();
     let mut lx = Lexer {
@@ -391,6 +396,52 @@ mod tests {
             (&[r#"Bearer service="s""#], None),
             (&[r#"Bearer realm="""#], None),
             (&["Negotiate abc=="], None),
+            // A token68 challenge before a Bearer one in the same header (RFC 9110 §11.3).
+            (
+                &[r#"Negotiate abc==, Bearer realm="https://r/t",service="s""#],
+                bearer("https://r/t", Some("s"), None),
+            ),
+            (
+                &["Negotiate", r#"Bearer realm="https://r/t""#],
+                bearer("https://r/t", None, None),
+            ),
+            // Docker Hub when a token lacks a scope: the extra `error` param is ignored.
+            (
+                &[
+                    r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull",error="insufficient_scope""#,
+                ],
+                bearer(
+                    "https://auth.docker.io/token",
+                    Some("registry.docker.io"),
+                    Some("repository:library/alpine:pull"),
+                ),
+            ),
+            // Bearer first, Basic after it, in one header.
+            (
+                &[r#"Bearer realm="https://r/t",service="s", Basic realm="x""#],
+                bearer("https://r/t", Some("s"), None),
+            ),
+            // RFC 7617's Basic with a charset.
+            (
+                &[r#"Basic realm="Registry Realm", charset="UTF-8""#],
+                Some(Challenge::Basic),
+            ),
+            // Commas, an escaped backslash and an escaped quote inside quoted values.
+            (
+                &[
+                    r#"Bearer realm="https://r/t?a=1,b=2",service="x\\y",scope="say \"hi\", then go""#,
+                ],
+                bearer(
+                    "https://r/t?a=1,b=2",
+                    Some(r"x\y"),
+                    Some(r#"say "hi", then go"#),
+                ),
+            ),
+            // A tab between scheme and params, and whitespace around the value.
+            (
+                &["  Bearer\trealm=\"https://r/t\"  "],
+                bearer("https://r/t", None, None),
+            ),
             (&["garbage ,,, = \" unterminated"], None),
             (&[""], None),
             (&[], None),
