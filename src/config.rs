@@ -321,7 +321,7 @@ impl RawRoute {
         };
         let repository = match m.repository {
             None => None,
-            Some(g) => Some(crate::route::RepoGlob::new(&g).map_err(|e| {
+            Some(g) => Some(crate::route_policy::RepoGlob::new(&g).map_err(|e| {
                 invalid(
                     key("match.repository"),
                     format!("`{g}` is not a glob like library/*: {}", e.kind()),

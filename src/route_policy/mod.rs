@@ -15,9 +15,7 @@ mod route_match;
 pub use client_platform::{client_platform, PlatformSource, DEFAULT_PLATFORM};
 pub use decision::{Decision, SelectionStep};
 pub use rewrite::should_rewrite;
-pub use route_match::{
-    glob_match, strip_port, OciForLegacy, RequestFacts, RewriteMode, RouteMatch,
-};
+pub use route_match::{strip_port, OciForLegacy, RepoGlob, RequestFacts, RewriteMode, RouteMatch};
 
 use crate::config::RouteConfig;
 use crate::platform::{Platform, PlatformError};
