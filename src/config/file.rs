@@ -1,0 +1,374 @@
+//! The TOML file: its shape (unknown keys refused), and how each value becomes config, naming
+//! the key when it can't.
+
+use super::error::{invalid, ConfigError};
+use super::model::*;
+use super::values::{
+    parse_admin_listen, parse_duration, parse_listen, parse_log_format, parse_size,
+    parse_upstream_url,
+};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut cfg = Config::default();
+        if let Some(l) = raw.listen {
+            let list = match l {
+                OneOrMany::One(s) => vec![s],
+                OneOrMany::Many(v) => v,
+            };
+            cfg.listen = parse_listen("listen", &list)?;
+        }
+        if let Some(a) = raw.admin_listen {
+            cfg.admin_listen = parse_admin_listen("admin_listen", &a)?;
+        }
+        if let Some(d) = raw.data_dir {
+            cfg.data_dir = d;
+        }
+        if let Some(f) = raw.log_format {
+            cfg.log_format = parse_log_format("log_format", &f)?;
+        }
+        if let Some(c) = raw.cache {
+            let k = &mut cfg.cache;
+            if let Some(v) = c.max_size {
+                k.max_size = parse_size("cache.max_size", &v)?;
+            }
+            if let Some(v) = c.memory_size {
+                k.memory_size = parse_size("cache.memory_size", &v)?;
+            }
+            if let Some(v) = c.write_buffer {
+                k.write_buffer = parse_size("cache.write_buffer", &v)?;
+            }
+            if let Some(v) = c.tag_ttl {
+                k.tag_ttl = parse_duration("cache.tag_ttl", &v)?;
+            }
+            if let Some(v) = c.stale_if_error {
+                k.stale_if_error = parse_duration("cache.stale_if_error", &v)?;
+            }
+            if let Some(v) = c.negative_ttl {
+                k.negative_ttl = parse_duration("cache.negative_ttl", &v)?;
+            }
+        }
+        if !raw.upstream.is_empty() {
+            cfg.upstreams = raw
+                .upstream
+                .into_iter()
+                .enumerate()
+                .map(|(i, u)| u.into_config(i))
+                .collect::<Result<_, _>>()?;
+        }
+        cfg.routes = raw
+            .route
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| r.into_config(i))
+            .collect::<Result<_, _>>()?;
+        if let Some(t) = raw.tls {
+            cfg.tls = Some(TlsConfig {
+                cert_file: t
+                    .cert_file
+                    .ok_or_else(|| invalid("tls.cert_file", "is required in [tls]"))?,
+                key_file: t
+                    .key_file
+                    .ok_or_else(|| invalid("tls.key_file", "is required in [tls]"))?,
+            });
+        }
+        if let Some(a) = raw.auth {
+            cfg.auth = Some(AuthConfig {
+                htpasswd_file: a.htpasswd_file,
+                tokens_file: a.tokens_file,
+            });
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<OneOrMany>,
+    admin_listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    log_format: Option<String>,
+    cache: Option<RawCache>,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+    tls: Option<RawTls>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    htpasswd_file: Option<PathBuf>,
+    tokens_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(rename = "match", default)]
+    matcher: RawRouteMatch,
+    platform: Option<String>,
+    rewrite: Option<String>,
+    oci_for_legacy: Option<String>,
+    windows_match: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRouteMatch {
+    host: Option<String>,
+    port: Option<u16>,
+    client_cidr: Option<String>,
+    repository: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl RawRoute {
+    fn into_config(self, i: usize) -> Result<RouteConfig, ConfigError> {
+        use crate::route_policy::{OciForLegacy, RewriteMode, RouteMatch};
+        let key = |k: &str| format!("route[{i}].{k}");
+        let m = self.matcher;
+        let client_cidr = match m.client_cidr {
+            None => None,
+            Some(c) => Some(
+                c.parse::<ipnet::IpNet>()
+                    .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            key("match.client_cidr"),
+                            format!("`{c}` is not a CIDR like 10.0.0.0/8"),
+                        )
+                    })?,
+            ),
+        };
+        let repository = match m.repository {
+            None => None,
+            Some(g) => Some(crate::route_policy::RepoGlob::new(&g).map_err(|e| {
+                invalid(
+                    key("match.repository"),
+                    format!("`{g}` is not a glob like library/*: {}", e.kind()),
+                )
+            })?),
+        };
+        let rewrite = match self.rewrite.as_deref() {
+            None | Some("legacy") => RewriteMode::Legacy,
+            Some("always") => RewriteMode::Always,
+            Some("never") => RewriteMode::Never,
+            Some(o) => {
+                return Err(invalid(
+                    key("rewrite"),
+                    format!("`{o}` is not one of legacy, always, never"),
+                ))
+            }
+        };
+        let oci_for_legacy = match self.oci_for_legacy.as_deref() {
+            None | Some("convert") => OciForLegacy::Convert,
+            Some("reject") => OciForLegacy::Reject,
+            Some(o) => {
+                return Err(invalid(
+                    key("oci_for_legacy"),
+                    format!("`{o}` is not one of convert, reject"),
+                ))
+            }
+        };
+        let windows_match = match self.windows_match.as_deref() {
+            None | Some("process") => crate::platform::WindowsMatch::Process,
+            Some("hyperv") => crate::platform::WindowsMatch::Hyperv,
+            Some(o) => {
+                return Err(invalid(
+                    key("windows_match"),
+                    format!("`{o}` is not one of process, hyperv"),
+                ))
+            }
+        };
+        if rewrite == RewriteMode::Always && self.platform.is_none() {
+            return Err(invalid(
+                key("platform"),
+                "rewrite = \"always\" needs a platform",
+            ));
+        }
+        if let Some(p) = &self.platform {
+            crate::platform::Platform::parse(p)
+                .map_err(|e| invalid(key("platform"), format!("`{p}`: {e}")))?;
+        }
+        Ok(RouteConfig {
+            matcher: RouteMatch {
+                host: m.host.map(|h| h.to_ascii_lowercase()),
+                port: m.port,
+                client_cidr,
+                repository,
+                user_agent: m.user_agent,
+            },
+            platform: self.platform,
+            rewrite,
+            oci_for_legacy,
+            windows_match,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    max_size: Option<String>,
+    memory_size: Option<String>,
+    write_buffer: Option<String>,
+    tag_ttl: Option<String>,
+    stale_if_error: Option<String>,
+    negative_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    url: String,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    default: bool,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+    tag_ttl: Option<String>,
+    connect_timeout: Option<String>,
+    read_timeout: Option<String>,
+    library_prefix: Option<bool>,
+}
+
+impl RawUpstream {
+    fn into_config(self, i: usize) -> Result<UpstreamConfig, ConfigError> {
+        let key = |k: &str| format!("upstream[{i}].{k}");
+        if self.name.is_empty()
+            || self.name.contains('/')
+            || self.name.contains(char::is_whitespace)
+        {
+            return Err(invalid(
+                key("name"),
+                "must be a non-empty registry name without `/`",
+            ));
+        }
+        parse_upstream_url(&key("url"), &self.url)?;
+        let mut u = UpstreamConfig::from_url(Some(&self.name), &self.url)?;
+        u.default = self.default;
+        for a in self.aliases {
+            let a = a.to_ascii_lowercase();
+            if a.is_empty() || a.contains('/') {
+                return Err(invalid(
+                    key("aliases"),
+                    format!("`{a}` is not a registry name"),
+                ));
+            }
+            if a != u.name && !u.aliases.contains(&a) {
+                u.aliases.push(a);
+            }
+        }
+        if let Some(p) = self.library_prefix {
+            u.library_prefix = p;
+        }
+        u.ca_file = self.ca_file;
+        u.insecure_skip_verify = self.insecure_skip_verify;
+        if u.insecure_skip_verify && u.ca_file.is_some() {
+            return Err(invalid(
+                key("insecure_skip_verify"),
+                "is set together with ca_file, which it would make pointless; give one",
+            ));
+        }
+        if let Some(v) = self.tag_ttl {
+            u.tag_ttl = Some(parse_duration(&key("tag_ttl"), &v)?);
+        }
+        if let Some(v) = self.connect_timeout {
+            u.connect_timeout = parse_duration(&key("connect_timeout"), &v)?;
+        }
+        if let Some(v) = self.read_timeout {
+            u.read_timeout = parse_duration(&key("read_timeout"), &v)?;
+        }
+        let sources = [
+            self.password.is_some(),
+            self.password_file.is_some(),
+            self.password_env.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if sources > 1 {
+            return Err(invalid(
+                key("password"),
+                "give only one of password, password_file, password_env",
+            ));
+        }
+        let password = if let Some(p) = self.password {
+            Some(p)
+        } else if let Some(f) = self.password_file {
+            let text = std::fs::read_to_string(&f).map_err(|e| {
+                invalid(
+                    key("password_file"),
+                    format!("cannot read {}: {e}", f.display()),
+                )
+            })?;
+            Some(text.trim_end_matches(['\r', '\n']).to_owned())
+        } else if let Some(var) = self.password_env {
+            Some(std::env::var(&var).map_err(|_| {
+                invalid(
+                    key("password_env"),
+                    format!("environment variable {var} is not set"),
+                )
+            })?)
+        } else {
+            None
+        };
+        u.credentials = match (self.username, password) {
+            (Some(username), Some(p)) => Some(Credentials {
+                username,
+                password: Secret::new(p),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    key("password"),
+                    "username given without a password",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    key("username"),
+                    "password given without a username",
+                ))
+            }
+        };
+        Ok(u)
+    }
+}

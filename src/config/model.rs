@@ -1,0 +1,263 @@
+//! What archway runs with: listeners, cache limits, upstreams, routes, TLS and client auth, with
+//! the embedded defaults and the cross-key checks. Read from TOML by `file`, flags and
+//! environment applied by `main`.
+
+use super::error::{invalid, ConfigError};
+use super::values::parse_upstream_url;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:5000";
+pub const DEFAULT_DATA_DIR: &str = "./archway-data";
+pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
+pub const DOCKER_HUB_ALIASES: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP); `None`: nowhere.
+    pub admin_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub cache: CacheConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub log_format: LogFormat,
+    /// `[tls]`: serve the registry listener over HTTPS.
+    pub tls: Option<TlsConfig>,
+    /// `[auth]`: clients must authenticate on `/v2/`.
+    pub auth: Option<AuthConfig>,
+}
+
+/// `[tls]`: PEM certificate chain and private key of the registry listener, re-read on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// `[auth]`: who may pull. At least one of the two files is set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuthConfig {
+    /// htpasswd with bcrypt hashes (`htpasswd -B`).
+    pub htpasswd_file: Option<PathBuf>,
+    /// One bearer token per line; `#` starts a comment.
+    pub tokens_file: Option<PathBuf>,
+}
+
+/// One `[[route]]`: a match and the platform policy it sets.
+#[derive(Debug, Clone, Default)]
+pub struct RouteConfig {
+    pub matcher: crate::route_policy::RouteMatch,
+    /// The route's platform in containerd form (`linux/arm64`, `windows(10.0.17763)/amd64`) or
+    /// `windows/amd64:10.0.17763`; validated when the config is loaded.
+    pub platform: Option<String>,
+    pub rewrite: crate::route_policy::RewriteMode,
+    pub oci_for_legacy: crate::route_policy::OciForLegacy,
+    pub windows_match: crate::platform::WindowsMatch,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Byte budget of the blob store on disk.
+    pub max_size: u64,
+    /// Byte budget of the in-memory manifest cache.
+    pub memory_size: u64,
+    /// Received blob bytes that may wait in memory for the disk, across all downloads.
+    pub write_buffer: u64,
+    pub tag_ttl: Duration,
+    /// How old a cached tag may be and still be served when upstream fails.
+    pub stale_if_error: Duration,
+    /// How long an upstream 404 for a tag is remembered.
+    pub negative_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_size: 50 << 30,
+            memory_size: 64 << 20,
+            write_buffer: crate::cache::blob::DEFAULT_WRITE_BUFFER,
+            tag_ttl: Duration::from_secs(300),
+            stale_if_error: Duration::from_secs(24 * 3600),
+            negative_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// `scheme://host[:port]`, no path.
+    pub url: http::Uri,
+    pub aliases: Vec<String>,
+    pub default: bool,
+    pub credentials: Option<Credentials>,
+    /// Extra PEM CA bundle trusted besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate from this upstream (handshake signatures are still checked).
+    pub insecure_skip_verify: bool,
+    /// Overrides `cache.tag_ttl` for this upstream.
+    pub tag_ttl: Option<Duration>,
+    pub connect_timeout: Duration,
+    /// Longest wait for response headers, and for each chunk of a body.
+    pub read_timeout: Duration,
+    /// Docker Hub: one-component names live under `library/`.
+    pub library_prefix: bool,
+}
+
+impl UpstreamConfig {
+    /// An upstream for `url` with defaults; Docker Hub is recognised by its host.
+    pub fn from_url(name: Option<&str>, url: &str) -> Result<Self, ConfigError> {
+        let uri = parse_upstream_url("upstream.url", url)?;
+        let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+        let is_hub = DOCKER_HUB_ALIASES.contains(&host.as_str());
+        let name = match name {
+            Some(n) => n.to_owned(),
+            None if is_hub => "docker.io".to_owned(),
+            None => match uri.port_u16() {
+                Some(p) => format!("{host}:{p}"),
+                None => host.clone(),
+            },
+        };
+        let aliases = if is_hub || name == "docker.io" {
+            DOCKER_HUB_ALIASES
+                .iter()
+                .filter(|a| **a != name)
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(UpstreamConfig {
+            library_prefix: is_hub || name == "docker.io",
+            name,
+            url: uri,
+            aliases,
+            default: false,
+            credentials: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+            tag_ttl: None,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// Every name this upstream answers to (`ns=`, path prefix, Host), lowercased.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str()).chain(self.aliases.iter().map(|s| s.as_str()))
+    }
+}
+
+impl Default for Config {
+    /// The embedded defaults: a Docker Hub mirror on :5000 caching under ./archway-data.
+    fn default() -> Self {
+        let mut hub = UpstreamConfig::from_url(None, DOCKER_HUB_URL)
+            .unwrap_or_else(|_| unreachable!("the Docker Hub URL is valid"));
+        hub.default = true;
+        Config {
+            listen: vec![DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| unreachable!("the default address is valid"))],
+            admin_listen: None,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            cache: CacheConfig::default(),
+            upstreams: vec![hub],
+            routes: Vec::new(),
+            log_format: LogFormat::Text,
+            tls: None,
+            auth: None,
+        }
+    }
+}
+
+impl Config {
+    /// Cross-key checks; run after flags are applied too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(invalid("listen", "needs at least one address"));
+        }
+        if self.upstreams.is_empty() {
+            return Err(invalid("upstream", "needs at least one upstream"));
+        }
+        if let Some(a) = self.admin_listen.filter(|a| a.port() != 0) {
+            if self.listen.contains(&a) {
+                return Err(invalid(
+                    "admin_listen",
+                    format!(
+                        "{a} is also a registry `listen` address; the admin listener needs its own"
+                    ),
+                ));
+            }
+        }
+        let defaults = self.upstreams.iter().filter(|u| u.default).count();
+        if defaults > 1 {
+            return Err(invalid(
+                "upstream.default",
+                "only one upstream may be the default",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            for n in u.names() {
+                if !seen.insert(n.to_ascii_lowercase()) {
+                    return Err(invalid(
+                        format!("upstream[{i}].aliases"),
+                        format!("`{n}` names more than one upstream"),
+                    ));
+                }
+            }
+        }
+        if self.cache.max_size == 0 {
+            return Err(invalid("cache.max_size", "must be more than 0"));
+        }
+        if self.cache.write_buffer == 0 {
+            return Err(invalid("cache.write_buffer", "must be more than 0"));
+        }
+        if let Some(a) = &self.auth {
+            if a.htpasswd_file.is_none() && a.tokens_file.is_none() {
+                return Err(invalid("auth", "needs htpasswd_file, tokens_file or both"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The upstream a request with no `ns=`, prefix or Host match reaches.
+    pub fn default_upstream(&self) -> Option<usize> {
+        self.upstreams.iter().position(|u| u.default)
+    }
+}

@@ -1,0 +1,254 @@
+use super::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[test]
+fn embedded_defaults_are_a_hub_mirror() {
+    let c = Config::default();
+    assert_eq!(c.listen, vec!["0.0.0.0:5000".parse().unwrap()]);
+    assert_eq!(c.data_dir, PathBuf::from("./archway-data"));
+    assert_eq!(c.upstreams.len(), 1);
+    let hub = &c.upstreams[0];
+    assert!(hub.default && hub.library_prefix);
+    assert_eq!(hub.name, "docker.io");
+    assert!(hub.names().any(|n| n == "index.docker.io"));
+    c.validate().unwrap();
+}
+
+#[test]
+fn design_doc_example_parses() {
+    let c = Config::from_toml(
+        r#"
+listen = "0.0.0.0:5000"
+data_dir = "/var/lib/archway"
+[cache]
+max_size = "50GiB"
+tag_ttl = "5m"
+stale_if_error = "24h"
+[[upstream]]
+name = "docker.io"
+url = "https://registry-1.docker.io"
+aliases = ["docker.io", "index.docker.io", "registry-1.docker.io"]
+default = true
+[[upstream]]
+name = "ghcr.io"
+url = "https://ghcr.io"
+username = "bot"
+password = "hunter2"
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.cache.max_size, 50 << 30);
+    assert_eq!(c.cache.write_buffer, 64 << 20, "the default");
+    assert_eq!(c.cache.tag_ttl, Duration::from_secs(300));
+    assert_eq!(c.upstreams.len(), 2);
+    assert_eq!(c.default_upstream(), Some(0));
+    let creds = c.upstreams[1].credentials.as_ref().unwrap();
+    assert_eq!(creds.password.expose(), "hunter2");
+    assert!(!format!("{c:?}").contains("hunter2"), "secrets never print");
+}
+
+#[test]
+fn admin_listen() {
+    assert_eq!(Config::default().admin_listen, None, "off unless asked for");
+    let c = Config::from_toml(r#"admin_listen = "127.0.0.1:9091""#).unwrap();
+    assert_eq!(c.admin_listen, Some("127.0.0.1:9091".parse().unwrap()));
+    let c = Config::from_toml(r#"admin_listen = "off""#).unwrap();
+    assert_eq!(c.admin_listen, None);
+    for bad in [
+        r#"admin_listen = "localhost""#,
+        "listen = \"127.0.0.1:5000\"\nadmin_listen = \"127.0.0.1:5000\"",
+    ] {
+        let err = Config::from_toml(bad).unwrap_err().to_string();
+        assert!(err.contains("admin_listen"), "{bad:?} -> {err}");
+    }
+    // Port 0 (tests) may appear in both: each bind gets its own port.
+    Config::from_toml("listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"").unwrap();
+}
+
+#[test]
+fn listen_takes_a_list() {
+    let c = Config::from_toml(r#"listen = ["127.0.0.1:5000", "127.0.0.1:5001"]"#).unwrap();
+    assert_eq!(c.listen.len(), 2);
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let cases = [
+        (r#"listen = "nope""#, "listen"),
+        ("[cache]\nmax_size = \"lots\"", "cache.max_size"),
+        ("[cache]\ntag_ttl = \"5 parsecs\"", "cache.tag_ttl"),
+        ("[cache]\nwrite_buffer = \"0\"", "cache.write_buffer"),
+        ("[cache]\nwrite_buffer = \"a lot\"", "cache.write_buffer"),
+        ("[[upstream]]\nname = \"x\"\nurl = \"ftp://x\"", "upstream[0].url"),
+        ("[[upstream]]\nname = \"x\"\nurl = \"http://x/path\"", "upstream[0].url"),
+        (
+            "[[upstream]]\nname = \"a\"\nurl = \"http://a\"\ndefault = true\n[[upstream]]\nname = \"b\"\nurl = \"http://b\"\ndefault = true",
+            "upstream.default",
+        ),
+        ("[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nusername = \"u\"", "upstream[0].password"),
+        ("bogus = 1", "bogus"),
+        ("[cache]\nttl = \"5m\"", "ttl"),
+        (
+            "[[route]]\nmatch = { repository = \"library/[\" }",
+            "route[0].match.repository",
+        ),
+    ];
+    for (toml, key) in cases {
+        let err = Config::from_toml(toml).unwrap_err().to_string();
+        assert!(err.contains(key), "{toml:?} -> {err}");
+    }
+}
+
+#[test]
+fn tls_auth_and_insecure_upstreams_parse() {
+    let c = Config::from_toml(
+        r#"
+[tls]
+cert_file = "/etc/archway/tls.crt"
+key_file = "/etc/archway/tls.key"
+[auth]
+htpasswd_file = "/etc/archway/htpasswd"
+[[upstream]]
+name = "lab"
+url = "https://registry.lab:5000"
+insecure_skip_verify = true
+"#,
+    )
+    .unwrap();
+    let tls = c.tls.unwrap();
+    assert_eq!(tls.cert_file, PathBuf::from("/etc/archway/tls.crt"));
+    assert_eq!(tls.key_file, PathBuf::from("/etc/archway/tls.key"));
+    let auth = c.auth.unwrap();
+    assert_eq!(
+        auth.htpasswd_file,
+        Some(PathBuf::from("/etc/archway/htpasswd"))
+    );
+    assert_eq!(auth.tokens_file, None);
+    assert!(c.upstreams[0].insecure_skip_verify);
+
+    let plain = Config::from_toml("").unwrap();
+    assert!(plain.tls.is_none() && plain.auth.is_none());
+    assert!(!plain.upstreams[0].insecure_skip_verify);
+}
+
+#[test]
+fn bad_tls_and_auth_name_the_key() {
+    let cases = [
+        ("[tls]\nkey_file = \"k.pem\"", "tls.cert_file"),
+        ("[tls]\ncert_file = \"c.pem\"", "tls.key_file"),
+        ("[tls]\ncert = \"c.pem\"", "cert"),
+        ("[auth]", "`auth`"),
+        ("[auth]\nhtpasswd = \"h\"", "htpasswd"),
+        (
+            "[[upstream]]\nname = \"x\"\nurl = \"https://x\"\nca_file = \"ca.pem\"\ninsecure_skip_verify = true",
+            "upstream[0].insecure_skip_verify",
+        ),
+        (
+            "[[upstream]]\nname = \"x\"\nurl = \"https://x\"\ninsecure_skip_verify = \"yes\"",
+            "insecure_skip_verify",
+        ),
+    ];
+    for (toml, key) in cases {
+        let err = Config::from_toml(toml).unwrap_err().to_string();
+        assert!(err.contains(key), "{toml:?} -> {err}");
+    }
+}
+
+#[test]
+fn write_buffer_is_configurable() {
+    let c = Config::from_toml("[cache]\nwrite_buffer = \"16MiB\"").unwrap();
+    assert_eq!(c.cache.write_buffer, 16 << 20);
+}
+
+#[test]
+fn sizes_and_durations() {
+    assert_eq!(parse_size("k", "1000").unwrap(), 1000);
+    assert_eq!(parse_size("k", "2MiB").unwrap(), 2 << 20);
+    assert_eq!(parse_size("k", "10GB").unwrap(), 10_000_000_000);
+    assert!(parse_size("k", "-1").is_err());
+    let sizes: &[(&str, Option<u64>)] = &[
+        ("50GiB", Some(50 << 30)),
+        ("512MiB", Some(512 << 20)),
+        ("16MiB", Some(16 << 20)),
+        ("64kib", Some(64 << 10)),
+        ("1k", Some(1_000)),
+        ("1kb", Some(1_000)),
+        ("3m", Some(3_000_000)),
+        ("3Mb", Some(3_000_000)),
+        ("2g", Some(2_000_000_000)),
+        ("2T", Some(2_000_000_000_000)),
+        ("2tb", Some(2_000_000_000_000)),
+        ("1TiB", Some(1 << 40)),
+        // bytesize also takes fractions and the short IEC forms.
+        ("1.5GiB", Some(3 << 29)),
+        ("4Mi", Some(4 << 20)),
+        ("7b", Some(7)),
+        ("7B", Some(7)),
+        ("10 GB", Some(10_000_000_000)),
+        (" 10GB ", Some(10_000_000_000)),
+        ("0", Some(0)),
+        ("18446744073709551615", Some(u64::MAX)),
+        ("18446744073709551615B", Some(u64::MAX)),
+        ("", None),
+        ("GB", None),
+        ("10 parsecs", None),
+        ("10GBs", None),
+        ("1e3", None),
+        ("0x10", None),
+        ("-1GB", None),
+        ("18446744073709551616", None),
+        ("20000000TB", None),
+        ("99999999999999999999GiB", None),
+    ];
+    for (input, want) in sizes {
+        assert_eq!(parse_size("k", input).ok(), *want, "{input:?}");
+    }
+    assert_eq!(
+        parse_duration("k", "1h30m").unwrap(),
+        Duration::from_secs(5400)
+    );
+    assert_eq!(
+        parse_duration("k", "500ms").unwrap(),
+        Duration::from_millis(500)
+    );
+    assert!(parse_duration("k", "5").is_err());
+    assert!(parse_duration("k", "m").is_err());
+    let secs = Duration::from_secs;
+    let durations: &[(&str, Option<Duration>)] = &[
+        ("5m", Some(secs(300))),
+        ("24h", Some(secs(86_400))),
+        ("30s", Some(secs(30))),
+        ("2d", Some(secs(172_800))),
+        ("1h30m", Some(secs(5400))),
+        ("1d12h", Some(secs(129_600))),
+        ("0s", Some(Duration::ZERO)),
+        (" 10s ", Some(secs(10))),
+        // humantime's wider grammar.
+        ("1h 30m", Some(secs(5400))),
+        ("5min", Some(secs(300))),
+        ("1.5h", Some(secs(5400))),
+        ("0", Some(Duration::ZERO)),
+        ("", None),
+        ("5", None),
+        ("m", None),
+        ("5 parsecs", None),
+        ("-5s", None),
+        ("5s-", None),
+        ("1h30", None),
+        // Months in humantime; refused rather than read as 5 months.
+        ("5M", None),
+        ("1h5M", None),
+        ("99999999999999999999s", None),
+    ];
+    for (input, want) in durations {
+        assert_eq!(parse_duration("k", input).ok(), *want, "{input:?}");
+    }
+}
+
+#[test]
+fn upstream_from_url_names_by_host() {
+    let u = UpstreamConfig::from_url(None, "http://127.0.0.1:5000").unwrap();
+    assert_eq!(u.name, "127.0.0.1:5000");
+    assert!(!u.library_prefix);
+}

@@ -1,0 +1,91 @@
+//! Reading one value: addresses, sizes (`bytesize`), durations (`humantime`), log formats and
+//! upstream URLs, each error naming the key.
+
+use super::error::{invalid, ConfigError};
+use super::model::LogFormat;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub fn parse_listen(key: &str, list: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    list.iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|_| invalid(key, format!("`{s}` is not an address like 0.0.0.0:5000")))
+        })
+        .collect()
+}
+
+/// An address like `127.0.0.1:9091`, or `""`/`off` for no admin listener.
+pub fn parse_admin_listen(key: &str, s: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    match s.trim() {
+        "" | "off" => Ok(None),
+        a => a.parse().map(Some).map_err(|_| {
+            invalid(
+                key,
+                format!("`{s}` is not an address like 127.0.0.1:9091 (or \"off\")"),
+            )
+        }),
+    }
+}
+
+pub fn parse_log_format(key: &str, s: &str) -> Result<LogFormat, ConfigError> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(invalid(key, format!("`{s}` is not one of text, json"))),
+    }
+}
+
+/// `"50GiB"`, `"512MiB"`, `"10GB"`, `"1000"` (bytes), read by `bytesize`: units B, K/KB/KiB up to
+/// E/EB/EiB, case-insensitive, optionally after a space; a fraction such as `"1.5GiB"` is allowed.
+pub fn parse_size(key: &str, s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let size = t
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| invalid(key, format!("`{s}` is not a size like 50GiB: {e}")))?
+        .as_u64();
+    // bytesize saturates where it overflows. u64::MAX is odd, so no unit above a byte can reach
+    // it exactly: there it is always an overflow.
+    let in_bytes = t
+        .trim_end_matches(['b', 'B'])
+        .trim_end()
+        .parse::<u64>()
+        .is_ok();
+    if size == u64::MAX && !in_bytes {
+        return Err(invalid(key, format!("`{s}` is too large")));
+    }
+    Ok(size)
+}
+
+/// `"5m"`, `"24h"`, `"30s"`, `"500ms"`, `"1h30m"`, `"2d"`, read by `humantime` (which also takes
+/// `"1h 30m"`, `"1.5h"`, `"5min"`, `"1w"` and a bare `"0"`). A number needs a unit: `"5"` is refused.
+pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
+    let bad = || invalid(key, format!("`{s}` is not a duration like 30s, 5m, 24h"));
+    let t = s.trim();
+    // humantime reads a capital `M` as months; `5M` is more likely meant as minutes, so it stays
+    // an error as it always was (`months` spelt out is taken). No other humantime unit has an
+    // upper-case M.
+    if t.contains('M') {
+        return Err(bad());
+    }
+    humantime::parse_duration(t).map_err(|_| bad())
+}
+
+/// An upstream URL: `http(s)://host[:port]`, no path.
+pub(crate) fn parse_upstream_url(key: &str, url: &str) -> Result<http::Uri, ConfigError> {
+    let uri: http::Uri = url
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| invalid(key, format!("not a URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(invalid(key, "must start with http:// or https://")),
+    }
+    if uri.host().is_none() {
+        return Err(invalid(key, "has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") {
+        return Err(invalid(key, "must not have a path"));
+    }
+    Ok(uri)
+}
