@@ -4,8 +4,7 @@
 use super::error::{invalid, ConfigError};
 use super::model::*;
 use super::values::{
-    parse_admin_listen, parse_duration, parse_listen, parse_log_format, parse_size,
-    parse_upstream_url,
+    parse_admin_listen, parse_duration, parse_listen, parse_size, parse_upstream_url,
 };
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 
 use super::error::{invalid, ConfigError};
 use super::values::parse_upstream_url;
+pub use crate::route_policy::RouteConfig;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,18 +77,6 @@ pub struct AuthConfig {
     pub htpasswd_file: Option<PathBuf>,
     /// One bearer token per line; `#` starts a comment.
     pub tokens_file: Option<PathBuf>,
-}
-
-/// One `[[route]]`: a match and the platform policy it sets.
-#[derive(Debug, Clone, Default)]
-pub struct RouteConfig {
-    pub matcher: crate::route_policy::RouteMatch,
-    /// The route's platform in containerd form (`linux/arm64`, `windows(10.0.17763)/amd64`) or
-    /// `windows/amd64:10.0.17763`; validated when the config is loaded.
-    pub platform: Option<String>,
-    pub rewrite: crate::route_policy::RewriteMode,
-    pub oci_for_legacy: crate::route_policy::OciForLegacy,
-    pub windows_match: crate::platform::WindowsMatch,
 }
 
 #[derive(Debug, Clone)]
@@ -259,5 +248,14 @@ impl Config {
     /// The upstream a request with no `ns=`, prefix or Host match reaches.
     pub fn default_upstream(&self) -> Option<usize> {
         self.upstreams.iter().position(|u| u.default)
+    }
+}
+
+/// `text` or `json`.
+pub fn parse_log_format(key: &str, s: &str) -> Result<LogFormat, ConfigError> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(invalid(key, format!("`{s}` is not one of text, json"))),
     }
 }

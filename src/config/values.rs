@@ -2,7 +2,6 @@
 //! upstream URLs, each error naming the key.
 
 use super::error::{invalid, ConfigError};
-use super::model::LogFormat;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -25,14 +24,6 @@ pub fn parse_admin_listen(key: &str, s: &str) -> Result<Option<SocketAddr>, Conf
                 format!("`{s}` is not an address like 127.0.0.1:9091 (or \"off\")"),
             )
         }),
-    }
-}
-
-pub fn parse_log_format(key: &str, s: &str) -> Result<LogFormat, ConfigError> {
-    match s {
-        "text" => Ok(LogFormat::Text),
-        "json" => Ok(LogFormat::Json),
-        _ => Err(invalid(key, format!("`{s}` is not one of text, json"))),
     }
 }
 

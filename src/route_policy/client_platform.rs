@@ -71,7 +71,7 @@ pub fn client_platform(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RouteConfig;
+    use crate::route_policy::RouteConfig;
     use crate::route_policy::RouteMatch;
 
     const DOCKER_1706: &str = "docker/17.06.2-ee-19 go/go1.8.7 git-commit/6b5fb4d kernel/3.10.0-1062.el7.x86_64 os/linux arch/amd64 UpstreamClient(Docker-Client/17.06.2-ee-19 \\(linux\\))";

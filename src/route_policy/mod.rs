@@ -17,8 +17,19 @@ pub use decision::{Decision, SelectionStep};
 pub use rewrite::should_rewrite;
 pub use route_match::{strip_port, OciForLegacy, RepoGlob, RequestFacts, RewriteMode, RouteMatch};
 
-use crate::config::RouteConfig;
 use crate::platform::{Platform, PlatformError};
+
+/// One `[[route]]`: a match and the platform policy it sets.
+#[derive(Debug, Clone, Default)]
+pub struct RouteConfig {
+    pub matcher: RouteMatch,
+    /// The route's platform in containerd form (`linux/arm64`, `windows(10.0.17763)/amd64`) or
+    /// `windows/amd64:10.0.17763`; validated when the config is loaded.
+    pub platform: Option<String>,
+    pub rewrite: RewriteMode,
+    pub oci_for_legacy: OciForLegacy,
+    pub windows_match: crate::platform::WindowsMatch,
+}
 
 /// A route the config names that cannot be used.
 #[derive(Debug, thiserror::Error)]
