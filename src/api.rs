@@ -82,10 +82,13 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ProxyError> {
         },
     };
     let segments: Vec<&str> = rest.split('/').collect();
-    let n = segments.len();
+    // The last three segments, from the end: `…/<a>/<b>/<c>`.
+    let mut tail = segments.iter().rev().copied();
+    let (c, b, a) = (tail.next(), tail.next(), tail.next());
     // Push endpoints are refused whatever the method, before anything else is looked at.
-    if n >= 3 && segments[n - 2] == "blobs" && segments[n - 1] == "uploads"
-        || n >= 4 && segments[n - 3] == "blobs" && segments[n - 2] == "uploads"
+    let n = segments.len();
+    if n >= 3 && b == Some("blobs") && c == Some("uploads")
+        || n >= 4 && a == Some("blobs") && b == Some("uploads")
     {
         return Err(unsupported(
             "archway is a read-only mirror: pushing is not supported",
@@ -103,7 +106,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ProxyError> {
         ));
     }
     let name = |upto: usize| -> Result<String, ProxyError> {
-        let name = segments[..upto].join("/");
+        let name = segments.get(..upto).unwrap_or_default().join("/");
         if name.is_empty() {
             return Err(ProxyError::downstream(
                 ErrorCode::NameInvalid,
@@ -112,7 +115,13 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ProxyError> {
         }
         Ok(name)
     };
-    match (segments[n - 2], segments[n - 1]) {
+    let (Some(b), Some(c)) = (b, c) else {
+        return Err(ProxyError::downstream(
+            ErrorCode::NameInvalid,
+            "invalid repository name",
+        ));
+    };
+    match (b, c) {
         ("manifests", r) => Ok(Endpoint::Manifest {
             name: name(n - 2)?,
             reference: Reference::parse(r).map_err(reference_error)?,

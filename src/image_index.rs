@@ -247,7 +247,8 @@ impl ImageIndex {
     ) -> Result<Selection, SelectError> {
         let matcher = Matcher::only(wanted, windows);
         // (has no platform, rank): lower is better.
-        let mut best: Option<((bool, Option<Rank>), usize)> = None;
+        type Key = (bool, Option<Rank>);
+        let mut best: Option<(Key, usize, &IndexEntry)> = None;
         for (i, e) in self.entries.iter().enumerate() {
             if e.skip_reason().is_some() {
                 continue;
@@ -259,17 +260,17 @@ impl ImageIndex {
                 },
                 None => (true, None),
             };
-            if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                best = Some((key, i));
+            if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
+                best = Some((key, i, e));
             }
         }
-        let Some(((_, rank), position)) = best else {
+        let Some(((_, rank), position, entry)) = best else {
             return Err(SelectError::NoMatch {
                 wanted: Box::new(matcher.target().clone()),
                 offered: self.offered(),
             });
         };
-        let child = self.entries[position].descriptor.clone();
+        let child = entry.descriptor.clone();
         let reason = reason(&matcher, &child, rank, position, self.entries.len());
         Ok(Selection {
             child,

@@ -1,5 +1,7 @@
 //! archway: a platform-resolving pull-through proxy for container registries.
 #![forbid(unsafe_code)]
+// No index or slice that can panic, outside tests: request paths must not.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 pub mod accept;
 pub mod access_log;

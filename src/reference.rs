@@ -47,29 +47,17 @@ impl RepositoryName {
 }
 
 fn valid_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+    let alnum = |x: char| x.is_ascii_lowercase() || x.is_ascii_digit();
+    let (Some(first), Some(last)) = (c.chars().next(), c.chars().last()) else {
+        return false;
+    };
+    if !alnum(first) || !alnum(last) {
         return false;
     }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        // A separator run: ".", "_", "__" or one or more "-", always followed by alnum.
-        let start = i;
-        while i < b.len() && !alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    true
+    // Between alphanumeric runs, each separator run is ".", "_", "__" or one or more "-".
+    c.split(alnum)
+        .filter(|sep| !sep.is_empty())
+        .all(|sep| sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-'))
 }
 
 impl fmt::Display for RepositoryName {
@@ -90,11 +78,10 @@ pub struct Tag(String);
 
 impl Tag {
     pub fn parse(s: &str) -> Result<Self, ReferenceError> {
-        let b = s.as_bytes();
         let first = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
         let rest = |x: u8| first(x) || x == b'.' || x == b'-';
-        if b.is_empty() || b.len() > MAX_TAG_LEN || !first(b[0]) || !b[1..].iter().all(|&x| rest(x))
-        {
+        let mut bytes = s.bytes();
+        if s.len() > MAX_TAG_LEN || !bytes.next().is_some_and(first) || !bytes.all(rest) {
             return Err(ReferenceError::Tag);
         }
         Ok(Tag(s.to_owned()))

@@ -119,8 +119,12 @@ impl Archway {
         self.tls.as_ref()
     }
 
+    /// The first registry listener's address (config validation requires at least one).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addrs[0]
+        self.addrs
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {

@@ -71,7 +71,8 @@ pub fn resolve(
     };
     let repository = RepositoryName::parse(name)
         .map_err(|_| ProxyError::downstream(ErrorCode::NameInvalid, "invalid repository name"))?;
-    let repository = if upstreams[upstream].library_prefix {
+    let library_prefix = upstreams.get(upstream).is_some_and(|u| u.library_prefix);
+    let repository = if library_prefix {
         repository.with_library_prefix()
     } else {
         repository

@@ -73,8 +73,9 @@ fn encode(m: &Manifest) -> Vec<u8> {
 
 fn decode(digest: &Digest, raw: &[u8]) -> Option<Manifest> {
     let nl = raw.iter().position(|b| *b == b'\n')?;
-    let media_type = std::str::from_utf8(&raw[..nl]).ok()?.to_owned();
-    let bytes = Bytes::copy_from_slice(&raw[nl + 1..]);
+    let (head, rest) = raw.split_at(nl);
+    let media_type = std::str::from_utf8(head).ok()?.to_owned();
+    let bytes = Bytes::copy_from_slice(rest.get(1..)?);
     if !digest.verifies(&bytes) {
         return None;
     }

@@ -97,11 +97,12 @@ impl Platform {
             None => (input, None),
         };
         let parts: Vec<&str> = spec.split('/').collect();
-        if parts.len() > 3 {
-            return Err(invalid("too many '/' components"));
-        }
-        let first = parse_os_component(parts[0]).ok_or_else(|| invalid("bad OS component"))?;
-        for part in &parts[1..] {
+        let (os_part, rest) = match parts.split_first() {
+            Some((os, rest)) if rest.len() <= 2 => (*os, rest),
+            _ => return Err(invalid("too many '/' components")),
+        };
+        let first = parse_os_component(os_part).ok_or_else(|| invalid("bad OS component"))?;
+        for part in rest {
             if part.is_empty() || !part.chars().all(is_specifier_char) {
                 return Err(invalid("bad architecture or variant component"));
             }
@@ -112,8 +113,8 @@ impl Platform {
             os_features: first.features,
             ..Platform::default()
         };
-        match parts.len() {
-            1 => {
+        match rest {
+            [] => {
                 let lower = first.os.to_ascii_lowercase();
                 if normalize::is_known_os(&normalize::os(&lower)) {
                     p.architecture = DEFAULT_ARCHITECTURE.to_owned();
@@ -134,10 +135,10 @@ impl Platform {
                     });
                 }
             }
-            2 => p.architecture = parts[1].to_owned(),
-            _ => {
-                p.architecture = parts[1].to_owned();
-                p.variant = Some(parts[2].to_owned());
+            [arch] => p.architecture = (*arch).to_owned(),
+            [arch, variant, ..] => {
+                p.architecture = (*arch).to_owned();
+                p.variant = Some((*variant).to_owned());
             }
         }
         if let Some(v) = colon_version {
@@ -291,8 +292,8 @@ fn decode_os_option(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
             let hex = s.get(i + 1..i + 3)?;
             if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return None;
@@ -300,7 +301,7 @@ fn decode_os_option(s: &str) -> Option<String> {
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
-            out.push(bytes[i]);
+            out.push(b);
             i += 1;
         }
     }

@@ -164,7 +164,8 @@ impl Lexer<'_> {
             }
             self.i += 1;
         }
-        (self.i > start).then(|| String::from_utf8_lossy(&self.s[start..self.i]).into_owned())
+        let token = self.s.get(start..self.i).filter(|t| !t.is_empty())?;
+        Some(String::from_utf8_lossy(token).into_owned())
     }
     /// A quoted-string (with `\` escapes) or a bare token-ish value up to the next comma.
     fn value(&mut self) -> String {
@@ -193,7 +194,7 @@ impl Lexer<'_> {
             }
             self.i += 1;
         }
-        String::from_utf8_lossy(&self.s[start..self.i]).into_owned()
+        String::from_utf8_lossy(self.s.get(start..self.i).unwrap_or_default()).into_owned()
     }
 }
 

@@ -239,7 +239,10 @@ async fn read_at(file: FileRef, offset: u64, len: u64) -> io::Result<(Arc<File>,
         let mut buf = vec![0u8; len];
         let mut filled = 0;
         while filled < len {
-            let n = pread(&file, &mut buf[filled..], offset + filled as u64)?;
+            let Some(rest) = buf.get_mut(filled..) else {
+                break;
+            };
+            let n = pread(&file, rest, offset + filled as u64)?;
             if n == 0 {
                 break;
             }
