@@ -9,11 +9,19 @@ use http::Method;
 /// upstream is decided by routing, which knows the configured upstreams.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `/v2/`: the API version check.
     Ping,
-    Manifest { name: String, reference: Reference },
-    Blob { name: String, digest: Digest },
-    TagsList { name: String },
-    Referrers { name: String, digest: Digest },
+    /// Something of one repository.
+    Repository { name: String, resource: Resource },
+}
+
+/// What of a repository a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resource {
+    Manifest(Reference),
+    Blob(Digest),
+    TagsList,
+    Referrers(Digest),
 }
 
 impl Endpoint {
@@ -21,20 +29,19 @@ impl Endpoint {
     pub fn kind(&self) -> &'static str {
         match self {
             Endpoint::Ping => "ping",
-            Endpoint::Manifest { .. } => "manifest",
-            Endpoint::Blob { .. } => "blob",
-            Endpoint::TagsList { .. } => "tags",
-            Endpoint::Referrers { .. } => "referrers",
+            Endpoint::Repository { resource, .. } => match resource {
+                Resource::Manifest(_) => "manifest",
+                Resource::Blob(_) => "blob",
+                Resource::TagsList => "tags",
+                Resource::Referrers(_) => "referrers",
+            },
         }
     }
 
     pub fn name(&self) -> Option<&str> {
         match self {
             Endpoint::Ping => None,
-            Endpoint::Manifest { name, .. }
-            | Endpoint::Blob { name, .. }
-            | Endpoint::TagsList { name }
-            | Endpoint::Referrers { name, .. } => Some(name),
+            Endpoint::Repository { name, .. } => Some(name),
         }
     }
 }
@@ -121,25 +128,22 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ProxyError> {
             "invalid repository name",
         ));
     };
-    match (b, c) {
-        ("manifests", r) => Ok(Endpoint::Manifest {
-            name: name(n - 2)?,
-            reference: Reference::parse(r).map_err(reference_error)?,
-        }),
-        ("blobs", d) => Ok(Endpoint::Blob {
-            name: name(n - 2)?,
-            digest: parse_digest(d)?,
-        }),
-        ("tags", "list") => Ok(Endpoint::TagsList { name: name(n - 2)? }),
-        ("referrers", d) => Ok(Endpoint::Referrers {
-            name: name(n - 2)?,
-            digest: parse_digest(d)?,
-        }),
-        _ => Err(ProxyError::downstream(
-            ErrorCode::NameUnknown,
-            "unknown registry API path",
-        )),
-    }
+    let resource = match (b, c) {
+        ("manifests", r) => Resource::Manifest(Reference::parse(r).map_err(reference_error)?),
+        ("blobs", d) => Resource::Blob(parse_digest(d)?),
+        ("tags", "list") => Resource::TagsList,
+        ("referrers", d) => Resource::Referrers(parse_digest(d)?),
+        _ => {
+            return Err(ProxyError::downstream(
+                ErrorCode::NameUnknown,
+                "unknown registry API path",
+            ))
+        }
+    };
+    Ok(Endpoint::Repository {
+        name: name(n - 2)?,
+        resource,
+    })
 }
 
 /// The `ns` query parameter containerd adds for mirrors.
@@ -221,14 +225,17 @@ mod tests {
         );
         assert_eq!(
             get(&format!("/v2/a/b/c/blobs/{D}")).unwrap(),
-            Endpoint::Blob {
+            Endpoint::Repository {
                 name: "a/b/c".into(),
-                digest: D.parse().unwrap()
+                resource: Resource::Blob(D.parse().unwrap())
             }
         );
         assert_eq!(
             get("/v2/x/tags/list").unwrap(),
-            Endpoint::TagsList { name: "x".into() }
+            Endpoint::Repository {
+                name: "x".into(),
+                resource: Resource::TagsList
+            }
         );
         assert_eq!(
             get(&format!("/v2/x/referrers/{D}")).unwrap().kind(),

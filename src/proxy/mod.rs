@@ -21,7 +21,7 @@ pub use client::{ConnInfo, ExplainRequest};
 pub use response::error_response;
 
 use crate::access_log::{AccessLog, LoggedBody, RequestNotes};
-use crate::api::{self, Endpoint};
+use crate::api::{self, Endpoint, Resource};
 use crate::body::ResponseBody;
 use crate::cache::blob::{BlobStore, BlobStoreLimits};
 use crate::client_auth::ClientAuth;
@@ -276,8 +276,9 @@ impl Proxy {
         notes.kind = Some(endpoint.kind());
         let span = tracing::Span::current();
         span.record("kind", endpoint.kind());
-        let Some(raw_name) = endpoint.name() else {
-            return Ok(ping());
+        let (raw_name, resource) = match &endpoint {
+            Endpoint::Ping => return Ok(ping()),
+            Endpoint::Repository { name, resource } => (name.as_str(), resource),
         };
         let ns = api::ns_param(client.query.as_deref());
         let target = upstream_choice::resolve(
@@ -293,9 +294,8 @@ impl Proxy {
         span.record("upstream", upstream.config().name.as_str());
         notes.upstream = Some(upstream.config().name.clone());
         let repo = &target.repository;
-        match &endpoint {
-            Endpoint::Ping => Ok(ping()),
-            Endpoint::Manifest { reference, .. } => {
+        match resource {
+            Resource::Manifest(reference) => {
                 let (m, result) = match reference {
                     Reference::Digest(d) => self.manifests.by_digest(upstream, repo, d).await?,
                     Reference::Tag(t) => self.manifests.by_tag(upstream, repo, t).await?,
@@ -318,16 +318,16 @@ impl Proxy {
                     }
                 }
             }
-            Endpoint::Blob { digest, .. } => {
+            Resource::Blob(digest) => {
                 self.blobs
                     .serve(upstream, repo, digest, client, notes)
                     .await
             }
-            Endpoint::TagsList { .. } => {
+            Resource::TagsList => {
                 notes.source = Some("upstream");
                 listings::tags(upstream, repo, view(raw_name, ns, client)).await
             }
-            Endpoint::Referrers { digest, .. } => {
+            Resource::Referrers(digest) => {
                 notes.source = Some("upstream");
                 listings::referrers(upstream, repo, digest, view(raw_name, ns, client)).await
             }
