@@ -47,3 +47,31 @@ pub fn capture() -> Logs {
     })
     .clone()
 }
+
+/// Like [`capture`], but as JSON lines (with the span of each event), for tests that read the
+/// fields of log lines.
+pub fn capture_json() -> Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,archway=debug"))
+            .with_writer(move || Sink(writer.clone()))
+            .try_init()
+            .expect("capture_json() must install the first subscriber of this test binary");
+        logs
+    })
+    .clone()
+}
+
+impl Logs {
+    /// Every captured line that parses as JSON.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
