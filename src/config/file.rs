@@ -48,6 +48,12 @@ impl Config {
             if let Some(v) = c.write_buffer {
                 k.write_buffer = parse_size("cache.write_buffer", &v)?;
             }
+            if let Some(v) = c.answer_memo {
+                k.answer_memo = parse_size("cache.answer_memo", &v)?;
+            }
+            if let Some(v) = c.selection_memo {
+                k.selection_memo = parse_size("cache.selection_memo", &v)?;
+            }
             if let Some(v) = c.tag_ttl {
                 k.tag_ttl = parse_duration("cache.tag_ttl", &v)?;
             }
@@ -241,6 +247,8 @@ struct RawCache {
     max_size: Option<String>,
     memory_size: Option<String>,
     write_buffer: Option<String>,
+    answer_memo: Option<String>,
+    selection_memo: Option<String>,
     tag_ttl: Option<String>,
     stale_if_error: Option<String>,
     negative_ttl: Option<String>,

@@ -87,6 +87,10 @@ pub struct CacheConfig {
     pub memory_size: u64,
     /// Received blob bytes that may wait in memory for the disk, across all downloads.
     pub write_buffer: u64,
+    /// Byte budget of the remembered tag answers (keyed by the client's hints).
+    pub answer_memo: u64,
+    /// Byte budget of the remembered platform selections.
+    pub selection_memo: u64,
     pub tag_ttl: Duration,
     /// How old a cached tag may be and still be served when upstream fails.
     pub stale_if_error: Duration,
@@ -100,6 +104,8 @@ impl Default for CacheConfig {
             max_size: 50 << 30,
             memory_size: 64 << 20,
             write_buffer: crate::cache::blob::DEFAULT_WRITE_BUFFER,
+            answer_memo: 16 << 20,
+            selection_memo: 16 << 20,
             tag_ttl: Duration::from_secs(300),
             stale_if_error: Duration::from_secs(24 * 3600),
             negative_ttl: Duration::from_secs(30),
@@ -233,6 +239,12 @@ impl Config {
         }
         if self.cache.max_size == 0 {
             return Err(invalid("cache.max_size", "must be more than 0"));
+        }
+        if self.cache.answer_memo == 0 {
+            return Err(invalid("cache.answer_memo", "must be more than 0"));
+        }
+        if self.cache.selection_memo == 0 {
+            return Err(invalid("cache.selection_memo", "must be more than 0"));
         }
         if self.cache.write_buffer == 0 {
             return Err(invalid("cache.write_buffer", "must be more than 0"));

@@ -79,6 +79,8 @@ fn bad_config_names_the_key() {
         ("[cache]\nmax_size = \"lots\"", "cache.max_size"),
         ("[cache]\ntag_ttl = \"5 parsecs\"", "cache.tag_ttl"),
         ("[cache]\nwrite_buffer = \"0\"", "cache.write_buffer"),
+        ("[cache]\nanswer_memo = \"0\"", "cache.answer_memo"),
+        ("[cache]\nselection_memo = \"lots\"", "cache.selection_memo"),
         ("[cache]\nwrite_buffer = \"a lot\"", "cache.write_buffer"),
         ("[[upstream]]\nname = \"x\"\nurl = \"ftp://x\"", "upstream[0].url"),
         ("[[upstream]]\nname = \"x\"\nurl = \"http://x/path\"", "upstream[0].url"),
@@ -159,6 +161,14 @@ fn bad_tls_and_auth_name_the_key() {
 fn write_buffer_is_configurable() {
     let c = Config::from_toml("[cache]\nwrite_buffer = \"16MiB\"").unwrap();
     assert_eq!(c.cache.write_buffer, 16 << 20);
+    let c =
+        Config::from_toml("[cache]\nanswer_memo = \"1MiB\"\nselection_memo = \"2MiB\"").unwrap();
+    assert_eq!(
+        (c.cache.answer_memo, c.cache.selection_memo),
+        (1 << 20, 2 << 20)
+    );
+    let d = Config::default().cache;
+    assert_eq!((d.answer_memo, d.selection_memo), (16 << 20, 16 << 20));
 }
 
 #[test]

@@ -11,9 +11,6 @@ use http::header::{self, HeaderMap, HeaderName};
 use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
 
-/// Bytes each memo may hold unless configured otherwise.
-pub(crate) const DEFAULT_MEMO_BYTES: u64 = 16 << 20;
-
 /// The request headers a tag answer depends on.
 static HINT_HEADERS: [HeaderName; 3] = [
     header::USER_AGENT,

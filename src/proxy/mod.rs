@@ -121,8 +121,8 @@ impl Proxy {
             manifests,
             platform: PlatformAnswers::new(
                 routes,
-                memo::DEFAULT_MEMO_BYTES,
-                memo::DEFAULT_MEMO_BYTES,
+                config.cache.answer_memo,
+                config.cache.selection_memo,
             ),
             blobs: Blobs::new(blobs),
             metrics,
