@@ -128,7 +128,8 @@ impl Drop for LoggedBody {
             status = log.status,
             bytes = self.bytes,
             complete,
-            duration_ms = took.as_secs_f64() * 1000.0,
+            // Microseconds, printed as milliseconds with at most three decimals.
+            duration_ms = took.as_micros() as f64 / 1000.0,
             upstream = log.notes.upstream.as_deref().unwrap_or("-"),
             cache = log.notes.cache.unwrap_or("none"),
             error = log.notes.error.as_deref(),

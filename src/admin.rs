@@ -1,7 +1,9 @@
 //! The admin listener: `/metrics`, `/healthz` and `/readyz` over plain HTTP/1.1, on its own
 //! address so that it is never exposed (or authenticated) like the registry port.
 
+use crate::accept;
 use crate::body::{self, ResponseBody};
+use crate::connection::{self, ConnectionLimits, GuardedBody, TrackedIo, Tracker};
 use crate::metrics::{self, Metrics};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -9,14 +11,13 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 /// Scrapes and probes are quick; a connection that lingers longer is dropped at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,30 +115,52 @@ fn text(status: StatusCode, body: impl Into<Bytes>, head: bool) -> Response<Resp
     r
 }
 
-/// Serves the admin endpoints on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
-    let graceful = GracefulShutdown::new();
+/// Scrapes and probes need few connections; a flood of them cannot take the registry's.
+const MAX_ADMIN_CONNECTIONS: u32 = 64;
+
+/// Serves the admin endpoints on `listener` until `stop` turns true, each connection under the
+/// same limits as the registry's.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS as usize));
     loop {
-        let Some((stream, peer)) =
-            crate::accept::next_connection(&listener, &mut stop, "admin").await
+        let Some(slot) = accept::slot(&slots, &mut stop).await else {
+            break;
+        };
+        let Some((stream, peer)) = accept::next_connection(&listener, &mut stop, "admin").await
         else {
             break;
         };
         let admin = admin.clone();
-        let service = service_fn(move |req| {
+        let tracker = Tracker::new();
+        let requests = tracker.clone();
+        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
             let admin = admin.clone();
-            async move { Ok::<_, Infallible>(admin.handle(req).await) }
+            let guard = requests.request_started(req.version());
+            async move {
+                let response = admin.handle(req).await;
+                Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, guard)))
+            }
         });
-        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let io = TokioIo::new(TrackedIo::new(stream, tracker.clone()));
+        let conn = http1::Builder::new().serve_connection(io, service);
+        let stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _slot = slot;
+            let (_, error) =
+                connection::supervise(conn, |c| c.graceful_shutdown(), &tracker, &limits, stop)
+                    .await;
+            if let Some(e) = error {
                 tracing::debug!(%peer, error = %e, "admin connection ended with an error");
             }
         });
     }
     drop(listener);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+    let _ = accept::drained(&slots, MAX_ADMIN_CONNECTIONS, DRAIN_TIMEOUT).await;
 }
 
 #[cfg(test)]

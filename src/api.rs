@@ -128,8 +128,17 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ProxyError> {
             "invalid repository name",
         ));
     };
+    let name = name(n - 2)?;
     let resource = match (b, c) {
-        ("manifests", r) => Resource::Manifest(Reference::parse(r).map_err(reference_error)?),
+        // Distribution's router has no route for a reference that is neither a tag nor a
+        // digest: such a manifest is unknown (404), which is what clients and the OCI
+        // conformance suite expect.
+        ("manifests", r) => Resource::Manifest(Reference::parse(r).map_err(|_| {
+            ProxyError::downstream(
+                ErrorCode::ManifestUnknown,
+                "manifest unknown: the reference is neither a tag nor a digest",
+            )
+        })?),
         ("blobs", d) => Resource::Blob(parse_digest(d)?),
         ("tags", "list") => Resource::TagsList,
         ("referrers", d) => Resource::Referrers(parse_digest(d)?),
@@ -140,10 +149,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ProxyError> {
             ))
         }
     };
-    Ok(Endpoint::Repository {
-        name: name(n - 2)?,
-        resource,
-    })
+    Ok(Endpoint::Repository { name, resource })
 }
 
 /// The `ns` query parameter containerd adds for mirrors.
@@ -262,11 +268,22 @@ mod tests {
     #[test]
     fn rejects() {
         let cases: &[(&Method, &str, ErrorCode)] = &[
-            (&Method::GET, "/v2/x/manifests/-bad", ErrorCode::TagInvalid),
+            // A manifest reference that is neither tag nor digest is unknown, as Distribution
+            // answers (its router has no route for it).
             (
                 &Method::GET,
+                "/v2/x/manifests/-bad",
+                ErrorCode::ManifestUnknown,
+            ),
+            (
+                &Method::GET,
+                "/v2/x/manifests/.INVALID_MANIFEST_NAME",
+                ErrorCode::ManifestUnknown,
+            ),
+            (
+                &Method::HEAD,
                 "/v2/x/manifests/a:b",
-                ErrorCode::DigestInvalid,
+                ErrorCode::ManifestUnknown,
             ),
             (
                 &Method::GET,

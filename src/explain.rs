@@ -130,18 +130,22 @@ impl Report {
                     .map(|r| format!("route[{r}]"))
                     .unwrap_or_else(|| "none matched (defaults: rewrite = legacy)".into()),
             );
-            line(
-                "manifest",
-                &format!("{} {}", d.manifest_digest, d.manifest_media_type),
-            );
-            line(
-                "rewrite",
-                &format!(
-                    "{} ({})",
-                    if d.rewrite { "yes" } else { "no" },
-                    d.rewrite_reason
-                ),
-            );
+            if d.manifest_digest.is_empty() {
+                line("manifest", "not found (see error)");
+            } else {
+                line(
+                    "manifest",
+                    &format!("{} {}", d.manifest_digest, d.manifest_media_type),
+                );
+                line(
+                    "rewrite",
+                    &format!(
+                        "{} ({})",
+                        if d.rewrite { "yes" } else { "no" },
+                        d.rewrite_reason
+                    ),
+                );
+            }
             if let (Some(p), Some(s)) = (&d.platform, d.platform_source) {
                 line("platform", &format!("{p} (from {})", s.as_str()));
             }

@@ -349,7 +349,8 @@ async fn main() -> ExitCode {
                 .iter()
                 .map(|u| format!("{}={}", u.name, u.url))
                 .collect();
-            tracing::info!(data_dir = %cfg.data_dir.display(), upstreams = ?upstreams, "starting");
+            let open_files = archway::fd_limit::raise();
+            tracing::info!(data_dir = %cfg.data_dir.display(), upstreams = ?upstreams, open_files, "starting");
             let server = match Archway::start(cfg).await {
                 Ok(s) => s,
                 Err(e) => {

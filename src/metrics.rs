@@ -70,6 +70,11 @@ struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RewriteLabels {
     platform: String,
     reason: &'static str,
@@ -100,6 +105,8 @@ pub struct Metrics {
     upstream_duration: HistogramFamily<UpstreamLabels>,
     token_fetches: Family<UpstreamLabels, Counter>,
     ratelimit_remaining: Family<UpstreamLabels, Gauge>,
+    connections_open: Gauge,
+    connections_closed: Family<ReasonLabels, Counter>,
     blob_store: Arc<BlobStoreCollector>,
     platforms: Mutex<HashSet<String>>,
 }
@@ -175,6 +182,18 @@ impl Metrics {
             "The last RateLimit-Remaining an upstream sent (Docker Hub: pulls left in its window)",
             ratelimit_remaining.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "archway_connections_open",
+            "Client connections open on the registry listeners",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "archway_connections_closed",
+            "Client connections ended, by why: closed, header_timeout, idle_timeout, shutdown",
+            connections_closed.clone(),
+        );
         let blob_store = Arc::new(BlobStoreCollector::default());
         registry.register_collector(Box::new(blob_store.clone()));
         Metrics {
@@ -188,9 +207,24 @@ impl Metrics {
             upstream_duration,
             token_fetches,
             ratelimit_remaining,
+            connections_open,
+            connections_closed,
             blob_store,
             platforms: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// A client connection opened on a registry listener.
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    /// A client connection ended, and why (`connection::Ended`).
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_open.dec();
+        self.connections_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Reports the blob store's state at each scrape. The first store given stays.
@@ -367,6 +401,9 @@ impl Collector for BlobStoreCollector {
             in_flight,
             fills_started: _,
             write_buffered,
+            scrub_checked,
+            damaged_by_scrub,
+            damaged_on_read,
         } = store.stats();
         let gauges = [
             (
@@ -401,14 +438,36 @@ impl Collector for BlobStoreCollector {
             let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric)?;
         }
-        let counter = ConstCounter::new(evictions);
-        let metric = encoder.encode_descriptor(
-            "archway_blob_store_evictions",
-            "Blobs deleted from the cache to stay within its budget.",
+        let counters = [
+            (
+                "archway_blob_store_evictions",
+                "Blobs deleted from the cache to stay within its budget.",
+                evictions,
+            ),
+            (
+                "archway_blob_scrub_checked",
+                "Cached blobs the background scrub read back and checked against their digests.",
+                scrub_checked,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "archway_blob_damaged",
+            "Cached blobs found not to match their digests (and dropped), by what found them: \
+             scrub, or read (a small blob loaded, or cache.verify_reads).",
             None,
-            counter.metric_type(),
+            prometheus_client::metrics::MetricType::Counter,
         )?;
-        counter.encode(metric)
+        for (found_by, value) in [("scrub", damaged_by_scrub), ("read", damaged_on_read)] {
+            let labels = [("found_by", found_by)];
+            let metric = family.encode_family(&labels)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        Ok(())
     }
 }
 

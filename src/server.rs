@@ -1,20 +1,21 @@
-//! Listeners, HTTP/1.1 + h2 connections, graceful shutdown.
+//! Listeners, HTTP/1.1 + h2 connections under their limits (`connection`), at most
+//! `max_connections` of them, graceful shutdown.
 
 use crate::accept;
 use crate::admin::{self, Admin};
 use crate::config::Config;
+use crate::connection::{self, ConnectionLimits, Ended, GuardedBody, TrackedIo, Tracker};
 use crate::proxy::{ConnInfo, Proxy, ProxyInitError};
 use crate::tls::{ServerTls, TlsError};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -44,6 +45,9 @@ pub struct Archway {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     tls: Option<ServerTls>,
+    /// One per open client connection, `max_connections` in all.
+    slots: Arc<Semaphore>,
+    max_connections: u32,
 }
 
 impl Archway {
@@ -53,6 +57,16 @@ impl Archway {
         let data_dir = config.data_dir.clone();
         // Certificates first: a bad file stops the start before anything listens.
         let tls = config.tls.as_ref().map(ServerTls::new).transpose()?;
+        let limits = ConnectionLimits {
+            header_read_timeout: config.limits.header_read_timeout,
+            idle_timeout: config.limits.idle_timeout,
+        };
+        let max_connections = config
+            .limits
+            .max_connections
+            .unwrap_or_else(crate::fd_limit::default_max_connections);
+        tracing::info!(max_connections, "connection limit");
+        let slots = Arc::new(Semaphore::new(max_connections as usize));
         let proxy = Arc::new(Proxy::new(config)?);
         let (stop, _) = watch::channel(false);
         let mut addrs = Vec::new();
@@ -64,12 +78,13 @@ impl Archway {
             let local = listener.local_addr().unwrap_or(addr);
             addrs.push(local);
             tracing::info!(addr = %local, tls = tls.is_some(), "listening");
-            tasks.push(tokio::spawn(serve(
-                listener,
-                proxy.clone(),
-                stop.subscribe(),
-                tls.as_ref().map(ServerTls::acceptor),
-            )));
+            let serving = Serving {
+                proxy: proxy.clone(),
+                tls: tls.as_ref().map(ServerTls::acceptor),
+                limits,
+                stop: stop.subscribe(),
+            };
+            tasks.push(tokio::spawn(serve(listener, slots.clone(), serving)));
         }
         let mut admin_addr = None;
         if let Some(addr) = admin_listen {
@@ -83,9 +98,13 @@ impl Archway {
             tasks.push(tokio::spawn(admin::serve(
                 listener,
                 state,
+                limits,
                 stop.subscribe(),
             )));
         }
+        let mut own = addrs.clone();
+        own.extend(admin_addr);
+        proxy.set_own_listeners(&own);
         Ok(Archway {
             addrs,
             admin_addr,
@@ -93,6 +112,8 @@ impl Archway {
             stop,
             tasks,
             tls,
+            slots,
+            max_connections,
         })
     }
 
@@ -141,90 +162,123 @@ impl Archway {
         &self.proxy
     }
 
-    /// Stops accepting, lets open requests finish (up to a drain timeout) and verified blobs
-    /// finish their commit, then returns.
+    /// Stops accepting, closes idle connections at once, lets open requests finish (up to a
+    /// drain timeout) and verified blobs finish their commit, then returns.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
+        if !accept::drained(&self.slots, self.max_connections, DRAIN_TIMEOUT).await {
+            tracing::warn!("connections still open after the drain timeout; closing");
+        }
         self.proxy.blob_store().finish_commits(DRAIN_TIMEOUT).await;
     }
 }
 
-async fn serve(
-    listener: TcpListener,
+/// What every connection of one registry listener shares.
+#[derive(Clone)]
+struct Serving {
     proxy: Arc<Proxy>,
-    mut stop: watch::Receiver<bool>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-) {
+    limits: ConnectionLimits,
+    stop: watch::Receiver<bool>,
+}
+
+async fn serve(listener: TcpListener, slots: Arc<Semaphore>, serving: Serving) {
     let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    let mut stop = serving.stop.clone();
     loop {
+        let Some(slot) = accept::slot(&slots, &mut stop).await else {
+            break;
+        };
         let Some((stream, peer)) = accept::next_connection(&listener, &mut stop, "registry").await
         else {
             break;
         };
         let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo {
-            local: stream.local_addr().ok(),
-            peer: Some(peer),
-        };
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, conn_info).await) }
-        });
         // The connection's lines (and, over HTTP/1.1, its requests' spans) nest in this one.
         let span = tracing::info_span!("connection", %peer);
-        let Some(acceptor) = tls.clone() else {
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn.into_owned());
-            tokio::spawn(
-                async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                }
-                .instrument(span),
-            );
-            continue;
-        };
-        // The handshake runs in the connection's own task so a slow client never holds up
-        // accepting; the watcher makes shutdown wait for it too.
-        let watcher = graceful.watcher();
+        let serving = serving.clone();
         let builder = builder.clone();
         tokio::spawn(
             async move {
-                let stream = match tokio::time::timeout(
-                    TLS_HANDSHAKE_TIMEOUT,
-                    acceptor.accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!("TLS handshake timed out");
-                        return;
-                    }
-                };
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
+                let _slot = slot;
+                serve_connection(stream, peer, builder, serving).await;
             }
             .instrument(span),
         );
     }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the drain timeout; closing");
+}
+
+/// One connection: the TLS handshake (in the connection's own task, so a slow client never holds
+/// up accepting), then HTTP/1.1 or h2 under the connection limits.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: auto::Builder<TokioExecutor>,
+    serving: Serving,
+) {
+    let metrics = serving.proxy.metrics().clone();
+    metrics.connection_opened();
+    let conn_info = ConnInfo {
+        local: stream.local_addr().ok(),
+        peer: Some(peer),
+    };
+    let tracker = Tracker::new();
+    let proxy = serving.proxy.clone();
+    let requests = tracker.clone();
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let proxy = proxy.clone();
+        let guard = requests.request_started(req.version());
+        async move {
+            let response = proxy.handle(req, conn_info).await;
+            Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, guard)))
+        }
+    });
+    let io = TrackedIo::new(stream, tracker.clone());
+    let (ended, error) = match serving.tls {
+        None => {
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            connection::supervise(
+                conn,
+                |c| c.graceful_shutdown(),
+                &tracker,
+                &serving.limits,
+                serving.stop,
+            )
+            .await
+        }
+        Some(acceptor) => {
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        metrics.connection_closed(Ended::Closed.as_str());
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out");
+                        metrics.connection_closed(Ended::HeaderTimeout.as_str());
+                        return;
+                    }
+                };
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            connection::supervise(
+                conn,
+                |c| c.graceful_shutdown(),
+                &tracker,
+                &serving.limits,
+                serving.stop,
+            )
+            .await
+        }
+    };
+    metrics.connection_closed(ended.as_str());
+    match (ended, error) {
+        (_, Some(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        (Ended::Closed, None) => {}
+        (why, None) => tracing::debug!(reason = why.as_str(), "connection closed by archway"),
     }
 }

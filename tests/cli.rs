@@ -10,6 +10,21 @@ use support::{FakeRegistry, Kind, TestClient};
 
 fn archway() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_archway"));
+    hermetic(&mut c);
+    c
+}
+
+/// The binary with a hard open-file limit of `nofile` (util-linux's `prlimit`).
+fn archway_with_open_files(nofile: u32) -> Command {
+    let mut c = Command::new("prlimit");
+    c.arg(format!("--nofile={nofile}:{nofile}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_archway"));
+    hermetic(&mut c);
+    c
+}
+
+fn hermetic(c: &mut Command) {
     // Nothing from the developer's environment; nothing may leave the machine.
     for (k, _) in std::env::vars() {
         if k.starts_with("ARCHWAY_") {
@@ -19,7 +34,25 @@ fn archway() -> Command {
     c.env("HTTP_PROXY", "http://127.0.0.1:9")
         .env("HTTPS_PROXY", "http://127.0.0.1:9")
         .env("NO_PROXY", "127.0.0.1,localhost,::1");
-    c
+}
+
+/// A config file for one upstream, `extra` appended.
+fn config_file(
+    dir: &std::path::Path,
+    port: u16,
+    upstream: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("archway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{extra}\n[[upstream]]\nname = \"fake\"\nurl = \"{upstream}\"\ndefault = true\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    path
 }
 
 fn free_port() -> u16 {
@@ -276,4 +309,86 @@ async fn healthcheck_probes_the_configured_admin_listener() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("admin_listen"));
+}
+
+/// Under a 256 open-file limit, 300 connections that never send a byte lock nobody out: archway
+/// caps its connections below the limit and closes silent ones after the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_under_a_small_file_limit_lock_nobody_out() {
+    let fake = FakeRegistry::start().await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        port,
+        &fake.url(),
+        "[limits]\nheader_read_timeout = \"1s\"",
+    );
+    let _run = Running(
+        archway_with_open_files(256)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prlimit (util-linux) runs archway"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("{base}/v2/")).await;
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    let started = Instant::now();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(20),
+        TestClient::new().get(&format!("{base}/v2/")),
+    )
+    .await
+    .expect("a real client was locked out");
+    assert_eq!(reply.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    drop(silent);
+}
+
+/// SIGTERM does not wait on idle keep-alive connections, nor on ones that never sent a byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_does_not_wait_on_idle_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = FakeRegistry::start().await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), port, &fake.url(), "");
+    let mut run = Running(
+        archway()
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(&format!("http://127.0.0.1:{port}/v2/")).await;
+    let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    idle.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(idle.read(&mut buf).await.unwrap() > 0);
+    let started = Instant::now();
+    run.sigterm();
+    let status = run.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "SIGTERM waited {:?}",
+        started.elapsed()
+    );
 }

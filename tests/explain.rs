@@ -155,3 +155,47 @@ async fn the_command_prints_json() {
         archway::digest::Digest::sha256_of(&converted).to_string()
     );
 }
+
+/// When upstream fails, the report still says which upstream and route the request took (and the
+/// error), as the README promises.
+#[tokio::test]
+async fn explains_an_upstream_failure_with_its_upstream_and_route() {
+    let fake = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_for(&fake, dir.path());
+    cfg.routes.push(RouteConfig {
+        matcher: RouteMatch {
+            repository: Some("lib/*".into()),
+            ..Default::default()
+        },
+        platform: Some("linux/arm64".into()),
+        rewrite: RewriteMode::Always,
+        ..Default::default()
+    });
+    // No such tag upstream (404), then upstream gone (502): each report names both.
+    for stop in [false, true] {
+        if stop {
+            fake.stop().await;
+        }
+        let image = ImageRef::parse("lib/app:missing").unwrap();
+        let report = explain(cfg.clone(), &image, "lib/app:missing", &Hints::default())
+            .await
+            .unwrap();
+        assert!(report.status == 404 || report.status == 502, "{report:?}");
+        let d = report
+            .decision
+            .as_ref()
+            .expect("a decision even on failure");
+        assert_eq!(d.upstream, "fake");
+        assert_eq!(d.repository, "lib/app");
+        assert_eq!(d.route, Some(0));
+        let text = report.to_text();
+        for needle in [
+            "upstream      fake (selected by default)",
+            "route         route[0]",
+            "error",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}

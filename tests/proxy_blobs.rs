@@ -99,7 +99,11 @@ async fn concurrent_cold_requests_make_one_upstream_fetch() {
 /// Coalesced waiters of a fill that fails verification all see the failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_waiters_of_a_bad_fill_all_fail() {
-    let h = Harness::start().await;
+    // A failed download is remembered for `negative_ttl` (see `integrity::a_bad_blob_is_remembered`).
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        c.cache.negative_ttl = Duration::from_millis(100);
+    })
+    .await;
     let img = h
         .fake
         .sample_image_sized("lib/app", Some("v1"), 3, &[200_000]);
@@ -120,6 +124,7 @@ async fn concurrent_waiters_of_a_bad_fill_all_fail() {
     }
     assert_eq!(h.fake.count("GET", Kind::Blob), 1);
     h.fake.set_delay(Some(Kind::Blob), Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let r = h.client.get(&url).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, right);
@@ -130,11 +135,13 @@ async fn concurrent_waiters_of_a_bad_fill_all_fail() {
     );
 }
 
-/// One bad upstream answer, then good ones: the client sees an error, the next request goes
-/// upstream again and gets the right bytes, and the one after is a cache hit.
+/// One bad upstream answer, then good ones: the client sees an error, the next request (once
+/// the failure is no longer remembered) goes upstream again and gets the right bytes, and the
+/// one after is a cache hit.
 async fn bad_body_not_cached(fault: Fault, read_timeout: Duration, what: &str) {
     let h = Harness::with(FakeRegistry::start().await, |c| {
         c.upstreams[0].read_timeout = read_timeout;
+        c.cache.negative_ttl = Duration::from_millis(100);
     })
     .await;
     let img = h.fake.sample_image("lib/app", "v1", 4);
@@ -146,6 +153,7 @@ async fn bad_body_not_cached(fault: Fault, read_timeout: Duration, what: &str) {
     assert_failed(&bad, &right, what);
     assert_eq!(h.fake.count("GET", Kind::Blob), 1);
 
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let good = h.get(&path).await;
     assert_eq!(good.status, StatusCode::OK, "{what}: {}", good.text());
     assert!(good.complete(), "{what}");
@@ -315,6 +323,9 @@ async fn eviction_keeps_the_store_under_budget() {
 async fn blob_larger_than_the_budget_is_served_but_not_kept() {
     let h = Harness::with(FakeRegistry::start().await, |c| {
         c.cache.max_size = 50_000;
+        // By default no blob larger than the budget is downloaded at all
+        // (`integrity::a_blob_over_max_blob_size_is_refused`); an operator may allow them.
+        c.cache.max_blob_size = Some(200_000);
     })
     .await;
     let img = h

@@ -25,7 +25,11 @@ fn message(line: &serde_json::Value) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_line_of_a_request_carries_its_id() {
     let logs = logs::capture_json();
-    let h = Harness::start().await;
+    // Wrong bytes are remembered for `negative_ttl`: keep it short, the good download follows.
+    let h = Harness::with(support::FakeRegistry::start().await, |c| {
+        c.cache.negative_ttl = Duration::from_millis(100);
+    })
+    .await;
     // Start-up lines belong to no request.
     let before = logs.json_lines().len();
     let img = h.fake.sample_image("lib/app", "v1", 7);
@@ -35,6 +39,7 @@ async fn every_line_of_a_request_carries_its_id() {
     let blob = format!("/v2/lib/app/blobs/{}", img.layers[0]);
     let bad = h.get(&blob).await;
     assert!(bad.status != StatusCode::OK || !bad.complete());
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let good = h.get(&blob).await;
     assert!(good.complete());
     assert_eq!(
@@ -113,5 +118,19 @@ async fn every_line_of_a_request_carries_its_id() {
             .unwrap();
         assert_eq!(access["fields"]["path"], blob.as_str());
         assert_eq!(request_span(access).unwrap()["kind"], "blob");
+    }
+    // Durations are whole microseconds, printed as milliseconds: no float noise.
+    for line in logs
+        .text()
+        .lines()
+        .filter(|l| l.contains("archway::access"))
+    {
+        let raw = line
+            .split("\"duration_ms\":")
+            .nth(1)
+            .and_then(|rest| rest.split([',', '}']).next())
+            .unwrap_or_else(|| panic!("no duration_ms in {line}"));
+        let decimals = raw.split('.').nth(1).map_or(0, str::len);
+        assert!(decimals <= 3, "duration_ms={raw} in {line}");
     }
 }

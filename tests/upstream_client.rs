@@ -566,8 +566,9 @@ async fn relative_redirect_on_same_host_keeps_authorization() {
 async fn redirect_loops_stop_after_five_hops() {
     let reg = serve(|_: &Seen| reply(302, &[("location", "/again")], "")).await;
     let up = upstream(&reg.url());
+    // Redirects are followed only for blob GETs (where registries use them).
     let err = up
-        .send(Method::HEAD, &repo("a/b"), "manifests/x", HeaderMap::new())
+        .send(Method::GET, &repo("a/b"), "blobs/x", HeaderMap::new())
         .await
         .map_err(ProxyError::from)
         .unwrap_err();
@@ -577,7 +578,7 @@ async fn redirect_loops_stop_after_five_hops() {
         "{err}"
     );
     assert_eq!(reg.seen().len(), 6);
-    assert!(reg.seen().iter().all(|s| s.method == Method::HEAD));
+    assert!(reg.seen().iter().all(|s| s.method == Method::GET));
 }
 
 #[tokio::test]
@@ -982,4 +983,161 @@ fn send_future_is_send() {
     let r = repo("a/b");
     let fut = up.send(Method::GET, &r, "manifests/x", HeaderMap::new());
     assert_send(&fut);
+}
+
+// === where redirects and token realms may lead ===
+
+/// tags/list (or any manifest or referrers request) answered with a redirect: not followed, and
+/// not passed on — a `Location` could lead anywhere, archway's own admin listener included.
+#[tokio::test]
+async fn only_blob_gets_follow_redirects() {
+    let elsewhere = serve(|_: &Seen| reply(200, &[], "archway_requests_total 1")).await;
+    let target = format!("{}/metrics", elsewhere.url());
+    let reg = serve(move |_: &Seen| reply(302, &[("location", target.as_str())], "")).await;
+    let up = upstream(&reg.url());
+    let err = ProxyError::from(up.tags(&repo("a/b"), "").await.err().unwrap());
+    assert_eq!(err.status, StatusCode::BAD_GATEWAY, "{err}");
+    assert!(err.message.contains("302"), "{err}");
+    let digest: archway::digest::Digest = format!("sha256:{}", "b".repeat(64)).parse().unwrap();
+    let err = ProxyError::from(up.referrers(&repo("a/b"), &digest, "").await.err().unwrap());
+    assert_eq!(err.status, StatusCode::BAD_GATEWAY, "{err}");
+    let tag = archway::reference::Tag::parse("v1").unwrap();
+    let err = up
+        .get_manifest(&repo("a/b"), archway::upstream::ManifestRef::Tag(&tag))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(ProxyError::from(err).status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        elsewhere.seen().len(),
+        0,
+        "the redirect target was never asked"
+    );
+}
+
+/// A blob redirect to the cloud metadata address (link-local), to loopback from an upstream
+/// that is not on loopback, or to archway's own listener is refused before any connection.
+#[tokio::test]
+async fn blob_redirects_never_reach_inside_or_archway() {
+    let own = serve(|_: &Seen| reply(200, &[], "archway itself")).await;
+    let own_addr = own.addr;
+    for (location, needle) in [
+        (
+            "http://169.254.169.254/latest/meta-data/iam".to_owned(),
+            "link-local",
+        ),
+        ("http://[fe80::1]/x".to_owned(), "link-local"),
+        ("http://0.0.0.0:1/x".to_owned(), "nothing may be fetched"),
+        (format!("{}/v2/", own.url()), "archway's own listener"),
+    ] {
+        let loc = location.clone();
+        let reg = serve(move |_: &Seen| reply(307, &[("location", loc.as_str())], "")).await;
+        let up = upstream(&reg.url());
+        up.set_own_listeners(vec![own_addr], vec![]);
+        let digest: archway::digest::Digest = format!("sha256:{}", "c".repeat(64)).parse().unwrap();
+        let started = Instant::now();
+        let err = ProxyError::from(up.get_blob(&repo("a/b"), &digest).await.err().unwrap());
+        assert_eq!(err.status, StatusCode::BAD_GATEWAY, "{location}: {err}");
+        assert!(err.message.contains(needle), "{location}: {err}");
+        assert!(
+            !err.message.contains("meta-data"),
+            "no path in the message: {err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{location}: refused at once"
+        );
+    }
+    assert_eq!(own.seen().len(), 0);
+}
+
+/// An upstream that lives on loopback may send its blob downloads to another loopback host,
+/// named or not (a public upstream may not: `egress` unit tests).
+#[tokio::test]
+async fn an_upstream_on_loopback_may_redirect_to_loopback_by_name() {
+    let cdn = serve(|_: &Seen| reply(200, &[], "blob")).await;
+    let port = cdn.addr.port();
+    let reg = serve(move |_: &Seen| {
+        let loc = format!("http://localhost:{port}/blob");
+        reply(307, &[("location", loc.as_str())], "")
+    })
+    .await;
+    let up = upstream(&reg.url());
+    let digest: archway::digest::Digest = format!("sha256:{}", "d".repeat(64)).parse().unwrap();
+    assert!(up.get_blob(&repo("a/b"), &digest).await.is_ok());
+    assert_eq!(cdn.seen().len(), 1);
+}
+
+/// A token realm on the metadata address is not asked.
+#[tokio::test]
+async fn token_realm_on_link_local_is_refused() {
+    let reg = serve(|_: &Seen| {
+        reply(
+            401,
+            &[(
+                "www-authenticate",
+                r#"Bearer realm="http://169.254.169.254/token",service="s""#,
+            )],
+            "",
+        )
+    })
+    .await;
+    let up = upstream(&reg.url());
+    let started = Instant::now();
+    let err = up
+        .send(Method::GET, &repo("a/b"), "manifests/x", HeaderMap::new())
+        .await
+        .map_err(ProxyError::from)
+        .unwrap_err();
+    assert_eq!(err.status, StatusCode::BAD_GATEWAY, "{err}");
+    assert!(err.message.contains("link-local"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+/// The upstream timeout is the read timeout, connecting included: not connect + read.
+#[tokio::test]
+async fn header_wait_is_bounded_by_the_read_timeout_alone() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let mut c = config(&format!("http://{addr}"));
+    c.connect_timeout = Duration::from_secs(3);
+    c.read_timeout = Duration::from_millis(800);
+    let up = Upstream::new(c).unwrap();
+    let started = Instant::now();
+    let err = up
+        .send(Method::GET, &repo("a/b"), "manifests/x", HeaderMap::new())
+        .await
+        .map_err(ProxyError::from)
+        .unwrap_err();
+    assert_eq!(err.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.message.contains("0.8 s"), "{err}");
+}
+
+/// An upstream whose host cannot be resolved is named, with its host, in plain words.
+#[tokio::test]
+async fn unresolvable_upstream_is_said_plainly() {
+    let up = upstream("http://archway-test-no-such-host.invalid:5000");
+    let err = up
+        .send(Method::GET, &repo("a/b"), "manifests/x", HeaderMap::new())
+        .await
+        .map_err(ProxyError::from)
+        .unwrap_err();
+    assert_eq!(err.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        err.message
+            .contains("cannot resolve host archway-test-no-such-host.invalid"),
+        "{err}"
+    );
+    assert!(!err.message.contains("client error"), "{err}");
 }

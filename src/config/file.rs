@@ -63,6 +63,21 @@ impl Config {
             if let Some(v) = c.negative_ttl {
                 k.negative_ttl = parse_duration("cache.negative_ttl", &v)?;
             }
+            if let Some(v) = c.max_blob_size {
+                k.max_blob_size = Some(parse_size("cache.max_blob_size", &v)?);
+            }
+            if let Some(v) = c.min_free_space {
+                k.min_free_space = parse_size("cache.min_free_space", &v)?;
+            }
+            if let Some(v) = c.scrub_interval {
+                k.scrub_interval = parse_duration("cache.scrub_interval", &v)?;
+            }
+            if let Some(v) = c.scrub_rate {
+                k.scrub_rate = parse_size("cache.scrub_rate", &v)?;
+            }
+            if let Some(v) = c.verify_reads {
+                k.verify_reads = v;
+            }
         }
         if !raw.upstream.is_empty() {
             cfg.upstreams = raw
@@ -87,6 +102,15 @@ impl Config {
                     .key_file
                     .ok_or_else(|| invalid("tls.key_file", "is required in [tls]"))?,
             });
+        }
+        if let Some(l) = raw.limits {
+            if let Some(v) = l.header_read_timeout {
+                cfg.limits.header_read_timeout = parse_duration("limits.header_read_timeout", &v)?;
+            }
+            if let Some(v) = l.idle_timeout {
+                cfg.limits.idle_timeout = parse_duration("limits.idle_timeout", &v)?;
+            }
+            cfg.limits.max_connections = l.max_connections;
         }
         if let Some(a) = raw.auth {
             cfg.auth = Some(AuthConfig {
@@ -120,6 +144,15 @@ struct RawConfig {
     route: Vec<RawRoute>,
     tls: Option<RawTls>,
     auth: Option<RawAuth>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -252,6 +285,12 @@ struct RawCache {
     tag_ttl: Option<String>,
     stale_if_error: Option<String>,
     negative_ttl: Option<String>,
+    max_blob_size: Option<String>,
+    min_free_space: Option<String>,
+    scrub_interval: Option<String>,
+    /// Bytes per second, as a size (`"20MiB"`).
+    scrub_rate: Option<String>,
+    verify_reads: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,6 +313,8 @@ struct RawUpstream {
     connect_timeout: Option<String>,
     read_timeout: Option<String>,
     library_prefix: Option<bool>,
+    #[serde(default)]
+    redirect_hosts: Vec<String>,
 }
 
 impl RawUpstream {
@@ -305,6 +346,16 @@ impl RawUpstream {
         }
         if let Some(p) = self.library_prefix {
             u.library_prefix = p;
+        }
+        for h in self.redirect_hosts {
+            let host = h.strip_prefix("*.").unwrap_or(&h);
+            if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+                return Err(invalid(
+                    key("redirect_hosts"),
+                    format!("`{h}` is not a host, host:port or *.domain"),
+                ));
+            }
+            u.redirect_hosts.push(h.to_ascii_lowercase());
         }
         u.ca_file = self.ca_file;
         u.insecure_skip_verify = self.insecure_skip_verify;

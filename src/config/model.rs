@@ -61,6 +61,30 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// `[auth]`: clients must authenticate on `/v2/`.
     pub auth: Option<AuthConfig>,
+    /// `[limits]`: what a client connection may take.
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: bounds on client connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// From a request's first byte (or accept) until its head has arrived.
+    pub header_read_timeout: Duration,
+    /// How long a connection with no request in flight is kept.
+    pub idle_timeout: Duration,
+    /// Open client connections at most, across the registry listeners; `None`: sized to the
+    /// open-file limit.
+    pub max_connections: Option<u32>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+        }
+    }
 }
 
 /// `[tls]`: PEM certificate chain and private key of the registry listener, re-read on SIGHUP.
@@ -94,8 +118,26 @@ pub struct CacheConfig {
     pub tag_ttl: Duration,
     /// How old a cached tag may be and still be served when upstream fails.
     pub stale_if_error: Duration,
-    /// How long an upstream 404 for a tag is remembered.
+    /// How long an upstream 404 for a tag (or a download that brought wrong bytes) is
+    /// remembered.
     pub negative_ttl: Duration,
+    /// The largest blob archway downloads; `None`: `max_size`.
+    pub max_blob_size: Option<u64>,
+    /// Downloads stop short of leaving less than this free on the cache's disk.
+    pub min_free_space: u64,
+    /// How often the background scrub re-checks every cached blob; zero: never.
+    pub scrub_interval: Duration,
+    /// Bytes per second the scrub reads at most.
+    pub scrub_rate: u64,
+    /// Check every read of a cached blob against its digest.
+    pub verify_reads: bool,
+}
+
+impl CacheConfig {
+    /// `max_blob_size`, or `max_size` when unset.
+    pub fn max_blob_size(&self) -> u64 {
+        self.max_blob_size.unwrap_or(self.max_size)
+    }
 }
 
 impl Default for CacheConfig {
@@ -109,6 +151,11 @@ impl Default for CacheConfig {
             tag_ttl: Duration::from_secs(300),
             stale_if_error: Duration::from_secs(24 * 3600),
             negative_ttl: Duration::from_secs(30),
+            max_blob_size: None,
+            min_free_space: 1 << 30,
+            scrub_interval: Duration::from_secs(24 * 3600),
+            scrub_rate: 20 << 20,
+            verify_reads: false,
         }
     }
 }
@@ -132,6 +179,9 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     /// Docker Hub: one-component names live under `library/`.
     pub library_prefix: bool,
+    /// Hosts a blob redirect (or token realm) may lead to even when they resolve to loopback,
+    /// link-local or private addresses: `host`, `host:port` or `*.domain`.
+    pub redirect_hosts: Vec<String>,
 }
 
 impl UpstreamConfig {
@@ -169,6 +219,7 @@ impl UpstreamConfig {
             tag_ttl: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            redirect_hosts: Vec::new(),
         })
     }
 
@@ -196,6 +247,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             tls: None,
             auth: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -240,6 +292,15 @@ impl Config {
         if self.cache.max_size == 0 {
             return Err(invalid("cache.max_size", "must be more than 0"));
         }
+        if self.cache.max_blob_size == Some(0) {
+            return Err(invalid("cache.max_blob_size", "must be more than 0"));
+        }
+        if self.cache.scrub_rate == 0 {
+            return Err(invalid(
+                "cache.scrub_rate",
+                "must be more than 0 (set cache.scrub_interval = \"0s\" to turn the scrub off)",
+            ));
+        }
         if self.cache.answer_memo == 0 {
             return Err(invalid("cache.answer_memo", "must be more than 0"));
         }
@@ -248,6 +309,18 @@ impl Config {
         }
         if self.cache.write_buffer == 0 {
             return Err(invalid("cache.write_buffer", "must be more than 0"));
+        }
+        if self.limits.header_read_timeout.is_zero() {
+            return Err(invalid("limits.header_read_timeout", "must be more than 0"));
+        }
+        if self.limits.idle_timeout.is_zero() {
+            return Err(invalid("limits.idle_timeout", "must be more than 0"));
+        }
+        if self.limits.max_connections == Some(0) {
+            return Err(invalid(
+                "limits.max_connections",
+                "must be more than 0 (leave it out to size it to the open-file limit)",
+            ));
         }
         if let Some(a) = &self.auth {
             if a.htpasswd_file.is_none() && a.tokens_file.is_none() {

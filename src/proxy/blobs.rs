@@ -5,6 +5,7 @@
 use super::client::ClientRequest;
 use super::outcome::CacheResult;
 use super::response::{blob_headers, blob_response};
+use super::uncached;
 use crate::access_log::RequestNotes;
 use crate::body::{self, ResponseBody};
 use crate::cache::blob::{BlobStore, FillError, IncomingBlob, SourceError};
@@ -61,12 +62,24 @@ impl Blobs {
                 })
             }
         };
-        let blob = self
-            .store
-            .get_or_fill(digest, fetch)
-            .await
-            .map_err(fill_error)?;
-        let result = if blob.started_download() {
+        let blob = match self.store.get_or_fill(digest, fetch).await {
+            Ok(blob) => blob,
+            Err(FillError::Storage(why)) => {
+                // The cache cannot take it (read-only or full disk): served, not kept.
+                tracing::warn!(%digest, reason = %why, "serving a blob uncached");
+                return self.uncached(upstream, repo, digest, client, notes).await;
+            }
+            Err(e) => return Err(fill_error(e)),
+        };
+        let started = blob.started_download();
+        // A client that cannot tell a cut-off body from a whole one gets a length, so the
+        // download must be verified first if upstream announced none.
+        let blob = if client.cannot_detect_truncation() && blob.size().is_none() {
+            blob.verified().await.map_err(fill_error)?
+        } else {
+            blob
+        };
+        let result = if started {
             CacheResult::Miss
         } else if blob.is_local() {
             CacheResult::Hit
@@ -77,6 +90,31 @@ impl Blobs {
         Ok(blob_response(client, digest, blob.size(), |span| {
             blob.body(span)
         }))
+    }
+
+    /// Straight from upstream, verified on the way (see `uncached`), never kept.
+    async fn uncached(
+        &self,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        digest: &Digest,
+        client: &ClientRequest,
+        notes: &mut RequestNotes,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        note(CacheResult::Miss, notes);
+        let stream = upstream.get_blob(repo, digest).await?;
+        if stream.size.is_none() && client.cannot_detect_truncation() {
+            return Err(ProxyError::bad_gateway(format!(
+                "blob {digest} has no announced length and cannot be cached now; an HTTP/1.0 client could not tell a cut-off answer from a whole one"
+            )));
+        }
+        let mut out = Response::new(uncached::verified(digest.clone(), stream.size, stream.body));
+        if let Some(size) = stream.size {
+            out.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
+        blob_headers(out.headers_mut(), digest);
+        Ok(out)
     }
 
     /// A HEAD tells the client the size; it must not start a download.
@@ -130,6 +168,7 @@ fn fill_error(e: FillError) -> ProxyError {
         },
         // The download broke before this request joined: nothing of it can be served.
         FillError::Failed(message) => ProxyError::bad_gateway(message),
+        FillError::TooLarge(message) => ProxyError::bad_gateway(message),
         FillError::Storage(message) => ProxyError::internal(message),
     }
 }

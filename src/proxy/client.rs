@@ -17,11 +17,26 @@ pub struct ExplainRequest;
 
 pub(crate) struct ClientRequest {
     pub(crate) conn: ConnInfo,
+    pub(crate) version: http::Version,
     pub(crate) method: Method,
     pub(crate) headers: HeaderMap,
     pub(crate) query: Option<String>,
     /// `archway explain` asks: the full platform decision is recorded in the notes.
     pub(crate) explain: bool,
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host header, and no request two. (h2
+/// names the authority in the request itself.) `Some(why)` when the request breaks that rule.
+pub(crate) fn host_header_problem(
+    version: http::Version,
+    headers: &HeaderMap,
+) -> Option<&'static str> {
+    let hosts = headers.get_all(http::header::HOST).iter().count();
+    match (version, hosts) {
+        (_, n) if n > 1 => Some("a request must not carry more than one Host header"),
+        (http::Version::HTTP_11, 0) => Some("an HTTP/1.1 request needs a Host header"),
+        _ => None,
+    }
 }
 
 impl ClientRequest {
@@ -31,5 +46,11 @@ impl ClientRequest {
 
     pub(crate) fn is_head(&self) -> bool {
         self.method == Method::HEAD
+    }
+
+    /// HTTP/1.0 has no chunked framing: a body without a Content-Length ends when the
+    /// connection closes, and the client cannot tell a cut-off body from a whole one.
+    pub(crate) fn cannot_detect_truncation(&self) -> bool {
+        self.version == http::Version::HTTP_10 || self.version == http::Version::HTTP_09
     }
 }

@@ -16,6 +16,7 @@ mod memo;
 mod outcome;
 mod platform_answer;
 mod response;
+mod uncached;
 
 pub use client::{ConnInfo, ExplainRequest};
 pub use response::error_response;
@@ -83,15 +84,23 @@ impl Proxy {
     pub fn new(config: Config) -> Result<Proxy, ProxyInitError> {
         let cache_err = |path: std::path::PathBuf, source| ProxyInitError::Cache { path, source };
         let dir = config.data_dir.clone();
+        let cache = &config.cache;
         let blobs = BlobStore::open_with(
             dir.clone(),
             BlobStoreLimits {
-                max_bytes: config.cache.max_size,
-                write_buffer: config.cache.write_buffer,
-                small_blob_memory: config.cache.memory_size / 4,
+                max_bytes: cache.max_size,
+                write_buffer: cache.write_buffer,
+                small_blob_memory: cache.memory_size / 4,
+                max_blob_size: cache.max_blob_size(),
+                min_free_space: cache.min_free_space,
+                bad_blob_ttl: cache.negative_ttl,
+                verify_reads: cache.verify_reads,
             },
         )
         .map_err(|e| cache_err(dir.clone(), e))?;
+        if !cache.scrub_interval.is_zero() {
+            blobs.start_scrub(cache.scrub_interval, cache.scrub_rate);
+        }
         let manifests =
             Manifests::open(&dir, &config.cache).map_err(|(path, e)| cache_err(path, e))?;
         let metrics = Arc::new(Metrics::new());
@@ -140,6 +149,17 @@ impl Proxy {
         self.upstreams.get(i)
     }
 
+    /// archway's own listeners, once bound: no upstream redirect may lead to them (nor to this
+    /// host's other addresses, unless an upstream lives there).
+    pub fn set_own_listeners(&self, listeners: &[std::net::SocketAddr]) {
+        let local: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
+            .map(|ifs| ifs.iter().map(|i| i.ip()).collect())
+            .unwrap_or_default();
+        for upstream in &self.upstreams {
+            upstream.set_own_listeners(listeners.to_vec(), local.clone());
+        }
+    }
+
     pub fn blob_store(&self) -> &Arc<BlobStore> {
         self.blobs.store()
     }
@@ -165,6 +185,13 @@ impl Proxy {
         };
         let method = req.method().clone();
         let (response, notes) = async {
+            if let Some(why) = client::host_header_problem(req.version(), req.headers()) {
+                return refuse(
+                    ProxyError::downstream(ErrorCode::Unsupported, why)
+                        .with_status(http::StatusCode::BAD_REQUEST),
+                    req.method() == Method::HEAD,
+                );
+            }
             match self.authenticate(&req).await {
                 Ok(()) => self.answer(req, conn).await,
                 Err(refused) => refused,
@@ -240,6 +267,7 @@ impl Proxy {
         let (parts, _body) = req.into_parts();
         let client = ClientRequest {
             conn,
+            version: parts.version,
             method: parts.method,
             headers: parts.headers,
             query: parts.uri.query().map(str::to_owned),
@@ -296,6 +324,13 @@ impl Proxy {
         let repo = &target.repository;
         match resource {
             Resource::Manifest(reference) => {
+                if client.explain {
+                    // Replaced by the whole decision once the manifest is known.
+                    notes.decision = Some(Box::new(
+                        self.platform
+                            .decision_before_manifest(upstream, &target, client),
+                    ));
+                }
                 let (m, result) = match reference {
                     Reference::Digest(d) => self.manifests.by_digest(upstream, repo, d).await?,
                     Reference::Tag(t) => self.manifests.by_tag(upstream, repo, t).await?,
@@ -333,6 +368,19 @@ impl Proxy {
             }
         }
     }
+}
+
+/// An error answer to a request refused before it was looked at.
+fn refuse(e: ProxyError, head: bool) -> (Response<ResponseBody>, RequestNotes) {
+    let mut response = error_response(&e, head);
+    response
+        .headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    let notes = RequestNotes {
+        error: Some(e.message),
+        ..RequestNotes::default()
+    };
+    (response, notes)
 }
 
 fn view<'a>(

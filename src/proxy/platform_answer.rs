@@ -39,6 +39,35 @@ impl PlatformAnswers {
         }
     }
 
+    /// The route this request matches (first match wins).
+    fn route(&self, target: &Target, client: &ClientRequest) -> Option<&Route> {
+        let facts = RequestFacts {
+            host: client.header("host"),
+            local_port: client.conn.local.map(|a| a.port()),
+            client_ip: client.conn.peer.map(|a| a.ip()),
+            repository: target.repository.as_str(),
+            user_agent: client.header("user-agent"),
+        };
+        choose_route(&self.routes, &facts)
+    }
+
+    /// What `archway explain` can say before the manifest is known: the upstream, how it was
+    /// chosen, the repository and the route — all it has when upstream fails.
+    pub(crate) fn decision_before_manifest(
+        &self,
+        upstream: &Upstream,
+        target: &Target,
+        client: &ClientRequest,
+    ) -> Decision {
+        Decision {
+            upstream: upstream.config().name.clone(),
+            repository: target.repository.to_string(),
+            route: self.route(target, client).map(|r| r.index),
+            selected_by: format!("{:?}", target.selected_by).to_lowercase(),
+            ..Default::default()
+        }
+    }
+
     /// The answer to a tag request for this client: the manifest itself, or — for a client that
     /// can't take an index (or on an `always` route) — the child for its platform, converted to
     /// Docker schema2 when it can't take OCI either.
@@ -51,15 +80,7 @@ impl PlatformAnswers {
         m: Arc<Manifest>,
         notes: &mut RequestNotes,
     ) -> Result<(Arc<Manifest>, bool), ProxyError> {
-        let user_agent = client.header("user-agent");
-        let facts = RequestFacts {
-            host: client.header("host"),
-            local_port: client.conn.local.map(|a| a.port()),
-            client_ip: client.conn.peer.map(|a| a.ip()),
-            repository: target.repository.as_str(),
-            user_agent,
-        };
-        let route = choose_route(&self.routes, &facts);
+        let route = self.route(target, client);
         let memo_key = (!client.explain)
             .then(|| AnswerKey::new(&m.digest, route.map(|r| r.index), &client.headers));
         if let Some(hit) = memo_key.as_ref().and_then(|key| self.answers.get(key)) {
@@ -70,15 +91,11 @@ impl PlatformAnswers {
         let accept = AcceptSet::from_headers(&client.headers);
         let (rewrite, why) = should_rewrite(mode, &accept, &m.media_type);
         let mut decision = Decision {
-            upstream: upstream.config().name.clone(),
-            repository: target.repository.to_string(),
-            route: route.map(|r| r.index),
             manifest_digest: m.digest.to_string(),
             manifest_media_type: m.media_type.clone(),
             rewrite,
             rewrite_reason: why.to_owned(),
-            selected_by: format!("{:?}", target.selected_by).to_lowercase(),
-            ..Default::default()
+            ..self.decision_before_manifest(upstream, target, client)
         };
         let result = self
             .resolve(

@@ -58,8 +58,16 @@ impl Upstream {
         let default_scope = auth::default_scope(repo.as_str());
 
         let first_attempt = self.preemptive(&default_scope).await;
+        // Redirects are followed only where the registry protocol uses them: blob downloads.
+        let follow = method == Method::GET && suffix.starts_with("blobs/");
         let first = self
-            .execute(&method, &url, &headers, self.authorization(&first_attempt)?)
+            .execute(
+                &method,
+                &url,
+                &headers,
+                self.authorization(&first_attempt)?,
+                follow,
+            )
             .await?;
         // A 401 from a redirect target (a CDN) is not the registry's challenge.
         if first.response.status() != StatusCode::UNAUTHORIZED
@@ -112,6 +120,7 @@ impl Upstream {
                 &url,
                 &headers,
                 self.authorization(&second_attempt)?,
+                follow,
             )
             .await?;
         Ok(self.finish(second.response))
@@ -186,8 +195,8 @@ impl Upstream {
         url: &Uri,
         headers: &HeaderMap,
         mut authorization: Option<HeaderValue>,
+        follow: bool,
     ) -> Result<Fetched, UpstreamError> {
-        let follow = *method == Method::GET || *method == Method::HEAD;
         let mut url = url.clone();
         let mut hops = 0;
         loop {
@@ -217,6 +226,14 @@ impl Upstream {
                         self.config.name
                     ))
                 })?;
+            self.egress.check_url(&next).map_err(|why| {
+                UpstreamError::unavailable(format!(
+                    "upstream {}: redirect to {}://{} refused: {why}",
+                    self.config.name,
+                    next.scheme_str().unwrap_or("http"),
+                    next.authority().map(|a| a.as_str()).unwrap_or_default()
+                ))
+            })?;
             let keep = redirect::keep_authorization(authorization.is_some(), &url, &next);
             tracing::debug!(
                 upstream = %self.config.name,
@@ -250,8 +267,9 @@ impl Upstream {
                 .headers_mut()
                 .insert(header::AUTHORIZATION, value.clone());
         }
-        // Connecting has its own limit (the connector's); the header wait starts after it.
-        let budget = self.config.connect_timeout + self.config.read_timeout;
+        // The whole wait for response headers, connecting included (the connector's own limit
+        // may end the connecting part sooner).
+        let budget = self.config.read_timeout;
         let host = url.host().unwrap_or_default();
         let started = Instant::now();
         let result = tokio::time::timeout(budget, self.client.request(request)).await;
@@ -279,9 +297,9 @@ impl Upstream {
         match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(UpstreamError::unavailable(format!(
-                "upstream {}: request to {host} failed: {}",
+                "upstream {}: {}",
                 self.config.name,
-                error_chain(&e)
+                describe_failure(&e, url)
             ))),
             Err(_) => Err(UpstreamError::timeout(format!(
                 "upstream {}: {host} did not answer within {:.1} s",
@@ -315,6 +333,12 @@ impl Upstream {
                 UpstreamError::unavailable(format!("upstream {name} named an unusable token realm"))
             })?;
         let realm = redirect::redacted(&url);
+        // The realm is the upstream's word: it may not lead anywhere a redirect may not.
+        self.egress.check_url(&url).map_err(|why| {
+            UpstreamError::unavailable(format!(
+                "upstream {name}: token realm {realm} refused: {why}"
+            ))
+        })?;
         tracing::debug!(
             upstream = %name,
             realm = %realm,
@@ -327,7 +351,7 @@ impl Upstream {
         headers.insert(header::USER_AGENT, self.user_agent.clone());
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         let fetched = self
-            .execute(&Method::GET, &url, &headers, self.basic.clone())
+            .execute(&Method::GET, &url, &headers, self.basic.clone(), false)
             .await?;
         let status = fetched.response.status();
         if !status.is_success() {
@@ -391,6 +415,53 @@ pub(super) fn bearer_header(token: &Secret) -> Option<HeaderValue> {
     let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()?;
     value.set_sensitive(true);
     Some(value)
+}
+
+/// What failed, for which host, in a registry user's words; the library's own chain of causes
+/// only where nothing plainer fits.
+fn describe_failure(e: &hyper_util::client::legacy::Error, url: &Uri) -> String {
+    let host = url.host().unwrap_or_default();
+    let port = url.port_u16().unwrap_or(match url.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    let chain = error_chain(e);
+    let io_kind = {
+        let mut source = std::error::Error::source(e);
+        let mut kind = None;
+        while let Some(cause) = source {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                kind = Some((io.kind(), io.to_string()));
+            }
+            source = cause.source();
+        }
+        kind
+    };
+    if e.is_connect() {
+        match io_kind {
+            Some((std::io::ErrorKind::PermissionDenied, why)) => {
+                return format!("connection to {host} refused by archway: {why}")
+            }
+            Some((std::io::ErrorKind::ConnectionRefused, _)) => {
+                return format!("cannot connect to {host}:{port}: connection refused")
+            }
+            Some((std::io::ErrorKind::TimedOut, _)) => {
+                return format!("cannot connect to {host}:{port}: timed out")
+            }
+            _ => {}
+        }
+        if chain.contains("dns error") || chain.contains("failed to lookup address") {
+            return format!("cannot resolve host {host} (DNS lookup failed)");
+        }
+        if chain.contains("certificate") || chain.contains("tls") || chain.contains("TLS") {
+            let why = chain
+                .strip_prefix("client error (Connect): ")
+                .unwrap_or(&chain);
+            return format!("TLS handshake with {host}:{port} failed: {why}");
+        }
+        return format!("cannot connect to {host}:{port}: {chain}");
+    }
+    format!("request to {host} failed: {chain}")
 }
 
 /// `error: cause: cause…` — hyper's top-level error alone says little ("client error (Connect)").

@@ -4,6 +4,7 @@
 
 mod auth;
 mod client_tls;
+mod egress;
 mod error;
 mod exchange;
 mod redirect;
@@ -11,12 +12,14 @@ mod registry;
 mod timeout;
 mod token_cache;
 
+pub use egress::{classify, AddrClass};
 pub use error::{status_error, Missing, UpstreamError, UpstreamErrorKind};
 pub use registry::{BlobHead, BlobStream, Listing, ManifestHead, ManifestRef};
 
 use crate::config::{Secret, UpstreamConfig};
 use crate::metrics::Metrics;
 use bytes::Bytes;
+use egress::{Egress, GuardedResolver};
 use http::header::HeaderValue;
 use http::{Response, Uri};
 use http_body_util::Empty;
@@ -35,7 +38,7 @@ use token_cache::{TokenCache, TokenKey};
 /// How long an idle pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Empty<Bytes>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamInitError {
@@ -83,6 +86,8 @@ pub struct Upstream {
     tokens: TokenCache,
     token_fetches: AtomicU64,
     metrics: Option<Arc<Metrics>>,
+    /// Where redirects and token realms may lead.
+    egress: Arc<Egress>,
 }
 
 impl fmt::Debug for Upstream {
@@ -112,7 +117,12 @@ impl Upstream {
                  anyone on the path can impersonate it"
             );
         }
-        let mut http = HttpConnector::new();
+        let egress = Arc::new(Egress::new(
+            &config.name,
+            config.url.host().unwrap_or_default(),
+            config.redirect_hosts.clone(),
+        ));
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(egress.clone()));
         // The https connector wraps this one; it must accept https URLs.
         http.enforce_http(false);
         http.set_connect_timeout(Some(config.connect_timeout));
@@ -146,6 +156,7 @@ impl Upstream {
             tokens: TokenCache::default(),
             token_fetches: AtomicU64::new(0),
             metrics: None,
+            egress,
         })
     }
 
@@ -154,6 +165,15 @@ impl Upstream {
         metrics.register_upstream(&self.config.name);
         self.metrics = Some(metrics);
         self
+    }
+
+    /// archway's own listeners (and this host's addresses): never a redirect's destination.
+    pub fn set_own_listeners(
+        &self,
+        listeners: Vec<std::net::SocketAddr>,
+        local: Vec<std::net::IpAddr>,
+    ) {
+        self.egress.set_own_listeners(listeners, local);
     }
 
     pub fn config(&self) -> &UpstreamConfig {

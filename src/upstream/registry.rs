@@ -151,9 +151,11 @@ impl Upstream {
             )
             .await?;
         self.fail_on_error(&resp, Missing::Blob)?;
-        Ok(BlobHead {
-            size: content_length(resp.headers()),
-        })
+        // A redirect (not followed for a HEAD) carries its own length, not the blob's.
+        let size = (!resp.status().is_redirection())
+            .then(|| content_length(resp.headers()))
+            .flatten();
+        Ok(BlobHead { size })
     }
 
     /// GET a blob (following the registry's redirect to its storage). The body is not checked
@@ -212,6 +214,14 @@ impl Upstream {
         );
         let resp = self.send(Method::GET, repo, suffix, headers).await?;
         self.fail_on_error(&resp, missing)?;
+        if resp.status().is_redirection() {
+            // Never passed on: a Location could point a client (or archway) anywhere.
+            return Err(UpstreamError::unavailable(format!(
+                "upstream {} answered {} for {suffix}; archway follows redirects only for blob downloads",
+                self.config().name,
+                resp.status()
+            )));
+        }
         let (parts, body) = resp.into_parts();
         let h = &parts.headers;
         Ok(Listing {

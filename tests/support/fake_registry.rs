@@ -20,6 +20,7 @@ use std::convert::Infallible;
 use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -122,6 +123,14 @@ pub enum Fault {
     Truncate { sent: usize },
     /// Same length, different bytes.
     WrongBytes,
+    /// The right bytes with no Content-Length (chunked, or close-delimited for HTTP/1.0).
+    NoLength,
+    /// Wrong bytes with no Content-Length.
+    NoLengthWrongBytes,
+    /// Announce this Content-Length, send the first bytes, then stall.
+    ClaimLength(u64),
+    /// No Content-Length and a body that never ends (counted in `endless_bytes_sent`).
+    Endless,
 }
 
 impl Fault {
@@ -142,7 +151,13 @@ impl Fault {
     fn is_body_fault(&self) -> bool {
         matches!(
             self,
-            Fault::StallBody { .. } | Fault::Truncate { .. } | Fault::WrongBytes
+            Fault::StallBody { .. }
+                | Fault::Truncate { .. }
+                | Fault::WrongBytes
+                | Fault::NoLength
+                | Fault::NoLengthWrongBytes
+                | Fault::ClaimLength(_)
+                | Fault::Endless
         )
     }
 }
@@ -199,6 +214,8 @@ struct Shared {
     state: Mutex<State>,
     addr: SocketAddr,
     cdn_addr: SocketAddr,
+    /// Bytes sent by `Fault::Endless` bodies.
+    endless_sent: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -248,6 +265,7 @@ impl FakeRegistryBuilder {
             state: Mutex::new(State::default()),
             addr: listener.local_addr().unwrap(),
             cdn_addr: cdn.local_addr().unwrap(),
+            endless_sent: Arc::new(AtomicU64::new(0)),
         });
         let running = spawn_listeners(&shared, listener, cdn);
         FakeRegistry {
@@ -605,6 +623,13 @@ impl FakeRegistry {
         self.shared.lock().connections
     }
 
+    /// Bytes `Fault::Endless` bodies have sent so far.
+    pub fn endless_bytes_sent(&self) -> u64 {
+        self.shared
+            .endless_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Forget requests, token requests and connections seen so far.
     pub fn reset_counts(&self) {
         let mut st = self.shared.lock();
@@ -950,11 +975,34 @@ async fn handle(
     if req.method() == Method::GET && response.status().is_success() {
         let fault = take_fault(&mut shared.lock(), kind, true);
         if let Some(f) = fault {
-            let (parts, body) = response.into_parts();
+            let (mut parts, body) = response.into_parts();
             let FakeBody::Full(Some(bytes)) = body else {
                 return Ok(Response::from_parts(parts, body));
             };
+            if matches!(
+                f,
+                Fault::NoLength | Fault::NoLengthWrongBytes | Fault::Endless
+            ) {
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+            }
+            if let Fault::ClaimLength(n) = f {
+                parts
+                    .headers
+                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
             let body = match f {
+                Fault::NoLength => FakeBody::Chunks { data: Some(bytes) },
+                Fault::NoLengthWrongBytes => FakeBody::Chunks {
+                    data: Some(Bytes::from(
+                        bytes.iter().map(|b| b ^ 0x5a).collect::<Vec<u8>>(),
+                    )),
+                },
+                Fault::ClaimLength(_) => FakeBody::Stall {
+                    data: Some(bytes.slice(..bytes.len().min(1024))),
+                },
+                Fault::Endless => FakeBody::Endless {
+                    counter: shared.endless_sent.clone(),
+                },
                 Fault::WrongBytes => FakeBody::full(Bytes::from(
                     bytes.iter().map(|b| b ^ 0x5a).collect::<Vec<u8>>(),
                 )),
@@ -1537,6 +1585,14 @@ pub enum FakeBody {
     Stall {
         data: Option<Bytes>,
     },
+    /// Sends `data` with no size hint (so hyper frames it chunked), then ends.
+    Chunks {
+        data: Option<Bytes>,
+    },
+    /// 64 KiB chunks for ever, counting the bytes sent.
+    Endless {
+        counter: Arc<AtomicU64>,
+    },
 }
 
 impl FakeBody {
@@ -1578,6 +1634,11 @@ impl hyper::body::Body for FakeBody {
                 // Nothing will ever wake this: the body stalls until the connection is dropped.
                 _ => Poll::Pending,
             },
+            FakeBody::Chunks { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            FakeBody::Endless { counter } => {
+                counter.fetch_add(64 << 10, std::sync::atomic::Ordering::Relaxed);
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![0x42u8; 64 << 10])))))
+            }
         }
     }
 

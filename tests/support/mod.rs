@@ -44,12 +44,17 @@ pub fn config_for(fake: &FakeRegistry, dir: &Path) -> Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         admin_listen: None,
         data_dir: dir.to_path_buf(),
-        cache: CacheConfig::default(),
+        // The test machine's disk may be small: no room is kept back for others.
+        cache: CacheConfig {
+            min_free_space: 0,
+            ..CacheConfig::default()
+        },
         upstreams: vec![u],
         routes: Vec::new(),
         log_format: LogFormat::Text,
         tls: None,
         auth: None,
+        limits: Default::default(),
     }
 }
 

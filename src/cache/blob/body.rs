@@ -4,8 +4,10 @@
 //! blob is ever read whole into memory and readers never share an offset.
 
 use super::catalog::PinGuard;
-use super::fill_state::{Fill, FillState, Phase};
+use super::fill_state::{Fill, FillState, Phase, ReaderGuard};
+use super::scrub::Damage;
 use crate::body::ResponseBody;
+use crate::digest::{Digest, Verifier};
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
@@ -19,21 +21,36 @@ use tokio::sync::watch;
 const CHUNK: u64 = 256 * 1024;
 
 /// A committed blob. `pin` keeps it from being evicted until the body is finished or dropped.
+///
+/// With `verify` (`cache.verify_reads`), the bytes are checked against the digest: a whole-blob
+/// read hashes as it goes and breaks off before its last chunk on a mismatch; a range read
+/// checks the whole file first. A mismatch drops the blob.
 pub(crate) fn cached_body(
     path: PathBuf,
     size: u64,
     range: Option<(u64, u64)>,
     pin: Arc<PinGuard>,
+    verify: Option<Arc<Damage>>,
 ) -> ResponseBody {
     let (start, end) = match range {
         Some((start, end)) => (start, end.checked_add(1)),
         None => (0, Some(size)),
     };
+    let check = verify.map(|damage| {
+        Box::new(ReadCheck {
+            hasher: range
+                .is_none()
+                .then(|| Verifier::new(pin.digest().algorithm())),
+            damage,
+            size,
+        })
+    });
     let reader = Reader {
         source: Source::Cached {
             path,
             file: None,
-            _pin: pin,
+            pin,
+            check,
         },
         pos: start,
         end,
@@ -50,13 +67,19 @@ pub(crate) fn filling_body(
     file: Arc<File>,
     size: Option<u64>,
     range: Option<(u64, u64)>,
+    reader: Arc<ReaderGuard>,
 ) -> ResponseBody {
     let (start, end) = match range {
         Some((start, end)) => (start, end.checked_add(1)),
         None => (0, size),
     };
     let reader = Reader {
-        source: Source::Filling { fill, rx, file },
+        source: Source::Filling {
+            fill,
+            rx,
+            file,
+            _reader: reader,
+        },
         pos: start,
         end,
         finished: false,
@@ -89,13 +112,23 @@ enum Source {
     Cached {
         path: PathBuf,
         file: Option<Arc<File>>,
-        _pin: Arc<PinGuard>,
+        pin: Arc<PinGuard>,
+        check: Option<Box<ReadCheck>>,
     },
     Filling {
         fill: Arc<Fill>,
         rx: watch::Receiver<FillState>,
         file: Arc<File>,
+        _reader: Arc<ReaderGuard>,
     },
+}
+
+/// `cache.verify_reads` on one committed blob's body.
+struct ReadCheck {
+    /// A whole-blob read: the hash so far. A range read: `None` until the whole file checked.
+    hasher: Option<Verifier>,
+    damage: Arc<Damage>,
+    size: u64,
 }
 
 struct Reader {
@@ -151,7 +184,7 @@ impl Reader {
                                 *slot = Some(file);
                             }
                         }
-                        Ok(bytes)
+                        self.checked(bytes).await
                     }
                     Err(e) => Err(e),
                 }
@@ -162,6 +195,65 @@ impl Reader {
             Err(_) => self.finished = true,
         }
         Some(result)
+    }
+
+    /// With `verify_reads`, a committed blob's bytes pass here before they are released: the
+    /// last chunk of a whole read only once the hash matched; a range only after the whole
+    /// file checked out. A mismatch drops the blob and breaks the body off.
+    async fn checked(&mut self, bytes: Bytes) -> io::Result<Bytes> {
+        enum Verdict {
+            Known(bool),
+            WholeFile(PathBuf, Digest, u64),
+        }
+        let last = Some(self.pos + bytes.len() as u64) == self.end;
+        let verdict = {
+            let Source::Cached {
+                path,
+                pin,
+                check: Some(check),
+                ..
+            } = &mut self.source
+            else {
+                return Ok(bytes);
+            };
+            match &mut check.hasher {
+                Some(hasher) => {
+                    hasher.update(&bytes);
+                    if !last {
+                        return Ok(bytes);
+                    }
+                    let algorithm = pin.digest().algorithm();
+                    let done = std::mem::replace(hasher, Verifier::new(algorithm));
+                    Verdict::Known(done.finish() == *pin.digest())
+                }
+                None => Verdict::WholeFile(path.clone(), pin.digest().clone(), check.size),
+            }
+        };
+        let ok = match verdict {
+            Verdict::Known(ok) => ok,
+            Verdict::WholeFile(path, digest, size) => {
+                tokio::task::spawn_blocking(move || file_matches(&path, &digest, size))
+                    .await
+                    .map_err(io::Error::other)??
+            }
+        };
+        if let Source::Cached { pin, check, .. } = &mut self.source {
+            if ok {
+                // A range checked once goes out as read.
+                if check.as_ref().is_some_and(|c| c.hasher.is_none()) {
+                    *check = None;
+                }
+                return Ok(bytes);
+            }
+            if let Some(check) = check {
+                check.damage.found_on_read();
+            }
+            pin.report_damaged();
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "cached blob does not match its digest; dropped",
+        ))
     }
 
     /// Waits until there is something to release (bytes, the verified end, or a failure).
@@ -182,7 +274,7 @@ impl Reader {
                 };
                 Ok(Progress::Read { file, limit: end })
             }
-            Source::Filling { fill, rx, file } => loop {
+            Source::Filling { fill, rx, file, .. } => loop {
                 let state = rx
                     .wait_for(|s| {
                         s.is_verified()
@@ -225,6 +317,24 @@ impl Reader {
             },
         }
     }
+}
+
+/// Whether the file holds exactly `size` bytes hashing to `digest`. Blocking.
+fn file_matches(path: &std::path::Path, digest: &Digest, size: u64) -> io::Result<bool> {
+    use std::io::Read;
+    let mut file = File::open(path)?;
+    let mut verifier = Verifier::new(digest.algorithm());
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut read: u64 = 0;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        verifier.update(buf.get(..n).unwrap_or_default());
+        read += n as u64;
+    }
+    Ok(read == size && verifier.finish() == *digest)
 }
 
 /// Reads up to `len` bytes at `offset` (opening the file first if need be); a file shorter than

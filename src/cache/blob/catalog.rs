@@ -138,6 +138,26 @@ impl Catalog {
         Ok(())
     }
 
+    /// Drops a committed blob found damaged: out of the index, its file deleted (readers that
+    /// hold it open are the verifier's to stop). The next request downloads it again.
+    pub(crate) fn remove_damaged(&self, digest: &Digest) {
+        let mut state = self.lock();
+        if state.index.remove(digest).is_some() {
+            self.layout.remove(digest);
+            tracing::warn!(%digest, "cached blob does not match its digest; dropped");
+        }
+    }
+
+    /// Every committed blob, least recently used first.
+    pub(crate) fn digests(&self) -> Vec<Digest> {
+        self.lock().index.digests()
+    }
+
+    /// Bytes free on the blobs' filesystem, if known.
+    pub(crate) fn free_space(&self) -> Option<u64> {
+        self.layout.free_space()
+    }
+
     fn unpin(&self, digest: &Digest) {
         self.lock().index.unpin(digest);
     }
@@ -162,6 +182,11 @@ pub(crate) struct PinGuard {
 impl PinGuard {
     pub(crate) fn digest(&self) -> &Digest {
         &self.digest
+    }
+
+    /// The pinned blob's bytes did not match its digest.
+    pub(crate) fn report_damaged(&self) {
+        self.catalog.remove_damaged(&self.digest);
     }
 }
 

@@ -11,6 +11,7 @@
 //! for the disk.
 
 use super::catalog::Catalog;
+use super::failures::RecentFailures;
 use super::fill_state::{Fill, FillFailure, Phase};
 use super::source::{FillError, IncomingBlob, SourceError};
 use super::write_buffer::{Reservation, WriteBuffer};
@@ -33,21 +34,31 @@ const HASH_QUEUE: usize = 32;
 /// starves, yet a transfer competing for the same cores goes first.
 const WRITER_NICE: i32 = 10;
 
-/// Starts the download as its own task, so that no client disconnect can cancel it.
-/// The task carries the span of the request that started it, so its log lines tie back to it.
-pub(crate) fn spawn<F, Fut>(
-    catalog: Arc<Catalog>,
-    buffer: Arc<WriteBuffer>,
-    fill: Arc<Fill>,
-    fetch: F,
-) where
+/// How often (in received bytes) a download checks the free space left.
+const FREE_SPACE_EVERY: u64 = 64 << 20;
+
+/// What every download of one store shares: where it commits, its bounds, its memory.
+pub(crate) struct FillEnv {
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) buffer: WriteBuffer,
+    pub(crate) failures: RecentFailures,
+    /// No download grows past this (`cache.max_blob_size`).
+    pub(crate) max_blob_size: u64,
+    /// Downloads stop short of leaving less than this free on the disk.
+    pub(crate) min_free_space: u64,
+}
+
+/// Starts the download as its own task, so that no client disconnect can cancel it (a download
+/// of unknown length that nobody follows any more stops itself). The task carries the span of
+/// the request that started it, so its log lines tie back to it.
+pub(crate) fn spawn<F, Fut>(env: Arc<FillEnv>, fill: Arc<Fill>, fetch: F)
+where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<IncomingBlob, SourceError>> + Send + 'static,
 {
     let task = async move {
         let mut task = FillTask {
-            catalog,
-            buffer,
+            env,
             fill,
             tmp: None,
             settled: false,
@@ -60,8 +71,7 @@ pub(crate) fn spawn<F, Fut>(
 /// Owns the fill's cleanup: if the task ends in any way without settling (a panic in `fetch`,
 /// runtime shutdown), `Drop` fails the fill so that no waiter hangs and no temp file stays.
 struct FillTask {
-    catalog: Arc<Catalog>,
-    buffer: Arc<WriteBuffer>,
+    env: Arc<FillEnv>,
     fill: Arc<Fill>,
     tmp: Option<PathBuf>,
     settled: bool,
@@ -74,15 +84,9 @@ impl FillTask {
         Fut: Future<Output = Result<IncomingBlob, SourceError>>,
     {
         let digest = self.fill.digest.clone();
-        let upstream = match fetch().await {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                tracing::debug!(%digest, error = %e, "blob fetch failed");
-                self.abandon(Phase::HeadFailed(FillError::Source(e)));
-                return;
-            }
-        };
-        let catalog = self.catalog.clone();
+        // The temp file first: a cache that cannot write is known before upstream is asked, so
+        // the caller's uncached answer makes the only upstream request.
+        let catalog = self.env.catalog.clone();
         let created = tokio::task::spawn_blocking(move || catalog.create_tmp_file()).await;
         let (tmp, file) = match created {
             Ok(Ok((tmp, file))) => (tmp, Arc::new(file)),
@@ -100,6 +104,35 @@ impl FillTask {
             }
         };
         self.tmp = Some(tmp.clone());
+        let upstream = match fetch().await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                tracing::debug!(%digest, error = %e, "blob fetch failed");
+                self.abandon(Phase::HeadFailed(FillError::Source(e)));
+                return;
+            }
+        };
+        if let Some(size) = upstream.size.filter(|s| *s > self.env.max_blob_size) {
+            let e = FillError::TooLarge(format!(
+                "blob {digest} is {size} bytes, more than the largest blob this cache takes ({} bytes, cache.max_blob_size)",
+                self.env.max_blob_size
+            ));
+            tracing::warn!(%digest, size, "blob larger than cache.max_blob_size; refused");
+            self.abandon(Phase::HeadFailed(e));
+            return;
+        }
+        let needed = upstream
+            .size
+            .unwrap_or(0)
+            .saturating_add(self.env.min_free_space);
+        if let Some(free) = self.env.catalog.free_space().filter(|free| *free < needed) {
+            let e = FillError::Storage(format!(
+                "not enough free disk space to cache blob {digest} ({free} bytes free)"
+            ));
+            tracing::warn!(%digest, free, needed, "disk too full to cache a blob");
+            self.abandon(Phase::HeadFailed(e));
+            return;
+        }
         let size = upstream.size;
         let reader_file = file.clone();
         self.fill.publish(|s| {
@@ -138,7 +171,7 @@ impl FillTask {
                 return;
             }
         };
-        let catalog = self.catalog.clone();
+        let catalog = self.env.catalog.clone();
         let fill = self.fill.clone();
         let committed =
             tokio::task::spawn_blocking(move || catalog.commit(&fill, &tmp, &file, written)).await;
@@ -186,8 +219,9 @@ impl FillTask {
             let _ = write_done_tx.send(write_loop(write_rx, &file, &fill));
         })?;
 
-        let budget = &self.buffer;
+        let budget = &self.env.buffer;
         let mut received: u64 = 0;
+        let mut next_space_check = FREE_SPACE_EVERY;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
                 FillFailure::new(e.kind(), format!("upstream blob body failed: {e}"))
@@ -206,6 +240,36 @@ impl FillTask {
                     io::ErrorKind::InvalidData,
                     "upstream sent more bytes than its Content-Length",
                 ));
+            }
+            if received > self.env.max_blob_size {
+                return Err(FillFailure::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "upstream blob grew past cache.max_blob_size ({} bytes)",
+                        self.env.max_blob_size
+                    ),
+                ));
+            }
+            if expected_size.is_none() && self.fill.readers() == 0 {
+                // Nothing bounds it but the largest blob, and nobody wants it any more.
+                return Err(FillFailure::new(
+                    io::ErrorKind::Interrupted,
+                    "download of unknown length stopped: no request follows it any more",
+                ));
+            }
+            if received >= next_space_check {
+                next_space_check = received.saturating_add(FREE_SPACE_EVERY);
+                let low = self
+                    .env
+                    .catalog
+                    .free_space()
+                    .is_some_and(|free| free < self.env.min_free_space);
+                if low {
+                    return Err(FillFailure::new(
+                        io::ErrorKind::StorageFull,
+                        "download stopped: the disk is nearly full",
+                    ));
+                }
             }
             // Room in the write buffer first: a disk that falls behind slows the download.
             let permit = budget
@@ -270,7 +334,28 @@ impl FillTask {
                 }
             }
         }
-        self.catalog.forget_fill(&self.fill);
+        self.env.catalog.forget_fill(&self.fill);
+        let digest = &self.fill.digest;
+        match &phase {
+            Phase::HeadFailed(e @ (FillError::Source(_) | FillError::TooLarge(_))) => {
+                let bad = matches!(e, FillError::TooLarge(_));
+                self.env.failures.remember(digest, e.clone(), bad);
+            }
+            // A download stopped for archway's own reasons (nobody follows it, the disk is
+            // full, shutdown) says nothing about the blob.
+            Phase::Failed(failure)
+                if !matches!(
+                    failure.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::StorageFull
+                ) =>
+            {
+                // Wrong bytes stay wrong; a stall or a reset may not happen again.
+                let bad = failure.kind() == io::ErrorKind::InvalidData;
+                let e = FillError::Failed(failure.message().to_owned());
+                self.env.failures.remember(digest, e, bad);
+            }
+            _ => {}
+        }
         if !matches!(phase, Phase::Done) {
             // Nobody will read these bytes: readers of a failed fill get the failure.
             self.fill.pending().clear();

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::watch;
 
@@ -18,6 +19,27 @@ pub(crate) struct Fill {
     /// only after writing it and publishing the new `written`, so a reader that misses a chunk
     /// here finds its bytes in the file.
     pending: Mutex<VecDeque<(u64, Bytes)>>,
+    /// Requests following the download (each holds a `ReaderGuard`).
+    readers: AtomicUsize,
+}
+
+/// One request following a fill, counted while it lives: a download of unknown length that
+/// nobody follows any more is stopped (it has no other bound than the largest blob).
+pub(crate) struct ReaderGuard {
+    fill: Arc<Fill>,
+}
+
+impl ReaderGuard {
+    pub(crate) fn new(fill: &Arc<Fill>) -> Self {
+        fill.readers.fetch_add(1, Ordering::Relaxed);
+        ReaderGuard { fill: fill.clone() }
+    }
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.fill.readers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What readers see of a fill. Cheap to clone (the file and failure are behind `Arc`s).
@@ -87,6 +109,10 @@ impl FillFailure {
         &self.message
     }
 
+    pub(crate) fn kind(&self) -> io::ErrorKind {
+        self.kind
+    }
+
     pub(crate) fn to_io_error(&self) -> io::Error {
         io::Error::new(self.kind, self.message.to_string())
     }
@@ -105,6 +131,7 @@ impl Fill {
             digest,
             tx,
             pending: Mutex::new(VecDeque::new()),
+            readers: AtomicUsize::new(0),
         }
     }
 
@@ -134,6 +161,11 @@ impl Fill {
 
     pub(crate) fn is_verified(&self) -> bool {
         self.tx.borrow().is_verified()
+    }
+
+    /// How many requests follow the download now.
+    pub(crate) fn readers(&self) -> usize {
+        self.readers.load(Ordering::Relaxed)
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<FillState> {

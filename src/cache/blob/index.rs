@@ -63,6 +63,19 @@ impl Index {
         }
     }
 
+    /// Forgets a committed blob (found damaged); its file is the caller's to delete.
+    pub(crate) fn remove(&mut self, digest: &Digest) -> Option<u64> {
+        let entry = self.entries.remove(digest)?;
+        self.lru.remove(&entry.tick);
+        self.bytes = self.bytes.saturating_sub(entry.size);
+        Some(entry.size)
+    }
+
+    /// Every committed blob, least recently used first.
+    pub(crate) fn digests(&self) -> Vec<Digest> {
+        self.lru.values().cloned().collect()
+    }
+
     /// The committed size, without touching recency.
     pub(crate) fn size(&self, digest: &Digest) -> Option<u64> {
         self.entries.get(digest).map(|e| e.size)

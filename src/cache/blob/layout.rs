@@ -91,6 +91,19 @@ impl Layout {
         fs::rename(tmp, self.blob_path(digest))
     }
 
+    /// Bytes free for archway on the filesystem of the blobs, if the platform tells.
+    pub(crate) fn free_space(&self) -> Option<u64> {
+        #[cfg(target_os = "linux")]
+        {
+            let st = rustix::fs::statvfs(&self.blobs_dir).ok()?;
+            Some(st.f_bavail.saturating_mul(st.f_frsize))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
+    }
+
     /// Deletes a committed blob's file; a file already gone is not an error.
     pub(crate) fn remove(&self, digest: &Digest) {
         match fs::remove_file(self.blob_path(digest)) {

@@ -1,6 +1,6 @@
 //! Small committed blobs' bytes in memory (image configs, small layers), verified when loaded:
 //! serving a few KiB from a file costs a hop to the blocking pool per request, most of the
-//! request's cost. Budgeted in bytes.
+//! request's cost. Budgeted in bytes. A file that does not match its digest is never served.
 
 use crate::digest::Digest;
 use bytes::Bytes;
@@ -11,6 +11,16 @@ pub const SMALL_BLOB_BYTES: u64 = 64 << 10;
 
 pub(crate) struct SmallBlobs {
     cache: moka::sync::Cache<Digest, Bytes>,
+}
+
+/// What loading a small blob found.
+pub(crate) enum Loaded {
+    /// Its verified bytes.
+    Bytes(Bytes),
+    /// The file does not match the digest.
+    Damaged,
+    /// The file could not be read (the caller streams it; the stream reports the error).
+    Unreadable,
 }
 
 impl SmallBlobs {
@@ -24,27 +34,20 @@ impl SmallBlobs {
     }
 
     /// The bytes from memory, or read from `path` and checked against the digest and `size`,
-    /// then kept. `None` if the file can't be read or doesn't match: the caller then streams
-    /// the file as usual, so a damaged file is never pinned in memory.
-    pub(crate) async fn get_or_load(
-        &self,
-        digest: &Digest,
-        path: PathBuf,
-        size: u64,
-    ) -> Option<Bytes> {
+    /// then kept.
+    pub(crate) async fn get_or_load(&self, digest: &Digest, path: PathBuf, size: u64) -> Loaded {
         if let Some(bytes) = self.cache.get(digest) {
-            return Some(bytes);
+            return Loaded::Bytes(bytes);
         }
-        let raw = tokio::task::spawn_blocking(move || std::fs::read(path))
-            .await
-            .ok()?
-            .ok()?;
+        let raw = match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
+            Ok(Ok(raw)) => raw,
+            _ => return Loaded::Unreadable,
+        };
         if raw.len() as u64 != size || !digest.verifies(&raw) {
-            tracing::warn!(%digest, "cached blob file does not match its digest");
-            return None;
+            return Loaded::Damaged;
         }
         let bytes = Bytes::from(raw);
         self.cache.insert(digest.clone(), bytes.clone());
-        Some(bytes)
+        Loaded::Bytes(bytes)
     }
 }

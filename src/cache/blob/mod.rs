@@ -6,15 +6,18 @@
 //! - `fill_state` / `fill`: one download per digest, teed to readers, a hasher and a writer;
 //! - `body`: response bodies over a committed file or a download; `memory`: small blobs' bytes;
 //! - `write_buffer`: the bound on received bytes waiting for the disk;
+//! - `failures`: downloads that failed lately; `scrub`: committed blobs checked in the background;
 //! - `source`: what a download reads from and how it fails, in the cache's own terms.
 
 mod body;
 mod catalog;
+mod failures;
 mod fill;
 mod fill_state;
 mod index;
 mod layout;
 mod memory;
+mod scrub;
 mod source;
 mod store;
 mod write_buffer;

@@ -49,7 +49,11 @@ pub enum FillError {
     /// The download failed before this caller joined it: nothing of it can be served.
     #[error("{0}")]
     Failed(String),
-    /// The cache could not take the download (no temp file).
+    /// The cache could not take the download (no temp file, no room): it can only be served
+    /// uncached.
     #[error("{0}")]
     Storage(String),
+    /// The blob is (or claims to be) larger than the cache allows for one blob.
+    #[error("{0}")]
+    TooLarge(String),
 }

@@ -3,9 +3,11 @@
 
 use super::body;
 use super::catalog::{Catalog, PinGuard};
-use super::fill;
-use super::fill_state::{Fill, FillState, Phase};
-use super::memory::{SmallBlobs, SMALL_BLOB_BYTES};
+use super::failures::RecentFailures;
+use super::fill::{self, FillEnv};
+use super::fill_state::{Fill, FillState, Phase, ReaderGuard};
+use super::memory::{Loaded, SmallBlobs, SMALL_BLOB_BYTES};
+use super::scrub::{self, Damage};
 use super::source::{FillError, IncomingBlob, SourceError};
 use super::write_buffer::{WriteBuffer, DEFAULT_WRITE_BUFFER};
 use crate::body::ResponseBody;
@@ -17,6 +19,7 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// What the store may use.
@@ -28,14 +31,28 @@ pub struct BlobStoreLimits {
     pub write_buffer: u64,
     /// Small committed blobs kept in memory.
     pub small_blob_memory: u64,
+    /// No download grows past this (`cache.max_blob_size`).
+    pub max_blob_size: u64,
+    /// Downloads stop short of leaving less than this free on the disk.
+    pub min_free_space: u64,
+    /// How long a download that brought wrong bytes is remembered (`cache.negative_ttl`).
+    pub bad_blob_ttl: Duration,
+    /// Check every read of a committed blob against its digest (`cache.verify_reads`).
+    pub verify_reads: bool,
 }
 
 impl BlobStoreLimits {
+    /// The store on its own: a byte budget and nothing else bounded or remembered (the proxy
+    /// sets every limit from the config).
     pub fn with_max_bytes(max_bytes: u64) -> Self {
         BlobStoreLimits {
             max_bytes,
             write_buffer: DEFAULT_WRITE_BUFFER,
             small_blob_memory: 16 << 20,
+            max_blob_size: u64::MAX,
+            min_free_space: 0,
+            bad_blob_ttl: Duration::ZERO,
+            verify_reads: false,
         }
     }
 }
@@ -55,12 +72,20 @@ pub struct BlobStoreStats {
     /// Bytes downloads received that wait in memory for the disk (at most `cache.write_buffer`,
     /// give or take one chunk).
     pub write_buffered: u64,
+    /// Committed blobs the scrub has checked since `open`.
+    pub scrub_checked: u64,
+    /// Committed blobs found not to match their digest since `open`, by the scrub.
+    pub damaged_by_scrub: u64,
+    /// …and by a read (a small blob loaded, or `verify_reads`).
+    pub damaged_on_read: u64,
 }
 
 pub struct BlobStore {
+    env: Arc<FillEnv>,
     catalog: Arc<Catalog>,
-    write_buffer: Arc<WriteBuffer>,
     small: SmallBlobs,
+    verify_reads: bool,
+    damage: Arc<Damage>,
 }
 
 impl BlobStore {
@@ -88,12 +113,33 @@ impl BlobStore {
     /// Creates dirs, clears what a crash left in `tmp/`, re-indexes the committed blobs and
     /// evicts down to the budget. Blocking.
     pub fn open_with(root: PathBuf, limits: BlobStoreLimits) -> io::Result<Arc<BlobStore>> {
-        let catalog = Catalog::open(&root, limits.max_bytes)?;
+        let catalog = Arc::new(Catalog::open(&root, limits.max_bytes)?);
+        let env = FillEnv {
+            catalog: catalog.clone(),
+            buffer: WriteBuffer::new(limits.write_buffer),
+            failures: RecentFailures::new(limits.bad_blob_ttl),
+            max_blob_size: limits.max_blob_size,
+            min_free_space: limits.min_free_space,
+        };
         Ok(Arc::new(BlobStore {
-            catalog: Arc::new(catalog),
-            write_buffer: Arc::new(WriteBuffer::new(limits.write_buffer)),
+            env: Arc::new(env),
+            catalog,
             small: SmallBlobs::new(limits.small_blob_memory),
+            verify_reads: limits.verify_reads,
+            damage: Arc::new(Damage::default()),
         }))
+    }
+
+    /// Starts the background scrub: every `interval`, each committed blob is read back (at most
+    /// `rate` bytes a second) and checked against its digest; a damaged one is dropped, to be
+    /// downloaded again. It ends with the store.
+    pub fn start_scrub(self: &Arc<Self>, interval: Duration, rate: u64) {
+        scrub::spawn(
+            Arc::downgrade(&self.catalog),
+            self.damage.clone(),
+            interval,
+            rate,
+        );
     }
 
     /// A committed blob, pinned (not evictable) while the returned handle lives. Touches LRU.
@@ -103,6 +149,7 @@ impl BlobStore {
             size,
             path: self.catalog.blob_path(digest),
             pin: Arc::new(pin),
+            verify: self.verify_reads.then(|| self.damage.clone()),
         })
     }
 
@@ -112,8 +159,16 @@ impl BlobStore {
         let cached = self.get(digest)?;
         if cached.size <= SMALL_BLOB_BYTES {
             let path = cached.path.clone();
-            if let Some(bytes) = self.small.get_or_load(digest, path, cached.size).await {
-                return Some(Blob::Memory(bytes));
+            match self.small.get_or_load(digest, path, cached.size).await {
+                Loaded::Bytes(bytes) => return Some(Blob::Memory(bytes)),
+                // Never served: dropped, and the caller downloads it again.
+                Loaded::Damaged => {
+                    drop(cached);
+                    self.catalog.remove_damaged(digest);
+                    self.damage.found_on_read();
+                    return None;
+                }
+                Loaded::Unreadable => {}
             }
         }
         Some(Blob::Cached(cached))
@@ -173,11 +228,16 @@ impl BlobStore {
                     size,
                     path: self.catalog.blob_path(digest),
                     pin: Arc::new(self.catalog.pin_guard(digest)),
+                    verify: self.verify_reads.then(|| self.damage.clone()),
                 }));
             }
             match state.in_flight.get(digest) {
                 Some(fill) => (fill.clone(), false),
                 None => {
+                    // A download that just failed is not tried again at once.
+                    if let Some(e) = self.env.failures.get(digest) {
+                        return Err(e);
+                    }
                     let fill = Arc::new(Fill::new(digest.clone()));
                     state.in_flight.insert(digest.clone(), fill.clone());
                     state.fills_started += 1;
@@ -186,14 +246,11 @@ impl BlobStore {
             }
         };
         let mut rx = fill.subscribe();
+        // Counted before the download can see its first byte, so it never looks unfollowed.
+        let reader = Arc::new(ReaderGuard::new(&fill));
         if start {
             tracing::debug!(%digest, "blob fill started");
-            fill::spawn(
-                self.catalog.clone(),
-                self.write_buffer.clone(),
-                fill.clone(),
-                fetch,
-            );
+            fill::spawn(self.env.clone(), fill.clone(), fetch);
         }
         let state = rx
             .wait_for(|s| !matches!(s.phase, Phase::Fetching))
@@ -216,6 +273,7 @@ impl BlobStore {
                     fill,
                     verified,
                     started: start,
+                    _reader: reader,
                 }))
             }
         }
@@ -229,7 +287,10 @@ impl BlobStore {
             evictions: state.index.evictions(),
             in_flight: state.in_flight.len() as u64,
             fills_started: state.fills_started,
-            write_buffered: self.write_buffer.waiting(),
+            write_buffered: self.env.buffer.waiting(),
+            scrub_checked: self.damage.checked(),
+            damaged_by_scrub: self.damage.by_scrub(),
+            damaged_on_read: self.damage.on_read(),
         }
     }
 
@@ -255,6 +316,8 @@ pub struct CachedBlob {
     size: u64,
     path: PathBuf,
     pin: Arc<PinGuard>,
+    /// `cache.verify_reads`: bodies check the bytes and report damage here.
+    verify: Option<Arc<Damage>>,
 }
 
 impl CachedBlob {
@@ -272,7 +335,13 @@ impl CachedBlob {
     }
 
     pub fn body(&self, range: Option<(u64, u64)>) -> ResponseBody {
-        body::cached_body(self.path.clone(), self.size, range, self.pin.clone())
+        body::cached_body(
+            self.path.clone(),
+            self.size,
+            range,
+            self.pin.clone(),
+            self.verify.clone(),
+        )
     }
 }
 
@@ -297,6 +366,8 @@ pub struct FillingBlob {
     verified: bool,
     /// This caller started the download.
     started: bool,
+    /// Counts this request as following the download while it (or a body from it) lives.
+    _reader: Arc<ReaderGuard>,
 }
 
 impl FillingBlob {
@@ -312,7 +383,32 @@ impl FillingBlob {
             self.file.clone(),
             self.size,
             range,
+            self._reader.clone(),
         )
+    }
+
+    /// Waits until every byte arrived and matched the digest, then answers with the length
+    /// known: what a client that cannot tell a cut-off body from a whole one (HTTP/1.0 without
+    /// a Content-Length) must get instead of a stream.
+    pub async fn verified(&self) -> Result<FillingBlob, FillError> {
+        let mut rx = self.rx.clone();
+        let state = rx
+            .wait_for(|s| s.is_verified() || s.is_terminal())
+            .await
+            .map(|s| (*s).clone())
+            .map_err(|_| FillError::Failed("blob fill vanished".into()))?;
+        match state.phase {
+            Phase::Verified | Phase::Done => Ok(FillingBlob {
+                size: Some(state.received),
+                verified: true,
+                ..self.clone()
+            }),
+            Phase::HeadFailed(e) => Err(e),
+            Phase::Failed(f) => Err(FillError::Failed(f.message().to_owned())),
+            Phase::Fetching | Phase::Streaming => {
+                Err(FillError::Failed("blob fill ended unverified".into()))
+            }
+        }
     }
 }
 
@@ -355,6 +451,15 @@ impl Blob {
         match self {
             Blob::Cached(_) | Blob::Memory(_) => true,
             Blob::Filling(blob) => blob.verified,
+        }
+    }
+
+    /// The blob with its length known and (if downloading) every byte verified; see
+    /// [`FillingBlob::verified`].
+    pub async fn verified(self) -> Result<Blob, FillError> {
+        match self {
+            Blob::Filling(blob) => Ok(Blob::Filling(blob.verified().await?)),
+            done => Ok(done),
         }
     }
 

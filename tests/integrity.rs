@@ -1,0 +1,312 @@
+//! No client ever gets a response it cannot tell from a complete, verified one, and no download
+//! outgrows its bounds: HTTP/1.0 clients and unknown lengths, damaged cached blobs (found on
+//! load, by the scrub, or by `verify_reads`), declared and endless sizes, a cache that cannot
+//! write, and a bad blob asked for again and again.
+
+mod support;
+
+use http::StatusCode;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::metrics::Scrape;
+use support::{FakeRegistry, Fault, Harness, Kind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An HTTP/1.0 request, read to the end: (status, headers, body, whether it ended cleanly).
+async fn http10(addr: std::net::SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
+    (status, head.to_ascii_lowercase(), raw[split + 4..].to_vec())
+}
+
+fn blob_file(dir: &Path, digest: &archway::digest::Digest) -> std::path::PathBuf {
+    dir.join("blobs/sha256")
+        .join(&digest.hex()[..2])
+        .join(digest.hex())
+}
+
+async fn committed(h: &Harness) {
+    let store = h.archway.as_ref().unwrap().proxy().blob_store().clone();
+    store.finish_commits(Duration::from_secs(10)).await;
+}
+
+fn stats(h: &Harness) -> archway::cache::blob::BlobStoreStats {
+    h.archway.as_ref().unwrap().proxy().blob_store().stats()
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// HTTP/1.0 (nginx's `proxy_pass` default) has no chunked framing: a cold blob whose upstream
+/// sends no Content-Length would reach it close-delimited, and wrong bytes would look whole.
+/// archway answers it only once the download verified, with a length.
+#[tokio::test]
+async fn http10_gets_a_cold_blob_only_verified_and_with_a_length() {
+    let h = Harness::start().await;
+    let img = h
+        .fake
+        .sample_image_sized("lib/app", Some("v1"), 3, &[200_000, 150_000]);
+    // Wrong bytes, no length: an error, never a 200.
+    h.fake
+        .fault_times(Some(Kind::Blob), Fault::NoLengthWrongBytes, 1);
+    let path = format!("/v2/lib/app/blobs/{}", img.layers[0]);
+    let (status, _, _) = http10(h.addr(), &path).await;
+    assert_eq!(status, 502);
+    // Right bytes, no length: a 200 with the verified length.
+    h.fake.fault_times(Some(Kind::Blob), Fault::NoLength, 1);
+    let path = format!("/v2/lib/app/blobs/{}", img.layers[1]);
+    let (status, head, body) = http10(h.addr(), &path).await;
+    assert_eq!(status, 200);
+    assert!(
+        head.contains(&format!("content-length: {}", img.layer_bytes[1].len())),
+        "{head}"
+    );
+    assert_eq!(body, img.layer_bytes[1]);
+}
+
+/// A small cached blob whose file no longer matches its digest is dropped when loaded and
+/// downloaded again: never served.
+#[tokio::test]
+async fn a_damaged_small_blob_is_dropped_and_fetched_again() {
+    let h = Harness::start().await;
+    let img = h.fake.sample_image("lib/app", "v1", 4);
+    let path = format!("/v2/lib/app/blobs/{}", img.config);
+    assert_eq!(h.get(&path).await.body, img.config_bytes);
+    committed(&h).await;
+    let file = blob_file(&h.data_dir(), &img.config);
+    std::fs::write(&file, vec![b'x'; img.config_bytes.len()]).unwrap();
+    let r = h.get(&path).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.complete());
+    assert_eq!(r.body, img.config_bytes, "the damaged file is never served");
+    assert_eq!(h.fake.count("GET", Kind::Blob), 2, "fetched again");
+    assert_eq!(stats(&h).damaged_on_read, 1);
+    committed(&h).await;
+    assert_eq!(std::fs::read(&file).unwrap(), img.config_bytes.to_vec());
+}
+
+/// Large cached blobs are re-checked by the scrub; a damaged one is dropped and counted.
+#[tokio::test]
+async fn the_scrub_finds_a_damaged_large_blob() {
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        c.cache.scrub_interval = Duration::from_millis(300);
+        c.cache.scrub_rate = 64 << 20;
+        c.admin_listen = None;
+    })
+    .await;
+    let img = h
+        .fake
+        .sample_image_sized("lib/app", Some("v1"), 5, &[400_000]);
+    let path = format!("/v2/lib/app/blobs/{}", img.layers[0]);
+    assert_eq!(h.get(&path).await.body, img.layer_bytes[0]);
+    committed(&h).await;
+    let file = blob_file(&h.data_dir(), &img.layers[0]);
+    let mut damaged = std::fs::read(&file).unwrap();
+    damaged[123_456] ^= 1;
+    std::fs::write(&file, &damaged).unwrap();
+    wait_for(|| stats(&h).damaged_by_scrub == 1, "the scrub found it").await;
+    assert!(stats(&h).scrub_checked >= 1);
+    assert!(!file.exists(), "dropped");
+    let s = Scrape::parse(h.archway.as_ref().unwrap().proxy().metrics().encode());
+    assert_eq!(
+        s.value("archway_blob_damaged_total", &[("found_by", "scrub")]),
+        1.0
+    );
+    assert!(s.value("archway_blob_scrub_checked_total", &[]) >= 1.0);
+    let r = h.get(&path).await;
+    assert_eq!(r.body, img.layer_bytes[0]);
+    assert_eq!(h.fake.count("GET", Kind::Blob), 2, "fetched again");
+}
+
+/// With `cache.verify_reads`, every read is checked: a damaged file's response is broken off
+/// before its last byte, and the blob is dropped.
+#[tokio::test]
+async fn verify_reads_breaks_off_a_damaged_read() {
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        c.cache.verify_reads = true;
+    })
+    .await;
+    let img = h
+        .fake
+        .sample_image_sized("lib/app", Some("v1"), 6, &[700_000]);
+    let path = format!("/v2/lib/app/blobs/{}", img.layers[0]);
+    assert_eq!(h.get(&path).await.body, img.layer_bytes[0]);
+    committed(&h).await;
+    // A good read passes.
+    let r = h.get(&path).await;
+    assert!(r.complete());
+    assert_eq!(r.body, img.layer_bytes[0]);
+    let file = blob_file(&h.data_dir(), &img.layers[0]);
+    let mut damaged = std::fs::read(&file).unwrap();
+    damaged[10] ^= 1;
+    std::fs::write(&file, &damaged).unwrap();
+    let r = h.get(&path).await;
+    assert!(!r.complete(), "a damaged read must not end cleanly");
+    assert!(
+        r.body.len() < img.layer_bytes[0].len(),
+        "broken off before its last byte"
+    );
+    // A range read is checked too (the whole file first).
+    let r = h.get_with(&path, &[("range", "bytes=0-99")]).await;
+    assert!(
+        !(r.status == StatusCode::PARTIAL_CONTENT && r.complete() && r.body == damaged[..100]),
+        "a damaged range is never served whole"
+    );
+    wait_for(|| !file.exists(), "dropped").await;
+    let r = h.get(&path).await;
+    assert!(r.complete());
+    assert_eq!(r.body, img.layer_bytes[0]);
+    assert!(stats(&h).damaged_on_read >= 1);
+}
+
+/// An upstream that declares a 10 TiB blob is refused before a byte is kept, not passed on.
+#[tokio::test]
+async fn a_declared_10_tib_blob_is_refused() {
+    let h = Harness::start().await;
+    let img = h
+        .fake
+        .sample_image_sized("lib/app", Some("v1"), 7, &[100_000]);
+    h.fake
+        .fault_times(Some(Kind::Blob), Fault::ClaimLength(10 << 40), 1);
+    let path = format!("/v2/lib/app/blobs/{}", img.layers[0]);
+    let started = Instant::now();
+    let r = h.get(&path).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(r.text().contains("max_blob_size"), "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(support::files_under(&h.data_dir().join("tmp")).len(), 0);
+}
+
+/// By default the largest blob downloaded is the cache's budget: a larger one is refused.
+#[tokio::test]
+async fn a_blob_over_max_blob_size_is_refused() {
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        c.cache.max_size = 50_000;
+    })
+    .await;
+    let img = h
+        .fake
+        .sample_image_sized("lib/app", Some("v1"), 11, &[120_000]);
+    let r = h.get(&format!("/v2/lib/app/blobs/{}", img.layers[0])).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(r.text().contains("max_blob_size"), "{}", r.text());
+}
+
+/// A body that never ends is bounded by `cache.max_blob_size`, and stops as soon as nobody
+/// follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_body_stops_at_a_bound() {
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        c.cache.max_blob_size = Some(4 << 20);
+    })
+    .await;
+    let img = h
+        .fake
+        .sample_image_sized("lib/app", Some("v1"), 8, &[100_000, 100_001]);
+    // A client that reads on: the download fails at the bound, the client's body breaks off.
+    h.fake.fault_times(Some(Kind::Blob), Fault::Endless, 1);
+    let path = format!("/v2/lib/app/blobs/{}", img.layers[0]);
+    let r = h.get(&path).await;
+    assert!(!r.complete(), "an endless body never ends cleanly");
+    assert!(r.body.len() <= 4 << 20);
+    // A client that leaves: the download stops with it.
+    h.fake.fault_times(Some(Kind::Blob), Fault::Endless, 1);
+    let path = format!("/v2/lib/app/blobs/{}", img.layers[1]);
+    let mut s = TcpStream::connect(h.addr()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0;
+    while got < 256 << 10 {
+        got += s.read(&mut buf).await.unwrap();
+    }
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = h.fake.endless_bytes_sent();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        h.fake.endless_bytes_sent() - sent < 2 << 20,
+        "upstream kept sending after the only client left"
+    );
+    assert!(h.fake.endless_bytes_sent() < 16 << 20);
+    wait_for(
+        || support::files_under(&h.data_dir().join("tmp")).is_empty(),
+        "temp files removed",
+    )
+    .await;
+}
+
+/// When the cache cannot write (here: its temp directory is not a directory), cold blobs are
+/// served uncached — verified on the way — instead of failing.
+#[tokio::test]
+async fn a_cache_that_cannot_write_serves_blobs_uncached() {
+    let h = Harness::start().await;
+    let img = h
+        .fake
+        .sample_image_sized("lib/app", Some("v1"), 9, &[300_000]);
+    let tmp = h.data_dir().join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+    let path = format!("/v2/lib/app/blobs/{}", img.layers[0]);
+    for _ in 0..2 {
+        let r = h.get(&path).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert!(r.complete());
+        assert_eq!(r.body, img.layer_bytes[0]);
+    }
+    // Wrong bytes uncached: broken off, never a clean 200.
+    h.fake.fault_times(Some(Kind::Blob), Fault::WrongBytes, 1);
+    let r = h.get(&path).await;
+    assert!(!(r.status == StatusCode::OK && r.complete()));
+    assert_eq!(h.fake.count("GET", Kind::Blob), 3, "nothing kept");
+}
+
+/// A blob upstream serves wrong is remembered: a burst of requests for it makes one upstream
+/// request, not one each (for `cache.negative_ttl`).
+#[tokio::test]
+async fn a_bad_blob_is_remembered() {
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        c.cache.negative_ttl = Duration::from_secs(2);
+    })
+    .await;
+    let img = h
+        .fake
+        .sample_image_sized("lib/app", Some("v1"), 10, &[50_000]);
+    h.fake
+        .fault_times(Some(Kind::Blob), Fault::WrongBytes, 1000);
+    let path = format!("/v2/lib/app/blobs/{}", img.layers[0]);
+    for i in 0..20 {
+        let r = h.get(&path).await;
+        assert!(!(r.status == StatusCode::OK && r.complete()), "#{i}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        h.fake.count("GET", Kind::Blob),
+        1,
+        "one upstream GET for 20 requests"
+    );
+    // Once the memory expires, upstream is asked again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    h.fake.clear_faults();
+    let r = h.get(&path).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, img.layer_bytes[0]);
+    assert_eq!(h.fake.count("GET", Kind::Blob), 2);
+}
