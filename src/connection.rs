@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How long a connection may take to send a request's head, and stay idle.
@@ -62,7 +62,6 @@ pub struct Tracker {
     idle_since: AtomicU64,
     /// HTTP/2: bytes between requests are pings and settings, not a request's head.
     h2: AtomicBool,
-    changed: Notify,
 }
 
 impl Tracker {
@@ -74,7 +73,6 @@ impl Tracker {
             reading_since: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
-            changed: Notify::new(),
         };
         tracker
             .reading_since
@@ -98,7 +96,6 @@ impl Tracker {
             && self.reading_since.load(Ordering::Relaxed) == 0
         {
             self.reading_since.store(self.now(), Ordering::Relaxed);
-            self.changed.notify_one();
         }
     }
 
@@ -118,7 +115,6 @@ impl Tracker {
     fn request_ended(&self) {
         if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.idle_since.store(self.now(), Ordering::Relaxed);
-            self.changed.notify_one();
         }
     }
 
@@ -253,6 +249,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
 /// Drives `conn` to its end under the limits: closes it (by dropping it) when a request's head
 /// or an idle spell runs past its timeout, or when shutdown comes while it is idle; on shutdown
 /// with requests in flight, asks it (`shut_down`) to finish them and close.
+///
+/// Requests and bytes do not wake the supervisor (that would cost every request a wake-up and a
+/// timer): it looks at the tracker at its deadline, and at least every quarter of the shorter
+/// timeout, so a timeout fires at most that much late.
 pub async fn supervise<C, T, E>(
     conn: C,
     shut_down: impl Fn(Pin<&mut C>),
@@ -268,25 +268,18 @@ where
     if stopping && tracker.is_idle() {
         return (Ended::Shutdown, None);
     }
+    let tick = (limits.header_read_timeout.min(limits.idle_timeout) / 4)
+        .clamp(Duration::from_millis(20), Duration::from_secs(5));
     loop {
-        let deadline = tracker.deadline(limits);
-        let sleep = async {
-            match deadline {
-                Some((at, _)) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
+        let now = Instant::now();
+        let wake = match tracker.deadline(limits) {
+            Some((at, why)) if at <= now => return (why, None),
+            Some((at, _)) => at.min(now + tick),
+            None => now + tick,
         };
         tokio::select! {
             result = conn.as_mut() => return (Ended::Closed, result.err()),
-            _ = sleep => {
-                // Still the same deadline? (A request may have started meanwhile.)
-                if let Some((at, why)) = tracker.deadline(limits) {
-                    if at <= Instant::now() {
-                        return (why, None);
-                    }
-                }
-            }
-            _ = tracker.changed.notified() => {}
+            _ = tokio::time::sleep_until(wake) => {}
             changed = stop.changed(), if !stopping => {
                 if changed.is_err() || *stop.borrow() {
                     stopping = true;

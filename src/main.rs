@@ -201,6 +201,7 @@ impl ServeArgs {
 }
 
 fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::field::MakeExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ARCHWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour codes only for a terminal: in a log file they are noise, and formatting them costs
@@ -212,6 +213,21 @@ fn init_tracing(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
+        // Plain `name=value` fields: the default formatter styles every field (and the request
+        // span's, on every line) even without colours, which costs a cached request more than
+        // its answer does.
+        LogFormat::Text if !ansi => builder
+            .fmt_fields(
+                tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+                    if field.name() == "message" {
+                        write!(w, "{value:?}")
+                    } else {
+                        write!(w, "{field}={value:?}")
+                    }
+                })
+                .delimited(" "),
+            )
+            .init(),
         LogFormat::Text => builder.init(),
     }
 }

@@ -17,7 +17,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 
 /// How long open connections get to finish after shutdown is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -197,17 +196,14 @@ async fn serve(listener: TcpListener, slots: Arc<Semaphore>, serving: Serving) {
             break;
         };
         let _ = stream.set_nodelay(true);
-        // The connection's lines (and, over HTTP/1.1, its requests' spans) nest in this one.
-        let span = tracing::info_span!("connection", %peer);
         let serving = serving.clone();
         let builder = builder.clone();
-        tokio::spawn(
-            async move {
-                let _slot = slot;
-                serve_connection(stream, peer, builder, serving).await;
-            }
-            .instrument(span),
-        );
+        // No span per connection: formatting it into every request's log lines costs more
+        // than it tells (the few connection-level lines name their peer).
+        tokio::spawn(async move {
+            let _slot = slot;
+            serve_connection(stream, peer, builder, serving).await;
+        });
     }
 }
 
@@ -254,12 +250,12 @@ async fn serve_connection(
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         metrics.connection_closed(Ended::Closed.as_str());
                         return;
                     }
                     Err(_) => {
-                        tracing::debug!("TLS handshake timed out");
+                        tracing::debug!(%peer, "TLS handshake timed out");
                         metrics.connection_closed(Ended::HeaderTimeout.as_str());
                         return;
                     }
@@ -277,8 +273,10 @@ async fn serve_connection(
     };
     metrics.connection_closed(ended.as_str());
     match (ended, error) {
-        (_, Some(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        (_, Some(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
         (Ended::Closed, None) => {}
-        (why, None) => tracing::debug!(reason = why.as_str(), "connection closed by archway"),
+        (why, None) => {
+            tracing::debug!(%peer, reason = why.as_str(), "connection closed by archway")
+        }
     }
 }

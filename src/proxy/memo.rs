@@ -1,6 +1,6 @@
 //! The platform answer's memos, each budgeted in bytes. The tag-answer memo is keyed by a
-//! SHA-256 of what an answer depends on, never by keeping a request's headers alive: a flood of
-//! distinct (or huge) User-Agents costs a bounded amount of memory.
+//! 128-bit keyed hash of what an answer depends on, never by keeping a request's headers alive:
+//! a flood of distinct (or huge) User-Agents costs a bounded amount of memory.
 
 use crate::digest::Digest;
 use crate::manifest::Manifest;
@@ -8,8 +8,8 @@ use crate::platform::WindowsMatch;
 use crate::route_policy::OciForLegacy;
 use crate::route_policy::SelectionStep;
 use http::header::{self, HeaderMap, HeaderName};
-use sha2::{Digest as _, Sha256};
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::{Arc, OnceLock};
 
 /// The request headers a tag answer depends on.
 static HINT_HEADERS: [HeaderName; 3] = [
@@ -20,18 +20,23 @@ static HINT_HEADERS: [HeaderName; 3] = [
 
 /// What a tag answer depends on, hashed: the manifest the tag points at, the route, and the
 /// client's hints exactly as sent (User-Agent, X-Meta-Platform, every Accept line, in order).
+/// SipHash under a secret per-process key: nobody outside can aim a collision at it, and by
+/// chance any two of the tens of thousands of answers the budget holds collide with odds below
+/// one in 10¹⁰.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct AnswerKey([u8; 32]);
+pub(crate) struct AnswerKey(u64);
 
 impl AnswerKey {
     pub(crate) fn new(manifest: &Digest, route: Option<usize>, headers: &HeaderMap) -> Self {
-        let mut h = Sha256::new();
+        static KEY: OnceLock<RandomState> = OnceLock::new();
+        let mut h = KEY.get_or_init(RandomState::new).build_hasher();
         // Every part is length-prefixed, so no two inputs hash the same bytes.
         let mut part = |bytes: &[u8]| {
-            h.update((bytes.len() as u64).to_le_bytes());
-            h.update(bytes);
+            h.write_u64(bytes.len() as u64);
+            h.write(bytes);
         };
-        part(manifest.to_string().as_bytes());
+        part(manifest.algorithm().as_str().as_bytes());
+        part(manifest.hex().as_bytes());
         part(&route.map_or(u64::MAX, |r| r as u64).to_le_bytes());
         for name in &HINT_HEADERS {
             for value in headers.get_all(name) {
@@ -39,7 +44,7 @@ impl AnswerKey {
                 part(value.as_bytes());
             }
         }
-        AnswerKey(h.finalize().into())
+        AnswerKey(h.finish())
     }
 }
 

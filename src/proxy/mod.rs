@@ -173,11 +173,13 @@ impl Proxy {
         conn: ConnInfo,
     ) -> Response<LoggedBody> {
         let started = Instant::now();
+        // Decided first (pure and cheap), so the span carries its fields from the start.
+        let plan = self.plan(req.method(), req.uri(), req.headers());
         let span = tracing::info_span!(
             "request",
             id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
-            kind = tracing::field::Empty,
-            upstream = tracing::field::Empty,
+            kind = plan.kind(),
+            upstream = self.upstream_name(&plan),
         );
         let log_path = match req.uri().query() {
             Some(q) => format!("{}?{q}", req.uri().path()),
@@ -193,7 +195,7 @@ impl Proxy {
                 );
             }
             match self.authenticate(&req).await {
-                Ok(()) => self.answer(req, conn).await,
+                Ok(()) => self.respond(plan, req, conn).await,
                 Err(refused) => refused,
             }
         }
@@ -264,6 +266,42 @@ impl Proxy {
         req: Request<B>,
         conn: ConnInfo,
     ) -> (Response<ResponseBody>, RequestNotes) {
+        let plan = self.plan(req.method(), req.uri(), req.headers());
+        self.respond(plan, req, conn).await
+    }
+
+    /// Which endpoint, and which upstream and repository for a repository's endpoint.
+    fn plan(&self, method: &Method, uri: &http::Uri, headers: &http::HeaderMap) -> Plan {
+        let endpoint = api::parse(method, uri.path());
+        let target = match &endpoint {
+            Ok(Endpoint::Repository { name, .. }) => Some(upstream_choice::resolve(
+                &self.config.upstreams,
+                self.default_upstream,
+                name,
+                api::ns_param(uri.query()),
+                headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+            )),
+            _ => None,
+        };
+        Plan { endpoint, target }
+    }
+
+    fn upstream_name(&self, plan: &Plan) -> &str {
+        match &plan.target {
+            Some(Ok(t)) => self
+                .upstreams
+                .get(t.upstream)
+                .map_or("-", |u| u.config().name.as_str()),
+            _ => "-",
+        }
+    }
+
+    async fn respond<B>(
+        &self,
+        plan: Plan,
+        req: Request<B>,
+        conn: ConnInfo,
+    ) -> (Response<ResponseBody>, RequestNotes) {
         let (parts, _body) = req.into_parts();
         let client = ClientRequest {
             conn,
@@ -274,7 +312,7 @@ impl Proxy {
             explain: parts.extensions.get::<ExplainRequest>().is_some(),
         };
         let mut notes = RequestNotes::default();
-        let mut response = match self.dispatch(parts.uri.path(), &client, &mut notes).await {
+        let mut response = match self.dispatch(plan, &client, &mut notes).await {
             Ok(r) => r,
             Err(e) => {
                 notes.error = Some(e.message.clone());
@@ -296,30 +334,23 @@ impl Proxy {
 
     async fn dispatch(
         &self,
-        path: &str,
+        plan: Plan,
         client: &ClientRequest,
         notes: &mut RequestNotes,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let endpoint = api::parse(&client.method, path)?;
+        let endpoint = plan.endpoint?;
         notes.kind = Some(endpoint.kind());
-        let span = tracing::Span::current();
-        span.record("kind", endpoint.kind());
         let (raw_name, resource) = match &endpoint {
             Endpoint::Ping => return Ok(ping()),
             Endpoint::Repository { name, resource } => (name.as_str(), resource),
         };
         let ns = api::ns_param(client.query.as_deref());
-        let target = upstream_choice::resolve(
-            &self.config.upstreams,
-            self.default_upstream,
-            raw_name,
-            ns,
-            client.header("host"),
-        )?;
+        let target = plan.target.ok_or_else(|| {
+            ProxyError::internal("a repository endpoint without an upstream choice")
+        })??;
         let upstream = self.upstreams.get(target.upstream).ok_or_else(|| {
             ProxyError::internal(format!("no upstream #{} configured", target.upstream))
         })?;
-        span.record("upstream", upstream.config().name.as_str());
         notes.upstream = Some(upstream.config().name.clone());
         let repo = &target.repository;
         match resource {
@@ -367,6 +398,20 @@ impl Proxy {
                 listings::referrers(upstream, repo, digest, view(raw_name, ns, client)).await
             }
         }
+    }
+}
+
+/// What a request asks for and which upstream it reaches, decided once before anything is
+/// logged or fetched, so the request's span names both from its first line.
+struct Plan {
+    endpoint: Result<Endpoint, ProxyError>,
+    /// For a repository's endpoint: the configured upstream and the repository there.
+    target: Option<Result<upstream_choice::Target, ProxyError>>,
+}
+
+impl Plan {
+    fn kind(&self) -> &'static str {
+        self.endpoint.as_ref().map_or("other", Endpoint::kind)
     }
 }
 
