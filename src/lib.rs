@@ -19,6 +19,7 @@ pub mod explain;
 pub mod fd_limit;
 pub mod image_index;
 pub mod image_ref;
+pub mod json_log;
 pub mod manifest;
 pub mod media_type;
 pub mod metrics;

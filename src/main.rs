@@ -212,7 +212,11 @@ fn init_tracing(format: LogFormat) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().init(),
+        // archway's own JSON lines (see `json_log`): span fields formatted once, as JSON.
+        LogFormat::Json => builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(archway::json_log::JsonLines)
+            .init(),
         // Plain `name=value` fields: the default formatter styles every field (and the request
         // span's, on every line) even without colours, which costs a cached request more than
         // its answer does.
