@@ -354,7 +354,8 @@ async fn silent_connections_under_a_small_file_limit_lock_nobody_out() {
     drop(silent);
 }
 
-/// SIGTERM does not wait on idle keep-alive connections, nor on ones that never sent a byte.
+/// SIGTERM does not wait on idle keep-alive connections, on ones that never sent a byte, nor on
+/// one whose request head never ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_does_not_wait_on_idle_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -372,6 +373,14 @@ async fn sigterm_does_not_wait_on_idle_connections() {
     );
     wait_ready(&format!("http://127.0.0.1:{port}/v2/")).await;
     let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // A request head that never ends.
+    let mut lingering = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    lingering
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
     let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", port))

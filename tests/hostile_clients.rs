@@ -43,6 +43,7 @@ async fn huge_distinct_user_agents_do_not_grow_memory() {
         assert_eq!(r.status, StatusCode::OK, "#{i}");
     }
     let grown = rss_bytes().saturating_sub(before);
+    eprintln!("RSS grew by {} MB", grown >> 20);
     assert!(
         grown < 64 << 20,
         "RSS grew by {} MB over 2,000 requests with 100 KB User-Agents",
