@@ -372,6 +372,41 @@ fn fallback_order() {
     assert_eq!(r("linux/arm/v7").fallback(), 2);
 }
 
+/// Found by the `platform` fuzz target (fuzz/regressions/platform/hang-*): a huge variant level
+/// (`linux/arm64/v9.4444444`, from a client's X-Meta-Platform) made a fallback list of millions
+/// of platforms (seconds and gigabytes for one request; v9.4000000000 would exhaust memory). The
+/// levels are capped: such a variant falls back as if it were v32.
+#[test]
+fn huge_variant_levels_give_a_short_fallback_list() {
+    for wanted in [
+        "linux/arm64/v9.4444444",
+        "linux/arm64/v8.4294967295",
+        "linux/arm64/v4294967295.4294967295",
+        "linux/amd64/v4294967295",
+        "linux/arm/v4294967295",
+    ] {
+        let m = Matcher::only(&p(wanted), WindowsMatch::Process);
+        assert!(
+            m.fallbacks().len() < 200,
+            "{wanted}: {}",
+            m.fallbacks().len()
+        );
+        assert_eq!(
+            m.rank(&p(wanted)).map(|r| r.fallback()),
+            Some(0),
+            "{wanted}"
+        );
+    }
+    let m = Matcher::only(&p("linux/arm64/v9.4000000000"), WindowsMatch::Process);
+    assert!(m.matches(&p("linux/arm64/v9.31")));
+    assert!(m.matches(&p("linux/arm64/v9")));
+    assert!(m.matches(&p("linux/arm64/v8.36")));
+    assert!(m.matches(&p("linux/arm/v7")));
+    assert!(!m.matches(&p("linux/arm64/v9.32")));
+    let m = Matcher::only(&p("linux/amd64/v4000000000"), WindowsMatch::Process);
+    assert!(m.matches(&p("linux/amd64/v4")) && m.matches(&p("linux/386")));
+}
+
 #[test]
 fn os_features_must_be_offered_by_the_host() {
     let plain = Matcher::only(&p("linux/amd64"), WindowsMatch::Process);
