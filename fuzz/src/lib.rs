@@ -28,8 +28,11 @@ use archway::platform::{self, Matcher, Platform, WindowsMatch, WindowsVersion};
 use archway::{conversion, manifest, upstream_choice};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
+/// A fuzz target: panics on a failure.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name: what `fuzz/run` builds and runs.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("path_query", path_query),
     ("accept_user_agent", accept_user_agent),
     ("platform", platform),
