@@ -33,3 +33,12 @@ pub mod upstream;
 pub mod upstream_choice;
 
 pub use server::Archway;
+
+/// What the fuzz targets in `fuzz/` need of private modules. Not an API: it may change at any
+/// time.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::upstream::auth::{
+        expiry_margin, parse_token_response, select_challenge, token_url, Challenge, TokenResponse,
+    };
+}

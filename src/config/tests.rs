@@ -250,6 +250,10 @@ fn sizes_and_durations() {
         ("5M", None),
         ("1h5M", None),
         ("99999999999999999999s", None),
+        // Deadlines are now + the duration: 300 billion years overflowed one (a panic).
+        ("100y", Some(secs(3_155_760_000))),
+        ("101y", None),
+        ("300000000000y", None),
     ];
     for (input, want) in durations {
         assert_eq!(parse_duration("k", input).ok(), *want, "{input:?}");

@@ -48,8 +48,14 @@ pub fn parse_size(key: &str, s: &str) -> Result<u64, ConfigError> {
     Ok(size)
 }
 
+/// The longest duration a config value may name: timeouts and remembered misses are deadlines
+/// (now + the duration), which overflow (a panic) some 290 billion years out. 100 of humantime's
+/// years (365.25 days).
+const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 /// `"5m"`, `"24h"`, `"30s"`, `"500ms"`, `"1h30m"`, `"2d"`, read by `humantime` (which also takes
 /// `"1h 30m"`, `"1.5h"`, `"5min"`, `"1w"` and a bare `"0"`). A number needs a unit: `"5"` is refused.
+/// At most 100 years (`MAX_DURATION`).
 pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
     let bad = || invalid(key, format!("`{s}` is not a duration like 30s, 5m, 24h"));
     let t = s.trim();
@@ -59,7 +65,14 @@ pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
     if t.contains('M') {
         return Err(bad());
     }
-    humantime::parse_duration(t).map_err(|_| bad())
+    let d = humantime::parse_duration(t).map_err(|_| bad())?;
+    if d > MAX_DURATION {
+        return Err(invalid(
+            key,
+            format!("`{s}` is too long (at most 100 years)"),
+        ));
+    }
+    Ok(d)
 }
 
 /// An upstream URL: `http(s)://host[:port]`, no path.

@@ -126,7 +126,14 @@ fn features_subset(offered: &[String], host: &[String], windows: bool) -> bool {
         .all(|f| host.contains(f) || (windows && f == "win32k"))
 }
 
-/// containerd/platforms `compare.go` `platformVector`, on a normalised platform.
+/// The highest variant level the fallback list steps down from. Real variants are small (amd64
+/// v1–v4, arm v5–v8, arm64 v8.0–v9.5); a higher one (a client's `X-Meta-Platform:
+/// linux/arm64/v9.4000000000`) falls back as if it were this level, instead of listing billions
+/// of platforms.
+const MAX_VARIANT_LEVEL: u32 = 32;
+
+/// containerd/platforms `compare.go` `platformVector`, on a normalised platform, with variant
+/// levels capped at [`MAX_VARIANT_LEVEL`].
 fn fallback_vector(p: &Platform) -> Vec<Platform> {
     let with = |arch: &str, variant: Option<String>| {
         Platform {
@@ -143,7 +150,7 @@ fn fallback_vector(p: &Platform) -> Vec<Platform> {
     match p.architecture.as_str() {
         "amd64" => {
             if let Some(n) = version_number(&variant).filter(|n| *n > 1) {
-                for lower in (1..n).rev() {
+                for lower in (1..n.min(MAX_VARIANT_LEVEL)).rev() {
                     vector.push(with("amd64", Some(format!("v{lower}"))));
                 }
             }
@@ -151,7 +158,7 @@ fn fallback_vector(p: &Platform) -> Vec<Platform> {
         }
         "arm" => {
             if let Some(n) = version_number(&variant).filter(|n| *n > 5) {
-                for lower in (5..n).rev() {
+                for lower in (5..n.min(MAX_VARIANT_LEVEL)).rev() {
                     vector.push(with("arm", Some(format!("v{lower}"))));
                 }
             }
@@ -167,7 +174,10 @@ fn fallback_vector(p: &Platform) -> Vec<Platform> {
                 None => (variant.as_str(), None),
             };
             if let Some(mut major) = version_number(major_part).filter(|m| *m >= 8) {
-                let mut minor = minor_part.and_then(|m| m.parse::<u32>().ok()).unwrap_or(0);
+                let mut minor = minor_part
+                    .and_then(|m| m.parse::<u32>().ok())
+                    .unwrap_or(0)
+                    .min(MAX_VARIANT_LEVEL);
                 let arm64_variant = |major: u32, minor: u32| {
                     if minor == 0 {
                         format!("v{major}")

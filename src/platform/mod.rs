@@ -184,8 +184,9 @@ impl std::str::FromStr for Platform {
     }
 }
 
-/// containerd's `FormatAll`: `os[(version[+feature…])]/arch[/variant]`, with `%`, `+`, `(`, `)`
-/// and `/` percent-encoded inside the parentheses so that the output parses back.
+/// containerd's `FormatAll`: `os[(version[+feature…])]/arch[/variant]`, with `%`, `+`, `(`, `)`,
+/// `/` and every other character the parser refuses there percent-encoded inside the parentheses,
+/// so that the output parses back.
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(if self.os.is_empty() {
@@ -270,16 +271,18 @@ fn is_version_char(c: char) -> bool {
     is_specifier_char(c) || c == '+'
 }
 
+/// Every byte outside the specifier characters percent-encoded (`%` → `%25`, `+` → `%2B`, …):
+/// the parser takes nothing else inside the parentheses, and a decoded `%26` is a `&`.
 fn encode_os_option(s: &str) -> String {
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '+' => out.push_str("%2B"),
-            '(' => out.push_str("%28"),
-            ')' => out.push_str("%29"),
-            '/' => out.push_str("%2F"),
-            c => out.push(c),
+        if is_specifier_char(c) {
+            out.push(c);
+        } else {
+            for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                let _ = write!(out, "%{b:02X}");
+            }
         }
     }
     out

@@ -85,6 +85,37 @@ fn parse_table() {
     }
 }
 
+/// Found by the `platform` fuzz target (fuzz/regressions/platform/): an OS version or feature
+/// that decodes to a character outside `[A-Za-z0-9_.-%+]` (`%26` is `&`, `%2A` is `*`, `%10` a
+/// control character) was displayed raw, and the display form did not parse back.
+#[test]
+fn display_encodes_what_the_parser_refuses() {
+    let cases = [
+        (
+            "windows(50%26100)/arm64",
+            "50&100",
+            "windows(50%26100)/arm64",
+        ),
+        ("windows(51%2A.1)", "51*.1", "windows(51%2A.1)/amd64"),
+        (
+            "windows(50%20%25done)",
+            "50 %done",
+            "windows(50%20%25done)/amd64",
+        ),
+        ("windows(50%c3%a9)", "50\u{e9}", "windows(50%C3%A9)/amd64"),
+    ];
+    for (input, version, display) in cases {
+        let got = p(input);
+        assert_eq!(got.os_version.as_deref(), Some(version), "{input}");
+        assert_eq!(got.to_string(), display, "{input}");
+        assert_eq!(p(display), got, "{input}: round trip");
+    }
+    let feature = p("windows(10.0+2%100.1)/amd64");
+    assert_eq!(feature.os_features, ["2\u{10}0.1"]);
+    assert_eq!(feature.to_string(), "windows(10.0+2%100.1)/amd64");
+    assert_eq!(p(&feature.to_string()), feature);
+}
+
 #[test]
 fn colon_and_parenthesis_forms_are_the_same_platform() {
     assert_eq!(
@@ -339,6 +370,41 @@ fn fallback_order() {
     assert!(r("linux/arm/v7") < r("linux/arm/v5"));
     assert_eq!(r("linux/aarch64").fallback(), 0);
     assert_eq!(r("linux/arm/v7").fallback(), 2);
+}
+
+/// Found by the `platform` fuzz target (fuzz/regressions/platform/hang-*): a huge variant level
+/// (`linux/arm64/v9.4444444`, from a client's X-Meta-Platform) made a fallback list of millions
+/// of platforms (seconds and gigabytes for one request; v9.4000000000 would exhaust memory). The
+/// levels are capped: such a variant falls back as if it were v32.
+#[test]
+fn huge_variant_levels_give_a_short_fallback_list() {
+    for wanted in [
+        "linux/arm64/v9.4444444",
+        "linux/arm64/v8.4294967295",
+        "linux/arm64/v4294967295.4294967295",
+        "linux/amd64/v4294967295",
+        "linux/arm/v4294967295",
+    ] {
+        let m = Matcher::only(&p(wanted), WindowsMatch::Process);
+        assert!(
+            m.fallbacks().len() < 200,
+            "{wanted}: {}",
+            m.fallbacks().len()
+        );
+        assert_eq!(
+            m.rank(&p(wanted)).map(|r| r.fallback()),
+            Some(0),
+            "{wanted}"
+        );
+    }
+    let m = Matcher::only(&p("linux/arm64/v9.4000000000"), WindowsMatch::Process);
+    assert!(m.matches(&p("linux/arm64/v9.31")));
+    assert!(m.matches(&p("linux/arm64/v9")));
+    assert!(m.matches(&p("linux/arm64/v8.36")));
+    assert!(m.matches(&p("linux/arm/v7")));
+    assert!(!m.matches(&p("linux/arm64/v9.32")));
+    let m = Matcher::only(&p("linux/amd64/v4000000000"), WindowsMatch::Process);
+    assert!(m.matches(&p("linux/amd64/v4")) && m.matches(&p("linux/386")));
 }
 
 #[test]

@@ -271,10 +271,12 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenParseErro
         .flatten()
         .find(|t| !t.is_empty())
         .ok_or(TokenParseError::NoToken)?;
+    // At most u32::MAX seconds (136 years), fractional or not: the token cache adds the lifetime
+    // to now, which a lifetime near u64::MAX seconds overflows (a panic).
     let lifetime = match raw.expires_in {
         None => DEFAULT_TOKEN_LIFETIME,
         Some(n) => match (n.as_u64(), n.as_f64()) {
-            (Some(secs), _) => Duration::from_secs(secs),
+            (Some(secs), _) => Duration::from_secs(secs.min(u32::MAX.into())),
             // Negative or fractional: clamp into a usable Duration.
             (None, Some(f)) if f.is_finite() && f > 0.0 => {
                 Duration::from_secs_f64(f.min(u32::MAX as f64))
@@ -507,6 +509,15 @@ mod tests {
             (
                 r#"{"token":"t","expires_in":1.5}"#,
                 Ok(("t", Duration::from_millis(1500), None)),
+            ),
+            // Clamped to 136 years, so that now + lifetime cannot overflow.
+            (
+                r#"{"token":"t","expires_in":18446744073709551615}"#,
+                Ok(("t", secs(u32::MAX.into()), None)),
+            ),
+            (
+                r#"{"token":"t","expires_in":1e300}"#,
+                Ok(("t", secs(u32::MAX.into()), None)),
             ),
             (r#"{"expires_in":300}"#, Err(TokenParseError::NoToken)),
             (r#"{"token":""}"#, Err(TokenParseError::NoToken)),

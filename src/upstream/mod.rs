@@ -2,7 +2,7 @@
 //! referrers, with typed results and one error type, `error`) over one exchange (`exchange`:
 //! auth, token cache, redirects, timeouts), a pooled hyper client over rustls (`client_tls`).
 
-mod auth;
+pub(crate) mod auth;
 mod client_tls;
 mod egress;
 mod error;

@@ -1,0 +1,4 @@
+//! AFL++ target `manifest`: see `archway_fuzz::manifest`.
+fn main() {
+    afl::fuzz!(|data: &[u8]| archway_fuzz::manifest(data));
+}
