@@ -657,4 +657,5 @@ async fn stall_limit_ends_stalls_by_closing_the_connection() {
     assert!(r.body_error.is_some(), "the stalled body breaks off");
     assert_eq!(r.body, img.layer_bytes[1].slice(..1000));
     assert_eq!(fake.total(), 0, "no requests recorded");
+    assert_eq!(fake.requests_seen(), 2, "but counted");
 }

@@ -231,6 +231,8 @@ struct State {
     extra_headers: Vec<(http::header::HeaderName, HeaderValue)>,
     /// Faults injected so far, by [`Fault::name`].
     injected: BTreeMap<&'static str, u64>,
+    /// Requests seen, recorded or not.
+    seen: u64,
 }
 
 struct Settings {
@@ -694,6 +696,11 @@ impl FakeRegistry {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Requests seen on both listeners, also when they are not recorded (`record_requests`).
+    pub fn requests_seen(&self) -> u64 {
+        self.shared.lock().seen
+    }
+
     /// Faults injected so far, by [`Fault::name`].
     pub fn faults_injected(&self) -> BTreeMap<&'static str, u64> {
         self.shared.lock().injected.clone()
@@ -1045,6 +1052,7 @@ async fn handle(
     let stall_limit = shared.settings.stall_limit;
     let (delay, early_fault) = {
         let mut st = shared.lock();
+        st.seen += 1;
         if shared.settings.record_requests {
             st.requests.push(Recorded {
                 listener: which,
