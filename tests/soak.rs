@@ -1334,6 +1334,24 @@ fn memory(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// The kernel's TCP counters of this network namespace (`/proc/net/netstat`, `TcpExt:`) that say
+/// when connections beyond `max_connections` overflowed the listen queue: those the kernel
+/// dropped never reach archway.
+fn listen_queue_counters() -> BTreeMap<String, u64> {
+    const WANTED: [&str; 3] = ["ListenOverflows", "ListenDrops", "SyncookiesSent"];
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let mut out = BTreeMap::new();
+    if let [names, values] = rows.as_slice() {
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            if WANTED.contains(&n) {
+                out.insert(n.to_owned(), v.parse().unwrap_or(0));
+            }
+        }
+    }
+    out
+}
+
 fn open_fds(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
@@ -1516,6 +1534,8 @@ struct Report<'a> {
     faults: BTreeMap<&'static str, u64>,
     samples: &'a Samples,
     upstream_saw: u64,
+    /// Growth of the kernel's listen-queue counters over the run.
+    kernel: Vec<(String, u64)>,
     /// Rows from archway's own `/metrics`.
     archway_rows: Vec<(String, String)>,
     exited: Option<String>,
@@ -1601,6 +1621,14 @@ impl Report<'_> {
         for (what, value) in &self.archway_rows {
             row(what, value.clone());
         }
+        row(
+            "kernel (loopback's network namespace, whole machine): listen queue overflows, drops, SYN cookies sent",
+            self.kernel
+                .iter()
+                .map(|(_, n)| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" / "),
+        );
         let sm = self.samples;
         row(
             "archway RSS: start / peak / end",
@@ -1745,6 +1773,7 @@ async fn fault_soak() {
         s.hwm = hwm;
     }
 
+    let kernel_before = listen_queue_counters();
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();
     let ctx = Arc::new(Ctx {
@@ -1794,6 +1823,17 @@ async fn fault_soak() {
         }
     }
     let ran = started.elapsed();
+    let kernel: Vec<(String, u64)> = ["ListenOverflows", "ListenDrops", "SyncookiesSent"]
+        .iter()
+        .map(|k| {
+            let grew = listen_queue_counters()
+                .get(*k)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(kernel_before.get(*k).copied().unwrap_or(0));
+            (k.to_string(), grew)
+        })
+        .collect();
     // The run is over: connection phases let go of their sockets at once; pulls finish the
     // exchange they are in (bounded by the client timeout).
     let _ = stop_tx.send(true);
@@ -1878,6 +1918,7 @@ async fn fault_soak() {
         faults: ctx.fake.faults_injected(),
         samples: &samples,
         upstream_saw: ctx.fake.requests_seen(),
+        kernel,
         archway_rows,
         exited: exited.clone(),
         panics,
