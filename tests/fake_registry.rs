@@ -554,3 +554,108 @@ async fn raw_requests_reach_the_fake_verbatim() {
     assert!(String::from_utf8_lossy(&body).contains("NOT_FOUND"));
     assert_eq!(fake.requests()[0].path, "/v2/../../etc/passwd");
 }
+
+/// Reads from a raw socket until EOF or an error; returns what arrived and the error's kind.
+async fn read_raw(s: &mut tokio::net::TcpStream) -> (Vec<u8>, Option<std::io::ErrorKind>) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Err(_) => panic!("the fake neither answered nor closed"),
+            Ok(Ok(0)) => return (got, None),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return (got, Some(e.kind())),
+        }
+    }
+}
+
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    s
+}
+
+#[tokio::test]
+async fn reset_answers_nothing_and_resets_the_connection() {
+    let fake = FakeRegistry::start().await;
+    let img = fake.sample_image("f/r", "v1", 12);
+    fake.fault_times(Some(Kind::Blob), Fault::Reset, 1);
+    let path = format!("/v2/f/r/blobs/{}", img.layers[1]);
+    let mut s = raw_get(fake.addr(), &path).await;
+    let (got, err) = read_raw(&mut s).await;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert_eq!(err, Some(std::io::ErrorKind::ConnectionReset));
+    assert_eq!(fake.faults_injected().get("reset before headers"), Some(&1));
+    let r = TestClient::new()
+        .get(&format!("{}{path}", fake.url()))
+        .await;
+    assert_eq!(r.body, img.layer_bytes[1], "one-shot");
+}
+
+#[tokio::test]
+async fn reset_body_sends_head_and_part_then_resets() {
+    let fake = FakeRegistry::start().await;
+    let img = fake.sample_image("f/rb", "v1", 13);
+    fake.fault_times(Some(Kind::Blob), Fault::ResetBody { sent: 3000 }, 1);
+    let mut s = raw_get(fake.addr(), &format!("/v2/f/rb/blobs/{}", img.layers[1])).await;
+    let (got, err) = read_raw(&mut s).await;
+    assert_eq!(err, Some(std::io::ErrorKind::ConnectionReset));
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("content-length: 40000"), "{text}");
+    let split = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    // What arrived before the reset is a prefix of the 3000 bytes sent (a RST may discard some).
+    let body = &got[split..];
+    assert!(body.len() <= 3000);
+    assert_eq!(body, &img.layer_bytes[1][..body.len()]);
+}
+
+#[tokio::test]
+async fn slow_body_trickles_the_right_bytes() {
+    let fake = FakeRegistry::start().await;
+    let img = fake.sample_image("f/s", "v1", 14);
+    fake.fault_times(
+        Some(Kind::Blob),
+        Fault::SlowBody {
+            chunk: 10_000,
+            every: Duration::from_millis(100),
+        },
+        1,
+    );
+    let started = Instant::now();
+    let r = TestClient::new()
+        .get(&format!("{}/v2/f/s/blobs/{}", fake.url(), img.layers[1]))
+        .await;
+    assert!(r.complete());
+    assert_eq!(r.header("content-length"), Some("40000"));
+    assert_eq!(r.body, img.layer_bytes[1]);
+    assert!(started.elapsed() >= Duration::from_millis(300), "4 chunks");
+    assert_eq!(fake.faults_injected().get("slow body"), Some(&1));
+}
+
+#[tokio::test]
+async fn stall_limit_ends_stalls_by_closing_the_connection() {
+    let fake = FakeRegistry::builder()
+        .stall_limit(Duration::from_millis(300))
+        .record_requests(false)
+        .start()
+        .await;
+    let img = fake.sample_image("f/l", "v1", 15);
+    let path = format!("/v2/f/l/blobs/{}", img.layers[1]);
+    fake.fault_times(Some(Kind::Blob), Fault::StallHeaders, 1);
+    let mut s = raw_get(fake.addr(), &path).await;
+    let (got, _) = read_raw(&mut s).await;
+    assert!(got.is_empty());
+    fake.fault_times(Some(Kind::Blob), Fault::StallBody { sent: 1000 }, 1);
+    let r = TestClient::new()
+        .get(&format!("{}{path}", fake.url()))
+        .await;
+    assert!(r.body_error.is_some(), "the stalled body breaks off");
+    assert_eq!(r.body, img.layer_bytes[1].slice(..1000));
+    assert_eq!(fake.total(), 0, "no requests recorded");
+    assert_eq!(fake.requests_seen(), 2, "but counted");
+}

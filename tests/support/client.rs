@@ -92,6 +92,17 @@ impl TestClient {
         }
     }
 
+    /// Drop pooled connections unused for `idle` (keep it below the server's idle timeout, or a
+    /// request may go out on a connection the server is closing).
+    pub fn with_pool_idle_timeout(mut self, idle: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        self.inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(idle)
+            .build(connector);
+        self
+    }
+
     /// Give up on a whole exchange (headers and body) after `t`.
     pub fn with_timeout(mut self, t: Duration) -> Self {
         self.timeout = t;

@@ -131,6 +131,13 @@ pub enum Fault {
     ClaimLength(u64),
     /// No Content-Length and a body that never ends (counted in `endless_bytes_sent`).
     Endless,
+    /// Read the request, then reset the connection (TCP RST, no answer).
+    Reset,
+    /// Send headers (full Content-Length) and the first `sent` body bytes, then reset the
+    /// connection (TCP RST).
+    ResetBody { sent: usize },
+    /// The right bytes with their Content-Length, `chunk` bytes at a time, `every` apart.
+    SlowBody { chunk: usize, every: Duration },
 }
 
 impl Fault {
@@ -158,7 +165,29 @@ impl Fault {
                 | Fault::NoLengthWrongBytes
                 | Fault::ClaimLength(_)
                 | Fault::Endless
+                | Fault::ResetBody { .. }
+                | Fault::SlowBody { .. }
         )
+    }
+
+    /// A short name of the fault's kind, for counting (`faults_injected`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fault::Status { status: 429, .. } => "429",
+            Fault::Status { status, .. } if *status >= 500 => "5xx",
+            Fault::Status { .. } => "other status",
+            Fault::StallHeaders => "stalled headers",
+            Fault::StallBody { .. } => "stalled body",
+            Fault::Truncate { .. } => "truncated body",
+            Fault::WrongBytes => "wrong bytes",
+            Fault::NoLength => "no length",
+            Fault::NoLengthWrongBytes => "no length, wrong bytes",
+            Fault::ClaimLength(_) => "lying length",
+            Fault::Endless => "endless body",
+            Fault::Reset => "reset before headers",
+            Fault::ResetBody { .. } => "reset in body",
+            Fault::SlowBody { .. } => "slow body",
+        }
     }
 }
 
@@ -200,6 +229,10 @@ struct State {
     delays: Vec<(Option<Kind>, Duration)>,
     /// Added to every answer of the registry listener (e.g. Docker Hub's `ratelimit-remaining`).
     extra_headers: Vec<(http::header::HeaderName, HeaderValue)>,
+    /// Faults injected so far, by [`Fault::name`].
+    injected: BTreeMap<&'static str, u64>,
+    /// Requests seen, recorded or not.
+    seen: u64,
 }
 
 struct Settings {
@@ -207,6 +240,11 @@ struct Settings {
     token_ttl: Duration,
     credentials: Option<(String, String)>,
     redirect_blobs: bool,
+    /// Keep every request in `requests` (off for long runs: the counters then see nothing).
+    record_requests: bool,
+    /// Stalls (headers, bodies, lying lengths) end after this by closing the connection;
+    /// `None`: they last until the fake stops.
+    stall_limit: Option<Duration>,
 }
 
 struct Shared {
@@ -254,6 +292,20 @@ impl FakeRegistryBuilder {
     /// Answer blob GETs with 307 to the CDN listener.
     pub fn redirect_blobs(mut self, on: bool) -> Self {
         self.settings.redirect_blobs = on;
+        self
+    }
+
+    /// Keep no record of requests (`requests`, `count`, … then see none): for long runs, whose
+    /// records would grow without bound. On by default.
+    pub fn record_requests(mut self, on: bool) -> Self {
+        self.settings.record_requests = on;
+        self
+    }
+
+    /// End every stall after `limit` by closing (resetting) the connection, so that stalled
+    /// requests do not pile up in a long run. Default: stalls last until the fake stops.
+    pub fn stall_limit(mut self, limit: Duration) -> Self {
+        self.settings.stall_limit = Some(limit);
         self
     }
 
@@ -319,6 +371,8 @@ impl FakeRegistry {
                 token_ttl: Duration::from_secs(60),
                 credentials: None,
                 redirect_blobs: false,
+                record_requests: true,
+                stall_limit: None,
             },
         }
     }
@@ -442,6 +496,18 @@ impl FakeRegistry {
         seed: u64,
         platforms: &[&str],
     ) -> SampleIndex {
+        self.sample_index_sized(repo, tag, seed, platforms, &[2_000, 5_000])
+    }
+
+    /// Like [`sample_index`](Self::sample_index) with chosen layer sizes (for every platform).
+    pub fn sample_index_sized(
+        &self,
+        repo: &str,
+        tag: &str,
+        seed: u64,
+        platforms: &[&str],
+        layer_sizes: &[usize],
+    ) -> SampleIndex {
         let mut images = Vec::new();
         let mut descriptors = Vec::new();
         for (i, p) in platforms.iter().enumerate() {
@@ -449,7 +515,7 @@ impl FakeRegistry {
                 repo,
                 None,
                 seed.wrapping_mul(1000).wrapping_add(i as u64),
-                &[2_000, 5_000],
+                layer_sizes,
                 p,
                 OCI_MANIFEST,
                 OCI_CONFIG,
@@ -630,6 +696,16 @@ impl FakeRegistry {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Requests seen on both listeners, also when they are not recorded (`record_requests`).
+    pub fn requests_seen(&self) -> u64 {
+        self.shared.lock().seen
+    }
+
+    /// Faults injected so far, by [`Fault::name`].
+    pub fn faults_injected(&self) -> BTreeMap<&'static str, u64> {
+        self.shared.lock().injected.clone()
+    }
+
     /// Forget requests, token requests and connections seen so far.
     pub fn reset_counts(&self) {
         let mut st = self.shared.lock();
@@ -674,7 +750,10 @@ impl FakeRegistry {
 
     /// Inject `fault` into the next `times` matching requests only.
     pub fn fault_times(&self, kind: Option<Kind>, fault: Fault, times: usize) {
-        self.shared.lock().faults.push(FaultRule {
+        let mut st = self.shared.lock();
+        // Used-up rules never match again: drop them, so that a long run's list stays short.
+        st.faults.retain(|r| r.remaining != Some(0));
+        st.faults.push(FaultRule {
             kind,
             fault,
             remaining: Some(times),
@@ -766,18 +845,89 @@ async fn accept_loop(
         let shared = shared.clone();
         let mut conn_stop = stop.clone();
         tokio::spawn(async move {
+            let ctl = Arc::new(ConnCtl::default());
             let svc_shared = shared.clone();
             let svc_stop = conn_stop.clone();
-            let svc =
-                service_fn(move |req| handle(svc_shared.clone(), which, svc_stop.clone(), req));
+            let svc_ctl = ctl.clone();
+            let svc = service_fn(move |req| {
+                handle(
+                    svc_shared.clone(),
+                    which,
+                    svc_stop.clone(),
+                    svc_ctl.clone(),
+                    req,
+                )
+            });
             let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(sock), svc);
-            // Dropping the connection future on stop closes the socket.
+            let io = ResettableIo {
+                inner: sock,
+                ctl: ctl.clone(),
+            };
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
+            // Dropping the connection future on stop (or on a reset) closes the socket.
             tokio::select! {
                 _ = conn => {}
                 _ = conn_stop.wait_for(|s| *s) => {}
+                _ = ctl.notify.notified() => {}
             }
         });
+    }
+}
+
+/// Lets a request reset its own connection: [`reset`](Self::reset) makes the connection task
+/// drop the connection, and the socket is then closed with a zero linger (a TCP RST).
+#[derive(Default)]
+pub struct ConnCtl {
+    reset: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl ConnCtl {
+    fn reset(&self) {
+        self.reset.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+}
+
+/// A connection's socket that ends in a RST instead of a FIN when its [`ConnCtl`] says reset.
+struct ResettableIo {
+    inner: tokio::net::TcpStream,
+    ctl: Arc<ConnCtl>,
+}
+
+impl Drop for ResettableIo {
+    fn drop(&mut self) {
+        if self.ctl.reset.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.inner.set_zero_linger();
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for ResettableIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ResettableIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -890,6 +1040,7 @@ async fn handle(
     shared: Arc<Shared>,
     which: Listener,
     mut stop: watch::Receiver<bool>,
+    ctl: Arc<ConnCtl>,
     req: Request<Incoming>,
 ) -> Result<Response<FakeBody>, Infallible> {
     let path = req.uri().path().to_owned();
@@ -898,17 +1049,21 @@ async fn handle(
         Listener::Cdn => (Kind::Cdn, None, None),
         Listener::Registry => classify(&path),
     };
+    let stall_limit = shared.settings.stall_limit;
     let (delay, early_fault) = {
         let mut st = shared.lock();
-        st.requests.push(Recorded {
-            listener: which,
-            method: req.method().clone(),
-            path: path.clone(),
-            query: query.clone(),
-            kind,
-            repo: repo.clone(),
-            headers: req.headers().clone(),
-        });
+        st.seen += 1;
+        if shared.settings.record_requests {
+            st.requests.push(Recorded {
+                listener: which,
+                method: req.method().clone(),
+                path: path.clone(),
+                query: query.clone(),
+                kind,
+                repo: repo.clone(),
+                headers: req.headers().clone(),
+            });
+        }
         let delay = st
             .delays
             .iter()
@@ -941,13 +1096,34 @@ async fn handle(
             return Ok(r);
         }
         Some(Fault::StallHeaders) => {
-            let _ = stop.wait_for(|s| *s).await;
+            match stall_limit {
+                None => {
+                    let _ = stop.wait_for(|s| *s).await;
+                }
+                Some(limit) => {
+                    let stopped = tokio::select! {
+                        _ = stop.wait_for(|s| *s) => true,
+                        _ = tokio::time::sleep(limit) => false,
+                    };
+                    if !stopped {
+                        ctl.reset();
+                        let never: Infallible = std::future::pending().await;
+                        match never {}
+                    }
+                }
+            }
             // Never reached in practice: the connection is dropped on stop.
             return Ok(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "UNAVAILABLE",
                 "stopped",
             ));
+        }
+        Some(Fault::Reset) => {
+            ctl.reset();
+            // The connection task drops this request with its connection.
+            let never: Infallible = std::future::pending().await;
+            match never {}
         }
         _ => {}
     }
@@ -997,9 +1173,9 @@ async fn handle(
                         bytes.iter().map(|b| b ^ 0x5a).collect::<Vec<u8>>(),
                     )),
                 },
-                Fault::ClaimLength(_) => FakeBody::Stall {
-                    data: Some(bytes.slice(..bytes.len().min(1024))),
-                },
+                Fault::ClaimLength(_) => {
+                    FakeBody::stall(bytes.slice(..bytes.len().min(1024)), stall_limit)
+                }
                 Fault::Endless => FakeBody::Endless {
                     counter: shared.endless_sent.clone(),
                 },
@@ -1010,8 +1186,19 @@ async fn handle(
                     data: Some(bytes.slice(..sent.min(bytes.len()))),
                     sleep: None,
                 },
-                Fault::StallBody { sent } => FakeBody::Stall {
+                Fault::StallBody { sent } => {
+                    FakeBody::stall(bytes.slice(..sent.min(bytes.len())), stall_limit)
+                }
+                Fault::ResetBody { sent } => FakeBody::Reset {
                     data: Some(bytes.slice(..sent.min(bytes.len()))),
+                    sleep: None,
+                    ctl,
+                },
+                Fault::SlowBody { chunk, every } => FakeBody::Slow {
+                    rest: bytes,
+                    chunk: chunk.max(1),
+                    every,
+                    sleep: None,
                 },
                 _ => FakeBody::full(bytes),
             };
@@ -1031,7 +1218,9 @@ fn take_fault(st: &mut State, kind: Kind, body_phase: bool) -> Option<Fault> {
     if let Some(n) = rule.remaining.as_mut() {
         *n -= 1;
     }
-    Some(rule.fault.clone())
+    let fault = rule.fault.clone();
+    *st.injected.entry(fault.name()).or_default() += 1;
+    Some(fault)
 }
 
 fn challenge(shared: &Shared, repo: Option<&str>) -> Response<FakeBody> {
@@ -1581,9 +1770,24 @@ pub enum FakeBody {
         data: Option<Bytes>,
         sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     },
-    /// Sends `data`, then never anything more.
+    /// Sends `data`, then never anything more (or, with `until`, fails when it fires, which
+    /// closes the connection).
     Stall {
         data: Option<Bytes>,
+        until: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+    /// Sends `data`, then waits a moment (so hyper flushes it) and resets the connection.
+    Reset {
+        data: Option<Bytes>,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+        ctl: Arc<ConnCtl>,
+    },
+    /// Sends `rest` `chunk` bytes at a time, `every` apart.
+    Slow {
+        rest: Bytes,
+        chunk: usize,
+        every: Duration,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     },
     /// Sends `data` with no size hint (so hyper frames it chunked), then ends.
     Chunks {
@@ -1598,6 +1802,13 @@ pub enum FakeBody {
 impl FakeBody {
     fn full(b: Bytes) -> FakeBody {
         FakeBody::Full(Some(b))
+    }
+
+    fn stall(data: Bytes, limit: Option<Duration>) -> FakeBody {
+        FakeBody::Stall {
+            data: Some(data),
+            until: limit.map(|l| Box::pin(tokio::time::sleep(l))),
+        }
     }
 }
 
@@ -1629,11 +1840,55 @@ impl hyper::body::Body for FakeBody {
                     None => Poll::Ready(Some(Err(std::io::Error::other("fake: truncated body")))),
                 }
             }
-            FakeBody::Stall { data } => match data.take() {
+            FakeBody::Stall { data, until } => match data.take() {
                 Some(d) if !d.is_empty() => Poll::Ready(Some(Ok(Frame::data(d)))),
-                // Nothing will ever wake this: the body stalls until the connection is dropped.
-                _ => Poll::Pending,
+                _ => match until.as_mut() {
+                    Some(u) => match u.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            Poll::Ready(Some(Err(std::io::Error::other("fake: stall ended"))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    },
+                    // Nothing will ever wake this: the body stalls until the connection is
+                    // dropped.
+                    None => Poll::Pending,
+                },
             },
+            FakeBody::Reset { data, sleep, ctl } => {
+                if let Some(d) = data.take() {
+                    *sleep = Some(Box::pin(tokio::time::sleep(Duration::from_millis(50))));
+                    if !d.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(d))));
+                    }
+                }
+                if let Some(s) = sleep.as_mut() {
+                    if s.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                ctl.reset();
+                // The connection task drops the connection (and this body) now.
+                Poll::Pending
+            }
+            FakeBody::Slow {
+                rest,
+                chunk,
+                every,
+                sleep,
+            } => {
+                if rest.is_empty() {
+                    return Poll::Ready(None);
+                }
+                if let Some(s) = sleep.as_mut() {
+                    if s.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                let n = (*chunk).min(rest.len());
+                let piece = rest.split_to(n);
+                *sleep = Some(Box::pin(tokio::time::sleep(*every)));
+                Poll::Ready(Some(Ok(Frame::data(piece))))
+            }
             FakeBody::Chunks { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             FakeBody::Endless { counter } => {
                 counter.fetch_add(64 << 10, std::sync::atomic::Ordering::Relaxed);
@@ -1643,7 +1898,11 @@ impl hyper::body::Body for FakeBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, FakeBody::Full(None))
+        match self {
+            FakeBody::Full(None) => true,
+            FakeBody::Slow { rest, .. } => rest.is_empty(),
+            _ => false,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
