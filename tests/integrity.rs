@@ -278,6 +278,37 @@ async fn a_cache_that_cannot_write_serves_blobs_uncached() {
     assert_eq!(h.fake.count("GET", Kind::Blob), 3, "nothing kept");
 }
 
+/// A disk short of `cache.min_free_space` keeps nothing more: blobs are still served, verified,
+/// straight from upstream.
+#[tokio::test]
+async fn a_disk_short_of_min_free_space_serves_blobs_uncached() {
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        // More than any disk has free: every download finds the disk "too full".
+        c.cache.min_free_space = u64::MAX / 4;
+    })
+    .await;
+    let img = h
+        .fake
+        .sample_image_sized("lib/app", Some("v1"), 12, &[200_000]);
+    let path = format!("/v2/lib/app/blobs/{}", img.layers[0]);
+    for _ in 0..2 {
+        let r = h.get(&path).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert!(r.complete());
+        assert_eq!(r.body, img.layer_bytes[0]);
+    }
+    committed(&h).await;
+    assert!(
+        !blob_file(&h.data_dir(), &img.layers[0]).exists(),
+        "nothing kept"
+    );
+    assert_eq!(
+        h.fake.count("GET", Kind::Blob),
+        2,
+        "each served from upstream"
+    );
+}
+
 /// A blob upstream serves wrong is remembered: a burst of requests for it makes one upstream
 /// request, not one each (for `cache.negative_ttl`).
 #[tokio::test]

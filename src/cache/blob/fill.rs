@@ -84,6 +84,16 @@ impl FillTask {
         Fut: Future<Output = Result<IncomingBlob, SourceError>>,
     {
         let digest = self.fill.digest.clone();
+        // A disk already inside its reserve is known before upstream is asked, too.
+        let reserve = self.env.min_free_space;
+        if let Some(free) = self.env.catalog.free_space().filter(|free| *free < reserve) {
+            let e = FillError::Storage(format!(
+                "not enough free disk space to cache blob {digest} ({free} bytes free, less than cache.min_free_space)"
+            ));
+            tracing::warn!(%digest, free, reserve, "disk inside cache.min_free_space; blob not cached");
+            self.abandon(Phase::HeadFailed(e));
+            return;
+        }
         // The temp file first: a cache that cannot write is known before upstream is asked, so
         // the caller's uncached answer makes the only upstream request.
         let catalog = self.env.catalog.clone();
