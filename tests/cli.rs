@@ -401,3 +401,32 @@ async fn sigterm_does_not_wait_on_idle_connections() {
         started.elapsed()
     );
 }
+
+/// `[storage]` with no credentials anywhere and instance metadata turned off is refused at
+/// start, naming the keys to set; the error carries no secret because there is none to carry.
+#[test]
+fn storage_without_credentials_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        free_port(),
+        "http://127.0.0.1:9",
+        "[storage]\ns3_bucket = \"archway\"\ns3_endpoint = \"http://127.0.0.1:9\"\ns3_path_style = true\n",
+    );
+    let mut cmd = archway();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .env("HOME", dir.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("storage.s3_access_key_id"), "{stderr}");
+}

@@ -131,7 +131,8 @@ impl Bucket {
                 .with_secret_access_key(secret),
             None => {
                 let env = AmazonS3Builder::from_env();
-                let env_keys = std::env::var_os("AWS_ACCESS_KEY_ID").is_some();
+                let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+                let env_keys = set("AWS_ACCESS_KEY_ID");
                 match (env_keys, credentials::load()) {
                     (false, Some(k)) => {
                         let b = env
@@ -141,6 +142,31 @@ impl Bucket {
                             Some(t) => b.with_token(t),
                             None => b,
                         }
+                    }
+                    (false, None) => {
+                        let other = [
+                            "AWS_WEB_IDENTITY_TOKEN_FILE",
+                            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                        ]
+                        .iter()
+                        .any(|v| set(v));
+                        // object_store would fall back to the instance metadata service, which the
+                        // AWS tools skip when told to; so does archway, with a clear error.
+                        let imds_off = std::env::var("AWS_EC2_METADATA_DISABLED")
+                            .is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+                        if !other && imds_off {
+                            return Err(BucketError::Failed {
+                                op: "configure",
+                                message: "no S3 credentials: set storage.s3_access_key_id and \
+                                          storage.s3_secret_access_key (or their _file keys), \
+                                          AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a shared \
+                                          credentials file or a web identity token; instance \
+                                          metadata is off (AWS_EC2_METADATA_DISABLED=true)"
+                                    .into(),
+                            });
+                        }
+                        env
                     }
                     _ => env,
                 }
