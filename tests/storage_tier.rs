@@ -185,6 +185,13 @@ async fn upstream_fills_are_copied_and_a_replica_with_an_empty_disk_reads_the_bu
     // Another replica, its disk empty: every blob from the bucket, verified, kept in its L1.
     let b_dir = tempfile::tempdir().unwrap();
     let b = open_store(b_dir.path(), Some(bucket_over(s3.clone(), seen.clone())));
+    // A HEAD there is answered from the bucket without a download.
+    assert_eq!(
+        b.head_in_bucket(&Digest::sha256_of(&large)).await,
+        Some(large.len() as u64)
+    );
+    assert_eq!(b.head_in_bucket(&Digest::sha256_of(b"absent")).await, None);
+    assert_eq!(b.stats().fills_started, 0);
     for data in [&small, &large] {
         let digest = Digest::sha256_of(data);
         let blob = b.get_or_fill(&digest, no_upstream()).await.unwrap();
