@@ -204,8 +204,10 @@ impl FillTask {
             Ok(Ok(())) => {
                 tracing::debug!(%digest, bytes = written, "blob committed");
                 self.settled = true;
-                self.fill.publish(|s| s.phase = Phase::Done);
+                // Queued before `Done` is published, so a shutdown that waits for commits sees
+                // the copy too.
                 self.copy_to_bucket(written);
+                self.fill.publish(|s| s.phase = Phase::Done);
             }
             // The bytes were verified and readers hold the open file, so they finish; the blob
             // just isn't kept, and the next request downloads it again.

@@ -220,6 +220,8 @@ impl BlobStore {
     /// Waits (at most `limit`) until every download whose bytes are verified is committed, so
     /// that a shutdown right after a pull keeps the blob. Downloads still receiving are left:
     /// they end with the process and their temp files are cleared at the next start.
+    /// With `[storage]`, then waits (within the same limit) for the copies to the bucket those
+    /// commits started, and any other background write to it.
     pub async fn finish_commits(&self, limit: std::time::Duration) {
         let committing: Vec<_> = {
             let state = self.catalog.lock();
@@ -235,8 +237,12 @@ impl BlobStore {
                 let _ = rx.wait_for(|s| s.is_terminal()).await;
             }
         };
+        let deadline = tokio::time::Instant::now() + limit;
         if tokio::time::timeout(limit, wait).await.is_err() {
             tracing::warn!("shutdown: blob commits still running after {limit:?}");
+        }
+        if let Some(bucket) = &self.bucket {
+            bucket.finish_writes(deadline).await;
         }
     }
 

@@ -11,6 +11,9 @@ pub enum BucketError {
     /// The bucket answered with an error, or could not be reached.
     #[error("storage {op} failed: {message}")]
     Failed { op: &'static str, message: String },
+    /// No object under the key (the bucket answered 404); read calls turn it into `None`.
+    #[error("storage {op}: no such object")]
+    NotFound { op: &'static str },
     /// The object is there but is not what its key says (wrong digest, bad record, too large).
     #[error("storage object {key} is damaged: {why}")]
     Damaged { key: String, why: String },

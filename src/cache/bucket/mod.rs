@@ -260,7 +260,7 @@ impl Bucket {
             .await;
         let got = match got {
             Ok(got) => got,
-            Err(BucketError::Failed { message, .. }) if message == NOT_FOUND => return Ok(None),
+            Err(BucketError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let content_type = got
@@ -343,7 +343,7 @@ impl Bucket {
             .await
         {
             Ok(meta) => Ok(Some(meta.size)),
-            Err(BucketError::Failed { message, .. }) if message == NOT_FOUND => Ok(None),
+            Err(BucketError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -425,6 +425,21 @@ impl Bucket {
         self.pending.load(Ordering::Acquire)
     }
 
+    /// Waits until no background write is queued or running, or `deadline`: at shutdown, so
+    /// that what this replica fetched reaches the other replicas.
+    pub async fn finish_writes(&self, deadline: tokio::time::Instant) {
+        while self.pending_writes() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    pending = self.pending_writes(),
+                    "shutdown: copies to storage still running; left undone"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `f` within `limit`, timed and counted under `op`.
     async fn timed<T>(
         &self,
@@ -437,13 +452,9 @@ impl Bucket {
         let elapsed = started.elapsed();
         let (status, out) = match result {
             Ok(Ok(v)) => ("ok", Ok(v)),
-            Ok(Err(object_store::Error::NotFound { .. })) => (
-                "not_found",
-                Err(BucketError::Failed {
-                    op,
-                    message: NOT_FOUND.into(),
-                }),
-            ),
+            Ok(Err(object_store::Error::NotFound { .. })) => {
+                ("not_found", Err(BucketError::NotFound { op }))
+            }
             Ok(Err(e)) => (
                 "error",
                 Err(BucketError::Failed {
@@ -457,9 +468,6 @@ impl Bucket {
         out
     }
 }
-
-/// The marker `timed` uses for a missing object (callers turn it into `None`/`false`).
-const NOT_FOUND: &str = "not found";
 
 /// A multipart upload in progress; dropped without `complete`, it is aborted by the caller
 /// (`abort`), and a bucket lifecycle rule clears what a crash leaves.
