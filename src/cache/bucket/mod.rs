@@ -314,21 +314,32 @@ impl Bucket {
         }
         let content_type = object.content_type;
         let mut body = object.body;
-        let mut out = Vec::with_capacity(usize::try_from(object.size).unwrap_or(0));
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| BucketError::Failed {
-                op: "GetObject",
-                message: e.to_string(),
-            })?;
-            out.extend_from_slice(&chunk);
-            if out.len() as u64 > max {
-                return Err(BucketError::Damaged {
-                    key: key.to_string(),
-                    why: format!("longer than {max} bytes"),
-                });
+        let read = async {
+            let mut out = Vec::with_capacity(usize::try_from(object.size).unwrap_or(0));
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| BucketError::Failed {
+                    op: "GetObject",
+                    message: e.to_string(),
+                })?;
+                out.extend_from_slice(&chunk);
+                if out.len() as u64 > max {
+                    return Err(BucketError::Damaged {
+                        key: key.to_string(),
+                        why: format!("longer than {max} bytes"),
+                    });
+                }
             }
-        }
-        Ok(Some((Bytes::from(out), content_type)))
+            Ok(Bytes::from(out))
+        };
+        // A small object trickling in chunk by chunk must not hold a request for long either:
+        // the whole body within the timeout too.
+        let bytes = tokio::time::timeout(self.timeout, read)
+            .await
+            .map_err(|_| BucketError::Timeout {
+                op: "GetObject",
+                after: self.timeout,
+            })??;
+        Ok(Some((bytes, content_type)))
     }
 
     /// Whether `key` exists (HEAD).
