@@ -451,3 +451,55 @@ async fn tag_records_are_shared_and_the_newest_confirmation_wins() {
         .await;
     assert_eq!(c.get(&tag_key()), Some(newer));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_that_accepts_and_never_answers_costs_one_timeout() {
+    // Accepts connections, reads nothing, answers nothing: a blackholed endpoint.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            keep.lock().unwrap().push(conn);
+        }
+    });
+    let seen = Arc::new(Seen::default());
+    let settings = BucketSettings {
+        bucket: "archway".into(),
+        prefix: String::new(),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        region: "us-east-1".into(),
+        path_style: true,
+        keys: Some(("test".into(), "test".into())),
+        timeout: Duration::from_secs(1),
+        upload_timeout: Duration::from_secs(1),
+        max_uploads: 2,
+        upload_queue: 8,
+        part_size: PART,
+    };
+    let bucket = Arc::new(Bucket::open(&settings, seen.clone()).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), Some(bucket));
+    let data = sample(50 << 10, 5);
+    let digest = Digest::sha256_of(&data);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let blob = store
+        .get_or_fill(&digest, upstream(data.clone(), calls.clone()))
+        .await
+        .unwrap();
+    assert_eq!(read_all(&blob).await.unwrap(), data);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "one s3_timeout (1 s), then upstream: {took:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.count("bypassed/blob_read"), 1);
+    assert_eq!(
+        seen.count("GetObject/timeout") + seen.count("GetObject/error"),
+        1
+    );
+    assert!(!held.lock().unwrap().is_empty(), "the bucket was tried");
+}
