@@ -450,6 +450,14 @@ async fn tag_records_are_shared_and_the_newest_confirmation_wins() {
     c.adopt_from_bucket(&tag_key(), Duration::from_millis(1))
         .await;
     assert_eq!(c.get(&tag_key()), Some(newer));
+
+    // Upstream said 404 to this replica: the bucket's older record does not bring the tag back
+    // while the 404 is remembered.
+    c.mark_missing(&tag_key(), Duration::from_secs(60)).await;
+    c.adopt_from_bucket(&tag_key(), Duration::from_millis(1))
+        .await;
+    assert_eq!(c.get(&tag_key()), None);
+    assert!(c.is_known_missing(&tag_key()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,10 @@ impl TagStore {
     /// `ttl`: it is still the best answer for stale-if-error. A failing bucket changes nothing.
     pub async fn adopt_from_bucket(&self, key: &TagKey, ttl: Duration) {
         let Some(bucket) = &self.bucket else { return };
+        // Upstream said 404 lately: a record from before that must not bring the tag back.
+        if self.is_known_missing(key) {
+            return;
+        }
         let local = self.get(key);
         if local
             .as_ref()
