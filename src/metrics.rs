@@ -6,6 +6,7 @@
 //! name freely) are capped at [`MAX_PLATFORM_LABELS`] distinct values.
 
 use crate::cache::blob::{BlobStore, BlobStoreStats};
+use crate::cache::bucket::StorageObserver;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -70,6 +71,22 @@ struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StorageOpLabels {
+    op: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhatLabels {
+    what: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -81,6 +98,27 @@ struct RewriteLabels {
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+impl StorageObserver for Metrics {
+    fn operation(&self, op: &'static str, status: &'static str, elapsed: Duration) {
+        self.storage_operations
+            .get_or_create(&StorageOpLabels { op, status })
+            .inc();
+        self.storage_duration
+            .get_or_create(&OpLabels { op })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn blob_fill(&self, source: &'static str) {
+        Metrics::blob_fill(self, source);
+    }
+
+    fn bypassed(&self, what: &'static str) {
+        self.storage_bypassed
+            .get_or_create(&WhatLabels { what })
+            .inc();
+    }
+}
 
 /// How an upstream exchange ended, for the `status` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +146,10 @@ pub struct Metrics {
     connections_open: Gauge,
     connections_closed: Family<ReasonLabels, Counter>,
     blob_store: Arc<BlobStoreCollector>,
+    storage_operations: Family<StorageOpLabels, Counter>,
+    storage_duration: HistogramFamily<OpLabels>,
+    storage_bypassed: Family<WhatLabels, Counter>,
+    blob_fills: Family<SourceLabels, Counter>,
     platforms: Mutex<HashSet<String>>,
 }
 
@@ -196,6 +238,31 @@ impl Metrics {
         );
         let blob_store = Arc::new(BlobStoreCollector::default());
         registry.register_collector(Box::new(blob_store.clone()));
+        let storage_operations = Family::<StorageOpLabels, Counter>::default();
+        registry.register(
+            "archway_storage_operations",
+            "Requests to the shared storage ([storage]), by S3 operation and how they ended: ok, not_found, error, timeout",
+            storage_operations.clone(),
+        );
+        let storage_duration: HistogramFamily<OpLabels> =
+            Family::new_with_constructor(|| Histogram::new(UPSTREAM_BUCKETS));
+        registry.register(
+            "archway_storage_operation_duration_seconds",
+            "Time until the shared storage answered a request (its response head), or it failed",
+            storage_duration.clone(),
+        );
+        let storage_bypassed = Family::<WhatLabels, Counter>::default();
+        registry.register(
+            "archway_storage_bypassed",
+            "Blobs, manifests and tags read from upstream or left uncopied because the shared storage failed or its upload queue was full",
+            storage_bypassed.clone(),
+        );
+        let blob_fills = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "archway_blob_fills",
+            "Blob downloads into the disk cache, by where the bytes came from: storage or upstream",
+            blob_fills.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -210,6 +277,10 @@ impl Metrics {
             connections_open,
             connections_closed,
             blob_store,
+            storage_operations,
+            storage_duration,
+            storage_bypassed,
+            blob_fills,
             platforms: Mutex::new(HashSet::new()),
         }
     }
@@ -318,6 +389,13 @@ impl Metrics {
                 upstream: upstream.to_owned(),
             })
             .set(remaining);
+    }
+
+    /// Without `[storage]` every blob fill reads upstream.
+    pub fn blob_fill(&self, source: &'static str) {
+        self.blob_fills
+            .get_or_create(&SourceLabels { source })
+            .inc();
     }
 
     /// The OpenMetrics text exposition, `# EOF` included.

@@ -401,3 +401,59 @@ async fn sigterm_does_not_wait_on_idle_connections() {
         started.elapsed()
     );
 }
+
+/// `[storage]` with no credentials anywhere and instance metadata turned off is refused at
+/// start, naming the keys to set; with keys in the AWS shared credentials file (`$HOME/.aws/
+/// credentials`, profile `default`) the same config starts.
+#[tokio::test]
+async fn storage_credentials_from_the_shared_file_or_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config_file(
+        dir.path(),
+        port,
+        "http://127.0.0.1:9",
+        "[storage]\ns3_bucket = \"archway\"\ns3_endpoint = \"http://127.0.0.1:9\"\ns3_path_style = true\n",
+    );
+    let serve = || {
+        let mut cmd = archway();
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AWS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("HOME", dir.path())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args(["serve", "--config"])
+            .arg(&config);
+        cmd
+    };
+    let out = serve().output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("storage.s3_access_key_id"), "{stderr}");
+
+    std::fs::create_dir_all(dir.path().join(".aws")).unwrap();
+    std::fs::write(
+        dir.path().join(".aws/credentials"),
+        "[default]\naws_access_key_id = AKIDFILE\naws_secret_access_key = from-the-file\n",
+    )
+    .unwrap();
+    let mut run = Running(serve().stderr(Stdio::piped()).spawn().unwrap());
+    wait_ready(&format!("http://127.0.0.1:{port}/v2/")).await;
+    run.sigterm();
+    assert!(run.wait_exit(Duration::from_secs(10)).success());
+    let mut stderr = String::new();
+    use std::io::Read;
+    run.0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("shared credentials file"), "{stderr}");
+    assert!(
+        !stderr.contains("from-the-file"),
+        "no secret in the log: {stderr}"
+    );
+}

@@ -563,3 +563,92 @@ fn sample_parser_reads_labels_and_values() {
     assert_eq!(l["a"], "q\"uote,}");
     assert_eq!(l["b"], "2");
 }
+
+/// `[storage]` whose S3 endpoint refuses every connection: a blob, a manifest and a tag come
+/// from upstream with 200s, and the bucket's part is counted exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_down_is_counted_and_never_an_error() {
+    let fake = FakeRegistry::start().await;
+    let img = fake.sample_image("app", "v1", 7);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let h = Harness::with(fake, |c| {
+        with_admin(c);
+        let mut storage = archway::config::StorageConfig::new("archway");
+        storage.s3_endpoint = Some(format!("http://127.0.0.1:{closed}"));
+        storage.s3_path_style = true;
+        storage.s3_timeout = Duration::from_secs(2);
+        storage.credentials = Some(archway::config::S3Keys {
+            access_key_id: archway::config::Secret::new("test"),
+            secret_access_key: archway::config::Secret::new("test"),
+        });
+        c.storage = Some(storage);
+    })
+    .await;
+    let ok = |r: &Reply, what: &str| assert_eq!(r.status, StatusCode::OK, "{what}: {}", r.text());
+    ok(&h.get("/v2/app/manifests/v1").await, "tag");
+    let layer0 = format!("/v2/app/blobs/{}", img.layers[0]);
+    ok(&h.get(&layer0).await, "blob miss");
+    ok(&h.get(&layer0).await, "blob hit");
+    let s = scrape_until(&h, |s| {
+        s.get(
+            "archway_storage_bypassed_total",
+            &[("what", "manifest_write")],
+        ) == Some(1.0)
+            && s.get("archway_storage_bypassed_total", &[("what", "tag_write")]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        s.value("archway_blob_fills_total", &[("source", "upstream")]),
+        1.0
+    );
+    assert_eq!(
+        s.get("archway_blob_fills_total", &[("source", "bucket")]),
+        None
+    );
+    for (what, n) in [
+        ("blob_read", 1.0),
+        ("tag_read", 2.0),
+        ("manifest_write", 1.0),
+        ("tag_write", 1.0),
+    ] {
+        assert_eq!(
+            s.value("archway_storage_bypassed_total", &[("what", what)]),
+            n,
+            "{what}"
+        );
+    }
+    // The tag lookup (before and after the refresh lock) and the blob: three GETs, failed; the
+    // manifest and tag record copies: two PUTs, failed. The L1 hit asked nothing.
+    assert_eq!(
+        s.value(
+            "archway_storage_operations_total",
+            &[("op", "GetObject"), ("status", "error")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        s.value(
+            "archway_storage_operations_total",
+            &[("op", "PutObject"), ("status", "error")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        s.value(
+            "archway_storage_operation_duration_seconds_count",
+            &[("op", "GetObject")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        s.value(
+            "archway_cache_results_total",
+            &[("kind", "blob"), ("result", "hit")]
+        ),
+        1.0
+    );
+}

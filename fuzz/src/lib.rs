@@ -529,6 +529,14 @@ pub fn config(data: &[u8]) {
     ] {
         assert_deadline_ok(d, what);
     }
+    if let Some(s) = &cfg.storage {
+        assert_deadline_ok(s.s3_timeout, "storage.s3_timeout");
+        assert_deadline_ok(s.s3_upload_timeout, "storage.s3_upload_timeout");
+        assert!(!s.s3_timeout.is_zero() && s.s3_max_uploads > 0);
+        // Keys are built as `<prefix>blobs/...`: a prefix is empty or a whole path step.
+        assert!(s.s3_prefix.is_empty() || s.s3_prefix.ends_with('/'));
+        assert!(!s.s3_bucket.is_empty() && !s.s3_bucket.contains('/'));
+    }
     for u in &cfg.upstreams {
         assert!(u.names().all(|n| !n.is_empty()), "an empty upstream name");
         for d in [u.connect_timeout, u.read_timeout]

@@ -1,6 +1,9 @@
 //! Manifests by digest: immutable, exact upstream bytes plus media type, in memory (byte-weighted
-//! moka) and on disk so they survive restarts.
+//! moka) and on disk so they survive restarts; with `[storage]`, in the shared bucket too
+//! (`<prefix>manifests/<algorithm>/<hex>`: the exact bytes, the media type as the object's
+//! Content-Type), read on a disk miss and checked against the digest like the disk copy.
 
+use super::bucket::Bucket;
 use crate::digest::Digest;
 pub use crate::manifest::Manifest;
 use bytes::Bytes;
@@ -8,9 +11,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The largest manifest read from the bucket (as upstream's: 4 MiB).
+const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
 pub struct ManifestStore {
     memory: moka::sync::Cache<Digest, Arc<Manifest>>,
     dir: PathBuf,
+    bucket: Option<Arc<Bucket>>,
 }
 
 impl ManifestStore {
@@ -23,27 +30,100 @@ impl ManifestStore {
             })
             .max_capacity(memory_bytes)
             .build();
-        Ok(ManifestStore { memory, dir })
+        Ok(ManifestStore {
+            memory,
+            dir,
+            bucket: None,
+        })
+    }
+
+    /// With the shared bucket behind the disk.
+    pub fn with_bucket(mut self, bucket: Option<Arc<Bucket>>) -> Self {
+        self.bucket = bucket;
+        self
     }
 
     fn path(&self, digest: &Digest) -> PathBuf {
         manifest_path(&self.dir, digest)
     }
 
-    /// From memory, else from disk (re-checked against its digest, so a damaged file is a miss).
+    /// From memory, else from disk, else from the bucket (each copy re-checked against its
+    /// digest, so a damaged one is a miss). One found in the bucket is kept on disk.
     pub async fn get(&self, digest: &Digest) -> Option<Arc<Manifest>> {
         if let Some(m) = self.memory.get(digest) {
             return Some(m);
         }
-        let raw = tokio::fs::read(self.path(digest)).await.ok()?;
-        let m = Arc::new(decode(digest, &raw)?);
+        let from_disk = match tokio::fs::read(self.path(digest)).await {
+            Ok(raw) => decode(digest, &raw),
+            Err(_) => None,
+        };
+        let m = match from_disk {
+            Some(m) => Arc::new(m),
+            None => {
+                let m = Arc::new(self.read_bucket(digest).await?);
+                if let Err(e) = self.write_file(&m).await {
+                    tracing::error!(%digest, error = %e, "cannot persist manifest");
+                }
+                m
+            }
+        };
         self.memory.insert(digest.clone(), m.clone());
         Some(m)
     }
 
-    /// Only call with bytes that hash to `m.digest`.
+    async fn read_bucket(&self, digest: &Digest) -> Option<Manifest> {
+        let bucket = self.bucket.as_ref()?;
+        let key = bucket.keys().manifest(digest);
+        match bucket.get_small(&key, MAX_MANIFEST_BYTES).await {
+            Ok(Some((bytes, Some(media_type)))) if digest.verifies(&bytes) => {
+                tracing::debug!(%digest, "manifest from storage");
+                Some(Manifest {
+                    digest: digest.clone(),
+                    media_type,
+                    bytes,
+                })
+            }
+            Ok(Some(_)) => {
+                tracing::warn!(%digest, "manifest in storage does not match its digest (or has no media type); ignored");
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "storage unavailable for a manifest");
+                bucket.observer().bypassed("manifest_read");
+                None
+            }
+        }
+    }
+
+    /// Only call with bytes that hash to `m.digest`. Copied to the bucket in the background.
     pub async fn put(&self, m: Arc<Manifest>) -> std::io::Result<()> {
         self.memory.insert(m.digest.clone(), m.clone());
+        self.copy_to_bucket(&m);
+        self.write_file(&m).await
+    }
+
+    fn copy_to_bucket(&self, m: &Arc<Manifest>) {
+        let Some(bucket) = self.bucket.clone() else {
+            return;
+        };
+        let m = m.clone();
+        let write = {
+            let bucket = bucket.clone();
+            async move {
+                let key = bucket.keys().manifest(&m.digest);
+                let put = bucket.put(&key, m.bytes.clone(), Some(&m.media_type));
+                if let Err(e) = put.await {
+                    tracing::warn!(digest = %m.digest, error = %e, "cannot copy manifest to storage");
+                    bucket.observer().bypassed("manifest_write");
+                }
+            }
+        };
+        bucket.spawn_write("manifest_write", write);
+    }
+
+    async fn write_file(&self, m: &Arc<Manifest>) -> std::io::Result<()> {
+        let m = m.clone();
         let path = self.path(&m.digest);
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
             return Ok(());

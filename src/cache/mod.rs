@@ -1,6 +1,8 @@
-//! Caches: blobs on disk, manifests in memory and on disk, tags with a TTL.
+//! Caches: blobs on disk, manifests in memory and on disk, tags with a TTL; `bucket`: the
+//! shared S3-compatible storage behind them (`[storage]`).
 
 pub mod blob;
+pub mod bucket;
 pub mod keyed_lock;
 pub mod manifest_store;
 pub mod tag_store;

@@ -1,11 +1,16 @@
 //! Tag → digest answers with the time they were last confirmed by upstream. Persisted (one small
 //! file per tag) so that a restart keeps serving — including stale-if-error while upstream is down.
+//! With `[storage]`, each confirmation is also written to the shared bucket
+//! (`<prefix>tags/<upstream>/<repository>/<tag>`, JSON), and a replica whose own record is
+//! missing or older than the TTL takes a newer one from there.
 
+use super::bucket::Bucket;
 use super::manifest_store::{clear_dir, write_atomically};
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,8 +53,21 @@ struct Record {
     entry: TagEntry,
 }
 
+/// A tag record in the bucket: what upstream answered and when (Unix milliseconds).
+#[derive(Serialize, Deserialize)]
+struct BucketRecord {
+    digest: Digest,
+    media_type: String,
+    size: u64,
+    confirmed_at_ms: u64,
+}
+
+/// A tag record is a few hundred bytes; anything much larger is not one.
+const MAX_RECORD_BYTES: u64 = 64 << 10;
+
 pub struct TagStore {
     dir: PathBuf,
+    bucket: Option<Arc<Bucket>>,
     entries: RwLock<HashMap<TagKey, TagEntry>>,
     /// Upstream said 404: remembered briefly, in memory only.
     missing: RwLock<HashMap<TagKey, Instant>>,
@@ -75,16 +93,107 @@ impl TagStore {
         }
         Ok(TagStore {
             dir,
+            bucket: None,
             entries: RwLock::new(entries),
             missing: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// With the shared bucket behind the disk.
+    pub fn with_bucket(mut self, bucket: Option<Arc<Bucket>>) -> Self {
+        self.bucket = bucket;
+        self
     }
 
     pub fn get(&self, key: &TagKey) -> Option<TagEntry> {
         self.entries.read().ok()?.get(key).cloned()
     }
 
+    /// When this replica's record is missing or older than `ttl`, takes the bucket's record if
+    /// it is newer (another replica confirmed the tag since), even if it too is older than
+    /// `ttl`: it is still the best answer for stale-if-error. A failing bucket changes nothing.
+    pub async fn adopt_from_bucket(&self, key: &TagKey, ttl: Duration) {
+        let Some(bucket) = &self.bucket else { return };
+        // Upstream said 404 lately: a record from before that must not bring the tag back.
+        if self.is_known_missing(key) {
+            return;
+        }
+        let local = self.get(key);
+        if local
+            .as_ref()
+            .is_some_and(|e| e.age(SystemTime::now()) < ttl)
+        {
+            return;
+        }
+        let object = bucket.keys().tag(key);
+        let record = match bucket.get_small(&object, MAX_RECORD_BYTES).await {
+            Ok(Some((raw, _))) => match serde_json::from_slice::<BucketRecord>(&raw) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(tag = %key.tag, repository = %key.repository, error = %e, "tag record in storage unreadable; ignored");
+                    return;
+                }
+            },
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(tag = %key.tag, repository = %key.repository, error = %e, "storage unavailable for a tag");
+                bucket.observer().bypassed("tag_read");
+                return;
+            }
+        };
+        if local
+            .as_ref()
+            .is_some_and(|e| e.validated_at_ms >= record.confirmed_at_ms)
+        {
+            return;
+        }
+        let entry = TagEntry {
+            digest: record.digest,
+            media_type: record.media_type,
+            size: record.size,
+            validated_at_ms: record.confirmed_at_ms,
+        };
+        tracing::debug!(tag = %key.tag, repository = %key.repository, digest = %entry.digest, "tag record from storage");
+        if let Err(e) = self.keep(key.clone(), entry).await {
+            tracing::error!(error = %e, "cannot persist tag");
+        }
+    }
+
+    /// Remembers a confirmation from upstream, here and (in the background) in the bucket.
     pub async fn put(&self, key: TagKey, entry: TagEntry) -> std::io::Result<()> {
+        self.copy_to_bucket(&key, &entry);
+        self.keep(key, entry).await
+    }
+
+    fn copy_to_bucket(&self, key: &TagKey, entry: &TagEntry) {
+        let Some(bucket) = self.bucket.clone() else {
+            return;
+        };
+        let record = BucketRecord {
+            digest: entry.digest.clone(),
+            media_type: entry.media_type.clone(),
+            size: entry.size,
+            confirmed_at_ms: entry.validated_at_ms,
+        };
+        let Ok(data) = serde_json::to_vec(&record) else {
+            return;
+        };
+        let object = bucket.keys().tag(key);
+        let write = {
+            let bucket = bucket.clone();
+            async move {
+                let put = bucket.put(&object, data.into(), Some("application/json"));
+                if let Err(e) = put.await {
+                    tracing::warn!(error = %e, "cannot copy tag record to storage");
+                    bucket.observer().bypassed("tag_write");
+                }
+            }
+        };
+        bucket.spawn_write("tag_write", write);
+    }
+
+    /// Here only: memory and the disk.
+    async fn keep(&self, key: TagKey, entry: TagEntry) -> std::io::Result<()> {
         if let Ok(mut m) = self.missing.write() {
             m.remove(&key);
         }

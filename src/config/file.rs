@@ -118,6 +118,9 @@ impl Config {
                 tokens_file: a.tokens_file,
             });
         }
+        if let Some(s) = raw.storage {
+            cfg.storage = Some(s.into_config()?);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -145,6 +148,127 @@ struct RawConfig {
     tls: Option<RawTls>,
     auth: Option<RawAuth>,
     limits: Option<RawLimits>,
+    storage: Option<RawStorage>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    s3_bucket: Option<String>,
+    s3_prefix: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_path_style: Option<bool>,
+    s3_access_key_id: Option<String>,
+    s3_access_key_id_file: Option<PathBuf>,
+    s3_secret_access_key: Option<String>,
+    s3_secret_access_key_file: Option<PathBuf>,
+    s3_timeout: Option<String>,
+    s3_upload_timeout: Option<String>,
+    s3_max_uploads: Option<u32>,
+    s3_upload_queue: Option<u32>,
+    s3_part_size: Option<String>,
+    redirect: Option<bool>,
+}
+
+impl RawStorage {
+    fn into_config(self) -> Result<StorageConfig, ConfigError> {
+        let bucket = self
+            .s3_bucket
+            .ok_or_else(|| invalid("storage.s3_bucket", "is required in [storage]"))?;
+        let mut s = StorageConfig::new(bucket);
+        if let Some(p) = self.s3_prefix {
+            s.s3_prefix = p;
+        }
+        if let Some(e) = self.s3_endpoint {
+            let uri = parse_upstream_url("storage.s3_endpoint", &e)?;
+            s.s3_endpoint = Some(uri.to_string().trim_end_matches('/').to_owned());
+        }
+        if let Some(r) = self.s3_region {
+            s.s3_region = r;
+        }
+        if let Some(p) = self.s3_path_style {
+            s.s3_path_style = p;
+        }
+        let key_id = one_secret(
+            "storage.s3_access_key_id",
+            self.s3_access_key_id,
+            self.s3_access_key_id_file,
+        )?;
+        let secret = one_secret(
+            "storage.s3_secret_access_key",
+            self.s3_secret_access_key,
+            self.s3_secret_access_key_file,
+        )?;
+        s.credentials = match (key_id, secret) {
+            (Some(access_key_id), Some(secret_access_key)) => Some(S3Keys {
+                access_key_id,
+                secret_access_key,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "storage.s3_secret_access_key",
+                    "s3_access_key_id given without a secret access key",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "storage.s3_access_key_id",
+                    "s3_secret_access_key given without an access key id",
+                ))
+            }
+        };
+        if let Some(v) = self.s3_timeout {
+            s.s3_timeout = parse_duration("storage.s3_timeout", &v)?;
+        }
+        if let Some(v) = self.s3_upload_timeout {
+            s.s3_upload_timeout = parse_duration("storage.s3_upload_timeout", &v)?;
+        }
+        if let Some(v) = self.s3_max_uploads {
+            s.s3_max_uploads = v;
+        }
+        if let Some(v) = self.s3_upload_queue {
+            s.s3_upload_queue = v;
+        }
+        if let Some(v) = self.s3_part_size {
+            s.s3_part_size = parse_size("storage.s3_part_size", &v)?;
+        }
+        if self.redirect == Some(true) {
+            return Err(invalid(
+                "storage.redirect",
+                "presigned redirects are not implemented yet; leave it out or set it to false",
+            ));
+        }
+        Ok(s)
+    }
+}
+
+/// A secret given inline or as a file (its first line), never both. The file's text never
+/// appears in an error.
+fn one_secret(
+    key: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<Secret>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(invalid(key, format!("give only one of {key}, {key}_file"))),
+        (Some(v), None) => Ok(Some(Secret::new(v))),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(&f).map_err(|e| {
+                invalid(
+                    format!("{key}_file"),
+                    format!("cannot read {}: {}", f.display(), e.kind()),
+                )
+            })?;
+            let value = text.trim_end_matches(['\r', '\n']).to_owned();
+            if value.is_empty() {
+                return Err(invalid(format!("{key}_file"), "the file is empty"));
+            }
+            Ok(Some(Secret::new(value)))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -63,6 +63,65 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// `[limits]`: what a client connection may take.
     pub limits: LimitsConfig,
+    /// `[storage]`: a shared S3-compatible bucket behind `data_dir`; `None`: `data_dir` alone.
+    pub storage: Option<StorageConfig>,
+}
+
+/// `[storage]`: the bucket that replicas share. `data_dir` stays in front of it as L1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    pub s3_bucket: String,
+    /// Prepended to every key: empty, or ending in `/`.
+    pub s3_prefix: String,
+    /// `http(s)://host[:port]` of an S3-compatible server; `None`: AWS for `s3_region`.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: String,
+    /// `endpoint/bucket/key` rather than `bucket.endpoint/key` (MinIO, Ceph, moto).
+    pub s3_path_style: bool,
+    /// Keys from the config; `None`: the standard AWS chain (environment, shared credentials
+    /// file, web identity, container, instance metadata).
+    pub credentials: Option<S3Keys>,
+    /// Longest wait for any S3 response head, and for each chunk of an object being read.
+    pub s3_timeout: Duration,
+    /// Longest time one upload request (a whole small object, or one part) may take.
+    pub s3_upload_timeout: Duration,
+    /// Uploads to the bucket running at once.
+    pub s3_max_uploads: u32,
+    /// Uploads waiting for one of `s3_max_uploads`; past that, new ones are skipped (counted).
+    pub s3_upload_queue: u32,
+    /// Blobs up to this size are one PUT; larger ones are multipart uploads of parts this size.
+    pub s3_part_size: u64,
+}
+
+/// Smallest part S3 accepts in a multipart upload (but the last).
+pub const S3_MIN_PART_SIZE: u64 = 5 << 20;
+/// Largest part (and largest single PUT) S3 accepts.
+pub const S3_MAX_PART_SIZE: u64 = 5 << 30;
+
+impl StorageConfig {
+    /// A bucket with the defaults for everything else.
+    pub fn new(bucket: impl Into<String>) -> Self {
+        StorageConfig {
+            s3_bucket: bucket.into(),
+            s3_prefix: String::new(),
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            s3_path_style: false,
+            credentials: None,
+            s3_timeout: Duration::from_secs(5),
+            s3_upload_timeout: Duration::from_secs(60),
+            s3_max_uploads: 4,
+            s3_upload_queue: 256,
+            s3_part_size: 16 << 20,
+        }
+    }
+}
+
+/// An access key from the config (or its files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Keys {
+    pub access_key_id: Secret,
+    pub secret_access_key: Secret,
 }
 
 /// `[limits]`: bounds on client connections.
@@ -248,6 +307,7 @@ impl Default for Config {
             tls: None,
             auth: None,
             limits: LimitsConfig::default(),
+            storage: None,
         }
     }
 }
@@ -327,12 +387,71 @@ impl Config {
                 return Err(invalid("auth", "needs htpasswd_file, tokens_file or both"));
             }
         }
+        if let Some(s) = &self.storage {
+            s.validate()?;
+        }
         Ok(())
     }
 
     /// The upstream a request with no `ns=`, prefix or Host match reaches.
     pub fn default_upstream(&self) -> Option<usize> {
         self.upstreams.iter().position(|u| u.default)
+    }
+}
+
+impl StorageConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.s3_bucket.is_empty()
+            || self.s3_bucket.contains('/')
+            || self.s3_bucket.contains(char::is_whitespace)
+        {
+            return Err(invalid(
+                "storage.s3_bucket",
+                "must be a bucket name without `/` or spaces",
+            ));
+        }
+        if self.s3_region.is_empty() {
+            return Err(invalid("storage.s3_region", "must not be empty"));
+        }
+        let prefix_ok = self.s3_prefix.is_empty()
+            || (self.s3_prefix.ends_with('/')
+                && self
+                    .s3_prefix
+                    .trim_end_matches('/')
+                    .split('/')
+                    .all(|part| !part.is_empty() && part != "." && part != "..")
+                && !self.s3_prefix.contains(char::is_whitespace));
+        if !prefix_ok {
+            return Err(invalid(
+                "storage.s3_prefix",
+                format!(
+                    "`{}` is not a key prefix like prod/ (no empty, . or .. parts)",
+                    self.s3_prefix
+                ),
+            ));
+        }
+        if self.s3_timeout.is_zero() {
+            return Err(invalid("storage.s3_timeout", "must be more than 0"));
+        }
+        if self.s3_upload_timeout.is_zero() {
+            return Err(invalid("storage.s3_upload_timeout", "must be more than 0"));
+        }
+        if self.s3_max_uploads == 0 {
+            return Err(invalid("storage.s3_max_uploads", "must be more than 0"));
+        }
+        if self.s3_part_size > S3_MAX_PART_SIZE {
+            return Err(invalid(
+                "storage.s3_part_size",
+                "must be at most 5GiB (S3's largest part)",
+            ));
+        }
+        if self.s3_part_size < S3_MIN_PART_SIZE {
+            return Err(invalid(
+                "storage.s3_part_size",
+                format!("must be at least {S3_MIN_PART_SIZE} bytes (5MiB, S3's smallest part)"),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -95,6 +95,26 @@ fn bad_config_names_the_key() {
             "[[route]]\nmatch = { repository = \"library/[\" }",
             "route[0].match.repository",
         ),
+        ("[storage]\ns3_region = \"eu-west-1\"", "storage.s3_bucket"),
+        ("[storage]\ns3_bucket = \"a/b\"", "storage.s3_bucket"),
+        ("[storage]\ns3_bucket = \"b\"\ns3_prefix = \"prod\"", "storage.s3_prefix"),
+        ("[storage]\ns3_bucket = \"b\"\ns3_prefix = \"../x/\"", "storage.s3_prefix"),
+        ("[storage]\ns3_bucket = \"b\"\ns3_endpoint = \"ftp://x\"", "storage.s3_endpoint"),
+        ("[storage]\ns3_bucket = \"b\"\ns3_timeout = \"0s\"", "storage.s3_timeout"),
+        ("[storage]\ns3_bucket = \"b\"\ns3_upload_timeout = \"soon\"", "storage.s3_upload_timeout"),
+        ("[storage]\ns3_bucket = \"b\"\ns3_max_uploads = 0", "storage.s3_max_uploads"),
+        ("[storage]\ns3_bucket = \"b\"\ns3_part_size = \"1MiB\"", "storage.s3_part_size"),
+        ("[storage]\ns3_bucket = \"b\"\ns3_access_key_id = \"AKIA\"", "storage.s3_secret_access_key"),
+        (
+            "[storage]\ns3_bucket = \"b\"\ns3_access_key_id = \"k\"\ns3_secret_access_key = \"s\"\ns3_secret_access_key_file = \"/x\"",
+            "storage.s3_secret_access_key",
+        ),
+        (
+            "[storage]\ns3_bucket = \"b\"\ns3_access_key_id = \"k\"\ns3_secret_access_key_file = \"/nonexistent/archway-secret\"",
+            "storage.s3_secret_access_key_file",
+        ),
+        ("[storage]\ns3_bucket = \"b\"\nredirect = true", "storage.redirect"),
+        ("[storage]\ns3_bucket = \"b\"\nbogus_key = 1", "bogus_key"),
     ];
     for (toml, key) in cases {
         let err = Config::from_toml(toml).unwrap_err().to_string();
@@ -265,4 +285,64 @@ fn upstream_from_url_names_by_host() {
     let u = UpstreamConfig::from_url(None, "http://127.0.0.1:5000").unwrap();
     assert_eq!(u.name, "127.0.0.1:5000");
     assert!(!u.library_prefix);
+}
+
+#[test]
+fn storage_is_off_unless_configured() {
+    assert_eq!(Config::default().storage, None);
+    assert_eq!(Config::from_toml("").unwrap().storage, None);
+}
+
+#[test]
+fn storage_parses_with_defaults_and_keeps_secrets_out_of_debug() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "s3cr3t-from-file\n").unwrap();
+    let c = Config::from_toml(&format!(
+        r#"
+[storage]
+s3_bucket = "archway"
+s3_prefix = "prod/"
+s3_endpoint = "http://127.0.0.1:9000/"
+s3_region = "eu-west-1"
+s3_path_style = true
+s3_access_key_id = "AKIDEXAMPLE"
+s3_secret_access_key_file = "{}"
+redirect = false
+"#,
+        secret_file.display()
+    ))
+    .unwrap();
+    let s = c.storage.clone().unwrap();
+    assert_eq!(s.s3_bucket, "archway");
+    assert_eq!(s.s3_prefix, "prod/");
+    assert_eq!(s.s3_endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+    assert_eq!(s.s3_region, "eu-west-1");
+    assert!(s.s3_path_style);
+    let keys = s.credentials.unwrap();
+    assert_eq!(keys.access_key_id.expose(), "AKIDEXAMPLE");
+    assert_eq!(keys.secret_access_key.expose(), "s3cr3t-from-file");
+    assert_eq!(s.s3_timeout, Duration::from_secs(5), "the default");
+    assert_eq!(s.s3_upload_timeout, Duration::from_secs(60), "the default");
+    assert_eq!(
+        (s.s3_max_uploads, s.s3_upload_queue),
+        (4, 256),
+        "the defaults"
+    );
+    assert_eq!(s.s3_part_size, 16 << 20, "the default");
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("s3cr3t") && !debug.contains("AKIDEXAMPLE"),
+        "{debug}"
+    );
+
+    let aws = Config::from_toml("[storage]\ns3_bucket = \"b\"").unwrap();
+    let s = aws.storage.unwrap();
+    assert_eq!(
+        (s.s3_endpoint, s.credentials),
+        (None, None),
+        "AWS, standard chain"
+    );
+    assert_eq!(s.s3_region, "us-east-1");
+    assert!(!s.s3_path_style);
 }

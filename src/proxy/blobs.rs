@@ -142,6 +142,14 @@ impl Blobs {
             blob_headers(out.headers_mut(), digest);
             return Ok(out);
         }
+        // A replica with an empty disk: the shared storage knows the size.
+        if let Some(size) = self.store.head_in_bucket(digest).await {
+            note(CacheResult::Hit, notes);
+            out.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            blob_headers(out.headers_mut(), digest);
+            return Ok(out);
+        }
         note(CacheResult::Miss, notes);
         let head = upstream.head_blob(repo, digest).await?;
         if let Some(size) = head.size {

@@ -3,6 +3,7 @@
 //! and a short memo of upstream failures for the requests that queued behind one).
 
 use super::outcome::CacheResult;
+use crate::cache::bucket::Bucket;
 use crate::cache::keyed_lock::KeyedLock;
 use crate::cache::manifest_store::ManifestStore;
 use crate::cache::tag_store::{now_ms, TagEntry, TagKey, TagStore};
@@ -40,11 +41,16 @@ impl Manifests {
     pub(crate) fn open(
         data_dir: &Path,
         cache: &CacheConfig,
+        bucket: Option<Arc<Bucket>>,
     ) -> Result<Self, (std::path::PathBuf, std::io::Error)> {
         let mdir = data_dir.join("manifests");
-        let store = ManifestStore::open(mdir.clone(), cache.memory_size).map_err(|e| (mdir, e))?;
+        let store = ManifestStore::open(mdir.clone(), cache.memory_size)
+            .map_err(|e| (mdir, e))?
+            .with_bucket(bucket.clone());
         let tdir = data_dir.join("tags");
-        let tags = TagStore::open(tdir.clone()).map_err(|e| (tdir, e))?;
+        let tags = TagStore::open(tdir.clone())
+            .map_err(|e| (tdir, e))?
+            .with_bucket(bucket);
         Ok(Manifests {
             store,
             tags,
@@ -145,6 +151,8 @@ impl Manifests {
         repo: &RepositoryName,
         tag: &Tag,
     ) -> Option<Result<Found, ProxyError>> {
+        // Another replica may have confirmed the tag within the TTL: then upstream isn't asked.
+        self.tags.adopt_from_bucket(key, ttl).await;
         match self.tags.get(key) {
             Some(entry) if entry.age(SystemTime::now()) < ttl => self
                 .store

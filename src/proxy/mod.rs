@@ -25,6 +25,7 @@ use crate::access_log::{AccessLog, LoggedBody, RequestNotes};
 use crate::api::{self, Endpoint, Resource};
 use crate::body::ResponseBody;
 use crate::cache::blob::{BlobStore, BlobStoreLimits};
+use crate::cache::bucket::{Bucket, BucketSettings, StorageObserver};
 use crate::client_auth::ClientAuth;
 use crate::config::Config;
 use crate::error::{ErrorCode, ProxyError};
@@ -70,11 +71,35 @@ pub enum ProxyInitError {
     },
     #[error(transparent)]
     Route(#[from] crate::route_policy::RouteConfigError),
+    #[error("[storage]: {0}")]
+    Storage(#[from] crate::cache::bucket::BucketError),
     #[error("upstream `{name}`: {source}")]
     Upstream {
         name: String,
         source: crate::upstream::UpstreamInitError,
     },
+}
+
+/// `[storage]` as the bucket client takes it.
+fn bucket_settings(s: &crate::config::StorageConfig) -> BucketSettings {
+    BucketSettings {
+        bucket: s.s3_bucket.clone(),
+        prefix: s.s3_prefix.clone(),
+        endpoint: s.s3_endpoint.clone(),
+        region: s.s3_region.clone(),
+        path_style: s.s3_path_style,
+        keys: s.credentials.as_ref().map(|k| {
+            (
+                k.access_key_id.expose().to_owned(),
+                k.secret_access_key.expose().to_owned(),
+            )
+        }),
+        timeout: s.s3_timeout,
+        upload_timeout: s.s3_upload_timeout,
+        max_uploads: s.s3_max_uploads,
+        upload_queue: s.s3_upload_queue,
+        part_size: s.s3_part_size,
+    }
 }
 
 /// Request ids, unique within the process: every log line of a request carries its id.
@@ -85,7 +110,17 @@ impl Proxy {
         let cache_err = |path: std::path::PathBuf, source| ProxyInitError::Cache { path, source };
         let dir = config.data_dir.clone();
         let cache = &config.cache;
-        let blobs = BlobStore::open_with(
+        let metrics = Arc::new(Metrics::new());
+        let bucket = match &config.storage {
+            Some(storage) => {
+                let observer: Arc<dyn StorageObserver> = metrics.clone();
+                let bucket = Bucket::open(&bucket_settings(storage), observer)?;
+                tracing::info!(bucket = %storage.s3_bucket, prefix = %storage.s3_prefix, endpoint = storage.s3_endpoint.as_deref().unwrap_or("AWS"), "shared storage behind the disk cache");
+                Some(Arc::new(bucket))
+            }
+            None => None,
+        };
+        let blobs = BlobStore::open_with_bucket(
             dir.clone(),
             BlobStoreLimits {
                 max_bytes: cache.max_size,
@@ -96,14 +131,14 @@ impl Proxy {
                 bad_blob_ttl: cache.negative_ttl,
                 verify_reads: cache.verify_reads,
             },
+            bucket.clone(),
         )
         .map_err(|e| cache_err(dir.clone(), e))?;
         if !cache.scrub_interval.is_zero() {
             blobs.start_scrub(cache.scrub_interval, cache.scrub_rate);
         }
         let manifests =
-            Manifests::open(&dir, &config.cache).map_err(|(path, e)| cache_err(path, e))?;
-        let metrics = Arc::new(Metrics::new());
+            Manifests::open(&dir, &config.cache, bucket).map_err(|(path, e)| cache_err(path, e))?;
         metrics.observe_blob_store(blobs.clone());
         let upstreams = config
             .upstreams

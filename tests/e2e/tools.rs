@@ -229,6 +229,14 @@ pub fn show(entries: &[Access]) -> String {
         .join("\n")
 }
 
+/// What a test adds to archway's start: top-level config lines (before any table) and
+/// environment variables removed from archway's process.
+#[derive(Debug, Default, Clone)]
+pub struct Setup {
+    pub top: String,
+    pub env_remove: Vec<String>,
+}
+
 /// archway, built by cargo for this test run, configured with one default upstream named
 /// `docker.io` (so it also answers the Docker Hub mirror paths).
 pub struct Archway {
@@ -242,7 +250,30 @@ pub struct Archway {
 
 impl Archway {
     pub fn start(upstream_url: &str, tag_ttl: &str) -> Archway {
-        Self::start_full(upstream_url, tag_ttl, 0, |_| String::new(), "", false)
+        Self::start_full(
+            upstream_url,
+            tag_ttl,
+            0,
+            |_| String::new(),
+            "",
+            false,
+            &Setup::default(),
+        )
+    }
+
+    /// Like [`Archway::start`], with `setup`'s top-level keys and environment, and `extra`
+    /// appended to the config file.
+    #[allow(dead_code)] // used by the e2e_storage binary, which shares this module
+    pub fn start_set_up(upstream_url: &str, tag_ttl: &str, extra: &str, setup: &Setup) -> Archway {
+        Self::start_full(
+            upstream_url,
+            tag_ttl,
+            0,
+            |_| String::new(),
+            extra,
+            false,
+            setup,
+        )
     }
 
     /// Like [`Archway::start`], listening on `extra_listen` more free ports besides the main one
@@ -254,7 +285,15 @@ impl Archway {
         extra_listen: usize,
         routes: impl Fn(&[u16]) -> String,
     ) -> Archway {
-        Self::start_full(upstream_url, tag_ttl, extra_listen, routes, "", false)
+        Self::start_full(
+            upstream_url,
+            tag_ttl,
+            extra_listen,
+            routes,
+            "",
+            false,
+            &Setup::default(),
+        )
     }
 
     /// Like [`Archway::start`], with `extra` appended to the config file (e.g. `[tls]`, `[auth]`
@@ -262,7 +301,15 @@ impl Archway {
     /// port accepting: archway reads certificates and auth files before it binds.
     #[allow(dead_code)] // used by the e2e_tls binary, which shares this module
     pub fn start_with_extra(upstream_url: &str, tag_ttl: &str, extra: &str, tls: bool) -> Archway {
-        Self::start_full(upstream_url, tag_ttl, 0, |_| String::new(), extra, tls)
+        Self::start_full(
+            upstream_url,
+            tag_ttl,
+            0,
+            |_| String::new(),
+            extra,
+            tls,
+            &Setup::default(),
+        )
     }
 
     fn start_full(
@@ -272,6 +319,7 @@ impl Archway {
         routes: impl Fn(&[u16]) -> String,
         extra: &str,
         tls: bool,
+        setup: &Setup,
     ) -> Archway {
         let plain = extra.is_empty() && !tls;
         let (daemon, port, (dir, ports)) = procs::start_on_free_port(
@@ -290,10 +338,11 @@ impl Archway {
                 std::fs::write(
                     &config,
                     format!(
-                        "listen = [{}]\ndata_dir = \"{}\"\nlog_format = \"json\"\n\n\
+                        "{}listen = [{}]\ndata_dir = \"{}\"\nlog_format = \"json\"\n\n\
                          [cache]\ntag_ttl = \"{tag_ttl}\"\nstale_if_error = \"24h\"\n\n\
                          [[upstream]]\nname = \"docker.io\"\nurl = \"{upstream_url}\"\n\
                          default = true\n\n{}\n{extra}",
+                        setup.top,
                         listen.join(", "),
                         dir.path().join("data").display(),
                         routes(&ports),
@@ -307,6 +356,9 @@ impl Archway {
                     .arg("--log-format")
                     .arg("json")
                     .env_remove("RUST_LOG");
+                for name in &setup.env_remove {
+                    cmd.env_remove(name);
+                }
                 let log = dir.path().join("archway.log");
                 (Daemon::spawn("archway", &cmd, &log), (dir, ports))
             },

@@ -10,6 +10,7 @@
 //! written yet is bounded by the write buffer across all downloads; past that, receiving waits
 //! for the disk.
 
+use super::bucket_tier::{BlobTier, FillSource};
 use super::catalog::Catalog;
 use super::failures::RecentFailures;
 use super::fill_state::{Fill, FillFailure, Phase};
@@ -46,6 +47,8 @@ pub(crate) struct FillEnv {
     pub(crate) max_blob_size: u64,
     /// Downloads stop short of leaving less than this free on the disk.
     pub(crate) min_free_space: u64,
+    /// `[storage]`: the bucket consulted before upstream, and given what upstream sent.
+    pub(crate) tier: Option<BlobTier>,
 }
 
 /// Starts the download as its own task, so that no client disconnect can cancel it (a download
@@ -62,6 +65,7 @@ where
             fill,
             tmp: None,
             settled: false,
+            source: FillSource::Upstream,
         };
         task.run(fetch).await;
     };
@@ -75,6 +79,8 @@ struct FillTask {
     fill: Arc<Fill>,
     tmp: Option<PathBuf>,
     settled: bool,
+    /// Where the bytes come from (the bucket's are not remembered as upstream's failures).
+    source: FillSource,
 }
 
 impl FillTask {
@@ -114,7 +120,26 @@ impl FillTask {
             }
         };
         self.tmp = Some(tmp.clone());
-        let upstream = match fetch().await {
+        let fetched = match self.env.tier.clone() {
+            None => fetch().await,
+            Some(tier) => {
+                // L1 missed: the bucket before upstream. A bucket that fails is a miss: the
+                // blob comes from upstream, is served and kept in L1, and is not copied.
+                let (source, fetched) = match tier.fetch(&digest).await {
+                    Ok(Some(blob)) => (FillSource::Bucket, Ok(blob)),
+                    Ok(None) => (FillSource::Upstream, fetch().await),
+                    Err(e) => {
+                        tracing::warn!(%digest, error = %e, "storage unavailable; blob from upstream");
+                        (FillSource::UpstreamBucketDown, fetch().await)
+                    }
+                };
+                tracing::debug!(%digest, source = source.name(), "blob fill source");
+                tier.note_fill(source);
+                self.source = source;
+                fetched
+            }
+        };
+        let upstream = match fetched {
             Ok(upstream) => upstream,
             Err(e) => {
                 tracing::debug!(%digest, error = %e, "blob fetch failed");
@@ -189,6 +214,9 @@ impl FillTask {
             Ok(Ok(())) => {
                 tracing::debug!(%digest, bytes = written, "blob committed");
                 self.settled = true;
+                // Queued before `Done` is published, so a shutdown that waits for commits sees
+                // the copy too.
+                self.copy_to_bucket(written);
                 self.fill.publish(|s| s.phase = Phase::Done);
             }
             // The bytes were verified and readers hold the open file, so they finish; the blob
@@ -204,6 +232,24 @@ impl FillTask {
         }
     }
 
+    /// After the commit: a blob upstream sent goes to the bucket too, in the background, its
+    /// file pinned until then.
+    fn copy_to_bucket(&self, size: u64) {
+        let Some(tier) = &self.env.tier else { return };
+        if self.source != FillSource::Upstream {
+            return;
+        }
+        let digest = &self.fill.digest;
+        if let Some((size, pin)) = self.env.catalog.pin(digest).filter(|(s, _)| *s == size) {
+            tier.upload(
+                digest.clone(),
+                self.env.catalog.blob_path(digest),
+                size,
+                pin,
+            );
+        }
+    }
+
     /// Receives the body, handing each chunk to the readers (at once, from memory), the hashing
     /// thread and the writing thread; checks length and digest at the end and publishes
     /// `Verified`. Returns the verified length and what the writer will report once every byte
@@ -215,6 +261,7 @@ impl FillTask {
     ) -> Result<(u64, oneshot::Receiver<io::Result<u64>>), FillFailure> {
         let expected_size = upstream.size;
         let mut body = upstream.body;
+        let from = self.source.name();
         let algorithm = self.fill.digest.algorithm();
         let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(HASH_QUEUE);
         let (hash_done_tx, hash_done) = oneshot::channel();
@@ -233,9 +280,8 @@ impl FillTask {
         let mut received: u64 = 0;
         let mut next_space_check = FREE_SPACE_EVERY;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                FillFailure::new(e.kind(), format!("upstream blob body failed: {e}"))
-            })?;
+            let frame = frame
+                .map_err(|e| FillFailure::new(e.kind(), format!("{from} blob body failed: {e}")))?;
             // Trailers carry nothing we store.
             let Ok(chunk) = frame.into_data() else {
                 continue;
@@ -248,14 +294,14 @@ impl FillTask {
             if expected_size.is_some_and(|expected| received > expected) {
                 return Err(FillFailure::new(
                     io::ErrorKind::InvalidData,
-                    "upstream sent more bytes than its Content-Length",
+                    format!("{from} sent more bytes than its Content-Length"),
                 ));
             }
             if received > self.env.max_blob_size {
                 return Err(FillFailure::new(
                     io::ErrorKind::InvalidData,
                     format!(
-                        "upstream blob grew past cache.max_blob_size ({} bytes)",
+                        "{from} blob grew past cache.max_blob_size ({} bytes)",
                         self.env.max_blob_size
                     ),
                 ));
@@ -311,7 +357,7 @@ impl FillTask {
             if received != expected {
                 return Err(FillFailure::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("upstream blob truncated: {received} of {expected} bytes"),
+                    format!("{from} blob truncated: {received} of {expected} bytes"),
                 ));
             }
         }
@@ -323,7 +369,7 @@ impl FillTask {
             return Err(FillFailure::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "upstream blob digest mismatch: expected {}, got {actual}",
+                    "{from} blob digest mismatch: expected {}, got {actual}",
                     self.fill.digest
                 ),
             ));
@@ -346,7 +392,28 @@ impl FillTask {
         }
         self.env.catalog.forget_fill(&self.fill);
         let digest = &self.fill.digest;
-        match &phase {
+        if self.source == FillSource::Bucket {
+            // The bucket's failure says nothing about upstream's blob: not remembered, so the
+            // retry is not refused. A damaged object is deleted, so the retry goes upstream.
+            if let (Phase::Failed(failure), Some(tier)) = (&phase, &self.env.tier) {
+                if failure.kind() == io::ErrorKind::InvalidData {
+                    tier.discard(digest);
+                }
+            }
+        } else {
+            self.remember_failure(&phase);
+        }
+        if !matches!(phase, Phase::Done) {
+            // Nobody will read these bytes: readers of a failed fill get the failure.
+            self.fill.pending().clear();
+        }
+        self.fill.publish(|s| s.phase = phase);
+    }
+
+    /// A failure upstream caused, remembered for a while so that it is not tried at once again.
+    fn remember_failure(&self, phase: &Phase) {
+        let digest = &self.fill.digest;
+        match phase {
             Phase::HeadFailed(e @ (FillError::Source(_) | FillError::TooLarge(_))) => {
                 let bad = matches!(e, FillError::TooLarge(_));
                 self.env.failures.remember(digest, e.clone(), bad);
@@ -366,11 +433,6 @@ impl FillTask {
             }
             _ => {}
         }
-        if !matches!(phase, Phase::Done) {
-            // Nobody will read these bytes: readers of a failed fill get the failure.
-            self.fill.pending().clear();
-        }
-        self.fill.publish(|s| s.phase = phase);
     }
 }
 

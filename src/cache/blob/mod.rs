@@ -7,9 +7,12 @@
 //! - `body`: response bodies over a committed file or a download; `memory`: small blobs' bytes;
 //! - `write_buffer`: the bound on received bytes waiting for the disk;
 //! - `failures`: downloads that failed lately; `scrub`: committed blobs checked in the background;
-//! - `source`: what a download reads from and how it fails, in the cache's own terms.
+//! - `source`: what a download reads from and how it fails, in the cache's own terms;
+//! - `bucket_tier`: the shared bucket (`[storage]`) behind the disk: read on a miss before
+//!   upstream, written after a verified commit.
 
 mod body;
+mod bucket_tier;
 mod catalog;
 mod failures;
 mod fill;

@@ -2,6 +2,7 @@
 //! HEAD, wait for commits at shutdown. The proxy sees blobs and bodies, never files.
 
 use super::body;
+use super::bucket_tier::BlobTier;
 use super::catalog::{Catalog, PinGuard};
 use super::failures::RecentFailures;
 use super::fill::{self, FillEnv};
@@ -11,6 +12,7 @@ use super::scrub::{self, Damage};
 use super::source::{FillError, IncomingBlob, SourceError};
 use super::write_buffer::{WriteBuffer, DEFAULT_WRITE_BUFFER};
 use crate::body::ResponseBody;
+use crate::cache::bucket::Bucket;
 use crate::digest::Digest;
 use bytes::Bytes;
 use std::fmt;
@@ -86,6 +88,7 @@ pub struct BlobStore {
     small: SmallBlobs,
     verify_reads: bool,
     damage: Arc<Damage>,
+    bucket: Option<Arc<Bucket>>,
 }
 
 impl BlobStore {
@@ -113,6 +116,16 @@ impl BlobStore {
     /// Creates dirs, clears what a crash left in `tmp/`, re-indexes the committed blobs and
     /// evicts down to the budget. Blocking.
     pub fn open_with(root: PathBuf, limits: BlobStoreLimits) -> io::Result<Arc<BlobStore>> {
+        Self::open_with_bucket(root, limits, None)
+    }
+
+    /// `open_with`, with a shared bucket behind the disk (`[storage]`): an L1 miss reads the
+    /// bucket before upstream, and a blob from upstream is copied there after its commit.
+    pub fn open_with_bucket(
+        root: PathBuf,
+        limits: BlobStoreLimits,
+        bucket: Option<Arc<Bucket>>,
+    ) -> io::Result<Arc<BlobStore>> {
         let catalog = Arc::new(Catalog::open(&root, limits.max_bytes)?);
         let env = FillEnv {
             catalog: catalog.clone(),
@@ -120,6 +133,7 @@ impl BlobStore {
             failures: RecentFailures::new(limits.bad_blob_ttl),
             max_blob_size: limits.max_blob_size,
             min_free_space: limits.min_free_space,
+            tier: bucket.clone().map(BlobTier::new),
         };
         Ok(Arc::new(BlobStore {
             env: Arc::new(env),
@@ -127,6 +141,7 @@ impl BlobStore {
             small: SmallBlobs::new(limits.small_blob_memory),
             verify_reads: limits.verify_reads,
             damage: Arc::new(Damage::default()),
+            bucket,
         }))
     }
 
@@ -187,9 +202,26 @@ impl BlobStore {
         Some((fill.size()?, fill.is_verified()))
     }
 
+    /// The size of a blob that is neither in L1 nor being downloaded, if the bucket has it
+    /// (a HEAD on a replica with an empty L1). `None` without `[storage]`, when the bucket does
+    /// not have it, or when the bucket fails.
+    pub async fn head_in_bucket(&self, digest: &Digest) -> Option<u64> {
+        let bucket = self.bucket.as_ref()?;
+        match bucket.size(&bucket.keys().blob(digest)).await {
+            Ok(size) => size,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "storage unavailable for a blob HEAD");
+                bucket.observer().bypassed("blob_read");
+                None
+            }
+        }
+    }
+
     /// Waits (at most `limit`) until every download whose bytes are verified is committed, so
     /// that a shutdown right after a pull keeps the blob. Downloads still receiving are left:
     /// they end with the process and their temp files are cleared at the next start.
+    /// With `[storage]`, then waits (within the same limit) for the copies to the bucket those
+    /// commits started, and any other background write to it.
     pub async fn finish_commits(&self, limit: std::time::Duration) {
         let committing: Vec<_> = {
             let state = self.catalog.lock();
@@ -205,8 +237,12 @@ impl BlobStore {
                 let _ = rx.wait_for(|s| s.is_terminal()).await;
             }
         };
+        let deadline = tokio::time::Instant::now() + limit;
         if tokio::time::timeout(limit, wait).await.is_err() {
             tracing::warn!("shutdown: blob commits still running after {limit:?}");
+        }
+        if let Some(bucket) = &self.bucket {
+            bucket.finish_writes(deadline).await;
         }
     }
 

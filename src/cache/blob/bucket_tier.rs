@@ -1,0 +1,222 @@
+//! The bucket behind the disk for blobs: on an L1 miss a fill reads the blob from the bucket if
+//! it is there (verified on the way like an upstream body, by the same fill), and a blob filled
+//! from upstream is copied to the bucket after its verified commit, in the background.
+//!
+//! An object appears in the bucket only complete and verified: the committed file is hashed
+//! again while it is read for the upload, and a single PUT is sent, or a multipart upload is
+//! completed, only when the hash matches. Content addressing makes two replicas writing the
+//! same blob harmless.
+
+use super::catalog::PinGuard;
+use super::source::IncomingBlob;
+use crate::cache::bucket::{Bucket, BucketError};
+use crate::digest::{Digest, Verifier};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where a fill's bytes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FillSource {
+    /// The shared bucket.
+    Bucket,
+    /// Upstream, the bucket not having it: copied there after the commit.
+    Upstream,
+    /// Upstream because the bucket failed: served and kept in L1, not copied.
+    UpstreamBucketDown,
+}
+
+impl FillSource {
+    /// In messages and logs.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            FillSource::Bucket => "storage",
+            FillSource::Upstream | FillSource::UpstreamBucketDown => "upstream",
+        }
+    }
+}
+
+/// The blob side of the bucket.
+#[derive(Debug, Clone)]
+pub(crate) struct BlobTier {
+    bucket: Arc<Bucket>,
+}
+
+impl BlobTier {
+    pub(crate) fn new(bucket: Arc<Bucket>) -> Self {
+        BlobTier { bucket }
+    }
+
+    /// The blob as a fill source if the bucket has it; an error if the bucket failed.
+    pub(crate) async fn fetch(&self, digest: &Digest) -> Result<Option<IncomingBlob>, BucketError> {
+        let key = self.bucket.keys().blob(digest);
+        let Some(object) = self.bucket.get(&key).await? else {
+            return Ok(None);
+        };
+        let body = StreamBody::new(object.body.map(|chunk| chunk.map(Frame::data))).boxed_unsync();
+        Ok(Some(IncomingBlob {
+            size: Some(object.size),
+            body,
+        }))
+    }
+
+    /// Counts a fill by where it reads from; a bucket failure also counts as a read bypassed.
+    pub(crate) fn note_fill(&self, source: FillSource) {
+        let observer = self.bucket.observer();
+        match source {
+            FillSource::Bucket => observer.blob_fill("bucket"),
+            FillSource::Upstream => observer.blob_fill("upstream"),
+            FillSource::UpstreamBucketDown => {
+                observer.blob_fill("upstream");
+                observer.bypassed("blob_read");
+            }
+        }
+    }
+
+    /// Copies a committed blob to the bucket in the background; the pin keeps the file from
+    /// eviction until the copy is done.
+    pub(crate) fn upload(&self, digest: Digest, path: PathBuf, size: u64, pin: PinGuard) {
+        let bucket = self.bucket.clone();
+        let write = async move {
+            match upload(&bucket, &digest, path, size).await {
+                Ok(true) => tracing::debug!(%digest, bytes = size, "blob copied to storage"),
+                Ok(false) => tracing::debug!(%digest, "blob already in storage"),
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "cannot copy blob to storage");
+                    bucket.observer().bypassed("blob_write");
+                }
+            }
+            drop(pin);
+        };
+        self.bucket.spawn_write("blob_write", write);
+    }
+
+    /// A bucket object that did not hash to its key is garbage: deleted, so the next fill goes
+    /// upstream. (A correct copy written meanwhile by another replica may go with it; it is
+    /// written again.)
+    pub(crate) fn discard(&self, digest: &Digest) {
+        let bucket = self.bucket.clone();
+        let key = bucket.keys().blob(digest);
+        let digest = digest.clone();
+        tokio::spawn(async move {
+            match bucket.delete(&key).await {
+                Ok(()) => tracing::warn!(%digest, "damaged blob deleted from storage"),
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "cannot delete damaged blob from storage")
+                }
+            }
+        });
+    }
+}
+
+/// `Ok(false)`: already there. Reads the committed file once, hashing it; nothing becomes
+/// visible unless the hash matches.
+async fn upload(
+    bucket: &Bucket,
+    digest: &Digest,
+    path: PathBuf,
+    size: u64,
+) -> Result<bool, BucketError> {
+    let key = bucket.keys().blob(digest);
+    if bucket.exists(&key).await? {
+        return Ok(false);
+    }
+    let part_size = bucket.part_size();
+    let damaged = |why: String| BucketError::Damaged {
+        key: path.display().to_string(),
+        why,
+    };
+    let mut reader = PartReader::open(path.clone(), digest)
+        .await
+        .map_err(|e| damaged(e.to_string()))?;
+    if size <= part_size {
+        let bytes = reader
+            .next(part_size)
+            .await
+            .map_err(|e| damaged(e.to_string()))?;
+        let actual = reader.finish();
+        if bytes.len() as u64 != size || actual != *digest {
+            return Err(damaged(format!("the committed file hashes to {actual}")));
+        }
+        bucket.put(&key, bytes, None).await?;
+        return Ok(true);
+    }
+    let mut upload = bucket.start_multipart(&key).await?;
+    let mut sent: u64 = 0;
+    loop {
+        let part = match reader.next(part_size).await {
+            Ok(part) => part,
+            Err(e) => {
+                upload.abort().await;
+                return Err(damaged(e.to_string()));
+            }
+        };
+        if part.is_empty() {
+            break;
+        }
+        sent += part.len() as u64;
+        if let Err(e) = upload.put_part(part).await {
+            upload.abort().await;
+            return Err(e);
+        }
+    }
+    let actual = reader.finish();
+    if sent != size || actual != *digest {
+        upload.abort().await;
+        return Err(damaged(format!(
+            "the committed file ({sent} bytes) hashes to {actual}"
+        )));
+    }
+    upload.complete().await?;
+    Ok(true)
+}
+
+/// The committed file read in parts on a blocking thread, hashed as it goes.
+struct PartReader {
+    file: Option<std::fs::File>,
+    verifier: Option<Verifier>,
+}
+
+impl PartReader {
+    async fn open(path: PathBuf, digest: &Digest) -> std::io::Result<Self> {
+        let file = tokio::task::spawn_blocking(move || std::fs::File::open(path))
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(PartReader {
+            file: Some(file),
+            verifier: Some(Verifier::new(digest.algorithm())),
+        })
+    }
+
+    /// Up to `max` bytes (fewer only at the end), hashed.
+    async fn next(&mut self, max: u64) -> std::io::Result<Bytes> {
+        let (Some(file), Some(verifier)) = (self.file.take(), self.verifier.take()) else {
+            return Err(std::io::Error::other("part reader used after an error"));
+        };
+        let (file, verifier, bytes) = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let mut verifier = verifier;
+            let mut buf = Vec::new();
+            (&mut file).take(max).read_to_end(&mut buf)?;
+            verifier.update(&buf);
+            Ok::<_, std::io::Error>((file, verifier, Bytes::from(buf)))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.file = Some(file);
+        self.verifier = Some(verifier);
+        Ok(bytes)
+    }
+
+    fn finish(&mut self) -> Digest {
+        match self.verifier.take() {
+            Some(v) => v.finish(),
+            // Only after an error, which aborted the upload already.
+            None => Verifier::new(crate::digest::Algorithm::Sha256).finish(),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Where things live in the bucket (pure): `<prefix>blobs/sha256/<hex>`,
+//! `<prefix>manifests/sha256/<hex>`, `<prefix>tags/<upstream>/<repository>/<tag>`.
+//!
+//! Digests are hex, repository names and tags are validated before they get here, and upstream
+//! names come from the config; object_store percent-encodes anything a key part may not hold,
+//! so no client text can step outside the prefix.
+
+use crate::cache::tag_store::TagKey;
+use crate::digest::Digest;
+use object_store::path::{Path, PathPart};
+
+/// The key layout under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// The prefix's parts (`prod/eu/` → `prod`, `eu`).
+    prefix: Vec<String>,
+}
+
+impl Keys {
+    /// `prefix` is empty or ends in `/` (checked by the config).
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+
+    pub fn blob(&self, digest: &Digest) -> Path {
+        self.path(&["blobs", digest.algorithm().as_str(), digest.hex()])
+    }
+
+    pub fn manifest(&self, digest: &Digest) -> Path {
+        self.path(&["manifests", digest.algorithm().as_str(), digest.hex()])
+    }
+
+    pub fn tag(&self, key: &TagKey) -> Path {
+        let mut parts = vec!["tags", key.upstream.as_str()];
+        parts.extend(key.repository.split('/'));
+        parts.push(key.tag.as_str());
+        self.path(&parts)
+    }
+
+    fn path(&self, parts: &[&str]) -> Path {
+        self.prefix
+            .iter()
+            .map(|p| PathPart::from(p.as_str()))
+            .chain(parts.iter().map(|p| PathPart::from(*p)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest() -> Digest {
+        Digest::sha256_of(b"x")
+    }
+
+    #[test]
+    fn layout() {
+        let hex = digest().hex().to_owned();
+        let none = Keys::new("");
+        assert_eq!(none.blob(&digest()).as_ref(), format!("blobs/sha256/{hex}"));
+        let prod = Keys::new("prod/eu/");
+        assert_eq!(
+            prod.blob(&digest()).as_ref(),
+            format!("prod/eu/blobs/sha256/{hex}")
+        );
+        assert_eq!(
+            prod.manifest(&digest()).as_ref(),
+            format!("prod/eu/manifests/sha256/{hex}")
+        );
+        let tag = TagKey {
+            upstream: "docker.io".into(),
+            repository: "library/alpine".into(),
+            tag: "3.20".into(),
+        };
+        assert_eq!(
+            prod.tag(&tag).as_ref(),
+            "prod/eu/tags/docker.io/library/alpine/3.20"
+        );
+    }
+
+    #[test]
+    fn no_part_escapes_its_place() {
+        let tag = TagKey {
+            upstream: "host:5000".into(),
+            repository: "a/b".into(),
+            tag: "..".into(),
+        };
+        let key = Keys::new("p/").tag(&tag);
+        // `..` and `:`-bearing parts are encoded, never path steps.
+        assert!(key.as_ref().starts_with("p/tags/"), "{key}");
+        assert!(!key.parts().any(|p| p.as_ref() == ".."), "{key}");
+    }
+}

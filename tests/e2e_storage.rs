@@ -1,0 +1,346 @@
+//! End-to-end tier for the shared storage (`[storage]`): archway on a real S3-protocol server
+//! (`moto_server`, on loopback), Distribution (`docker-registry`) as upstream, skopeo as the
+//! client. Same gate and helpers as `tests/e2e.rs`; moto_server and curl are required too.
+//!
+//! Before relying on the server, each test proves it refuses a second conditional create with
+//! 412. archway runs with `HTTP_PROXY` pointing at a closed port and no `NO_PROXY`: its S3 client
+//! must reach the loopback endpoint directly.
+
+#[allow(dead_code)]
+mod e2e {
+    pub mod fixtures;
+    pub mod http;
+    pub mod layout;
+    pub mod procs;
+    pub mod s3;
+    pub mod tools;
+}
+
+use e2e::fixtures::{self, Blob, FixtureSet, Flavour, Image, LINUX_ARM64_V8};
+use e2e::layout::OciLayout;
+use e2e::procs::{free_port, run_ok};
+use e2e::s3::{storage_toml, Moto};
+use e2e::tools::{e2e_enabled, show, skopeo, temp_dir, Access, Archway, Registry, Setup};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const PULL_TIMEOUT: Duration = Duration::from_secs(300);
+const BUCKET: &str = "archway-e2e";
+/// The large fixture layer (~50 MB) goes up as a multipart upload of 5 MiB parts.
+const PART_SIZE: &str = "s3_part_size = \"5MiB\"\n";
+
+/// An archway with `[storage]` on `moto`, its admin listener on a free port, and no `NO_PROXY`
+/// in its environment (`HTTP_PROXY` stays at a closed port).
+struct Replica {
+    archway: Archway,
+    admin: u16,
+}
+
+impl Replica {
+    fn start(upstream: &str, tag_ttl: &str, moto: &Moto) -> Replica {
+        let admin = free_port();
+        let setup = Setup {
+            top: format!("admin_listen = \"127.0.0.1:{admin}\"\n"),
+            env_remove: vec!["NO_PROXY".into(), "no_proxy".into()],
+        };
+        let storage = storage_toml(moto, BUCKET, PART_SIZE);
+        let archway = Archway::start_set_up(upstream, tag_ttl, &storage, &setup);
+        Replica { archway, admin }
+    }
+
+    fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin);
+        let r = e2e::http::get(&url, &[]).expect("metrics");
+        assert_eq!(r.status, 200, "{url}");
+        r.text()
+    }
+}
+
+/// The value of the series `name{labels}` (exactly as exposed), 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a number"))
+        .unwrap_or(0.0)
+}
+
+fn moto() -> Moto {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    moto.prove_conditional_create(BUCKET);
+    moto
+}
+
+fn upstream(repos: &[&str]) -> (Registry, FixtureSet) {
+    let registry = Registry::start();
+    let fx = FixtureSet::build(fixtures::fresh_seed(), true);
+    eprintln!("fixture seed {} in {} {repos:?}", fx.seed, registry.url());
+    fx.push(&registry.url(), repos);
+    (registry, fx)
+}
+
+fn skopeo_copy(tmp: &Path, source: &str, out: &str, extra: &[&str]) -> OciLayout {
+    let dir = tmp.join(out);
+    let src = format!("docker://{source}");
+    let dst = format!("oci:{}:x", dir.display());
+    let mut args = vec!["copy", "--src-tls-verify=false"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[&src, &dst]);
+    run_ok(&mut skopeo(tmp, &args), PULL_TIMEOUT);
+    OciLayout::open(&dir)
+}
+
+const ARM64: [&str; 4] = ["--override-arch", "arm64", "--override-variant", "v8"];
+
+/// Copies `multi:oci` (the arm64/v8 child) and `multi:large` through `archway`, and checks every
+/// byte of both in the layouts skopeo wrote (each blob hashed again).
+fn pull_both(archway: &Archway, fx: &FixtureSet, tmp: &Path, name: &str) -> Vec<Blob> {
+    let oci = fx.image(Flavour::Oci, LINUX_ARM64_V8);
+    let large = fx.large.as_ref().expect("the set has `large`");
+    let started = Instant::now();
+    let layout = skopeo_copy(
+        tmp,
+        &format!("{}/multi:oci", archway.host()),
+        &format!("{name}-oci"),
+        &ARM64,
+    );
+    assert_eq!(layout.descriptor("x")["digest"], oci.manifest.digest);
+    check(&layout, oci);
+    let layout = skopeo_copy(
+        tmp,
+        &format!("{}/multi:large", archway.host()),
+        &format!("{name}-large"),
+        &[],
+    );
+    assert_eq!(layout.descriptor("x")["digest"], large.manifest.digest);
+    check(&layout, large);
+    eprintln!("{name}: both images in {:?}", started.elapsed());
+    oci.blobs().chain(large.blobs()).cloned().collect()
+}
+
+fn check(layout: &OciLayout, image: &Image) {
+    let all = layout.walk(&image.manifest.digest);
+    for b in image.blobs() {
+        assert!(all.contains(&b.digest), "layout lacks {}", b.digest);
+    }
+}
+
+/// Waits until every key is in the bucket (uploads run in the background after the commit).
+fn wait_in_bucket(moto: &Moto, keys: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for key in keys {
+        while moto.head(BUCKET, key) != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "{key} never appeared in the bucket"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn on_repo<'a>(log: &'a [Access], repo: &str) -> Vec<&'a Access> {
+    let prefix = format!("/v2/{repo}/");
+    log.iter()
+        .filter(|a| a.path().starts_with(&prefix))
+        .collect()
+}
+
+fn assert_no_errors(log: &[Access], repo: &str) {
+    let bad: Vec<Access> = on_repo(log, repo)
+        .into_iter()
+        .filter(|a| a.status >= 400 || a.complete == Some(false))
+        .cloned()
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "archway answered errors:\n{}\nfull log:\n{}",
+        show(&bad),
+        show(log)
+    );
+}
+
+/// The cache result archway logged for the tag requests of `repo:tag`.
+fn tag_results(log: &[Access], repo: &str, tag: &str) -> Vec<String> {
+    let path = format!("/v2/{repo}/manifests/{tag}");
+    log.iter()
+        .filter(|a| a.path() == path && a.status == 200)
+        .map(|a| a.cache.clone().unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn s3_is_the_only_copy_for_a_replica_with_an_empty_disk_and_no_upstream() {
+    if !e2e_enabled("s3_is_the_only_copy_for_a_replica_with_an_empty_disk_and_no_upstream") {
+        return;
+    }
+    let moto = moto();
+    // The upstream is named docker.io: one-component names live under library/.
+    let (mut registry, fx) = upstream(&["library/multi"]);
+    let tmp = temp_dir("s3only");
+
+    // Replica A pulls both images from upstream; they go to its disk and to the bucket.
+    let a = Replica::start(&registry.url(), "5m", &moto);
+    let blobs = pull_both(&a.archway, &fx, tmp.path(), "a");
+    let oci = fx.image(Flavour::Oci, LINUX_ARM64_V8);
+    let large = fx.large.as_ref().expect("large");
+    let mut keys: Vec<String> = blobs
+        .iter()
+        .map(|b| format!("e2e/blobs/sha256/{}", b.hex()))
+        .collect();
+    for m in [fx.tag("oci"), &oci.manifest, &large.manifest] {
+        keys.push(format!("e2e/manifests/sha256/{}", m.hex()));
+    }
+    keys.push("e2e/tags/docker.io/library/multi/oci".into());
+    keys.push("e2e/tags/docker.io/library/multi/large".into());
+    wait_in_bucket(&moto, &keys);
+    let a_metrics = a.metrics();
+    assert_eq!(
+        metric(&a_metrics, "archway_blob_fills_total{source=\"upstream\"}"),
+        blobs.len() as f64,
+        "{a_metrics}"
+    );
+    assert!(
+        metric(
+            &a_metrics,
+            "archway_storage_operations_total{op=\"CompleteMultipartUpload\",status=\"ok\"}"
+        ) >= 1.0,
+        "the 50 MB layer went up in parts: {a_metrics}"
+    );
+    assert_no_errors(&a.archway.access_log(), "multi");
+
+    // Upstream gone. Replica B: same bucket, empty disk, tag TTL 5m.
+    registry.stop();
+    let b = Replica::start(&registry.url(), "5m", &moto);
+    pull_both(&b.archway, &fx, tmp.path(), "b");
+    let log = b.archway.access_log();
+    assert_no_errors(&log, "multi");
+    // The tags were confirmed (by A) within the TTL: fresh answers, upstream never asked.
+    for tag in ["oci", "large"] {
+        let results = tag_results(&log, "multi", tag);
+        assert!(
+            !results.is_empty() && results.iter().all(|r| r == "hit"),
+            "multi:{tag} should be a fresh hit from the bucket's record: {results:?}\n{}",
+            show(&log)
+        );
+    }
+    let b_metrics = b.metrics();
+    assert_eq!(
+        metric(&b_metrics, "archway_blob_fills_total{source=\"bucket\"}"),
+        blobs.len() as f64,
+        "every blob from the bucket: {b_metrics}"
+    );
+    assert_eq!(
+        metric(&b_metrics, "archway_blob_fills_total{source=\"upstream\"}"),
+        0.0,
+        "{b_metrics}"
+    );
+    assert!(
+        !b_metrics
+            .lines()
+            .any(|l| l.starts_with("archway_upstream_requests_total{")),
+        "B never asked the (stopped) upstream: {b_metrics}"
+    );
+
+    // Replica C, tag TTL 1s: the bucket's records are older than that, upstream is down, so
+    // stale-if-error answers from them.
+    std::thread::sleep(Duration::from_millis(1100));
+    let c = Replica::start(&registry.url(), "1s", &moto);
+    let layout = skopeo_copy(
+        tmp.path(),
+        &format!("{}/multi:oci", c.archway.host()),
+        "c-oci",
+        &ARM64,
+    );
+    check(&layout, oci);
+    let log = c.archway.access_log();
+    assert_no_errors(&log, "multi");
+    let results = tag_results(&log, "multi", "oci");
+    assert!(
+        !results.is_empty() && results.iter().all(|r| r == "stale"),
+        "multi:oci past its TTL with upstream down: stale from the bucket's record: {results:?}\n{}",
+        show(&log)
+    );
+}
+
+#[test]
+fn s3_down_l1_hits_are_served_and_misses_come_from_upstream_counted() {
+    if !e2e_enabled("s3_down_l1_hits_are_served_and_misses_come_from_upstream_counted") {
+        return;
+    }
+    let mut moto = moto();
+    let (registry, fx) = upstream(&["library/multi", "library/other"]);
+    let tmp = temp_dir("s3down");
+    let a = Replica::start(&registry.url(), "5m", &moto);
+    let oci = fx.image(Flavour::Oci, LINUX_ARM64_V8);
+    let layout = skopeo_copy(
+        tmp.path(),
+        &format!("{}/multi:oci", a.archway.host()),
+        "first",
+        &ARM64,
+    );
+    check(&layout, oci);
+
+    moto.stop();
+    let before = a.archway.access_log().len();
+    let started = Instant::now();
+    // L1 hits: the same image again.
+    let layout = skopeo_copy(
+        tmp.path(),
+        &format!("{}/multi:oci", a.archway.host()),
+        "again",
+        &ARM64,
+    );
+    check(&layout, oci);
+    // Misses: an image whose manifest and blobs this replica has not seen.
+    let layout = skopeo_copy(
+        tmp.path(),
+        &format!("{}/other:large", a.archway.host()),
+        "miss",
+        &[],
+    );
+    let large = fx.large.as_ref().expect("large");
+    check(&layout, large);
+    eprintln!("with storage down: both pulls in {:?}", started.elapsed());
+
+    let log = a.archway.access_log()[before..].to_vec();
+    assert_no_errors(&log, "multi");
+    assert_no_errors(&log, "other");
+    let hits: Vec<&Access> = on_repo(&log, "multi")
+        .into_iter()
+        .filter(|a| a.path().contains("/blobs/"))
+        .collect();
+    assert!(
+        !hits.is_empty() && hits.iter().all(|a| a.cache.as_deref() == Some("hit")),
+        "the second pull's blobs are L1 hits:\n{}",
+        show(&log)
+    );
+    let m = a.metrics();
+    let misses = large.blobs().count() as f64;
+    assert_eq!(
+        metric(&m, "archway_storage_bypassed_total{what=\"blob_read\"}"),
+        misses,
+        "each miss read upstream without the bucket, counted: {m}"
+    );
+    // The tag was looked up in the bucket (failed), fetched from upstream, and its record and
+    // manifest could not be copied: each counted.
+    for what in ["tag_read", "tag_write", "manifest_write"] {
+        assert!(
+            metric(
+                &m,
+                &format!("archway_storage_bypassed_total{{what=\"{what}\"}}")
+            ) >= 1.0,
+            "{what}: {m}"
+        );
+    }
+    assert!(
+        metric(
+            &m,
+            "archway_storage_operations_total{op=\"GetObject\",status=\"error\"}"
+        ) + metric(
+            &m,
+            "archway_storage_operations_total{op=\"GetObject\",status=\"timeout\"}"
+        ) >= misses,
+        "{m}"
+    );
+}

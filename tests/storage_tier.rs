@@ -1,0 +1,513 @@
+//! The shared storage tier's logic, in process: the blob store, manifest store and tag store over
+//! `object_store::memory::InMemory` (the same `ObjectStore` trait the S3 client implements), and
+//! over an S3 endpoint nobody listens on (storage down). The real S3 protocol (moto_server) is
+//! exercised by `tests/e2e_storage.rs`.
+
+use archway::body::UpstreamBody;
+use archway::cache::blob::{Blob, BlobStore, BlobStoreLimits, IncomingBlob, SourceError};
+use archway::cache::bucket::{Bucket, BucketSettings, StorageObserver};
+use archway::cache::manifest_store::{Manifest, ManifestStore};
+use archway::cache::tag_store::{now_ms, TagEntry, TagKey, TagStore};
+use archway::digest::Digest;
+use archway::error::ProxyError;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::{Attribute, ObjectStoreExt, PutPayload};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PART: u64 = 5 << 20;
+
+/// Counts what the bucket reports, by label.
+#[derive(Default)]
+struct Seen {
+    counts: Mutex<HashMap<String, u64>>,
+}
+
+impl Seen {
+    fn count(&self, key: &str) -> u64 {
+        self.counts.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+    fn add(&self, key: String) {
+        *self.counts.lock().unwrap().entry(key).or_default() += 1;
+    }
+}
+
+impl StorageObserver for Seen {
+    fn operation(&self, op: &'static str, status: &'static str, _: Duration) {
+        self.add(format!("{op}/{status}"));
+    }
+    fn blob_fill(&self, source: &'static str) {
+        self.add(format!("fill/{source}"));
+    }
+    fn bypassed(&self, what: &'static str) {
+        self.add(format!("bypassed/{what}"));
+    }
+}
+
+fn sample(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect()
+}
+
+type FetchFuture = Pin<Box<dyn Future<Output = Result<IncomingBlob, SourceError>> + Send>>;
+
+/// An upstream that serves `bytes` in 64 KiB chunks, counting its calls.
+fn upstream(
+    bytes: Vec<u8>,
+    calls: Arc<AtomicUsize>,
+) -> impl FnOnce() -> FetchFuture + Send + 'static {
+    move || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let size = bytes.len() as u64;
+        let chunks: Vec<Result<Bytes, std::io::Error>> = bytes
+            .chunks(64 << 10)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let body: UpstreamBody =
+            StreamBody::new(futures_util::stream::iter(chunks).map(|c| c.map(Frame::data)))
+                .boxed_unsync();
+        Box::pin(async move {
+            Ok(IncomingBlob {
+                size: Some(size),
+                body,
+            })
+        })
+    }
+}
+
+/// An upstream that must not be asked.
+fn no_upstream() -> impl FnOnce() -> FetchFuture + Send + 'static {
+    || -> FetchFuture {
+        Box::pin(async {
+            Err(SourceError::new(ProxyError::internal(
+                "upstream asked although the bucket has the blob",
+            )))
+        })
+    }
+}
+
+async fn read_all(blob: &Blob) -> Result<Vec<u8>, std::io::Error> {
+    let mut body = blob.body(None);
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
+}
+
+fn bucket_over(store: Arc<InMemory>, seen: Arc<Seen>) -> Arc<Bucket> {
+    Arc::new(Bucket::over(
+        store,
+        "prod/",
+        Duration::from_secs(5),
+        PART,
+        seen,
+    ))
+}
+
+fn open_store(dir: &std::path::Path, bucket: Option<Arc<Bucket>>) -> Arc<BlobStore> {
+    BlobStore::open_with_bucket(
+        dir.to_path_buf(),
+        BlobStoreLimits::with_max_bytes(1 << 30),
+        bucket,
+    )
+    .unwrap()
+}
+
+fn blob_key(digest: &Digest) -> ObjectPath {
+    ObjectPath::from(format!("prod/blobs/sha256/{}", digest.hex()))
+}
+
+/// Waits (at most 10 s) until `key` is in the store; its bytes.
+async fn wait_for_object(store: &InMemory, key: &ObjectPath) -> Bytes {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(got) = store.get(key).await {
+            return got.bytes().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "{key} never appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_fills_are_copied_and_a_replica_with_an_empty_disk_reads_the_bucket() {
+    let s3 = Arc::new(InMemory::new());
+    let seen = Arc::new(Seen::default());
+    // One blob below the part size (one PUT), one above it (multipart: 3 parts).
+    let small = sample(300 << 10, 1);
+    let large = sample((12 << 20) + 12345, 2);
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = open_store(a_dir.path(), Some(bucket_over(s3.clone(), seen.clone())));
+    for data in [&small, &large] {
+        let digest = Digest::sha256_of(data);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let blob = a
+            .get_or_fill(&digest, upstream(data.clone(), calls.clone()))
+            .await
+            .unwrap();
+        assert_eq!(read_all(&blob).await.unwrap(), *data);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+    // A shutdown waits for the commits and then for the copies they started.
+    a.finish_commits(Duration::from_secs(30)).await;
+    for data in [&small, &large] {
+        let key = blob_key(&Digest::sha256_of(data));
+        let copied = s3.get(&key).await.expect("copied before shutdown");
+        assert!(
+            copied.bytes().await.unwrap() == data.as_slice(),
+            "the exact bytes"
+        );
+    }
+    assert_eq!(seen.count("fill/upstream"), 2);
+    assert_eq!(seen.count("PutObject/ok"), 1, "the small blob: one PUT");
+    assert_eq!(seen.count("CompleteMultipartUpload/ok"), 1);
+    assert_eq!(seen.count("UploadPart/ok"), 3, "12 MiB in 5 MiB parts");
+
+    // Another replica, its disk empty: every blob from the bucket, verified, kept in its L1.
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = open_store(b_dir.path(), Some(bucket_over(s3.clone(), seen.clone())));
+    // A HEAD there is answered from the bucket without a download.
+    assert_eq!(
+        b.head_in_bucket(&Digest::sha256_of(&large)).await,
+        Some(large.len() as u64)
+    );
+    assert_eq!(b.head_in_bucket(&Digest::sha256_of(b"absent")).await, None);
+    assert_eq!(b.stats().fills_started, 0);
+    for data in [&small, &large] {
+        let digest = Digest::sha256_of(data);
+        let blob = b.get_or_fill(&digest, no_upstream()).await.unwrap();
+        assert_eq!(blob.size(), Some(data.len() as u64));
+        assert_eq!(read_all(&blob).await.unwrap(), *data);
+        drop(blob);
+        wait_until("the commit", || b.lookup_is_cached(&digest)).await;
+    }
+    assert_eq!(seen.count("fill/bucket"), 2);
+    // Not copied back: the bucket already had them.
+    assert_eq!(seen.count("PutObject/ok"), 1);
+}
+
+/// `BlobStore::get` (sync) as a predicate.
+trait Cached {
+    fn lookup_is_cached(&self, digest: &Digest) -> bool;
+}
+
+impl Cached for Arc<BlobStore> {
+    fn lookup_is_cached(&self, digest: &Digest) -> bool {
+        self.get(digest).is_some()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_bucket_object_is_never_served_whole_nor_kept_and_the_retry_goes_upstream() {
+    let s3 = Arc::new(InMemory::new());
+    let seen = Arc::new(Seen::default());
+    let data = sample(200 << 10, 3);
+    let digest = Digest::sha256_of(&data);
+    let mut wrong = data.clone();
+    wrong[1000] ^= 0xff;
+    s3.put(&blob_key(&digest), PutPayload::from(wrong))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), Some(bucket_over(s3.clone(), seen.clone())));
+
+    // Either the fill failed before this caller saw its head (an error, as for any fill that
+    // breaks that fast), or the body breaks off: never a complete answer.
+    match store.get_or_fill(&digest, no_upstream()).await {
+        Ok(blob) => assert!(
+            read_all(&blob).await.is_err(),
+            "the body breaks off: never a complete answer"
+        ),
+        Err(e) => assert!(e.to_string().contains("digest mismatch"), "{e}"),
+    }
+    assert!(store.get(&digest).is_none(), "not kept in L1");
+    let deleted = async {
+        while s3.head(&blob_key(&digest)).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), deleted)
+        .await
+        .expect("the damaged object is deleted from the bucket");
+
+    // The failure is not remembered as upstream's: the retry goes upstream at once.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let blob = store
+        .get_or_fill(&digest, upstream(data.clone(), calls.clone()))
+        .await
+        .unwrap();
+    assert_eq!(read_all(&blob).await.unwrap(), data);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.count("fill/bucket"), 1);
+    assert_eq!(seen.count("fill/upstream"), 1);
+    assert!(wait_for_object(&s3, &blob_key(&digest)).await == data.as_slice());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_down_blobs_come_from_upstream_uncopied_and_counted() {
+    // A loopback S3 endpoint nobody listens on: every request is refused at once.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let seen = Arc::new(Seen::default());
+    let settings = BucketSettings {
+        bucket: "archway".into(),
+        prefix: String::new(),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        region: "us-east-1".into(),
+        path_style: true,
+        keys: Some(("test".into(), "test".into())),
+        timeout: Duration::from_secs(2),
+        upload_timeout: Duration::from_secs(2),
+        max_uploads: 2,
+        upload_queue: 8,
+        part_size: PART,
+    };
+    let bucket = Arc::new(Bucket::open(&settings, seen.clone()).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), Some(bucket.clone()));
+    let data = sample(100 << 10, 4);
+    let digest = Digest::sha256_of(&data);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let blob = store
+        .get_or_fill(&digest, upstream(data.clone(), calls.clone()))
+        .await
+        .unwrap();
+    assert_eq!(read_all(&blob).await.unwrap(), data);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by s3_timeout"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.count("fill/upstream"), 1);
+    assert_eq!(seen.count("bypassed/blob_read"), 1);
+    assert_eq!(seen.count("GetObject/error"), 1);
+    drop(blob);
+    wait_until("the commit", || store.get(&digest).is_some()).await;
+    // L1 serves it now, the bucket untouched; no upload was tried.
+    let hit = store.lookup(&digest).await.expect("an L1 hit");
+    assert_eq!(read_all(&hit).await.unwrap(), data);
+    assert_eq!(seen.count("GetObject/error"), 1);
+    assert_eq!(bucket.pending_writes(), 0);
+    assert_eq!(
+        seen.count("PutObject/error") + seen.count("HeadObject/error"),
+        0
+    );
+
+    // Manifests and tags: a miss with the bucket down is a miss, counted.
+    let mdir = tempfile::tempdir().unwrap();
+    let manifests = ManifestStore::open(mdir.path().into(), 1 << 20)
+        .unwrap()
+        .with_bucket(Some(bucket.clone()));
+    assert!(manifests.get(&Digest::sha256_of(b"{}")).await.is_none());
+    assert_eq!(seen.count("bypassed/manifest_read"), 1);
+    let tdir = tempfile::tempdir().unwrap();
+    let tags = TagStore::open(tdir.path().into())
+        .unwrap()
+        .with_bucket(Some(bucket));
+    tags.adopt_from_bucket(&tag_key(), Duration::from_secs(60))
+        .await;
+    assert_eq!(tags.get(&tag_key()), None);
+    assert_eq!(seen.count("bypassed/tag_read"), 1);
+}
+
+fn tag_key() -> TagKey {
+    TagKey {
+        upstream: "docker.io".into(),
+        repository: "library/alpine".into(),
+        tag: "3.20".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_keep_exact_bytes_and_media_type_and_are_verified_on_read() {
+    let s3 = Arc::new(InMemory::new());
+    let seen = Arc::new(Seen::default());
+    // Odd spacing on purpose: the bytes are kept, never re-serialised.
+    let bytes = Bytes::from_static(b"{ \"schemaVersion\" : 2,\n  \"mediaType\":\"x\" }");
+    let m = Arc::new(Manifest {
+        digest: Digest::sha256_of(&bytes),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        bytes: bytes.clone(),
+    });
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = ManifestStore::open(a_dir.path().into(), 1 << 20)
+        .unwrap()
+        .with_bucket(Some(bucket_over(s3.clone(), seen.clone())));
+    a.put(m.clone()).await.unwrap();
+    let key = ObjectPath::from(format!("prod/manifests/sha256/{}", m.digest.hex()));
+    assert_eq!(wait_for_object(&s3, &key).await, bytes);
+    let stored = s3.get(&key).await.unwrap();
+    assert_eq!(
+        stored
+            .attributes
+            .get(&Attribute::ContentType)
+            .map(|v| v.to_string()),
+        Some(m.media_type.clone())
+    );
+
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = ManifestStore::open(b_dir.path().into(), 1 << 20)
+        .unwrap()
+        .with_bucket(Some(bucket_over(s3.clone(), seen.clone())));
+    assert_eq!(b.get(&m.digest).await, Some(m.clone()));
+    // Kept on disk: found again without the bucket.
+    let c = ManifestStore::open(b_dir.path().into(), 1 << 20).unwrap();
+    assert_eq!(c.get(&m.digest).await, Some(m.clone()));
+
+    // An object that does not hash to its key is never served under it.
+    let other = Digest::sha256_of(b"{\"other\":1}");
+    let tampered = ObjectPath::from(format!("prod/manifests/sha256/{}", other.hex()));
+    s3.put(&tampered, PutPayload::from_static(b"{\"tampered\":1}"))
+        .await
+        .unwrap();
+    assert_eq!(b.get(&other).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_records_are_shared_and_the_newest_confirmation_wins() {
+    let s3 = Arc::new(InMemory::new());
+    let seen = Arc::new(Seen::default());
+    let entry = |seed: &[u8], at: u64| TagEntry {
+        digest: Digest::sha256_of(seed),
+        media_type: "application/vnd.oci.image.index.v1+json".into(),
+        size: 123,
+        validated_at_ms: at,
+    };
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = TagStore::open(a_dir.path().into())
+        .unwrap()
+        .with_bucket(Some(bucket_over(s3.clone(), seen.clone())));
+    let confirmed = entry(b"v1", now_ms());
+    a.put(tag_key(), confirmed.clone()).await.unwrap();
+    let key = ObjectPath::from("prod/tags/docker.io/library/alpine/3.20");
+    let record: serde_json::Value =
+        serde_json::from_slice(&wait_for_object(&s3, &key).await).unwrap();
+    assert_eq!(record["digest"], confirmed.digest.to_string());
+    assert_eq!(record["confirmed_at_ms"], confirmed.validated_at_ms);
+
+    // A replica that never saw the tag takes the record.
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = TagStore::open(b_dir.path().into())
+        .unwrap()
+        .with_bucket(Some(bucket_over(s3.clone(), seen.clone())));
+    b.adopt_from_bucket(&tag_key(), Duration::from_secs(300))
+        .await;
+    assert_eq!(b.get(&tag_key()), Some(confirmed.clone()));
+    let gets = seen.count("GetObject/ok");
+    // Fresh locally: the bucket is not asked again within the TTL.
+    b.adopt_from_bucket(&tag_key(), Duration::from_secs(300))
+        .await;
+    assert_eq!(seen.count("GetObject/ok"), gets);
+
+    // A local record newer than the bucket's is kept (even past its TTL).
+    let c_dir = tempfile::tempdir().unwrap();
+    let c = TagStore::open(c_dir.path().into())
+        .unwrap()
+        .with_bucket(Some(bucket_over(s3.clone(), seen.clone())));
+    let newer = entry(b"v2", confirmed.validated_at_ms + 1);
+    c.put(tag_key(), newer.clone()).await.unwrap();
+    wait_until("the newer record in the bucket", || {
+        seen.count("PutObject/ok") >= 2
+    })
+    .await;
+    let mut stale_local = newer.clone();
+    stale_local.validated_at_ms = confirmed.validated_at_ms - 1;
+    // d knows an older answer only locally (written without the bucket): the bucket's newer
+    // one wins once d's is past the TTL.
+    let d_dir = tempfile::tempdir().unwrap();
+    let d_plain = TagStore::open(d_dir.path().into()).unwrap();
+    d_plain.put(tag_key(), stale_local).await.unwrap();
+    let d = TagStore::open(d_dir.path().into())
+        .unwrap()
+        .with_bucket(Some(bucket_over(s3.clone(), seen.clone())));
+    d.adopt_from_bucket(&tag_key(), Duration::from_millis(1))
+        .await;
+    assert_eq!(d.get(&tag_key()), Some(newer.clone()));
+    c.adopt_from_bucket(&tag_key(), Duration::from_millis(1))
+        .await;
+    assert_eq!(c.get(&tag_key()), Some(newer));
+
+    // Upstream said 404 to this replica: the bucket's older record does not bring the tag back
+    // while the 404 is remembered.
+    c.mark_missing(&tag_key(), Duration::from_secs(60)).await;
+    c.adopt_from_bucket(&tag_key(), Duration::from_millis(1))
+        .await;
+    assert_eq!(c.get(&tag_key()), None);
+    assert!(c.is_known_missing(&tag_key()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_that_accepts_and_never_answers_costs_one_timeout() {
+    // Accepts connections, reads nothing, answers nothing: a blackholed endpoint.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            keep.lock().unwrap().push(conn);
+        }
+    });
+    let seen = Arc::new(Seen::default());
+    let settings = BucketSettings {
+        bucket: "archway".into(),
+        prefix: String::new(),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        region: "us-east-1".into(),
+        path_style: true,
+        keys: Some(("test".into(), "test".into())),
+        timeout: Duration::from_secs(1),
+        upload_timeout: Duration::from_secs(1),
+        max_uploads: 2,
+        upload_queue: 8,
+        part_size: PART,
+    };
+    let bucket = Arc::new(Bucket::open(&settings, seen.clone()).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), Some(bucket));
+    let data = sample(50 << 10, 5);
+    let digest = Digest::sha256_of(&data);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let blob = store
+        .get_or_fill(&digest, upstream(data.clone(), calls.clone()))
+        .await
+        .unwrap();
+    assert_eq!(read_all(&blob).await.unwrap(), data);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "one s3_timeout (1 s), then upstream: {took:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.count("bypassed/blob_read"), 1);
+    assert_eq!(
+        seen.count("GetObject/timeout") + seen.count("GetObject/error"),
+        1
+    );
+    assert!(!held.lock().unwrap().is_empty(), "the bucket was tried");
+}
