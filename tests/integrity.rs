@@ -245,7 +245,10 @@ async fn an_endless_body_stops_at_a_bound() {
         h.fake.endless_bytes_sent() - sent < 2 << 20,
         "upstream kept sending after the only client left"
     );
-    assert!(h.fake.endless_bytes_sent() < 16 << 20);
+    // Each of the two downloads takes at most max_blob_size (4 MiB); what the fake counts as
+    // sent also includes what sat in the loopback socket buffers (up to ~10 MiB a connection
+    // when the kernel autotunes them under load).
+    assert!(h.fake.endless_bytes_sent() < 32 << 20);
     wait_for(
         || support::files_under(&h.data_dir().join("tmp")).is_empty(),
         "temp files removed",
