@@ -63,6 +63,51 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// `[limits]`: what a client connection may take.
     pub limits: LimitsConfig,
+    /// `parent = [...]` and the `parent_*` keys: reach every upstream through parent archways.
+    pub parent: ParentConfig,
+}
+
+/// What a node does when no parent answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ParentFallback {
+    /// Answer from the cache (stale-if-error) or with an error naming the parents.
+    #[default]
+    None,
+    /// Go to the upstream itself.
+    Direct,
+}
+
+/// The parent tier: archways (a cluster) this node reaches every upstream through. Empty `urls`:
+/// upstreams are reached directly, as without the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentConfig {
+    /// `scheme://host[:port]` of each parent, as configured (also the metrics' `parent` label).
+    pub urls: Vec<http::Uri>,
+    /// Answers a parent's `[auth]` challenge (Basic, or Bearer through its token realm).
+    pub credentials: Option<Credentials>,
+    /// Extra PEM CA bundle trusted for `https://` parents besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// How long a parent whose connection failed or timed out is skipped.
+    pub down_for: Duration,
+    pub connect_timeout: Duration,
+    /// Longest wait for a parent's response headers, and for each chunk of a body. Longer than
+    /// an upstream's default, since the parent may itself wait on upstream that long.
+    pub read_timeout: Duration,
+    pub fallback: ParentFallback,
+}
+
+impl Default for ParentConfig {
+    fn default() -> Self {
+        ParentConfig {
+            urls: Vec::new(),
+            credentials: None,
+            ca_file: None,
+            down_for: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            fallback: ParentFallback::None,
+        }
+    }
 }
 
 /// `[limits]`: bounds on client connections.
@@ -248,6 +293,7 @@ impl Default for Config {
             tls: None,
             auth: None,
             limits: LimitsConfig::default(),
+            parent: ParentConfig::default(),
         }
     }
 }
@@ -327,12 +373,50 @@ impl Config {
                 return Err(invalid("auth", "needs htpasswd_file, tokens_file or both"));
             }
         }
+        self.validate_parent()
+    }
+
+    fn validate_parent(&self) -> Result<(), ConfigError> {
+        let p = &self.parent;
+        let mut seen = std::collections::HashSet::new();
+        for u in &p.urls {
+            if !seen.insert(u.to_string().to_ascii_lowercase()) {
+                return Err(invalid("parent", format!("`{u}` is listed twice")));
+            }
+        }
+        if p.connect_timeout.is_zero() {
+            return Err(invalid("parent_connect_timeout", "must be more than 0"));
+        }
+        if p.read_timeout.is_zero() {
+            return Err(invalid("parent_read_timeout", "must be more than 0"));
+        }
+        if p.urls.is_empty() && p.credentials.is_some() {
+            return Err(invalid(
+                "parent_username",
+                "is set but `parent` lists no parent",
+            ));
+        }
+        if p.urls.is_empty() && p.fallback != ParentFallback::None {
+            return Err(invalid(
+                "parent_fallback",
+                "is set but `parent` lists no parent",
+            ));
+        }
         Ok(())
     }
 
     /// The upstream a request with no `ns=`, prefix or Host match reaches.
     pub fn default_upstream(&self) -> Option<usize> {
         self.upstreams.iter().position(|u| u.default)
+    }
+}
+
+/// `none` or `direct`.
+pub fn parse_parent_fallback(key: &str, s: &str) -> Result<ParentFallback, ConfigError> {
+    match s {
+        "none" => Ok(ParentFallback::None),
+        "direct" => Ok(ParentFallback::Direct),
+        _ => Err(invalid(key, format!("`{s}` is not one of none, direct"))),
     }
 }
 

@@ -55,6 +55,7 @@ pub fn config_for(fake: &FakeRegistry, dir: &Path) -> Config {
         tls: None,
         auth: None,
         limits: Default::default(),
+        parent: Default::default(),
     }
 }
 
