@@ -380,6 +380,13 @@ impl Config {
         let p = &self.parent;
         let mut seen = std::collections::HashSet::new();
         for u in &p.urls {
+            // The URL is a log field and a metrics label: credentials have their own keys.
+            if u.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err(invalid(
+                    "parent",
+                    "a parent URL must not hold credentials; use parent_username and parent_password",
+                ));
+            }
             if !seen.insert(u.to_string().to_ascii_lowercase()) {
                 return Err(invalid("parent", format!("`{u}` is listed twice")));
             }

@@ -92,6 +92,7 @@ fn bad_config_names_the_key() {
         ("bogus = 1", "bogus"),
         (r#"parent = ["archway:5000"]"#, "parent"),
         (r#"parent = "http://archway:5000/v2""#, "parent"),
+        (r#"parent = "http://node:pw@archway:5000""#, "parent"),
         (
             r#"parent = ["http://a:5000", "http://a:5000"]"#,
             "parent",

@@ -31,7 +31,7 @@ use crate::error::{ErrorCode, ProxyError};
 use crate::metrics::Metrics;
 use crate::reference::Reference;
 use crate::route_policy::Route;
-use crate::upstream::Upstream;
+use crate::upstream::{Parents, Upstream};
 use crate::upstream_choice;
 use blobs::Blobs;
 use client::ClientRequest;
@@ -70,6 +70,11 @@ pub enum ProxyInitError {
     },
     #[error(transparent)]
     Route(#[from] crate::route_policy::RouteConfigError),
+    #[error("parent `{url}`: {source}")]
+    Parent {
+        url: String,
+        source: crate::upstream::UpstreamInitError,
+    },
     #[error("upstream `{name}`: {source}")]
     Upstream {
         name: String,
@@ -105,12 +110,21 @@ impl Proxy {
             Manifests::open(&dir, &config.cache).map_err(|(path, e)| cache_err(path, e))?;
         let metrics = Arc::new(Metrics::new());
         metrics.observe_blob_store(blobs.clone());
+        let parents = Parents::new(&config.parent)
+            .map_err(|(url, source)| ProxyInitError::Parent { url, source })?
+            .map(|p| Arc::new(p.with_metrics(metrics.clone())));
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| {
                 Upstream::new(u.clone())
-                    .map(|up| Arc::new(up.with_metrics(metrics.clone())))
+                    .map(|up| {
+                        let up = up.with_metrics(metrics.clone());
+                        Arc::new(match &parents {
+                            Some(p) => up.with_parents(p.clone()),
+                            None => up,
+                        })
+                    })
                     .map_err(|source| ProxyInitError::Upstream {
                         name: u.name.clone(),
                         source,
