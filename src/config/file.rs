@@ -4,7 +4,8 @@
 use super::error::{invalid, ConfigError};
 use super::model::*;
 use super::values::{
-    parse_admin_listen, parse_duration, parse_listen, parse_size, parse_upstream_url,
+    parse_admin_listen, parse_duration, parse_listen, parse_parent_urls, parse_size,
+    parse_upstream_url,
 };
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -193,10 +194,7 @@ impl RawParent {
             Some(OneOrMany::One(s)) => vec![s],
             Some(OneOrMany::Many(v)) => v,
         };
-        p.urls = urls
-            .iter()
-            .map(|u| parse_upstream_url("parent", u))
-            .collect::<Result<_, _>>()?;
+        p.urls = parse_parent_urls("parent", &urls)?;
         let password = read_password(
             "parent_password",
             self.parent_password,
