@@ -694,3 +694,90 @@ async fn what_a_node_sends_a_parent_and_that_a_lying_parent_is_not_believed() {
     let r = client.request(Method::GET, &by_digest, &[]).await;
     assert_verified(&r, &other.manifest, "manifest by digest");
 }
+
+// === a stalled parent, and a parent that is the node itself ===
+
+#[tokio::test]
+async fn a_parent_that_does_not_answer_in_time_fails_over_and_is_not_waited_on_again() {
+    let mut fleet = Fleet::start(1).await;
+    // The second "parent" accepts connections and never answers.
+    let stalled = FakeRegistry::start().await;
+    stalled.fault(None, support::Fault::StallHeaders);
+    fleet.urls.push(stalled.url());
+    let digests: Vec<_> = (0..40u8)
+        .map(|i| fleet.fake.add_blob(REPO, vec![i; 1500]))
+        .collect();
+    let node = fleet
+        .node_of(&[0, 1], |c| {
+            c.parent.read_timeout = Duration::from_millis(400)
+        })
+        .await;
+    let owned: Vec<_> = digests
+        .iter()
+        .filter(|d| fleet.first_choice(&d.to_string()) == 1)
+        .collect();
+    assert!(owned.len() >= 2, "fixture: the stalled parent owns some");
+    let started = std::time::Instant::now();
+    let r = fleet
+        .get(&node, &format!("/v2/{REPO}/blobs/{}", owned[0]), &[])
+        .await;
+    assert_verified(&r, owned[0], "after the timeout");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    // Marked down: the next one it owns does not wait for it.
+    let started = std::time::Instant::now();
+    let r = fleet
+        .get(&node, &format!("/v2/{REPO}/blobs/{}", owned[1]), &[])
+        .await;
+    assert_verified(&r, owned[1], "without waiting");
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    let s = scrape(&node);
+    let url = stalled.url();
+    assert_eq!(
+        s.value(
+            "archway_parent_requests_total",
+            &[("parent", url.as_str()), ("status", "timeout")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        s.value(
+            "archway_parent_failovers_total",
+            &[("parent", url.as_str())]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_node_listed_as_its_own_parent_is_never_asked() {
+    let mut fleet = Fleet::start(0).await;
+    let d = fleet.fake.add_blob(REPO, vec![4u8; 100]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    fleet.urls.push(format!("http://127.0.0.1:{port}"));
+    let node = fleet
+        .node_of(&[0], |c| {
+            c.listen = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+        })
+        .await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        fleet.get(&node, &format!("/v2/{REPO}/blobs/{d}"), &[]),
+    )
+    .await
+    .expect("no request loop");
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(r.text().contains("own listener"), "{}", r.text());
+    assert_eq!(
+        scrape(&node).sum("archway_requests_total"),
+        1.0,
+        "the node never asked itself"
+    );
+}

@@ -191,6 +191,12 @@ impl Upstream {
         self.egress.set_own_listeners(listeners, local);
     }
 
+    /// Why the egress policy refuses this upstream's own URL (archway's own listener, as an IP
+    /// literal), if it does.
+    pub(crate) fn refused_destination(&self) -> Option<String> {
+        self.egress.check_url(&self.config.url).err()
+    }
+
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
     }

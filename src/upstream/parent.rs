@@ -19,7 +19,7 @@ use crate::parent_choice;
 use crate::reference::RepositoryName;
 use http::{HeaderMap, Method, Response};
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 /// One configured parent: its client (with the parent's credentials) and when it is up again.
@@ -28,6 +28,8 @@ struct Parent {
     url: String,
     client: Upstream,
     down_until: Mutex<Option<Instant>>,
+    /// Why this parent is never asked: it is this archway itself (a loop).
+    refused: OnceLock<String>,
 }
 
 impl Parent {
@@ -114,6 +116,7 @@ impl Parents {
                 url,
                 client,
                 down_until: Mutex::new(None),
+                refused: OnceLock::new(),
             });
         }
         Ok(Some(Parents {
@@ -142,6 +145,12 @@ impl Parents {
     ) {
         for m in &self.members {
             m.client.set_own_listeners(listeners.clone(), local.clone());
+            // A request sent to ourselves would come back as a parent request, again and again.
+            if let Some(why) = m.client.refused_destination() {
+                if m.refused.set(why.clone()).is_ok() {
+                    tracing::error!(parent = %m.url, reason = %why, "parent refused: it is this archway; it is never asked");
+                }
+            }
         }
     }
 
@@ -164,6 +173,13 @@ impl Parents {
             let Some(parent) = self.members.get(i) else {
                 continue;
             };
+            if let Some(why) = parent.refused.get() {
+                failures.push(Failure {
+                    message: format!("{} refused: {why}", parent.url),
+                    timeout: false,
+                });
+                continue;
+            }
             if parent.is_down(now) {
                 failures.push(Failure {
                     message: format!("{} is marked down after a failure", parent.url),
