@@ -50,16 +50,44 @@ fn weight(parent: &str, key: &str) -> u64 {
 /// `?ns=<name>` (or `&ns=<name>` after an existing query) for `suffix`: the parent selects its
 /// own upstream by that name. Anything but unreserved characters and `:` is percent-encoded.
 pub fn with_namespace(suffix: &str, upstream: &str) -> String {
-    let mut encoded = String::with_capacity(upstream.len());
+    let separator = if suffix.contains('?') { '&' } else { '?' };
+    format!("{suffix}{separator}{}", namespace_param(upstream))
+}
+
+/// A parent's pagination `Link` without the `ns=` it added for the node (a parent points its
+/// links back through itself), so the node passes on a link in upstream's namespace, as an
+/// upstream's own. Anything not of the `<target>; params` form is returned unchanged.
+pub fn link_without_namespace(link: &str, upstream: &str) -> String {
+    let param = namespace_param(upstream);
+    let Some((before, rest)) = link.split_once('<') else {
+        return link.to_owned();
+    };
+    let Some((target, after)) = rest.split_once('>') else {
+        return link.to_owned();
+    };
+    let Some((path, query)) = target.split_once('?') else {
+        return link.to_owned();
+    };
+    let kept: Vec<&str> = query.split('&').filter(|p| *p != param).collect();
+    let target = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    format!("{before}<{target}>{after}")
+}
+
+fn namespace_param(upstream: &str) -> String {
+    let mut param = String::with_capacity(upstream.len() + 3);
+    param.push_str("ns=");
     for b in upstream.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
-            encoded.push(char::from(b));
+            param.push(char::from(b));
         } else {
-            encoded.push_str(&format!("%{b:02X}"));
+            param.push_str(&format!("%{b:02X}"));
         }
     }
-    let separator = if suffix.contains('?') { '&' } else { '?' };
-    format!("{suffix}{separator}ns={encoded}")
+    param
 }
 
 #[cfg(test)]
@@ -139,6 +167,44 @@ mod tests {
         ];
         for (suffix, upstream, want) in cases {
             assert_eq!(with_namespace(suffix, upstream), want);
+        }
+    }
+
+    #[test]
+    fn links_lose_the_namespace_the_parent_added() {
+        let cases = [
+            (
+                r#"</v2/library/alpine/tags/list?n=2&last=b&ns=docker.io>; rel="next""#,
+                "docker.io",
+                r#"</v2/library/alpine/tags/list?n=2&last=b>; rel="next""#,
+            ),
+            (
+                r#"</v2/x/tags/list?ns=ghcr.io>; rel="next""#,
+                "ghcr.io",
+                r#"</v2/x/tags/list>; rel="next""#,
+            ),
+            (
+                r#"</v2/x/tags/list?ns=ghcr.io&n=2>; rel="next""#,
+                "ghcr.io",
+                r#"</v2/x/tags/list?n=2>; rel="next""#,
+            ),
+            // Another upstream's ns, or none: untouched.
+            (
+                r#"</v2/x/tags/list?n=2&ns=other>; rel="next""#,
+                "ghcr.io",
+                r#"</v2/x/tags/list?n=2&ns=other>; rel="next""#,
+            ),
+            (
+                r#"</v2/x/tags/list?n=2>; rel="next""#,
+                "ghcr.io",
+                r#"</v2/x/tags/list?n=2>; rel="next""#,
+            ),
+            ("not a link", "ghcr.io", "not a link"),
+            ("<unclosed?ns=ghcr.io", "ghcr.io", "<unclosed?ns=ghcr.io"),
+            ("</v2/x/tags/list?ns=a%26b>", "a&b", "</v2/x/tags/list>"),
+        ];
+        for (link, upstream, want) in cases {
+            assert_eq!(link_without_namespace(link, upstream), want, "{link}");
         }
     }
 

@@ -781,3 +781,40 @@ async fn a_node_listed_as_its_own_parent_is_never_asked() {
         "the node never asked itself"
     );
 }
+
+// === listings ===
+
+/// A parent points its pagination links back through itself, with the `ns=` the node sent; the
+/// node's client gets the link it would get without parents.
+#[tokio::test]
+async fn tags_list_pagination_through_a_parent_leads_back_through_the_node() {
+    let mut fleet = Fleet::start(2).await;
+    fleet.fake.add_tags(REPO, &["a", "b", "c", "d", "e"]);
+    let node = fleet.node().await;
+    for (first, want_link) in [
+        (
+            "/v2/team/app/tags/list?n=2",
+            "</v2/team/app/tags/list?n=2&last=b>; rel=\"next\"",
+        ),
+        (
+            "/v2/fake/team/app/tags/list?n=2",
+            "</v2/fake/team/app/tags/list?n=2&last=b>; rel=\"next\"",
+        ),
+        (
+            "/v2/team/app/tags/list?ns=fake&n=2",
+            "</v2/team/app/tags/list?n=2&last=b&ns=fake>; rel=\"next\"",
+        ),
+    ] {
+        let p1 = fleet.get(&node, first, &[]).await;
+        assert_eq!(p1.status, StatusCode::OK, "{first}: {}", p1.text());
+        assert_eq!(p1.json()["tags"], serde_json::json!(["a", "b"]), "{first}");
+        assert_eq!(p1.header("link"), Some(want_link), "{first}");
+        let next = want_link
+            .strip_prefix('<')
+            .and_then(|l| l.split_once('>'))
+            .map(|(t, _)| t)
+            .unwrap();
+        let p2 = fleet.get(&node, next, &[]).await;
+        assert_eq!(p2.json()["tags"], serde_json::json!(["c", "d"]), "{next}");
+    }
+}

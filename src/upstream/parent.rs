@@ -200,7 +200,8 @@ impl Parents {
                         timeout: status == http::StatusCode::GATEWAY_TIMEOUT,
                     }
                 }
-                Ok(response) => {
+                Ok(mut response) => {
+                    unscope_link(&mut response, upstream);
                     self.count(
                         &parent.url,
                         UpstreamOutcome::Status(response.status().as_u16()),
@@ -277,6 +278,19 @@ impl Parents {
         if let Some(m) = &self.metrics {
             m.parent_request(parent, outcome);
         }
+    }
+}
+
+/// A parent's pagination link carries the `ns=` the node sent; the node's listings expect links
+/// in upstream's namespace.
+fn unscope_link<B>(response: &mut Response<B>, upstream: &str) {
+    let link = response
+        .headers()
+        .get(http::header::LINK)
+        .and_then(|v| v.to_str().ok())
+        .map(|l| parent_choice::link_without_namespace(l, upstream));
+    if let Some(value) = link.and_then(|l| http::HeaderValue::from_str(&l).ok()) {
+        response.headers_mut().insert(http::header::LINK, value);
     }
 }
 
