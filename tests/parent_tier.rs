@@ -226,6 +226,12 @@ async fn the_same_digest_goes_to_the_same_parent_and_digests_spread() {
         let labels = [("parent", fleet.urls[i].as_str()), ("status", "200")];
         assert_eq!(s.value("archway_parent_requests_total", &labels), *want);
     }
+    assert_eq!(
+        s.sum("archway_upstream_requests_total"),
+        0.0,
+        "a node's exchanges are with its parents, counted as such"
+    );
+    assert_eq!(s.series("archway_parent_requests_total").len(), 3);
     for d in &digests {
         assert_eq!(
             fleet
@@ -817,4 +823,25 @@ async fn tags_list_pagination_through_a_parent_leads_back_through_the_node() {
         let p2 = fleet.get(&node, next, &[]).await;
         assert_eq!(p2.json()["tags"], serde_json::json!(["c", "d"]), "{next}");
     }
+}
+
+/// Without `parent`, nothing changes: upstream is asked directly and no parent series exist.
+#[tokio::test]
+async fn without_parent_upstream_is_asked_directly() {
+    let h = support::Harness::start().await;
+    let d = h.fake.add_blob(REPO, vec![8u8; 100]);
+    let r = h.get(&format!("/v2/{REPO}/blobs/{d}")).await;
+    assert_verified(&r, &d, "direct");
+    let q = h.fake.requests().pop().unwrap();
+    assert_eq!(q.query, None, "no ns= to an upstream");
+    let s = scrape(h.archway.as_ref().unwrap());
+    assert!(s.series("archway_parent_requests_total").is_empty());
+    assert!(s.series("archway_parent_failovers_total").is_empty());
+    assert_eq!(
+        s.value(
+            "archway_upstream_requests_total",
+            &[("upstream", "fake"), ("status", "200")]
+        ),
+        1.0
+    );
 }
