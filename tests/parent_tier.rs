@@ -845,3 +845,58 @@ async fn without_parent_upstream_is_asked_directly() {
         1.0
     );
 }
+
+/// A parent behind a token service (the fake stands in for it): the node answers the Bearer
+/// challenge with its parent credentials through the upstream auth code, and follows the
+/// parent's blob redirect under the egress policy (loopback is allowed: the parent lives there),
+/// without taking the token to the redirect's other origin.
+#[tokio::test]
+async fn a_parents_bearer_challenge_and_blob_redirect_are_handled_like_an_upstreams() {
+    init_tracing();
+    let upstream = FakeRegistry::start().await;
+    let parent = FakeRegistry::builder()
+        .credentials(PARENT_USER, PARENT_PASSWORD)
+        .redirect_blobs(true)
+        .start()
+        .await;
+    let img = parent.sample_image(REPO, "v1", 31);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&upstream, dir.path());
+    config.parent.urls = vec![parent.url().parse().unwrap()];
+    config.parent.credentials = Some(Credentials {
+        username: PARENT_USER.into(),
+        password: Secret::new(PARENT_PASSWORD),
+    });
+    let node = Archway::start(config).await.unwrap();
+    let client = TestClient::new();
+    let url = |path: &str| format!("http://{}{path}", node.local_addr());
+    let r = client
+        .request(Method::GET, &url("/v2/team/app/manifests/v1"), &[])
+        .await;
+    assert_verified(&r, &img.manifest, "tag through a token-protected parent");
+    let r = client
+        .request(
+            Method::GET,
+            &url(&format!("/v2/{REPO}/blobs/{}", img.layers[0])),
+            &[],
+        )
+        .await;
+    assert_verified(&r, &img.layers[0], "redirected blob");
+    let tokens = parent.token_requests();
+    assert!(!tokens.is_empty());
+    for t in &tokens {
+        assert_eq!(
+            t.basic,
+            Some((PARENT_USER.to_owned(), PARENT_PASSWORD.to_owned()))
+        );
+    }
+    assert!(
+        parent.count_kind(Kind::Cdn) >= 1,
+        "the redirect was followed"
+    );
+    assert!(
+        parent.cdn_authorizations().iter().all(Option::is_none),
+        "no token to another origin"
+    );
+    assert_eq!(upstream.requests_seen(), 0);
+}
