@@ -397,6 +397,28 @@ impl Config {
         if p.read_timeout.is_zero() {
             return Err(invalid("parent_read_timeout", "must be more than 0"));
         }
+        if !p.urls.is_empty() {
+            // Sent as `?ns=<name>`, which a parent reads without percent-decoding.
+            let plain = |n: &str| {
+                n.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':')
+                })
+            };
+            if let Some((i, u)) = self
+                .upstreams
+                .iter()
+                .enumerate()
+                .find(|(_, u)| !plain(&u.name))
+            {
+                return Err(invalid(
+                    format!("upstream[{i}].name"),
+                    format!(
+                        "`{}` cannot be sent to a parent as ?ns=: use letters, digits and . - _ ~ :",
+                        u.name
+                    ),
+                ));
+            }
+        }
         if p.urls.is_empty() && p.credentials.is_some() {
             return Err(invalid(
                 "parent_username",

@@ -126,6 +126,10 @@ fn bad_config_names_the_key() {
             "parent_username",
         ),
         ("parent_fallback = \"direct\"", "parent_fallback"),
+        (
+            "parent = \"http://a\"\n[[upstream]]\nname = \"a&b\"\nurl = \"http://x\"",
+            "upstream[0].name",
+        ),
         ("[cache]\nttl = \"5m\"", "ttl"),
         (
             "[[route]]\nmatch = { repository = \"library/[\" }",
