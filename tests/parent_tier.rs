@@ -15,7 +15,7 @@ use support::clients;
 use support::fake_registry::{DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use support::images::{self, DOCKER_LIST};
 use support::metrics::Scrape;
-use support::{config_for, init_tracing, sha256_digest, FakeRegistry, Kind, Reply, TestClient};
+use support::{config_for, sha256_digest, FakeRegistry, Kind, Reply, TestClient};
 
 const REPO: &str = "team/app";
 
@@ -36,7 +36,7 @@ impl Fleet {
 
     /// `n` parents in front of `fake` (upstream `fake`, the default), `tweak` applied to each.
     async fn start_with(fake: FakeRegistry, n: usize, tweak: impl Fn(&mut Config)) -> Fleet {
-        init_tracing();
+        support::logs::capture();
         let mut fleet = Fleet {
             fake,
             parents: Vec::new(),
@@ -581,6 +581,19 @@ async fn a_parent_with_auth_takes_the_nodes_credentials_and_never_the_clients() 
         .get(&with, &format!("/v2/{REPO}/blobs/{d}"), &[])
         .await;
     assert_verified(&r, &d, "with the node's credentials");
+    // The operator is told which parent refused which node; no secret is logged.
+    let logs = support::logs::capture().text();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("[auth] refused this node")
+                && l.contains(&format!("parent={chosen}"))),
+        "{logs}"
+    );
+    let encoded = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{PARENT_USER}:{PARENT_PASSWORD}"),
+    );
+    assert!(!logs.contains(PARENT_PASSWORD) && !logs.contains(&encoded));
     let r = fleet.get(&with, "/v2/team/app/tags/list", &[]).await;
     assert_ne!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
 }
@@ -636,7 +649,7 @@ async fn a_node_cannot_make_its_parent_contact_a_host_the_parent_does_not_name()
 /// the node sends a parent, and can make the "parent" lie.
 #[tokio::test]
 async fn what_a_node_sends_a_parent_and_that_a_lying_parent_is_not_believed() {
-    init_tracing();
+    support::logs::capture();
     let upstream = FakeRegistry::start().await;
     let liar = FakeRegistry::start().await;
     let img = liar.sample_image(REPO, "v1", 21);
@@ -828,6 +841,8 @@ async fn tags_list_pagination_through_a_parent_leads_back_through_the_node() {
 /// Without `parent`, nothing changes: upstream is asked directly and no parent series exist.
 #[tokio::test]
 async fn without_parent_upstream_is_asked_directly() {
+    // Before the harness's own subscriber: the parent tests read the captured logs.
+    support::logs::capture();
     let h = support::Harness::start().await;
     let d = h.fake.add_blob(REPO, vec![8u8; 100]);
     let r = h.get(&format!("/v2/{REPO}/blobs/{d}")).await;
@@ -852,7 +867,7 @@ async fn without_parent_upstream_is_asked_directly() {
 /// without taking the token to the redirect's other origin.
 #[tokio::test]
 async fn a_parents_bearer_challenge_and_blob_redirect_are_handled_like_an_upstreams() {
-    init_tracing();
+    support::logs::capture();
     let upstream = FakeRegistry::start().await;
     let parent = FakeRegistry::builder()
         .credentials(PARENT_USER, PARENT_PASSWORD)

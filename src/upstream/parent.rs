@@ -202,6 +202,21 @@ impl Parents {
                 }
                 Ok(mut response) => {
                     unscope_link(&mut response, upstream);
+                    // Only a parent's own [auth] challenges (an upstream's 401 comes through
+                    // without one): the client sees upstream's words for it, the operator needs
+                    // to know it was the parent that refused this node.
+                    if response.status() == http::StatusCode::UNAUTHORIZED
+                        && response
+                            .headers()
+                            .contains_key(http::header::WWW_AUTHENTICATE)
+                    {
+                        tracing::warn!(
+                            parent = %parent.url,
+                            upstream,
+                            credentials = parent.client.config().credentials.is_some(),
+                            "the parent's [auth] refused this node; check parent_username and parent_password"
+                        );
+                    }
                     self.count(
                         &parent.url,
                         UpstreamOutcome::Status(response.status().as_u16()),
