@@ -915,3 +915,55 @@ async fn a_parents_bearer_challenge_and_blob_redirect_are_handled_like_an_upstre
     );
     assert_eq!(upstream.requests_seen(), 0);
 }
+
+/// A parent marked down is asked again once `parent_down_for` has passed: its keys come back.
+#[tokio::test]
+async fn a_parent_back_after_parent_down_for_gets_its_keys_again() {
+    let mut fleet = Fleet::start(2).await;
+    let digests: Vec<_> = (0..30u8)
+        .map(|i| fleet.fake.add_blob(REPO, vec![i; 1200]))
+        .collect();
+    let node = fleet
+        .node_of(&[0, 1], |c| c.parent.down_for = Duration::from_millis(300))
+        .await;
+    let owned: Vec<_> = digests
+        .iter()
+        .filter(|d| fleet.first_choice(&d.to_string()) == 0)
+        .collect();
+    assert!(owned.len() >= 2, "fixture: parent 0 owns some");
+    let addr = fleet.parent(0).local_addr();
+    fleet.stop_parent(0).await;
+    let r = fleet
+        .get(&node, &format!("/v2/{REPO}/blobs/{}", owned[0]), &[])
+        .await;
+    assert_verified(&r, owned[0], "while parent 0 is down");
+
+    // Parent 0 comes back on its address (with an empty cache).
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&fleet.fake, dir.path());
+    config.listen = vec![addr];
+    fleet.parents[0] = Some(Archway::start(config).await.unwrap());
+    fleet.dirs.push(dir);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let r = fleet
+        .get(&node, &format!("/v2/{REPO}/blobs/{}", owned[1]), &[])
+        .await;
+    assert_verified(&r, owned[1], "parent 0 again");
+    let url = fleet.urls[0].as_str();
+    let s = scrape(&node);
+    assert_eq!(
+        s.value(
+            "archway_parent_requests_total",
+            &[("parent", url), ("status", "200")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        s.value(
+            "archway_parent_requests_total",
+            &[("parent", url), ("status", "error")]
+        ),
+        1.0
+    );
+}
