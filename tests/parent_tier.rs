@@ -967,3 +967,19 @@ async fn a_parent_back_after_parent_down_for_gets_its_keys_again() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_parent_ca_file_that_cannot_be_read_stops_the_start_naming_the_parent() {
+    support::logs::capture();
+    let fake = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(&fake, dir.path());
+    config.parent.urls = vec!["https://cluster.invalid:5443".parse().unwrap()];
+    config.parent.ca_file = Some(dir.path().join("missing-ca.pem"));
+    let err = match Archway::start(config).await {
+        Ok(_) => panic!("started with an unreadable parent_ca_file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("https://cluster.invalid:5443"), "{err}");
+    assert!(err.contains("missing-ca.pem"), "{err}");
+}

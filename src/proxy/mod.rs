@@ -70,11 +70,8 @@ pub enum ProxyInitError {
     },
     #[error(transparent)]
     Route(#[from] crate::route_policy::RouteConfigError),
-    #[error("parent `{url}`: {source}")]
-    Parent {
-        url: String,
-        source: crate::upstream::UpstreamInitError,
-    },
+    #[error(transparent)]
+    Parent(#[from] crate::upstream::ParentInitError),
     #[error("upstream `{name}`: {source}")]
     Upstream {
         name: String,
@@ -110,9 +107,8 @@ impl Proxy {
             Manifests::open(&dir, &config.cache).map_err(|(path, e)| cache_err(path, e))?;
         let metrics = Arc::new(Metrics::new());
         metrics.observe_blob_store(blobs.clone());
-        let parents = Parents::new(&config.parent)
-            .map_err(|(url, source)| ProxyInitError::Parent { url, source })?
-            .map(|p| Arc::new(p.with_metrics(metrics.clone())));
+        let parents =
+            Parents::new(&config.parent)?.map(|p| Arc::new(p.with_metrics(metrics.clone())));
         let upstreams = config
             .upstreams
             .iter()

@@ -15,7 +15,7 @@ mod token_cache;
 
 pub use egress::{classify, AddrClass};
 pub use error::{status_error, Missing, UpstreamError, UpstreamErrorKind};
-pub use parent::Parents;
+pub use parent::{ParentInitError, Parents};
 pub use registry::{BlobHead, BlobStream, Listing, ManifestHead, ManifestRef};
 
 use crate::config::{Secret, UpstreamConfig};

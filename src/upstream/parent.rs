@@ -77,6 +77,14 @@ impl fmt::Debug for Parents {
     }
 }
 
+/// A parent's client could not be set up (its CA file, TLS).
+#[derive(Debug, thiserror::Error)]
+#[error("parent `{url}`: {source}")]
+pub struct ParentInitError {
+    pub url: String,
+    pub source: UpstreamInitError,
+}
+
 /// How one attempt at one parent ended, when it did not answer.
 struct Failure {
     message: String,
@@ -85,7 +93,7 @@ struct Failure {
 
 impl Parents {
     /// `None` when `parent` lists no parent: upstreams are then reached directly.
-    pub fn new(config: &ParentConfig) -> Result<Option<Parents>, (String, UpstreamInitError)> {
+    pub fn new(config: &ParentConfig) -> Result<Option<Parents>, ParentInitError> {
         if config.urls.is_empty() {
             return Ok(None);
         }
@@ -111,7 +119,10 @@ impl Parents {
                 library_prefix: false,
                 redirect_hosts: Vec::new(),
             };
-            let client = Upstream::new(client_config).map_err(|e| (url.clone(), e))?;
+            let client = Upstream::new(client_config).map_err(|source| ParentInitError {
+                url: url.clone(),
+                source,
+            })?;
             members.push(Parent {
                 url,
                 client,
