@@ -194,7 +194,7 @@ async fn a_pull_through_the_node_verifies_and_upstream_sees_each_blob_once() {
 #[tokio::test]
 async fn the_same_digest_goes_to_the_same_parent_and_digests_spread() {
     let mut fleet = Fleet::start(3).await;
-    let digests: Vec<_> = (0..24u8)
+    let digests: Vec<_> = (0..48u8)
         .map(|i| fleet.fake.add_blob(REPO, vec![i; 1000 + usize::from(i)]))
         .collect();
     let node = fleet.node().await;
@@ -205,7 +205,7 @@ async fn the_same_digest_goes_to_the_same_parent_and_digests_spread() {
     }
     assert!(
         expected.iter().all(|n| *n >= 2.0),
-        "24 digests spread over all three parents: {expected:?}"
+        "48 digests spread over all three parents: {expected:?}"
     );
     for round in 0..2 {
         for (at, name) in [(&node, "node"), (&other, "other node")] {
