@@ -23,6 +23,7 @@ pub mod json_log;
 pub mod manifest;
 pub mod media_type;
 pub mod metrics;
+pub mod parent_choice;
 pub mod platform;
 pub mod proxy;
 pub mod reference;

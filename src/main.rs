@@ -161,6 +161,9 @@ struct ServeArgs {
     /// text or json; replaces `log_format`.
     #[arg(long, env = "ARCHWAY_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Parent archway URL (repeat, or comma-separate, for several); replaces `parent`.
+    #[arg(long, env = "ARCHWAY_PARENT", value_delimiter = ',')]
+    parent: Vec<String>,
 }
 
 impl ServeArgs {
@@ -194,6 +197,9 @@ impl ServeArgs {
         }
         if let Some(s) = self.log_format {
             cfg.log_format = config::parse_log_format("--log-format", &s)?;
+        }
+        if !self.parent.is_empty() {
+            cfg.parent.urls = config::parse_parent_urls("--parent", &self.parent)?;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -299,6 +305,7 @@ async fn run_explain(args: ExplainArgs) -> ExitCode {
         cache_max_size: None,
         tag_ttl: None,
         log_format: None,
+        parent: Vec::new(),
     };
     let mut cfg = match serve.into_config() {
         Ok(c) => c,

@@ -66,6 +66,17 @@ struct UpstreamStatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ParentLabels {
+    parent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ParentStatusLabels {
+    parent: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: &'static str,
 }
@@ -143,6 +154,8 @@ pub struct Metrics {
     upstream_duration: HistogramFamily<UpstreamLabels>,
     token_fetches: Family<UpstreamLabels, Counter>,
     ratelimit_remaining: Family<UpstreamLabels, Gauge>,
+    parent_requests: Family<ParentStatusLabels, Counter>,
+    parent_failovers: Family<ParentLabels, Counter>,
     connections_open: Gauge,
     connections_closed: Family<ReasonLabels, Counter>,
     blob_store: Arc<BlobStoreCollector>,
@@ -224,6 +237,18 @@ impl Metrics {
             "The last RateLimit-Remaining an upstream sent (Docker Hub: pulls left in its window)",
             ratelimit_remaining.clone(),
         );
+        let parent_requests = Family::<ParentStatusLabels, Counter>::default();
+        registry.register(
+            "archway_parent_requests",
+            "Requests to parent archways (after their auth challenge), by parent and status: a status code, error or timeout",
+            parent_requests.clone(),
+        );
+        let parent_failovers = Family::<ParentLabels, Counter>::default();
+        registry.register(
+            "archway_parent_failovers",
+            "Requests a parent failed (no connection, timeout, 5xx) that went on to the next parent or the fallback",
+            parent_failovers.clone(),
+        );
         let connections_open = Gauge::default();
         registry.register(
             "archway_connections_open",
@@ -274,6 +299,8 @@ impl Metrics {
             upstream_duration,
             token_fetches,
             ratelimit_remaining,
+            parent_requests,
+            parent_failovers,
             connections_open,
             connections_closed,
             blob_store,
@@ -395,6 +422,37 @@ impl Metrics {
     pub fn blob_fill(&self, source: &'static str) {
         self.blob_fills
             .get_or_create(&SourceLabels { source })
+            .inc();
+    }
+
+    /// Makes the failover counter of `parent` exist (at 0) before its first failover.
+    pub fn register_parent(&self, parent: &str) {
+        drop(self.parent_failovers.get_or_create(&ParentLabels {
+            parent: parent.to_owned(),
+        }));
+    }
+
+    /// One request to a parent archway (its auth retry included).
+    pub fn parent_request(&self, parent: &str, outcome: UpstreamOutcome) {
+        let status = match outcome {
+            UpstreamOutcome::Status(s) => s.to_string(),
+            UpstreamOutcome::Error => "error".to_owned(),
+            UpstreamOutcome::Timeout => "timeout".to_owned(),
+        };
+        self.parent_requests
+            .get_or_create(&ParentStatusLabels {
+                parent: parent.to_owned(),
+                status,
+            })
+            .inc();
+    }
+
+    /// A request `parent` failed, passed on to the next parent (or the fallback).
+    pub fn parent_failover(&self, parent: &str) {
+        self.parent_failovers
+            .get_or_create(&ParentLabels {
+                parent: parent.to_owned(),
+            })
             .inc();
     }
 

@@ -146,6 +146,12 @@ fn bad_config_is_refused_naming_the_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cache-max-size"));
+    let out = archway()
+        .args(["serve", "--parent", "http://ok:5000,cluster:5000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--parent"));
 }
 
 /// `archway serve` with nothing else: a Docker Hub mirror on 0.0.0.0:5000 caching in

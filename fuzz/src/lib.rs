@@ -506,7 +506,8 @@ pub fn range(data: &[u8]) {
 // === config ===
 
 /// `Config::from_toml`; a config it accepts validates again, and every duration in it can be
-/// added to now (timeouts and remembered misses are deadlines).
+/// added to now (timeouts and remembered misses are deadlines); parent URLs hold no credentials
+/// and, with parents, upstream names go into `?ns=` as they are.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -537,8 +538,28 @@ pub fn config(data: &[u8]) {
         assert!(s.s3_prefix.is_empty() || s.s3_prefix.ends_with('/'));
         assert!(!s.s3_bucket.is_empty() && !s.s3_bucket.contains('/'));
     }
+    let p = &cfg.parent;
+    for (d, what) in [
+        (p.down_for, "parent_down_for"),
+        (p.connect_timeout, "parent_connect_timeout"),
+        (p.read_timeout, "parent_read_timeout"),
+    ] {
+        assert_deadline_ok(d, what);
+    }
+    for u in &p.urls {
+        // The URL is a log field and a metrics label: never credentials in it.
+        assert!(
+            u.authority().is_some_and(|a| !a.as_str().contains('@')),
+            "a parent URL with credentials or no host"
+        );
+    }
     for u in &cfg.upstreams {
         assert!(u.names().all(|n| !n.is_empty()), "an empty upstream name");
+        // Sent to a parent as ?ns=<name> unencoded.
+        assert!(
+            p.urls.is_empty() || !u.name.contains(['&', '#', '?', '%', '=', ' ']),
+            "an upstream name that cannot be a parent's ns="
+        );
         for d in [u.connect_timeout, u.read_timeout]
             .into_iter()
             .chain(u.tag_ttl)

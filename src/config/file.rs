@@ -4,7 +4,8 @@
 use super::error::{invalid, ConfigError};
 use super::model::*;
 use super::values::{
-    parse_admin_listen, parse_duration, parse_listen, parse_size, parse_upstream_url,
+    parse_admin_listen, parse_duration, parse_listen, parse_parent_urls, parse_size,
+    parse_upstream_url,
 };
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -121,6 +122,19 @@ impl Config {
         if let Some(s) = raw.storage {
             cfg.storage = Some(s.into_config()?);
         }
+        cfg.parent = RawParent {
+            parent: raw.parent,
+            parent_username: raw.parent_username,
+            parent_password: raw.parent_password,
+            parent_password_file: raw.parent_password_file,
+            parent_password_env: raw.parent_password_env,
+            parent_ca_file: raw.parent_ca_file,
+            parent_down_for: raw.parent_down_for,
+            parent_connect_timeout: raw.parent_connect_timeout,
+            parent_read_timeout: raw.parent_read_timeout,
+            parent_fallback: raw.parent_fallback,
+        }
+        .into_config()?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -149,6 +163,16 @@ struct RawConfig {
     auth: Option<RawAuth>,
     limits: Option<RawLimits>,
     storage: Option<RawStorage>,
+    parent: Option<OneOrMany>,
+    parent_username: Option<String>,
+    parent_password: Option<String>,
+    parent_password_file: Option<PathBuf>,
+    parent_password_env: Option<String>,
+    parent_ca_file: Option<PathBuf>,
+    parent_down_for: Option<String>,
+    parent_connect_timeout: Option<String>,
+    parent_read_timeout: Option<String>,
+    parent_fallback: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -268,6 +292,117 @@ fn one_secret(
             Ok(Some(Secret::new(value)))
         }
         (None, None) => Ok(None),
+    }
+}
+
+/// The top-level `parent` and `parent_*` keys, taken out of `RawConfig`.
+#[derive(Debug, Default)]
+struct RawParent {
+    parent: Option<OneOrMany>,
+    parent_username: Option<String>,
+    parent_password: Option<String>,
+    parent_password_file: Option<PathBuf>,
+    parent_password_env: Option<String>,
+    parent_ca_file: Option<PathBuf>,
+    parent_down_for: Option<String>,
+    parent_connect_timeout: Option<String>,
+    parent_read_timeout: Option<String>,
+    parent_fallback: Option<String>,
+}
+
+impl RawParent {
+    fn into_config(self) -> Result<ParentConfig, ConfigError> {
+        let mut p = ParentConfig::default();
+        let urls = match self.parent {
+            None => Vec::new(),
+            Some(OneOrMany::One(s)) => vec![s],
+            Some(OneOrMany::Many(v)) => v,
+        };
+        p.urls = parse_parent_urls("parent", &urls)?;
+        let password = read_password(
+            "parent_password",
+            self.parent_password,
+            self.parent_password_file,
+            self.parent_password_env,
+        )?;
+        p.credentials = credentials(
+            "parent_username",
+            "parent_password",
+            self.parent_username,
+            password,
+        )?;
+        p.ca_file = self.parent_ca_file;
+        if let Some(v) = self.parent_down_for {
+            p.down_for = parse_duration("parent_down_for", &v)?;
+        }
+        if let Some(v) = self.parent_connect_timeout {
+            p.connect_timeout = parse_duration("parent_connect_timeout", &v)?;
+        }
+        if let Some(v) = self.parent_read_timeout {
+            p.read_timeout = parse_duration("parent_read_timeout", &v)?;
+        }
+        if let Some(v) = self.parent_fallback {
+            p.fallback = parse_parent_fallback("parent_fallback", &v)?;
+        }
+        Ok(p)
+    }
+}
+
+/// At most one of `{key}`, `{key}_file` (its first line's end trimmed) and `{key}_env`.
+fn read_password(
+    key: &str,
+    password: Option<String>,
+    file: Option<PathBuf>,
+    env: Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    let sources = [password.is_some(), file.is_some(), env.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if sources > 1 {
+        let short = key.rsplit('.').next().unwrap_or(key);
+        return Err(invalid(
+            key,
+            format!("give only one of {short}, {short}_file, {short}_env"),
+        ));
+    }
+    if let Some(p) = password {
+        Ok(Some(p))
+    } else if let Some(f) = file {
+        let text = std::fs::read_to_string(&f).map_err(|e| {
+            invalid(
+                format!("{key}_file"),
+                format!("cannot read {}: {e}", f.display()),
+            )
+        })?;
+        Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()))
+    } else if let Some(var) = env {
+        Ok(Some(std::env::var(&var).map_err(|_| {
+            invalid(
+                format!("{key}_env"),
+                format!("environment variable {var} is not set"),
+            )
+        })?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Both or neither of a username and a password.
+fn credentials(
+    username_key: &str,
+    password_key: &str,
+    username: Option<String>,
+    password: Option<String>,
+) -> Result<Option<Credentials>, ConfigError> {
+    match (username, password) {
+        (Some(username), Some(p)) => Ok(Some(Credentials {
+            username,
+            password: Secret::new(p),
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(invalid(password_key, "username given without a password")),
+        (None, Some(_)) => Err(invalid(username_key, "password given without a username")),
     }
 }
 
@@ -498,59 +633,13 @@ impl RawUpstream {
         if let Some(v) = self.read_timeout {
             u.read_timeout = parse_duration(&key("read_timeout"), &v)?;
         }
-        let sources = [
-            self.password.is_some(),
-            self.password_file.is_some(),
-            self.password_env.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if sources > 1 {
-            return Err(invalid(
-                key("password"),
-                "give only one of password, password_file, password_env",
-            ));
-        }
-        let password = if let Some(p) = self.password {
-            Some(p)
-        } else if let Some(f) = self.password_file {
-            let text = std::fs::read_to_string(&f).map_err(|e| {
-                invalid(
-                    key("password_file"),
-                    format!("cannot read {}: {e}", f.display()),
-                )
-            })?;
-            Some(text.trim_end_matches(['\r', '\n']).to_owned())
-        } else if let Some(var) = self.password_env {
-            Some(std::env::var(&var).map_err(|_| {
-                invalid(
-                    key("password_env"),
-                    format!("environment variable {var} is not set"),
-                )
-            })?)
-        } else {
-            None
-        };
-        u.credentials = match (self.username, password) {
-            (Some(username), Some(p)) => Some(Credentials {
-                username,
-                password: Secret::new(p),
-            }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(invalid(
-                    key("password"),
-                    "username given without a password",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    key("username"),
-                    "password given without a username",
-                ))
-            }
-        };
+        let password = read_password(
+            &key("password"),
+            self.password,
+            self.password_file,
+            self.password_env,
+        )?;
+        u.credentials = credentials(&key("username"), &key("password"), self.username, password)?;
         Ok(u)
     }
 }

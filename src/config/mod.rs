@@ -13,7 +13,7 @@ mod values;
 
 pub use error::ConfigError;
 pub use model::*;
-pub use values::{parse_admin_listen, parse_duration, parse_listen, parse_size};
+pub use values::{parse_admin_listen, parse_duration, parse_listen, parse_parent_urls, parse_size};
 
 #[cfg(test)]
 mod tests;

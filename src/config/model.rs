@@ -65,6 +65,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[storage]`: a shared S3-compatible bucket behind `data_dir`; `None`: `data_dir` alone.
     pub storage: Option<StorageConfig>,
+    /// `parent = [...]` and the `parent_*` keys: reach every upstream through parent archways.
+    pub parent: ParentConfig,
 }
 
 /// `[storage]`: the bucket that replicas share. `data_dir` stays in front of it as L1.
@@ -122,6 +124,49 @@ impl StorageConfig {
 pub struct S3Keys {
     pub access_key_id: Secret,
     pub secret_access_key: Secret,
+}
+
+/// What a node does when no parent answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ParentFallback {
+    /// Answer from the cache (stale-if-error) or with an error naming the parents.
+    #[default]
+    None,
+    /// Go to the upstream itself.
+    Direct,
+}
+
+/// The parent tier: archways (a cluster) this node reaches every upstream through. Empty `urls`:
+/// upstreams are reached directly, as without the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentConfig {
+    /// `scheme://host[:port]` of each parent, as configured (also the metrics' `parent` label).
+    pub urls: Vec<http::Uri>,
+    /// Answers a parent's `[auth]` challenge (Basic, or Bearer through its token realm).
+    pub credentials: Option<Credentials>,
+    /// Extra PEM CA bundle trusted for `https://` parents besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// How long a parent whose connection failed or timed out is skipped.
+    pub down_for: Duration,
+    pub connect_timeout: Duration,
+    /// Longest wait for a parent's response headers, and for each chunk of a body. Longer than
+    /// an upstream's default, since the parent may itself wait on upstream that long.
+    pub read_timeout: Duration,
+    pub fallback: ParentFallback,
+}
+
+impl Default for ParentConfig {
+    fn default() -> Self {
+        ParentConfig {
+            urls: Vec::new(),
+            credentials: None,
+            ca_file: None,
+            down_for: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            fallback: ParentFallback::None,
+        }
+    }
 }
 
 /// `[limits]`: bounds on client connections.
@@ -308,6 +353,7 @@ impl Default for Config {
             auth: None,
             limits: LimitsConfig::default(),
             storage: None,
+            parent: ParentConfig::default(),
         }
     }
 }
@@ -390,6 +436,64 @@ impl Config {
         if let Some(s) = &self.storage {
             s.validate()?;
         }
+        self.validate_parent()
+    }
+
+    fn validate_parent(&self) -> Result<(), ConfigError> {
+        let p = &self.parent;
+        let mut seen = std::collections::HashSet::new();
+        for u in &p.urls {
+            // The URL is a log field and a metrics label: credentials have their own keys.
+            if u.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err(invalid(
+                    "parent",
+                    "a parent URL must not hold credentials; use parent_username and parent_password",
+                ));
+            }
+            if !seen.insert(u.to_string().to_ascii_lowercase()) {
+                return Err(invalid("parent", format!("`{u}` is listed twice")));
+            }
+        }
+        if p.connect_timeout.is_zero() {
+            return Err(invalid("parent_connect_timeout", "must be more than 0"));
+        }
+        if p.read_timeout.is_zero() {
+            return Err(invalid("parent_read_timeout", "must be more than 0"));
+        }
+        if !p.urls.is_empty() {
+            // Sent as `?ns=<name>`, which a parent reads without percent-decoding.
+            let plain = |n: &str| {
+                n.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':')
+                })
+            };
+            if let Some((i, u)) = self
+                .upstreams
+                .iter()
+                .enumerate()
+                .find(|(_, u)| !plain(&u.name))
+            {
+                return Err(invalid(
+                    format!("upstream[{i}].name"),
+                    format!(
+                        "`{}` cannot be sent to a parent as ?ns=: use letters, digits and . - _ ~ :",
+                        u.name
+                    ),
+                ));
+            }
+        }
+        if p.urls.is_empty() && p.credentials.is_some() {
+            return Err(invalid(
+                "parent_username",
+                "is set but `parent` lists no parent",
+            ));
+        }
+        if p.urls.is_empty() && p.fallback != ParentFallback::None {
+            return Err(invalid(
+                "parent_fallback",
+                "is set but `parent` lists no parent",
+            ));
+        }
         Ok(())
     }
 
@@ -452,6 +556,15 @@ impl StorageConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// `none` or `direct`.
+pub fn parse_parent_fallback(key: &str, s: &str) -> Result<ParentFallback, ConfigError> {
+    match s {
+        "none" => Ok(ParentFallback::None),
+        "direct" => Ok(ParentFallback::Direct),
+        _ => Err(invalid(key, format!("`{s}` is not one of none, direct"))),
     }
 }
 

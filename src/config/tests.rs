@@ -90,6 +90,46 @@ fn bad_config_names_the_key() {
         ),
         ("[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nusername = \"u\"", "upstream[0].password"),
         ("bogus = 1", "bogus"),
+        (r#"parent = ["archway:5000"]"#, "parent"),
+        (r#"parent = "http://archway:5000/v2""#, "parent"),
+        (r#"parent = "http://node:pw@archway:5000""#, "parent"),
+        (
+            r#"parent = ["http://a:5000", "http://a:5000"]"#,
+            "parent",
+        ),
+        (
+            "parent = \"http://a\"\nparent_down_for = \"soon\"",
+            "parent_down_for",
+        ),
+        (
+            "parent = \"http://a\"\nparent_read_timeout = \"0s\"",
+            "parent_read_timeout",
+        ),
+        (
+            "parent = \"http://a\"\nparent_connect_timeout = \"0s\"",
+            "parent_connect_timeout",
+        ),
+        (
+            "parent = \"http://a\"\nparent_fallback = \"upstream\"",
+            "parent_fallback",
+        ),
+        (
+            "parent = \"http://a\"\nparent_username = \"node\"",
+            "parent_password",
+        ),
+        (
+            "parent = \"http://a\"\nparent_password = \"x\"\nparent_password_env = \"X\"",
+            "parent_password",
+        ),
+        (
+            "parent_username = \"node\"\nparent_password = \"x\"",
+            "parent_username",
+        ),
+        ("parent_fallback = \"direct\"", "parent_fallback"),
+        (
+            "parent = \"http://a\"\n[[upstream]]\nname = \"a&b\"\nurl = \"http://x\"",
+            "upstream[0].name",
+        ),
         ("[cache]\nttl = \"5m\"", "ttl"),
         (
             "[[route]]\nmatch = { repository = \"library/[\" }",
@@ -345,4 +385,59 @@ redirect = false
     );
     assert_eq!(s.s3_region, "us-east-1");
     assert!(!s.s3_path_style);
+}
+
+#[test]
+fn parent_keys_parse() {
+    let plain = Config::from_toml("").unwrap();
+    assert!(plain.parent.urls.is_empty(), "no parent unless configured");
+    assert_eq!(plain.parent.fallback, ParentFallback::None);
+
+    let c = Config::from_toml(
+        r#"
+parent = ["http://archway-0.archway:5000", "https://archway-1.archway:5443/"]
+parent_username = "node"
+parent_password = "s3cret"
+parent_down_for = "3s"
+parent_connect_timeout = "1s"
+parent_read_timeout = "2m"
+parent_fallback = "direct"
+"#,
+    )
+    .unwrap();
+    let p = &c.parent;
+    let urls: Vec<String> = p
+        .urls
+        .iter()
+        .map(|u| format!("{}://{}", u.scheme_str().unwrap(), u.authority().unwrap()))
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            "http://archway-0.archway:5000",
+            "https://archway-1.archway:5443"
+        ]
+    );
+    assert_eq!(p.down_for, Duration::from_secs(3));
+    assert_eq!(p.connect_timeout, Duration::from_secs(1));
+    assert_eq!(p.read_timeout, Duration::from_secs(120));
+    assert_eq!(p.fallback, ParentFallback::Direct);
+    let creds = p.credentials.as_ref().unwrap();
+    assert_eq!(creds.username, "node");
+    assert_eq!(creds.password.expose(), "s3cret");
+    assert!(!format!("{c:?}").contains("s3cret"), "secrets never print");
+
+    let one = Config::from_toml(r#"parent = "http://cluster:5000""#).unwrap();
+    assert_eq!(one.parent.urls.len(), 1);
+    assert_eq!(one.parent.down_for, Duration::from_secs(10), "the default");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("parent-password");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let c = Config::from_toml(&format!(
+        "parent = \"http://cluster:5000\"\nparent_username = \"n\"\nparent_password_file = {:?}",
+        file.display().to_string()
+    ))
+    .unwrap();
+    assert_eq!(c.parent.credentials.unwrap().password.expose(), "from-file");
 }

@@ -76,6 +76,11 @@ pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
 }
 
 /// An upstream URL: `http(s)://host[:port]`, no path.
+/// `parent`'s URLs (one or a list), each like an upstream's: `scheme://host[:port]`.
+pub fn parse_parent_urls(key: &str, list: &[String]) -> Result<Vec<http::Uri>, ConfigError> {
+    list.iter().map(|u| parse_upstream_url(key, u)).collect()
+}
+
 pub(crate) fn parse_upstream_url(key: &str, url: &str) -> Result<http::Uri, ConfigError> {
     let uri: http::Uri = url
         .trim_end_matches('/')

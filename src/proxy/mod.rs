@@ -32,7 +32,7 @@ use crate::error::{ErrorCode, ProxyError};
 use crate::metrics::Metrics;
 use crate::reference::Reference;
 use crate::route_policy::Route;
-use crate::upstream::Upstream;
+use crate::upstream::{Parents, Upstream};
 use crate::upstream_choice;
 use blobs::Blobs;
 use client::ClientRequest;
@@ -73,6 +73,8 @@ pub enum ProxyInitError {
     Route(#[from] crate::route_policy::RouteConfigError),
     #[error("[storage]: {0}")]
     Storage(#[from] crate::cache::bucket::BucketError),
+    #[error(transparent)]
+    Parent(#[from] crate::upstream::ParentInitError),
     #[error("upstream `{name}`: {source}")]
     Upstream {
         name: String,
@@ -140,12 +142,20 @@ impl Proxy {
         let manifests =
             Manifests::open(&dir, &config.cache, bucket).map_err(|(path, e)| cache_err(path, e))?;
         metrics.observe_blob_store(blobs.clone());
+        let parents =
+            Parents::new(&config.parent)?.map(|p| Arc::new(p.with_metrics(metrics.clone())));
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| {
                 Upstream::new(u.clone())
-                    .map(|up| Arc::new(up.with_metrics(metrics.clone())))
+                    .map(|up| {
+                        let up = up.with_metrics(metrics.clone());
+                        Arc::new(match &parents {
+                            Some(p) => up.with_parents(p.clone()),
+                            None => up,
+                        })
+                    })
                     .map_err(|source| ProxyInitError::Upstream {
                         name: u.name.clone(),
                         source,

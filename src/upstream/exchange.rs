@@ -28,10 +28,33 @@ impl Upstream {
     /// `method` GET or HEAD to `{config.url}/v2/{repo}/{suffix}`; suffix e.g.
     /// `manifests/latest`, `blobs/sha256:…`, `tags/list?n=10&last=x`. `headers` are the
     /// caller's extra request headers (Accept, Range, If-None-Match); User-Agent and
-    /// Authorization are the client's own. Returns the final response (after auth and
+    /// Authorization are archway's own. Returns the final response (after auth and
     /// redirects) whatever its status; errors only for transport failures, timeouts and
-    /// token endpoint failures.
+    /// token endpoint failures. With parents configured the request goes through them
+    /// (`parent`), and to `config.url` only as their fallback.
     pub async fn send(
+        &self,
+        method: Method,
+        repo: &RepositoryName,
+        suffix: &str,
+        headers: HeaderMap,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match &self.parents {
+            Some(parents) => {
+                // Idempotent, so a caller that already added `library/` is fine.
+                let repo = if self.config.library_prefix {
+                    repo.with_library_prefix()
+                } else {
+                    repo.clone()
+                };
+                parents.send(self, method, &repo, suffix, headers).await
+            }
+            None => self.send_direct(method, repo, suffix, headers).await,
+        }
+    }
+
+    /// `send` to `config.url` itself.
+    pub(super) async fn send_direct(
         &self,
         method: Method,
         repo: &RepositoryName,

@@ -7,6 +7,7 @@ mod client_tls;
 mod egress;
 mod error;
 mod exchange;
+mod parent;
 mod redirect;
 mod registry;
 mod timeout;
@@ -14,6 +15,7 @@ mod token_cache;
 
 pub use egress::{classify, AddrClass};
 pub use error::{status_error, Missing, UpstreamError, UpstreamErrorKind};
+pub use parent::{ParentInitError, Parents};
 pub use registry::{BlobHead, BlobStream, Listing, ManifestHead, ManifestRef};
 
 use crate::config::{Secret, UpstreamConfig};
@@ -88,6 +90,8 @@ pub struct Upstream {
     metrics: Option<Arc<Metrics>>,
     /// Where redirects and token realms may lead.
     egress: Arc<Egress>,
+    /// `parent`: every request goes through these archways instead.
+    parents: Option<Arc<Parents>>,
 }
 
 impl fmt::Debug for Upstream {
@@ -96,6 +100,7 @@ impl fmt::Debug for Upstream {
             .field("name", &self.config.name)
             .field("url", &self.base)
             .field("credentials", &self.basic.is_some())
+            .field("parents", &self.parents)
             .finish_non_exhaustive()
     }
 }
@@ -157,7 +162,14 @@ impl Upstream {
             token_fetches: AtomicU64::new(0),
             metrics: None,
             egress,
+            parents: None,
         })
+    }
+
+    /// Sends every request through `parents` (the node → cluster tier).
+    pub fn with_parents(mut self, parents: Arc<Parents>) -> Self {
+        self.parents = Some(parents);
+        self
     }
 
     /// Reports every upstream exchange, token fetch and `RateLimit-Remaining` to `metrics`.
@@ -173,7 +185,16 @@ impl Upstream {
         listeners: Vec<std::net::SocketAddr>,
         local: Vec<std::net::IpAddr>,
     ) {
+        if let Some(p) = &self.parents {
+            p.set_own_listeners(listeners.clone(), local.clone());
+        }
         self.egress.set_own_listeners(listeners, local);
+    }
+
+    /// Why the egress policy refuses this upstream's own URL (archway's own listener, as an IP
+    /// literal), if it does.
+    pub(crate) fn refused_destination(&self) -> Option<String> {
+        self.egress.check_url(&self.config.url).err()
     }
 
     pub fn config(&self) -> &UpstreamConfig {
