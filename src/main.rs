@@ -161,6 +161,10 @@ struct ServeArgs {
     /// text or json; replaces `log_format`.
     #[arg(long, env = "ARCHWAY_LOG_FORMAT")]
     log_format: Option<String>,
+    /// How the other fleet replicas reach this one (e.g. http://10.1.2.3:5000); replaces
+    /// `fleet.peer_url` (needs `[fleet]`).
+    #[arg(long, env = "ARCHWAY_PEER_URL")]
+    peer_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -194,6 +198,13 @@ impl ServeArgs {
         }
         if let Some(s) = self.log_format {
             cfg.log_format = config::parse_log_format("--log-format", &s)?;
+        }
+        if let Some(url) = self.peer_url.filter(|u| !u.is_empty()) {
+            let fleet = cfg.fleet.as_mut().ok_or_else(|| ConfigError::Invalid {
+                key: "--peer-url".into(),
+                message: "is only used with a [fleet] section in the config".into(),
+            })?;
+            fleet.set_peer_url("--peer-url", &url)?;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -299,6 +310,7 @@ async fn run_explain(args: ExplainArgs) -> ExitCode {
         cache_max_size: None,
         tag_ttl: None,
         log_format: None,
+        peer_url: None,
     };
     let mut cfg = match serve.into_config() {
         Ok(c) => c,
@@ -312,6 +324,8 @@ async fn run_explain(args: ExplainArgs) -> ExitCode {
     cfg.data_dir = scratch.clone();
     // explain asks the pipeline directly, past the listener and its client authentication.
     cfg.auth = None;
+    // Nor does it take part in the fleet's fills: no lease, no peer.
+    cfg.fleet = None;
     let hints = archway::explain::Hints {
         user_agent: args.user_agent,
         accept: args.accept,

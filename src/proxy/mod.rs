@@ -73,6 +73,8 @@ pub enum ProxyInitError {
     Route(#[from] crate::route_policy::RouteConfigError),
     #[error("[storage]: {0}")]
     Storage(#[from] crate::cache::bucket::BucketError),
+    #[error("[fleet]: {0}")]
+    Fleet(String),
     #[error("upstream `{name}`: {source}")]
     Upstream {
         name: String,
@@ -111,6 +113,11 @@ impl Proxy {
         let dir = config.data_dir.clone();
         let cache = &config.cache;
         let metrics = Arc::new(Metrics::new());
+        if config.fleet.is_some() {
+            return Err(ProxyInitError::Fleet(
+                "fills shared across replicas are not implemented in this build yet; leave [fleet] out".into(),
+            ));
+        }
         let bucket = match &config.storage {
             Some(storage) => {
                 let observer: Arc<dyn StorageObserver> = metrics.clone();

@@ -56,6 +56,7 @@ pub fn config_for(fake: &FakeRegistry, dir: &Path) -> Config {
         auth: None,
         limits: Default::default(),
         storage: None,
+        fleet: None,
     }
 }
 
