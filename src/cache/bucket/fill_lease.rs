@@ -250,13 +250,13 @@ mod tests {
         b.put_conditional(&key, dead.to_json().into(), PutMode::Create)
             .await
             .unwrap();
-        let ttl = Duration::from_millis(300);
+        let ttl = Duration::from_millis(1500);
         let held = match b.claim_fill(&d, "http://b", ttl).await.unwrap() {
             LeaseState::TakenOver(h) => h,
             other => panic!("{other:?}"),
         };
         // Renewed past its first TTL.
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         match b.claim_fill(&d, "http://c", ttl).await.unwrap() {
             LeaseState::Live { owner } => assert_eq!(owner, "http://b"),
             other => panic!("{other:?}"),
@@ -271,7 +271,10 @@ mod tests {
         )
         .await
         .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !held.is_lost() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert!(held.is_lost());
         drop(held);
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -76,6 +76,13 @@ pub trait StorageObserver: Send + Sync {
     /// Something was answered or kept without the bucket because it failed or was saturated:
     /// `blob_read`, `blob_write`, `manifest_read`, `manifest_write`, `tag_read`, `tag_write`.
     fn bypassed(&self, what: &'static str);
+    /// `[fleet]`: a blob fill by outcome: `owned`, `joined_local`, `joined_peer`, `taken_over`,
+    /// `lease_error`.
+    fn fleet_fill(&self, _outcome: &'static str) {}
+    /// `[fleet]`: an expired fill lease taken over.
+    fn lease_takeover(&self) {}
+    /// `[fleet]`: blob bytes received from another replica.
+    fn peer_bytes(&self, _bytes: u64) {}
 }
 
 /// Observes nothing (tests, tools).
