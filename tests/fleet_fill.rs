@@ -210,7 +210,8 @@ async fn three_replicas_fill_a_cold_blob_from_upstream_once() {
         replicas.push(Archway::start(cfg).await.unwrap());
     }
     let client = TestClient::new();
-    let gets = replicas.iter().map(|a| {
+    // Two clients on the first replica: the second joins that replica's own fill.
+    let gets = replicas.iter().chain(replicas.first()).map(|a| {
         let url = format!("http://{}/v2/lib/app/blobs/{digest}", a.local_addr());
         let client = client.clone();
         async move { client.get(&url).await }
@@ -227,7 +228,8 @@ async fn three_replicas_fill_a_cold_blob_from_upstream_once() {
     let all: Vec<&Archway> = replicas.iter().collect();
     assert_eq!(fills(&all, "owned"), 1.0);
     assert_eq!(fills(&all, "joined_peer"), 2.0);
-    assert_eq!(fills(&all, "lease_error"), 0.0);
+    assert_eq!(fills(&all, "joined_local"), 1.0);
+    assert_eq!(fills(&all, "taken_over") + fills(&all, "lease_error"), 0.0);
     let peer_bytes: f64 = all
         .iter()
         .map(|a| fleet_value(a, "archway_fleet_peer_bytes_total", &[]))

@@ -58,8 +58,10 @@ impl LeaseRecord {
     /// What `me` (this replica's `peer_url`) does about this lease at `now_ms`. Called only
     /// when this replica has no fill of the blob in flight, so a lease naming `me` is left from
     /// before a restart.
+    /// A lease whose owner is not an `http(s)://host[:port]` URL is not joined (the fleet
+    /// secret would go wherever it points): it is taken over like a damaged one.
     pub fn decide(&self, me: &str, now_ms: u64) -> LeaseFound {
-        if self.is_expired(now_ms) || self.owner == me {
+        if self.is_expired(now_ms) || self.owner == me || !is_peer_url(&self.owner) {
             LeaseFound::TakeOver
         } else {
             LeaseFound::Join {
@@ -67,6 +69,18 @@ impl LeaseRecord {
             }
         }
     }
+}
+
+/// `http(s)://host[:port]`, nothing else (no path, query or user info).
+fn is_peer_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.host().is_some_and(|h| !h.is_empty())
+        && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+        && matches!(uri.path(), "" | "/")
+        && uri.query().is_none()
 }
 
 /// Milliseconds since the Unix epoch (0 for a clock before it).
@@ -111,5 +125,21 @@ mod tests {
         assert_eq!(r.decide("http://b:5000", 2_999), join);
         assert_eq!(r.decide("http://b:5000", 3_000), LeaseFound::TakeOver);
         assert_eq!(r.decide("http://a:5000", 1_500), LeaseFound::TakeOver);
+        for bad in [
+            "ftp://a",
+            "a:5000",
+            "http://a/x",
+            "http://u@a",
+            "http://a?x=1",
+            "",
+        ] {
+            let r = LeaseRecord::new(bad, 1_000, 2_000);
+            assert_eq!(r.decide("http://b", 1_000), LeaseFound::TakeOver, "{bad:?}");
+        }
+        let ok = LeaseRecord::new("https://10.1.2.3:5000", 1_000, 2_000);
+        assert!(matches!(
+            ok.decide("http://b", 1_000),
+            LeaseFound::Join { .. }
+        ));
     }
 }
