@@ -390,3 +390,53 @@ async fn a_dead_owners_lease_is_taken_over_and_its_joiners_break_off() {
     assert_eq!(size, 200);
     joiner.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_body_that_is_not_a_lease_is_taken_over_not_joined() {
+    if skip("a_lease_body_that_is_not_a_lease_is_taken_over_not_joined") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let data = pseudo_random_bytes(17, 200 << 10);
+    let digest = fake.add_blob("lib/app", data.clone());
+    // Something at the lease key that no replica wrote: nobody to join (the fleet secret would
+    // go wherever it pointed), so it is taken over with If-Match.
+    let key = format!("{BUCKET}/fleet/fills/sha256/{}", digest.hex());
+    let junk =
+        r#"{"owner":"http://user@elsewhere.example/x","expires_at_ms":18446744073709551615}"#;
+    let put = moto.request("PUT", &key, &["--data-binary", junk]);
+    assert_eq!(put, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = replica_config(&fake, dir.path(), &moto.url(), Duration::from_secs(5));
+    let archway = Archway::start(cfg).await.unwrap();
+    let url = format!("http://{}/v2/lib/app/blobs/{digest}", archway.local_addr());
+    let r = TestClient::new().get(&url).await;
+    assert_verified(&r, &data, "filled from upstream after the takeover");
+    assert_eq!(fake.count("GET", Kind::Blob), 1);
+    let all = [&archway];
+    let text = archway.proxy().metrics().encode();
+    assert_eq!(fills(&all, "taken_over"), 1.0, "{text}");
+    assert_eq!(
+        fills(&all, "joined_peer") + fills(&all, "lease_error"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        fleet_value(&archway, "archway_fleet_peer_bytes_total", &[]),
+        0.0
+    );
+    // Released after the copy: the bucket ends with the blob alone.
+    let blob_key = format!("fleet/blobs/sha256/{}", digest.hex());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = list_keys(&moto, "fleet/");
+        if listed == vec![blob_key.clone()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bucket holds {listed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    archway.shutdown().await;
+}
