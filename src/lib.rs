@@ -17,6 +17,7 @@ pub mod digest;
 pub mod error;
 pub mod explain;
 pub mod fd_limit;
+pub mod fleet;
 pub mod image_index;
 pub mod image_ref;
 pub mod json_log;

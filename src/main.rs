@@ -164,6 +164,10 @@ struct ServeArgs {
     /// Parent archway URL (repeat, or comma-separate, for several); replaces `parent`.
     #[arg(long, env = "ARCHWAY_PARENT", value_delimiter = ',')]
     parent: Vec<String>,
+    /// How the other fleet replicas reach this one (e.g. http://10.1.2.3:5000); replaces
+    /// `fleet.peer_url` (needs `[fleet]`).
+    #[arg(long, env = "ARCHWAY_PEER_URL")]
+    peer_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -200,6 +204,13 @@ impl ServeArgs {
         }
         if !self.parent.is_empty() {
             cfg.parent.urls = config::parse_parent_urls("--parent", &self.parent)?;
+        }
+        if let Some(url) = self.peer_url.filter(|u| !u.is_empty()) {
+            let fleet = cfg.fleet.as_mut().ok_or_else(|| ConfigError::Invalid {
+                key: "--peer-url".into(),
+                message: "is only used with a [fleet] section in the config".into(),
+            })?;
+            fleet.set_peer_url("--peer-url", &url)?;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -306,6 +317,7 @@ async fn run_explain(args: ExplainArgs) -> ExitCode {
         tag_ttl: None,
         log_format: None,
         parent: Vec::new(),
+        peer_url: None,
     };
     let mut cfg = match serve.into_config() {
         Ok(c) => c,
@@ -319,6 +331,8 @@ async fn run_explain(args: ExplainArgs) -> ExitCode {
     cfg.data_dir = scratch.clone();
     // explain asks the pipeline directly, past the listener and its client authentication.
     cfg.auth = None;
+    // Nor does it take part in the fleet's fills: no lease, no peer.
+    cfg.fleet = None;
     let hints = archway::explain::Hints {
         user_agent: args.user_agent,
         accept: args.accept,

@@ -98,6 +98,11 @@ struct WhatLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -128,6 +133,20 @@ impl StorageObserver for Metrics {
         self.storage_bypassed
             .get_or_create(&WhatLabels { what })
             .inc();
+    }
+
+    fn fleet_fill(&self, outcome: &'static str) {
+        self.fleet_fills
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    fn lease_takeover(&self) {
+        self.lease_takeovers.inc();
+    }
+
+    fn peer_bytes(&self, bytes: u64) {
+        self.peer_bytes.inc_by(bytes);
     }
 }
 
@@ -163,6 +182,9 @@ pub struct Metrics {
     storage_duration: HistogramFamily<OpLabels>,
     storage_bypassed: Family<WhatLabels, Counter>,
     blob_fills: Family<SourceLabels, Counter>,
+    fleet_fills: Family<OutcomeLabels, Counter>,
+    lease_takeovers: Counter,
+    peer_bytes: Counter,
     platforms: Mutex<HashSet<String>>,
 }
 
@@ -288,6 +310,24 @@ impl Metrics {
             "Blob downloads into the disk cache, by where the bytes came from: storage or upstream",
             blob_fills.clone(),
         );
+        let fleet_fills = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "archway_fleet_fills",
+            "Blob fills with [fleet], by outcome: owned (took the lease), joined_local (joined this replica's fill), joined_peer (streamed another replica's fill), taken_over (took over an expired lease), lease_error (the lease could not be had; filled from upstream uncoordinated)",
+            fleet_fills.clone(),
+        );
+        let lease_takeovers = Counter::default();
+        registry.register(
+            "archway_fleet_lease_takeovers",
+            "Expired fill leases taken over from a replica that stopped renewing them",
+            lease_takeovers.clone(),
+        );
+        let peer_bytes = Counter::default();
+        registry.register(
+            "archway_fleet_peer_bytes",
+            "Blob bytes received from other replicas' fills over the peer endpoint",
+            peer_bytes.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -308,6 +348,9 @@ impl Metrics {
             storage_duration,
             storage_bypassed,
             blob_fills,
+            fleet_fills,
+            lease_takeovers,
+            peer_bytes,
             platforms: Mutex::new(HashSet::new()),
         }
     }

@@ -135,6 +135,9 @@ impl Config {
             parent_fallback: raw.parent_fallback,
         }
         .into_config()?;
+        if let Some(f) = raw.fleet {
+            cfg.fleet = Some(f.into_config()?);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -173,6 +176,45 @@ struct RawConfig {
     parent_connect_timeout: Option<String>,
     parent_read_timeout: Option<String>,
     parent_fallback: Option<String>,
+    fleet: Option<RawFleet>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    peer_url: Option<String>,
+    /// Refused: a shared secret belongs in a file (a Kubernetes Secret), not in the config.
+    secret: Option<toml::Value>,
+    secret_file: Option<PathBuf>,
+    lease_ttl: Option<String>,
+    peer_timeout: Option<String>,
+}
+
+impl RawFleet {
+    fn into_config(self) -> Result<FleetConfig, ConfigError> {
+        if self.secret.is_some() {
+            return Err(invalid(
+                "fleet.secret",
+                "is not taken inline; put the secret in a file and give fleet.secret_file",
+            ));
+        }
+        let file = self
+            .secret_file
+            .ok_or_else(|| invalid("fleet.secret_file", "is required in [fleet]"))?;
+        let secret = one_secret("fleet.secret", None, Some(file))?
+            .ok_or_else(|| invalid("fleet.secret_file", "is required in [fleet]"))?;
+        let mut f = FleetConfig::new(None, secret);
+        if let Some(url) = self.peer_url {
+            f.set_peer_url("fleet.peer_url", &url)?;
+        }
+        if let Some(v) = self.lease_ttl {
+            f.lease_ttl = parse_duration("fleet.lease_ttl", &v)?;
+        }
+        if let Some(v) = self.peer_timeout {
+            f.peer_timeout = parse_duration("fleet.peer_timeout", &v)?;
+        }
+        Ok(f)
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -67,6 +67,45 @@ pub struct Config {
     pub storage: Option<StorageConfig>,
     /// `parent = [...]` and the `parent_*` keys: reach every upstream through parent archways.
     pub parent: ParentConfig,
+    /// `[fleet]`: replicas on one bucket fill each blob once (needs `[storage]`).
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[fleet]`: how this replica coordinates fills with the others on the same bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// How the other replicas reach this one (`http(s)://host:port`, no path); also from
+    /// `ARCHWAY_PEER_URL` / `--peer-url`. Required before serving.
+    pub peer_url: Option<String>,
+    /// Shared by the replicas: the peer endpoint answers only requests that carry it. Read from
+    /// `secret_file` (never inline, never logged).
+    pub secret: Secret,
+    /// How long a fill lease holds without renewal; the owner renews it every third of this.
+    pub lease_ttl: Duration,
+    /// Longest wait for a peer's response head, and for each chunk of its body.
+    pub peer_timeout: Duration,
+}
+
+/// Shortest `fleet.lease_ttl`: renewals every third of it must fit an S3 round trip.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+
+impl FleetConfig {
+    /// A fleet member with the defaults for everything else.
+    pub fn new(peer_url: Option<String>, secret: Secret) -> Self {
+        FleetConfig {
+            peer_url,
+            secret,
+            lease_ttl: Duration::from_secs(30),
+            peer_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets `peer_url` (from `--peer-url` / `ARCHWAY_PEER_URL`), checked like the config key.
+    pub fn set_peer_url(&mut self, key: &str, url: &str) -> Result<(), ConfigError> {
+        let uri = parse_upstream_url(key, url)?;
+        self.peer_url = Some(uri.to_string().trim_end_matches('/').to_owned());
+        Ok(())
+    }
 }
 
 /// `[storage]`: the bucket that replicas share. `data_dir` stays in front of it as L1.
@@ -354,6 +393,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             storage: None,
             parent: ParentConfig::default(),
+            fleet: None,
         }
     }
 }
@@ -435,6 +475,20 @@ impl Config {
         }
         if let Some(s) = &self.storage {
             s.validate()?;
+        }
+        if let Some(f) = &self.fleet {
+            if self.storage.is_none() {
+                return Err(invalid(
+                    "fleet",
+                    "needs [storage]: the replicas share fills through the bucket",
+                ));
+            }
+            if f.lease_ttl < MIN_LEASE_TTL {
+                return Err(invalid("fleet.lease_ttl", "must be at least 1s"));
+            }
+            if f.peer_timeout.is_zero() {
+                return Err(invalid("fleet.peer_timeout", "must be more than 0"));
+            }
         }
         self.validate_parent()
     }

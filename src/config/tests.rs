@@ -441,3 +441,59 @@ parent_fallback = "direct"
     .unwrap();
     assert_eq!(c.parent.credentials.unwrap().password.expose(), "from-file");
 }
+
+#[test]
+fn fleet_parses_needs_storage_and_keeps_its_secret_out_of_debug() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("fleet-secret");
+    std::fs::write(&secret_file, "fl33t-secret\n").unwrap();
+    let file = secret_file.display();
+    let c = Config::from_toml(&format!(
+        "[storage]\ns3_bucket = \"b\"\n[fleet]\npeer_url = \"http://10.1.2.3:5000/\"\nsecret_file = \"{file}\"\n"
+    ))
+    .unwrap();
+    let f = c.fleet.clone().unwrap();
+    assert_eq!(f.peer_url.as_deref(), Some("http://10.1.2.3:5000"));
+    assert_eq!(f.secret.expose(), "fl33t-secret");
+    assert_eq!(f.lease_ttl, Duration::from_secs(30), "the default");
+    assert_eq!(f.peer_timeout, Duration::from_secs(10), "the default");
+    assert!(!format!("{c:?}").contains("fl33t"));
+    assert_eq!(Config::from_toml("").unwrap().fleet, None);
+
+    // peer_url may come from ARCHWAY_PEER_URL later: not required by the file.
+    let c = Config::from_toml(&format!(
+        "[storage]\ns3_bucket = \"b\"\n[fleet]\nsecret_file = \"{file}\"\nlease_ttl = \"2s\"\n"
+    ))
+    .unwrap();
+    let f = c.fleet.unwrap();
+    assert_eq!((f.peer_url, f.lease_ttl), (None, Duration::from_secs(2)));
+
+    let cases = [
+        (format!("[fleet]\nsecret_file = \"{file}\""), "`fleet`"),
+        (
+            "[storage]\ns3_bucket = \"b\"\n[fleet]\nsecret = \"x\"".to_owned(),
+            "fleet.secret",
+        ),
+        (
+            "[storage]\ns3_bucket = \"b\"\n[fleet]\npeer_url = \"http://a\"".to_owned(),
+            "fleet.secret_file",
+        ),
+        (
+            format!("[storage]\ns3_bucket = \"b\"\n[fleet]\nsecret_file = \"{file}\"\npeer_url = \"ftp://a\""),
+            "fleet.peer_url",
+        ),
+        (
+            format!("[storage]\ns3_bucket = \"b\"\n[fleet]\nsecret_file = \"{file}\"\nlease_ttl = \"100ms\""),
+            "fleet.lease_ttl",
+        ),
+        (
+            format!("[storage]\ns3_bucket = \"b\"\n[fleet]\nsecret_file = \"{file}\"\npeer_timeout = \"0s\""),
+            "fleet.peer_timeout",
+        ),
+    ];
+    for (toml, key) in cases {
+        let err = Config::from_toml(&toml).unwrap_err().to_string();
+        assert!(err.contains(key), "{toml:?} -> {err}");
+        assert!(!err.contains("fl33t"), "{err}");
+    }
+}

@@ -6,6 +6,7 @@
 //! - `manifests`: tags (TTL, stale-if-error, coalescing, failure memo) and manifests by digest;
 //! - `platform_answer` (+ `memo`): the answer for this client's platform, and its memos;
 //! - `blobs`: the blob store or one download per digest; `listings`: tags/list, referrers;
+//! - `peer`: `[fleet]`'s peer endpoint, another replica joining this one's fill;
 //! - `response`: building responses (pure); `client`: the request as read; `outcome`: hit/miss.
 
 mod blobs;
@@ -14,6 +15,7 @@ mod listings;
 mod manifests;
 mod memo;
 mod outcome;
+mod peer;
 mod platform_answer;
 mod response;
 mod uncached;
@@ -24,11 +26,12 @@ pub use response::error_response;
 use crate::access_log::{AccessLog, LoggedBody, RequestNotes};
 use crate::api::{self, Endpoint, Resource};
 use crate::body::ResponseBody;
-use crate::cache::blob::{BlobStore, BlobStoreLimits};
+use crate::cache::blob::{BlobStore, BlobStoreLimits, Fleet};
 use crate::cache::bucket::{Bucket, BucketSettings, StorageObserver};
 use crate::client_auth::ClientAuth;
 use crate::config::Config;
 use crate::error::{ErrorCode, ProxyError};
+use crate::fleet::HttpPeers;
 use crate::metrics::Metrics;
 use crate::reference::Reference;
 use crate::route_policy::Route;
@@ -75,6 +78,8 @@ pub enum ProxyInitError {
     Storage(#[from] crate::cache::bucket::BucketError),
     #[error(transparent)]
     Parent(#[from] crate::upstream::ParentInitError),
+    #[error("[fleet]: {0}")]
+    Fleet(String),
     #[error("upstream `{name}`: {source}")]
     Upstream {
         name: String,
@@ -122,7 +127,26 @@ impl Proxy {
             }
             None => None,
         };
-        let blobs = BlobStore::open_with_bucket(
+        let fleet = match (&config.fleet, &bucket) {
+            (Some(f), Some(_)) => {
+                let me = f.peer_url.clone().ok_or_else(|| {
+                    ProxyInitError::Fleet(
+                        "fleet.peer_url is required (or ARCHWAY_PEER_URL / --peer-url): how the other replicas reach this one".into(),
+                    )
+                })?;
+                let observer: Arc<dyn StorageObserver> = metrics.clone();
+                let peers = HttpPeers::new(&f.secret, f.peer_timeout, observer)
+                    .map_err(ProxyInitError::Fleet)?;
+                tracing::info!(peer_url = %me, lease_ttl = ?f.lease_ttl, "fleet: one fill per blob across the replicas on the bucket");
+                Some(Fleet {
+                    me,
+                    lease_ttl: f.lease_ttl,
+                    peers: Arc::new(peers),
+                })
+            }
+            _ => None,
+        };
+        let blobs = BlobStore::open_in_fleet(
             dir.clone(),
             BlobStoreLimits {
                 max_bytes: cache.max_size,
@@ -134,6 +158,7 @@ impl Proxy {
                 verify_reads: cache.verify_reads,
             },
             bucket.clone(),
+            fleet,
         )
         .map_err(|e| cache_err(dir.clone(), e))?;
         if !cache.scrub_interval.is_zero() {
@@ -357,7 +382,19 @@ impl Proxy {
             explain: parts.extensions.get::<ExplainRequest>().is_some(),
         };
         let mut notes = RequestNotes::default();
-        let mut response = match self.dispatch(plan, &client, &mut notes).await {
+        let peer = self
+            .config
+            .fleet
+            .as_ref()
+            .and_then(|f| Some((f, crate::fleet::peer_digest(parts.uri.path())?)));
+        let answer = match peer {
+            Some((fleet, digest)) => {
+                notes.kind = Some("peer_blob");
+                peer::serve(self.blobs.store(), fleet, digest, &client, &mut notes).await
+            }
+            None => self.dispatch(plan, &client, &mut notes).await,
+        };
+        let mut response = match answer {
             Ok(r) => r,
             Err(e) => {
                 notes.error = Some(e.message.clone());

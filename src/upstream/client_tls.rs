@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 /// Builds the rustls config: system roots plus the optional extra CA file, ring as provider
 /// (explicitly, never the process-global default).
-pub(super) fn tls_config(
+pub(crate) fn tls_config(
     ca_file: Option<&Path>,
     insecure_skip_verify: bool,
 ) -> Result<rustls::ClientConfig, UpstreamInitError> {

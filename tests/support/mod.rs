@@ -57,6 +57,7 @@ pub fn config_for(fake: &FakeRegistry, dir: &Path) -> Config {
         limits: Default::default(),
         storage: None,
         parent: Default::default(),
+        fleet: None,
     }
 }
 

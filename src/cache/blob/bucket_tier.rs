@@ -9,7 +9,7 @@
 
 use super::catalog::PinGuard;
 use super::source::IncomingBlob;
-use crate::cache::bucket::{Bucket, BucketError};
+use crate::cache::bucket::{Bucket, BucketError, HeldLease};
 use crate::digest::{Digest, Verifier};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -28,6 +28,8 @@ pub(crate) enum FillSource {
     Upstream,
     /// Upstream because the bucket failed: served and kept in L1, not copied.
     UpstreamBucketDown,
+    /// Another replica's fill (`[fleet]`): that replica copies it to the bucket.
+    Peer,
 }
 
 impl FillSource {
@@ -36,6 +38,7 @@ impl FillSource {
         match self {
             FillSource::Bucket => "storage",
             FillSource::Upstream | FillSource::UpstreamBucketDown => "upstream",
+            FillSource::Peer => "peer",
         }
     }
 }
@@ -49,6 +52,10 @@ pub(crate) struct BlobTier {
 impl BlobTier {
     pub(crate) fn new(bucket: Arc<Bucket>) -> Self {
         BlobTier { bucket }
+    }
+
+    pub(crate) fn bucket(&self) -> &Arc<Bucket> {
+        &self.bucket
     }
 
     /// The blob as a fill source if the bucket has it; an error if the bucket failed.
@@ -70,6 +77,7 @@ impl BlobTier {
         match source {
             FillSource::Bucket => observer.blob_fill("bucket"),
             FillSource::Upstream => observer.blob_fill("upstream"),
+            FillSource::Peer => observer.blob_fill("peer"),
             FillSource::UpstreamBucketDown => {
                 observer.blob_fill("upstream");
                 observer.bypassed("blob_read");
@@ -78,8 +86,16 @@ impl BlobTier {
     }
 
     /// Copies a committed blob to the bucket in the background; the pin keeps the file from
-    /// eviction until the copy is done.
-    pub(crate) fn upload(&self, digest: Digest, path: PathBuf, size: u64, pin: PinGuard) {
+    /// eviction until the copy is done, and the fill lease (`[fleet]`) is held (and renewed)
+    /// until then too, so that other replicas join this one rather than upstream.
+    pub(crate) fn upload(
+        &self,
+        digest: Digest,
+        path: PathBuf,
+        size: u64,
+        pin: PinGuard,
+        lease: Option<HeldLease>,
+    ) {
         let bucket = self.bucket.clone();
         let write = async move {
             match upload(&bucket, &digest, path, size).await {
@@ -91,6 +107,7 @@ impl BlobTier {
                 }
             }
             drop(pin);
+            drop(lease);
         };
         self.bucket.spawn_write("blob_write", write);
     }

@@ -14,8 +14,10 @@ use super::bucket_tier::{BlobTier, FillSource};
 use super::catalog::Catalog;
 use super::failures::RecentFailures;
 use super::fill_state::{Fill, FillFailure, Phase};
+use super::fleet::{Fleet, FleetSource};
 use super::source::{FillError, IncomingBlob, SourceError};
 use super::write_buffer::{Reservation, WriteBuffer};
+use crate::cache::bucket::HeldLease;
 use crate::digest::Verifier;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -49,6 +51,8 @@ pub(crate) struct FillEnv {
     pub(crate) min_free_space: u64,
     /// `[storage]`: the bucket consulted before upstream, and given what upstream sent.
     pub(crate) tier: Option<BlobTier>,
+    /// `[fleet]` (with `tier`): a bucket miss takes the lease or joins its owner.
+    pub(crate) fleet: Option<Fleet>,
 }
 
 /// Starts the download as its own task, so that no client disconnect can cancel it (a download
@@ -66,6 +70,7 @@ where
             tmp: None,
             settled: false,
             source: FillSource::Upstream,
+            lease: None,
         };
         task.run(fetch).await;
     };
@@ -81,6 +86,9 @@ struct FillTask {
     settled: bool,
     /// Where the bytes come from (the bucket's are not remembered as upstream's failures).
     source: FillSource,
+    /// `[fleet]`: the blob's fill lease while this fill (and its copy to the bucket) runs;
+    /// released when dropped.
+    lease: Option<HeldLease>,
 }
 
 impl FillTask {
@@ -127,7 +135,17 @@ impl FillTask {
                 // blob comes from upstream, is served and kept in L1, and is not copied.
                 let (source, fetched) = match tier.fetch(&digest).await {
                     Ok(Some(blob)) => (FillSource::Bucket, Ok(blob)),
-                    Ok(None) => (FillSource::Upstream, fetch().await),
+                    Ok(None) => match &self.env.fleet {
+                        None => (FillSource::Upstream, fetch().await),
+                        Some(fleet) => match fleet.source(tier.bucket(), &tier, &digest).await {
+                            FleetSource::Upstream(lease) => {
+                                self.lease = lease;
+                                (FillSource::Upstream, fetch().await)
+                            }
+                            FleetSource::Peer(blob) => (FillSource::Peer, Ok(blob)),
+                            FleetSource::Bucket(blob) => (FillSource::Bucket, Ok(blob)),
+                        },
+                    },
                     Err(e) => {
                         tracing::warn!(%digest, error = %e, "storage unavailable; blob from upstream");
                         (FillSource::UpstreamBucketDown, fetch().await)
@@ -234,11 +252,12 @@ impl FillTask {
 
     /// After the commit: a blob upstream sent goes to the bucket too, in the background, its
     /// file pinned until then.
-    fn copy_to_bucket(&self, size: u64) {
+    fn copy_to_bucket(&mut self, size: u64) {
         let Some(tier) = &self.env.tier else { return };
         if self.source != FillSource::Upstream {
             return;
         }
+        let lease = self.lease.take();
         let digest = &self.fill.digest;
         if let Some((size, pin)) = self.env.catalog.pin(digest).filter(|(s, _)| *s == size) {
             tier.upload(
@@ -246,6 +265,7 @@ impl FillTask {
                 self.env.catalog.blob_path(digest),
                 size,
                 pin,
+                lease,
             );
         }
     }
@@ -391,8 +411,14 @@ impl FillTask {
             }
         }
         self.env.catalog.forget_fill(&self.fill);
+        // Released: another replica may fill it now.
+        self.lease = None;
         let digest = &self.fill.digest;
-        if self.source == FillSource::Bucket {
+        if self.source == FillSource::Peer {
+            // The peer's failure (a stall, a reset, a dead owner) says nothing about upstream's
+            // blob: not remembered, so the retry (a takeover, once the lease expires) is not
+            // refused.
+        } else if self.source == FillSource::Bucket {
             // The bucket's failure says nothing about upstream's blob: not remembered, so the
             // retry is not refused. A damaged object is deleted, so the retry goes upstream.
             if let (Phase::Failed(failure), Some(tier)) = (&phase, &self.env.tier) {

@@ -9,7 +9,9 @@
 //! - `failures`: downloads that failed lately; `scrub`: committed blobs checked in the background;
 //! - `source`: what a download reads from and how it fails, in the cache's own terms;
 //! - `bucket_tier`: the shared bucket (`[storage]`) behind the disk: read on a miss before
-//!   upstream, written after a verified commit.
+//!   upstream, written after a verified commit;
+//! - `fleet`: `[fleet]`: a bucket miss takes the blob's fill lease, or joins the replica that
+//!   holds it through its peer endpoint.
 
 mod body;
 mod bucket_tier;
@@ -17,6 +19,7 @@ mod catalog;
 mod failures;
 mod fill;
 mod fill_state;
+mod fleet;
 mod index;
 mod layout;
 mod memory;
@@ -25,6 +28,7 @@ mod source;
 mod store;
 mod write_buffer;
 
+pub use fleet::{Fleet, PeerAnswer, PeerFuture, PeerSource};
 pub use memory::SMALL_BLOB_BYTES;
 pub use source::{FillError, IncomingBlob, SourceError};
 pub use store::{Blob, BlobStore, BlobStoreLimits, BlobStoreStats, CachedBlob, FillingBlob};

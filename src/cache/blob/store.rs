@@ -7,6 +7,7 @@ use super::catalog::{Catalog, PinGuard};
 use super::failures::RecentFailures;
 use super::fill::{self, FillEnv};
 use super::fill_state::{Fill, FillState, Phase, ReaderGuard};
+use super::fleet::Fleet;
 use super::memory::{Loaded, SmallBlobs, SMALL_BLOB_BYTES};
 use super::scrub::{self, Damage};
 use super::source::{FillError, IncomingBlob, SourceError};
@@ -126,6 +127,17 @@ impl BlobStore {
         limits: BlobStoreLimits,
         bucket: Option<Arc<Bucket>>,
     ) -> io::Result<Arc<BlobStore>> {
+        Self::open_in_fleet(root, limits, bucket, None)
+    }
+
+    /// `open_with_bucket`, as a member of a fleet (`[fleet]`, which needs the bucket): a fill
+    /// that misses the bucket takes the blob's lease or joins the replica that holds it.
+    pub fn open_in_fleet(
+        root: PathBuf,
+        limits: BlobStoreLimits,
+        bucket: Option<Arc<Bucket>>,
+        fleet: Option<Fleet>,
+    ) -> io::Result<Arc<BlobStore>> {
         let catalog = Arc::new(Catalog::open(&root, limits.max_bytes)?);
         let env = FillEnv {
             catalog: catalog.clone(),
@@ -134,6 +146,7 @@ impl BlobStore {
             max_blob_size: limits.max_blob_size,
             min_free_space: limits.min_free_space,
             tier: bucket.clone().map(BlobTier::new),
+            fleet: fleet.filter(|_| bucket.is_some()),
         };
         Ok(Arc::new(BlobStore {
             env: Arc::new(env),
@@ -284,6 +297,11 @@ impl BlobStore {
         let mut rx = fill.subscribe();
         // Counted before the download can see its first byte, so it never looks unfollowed.
         let reader = Arc::new(ReaderGuard::new(&fill));
+        if !start && self.env.fleet.is_some() {
+            if let Some(bucket) = &self.bucket {
+                bucket.observer().fleet_fill("joined_local");
+            }
+        }
         if start {
             tracing::debug!(%digest, "blob fill started");
             fill::spawn(self.env.clone(), fill.clone(), fetch);
@@ -309,6 +327,42 @@ impl BlobStore {
                     fill,
                     verified,
                     started: start,
+                    _reader: reader,
+                }))
+            }
+        }
+    }
+
+    /// For another replica (the peer endpoint): the committed blob, or this replica's fill in
+    /// flight joined (waiting at most `limit` for its first byte). Never starts a fill: `None`
+    /// when there is neither, or the fill failed.
+    pub async fn join_for_peer(&self, digest: &Digest, limit: Duration) -> Option<Blob> {
+        if let Some(blob) = self.lookup(digest).await {
+            return Some(blob);
+        }
+        let fill = self.catalog.lock().in_flight.get(digest).cloned()?;
+        let mut rx = fill.subscribe();
+        let reader = Arc::new(ReaderGuard::new(&fill));
+        let waited = tokio::time::timeout(limit, async {
+            rx.wait_for(|s| !matches!(s.phase, Phase::Fetching))
+                .await
+                .map(|s| (*s).clone())
+        })
+        .await;
+        let Ok(Ok(state)) = waited else {
+            return None;
+        };
+        match state.phase {
+            Phase::HeadFailed(_) | Phase::Failed(_) => None,
+            Phase::Fetching | Phase::Streaming | Phase::Verified | Phase::Done => {
+                let verified = state.is_verified();
+                Some(Blob::Filling(FillingBlob {
+                    size: state.size,
+                    file: state.file?,
+                    rx,
+                    fill,
+                    verified,
+                    started: false,
                     _reader: reader,
                 }))
             }

@@ -14,6 +14,10 @@ pub enum BucketError {
     /// No object under the key (the bucket answered 404); read calls turn it into `None`.
     #[error("storage {op}: no such object")]
     NotFound { op: &'static str },
+    /// A conditional write lost: the object exists (`If-None-Match: *`) or changed since its
+    /// ETag was read (`If-Match`).
+    #[error("storage {op}: the condition failed (written by another replica meanwhile)")]
+    Conflict { op: &'static str },
     /// The object is there but is not what its key says (wrong digest, bad record, too large).
     #[error("storage object {key} is damaged: {why}")]
     Damaged { key: String, why: String },

@@ -1,5 +1,6 @@
 //! Where things live in the bucket (pure): `<prefix>blobs/sha256/<hex>`,
-//! `<prefix>manifests/sha256/<hex>`, `<prefix>tags/<upstream>/<repository>/<tag>`.
+//! `<prefix>manifests/sha256/<hex>`,
+//! `<prefix>fills/sha256/<hex>` (fill leases), `<prefix>tags/<upstream>/<repository>/<tag>`.
 //!
 //! Digests are hex, repository names and tags are validated before they get here, and upstream
 //! names come from the config; object_store percent-encodes anything a key part may not hold,
@@ -30,6 +31,11 @@ impl Keys {
 
     pub fn blob(&self, digest: &Digest) -> Path {
         self.path(&["blobs", digest.algorithm().as_str(), digest.hex()])
+    }
+
+    /// The fill lease of a blob (`fleet`): present only while one replica fills it.
+    pub fn fill_lease(&self, digest: &Digest) -> Path {
+        self.path(&["fills", digest.algorithm().as_str(), digest.hex()])
     }
 
     pub fn manifest(&self, digest: &Digest) -> Path {
@@ -69,6 +75,10 @@ mod tests {
         assert_eq!(
             prod.blob(&digest()).as_ref(),
             format!("prod/eu/blobs/sha256/{hex}")
+        );
+        assert_eq!(
+            prod.fill_lease(&digest()).as_ref(),
+            format!("prod/eu/fills/sha256/{hex}")
         );
         assert_eq!(
             prod.manifest(&digest()).as_ref(),

@@ -3,7 +3,9 @@
 //! background, at most `s3_max_uploads` at once with at most `s3_upload_queue` waiting.
 //!
 //! - `keys`: the key layout (pure); `credentials`: the AWS shared credentials file;
-//! - `error`: `BucketError`; `connector`: the HTTP client for a loopback endpoint.
+//! - `error`: `BucketError`; `connector`: the HTTP client for a loopback endpoint;
+//! - `lease`: a fill lease's record and what to do on finding one (pure); `fill_lease`: taking,
+//!   renewing, taking over and releasing it with conditional writes.
 //!
 //! The bucket is never required: a failed or slow operation is a miss (reads) or a skipped copy
 //! (writes), and the caller goes on with L1 and upstream.
@@ -11,18 +13,22 @@
 mod connector;
 mod credentials;
 mod error;
+mod fill_lease;
 mod keys;
+mod lease;
 
 pub use error::BucketError;
+pub use fill_lease::{HeldLease, LeaseState};
 pub use keys::Keys;
+pub use lease::{now_ms, LeaseFound, LeaseRecord};
 
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutOptions,
-    PutPayload, RetryConfig,
+    Attribute, Attributes, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload, RetryConfig,
 };
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,13 +69,20 @@ impl std::fmt::Debug for BucketSettings {
 /// Prometheus). Labels are fixed strings.
 pub trait StorageObserver: Send + Sync {
     /// One S3 request: its S3 name (`GetObject`, `PutObject`, ...), how it ended (`ok`,
-    /// `not_found`, `error`, `timeout`) and how long it took.
+    /// `not_found`, `precondition_failed`, `error`, `timeout`) and how long it took.
     fn operation(&self, op: &'static str, status: &'static str, elapsed: Duration);
     /// A blob fill started, by where its bytes come from: `bucket` or `upstream`.
     fn blob_fill(&self, source: &'static str);
     /// Something was answered or kept without the bucket because it failed or was saturated:
     /// `blob_read`, `blob_write`, `manifest_read`, `manifest_write`, `tag_read`, `tag_write`.
     fn bypassed(&self, what: &'static str);
+    /// `[fleet]`: a blob fill by outcome: `owned`, `joined_local`, `joined_peer`, `taken_over`,
+    /// `lease_error`.
+    fn fleet_fill(&self, _outcome: &'static str) {}
+    /// `[fleet]`: an expired fill lease taken over.
+    fn lease_takeover(&self) {}
+    /// `[fleet]`: blob bytes received from another replica.
+    fn peer_bytes(&self, _bytes: u64) {}
 }
 
 /// Observes nothing (tests, tools).
@@ -87,6 +100,8 @@ impl StorageObserver for NoObserver {
 pub struct BucketObject {
     pub size: u64,
     pub content_type: Option<String>,
+    /// The version a conditional write (`If-Match`) names.
+    pub e_tag: Option<String>,
     pub body: BoxStream<'static, std::io::Result<Bytes>>,
 }
 
@@ -268,6 +283,7 @@ impl Bucket {
             .get(&Attribute::ContentType)
             .map(|v| v.to_string());
         let size = got.meta.size;
+        let e_tag = got.meta.e_tag.clone();
         let timeout = self.timeout;
         let stream = got.into_stream();
         let body = futures_util::stream::unfold(Some(stream), move |stream| async move {
@@ -292,6 +308,7 @@ impl Bucket {
         Ok(Some(BucketObject {
             size,
             content_type,
+            e_tag,
             body,
         }))
     }
@@ -303,9 +320,22 @@ impl Bucket {
         key: &Path,
         max: u64,
     ) -> Result<Option<(Bytes, Option<String>)>, BucketError> {
+        Ok(self
+            .get_versioned(key, max)
+            .await?
+            .map(|(bytes, content_type, _)| (bytes, content_type)))
+    }
+
+    /// `get_small`, with the object's ETag.
+    pub async fn get_versioned(
+        &self,
+        key: &Path,
+        max: u64,
+    ) -> Result<Option<(Bytes, Option<String>, Option<String>)>, BucketError> {
         let Some(object) = self.get(key).await? else {
             return Ok(None);
         };
+        let e_tag = object.e_tag;
         if object.size > max {
             return Err(BucketError::Damaged {
                 key: key.to_string(),
@@ -339,7 +369,7 @@ impl Bucket {
                 op: "GetObject",
                 after: self.timeout,
             })??;
-        Ok(Some((bytes, content_type)))
+        Ok(Some((bytes, content_type, e_tag)))
     }
 
     /// Whether `key` exists (HEAD).
@@ -382,6 +412,28 @@ impl Bucket {
         )
         .await
         .map(drop)
+    }
+
+    /// A whole small object written only if `mode` allows (`Create`: none there; `Update`: the
+    /// ETag still matches); a lost condition is `Conflict`. Returns the new ETag.
+    pub async fn put_conditional(
+        &self,
+        key: &Path,
+        bytes: Bytes,
+        mode: PutMode,
+    ) -> Result<Option<String>, BucketError> {
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        self.timed(
+            "PutObject",
+            self.timeout,
+            self.store
+                .put_opts(key, PutPayload::from_bytes(bytes), opts),
+        )
+        .await
+        .map(|put| put.e_tag)
     }
 
     /// Starts a multipart upload: the object appears only when `complete` is called.
@@ -466,6 +518,10 @@ impl Bucket {
             Ok(Err(object_store::Error::NotFound { .. })) => {
                 ("not_found", Err(BucketError::NotFound { op }))
             }
+            Ok(Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            )) => ("precondition_failed", Err(BucketError::Conflict { op })),
             Ok(Err(e)) => (
                 "error",
                 Err(BucketError::Failed {

@@ -1,0 +1,284 @@
+//! Fill leases in the bucket: taken with a conditional create (`If-None-Match: *`), taken over
+//! with a conditional update (`If-Match` on the ETag read), renewed every third of the TTL
+//! while the fill runs, deleted when the holder is done with it.
+//!
+//! A holder whose renewal loses its condition (another replica took the lease over) has lost
+//! it: it stops renewing and does not delete what is now the other replica's lease.
+
+use super::lease::{now_ms, LeaseFound, LeaseRecord, MAX_LEASE_BYTES};
+use super::{Bucket, BucketError};
+use crate::digest::Digest;
+use object_store::path::Path;
+use object_store::{PutMode, UpdateVersion};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How many times a claim retries when the lease changes under it (created, deleted or taken
+/// over between its reads and writes) before giving up as an error.
+const CLAIM_ROUNDS: usize = 3;
+
+/// What a claim found.
+#[derive(Debug)]
+pub enum LeaseState {
+    /// No lease was there: this replica now fills the blob.
+    Taken(HeldLease),
+    /// An expired lease (its owner stopped renewing it) is now this replica's.
+    TakenOver(HeldLease),
+    /// Another replica fills the blob and renews its lease: join it at `owner`.
+    Live { owner: String },
+}
+
+/// A lease this replica holds: renewed in the background until dropped, then deleted (unless
+/// it was lost to a takeover).
+pub struct HeldLease {
+    shared: Arc<Held>,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+struct Held {
+    bucket: Arc<Bucket>,
+    key: Path,
+    owner: String,
+    ttl: Duration,
+    e_tag: Mutex<Option<String>>,
+    lost: AtomicBool,
+}
+
+impl std::fmt::Debug for HeldLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldLease")
+            .field("key", &self.shared.key.as_ref())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeldLease {
+    /// Whether a renewal found the lease taken over by another replica.
+    pub fn is_lost(&self) -> bool {
+        self.shared.lost.load(Ordering::Acquire)
+    }
+}
+
+impl Bucket {
+    /// Takes the fill lease of `digest` for `me` (this replica's `peer_url`), takes over an
+    /// expired one, or reports the live owner. Errors: the bucket failed, or the lease kept
+    /// changing under the claim.
+    pub async fn claim_fill(
+        self: &Arc<Self>,
+        digest: &Digest,
+        me: &str,
+        ttl: Duration,
+    ) -> Result<LeaseState, BucketError> {
+        let key = self.keys().fill_lease(digest);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        for _ in 0..CLAIM_ROUNDS {
+            let record = LeaseRecord::new(me, now_ms(), ttl_ms);
+            match self
+                .put_conditional(&key, record.to_json().into(), PutMode::Create)
+                .await
+            {
+                Ok(e_tag) => return Ok(LeaseState::Taken(self.hold(key, me, ttl, e_tag))),
+                Err(BucketError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            let Some((bytes, _, e_tag)) = self.get_versioned(&key, MAX_LEASE_BYTES).await? else {
+                // Released between the two requests: create it again.
+                continue;
+            };
+            // A body that is not a lease of ours cannot be joined: taken over.
+            let found =
+                LeaseRecord::parse(&bytes).map_or(LeaseFound::TakeOver, |r| r.decide(me, now_ms()));
+            match found {
+                LeaseFound::Join { owner } => return Ok(LeaseState::Live { owner }),
+                LeaseFound::TakeOver => {
+                    let record = LeaseRecord::new(me, now_ms(), ttl_ms);
+                    let mode = PutMode::Update(UpdateVersion {
+                        e_tag,
+                        version: None,
+                    });
+                    match self
+                        .put_conditional(&key, record.to_json().into(), mode)
+                        .await
+                    {
+                        Ok(e_tag) => {
+                            return Ok(LeaseState::TakenOver(self.hold(key, me, ttl, e_tag)))
+                        }
+                        // Another replica took it over first: look again.
+                        Err(BucketError::Conflict { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Err(BucketError::Conflict { op: "fill lease" })
+    }
+
+    fn hold(
+        self: &Arc<Self>,
+        key: Path,
+        me: &str,
+        ttl: Duration,
+        e_tag: Option<String>,
+    ) -> HeldLease {
+        let shared = Arc::new(Held {
+            bucket: self.clone(),
+            key,
+            owner: me.to_owned(),
+            ttl,
+            e_tag: Mutex::new(e_tag),
+            lost: AtomicBool::new(false),
+        });
+        let renewing = shared.clone();
+        let renewal = tokio::spawn(async move { renewing.renew_until_lost().await });
+        HeldLease { shared, renewal }
+    }
+}
+
+impl Held {
+    /// Every third of the TTL, rewrites the lease with a new expiry on the ETag it last wrote.
+    /// A failed renewal is tried again at the next tick (the lease holds a whole TTL); a lost
+    /// condition ends it.
+    async fn renew_until_lost(&self) {
+        let every = (self.ttl / 3).max(Duration::from_millis(100));
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            tokio::time::sleep(every).await;
+            let e_tag = self.e_tag.lock().map(|e| e.clone()).unwrap_or_default();
+            let record = LeaseRecord::new(&self.owner, now_ms(), ttl_ms);
+            let mode = PutMode::Update(UpdateVersion {
+                e_tag,
+                version: None,
+            });
+            match self
+                .bucket
+                .put_conditional(&self.key, record.to_json().into(), mode)
+                .await
+            {
+                Ok(new) => {
+                    if let Ok(mut e) = self.e_tag.lock() {
+                        *e = new;
+                    }
+                }
+                Err(BucketError::Conflict { .. }) => {
+                    tracing::warn!(lease = %self.key, "fill lease taken over by another replica");
+                    self.lost.store(true, Ordering::Release);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %self.key, error = %e, "cannot renew a fill lease")
+                }
+            }
+        }
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        if self.is_lost() {
+            return;
+        }
+        // Outside a runtime (or in its shutdown) nothing is deleted: the lease expires.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        runtime.spawn(async move {
+            if let Err(e) = shared.bucket.delete(&shared.key).await {
+                tracing::warn!(lease = %shared.key, error = %e, "cannot release a fill lease; it expires");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::bucket::NoObserver;
+    use object_store::memory::InMemory;
+
+    fn bucket() -> Arc<Bucket> {
+        Arc::new(Bucket::over(
+            Arc::new(InMemory::new()),
+            "p/",
+            Duration::from_secs(5),
+            5 << 20,
+            Arc::new(NoObserver),
+        ))
+    }
+
+    #[tokio::test]
+    async fn one_replica_takes_the_lease_others_join_it_and_release_frees_it() {
+        let b = bucket();
+        let d = Digest::sha256_of(b"blob");
+        let ttl = Duration::from_secs(30);
+        let held = match b.claim_fill(&d, "http://a", ttl).await.unwrap() {
+            LeaseState::Taken(h) => h,
+            other => panic!("{other:?}"),
+        };
+        match b.claim_fill(&d, "http://b", ttl).await.unwrap() {
+            LeaseState::Live { owner } => assert_eq!(owner, "http://a"),
+            other => panic!("{other:?}"),
+        }
+        let key = b.keys().fill_lease(&d);
+        let (bytes, _, _) = b.get_versioned(&key, 4096).await.unwrap().unwrap();
+        let record = LeaseRecord::parse(&bytes).unwrap();
+        assert_eq!(record.owner, "http://a");
+        assert!(!record.is_expired(now_ms()));
+        drop(held);
+        for _ in 0..100 {
+            if !b.exists(&key).await.unwrap() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!b.exists(&key).await.unwrap(), "released");
+        assert!(matches!(
+            b.claim_fill(&d, "http://b", ttl).await.unwrap(),
+            LeaseState::Taken(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_once_and_the_loser_stops_renewing() {
+        let b = bucket();
+        let d = Digest::sha256_of(b"blob");
+        let key = b.keys().fill_lease(&d);
+        // A lease its dead owner left, expired a second ago.
+        let dead = LeaseRecord::new("http://dead", now_ms().saturating_sub(31_000), 30_000);
+        b.put_conditional(&key, dead.to_json().into(), PutMode::Create)
+            .await
+            .unwrap();
+        let ttl = Duration::from_millis(1500);
+        let held = match b.claim_fill(&d, "http://b", ttl).await.unwrap() {
+            LeaseState::TakenOver(h) => h,
+            other => panic!("{other:?}"),
+        };
+        // Renewed past its first TTL.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        match b.claim_fill(&d, "http://c", ttl).await.unwrap() {
+            LeaseState::Live { owner } => assert_eq!(owner, "http://b"),
+            other => panic!("{other:?}"),
+        }
+        // Someone overwrites it (as a takeover would): the holder finds it lost and leaves it.
+        b.put(
+            &key,
+            LeaseRecord::new("http://c", now_ms(), 60_000)
+                .to_json()
+                .into(),
+            None,
+        )
+        .await
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !held.is_lost() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(held.is_lost());
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (bytes, _, _) = b.get_versioned(&key, 4096).await.unwrap().unwrap();
+        assert_eq!(LeaseRecord::parse(&bytes).unwrap().owner, "http://c");
+    }
+}

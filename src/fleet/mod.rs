@@ -1,0 +1,16 @@
+//! `[fleet]`: replicas on one bucket fill each blob once. The cache takes the lease and decides
+//! whom to join (`cache::blob::Fleet`); this module is the HTTP between replicas:
+//!
+//! - `peer_path`: the peer endpoint's path and its secret check (pure);
+//! - `peer_client`: reaching another replica's peer endpoint for a blob.
+//!
+//! The peer endpoint is `GET /_archway/fleet/blobs/<digest>` on the registry listener: no
+//! registry client asks for a path outside `/v2/`. It needs `Authorization: Bearer <fleet
+//! secret>`, serves only digests, and only what this replica has (committed, or its fill in
+//! flight): it never starts a fetch for a peer.
+
+mod peer_client;
+mod peer_path;
+
+pub use peer_client::HttpPeers;
+pub use peer_path::{peer_digest, secret_matches, PEER_PATH_PREFIX};

@@ -1,0 +1,156 @@
+//! Reaching another replica's peer endpoint: one GET with the fleet secret, the response head
+//! within `fleet.peer_timeout`, and each chunk of the body too (a stalled or dead owner breaks
+//! the fill off). The bytes are verified by the fill like any source's.
+
+use super::peer_path::PEER_PATH_PREFIX;
+use crate::cache::blob::{IncomingBlob, PeerAnswer, PeerFuture, PeerSource, SourceError};
+use crate::cache::bucket::StorageObserver;
+use crate::config::Secret;
+use crate::digest::Digest;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::{self, HeaderValue};
+use http::{Request, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a peer gave no blob.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {owner}: {message}")]
+    Failed { owner: String, message: String },
+    #[error("peer {owner}: no answer within {after:?}")]
+    Timeout { owner: String, after: Duration },
+}
+
+/// The peer endpoints of the other replicas, over HTTP(S).
+pub struct HttpPeers {
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    authorization: HeaderValue,
+    timeout: Duration,
+    observer: Arc<dyn StorageObserver>,
+}
+
+impl HttpPeers {
+    pub fn new(
+        secret: &Secret,
+        timeout: Duration,
+        observer: Arc<dyn StorageObserver>,
+    ) -> Result<Self, String> {
+        let tls = crate::upstream::tls_config(None, false).map_err(|e| e.to_string())?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeout));
+        http.set_nodelay(true);
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(https);
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
+            .map_err(|_| "fleet secret is not a valid header value".to_owned())?;
+        authorization.set_sensitive(true);
+        Ok(HttpPeers {
+            client,
+            authorization,
+            timeout,
+            observer,
+        })
+    }
+}
+
+impl std::fmt::Debug for HttpPeers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpPeers")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerSource for HttpPeers {
+    fn fetch(&self, owner: &str, digest: &Digest) -> PeerFuture {
+        let owner = owner.to_owned();
+        let url = format!("{owner}{PEER_PATH_PREFIX}{digest}");
+        let client = self.client.clone();
+        let authorization = self.authorization.clone();
+        let timeout = self.timeout;
+        let observer = self.observer.clone();
+        Box::pin(async move {
+            let failed = |message: String| {
+                SourceError::new(PeerError::Failed {
+                    owner: owner.clone(),
+                    message,
+                })
+            };
+            let req = Request::get(url.as_str())
+                .header(header::AUTHORIZATION, authorization)
+                .body(Empty::new())
+                .map_err(|e| failed(e.to_string()))?;
+            let response = tokio::time::timeout(timeout, client.request(req))
+                .await
+                .map_err(|_| {
+                    SourceError::new(PeerError::Timeout {
+                        owner: owner.clone(),
+                        after: timeout,
+                    })
+                })?
+                .map_err(|e| failed(e.to_string()))?;
+            match response.status() {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND => return Ok(PeerAnswer::NotThere),
+                other => return Err(failed(format!("answered {other}"))),
+            }
+            let size = response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let body = response.into_body();
+            let frames = futures_util::stream::unfold(Some(body), move |body| {
+                let observer = observer.clone();
+                async move {
+                    let mut body = body?;
+                    loop {
+                        match tokio::time::timeout(timeout, body.frame()).await {
+                            Ok(Some(Ok(frame))) => match frame.into_data() {
+                                Ok(data) => {
+                                    observer.peer_bytes(data.len() as u64);
+                                    return Some((Ok(Frame::data(data)), Some(body)));
+                                }
+                                // Trailers carry nothing.
+                                Err(_) => continue,
+                            },
+                            Ok(Some(Err(e))) => {
+                                let e = std::io::Error::other(format!("peer body failed: {e}"));
+                                return Some((Err(e), None));
+                            }
+                            Ok(None) => return None,
+                            Err(_) => {
+                                let e = std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    format!("peer body stalled for {timeout:?}"),
+                                );
+                                return Some((Err(e), None));
+                            }
+                        }
+                    }
+                }
+            })
+            .boxed();
+            Ok(PeerAnswer::Blob(IncomingBlob {
+                size,
+                body: StreamBody::new(frames).boxed_unsync(),
+            }))
+        })
+    }
+}

@@ -1,0 +1,442 @@
+//! One fill per fleet (`[fleet]`), in process: archway replicas (each its own data_dir) on one
+//! bucket, the fake registry upstream.
+//!
+//! - The peer endpoint's guards run everywhere (the bucket may be down for them).
+//! - The replica tests need a real S3-protocol server with conditional writes: `moto_server`
+//!   (see `tests/e2e/s3.rs`), started by the test. They run with `ARCHWAY_E2E=1` (or
+//!   `CI=true`), where a missing moto_server fails them; otherwise they are skipped, said so.
+
+mod support;
+
+#[allow(dead_code)]
+mod e2e {
+    pub mod fixtures;
+    pub mod http;
+    pub mod layout;
+    pub mod procs;
+    pub mod s3;
+    pub mod tools;
+}
+
+use archway::config::{Config, FleetConfig, S3Keys, Secret, StorageConfig};
+use archway::server::Archway;
+use e2e::procs::{command, run_ok};
+use e2e::s3::{curl, Moto, ACCESS_KEY, REGION, SECRET_KEY};
+use http::StatusCode;
+use std::time::{Duration, Instant};
+use support::fake_registry::pseudo_random_bytes;
+use support::metrics::Scrape;
+use support::{config_for, FakeRegistry, Fault, Kind, Reply, TestClient};
+
+const BUCKET: &str = "archway-fleet";
+const SECRET: &str = "fleet-test-secret";
+
+fn required() -> bool {
+    std::env::var("ARCHWAY_E2E").is_ok_and(|v| v == "1")
+        || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn skip(test: &str) -> bool {
+    if required() {
+        return false;
+    }
+    eprintln!(
+        "\n######## {test}: skipped: set ARCHWAY_E2E=1 to run it (needs moto_server) ########"
+    );
+    true
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A replica's config: its own data dir and port, `[storage]` at `endpoint`, `[fleet]` naming
+/// its own address as peer_url.
+fn replica_config(
+    fake: &FakeRegistry,
+    dir: &std::path::Path,
+    endpoint: &str,
+    lease_ttl: Duration,
+) -> (Config, u16) {
+    let port = free_port();
+    let mut c = config_for(fake, dir);
+    c.listen = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+    let mut s = StorageConfig::new(BUCKET);
+    s.s3_prefix = "fleet/".into();
+    s.s3_endpoint = Some(endpoint.to_owned());
+    s.s3_region = REGION.into();
+    s.s3_path_style = true;
+    s.s3_timeout = Duration::from_secs(3);
+    s.credentials = Some(S3Keys {
+        access_key_id: Secret::new(ACCESS_KEY),
+        secret_access_key: Secret::new(SECRET_KEY),
+    });
+    c.storage = Some(s);
+    let mut f = FleetConfig::new(
+        Some(format!("http://127.0.0.1:{port}")),
+        Secret::new(SECRET),
+    );
+    f.lease_ttl = lease_ttl;
+    f.peer_timeout = Duration::from_secs(3);
+    c.fleet = Some(f);
+    (c, port)
+}
+
+fn moto() -> Moto {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    moto.prove_conditional_create(BUCKET);
+    moto
+}
+
+/// The keys under `prefix` in the bucket (ListObjectsV2 by curl).
+fn list_keys(moto: &Moto, prefix: &str) -> Vec<String> {
+    let url = format!("{}/{BUCKET}?list-type=2&prefix={prefix}", moto.url());
+    let mut cmd = command(curl());
+    cmd.args(["-s", "--aws-sigv4", &format!("aws:amz:{REGION}:s3")])
+        .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
+        .arg(&url);
+    let out = run_ok(&mut cmd, Duration::from_secs(30));
+    out.stdout
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|s| s.split("</Key>").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn fleet_value(archway: &Archway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    Scrape::parse(archway.proxy().metrics().encode())
+        .get(name, labels)
+        .unwrap_or(0.0)
+}
+
+fn fills(replicas: &[&Archway], outcome: &str) -> f64 {
+    replicas
+        .iter()
+        .map(|a| fleet_value(a, "archway_fleet_fills_total", &[("outcome", outcome)]))
+        .sum()
+}
+
+fn assert_verified(r: &Reply, data: &[u8], what: &str) {
+    assert_eq!(r.status, StatusCode::OK, "{what}: {}", r.text());
+    assert!(r.complete(), "{what}: body broke off: {:?}", r.body_error);
+    assert!(r.body.as_ref() == data, "{what}: other bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_peer_endpoint_wants_the_secret_and_a_digest() {
+    support::init_tracing();
+    let fake = FakeRegistry::start().await;
+    let data = pseudo_random_bytes(7, 300 << 10);
+    let digest = fake.add_blob("lib/app", data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    // Storage down (nobody listens there): the blob comes from upstream into L1, which the
+    // peer endpoint serves from.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let (mut cfg, _) = replica_config(&fake, dir.path(), &down, Duration::from_secs(5));
+    if let Some(s) = cfg.storage.as_mut() {
+        s.s3_timeout = Duration::from_secs(1);
+    }
+    let archway = Archway::start(cfg).await.unwrap();
+    let base = format!("http://{}", archway.local_addr());
+    let client = TestClient::new();
+    let peer = format!("{base}/_archway/fleet/blobs/{digest}");
+    let bearer = format!("Bearer {SECRET}");
+
+    // Nothing here yet: 404 even with the secret (a peer never makes this replica fetch).
+    let r = client.get_with(&peer, &[("authorization", &bearer)]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    assert_eq!(
+        fake.count("GET", Kind::Blob),
+        0,
+        "no fetch on a peer's behalf"
+    );
+
+    let r = client
+        .get(&format!("{base}/v2/lib/app/blobs/{digest}"))
+        .await;
+    assert_verified(&r, &data, "client GET");
+
+    let r = client.get(&peer).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "no secret");
+    assert!(!r.text().contains(SECRET));
+    let r = client
+        .get_with(&peer, &[("authorization", "Bearer not-the-secret")])
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "wrong secret");
+    let r = client
+        .get_with(&peer, &[("authorization", &format!("Basic {SECRET}"))])
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "not a bearer token");
+    for path in ["latest", "lib/app/manifests/latest", "sha256:abc", ""] {
+        let r = client
+            .get_with(
+                &format!("{base}/_archway/fleet/blobs/{path}"),
+                &[("authorization", &bearer)],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path:?}: {}", r.text());
+    }
+    let r = client.get_with(&peer, &[("authorization", &bearer)]).await;
+    assert_verified(&r, &data, "peer GET with the secret");
+    assert_eq!(fake.count("GET", Kind::Blob), 1);
+    archway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_fill_a_cold_blob_from_upstream_once() {
+    if skip("three_replicas_fill_a_cold_blob_from_upstream_once") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let data = pseudo_random_bytes(11, 2 << 20);
+    let digest = fake.add_blob("lib/app", data.clone());
+    // Slow enough (about 1.6 s) that every replica asks while the first fill runs.
+    fake.fault(
+        Some(Kind::Blob),
+        Fault::SlowBody {
+            chunk: 64 << 10,
+            every: Duration::from_millis(50),
+        },
+    );
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = Vec::new();
+    for d in &dirs {
+        let (cfg, _) = replica_config(&fake, d.path(), &moto.url(), Duration::from_secs(5));
+        replicas.push(Archway::start(cfg).await.unwrap());
+    }
+    let client = TestClient::new();
+    // Two clients on the first replica: the second joins that replica's own fill.
+    let gets = replicas.iter().chain(replicas.first()).map(|a| {
+        let url = format!("http://{}/v2/lib/app/blobs/{digest}", a.local_addr());
+        let client = client.clone();
+        async move { client.get(&url).await }
+    });
+    let replies = futures_util::future::join_all(gets).await;
+    for (i, r) in replies.iter().enumerate() {
+        assert_verified(r, &data, &format!("replica {i}"));
+    }
+    assert_eq!(
+        fake.count("GET", Kind::Blob),
+        1,
+        "one upstream GET per fleet"
+    );
+    let all: Vec<&Archway> = replicas.iter().collect();
+    assert_eq!(fills(&all, "owned"), 1.0);
+    assert_eq!(fills(&all, "joined_peer"), 2.0);
+    assert_eq!(fills(&all, "joined_local"), 1.0);
+    assert_eq!(fills(&all, "taken_over") + fills(&all, "lease_error"), 0.0);
+    let peer_bytes: f64 = all
+        .iter()
+        .map(|a| fleet_value(a, "archway_fleet_peer_bytes_total", &[]))
+        .sum();
+    assert_eq!(
+        peer_bytes,
+        2.0 * data.len() as f64,
+        "both joiners streamed it from the owner"
+    );
+
+    // The owner copies it to the bucket, then releases the lease.
+    let blob_key = format!("fleet/blobs/sha256/{}", digest.hex());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = list_keys(&moto, "fleet/");
+        if listed == vec![blob_key.clone()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bucket holds {listed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for a in replicas {
+        a.shutdown().await;
+    }
+}
+
+/// An archway on a runtime of its own, so that the test can kill it mid-fill as a crash would:
+/// every task of it (its fills, its lease renewal, its connections) stops at once.
+fn start_killable(cfg: Config) -> (tokio::runtime::Runtime, Archway) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let archway = rt.block_on(Archway::start(cfg)).unwrap();
+        (rt, archway)
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_owners_lease_is_taken_over_and_its_joiners_break_off() {
+    if skip("a_dead_owners_lease_is_taken_over_and_its_joiners_break_off") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let data = pseudo_random_bytes(13, 2 << 20);
+    let digest = fake.add_blob("lib/app", data.clone());
+    let hex = digest.hex().to_owned();
+    // The first fill is slow (about 3 s); the takeover's is not.
+    fake.fault_times(
+        Some(Kind::Blob),
+        Fault::SlowBody {
+            chunk: 64 << 10,
+            every: Duration::from_millis(100),
+        },
+        1,
+    );
+    let ttl = Duration::from_secs(2);
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let (cfg_a, _) = replica_config(&fake, dir_a.path(), &moto.url(), ttl);
+    let (cfg_b, _) = replica_config(&fake, dir_b.path(), &moto.url(), ttl);
+    let (rt_a, owner) = start_killable(cfg_a);
+    let joiner = Archway::start(cfg_b).await.unwrap();
+    let client = TestClient::new();
+    let path = format!("/v2/lib/app/blobs/{digest}");
+
+    let url_a = format!("http://{}{path}", owner.local_addr());
+    let to_owner = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(&url_a).await }
+    });
+    // The owner holds the lease once it is in the bucket.
+    let lease_key = format!("fleet/fills/sha256/{hex}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !list_keys(&moto, "fleet/fills/").contains(&lease_key) {
+        assert!(Instant::now() < deadline, "the owner never took the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url_b = format!("http://{}{path}", joiner.local_addr());
+    let through_joiner = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(&url_b).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet_value(&joiner, "archway_fleet_peer_bytes_total", &[]) == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the joiner never streamed from the owner"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        fleet_value(
+            &joiner,
+            "archway_fleet_fills_total",
+            &[("outcome", "joined_peer")]
+        ),
+        1.0
+    );
+    // kill -9, as far as a process can do it to a part of itself.
+    rt_a.shutdown_background();
+    std::mem::forget(owner);
+
+    let broken = through_joiner.await.unwrap();
+    let clean = broken.status == StatusCode::OK && broken.complete();
+    assert!(
+        !clean,
+        "a client streaming from the dead owner got a clean {} ({} bytes)",
+        broken.status,
+        broken.body.len()
+    );
+    let _ = to_owner.await;
+    // Nothing whole came of the dead fill.
+    assert!(!list_keys(&moto, "fleet/blobs/").contains(&format!("fleet/blobs/sha256/{hex}")));
+
+    // Once the lease expired, the retry takes it over and fills from upstream.
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    let retry = client
+        .get(&format!("http://{}{path}", joiner.local_addr()))
+        .await;
+    assert_verified(&retry, &data, "retry after the takeover");
+    assert_eq!(
+        fleet_value(
+            &joiner,
+            "archway_fleet_fills_total",
+            &[("outcome", "taken_over")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        fleet_value(&joiner, "archway_fleet_lease_takeovers_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        fake.count("GET", Kind::Blob),
+        2,
+        "the dead owner's and the takeover's"
+    );
+
+    // The bucket ends with the whole blob and no lease: nothing partial is left.
+    let blob_key = format!("fleet/blobs/sha256/{hex}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = list_keys(&moto, "fleet/");
+        if listed == vec![blob_key.clone()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bucket holds {listed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let size = moto.request("HEAD", &format!("{BUCKET}/{blob_key}"), &["-I"]);
+    assert_eq!(size, 200);
+    joiner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_body_that_is_not_a_lease_is_taken_over_not_joined() {
+    if skip("a_lease_body_that_is_not_a_lease_is_taken_over_not_joined") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let data = pseudo_random_bytes(17, 200 << 10);
+    let digest = fake.add_blob("lib/app", data.clone());
+    // Something at the lease key that no replica wrote: nobody to join (the fleet secret would
+    // go wherever it pointed), so it is taken over with If-Match.
+    let key = format!("{BUCKET}/fleet/fills/sha256/{}", digest.hex());
+    let junk =
+        r#"{"owner":"http://user@elsewhere.example/x","expires_at_ms":18446744073709551615}"#;
+    let put = moto.request("PUT", &key, &["--data-binary", junk]);
+    assert_eq!(put, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = replica_config(&fake, dir.path(), &moto.url(), Duration::from_secs(5));
+    let archway = Archway::start(cfg).await.unwrap();
+    let url = format!("http://{}/v2/lib/app/blobs/{digest}", archway.local_addr());
+    let r = TestClient::new().get(&url).await;
+    assert_verified(&r, &data, "filled from upstream after the takeover");
+    assert_eq!(fake.count("GET", Kind::Blob), 1);
+    let all = [&archway];
+    let text = archway.proxy().metrics().encode();
+    assert_eq!(fills(&all, "taken_over"), 1.0, "{text}");
+    assert_eq!(
+        fills(&all, "joined_peer") + fills(&all, "lease_error"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        fleet_value(&archway, "archway_fleet_peer_bytes_total", &[]),
+        0.0
+    );
+    // Released after the copy: the bucket ends with the blob alone.
+    let blob_key = format!("fleet/blobs/sha256/{}", digest.hex());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = list_keys(&moto, "fleet/");
+        if listed == vec![blob_key.clone()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bucket holds {listed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    archway.shutdown().await;
+}
