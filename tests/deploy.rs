@@ -1,6 +1,7 @@
 //! The deployment files in `deploy/`: the example configs (always), and, where the tools are
 //! (required with `ARCHWAY_E2E=1` or `CI=true`, like the e2e tier), the kustomize render of the
-//! Kubernetes base and node-cache overlay and the systemd unit's `systemd-analyze` checks.
+//! Kubernetes base and overlays (node-cache, fleet, node-cache-fleet) and the systemd unit's
+//! `systemd-analyze` checks.
 //!
 //! Every archway config in `deploy/` is loaded with `Config::from_toml`, the parser `archway
 //! serve` uses; its `password_file`s are pointed at placeholder files first, since the real
@@ -81,7 +82,24 @@ fn run(cmd: &mut Command) -> Output {
 
 // === archway configs ===
 
-/// Loads an archway config as `archway serve` would, with each `password_file` replaced by a
+/// Replaces the file named by `table[key]`, if any, with a placeholder file of the same name
+/// under `secrets`.
+fn placeholder_file(table: &mut toml::Table, key: &str, secrets: &Path) {
+    if let Some(toml::Value::String(file)) = table.get(key) {
+        let name = Path::new(file)
+            .file_name()
+            .unwrap_or_else(|| panic!("{key} names a file"));
+        let placeholder = secrets.join(name);
+        std::fs::write(&placeholder, "placeholder\n").unwrap();
+        table.insert(
+            key.into(),
+            toml::Value::String(placeholder.display().to_string()),
+        );
+    }
+}
+
+/// Loads an archway config as `archway serve` would, with each secret file (`password_file`,
+/// `parent_password_file`, the `[storage]` key files, `fleet.secret_file`) replaced by a
 /// placeholder file of the same name under `secrets`. Returns the config and its TOML table.
 fn load_config(what: &str, text: &str, secrets: &Path) -> (Config, toml::Table) {
     let raw: toml::Table = text
@@ -90,18 +108,16 @@ fn load_config(what: &str, text: &str, secrets: &Path) -> (Config, toml::Table) 
     let mut patched = raw.clone();
     if let Some(toml::Value::Array(upstreams)) = patched.get_mut("upstream") {
         for u in upstreams.iter_mut().filter_map(toml::Value::as_table_mut) {
-            if let Some(toml::Value::String(file)) = u.get("password_file") {
-                let name = Path::new(file)
-                    .file_name()
-                    .expect("password_file names a file");
-                let placeholder = secrets.join(name);
-                std::fs::write(&placeholder, "placeholder\n").unwrap();
-                u.insert(
-                    "password_file".into(),
-                    toml::Value::String(placeholder.display().to_string()),
-                );
-            }
+            placeholder_file(u, "password_file", secrets);
         }
+    }
+    placeholder_file(&mut patched, "parent_password_file", secrets);
+    if let Some(toml::Value::Table(storage)) = patched.get_mut("storage") {
+        placeholder_file(storage, "s3_access_key_id_file", secrets);
+        placeholder_file(storage, "s3_secret_access_key_file", secrets);
+    }
+    if let Some(toml::Value::Table(fleet)) = patched.get_mut("fleet") {
+        placeholder_file(fleet, "secret_file", secrets);
     }
     let text = toml::to_string(&patched).unwrap();
     let cfg = Config::from_toml(&text)
@@ -475,7 +491,10 @@ fn check_archway_pod(docs: &[Value], pod: &Value, secrets: &Path) -> (Config, to
         .iter()
         .filter_map(|u| u.get("password_file").and_then(|f| f.as_str()))
         .collect();
-    assert!(!files.is_empty(), "the config uses the Secret");
+    assert!(
+        !files.is_empty() || !cfg.parent.urls.is_empty(),
+        "the config uses the Secret (a node with parents leaves upstream credentials to them)"
+    );
     for f in files {
         let key = f
             .strip_prefix("/run/secrets/archway/")
@@ -492,9 +511,14 @@ fn check_archway_pod(docs: &[Value], pod: &Value, secrets: &Path) -> (Config, to
     (cfg, raw)
 }
 
-/// The Service reaches the pods of `workload` on its named ports.
+/// The `archway` Service reaches the pods of `workload` on its named ports.
 fn check_service(docs: &[Value], workload: &Value) {
-    let svc = one(docs, "Service");
+    check_service_named(docs, "archway", workload);
+}
+
+/// The Service `name` reaches the pods of `workload` on its named ports.
+fn check_service_named(docs: &[Value], name: &str, workload: &Value) {
+    let svc = find(docs, "Service", name);
     let labels = &workload["spec"]["template"]["metadata"]["labels"];
     for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
         assert_eq!(&labels[k], v, "the Service selects the pods");
@@ -675,6 +699,212 @@ fn kustomize_renders_and_is_checked() {
         std::fs::read_to_string(certs_dir.join("example.com/hosts.toml")).unwrap(),
         "untouched\n"
     );
+}
+
+/// Bytes in a size as archway writes it (`40GiB`) or as Kubernetes does (`45Gi`).
+fn size_bytes(s: &str) -> u64 {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let n: u64 = digits
+        .parse()
+        .unwrap_or_else(|_| panic!("cannot read size {s:?}"));
+    let unit = match &s[digits.len()..] {
+        "" | "B" => 1,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        "Ti" | "TiB" => 1 << 40,
+        other => panic!("unit {other:?} in {s:?}"),
+    };
+    n * unit
+}
+
+/// The value of the env var `name` of `container`, with the variables before it (the ones
+/// Kubernetes expands in `$(…)`).
+fn env_var<'a>(container: &'a Value, name: &str) -> (&'a Value, Vec<&'a str>) {
+    let env = list(&container["env"]);
+    let i = env
+        .iter()
+        .position(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no env {name}"));
+    let before = env[..i].iter().filter_map(|e| e["name"].as_str()).collect();
+    (&env[i], before)
+}
+
+/// The Secret key a file path refers to: the Secret volume mounted at the file's directory, and
+/// the key named by its file name, present in the Secret in the render.
+fn check_secret_file(docs: &[Value], pod: &Value, container: &Value, file: &str) {
+    let path = Path::new(file);
+    let dir = path.parent().unwrap().to_str().unwrap();
+    let key = path.file_name().unwrap().to_str().unwrap();
+    let volume = volume_at(pod, container, dir);
+    let name = volume["secret"]["secretName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{dir} ({file}) is no Secret volume: {volume}"));
+    assert_eq!(volume["secret"]["defaultMode"], 0o440, "{name}");
+    let secret = find(docs, "Secret", name);
+    let value = secret["stringData"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("the Secret {name} has no {key} ({file})"));
+    assert!(
+        value.starts_with("REPLACE-WITH-"),
+        "{name}/{key} holds a placeholder, never a real value"
+    );
+}
+
+#[test]
+fn kustomize_fleet_overlays_are_checked() {
+    if !tools_required("kustomize_fleet_overlays_are_checked", &["kubectl"]) {
+        return;
+    }
+    let secrets = tempfile::tempdir().unwrap();
+
+    // The fleet: the cluster Deployment three times on one bucket, its L1 on an emptyDir.
+    let fleet = kustomize("deploy/kubernetes/overlays/fleet");
+    assert_eq!(
+        kinds(&fleet),
+        [
+            "ConfigMap",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Secret",
+            "Service"
+        ]
+        .map(String::from)
+        .into(),
+        "no PersistentVolumeClaim"
+    );
+    let deployment = one(&fleet, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let (cfg, raw) = check_archway_pod(&fleet, pod, secrets.path());
+    check_service(&fleet, deployment);
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+    let c = by_name(&pod["containers"], "archway");
+    for v in list(&pod["volumes"]) {
+        assert!(v["persistentVolumeClaim"].is_null(), "a claim: {v}");
+    }
+
+    // L1: an emptyDir bounded a little above cache.max_size (room for downloads in flight).
+    let cache = volume_at(pod, c, "/var/lib/archway");
+    let limit = size_bytes(
+        cache["emptyDir"]["sizeLimit"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the cache is no bounded emptyDir: {cache}")),
+    );
+    let max_size = size_bytes(raw["cache"]["max_size"].as_str().unwrap());
+    assert!(
+        max_size < limit && limit <= max_size + max_size / 4,
+        "cache.max_size {max_size} in step with the emptyDir's sizeLimit {limit}"
+    );
+    let ephemeral = c["resources"]["requests"]["ephemeral-storage"]
+        .as_str()
+        .expect("the emptyDir's room is requested");
+    assert!(size_bytes(ephemeral) >= limit);
+
+    // The disruption budget and the anti-affinity select these pods.
+    let pdb = one(&fleet, "PodDisruptionBudget");
+    assert!(
+        pdb["spec"]["maxUnavailable"] == 1 || pdb["spec"]["minAvailable"] == 2,
+        "{pdb}"
+    );
+    for (k, v) in pdb["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&labels[k], v, "the PodDisruptionBudget selects the pods");
+    }
+    let preferred = list(
+        &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"],
+    );
+    let term = &preferred[0]["podAffinityTerm"];
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
+    for (k, v) in term["labelSelector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&labels[k], v, "the anti-affinity selects the replicas");
+    }
+
+    // The headless Service besides the ClusterIP one, on the same pods.
+    let peers = find(&fleet, "Service", "archway-peers");
+    assert_eq!(peers["spec"]["clusterIP"], "None");
+    check_service_named(&fleet, "archway-peers", deployment);
+    assert_eq!(
+        find(&fleet, "Service", "archway")["spec"]["type"],
+        "ClusterIP"
+    );
+
+    // peer_url from the pod IP (downward API), defined after POD_IP so that $(POD_IP) expands.
+    let (pod_ip, _) = env_var(c, "POD_IP");
+    assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+    let (peer_url, before) = env_var(c, "ARCHWAY_PEER_URL");
+    assert_eq!(peer_url["value"], "http://$(POD_IP):5000");
+    assert!(before.contains(&"POD_IP"), "POD_IP comes first: {before:?}");
+    assert_eq!(by_name(&c["ports"], "registry")["containerPort"], 5000);
+
+    // [storage] and [fleet], their secret files each a key of a Secret mounted there.
+    let storage = cfg.storage.as_ref().expect("[storage]");
+    assert!(!storage.s3_bucket.is_empty());
+    assert!(
+        storage.credentials.is_some(),
+        "the keys come from the mounted Secret"
+    );
+    let fleet_cfg = cfg.fleet.as_ref().expect("[fleet]");
+    assert_eq!(
+        fleet_cfg.peer_url, None,
+        "peer_url comes from ARCHWAY_PEER_URL, one per pod"
+    );
+    let raw_storage = raw["storage"].as_table().unwrap();
+    assert!(raw_storage["s3_bucket"].is_str());
+    assert!(
+        raw_storage
+            .get("redirect")
+            .is_none_or(|r| r.as_bool() == Some(false)),
+        "presigned redirects are not there yet"
+    );
+    for file in [
+        raw_storage["s3_access_key_id_file"].as_str().unwrap(),
+        raw_storage["s3_secret_access_key_file"].as_str().unwrap(),
+        raw["fleet"]["secret_file"].as_str().unwrap(),
+    ] {
+        check_secret_file(&fleet, pod, c, file);
+    }
+    let fleet_upstreams = upstream_names(&cfg);
+
+    // The node tier with the fleet as its parent: the node-cache DaemonSet, its config naming
+    // the fleet's Service.
+    let node = kustomize("deploy/kubernetes/overlays/node-cache-fleet");
+    let k = kinds(&node);
+    assert!(k.contains("DaemonSet"), "{k:?}");
+    assert!(
+        !k.contains("Deployment") && !k.contains("PersistentVolumeClaim"),
+        "{k:?}"
+    );
+    let ds = one(&node, "DaemonSet");
+    let (node_cfg, node_raw) =
+        check_archway_pod(&node, &ds["spec"]["template"]["spec"], secrets.path());
+    check_service(&node, ds);
+    let parents: Vec<String> = node_cfg.parent.urls.iter().map(|u| u.to_string()).collect();
+    assert!(!parents.is_empty(), "the node config has parent");
+    let svc_port = by_name(
+        &find(&fleet, "Service", "archway")["spec"]["ports"],
+        "registry",
+    )["port"]
+        .as_u64()
+        .unwrap();
+    for p in &node_raw["parent"].as_array().unwrap()[..] {
+        let p = p.as_str().unwrap();
+        assert!(
+            p.starts_with("http://archway.") && p.ends_with(&format!(":{svc_port}")),
+            "the parent {p} is the fleet's Service"
+        );
+    }
+    assert!(node_cfg.storage.is_none() && node_cfg.fleet.is_none());
+    // One parent: marking it down after one failed connection would fail every cold pull for
+    // parent_down_for, while the Service already sends only to ready replicas.
+    assert_eq!(parents.len(), 1);
+    assert!(node_cfg.parent.down_for.is_zero());
+    // Every name the node asks for (?ns=) is an upstream of the fleet, and the node holds no
+    // upstream credentials.
+    for name in upstream_names(&node_cfg) {
+        assert!(fleet_upstreams.contains(&name), "the fleet has no {name}");
+    }
+    assert!(node_cfg.upstreams.iter().all(|u| u.credentials.is_none()));
 }
 
 // === systemd ===
