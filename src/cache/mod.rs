@@ -5,4 +5,5 @@ pub mod blob;
 pub mod bucket;
 pub mod keyed_lock;
 pub mod manifest_store;
+pub mod tag_key;
 pub mod tag_store;

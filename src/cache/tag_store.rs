@@ -14,12 +14,7 @@ use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct TagKey {
-    pub upstream: String,
-    pub repository: String,
-    pub tag: String,
-}
+pub use super::tag_key::TagKey;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagEntry {

@@ -6,7 +6,7 @@
 //! names come from the config; object_store percent-encodes anything a key part may not hold,
 //! so no client text can step outside the prefix.
 
-use crate::cache::tag_store::TagKey;
+use crate::cache::tag_key::TagKey;
 use crate::digest::Digest;
 use object_store::path::{Path, PathPart};
 

@@ -5,18 +5,17 @@
 //! statuses are status codes, upstreams come from the config, and platforms (which clients can
 //! name freely) are capped at [`MAX_PLATFORM_LABELS`] distinct values.
 
-use crate::cache::blob::{BlobStore, BlobStoreStats};
+use crate::cache::blob::BlobStore;
 use crate::cache::bucket::StorageObserver;
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// The content type of [`Metrics::encode`]'s output.
@@ -554,185 +553,8 @@ pub fn parse_ratelimit_remaining(value: &str) -> Option<i64> {
         .map(|n| i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-/// Reads the blob store's counters at scrape time, so they never drift from the store.
-#[derive(Default)]
-struct BlobStoreCollector {
-    store: OnceLock<Arc<BlobStore>>,
-}
-
-impl fmt::Debug for BlobStoreCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BlobStoreCollector")
-            .field("attached", &self.store.get().is_some())
-            .finish()
-    }
-}
-
-impl Collector for BlobStoreCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let Some(store) = self.store.get() else {
-            return Ok(());
-        };
-        let BlobStoreStats {
-            bytes,
-            entries,
-            evictions,
-            in_flight,
-            fills_started: _,
-            write_buffered,
-            scrub_checked,
-            damaged_by_scrub,
-            damaged_on_read,
-        } = store.stats();
-        let gauges = [
-            (
-                "archway_blob_store_bytes",
-                "Bytes of blobs committed to the on-disk cache.",
-                bytes,
-            ),
-            (
-                "archway_blob_store_max_bytes",
-                "The blob cache's byte budget (cache.max_size).",
-                store.max_bytes(),
-            ),
-            (
-                "archway_blob_store_entries",
-                "Blobs committed to the on-disk cache.",
-                entries,
-            ),
-            (
-                "archway_blob_downloads_in_flight",
-                "Blob downloads from upstreams in progress (one per coalesced group of requests).",
-                in_flight,
-            ),
-            (
-                "archway_blob_write_buffer_bytes",
-                "Bytes of blob downloads received and waiting in memory for the disk \
-                 (at most cache.write_buffer); near the limit, the disk is what slows cold pulls.",
-                write_buffered,
-            ),
-        ];
-        for (name, help, value) in gauges {
-            let gauge = ConstGauge::new(value);
-            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
-            gauge.encode(metric)?;
-        }
-        let counters = [
-            (
-                "archway_blob_store_evictions",
-                "Blobs deleted from the cache to stay within its budget.",
-                evictions,
-            ),
-            (
-                "archway_blob_scrub_checked",
-                "Cached blobs the background scrub read back and checked against their digests.",
-                scrub_checked,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let counter = ConstCounter::new(value);
-            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            counter.encode(metric)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "archway_blob_damaged",
-            "Cached blobs found not to match their digests (and dropped), by what found them: \
-             scrub, or read (a small blob loaded, or cache.verify_reads).",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for (found_by, value) in [("scrub", damaged_by_scrub), ("read", damaged_on_read)] {
-            let labels = [("found_by", found_by)];
-            let metric = family.encode_family(&labels)?;
-            ConstCounter::new(value).encode(metric)?;
-        }
-        Ok(())
-    }
-}
+mod blob_store;
+use blob_store::BlobStoreCollector;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ratelimit_values() {
-        let cases = [
-            ("76;w=21600", Some(76)),
-            ("0;w=21600", Some(0)),
-            (" 100 ; w=21600", Some(100)),
-            ("42", Some(42)),
-            ("", None),
-            ("-1;w=60", None),
-            ("many;w=60", None),
-            ("18446744073709551615", Some(i64::MAX)),
-        ];
-        for (value, want) in cases {
-            assert_eq!(parse_ratelimit_remaining(value), want, "{value:?}");
-        }
-    }
-
-    #[test]
-    fn methods_are_bounded() {
-        assert_eq!(method_label(&http::Method::GET), "GET");
-        assert_eq!(method_label(&http::Method::HEAD), "HEAD");
-        let odd = http::Method::from_bytes(b"BREW").unwrap();
-        assert_eq!(method_label(&odd), "other");
-    }
-
-    #[test]
-    fn platform_labels_are_capped() {
-        let m = Metrics::new();
-        for i in 0..MAX_PLATFORM_LABELS + 5 {
-            m.rewrite(&format!("linux/arch{i}"), "no-match");
-        }
-        m.rewrite("linux/arch0", "no-match");
-        let text = m.encode();
-        assert!(
-            text.contains(
-                "archway_rewrites_total{platform=\"linux/arch0\",reason=\"no-match\"} 2\n"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("archway_rewrites_total{platform=\"other\",reason=\"no-match\"} 5\n"),
-            "{text}"
-        );
-        assert!(!text.contains(&format!("linux/arch{MAX_PLATFORM_LABELS}\"")));
-    }
-
-    #[test]
-    fn encodes_counters_histograms_and_gauges() {
-        let m = Metrics::new();
-        m.request_done("blob", &http::Method::GET, 200, Duration::from_millis(3));
-        m.request_done("blob", &http::Method::GET, 200, Duration::from_millis(700));
-        m.upstream_request(
-            "hub",
-            UpstreamOutcome::Status(401),
-            Duration::from_millis(20),
-        );
-        m.upstream_request("hub", UpstreamOutcome::Timeout, Duration::from_secs(40));
-        m.ratelimit_remaining("hub", 76);
-        m.bytes_served("cache", 1000);
-        m.bytes_served("cache", 24);
-        let text = m.encode();
-        for line in [
-            "archway_requests_total{kind=\"blob\",method=\"GET\",status=\"200\"} 2",
-            "archway_request_duration_seconds_count{kind=\"blob\",method=\"GET\"} 2",
-            "archway_request_duration_seconds_bucket{le=\"0.005\",kind=\"blob\",method=\"GET\"} 1",
-            "archway_request_duration_seconds_bucket{le=\"1.0\",kind=\"blob\",method=\"GET\"} 2",
-            "archway_upstream_requests_total{upstream=\"hub\",status=\"401\"} 1",
-            "archway_upstream_requests_total{upstream=\"hub\",status=\"timeout\"} 1",
-            "archway_upstream_request_duration_seconds_count{upstream=\"hub\"} 2",
-            "archway_upstream_ratelimit_remaining{upstream=\"hub\"} 76",
-            "archway_served_bytes_total{source=\"cache\"} 1024",
-            "# EOF",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
-        }
-        // No store attached: no blob store series rather than made-up zeros.
-        assert!(!text.contains("archway_blob_store_bytes"), "{text}");
-    }
-}
+mod tests;
