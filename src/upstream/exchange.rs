@@ -39,21 +39,19 @@ impl Upstream {
         suffix: &str,
         headers: HeaderMap,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        // Idempotent, so a caller that already added `library/` is fine.
+        let repo = if self.config.library_prefix {
+            repo.with_library_prefix()
+        } else {
+            repo.clone()
+        };
         match &self.parents {
-            Some(parents) => {
-                // Idempotent, so a caller that already added `library/` is fine.
-                let repo = if self.config.library_prefix {
-                    repo.with_library_prefix()
-                } else {
-                    repo.clone()
-                };
-                parents.send(self, method, &repo, suffix, headers).await
-            }
-            None => self.send_direct(method, repo, suffix, headers).await,
+            Some(parents) => parents.send(self, method, &repo, suffix, headers).await,
+            None => self.send_direct(method, &repo, suffix, headers).await,
         }
     }
 
-    /// `send` to `config.url` itself.
+    /// `send` to `config.url` itself; `repo` as `send` made it (`library/` added where due).
     pub(super) async fn send_direct(
         &self,
         method: Method,
@@ -61,12 +59,6 @@ impl Upstream {
         suffix: &str,
         headers: HeaderMap,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        // Idempotent, so a caller that already added `library/` is fine.
-        let repo = if self.config.library_prefix {
-            repo.with_library_prefix()
-        } else {
-            repo.clone()
-        };
         let url: Uri = format!(
             "{}/v2/{}/{}",
             self.base,
