@@ -164,7 +164,12 @@ async fn a_dead_replicas_manifest_lease_is_taken_over() {
     let put = moto.request(
         "PUT",
         &format!("{}/{key}", e2e::fleet_kit::BUCKET),
-        &["--data-binary", &body],
+        &[
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &body,
+        ],
     );
     assert_eq!(put, 200, "lease planted");
     let dir = tempfile::tempdir().unwrap();
@@ -199,4 +204,73 @@ async fn a_dead_replicas_manifest_lease_is_taken_over() {
         .contains(&format!("fleet/manifests/sha256/{}", digest.hex())));
     let [archway] = replicas;
     archway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_replica_sweeps_the_leases_dead_replicas_left() {
+    if skip("one_replica_sweeps_the_leases_dead_replicas_left") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let bucket = e2e::fleet_kit::BUCKET;
+    let now = archway::cache::bucket::now_ms();
+    let plant = |key: &str, expires_at_ms: u64| {
+        let body = format!(r#"{{"owner":"http://127.0.0.1:9","expires_at_ms":{expires_at_ms}}}"#);
+        let put = moto.request(
+            "PUT",
+            &format!("{bucket}/{key}"),
+            &[
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &body,
+            ],
+        );
+        assert_eq!(put, 200, "{key} planted");
+    };
+    // Left by dead replicas: a blob's, a manifest's and a tag's lease, long expired.
+    let dead = [
+        format!("fleet/fills/sha256/{}", "a".repeat(64)),
+        format!("fleet/fills/manifests/sha256/{}", "b".repeat(64)),
+        "fleet/fills/tags/fake/lib/app/v1".to_owned(),
+    ];
+    for key in &dead {
+        plant(key, now - 60_000);
+    }
+    assert_eq!(list_keys(&moto, "fleet/fills/").len(), 3, "planted");
+    // A lease that is still good for an hour stays.
+    let live = format!("fleet/fills/sha256/{}", "c".repeat(64));
+    plant(&live, now + 3_600_000);
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = Vec::new();
+    for d in &dirs {
+        let (mut cfg, _) = replica_config(&fake, d.path(), &moto.url(), Duration::from_secs(1));
+        if let Some(f) = cfg.fleet.as_mut() {
+            f.sweep_interval = Duration::from_secs(1);
+        }
+        replicas.push(Archway::start(cfg).await.unwrap());
+    }
+    // Unwritten for 3 TTLs (3 s) and expired: swept within a few rounds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = list_keys(&moto, "fleet/fills/");
+        if left == vec![live.clone()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leases left: {left:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let swept: f64 = replicas
+        .iter()
+        .map(|a| fleet_value(a, "archway_fleet_leases_swept_total", &[]))
+        .sum();
+    assert_eq!(swept, 3.0, "each stale lease deleted once");
+    // The sweep's own lease is released after each round.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(list_keys(&moto, "fleet/fills/").contains(&live));
+    for a in replicas {
+        a.shutdown().await;
+    }
 }

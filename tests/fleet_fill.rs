@@ -324,7 +324,16 @@ async fn a_lease_body_that_is_not_a_lease_is_taken_over_not_joined() {
     let key = format!("{BUCKET}/fleet/fills/sha256/{}", digest.hex());
     let junk =
         r#"{"owner":"http://user@elsewhere.example/x","expires_at_ms":18446744073709551615}"#;
-    let put = moto.request("PUT", &key, &["--data-binary", junk]);
+    let put = moto.request(
+        "PUT",
+        &key,
+        &[
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            junk,
+        ],
+    );
     assert_eq!(put, 200);
     let dir = tempfile::tempdir().unwrap();
     let (cfg, _) = replica_config(&fake, dir.path(), &moto.url(), Duration::from_secs(5));

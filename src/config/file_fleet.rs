@@ -18,6 +18,7 @@ pub(super) struct RawFleet {
     secret_file: Option<PathBuf>,
     lease_ttl: Option<String>,
     peer_timeout: Option<String>,
+    sweep_interval: Option<String>,
 }
 
 impl RawFleet {
@@ -42,6 +43,9 @@ impl RawFleet {
         }
         if let Some(v) = self.peer_timeout {
             f.peer_timeout = parse_duration("fleet.peer_timeout", &v)?;
+        }
+        if let Some(v) = self.sweep_interval {
+            f.sweep_interval = parse_duration("fleet.sweep_interval", &v)?;
         }
         Ok(f)
     }

@@ -20,6 +20,8 @@ pub struct FleetConfig {
     pub lease_ttl: Duration,
     /// Longest wait for a peer's response head, and for each chunk of its body.
     pub peer_timeout: Duration,
+    /// How often one replica deletes the leases dead replicas left (`0s`: never).
+    pub sweep_interval: Duration,
 }
 
 /// Shortest `fleet.lease_ttl`: renewals every third of it must fit an S3 round trip.
@@ -33,6 +35,7 @@ impl FleetConfig {
             secret,
             lease_ttl: Duration::from_secs(30),
             peer_timeout: Duration::from_secs(10),
+            sweep_interval: Duration::from_secs(600),
         }
     }
 

@@ -457,16 +457,18 @@ fn fleet_parses_needs_storage_and_keeps_its_secret_out_of_debug() {
     assert_eq!(f.secret.expose(), "fl33t-secret");
     assert_eq!(f.lease_ttl, Duration::from_secs(30), "the default");
     assert_eq!(f.peer_timeout, Duration::from_secs(10), "the default");
+    assert_eq!(f.sweep_interval, Duration::from_secs(600), "the default");
     assert!(!format!("{c:?}").contains("fl33t"));
     assert_eq!(Config::from_toml("").unwrap().fleet, None);
 
     // peer_url may come from ARCHWAY_PEER_URL later: not required by the file.
     let c = Config::from_toml(&format!(
-        "[storage]\ns3_bucket = \"b\"\n[fleet]\nsecret_file = \"{file}\"\nlease_ttl = \"2s\"\n"
+        "[storage]\ns3_bucket = \"b\"\n[fleet]\nsecret_file = \"{file}\"\nlease_ttl = \"2s\"\nsweep_interval = \"0s\"\n"
     ))
     .unwrap();
     let f = c.fleet.unwrap();
     assert_eq!((f.peer_url, f.lease_ttl), (None, Duration::from_secs(2)));
+    assert_eq!(f.sweep_interval, Duration::ZERO, "0s: no sweep");
 
     let cases = [
         (format!("[fleet]\nsecret_file = \"{file}\""), "`fleet`"),

@@ -156,6 +156,10 @@ impl StorageObserver for Metrics {
         self.lease_takeovers.inc();
     }
 
+    fn leases_swept(&self, count: u64) {
+        self.leases_swept.inc_by(count);
+    }
+
     fn peer_bytes(&self, bytes: u64) {
         self.peer_bytes.inc_by(bytes);
     }
@@ -196,6 +200,7 @@ pub struct Metrics {
     fleet_fills: Family<OutcomeLabels, Counter>,
     fleet_fetches: Family<WhatOutcomeLabels, Counter>,
     lease_takeovers: Counter,
+    leases_swept: Counter,
     peer_bytes: Counter,
     platforms: Mutex<HashSet<String>>,
 }
@@ -340,6 +345,12 @@ impl Metrics {
             "Expired fill and fetch leases taken over from a replica that stopped renewing them",
             lease_takeovers.clone(),
         );
+        let leases_swept = Counter::default();
+        registry.register(
+            "archway_fleet_leases_swept",
+            "Stale leases (expired and unwritten for three lease TTLs: their owner died) deleted by the sweep",
+            leases_swept.clone(),
+        );
         let peer_bytes = Counter::default();
         registry.register(
             "archway_fleet_peer_bytes",
@@ -369,6 +380,7 @@ impl Metrics {
             fleet_fills,
             fleet_fetches,
             lease_takeovers,
+            leases_swept,
             peer_bytes,
             platforms: Mutex::new(HashSet::new()),
         }

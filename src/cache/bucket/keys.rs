@@ -58,6 +58,11 @@ impl Keys {
         self.path(&parts)
     }
 
+    /// The lease of the sweep of stale leases (one replica sweeps at a time).
+    pub fn sweep_lease(&self) -> Path {
+        self.path(&["sweep"])
+    }
+
     /// Where every lease lives (the sweep lists it).
     pub fn leases(&self) -> Path {
         self.path(&["fills"])
@@ -127,6 +132,7 @@ mod tests {
             "prod/eu/fills/tags/docker.io/library/alpine/3.20"
         );
         assert_eq!(prod.leases().as_ref(), "prod/eu/fills");
+        assert_eq!(prod.sweep_lease().as_ref(), "prod/eu/sweep");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - `keys`: the key layout (pure); `credentials`: the AWS shared credentials file;
 //! - `error`: `BucketError`; `connector`: the HTTP client for a loopback endpoint;
 //! - `lease`: a fill lease's record and what to do on finding one (pure); `fill_lease`: taking,
-//!   renewing, taking over and releasing it with conditional writes.
+//!   renewing, taking over and releasing it with conditional writes; `sweep`: deleting the
+//!   leases dead replicas left, one replica at a time.
 //!
 //! The bucket is never required: a failed or slow operation is a miss (reads) or a skipped copy
 //! (writes), and the caller goes on with L1 and upstream.
@@ -16,11 +17,13 @@ mod error;
 mod fill_lease;
 mod keys;
 mod lease;
+mod sweep;
 
 pub use error::BucketError;
 pub use fill_lease::{HeldLease, LeaseState};
 pub use keys::Keys;
 pub use lease::{now_ms, LeaseFound, LeaseRecord};
+pub use sweep::Swept;
 
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
@@ -85,6 +88,8 @@ pub trait StorageObserver: Send + Sync {
     fn fleet_fetch(&self, _what: &'static str, _outcome: &'static str) {}
     /// `[fleet]`: an expired fill or fetch lease taken over.
     fn lease_takeover(&self) {}
+    /// `[fleet]`: stale leases deleted by a sweep.
+    fn leases_swept(&self, _count: u64) {}
     /// `[fleet]`: blob bytes received from another replica.
     fn peer_bytes(&self, _bytes: u64) {}
 }
