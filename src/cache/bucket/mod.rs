@@ -5,7 +5,8 @@
 //! - `keys`: the key layout (pure); `credentials`: the AWS shared credentials file;
 //! - `error`: `BucketError`; `connector`: the HTTP client for a loopback endpoint;
 //! - `lease`: a fill lease's record and what to do on finding one (pure); `fill_lease`: taking,
-//!   renewing, taking over and releasing it with conditional writes.
+//!   renewing, taking over and releasing it with conditional writes;
+//! - `presign`: presigned GET URLs for `storage.redirect` (signed locally, never logged).
 //!
 //! The bucket is never required: a failed or slow operation is a miss (reads) or a skipped copy
 //! (writes), and the caller goes on with L1 and upstream.
@@ -16,6 +17,7 @@ mod error;
 mod fill_lease;
 mod keys;
 mod lease;
+mod presign;
 
 pub use error::BucketError;
 pub use fill_lease::{HeldLease, LeaseState};
@@ -24,7 +26,7 @@ pub use lease::{now_ms, LeaseFound, LeaseRecord};
 
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{
     Attribute, Attributes, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode,
@@ -107,6 +109,8 @@ pub struct BucketObject {
 
 pub struct Bucket {
     store: Arc<dyn ObjectStore>,
+    /// The same S3 client as `store`, for presigning; `None` over any other store (tests).
+    signer: Option<Arc<AmazonS3>>,
     keys: Keys,
     timeout: Duration,
     upload_timeout: Duration,
@@ -214,10 +218,11 @@ impl Bucket {
                 builder = builder.with_http_connector(connector::Direct::new(settings.timeout));
             }
         }
-        let store = builder.build().map_err(failed)?;
+        let store = Arc::new(builder.build().map_err(failed)?);
         let max_uploads = settings.max_uploads.max(1);
         Ok(Bucket {
-            store: Arc::new(store),
+            store: store.clone(),
+            signer: Some(store),
             keys: Keys::new(&settings.prefix),
             timeout: settings.timeout,
             upload_timeout: settings.upload_timeout,
@@ -239,6 +244,7 @@ impl Bucket {
     ) -> Bucket {
         Bucket {
             store,
+            signer: None,
             keys: Keys::new(prefix),
             timeout,
             upload_timeout: timeout,
