@@ -1,6 +1,6 @@
 //! End-to-end tier for the shared storage (`[storage]`): archway on a real S3-protocol server
-//! (`moto_server`, on loopback), Distribution (`docker-registry`) as upstream, skopeo as the
-//! client. Same gate and helpers as `tests/e2e.rs`; moto_server and curl are required too.
+//! (`moto_server`, on loopback), Distribution (`docker-registry`) as upstream, skopeo (and, for
+//! `redirect = true`, containerd's ctr) as the clients. Same gate and helpers as `tests/e2e.rs`; moto_server and curl are required too.
 //!
 //! Before relying on the server, each test proves it refuses a second conditional create with
 //! 412. archway runs with `HTTP_PROXY` pointing at a closed port and no `NO_PROXY`: its S3 client
@@ -20,7 +20,11 @@ use e2e::fixtures::{self, Blob, FixtureSet, Flavour, Image, LINUX_ARM64_V8};
 use e2e::layout::OciLayout;
 use e2e::procs::{free_port, run_ok};
 use e2e::s3::{storage_toml, Moto};
-use e2e::tools::{e2e_enabled, show, skopeo, temp_dir, Access, Archway, Registry, Setup};
+use e2e::tools::{
+    e2e_enabled, show, skopeo, temp_dir, write_hosts_toml, Access, Archway, Containerd, Registry,
+    Setup,
+};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -38,12 +42,17 @@ struct Replica {
 
 impl Replica {
     fn start(upstream: &str, tag_ttl: &str, moto: &Moto) -> Replica {
+        Self::start_with(upstream, tag_ttl, moto, "")
+    }
+
+    /// With `storage` appended to the `[storage]` section.
+    fn start_with(upstream: &str, tag_ttl: &str, moto: &Moto, storage: &str) -> Replica {
         let admin = free_port();
         let setup = Setup {
             top: format!("admin_listen = \"127.0.0.1:{admin}\"\n"),
             env_remove: vec!["NO_PROXY".into(), "no_proxy".into()],
         };
-        let storage = storage_toml(moto, BUCKET, PART_SIZE);
+        let storage = storage_toml(moto, BUCKET, &format!("{PART_SIZE}{storage}"));
         let archway = Archway::start_set_up(upstream, tag_ttl, &storage, &setup);
         Replica { archway, admin }
     }
@@ -342,5 +351,175 @@ fn s3_down_l1_hits_are_served_and_misses_come_from_upstream_counted() {
             "archway_storage_operations_total{op=\"GetObject\",status=\"timeout\"}"
         ) >= misses,
         "{m}"
+    );
+}
+
+/// The blob keys moto served to a presigned GET (`X-Amz-Signature` in the query: archway's own
+/// requests sign with a header), from its request log (werkzeug's
+/// `"GET /<bucket>/<key>?<query> HTTP/1.1" <status>`), with the status.
+fn presigned_gets(moto_log: &str) -> Vec<(String, u16)> {
+    let prefix = format!("\"GET /{BUCKET}/");
+    moto_log
+        .lines()
+        .filter_map(|l| {
+            let start = l.find(&prefix)? + prefix.len();
+            let rest = &l[start..];
+            let (target, after) = rest.split_once(" HTTP/1.1\" ")?;
+            let (key, query) = target.split_once('?')?;
+            if !query.contains("X-Amz-Signature=") {
+                return None;
+            }
+            let status = after.split_whitespace().next()?.parse().ok()?;
+            Some((key.to_owned(), status))
+        })
+        .collect()
+}
+
+#[test]
+fn redirect_sends_skopeo_and_ctr_to_the_bucket_and_they_verify() {
+    if !e2e_enabled("redirect_sends_skopeo_and_ctr_to_the_bucket_and_they_verify") {
+        return;
+    }
+    let moto = moto();
+    let (mut registry, fx) = upstream(&["library/multi"]);
+    let tmp = temp_dir("redirect");
+
+    // Replica A (redirect = false) pulls both images from upstream and fills the bucket.
+    let a = Replica::start(&registry.url(), "5m", &moto);
+    let blobs = pull_both(&a.archway, &fx, tmp.path(), "a");
+    let oci = fx.image(Flavour::Oci, LINUX_ARM64_V8);
+    let large = fx.large.as_ref().expect("large");
+    let mut keys: Vec<String> = blobs
+        .iter()
+        .map(|b| format!("e2e/blobs/sha256/{}", b.hex()))
+        .collect();
+    for m in [fx.tag("oci"), &oci.manifest, &large.manifest] {
+        keys.push(format!("e2e/manifests/sha256/{}", m.hex()));
+    }
+    keys.push("e2e/tags/docker.io/library/multi/oci".into());
+    keys.push("e2e/tags/docker.io/library/multi/large".into());
+    wait_in_bucket(&moto, &keys);
+    assert_no_errors(&a.archway.access_log(), "multi");
+    // Upstream gone: a client that fell back to it (ctr's hosts.toml `server`) would fail, so
+    // every byte the clients get below comes from the bucket.
+    registry.stop();
+
+    // Replica B: redirect = true, an empty disk.
+    let b = Replica::start_with(&registry.url(), "5m", &moto, "redirect = true\n");
+    let moto_seen = moto.log().len();
+    pull_both(&b.archway, &fx, tmp.path(), "b");
+
+    let hosts = tmp.path().join("certs.d");
+    write_hosts_toml(&hosts, "docker.io", &registry.url(), &b.archway.url());
+    let containerd = Containerd::start(&tmp.path().join("ctd"));
+    let hosts_dir = hosts.display().to_string();
+    run_ok(
+        &mut containerd.ctr(&[
+            "image",
+            "pull",
+            "--hosts-dir",
+            &hosts_dir,
+            "--platform",
+            "linux/arm64",
+            "docker.io/library/multi:oci",
+        ]),
+        PULL_TIMEOUT,
+    );
+    // ctr verified every digest it fetched; it holds the arm64 child and all its blobs.
+    let content = run_ok(
+        &mut containerd.ctr(&["content", "ls", "-q"]),
+        Duration::from_secs(30),
+    )
+    .stdout;
+    for d in std::iter::once(&oci.manifest).chain(oci.blobs()) {
+        assert!(
+            content.contains(&d.digest),
+            "containerd lacks {}:\n{content}",
+            d.digest
+        );
+    }
+
+    // Every blob GET B answered was a 307 to the bucket; it served no blob bytes itself.
+    // skopeo asks for `multi`, ctr (a mirror) for `library/multi?ns=docker.io`.
+    let log = b.archway.access_log();
+    assert_no_errors(&log, "multi");
+    assert_no_errors(&log, "library/multi");
+    let blobs_of = |repo: &str, method: &str| -> Vec<Access> {
+        on_repo(&log, repo)
+            .into_iter()
+            .filter(|a| a.path().contains("/blobs/") && a.method == method)
+            .cloned()
+            .collect()
+    };
+    let ctr_gets = blobs_of("library/multi", "GET");
+    assert!(
+        ctr_gets.len() >= oci.blobs().count(),
+        "ctr's blob GETs:\n{}",
+        show(&log)
+    );
+    let blob_gets: Vec<Access> = blobs_of("multi", "GET")
+        .into_iter()
+        .chain(ctr_gets)
+        .collect();
+    assert!(
+        !blob_gets.is_empty()
+            && blob_gets
+                .iter()
+                .all(|a| a.status == 307 && a.cache.as_deref() == Some("redirect")),
+        "every blob GET redirected:\n{}",
+        show(&log)
+    );
+    let redirected: BTreeSet<String> = blob_gets
+        .iter()
+        .filter_map(|a| a.path().rsplit('/').next())
+        .map(str::to_owned)
+        .collect();
+    let wanted: BTreeSet<String> = blobs.iter().map(|b| b.digest.clone()).collect();
+    assert_eq!(redirected, wanted, "each blob of both images redirected");
+    for a in blobs_of("multi", "HEAD")
+        .into_iter()
+        .chain(blobs_of("library/multi", "HEAD"))
+    {
+        assert_eq!(a.status, 200, "a HEAD is answered here: {a}");
+    }
+    let m = b.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "archway_cache_results_total{kind=\"blob\",result=\"redirect\"}"
+        ),
+        blob_gets.len() as f64,
+        "{m}"
+    );
+    for source in ["bucket", "upstream", "peer"] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("archway_blob_fills_total{{source=\"{source}\"}}")
+            ),
+            0.0,
+            "B fetched no blob itself: {m}"
+        );
+    }
+    // The signature never reaches archway's log.
+    let b_log = b.archway.log();
+    assert!(
+        !b_log.contains("X-Amz-Signature") && !b_log.contains("x-amz-signature"),
+        "a presigned URL in archway's log"
+    );
+
+    // The clients fetched each blob from moto through a presigned URL.
+    let gets = presigned_gets(&moto.log()[moto_seen..]);
+    let fetched: BTreeSet<String> = gets
+        .iter()
+        .filter(|(_, status)| *status == 200 || *status == 206)
+        .filter_map(|(key, _)| key.strip_prefix("e2e/blobs/sha256/"))
+        .map(|hex| format!("sha256:{hex}"))
+        .collect();
+    assert_eq!(fetched, wanted, "presigned GETs moto answered: {gets:?}");
+    assert!(
+        gets.iter()
+            .all(|(_, status)| *status == 200 || *status == 206),
+        "{gets:?}"
     );
 }

@@ -69,6 +69,8 @@ pub(super) struct RawStorage {
     s3_upload_queue: Option<u32>,
     s3_part_size: Option<String>,
     redirect: Option<bool>,
+    redirect_expiry: Option<String>,
+    redirect_memo: Option<String>,
 }
 
 impl RawStorage {
@@ -134,11 +136,14 @@ impl RawStorage {
         if let Some(v) = self.s3_part_size {
             s.s3_part_size = parse_size("storage.s3_part_size", &v)?;
         }
-        if self.redirect == Some(true) {
-            return Err(invalid(
-                "storage.redirect",
-                "presigned redirects are not implemented yet; leave it out or set it to false",
-            ));
+        if let Some(v) = self.redirect {
+            s.redirect = v;
+        }
+        if let Some(v) = self.redirect_expiry {
+            s.redirect_expiry = parse_duration("storage.redirect_expiry", &v)?;
+        }
+        if let Some(v) = self.redirect_memo {
+            s.redirect_memo = parse_size("storage.redirect_memo", &v)?;
         }
         Ok(s)
     }

@@ -71,12 +71,20 @@ pub struct StorageConfig {
     pub s3_upload_queue: u32,
     /// Blobs up to this size are one PUT; larger ones are multipart uploads of parts this size.
     pub s3_part_size: u64,
+    /// A blob GET whose blob is in the bucket is answered `307` to a presigned S3 URL.
+    pub redirect: bool,
+    /// How long a presigned URL is valid (and how long "this blob is in the bucket" is trusted).
+    pub redirect_expiry: Duration,
+    /// Bytes of the memo of digests known to be in the bucket (0: always ask the bucket).
+    pub redirect_memo: u64,
 }
 
 /// Smallest part S3 accepts in a multipart upload (but the last).
 pub const S3_MIN_PART_SIZE: u64 = 5 << 20;
 /// Largest part (and largest single PUT) S3 accepts.
 pub const S3_MAX_PART_SIZE: u64 = 5 << 30;
+/// Longest a SigV4 presigned URL may be valid.
+pub const MAX_REDIRECT_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl StorageConfig {
     /// A bucket with the defaults for everything else.
@@ -93,6 +101,9 @@ impl StorageConfig {
             s3_max_uploads: 4,
             s3_upload_queue: 256,
             s3_part_size: 16 << 20,
+            redirect: false,
+            redirect_expiry: Duration::from_secs(15 * 60),
+            redirect_memo: 1 << 20,
         }
     }
 }
@@ -197,6 +208,16 @@ impl StorageConfig {
             return Err(invalid(
                 "storage.s3_part_size",
                 format!("must be at least {S3_MIN_PART_SIZE} bytes (5MiB, S3's smallest part)"),
+            ));
+        }
+        // A client may wait a while between the redirect and its GET (a slow pull of many
+        // layers): under a second is surely a mistake; S3 refuses more than 7 days.
+        if self.redirect_expiry < Duration::from_secs(1)
+            || self.redirect_expiry > MAX_REDIRECT_EXPIRY
+        {
+            return Err(invalid(
+                "storage.redirect_expiry",
+                "must be between 1s and 7d (S3's longest presigned URL)",
             ));
         }
         Ok(())

@@ -153,7 +153,11 @@ fn bad_config_names_the_key() {
             "[storage]\ns3_bucket = \"b\"\ns3_access_key_id = \"k\"\ns3_secret_access_key_file = \"/nonexistent/archway-secret\"",
             "storage.s3_secret_access_key_file",
         ),
-        ("[storage]\ns3_bucket = \"b\"\nredirect = true", "storage.redirect"),
+        ("[storage]\ns3_bucket = \"b\"\nredirect_expiry = \"0s\"", "storage.redirect_expiry"),
+        ("[storage]\ns3_bucket = \"b\"\nredirect_expiry = \"8d\"", "storage.redirect_expiry"),
+        ("[storage]\ns3_bucket = \"b\"\nredirect_expiry = \"soon\"", "storage.redirect_expiry"),
+        ("[storage]\ns3_bucket = \"b\"\nredirect_memo = \"lots\"", "storage.redirect_memo"),
+        ("[storage]\nredirect = true", "storage.s3_bucket"),
         ("[storage]\ns3_bucket = \"b\"\nbogus_key = 1", "bogus_key"),
     ];
     for (toml, key) in cases {
@@ -385,6 +389,44 @@ redirect = false
     );
     assert_eq!(s.s3_region, "us-east-1");
     assert!(!s.s3_path_style);
+}
+
+#[test]
+fn storage_redirect_is_accepted_with_its_expiry_and_memo() {
+    let off = Config::from_toml("[storage]\ns3_bucket = \"b\"").unwrap();
+    let s = off.storage.unwrap();
+    assert!(!s.redirect, "off unless asked for");
+    assert_eq!(
+        s.redirect_expiry,
+        Duration::from_secs(15 * 60),
+        "the default"
+    );
+    assert_eq!(s.redirect_memo, 1 << 20, "the default");
+
+    let on = Config::from_toml(
+        "[storage]\ns3_bucket = \"b\"\nredirect = true\nredirect_expiry = \"2m\"\nredirect_memo = \"64KiB\"",
+    )
+    .unwrap();
+    let s = on.storage.unwrap();
+    assert!(s.redirect);
+    assert_eq!(s.redirect_expiry, Duration::from_secs(120));
+    assert_eq!(s.redirect_memo, 64 << 10);
+
+    // The bounds: a second, and S3's seven days; a memo of 0 asks the bucket every time.
+    for (expiry, ok) in [
+        ("1s", true),
+        ("7d", true),
+        ("999ms", false),
+        ("169h", false),
+    ] {
+        let c = Config::from_toml(&format!(
+            "[storage]\ns3_bucket = \"b\"\nredirect = true\nredirect_expiry = \"{expiry}\""
+        ));
+        assert_eq!(c.is_ok(), ok, "{expiry}: {c:?}");
+    }
+    let c =
+        Config::from_toml("[storage]\ns3_bucket = \"b\"\nredirect = true\nredirect_memo = \"0\"");
+    assert_eq!(c.unwrap().storage.unwrap().redirect_memo, 0);
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! Blob requests: served from the blob store (a file, memory, or a download in flight), or —
 //! on a miss — the one upstream download of that digest is started and streamed while it fills.
-//! A HEAD never starts a download.
+//! A HEAD never starts a download. With `storage.redirect`, a GET of a blob in the bucket is
+//! answered `307` to a presigned URL of it (the store decides; a HEAD is always answered here).
 
 use super::client::ClientRequest;
 use super::outcome::CacheResult;
-use super::response::{blob_headers, blob_response};
+use super::response::{blob_headers, blob_response, insert_digest_headers, not_modified};
 use super::uncached;
 use crate::access_log::RequestNotes;
 use crate::body::{self, ResponseBody};
@@ -14,7 +15,7 @@ use crate::error::ProxyError;
 use crate::reference::RepositoryName;
 use crate::upstream::{Upstream, UpstreamError};
 use http::header::{self, HeaderValue};
-use http::Response;
+use http::{Method, Response, StatusCode};
 use std::sync::Arc;
 
 pub(crate) struct Blobs {
@@ -38,6 +39,13 @@ impl Blobs {
         client: &ClientRequest,
         notes: &mut RequestNotes,
     ) -> Result<Response<ResponseBody>, ProxyError> {
+        if client.method == Method::GET && !not_modified(&client.headers, digest) {
+            let url = self.store.bucket_url(digest).await;
+            if let Some(redirected) = url.and_then(|url| redirect(digest, &url)) {
+                note(CacheResult::Redirect, notes);
+                return Ok(redirected);
+            }
+        }
         if let Some(blob) = self.store.lookup(digest).await {
             note(CacheResult::Hit, notes);
             return Ok(blob_response(client, digest, blob.size(), |span| {
@@ -164,7 +172,24 @@ impl Blobs {
 /// Notes how the cache answered a blob request, for the log and the metrics.
 fn note(result: CacheResult, notes: &mut RequestNotes) {
     notes.cache = Some(result.as_str());
-    notes.source = Some(result.source());
+    notes.source = result.source();
+}
+
+/// `307` to the bucket, with the headers a registry sends with its own redirect: the digest (the
+/// client checks the bytes against it), no body. A `Range` the client sent goes along with the
+/// same GET to S3, which honours it. Never kept by a cache in between: the URL expires.
+/// `None` if the URL is no header value (object_store's never fails that; then the blob is
+/// served here).
+fn redirect(digest: &Digest, url: &str) -> Option<Response<ResponseBody>> {
+    let location = HeaderValue::from_str(url).ok()?;
+    let mut out = Response::new(body::empty());
+    *out.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    let h = out.headers_mut();
+    h.insert(header::LOCATION, location);
+    insert_digest_headers(h, digest);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Some(out)
 }
 
 /// Why a blob could not be had, as the client sees it.
@@ -187,6 +212,23 @@ mod tests {
     use crate::error::ErrorCode;
     use crate::upstream::{Missing, UpstreamErrorKind};
     use http::StatusCode;
+
+    #[test]
+    fn a_redirect_carries_the_location_and_the_digest_and_is_not_cached() {
+        let digest = Digest::sha256_of(b"layer");
+        let url = "http://127.0.0.1:9000/b/blobs/sha256/x?X-Amz-Signature=abc";
+        let r = redirect(&digest, url).unwrap();
+        assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+        let h = r.headers();
+        assert_eq!(h[header::LOCATION], url);
+        assert_eq!(h["docker-content-digest"], digest.to_string().as_str());
+        assert_eq!(h[header::CONTENT_LENGTH], "0");
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+        assert!(
+            redirect(&digest, "http://x/\n").is_none(),
+            "served here instead"
+        );
+    }
 
     #[test]
     fn fill_errors_as_clients_see_them() {

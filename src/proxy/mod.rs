@@ -26,7 +26,7 @@ pub use response::error_response;
 use crate::access_log::{AccessLog, LoggedBody, RequestNotes};
 use crate::api::{self, Endpoint, Resource};
 use crate::body::ResponseBody;
-use crate::cache::blob::{BlobStore, BlobStoreLimits, Fleet};
+use crate::cache::blob::{BlobStore, BlobStoreLimits, BucketRedirects, Fleet};
 use crate::cache::bucket::{Bucket, BucketSettings, StorageObserver};
 use crate::cache::fetch_lease::FetchLeases;
 use crate::client_auth::ClientAuth;
@@ -123,7 +123,7 @@ impl Proxy {
             Some(storage) => {
                 let observer: Arc<dyn StorageObserver> = metrics.clone();
                 let bucket = Bucket::open(&bucket_settings(storage), observer)?;
-                tracing::info!(bucket = %storage.s3_bucket, prefix = %storage.s3_prefix, endpoint = storage.s3_endpoint.as_deref().unwrap_or("AWS"), "shared storage behind the disk cache");
+                tracing::info!(bucket = %storage.s3_bucket, prefix = %storage.s3_prefix, endpoint = storage.s3_endpoint.as_deref().unwrap_or("AWS"), redirect = storage.redirect, "shared storage behind the disk cache");
                 Some(Arc::new(bucket))
             }
             None => None,
@@ -165,6 +165,14 @@ impl Proxy {
             },
             bucket.clone(),
             fleet,
+            config
+                .storage
+                .as_ref()
+                .filter(|s| s.redirect)
+                .map(|s| BucketRedirects {
+                    expiry: s.redirect_expiry,
+                    memo_bytes: s.redirect_memo,
+                }),
         )
         .map_err(|e| cache_err(dir.clone(), e))?;
         if !cache.scrub_interval.is_zero() {
@@ -455,7 +463,7 @@ impl Proxy {
                     Reference::Tag(t) => self.manifests.by_tag(upstream, repo, t).await?,
                 };
                 notes.cache = Some(result.as_str());
-                notes.source = Some(result.source());
+                notes.source = result.source();
                 let stale = result == CacheResult::Stale;
                 match reference {
                     // Digest requests are never rewritten: the client gets what it named.

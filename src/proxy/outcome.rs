@@ -7,6 +7,8 @@ pub(crate) enum CacheResult {
     Miss,
     Stale,
     Coalesced,
+    /// `storage.redirect`: sent to a presigned URL of the bucket; no body from here.
+    Redirect,
 }
 
 impl CacheResult {
@@ -16,14 +18,16 @@ impl CacheResult {
             CacheResult::Miss => "miss",
             CacheResult::Stale => "stale",
             CacheResult::Coalesced => "coalesced",
+            CacheResult::Redirect => "redirect",
         }
     }
 
-    /// Where the answer's bytes come from, for the bytes-served metric.
-    pub(crate) fn source(self) -> &'static str {
+    /// Where the answer's bytes come from, for the bytes-served metric; `None`: no body.
+    pub(crate) fn source(self) -> Option<&'static str> {
         match self {
-            CacheResult::Hit | CacheResult::Stale => "cache",
-            CacheResult::Miss | CacheResult::Coalesced => "upstream",
+            CacheResult::Hit | CacheResult::Stale => Some("cache"),
+            CacheResult::Miss | CacheResult::Coalesced => Some("upstream"),
+            CacheResult::Redirect => None,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! same blob harmless.
 
 use super::catalog::PinGuard;
+use super::in_bucket::InBucket;
 use super::source::IncomingBlob;
 use crate::cache::bucket::{Bucket, BucketError, HeldLease};
 use crate::digest::{Digest, Verifier};
@@ -18,6 +19,7 @@ use http_body_util::{BodyExt, StreamBody};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Where a fill's bytes come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,19 +45,80 @@ impl FillSource {
     }
 }
 
+/// `storage.redirect`: blob GETs for blobs in the bucket are redirected to presigned URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketRedirects {
+    /// How long a presigned URL is valid (`storage.redirect_expiry`).
+    pub expiry: Duration,
+    /// Bytes of the memo of digests seen in the bucket (`storage.redirect_memo`).
+    pub memo_bytes: u64,
+}
+
 /// The blob side of the bucket.
 #[derive(Debug, Clone)]
 pub(crate) struct BlobTier {
     bucket: Arc<Bucket>,
+    /// With `storage.redirect`: the URLs' lifetime, and the digests seen in the bucket lately.
+    redirects: Option<(Duration, Arc<InBucket>)>,
 }
 
 impl BlobTier {
-    pub(crate) fn new(bucket: Arc<Bucket>) -> Self {
-        BlobTier { bucket }
+    pub(crate) fn new(bucket: Arc<Bucket>, redirects: Option<BucketRedirects>) -> Self {
+        let redirects =
+            redirects.map(|r| (r.expiry, Arc::new(InBucket::new(r.expiry, r.memo_bytes))));
+        BlobTier { bucket, redirects }
     }
 
     pub(crate) fn bucket(&self) -> &Arc<Bucket> {
         &self.bucket
+    }
+
+    /// A presigned URL of the blob if the bucket holds it (the memo, else a `HeadObject`);
+    /// `None` without `storage.redirect`, when the bucket lacks it, fails or cannot presign.
+    /// The URL carries a signature: it is never logged.
+    pub(crate) async fn presigned(&self, digest: &Digest) -> Option<String> {
+        let (expiry, memo) = self.redirects.as_ref()?;
+        if !self.bucket.can_presign() {
+            return None;
+        }
+        let key = self.bucket.keys().blob(digest);
+        if !memo.knows(digest) {
+            match self.bucket.exists(&key).await {
+                Ok(true) => memo.remember(digest),
+                Ok(false) => return None,
+                Err(e) => {
+                    // The fill that follows reads the bucket too, and counts it if it fails.
+                    tracing::debug!(%digest, error = %e, "storage unavailable; blob served, not redirected");
+                    return None;
+                }
+            }
+        }
+        match self.bucket.presign_get(&key, *expiry).await {
+            Ok(url) => url,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot presign a blob URL; served, not redirected");
+                None
+            }
+        }
+    }
+
+    /// Whether `storage.redirect` is on (and the bucket can presign).
+    pub(crate) fn redirects(&self) -> bool {
+        self.redirects.is_some() && self.bucket.can_presign()
+    }
+
+    /// Seen in the bucket lately (the memo): a redirect needs no `HeadObject`.
+    pub(crate) fn known_in_bucket(&self, digest: &Digest) -> bool {
+        self.redirects
+            .as_ref()
+            .is_some_and(|(_, memo)| memo.knows(digest))
+    }
+
+    /// The blob is in the bucket now (a redirect need not ask).
+    fn seen_in_bucket(&self, digest: &Digest) {
+        if let Some((_, memo)) = &self.redirects {
+            memo.remember(digest);
+        }
     }
 
     /// The blob as a fill source if the bucket has it; an error if the bucket failed.
@@ -97,10 +160,17 @@ impl BlobTier {
         lease: Option<HeldLease>,
     ) {
         let bucket = self.bucket.clone();
+        let tier = self.clone();
         let write = async move {
             match upload(&bucket, &digest, path, size).await {
-                Ok(true) => tracing::debug!(%digest, bytes = size, "blob copied to storage"),
-                Ok(false) => tracing::debug!(%digest, "blob already in storage"),
+                Ok(true) => {
+                    tracing::debug!(%digest, bytes = size, "blob copied to storage");
+                    tier.seen_in_bucket(&digest);
+                }
+                Ok(false) => {
+                    tracing::debug!(%digest, "blob already in storage");
+                    tier.seen_in_bucket(&digest);
+                }
                 Err(e) => {
                     tracing::warn!(%digest, error = %e, "cannot copy blob to storage");
                     bucket.observer().bypassed("blob_write");
@@ -116,6 +186,9 @@ impl BlobTier {
     /// upstream. (A correct copy written meanwhile by another replica may go with it; it is
     /// written again.)
     pub(crate) fn discard(&self, digest: &Digest) {
+        if let Some((_, memo)) = &self.redirects {
+            memo.forget(digest);
+        }
         let bucket = self.bucket.clone();
         let key = bucket.keys().blob(digest);
         let digest = digest.clone();

@@ -9,7 +9,8 @@
 //! - `failures`: downloads that failed lately; `scrub`: committed blobs checked in the background;
 //! - `source`: what a download reads from and how it fails, in the cache's own terms;
 //! - `bucket_tier`: the shared bucket (`[storage]`) behind the disk: read on a miss before
-//!   upstream, written after a verified commit;
+//!   upstream, written after a verified commit; with `storage.redirect`, presigned URLs of
+//!   the blobs there (`in_bucket`: the digests seen there lately, bounded);
 //! - `fleet`: `[fleet]`: a bucket miss takes the blob's fill lease, or joins the replica that
 //!   holds it through its peer endpoint.
 
@@ -20,6 +21,7 @@ mod failures;
 mod fill;
 mod fill_state;
 mod fleet;
+mod in_bucket;
 mod index;
 mod layout;
 mod memory;
@@ -28,6 +30,7 @@ mod source;
 mod store;
 mod write_buffer;
 
+pub use bucket_tier::BucketRedirects;
 pub use fleet::{Fleet, PeerAnswer, PeerFuture, PeerSource};
 pub use memory::SMALL_BLOB_BYTES;
 pub use source::{FillError, IncomingBlob, SourceError};

@@ -2,7 +2,7 @@
 //! HEAD, wait for commits at shutdown. The proxy sees blobs and bodies, never files.
 
 use super::body;
-use super::bucket_tier::BlobTier;
+use super::bucket_tier::{BlobTier, BucketRedirects};
 use super::catalog::{Catalog, PinGuard};
 use super::failures::RecentFailures;
 use super::fill::{self, FillEnv};
@@ -127,16 +127,18 @@ impl BlobStore {
         limits: BlobStoreLimits,
         bucket: Option<Arc<Bucket>>,
     ) -> io::Result<Arc<BlobStore>> {
-        Self::open_in_fleet(root, limits, bucket, None)
+        Self::open_in_fleet(root, limits, bucket, None, None)
     }
 
     /// `open_with_bucket`, as a member of a fleet (`[fleet]`, which needs the bucket): a fill
-    /// that misses the bucket takes the blob's lease or joins the replica that holds it.
+    /// that misses the bucket takes the blob's lease or joins the replica that holds it. With
+    /// `redirects` (`storage.redirect`), `bucket_url` presigns URLs of blobs in the bucket.
     pub fn open_in_fleet(
         root: PathBuf,
         limits: BlobStoreLimits,
         bucket: Option<Arc<Bucket>>,
         fleet: Option<Fleet>,
+        redirects: Option<BucketRedirects>,
     ) -> io::Result<Arc<BlobStore>> {
         let catalog = Arc::new(Catalog::open(&root, limits.max_bytes)?);
         let env = FillEnv {
@@ -145,7 +147,7 @@ impl BlobStore {
             failures: RecentFailures::new(limits.bad_blob_ttl),
             max_blob_size: limits.max_blob_size,
             min_free_space: limits.min_free_space,
-            tier: bucket.clone().map(BlobTier::new),
+            tier: bucket.clone().map(|b| BlobTier::new(b, redirects)),
             fleet: fleet.filter(|_| bucket.is_some()),
         };
         Ok(Arc::new(BlobStore {
@@ -228,6 +230,22 @@ impl BlobStore {
                 None
             }
         }
+    }
+
+    /// `storage.redirect`: a presigned URL of the blob in the bucket, for a GET to be redirected
+    /// to. `None` (serve it here) without `storage.redirect`, when the blob is in L1 or being
+    /// downloaded (no S3 round trip is added to those), when the bucket lacks it (a cold blob is
+    /// filled as without the option) or fails. A digest seen in the bucket lately (the memo)
+    /// is redirected even from L1: the bucket's bandwidth, not this replica's, serves it.
+    pub async fn bucket_url(&self, digest: &Digest) -> Option<String> {
+        let tier = self.env.tier.as_ref()?;
+        if !tier.redirects() {
+            return None;
+        }
+        if !tier.known_in_bucket(digest) && self.head(digest).is_some() {
+            return None;
+        }
+        tier.presigned(digest).await
     }
 
     /// Waits (at most `limit`) until every download whose bytes are verified is committed, so

@@ -6,7 +6,8 @@
 //! - `error`: `BucketError`; `connector`: the HTTP client for a loopback endpoint;
 //! - `lease`: a fill lease's record and what to do on finding one (pure); `fill_lease`: taking,
 //!   renewing, taking over and releasing it with conditional writes; `sweep`: deleting the
-//!   leases dead replicas left, one replica at a time.
+//!   leases dead replicas left, one replica at a time;
+//! - `presign`: presigned GET URLs for `storage.redirect` (signed locally, never logged).
 //!
 //! The bucket is never required: a failed or slow operation is a miss (reads) or a skipped copy
 //! (writes), and the caller goes on with L1 and upstream.
@@ -17,6 +18,7 @@ mod error;
 mod fill_lease;
 mod keys;
 mod lease;
+mod presign;
 mod sweep;
 
 pub use error::BucketError;
@@ -27,7 +29,7 @@ pub use sweep::Swept;
 
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{
     Attribute, Attributes, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode,
@@ -116,6 +118,8 @@ pub struct BucketObject {
 
 pub struct Bucket {
     store: Arc<dyn ObjectStore>,
+    /// The same S3 client as `store`, for presigning; `None` over any other store (tests).
+    signer: Option<Arc<AmazonS3>>,
     keys: Keys,
     timeout: Duration,
     upload_timeout: Duration,
@@ -223,10 +227,11 @@ impl Bucket {
                 builder = builder.with_http_connector(connector::Direct::new(settings.timeout));
             }
         }
-        let store = builder.build().map_err(failed)?;
+        let store = Arc::new(builder.build().map_err(failed)?);
         let max_uploads = settings.max_uploads.max(1);
         Ok(Bucket {
-            store: Arc::new(store),
+            store: store.clone(),
+            signer: Some(store),
             keys: Keys::new(&settings.prefix),
             timeout: settings.timeout,
             upload_timeout: settings.upload_timeout,
@@ -248,6 +253,7 @@ impl Bucket {
     ) -> Bucket {
         Bucket {
             store,
+            signer: None,
             keys: Keys::new(prefix),
             timeout,
             upload_timeout: timeout,
