@@ -1,0 +1,655 @@
+//! End-to-end tier for a fleet: cluster replicas (`[storage]` on a real S3-protocol server,
+//! `moto_server`, plus `[fleet]`) on one bucket, node archways whose `parent` lists them, CNCF
+//! Distribution as upstream behind a counting proxy (tests/e2e/counting_proxy.rs), and real
+//! clients (skopeo, containerd's ctr, dockerd). Everything on loopback.
+//!
+//! Clients silently fall back to other hosts, so every check that traffic went through archway
+//! reads archway's own access log and metrics, and what upstream saw is counted per method and
+//! path by the proxy. Same gate as `tests/e2e.rs`: `ARCHWAY_E2E=1` (or `CI=true`).
+//!
+//! The tests run one at a time: each starts a fleet, and CI machines have few cores.
+
+#[allow(dead_code)]
+mod e2e {
+    pub mod counting_proxy;
+    pub mod fixtures;
+    pub mod fleet;
+    pub mod http;
+    pub mod layout;
+    pub mod procs;
+    pub mod s3;
+    pub mod tools;
+}
+
+use e2e::counting_proxy::CountingProxy;
+use e2e::fixtures::{self, sha256, FixtureSet};
+use e2e::fleet::{
+    self, assert_bucket_blobs_whole, curl_get, keys_of, metric, secret_file, sum, wait_in_bucket,
+    BigIndex, Node, Replica, BUCKET, PREFIX, REPO, SECRET, TAG,
+};
+use e2e::layout::OciLayout;
+use e2e::procs::{free_port, run, run_ok};
+use e2e::tools::{
+    e2e_enabled, show, skopeo, temp_dir, write_hosts_toml, Access, Containerd, Dockerd, Registry,
+};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const PULL_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn upstream_with_big_index() -> (Registry, BigIndex, CountingProxy) {
+    let registry = Registry::start();
+    let big = BigIndex::build(fixtures::fresh_seed());
+    big.push(&registry.url());
+    eprintln!(
+        "fleet image {REPO}:{TAG} = {} (amd64 {}, layer {} bytes) in {}",
+        big.index.digest,
+        big.amd64.manifest.digest,
+        big.big_layer().data.len(),
+        registry.url()
+    );
+    let proxy = CountingProxy::start(&registry.url());
+    (registry, big, proxy)
+}
+
+fn skopeo_copy(tmp: &Path, source: &str, out: &str) -> OciLayout {
+    let dir = tmp.join(out);
+    let src = format!("docker://{source}");
+    let dst = format!("oci:{}:x", dir.display());
+    let args = [
+        "copy",
+        "--src-tls-verify=false",
+        "--override-arch",
+        "amd64",
+        "--override-os",
+        "linux",
+        &src,
+        &dst,
+    ];
+    run_ok(&mut skopeo(tmp, &args), PULL_TIMEOUT);
+    OciLayout::open(&dir)
+}
+
+/// The amd64 child, every blob hashed again in the layout skopeo wrote.
+fn check_skopeo(layout: &OciLayout, big: &BigIndex) {
+    assert_eq!(layout.descriptor("x")["digest"], big.amd64.manifest.digest);
+    let all = layout.walk(&big.amd64.manifest.digest);
+    for b in big.amd64.blobs() {
+        assert!(all.contains(&b.digest), "layout lacks {}", b.digest);
+    }
+}
+
+fn check_ctr(containerd: &Containerd, big: &BigIndex) {
+    let images = run_ok(
+        &mut containerd.ctr(&["image", "ls"]),
+        Duration::from_secs(30),
+    )
+    .stdout;
+    let want = format!("docker.io/{REPO}:{TAG}");
+    let line = images
+        .lines()
+        .find(|l| l.starts_with(&format!("{want} ")))
+        .unwrap_or_else(|| panic!("ctr image ls lacks {want}:\n{images}"));
+    assert!(line.contains(&big.index.digest), "{line}");
+    let content = run_ok(
+        &mut containerd.ctr(&["content", "ls", "-q"]),
+        Duration::from_secs(30),
+    )
+    .stdout;
+    for d in std::iter::once(&big.amd64.manifest).chain(big.amd64.blobs()) {
+        assert!(
+            content.contains(&d.digest),
+            "containerd lacks {}",
+            d.digest
+        );
+    }
+    // containerd verified each digest on ingest; unpacking proves the layers are whole tars.
+    run_ok(
+        &mut containerd.ctr(&["image", "unpack", "--platform", "linux/amd64", &want]),
+        PULL_TIMEOUT,
+    );
+}
+
+fn check_docker(dockerd: &Dockerd, big: &BigIndex) {
+    let id = run_ok(
+        &mut dockerd.docker(&["image", "inspect", "--format", "{{.Id}}", "fleetimg:big"]),
+        Duration::from_secs(30),
+    )
+    .stdout;
+    assert_eq!(id.trim(), big.amd64.config.digest, "dockerd has the amd64 child");
+}
+
+/// Asserts the node answered its client the tag and every amd64 blob with a whole 200.
+fn check_node_served(node: &Node, big: &BigIndex, who: &str) {
+    let log = node.archway.access_log();
+    let served = |kind: &str, reference: &str| {
+        let path = format!("/v2/{REPO}/{kind}/{reference}");
+        log.iter().any(|a| {
+            a.path() == path && a.method == "GET" && a.status == 200 && a.complete != Some(false)
+        })
+    };
+    let tag_ok = log
+        .iter()
+        .any(|a| a.path() == format!("/v2/{REPO}/manifests/{TAG}") && a.status == 200);
+    assert!(tag_ok, "{who}'s node never answered the tag:\n{}", show(&log));
+    for b in big.amd64.blobs() {
+        assert!(
+            served("blobs", &b.digest),
+            "{who}'s node never served {}:\n{}",
+            b.digest,
+            show(&log)
+        );
+    }
+    let bad: Vec<Access> = log.iter().filter(|a| a.status >= 400).cloned().collect();
+    assert!(bad.is_empty(), "{who}'s node answered errors:\n{}", show(&bad));
+    node.assert_went_through_parents();
+}
+
+/// What upstream saw for the fleet image, beyond "once": each blob GET and each manifest GET.
+/// Blob violations are returned first, manifest violations second.
+fn upstream_excess(proxy: &CountingProxy, big: &BigIndex) -> (Vec<String>, Vec<String>) {
+    let mut blobs = Vec::new();
+    for b in big.amd64.blobs() {
+        let n = proxy.count("GET", &format!("/v2/{REPO}/blobs/{}", b.digest));
+        if n != 1 {
+            blobs.push(format!("GET blob {}: {n} times", b.digest));
+        }
+    }
+    for ((method, path), n) in proxy.counts() {
+        if path.contains("/blobs/") && n > 1 {
+            blobs.push(format!("{method} {path}: {n} times"));
+        }
+    }
+    let mut manifests = Vec::new();
+    let by_tag = proxy.count("GET", &format!("/v2/{REPO}/manifests/{TAG}"));
+    if by_tag != 1 {
+        manifests.push(format!("GET manifest by tag {TAG}: {by_tag} times"));
+    }
+    let child = proxy.count(
+        "GET",
+        &format!("/v2/{REPO}/manifests/{}", big.amd64.manifest.digest),
+    );
+    if child != 1 {
+        manifests.push(format!(
+            "GET manifest {} (amd64): {child} times",
+            big.amd64.manifest.digest
+        ));
+    }
+    for ((method, path), n) in proxy.counts() {
+        if path.contains("/manifests/") && n > 1 {
+            manifests.push(format!("{method} {path}: {n} times"));
+        }
+    }
+    (blobs, manifests)
+}
+
+/// Pulling through a fleet, then S3 as the only copy.
+///
+/// 3 replicas on one bucket, 3 nodes listing all of them; skopeo, ctr and dockerd pull the same
+/// multi-arch image (amd64: 3 layers, one ~50 MB) at the same time, each through its own node.
+/// Upstream sees each blob GET and each manifest GET once. Then every replica is replaced by one
+/// with an empty disk, upstream stops, and the image is pulled again from the bucket.
+#[test]
+fn three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again() {
+    if !e2e_enabled("three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let moto = fleet::moto();
+    let (mut registry, big, proxy) = upstream_with_big_index();
+    let tmp = temp_dir("fleet");
+    let secret = secret_file(tmp.path());
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&proxy.url(), &moto, &secret, "5s"))
+        .collect();
+    let parents: Vec<&Replica> = replicas.iter().collect();
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&parents, "")).collect();
+
+    // ctr through node 1 (its hosts.toml server is a closed port: no silent fallback), dockerd
+    // through node 2, each with a containerd of its own.
+    let hosts = tmp.path().join("certs.d");
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    write_hosts_toml(&hosts, "docker.io", &closed, &nodes[1].archway.url());
+    let ctd = Containerd::start(&tmp.path().join("ctd"));
+    let dkd_ctd = Containerd::start(&tmp.path().join("dctd"));
+    let dockerd = Dockerd::start(&tmp.path().join("dkd"), &dkd_ctd, &nodes[2].archway.host());
+    assert_eq!(proxy.total(), 0, "nothing asked upstream yet:\n{}", proxy.show());
+
+    let started = Instant::now();
+    let skopeo_src = format!("{}/{REPO}:{TAG}", nodes[0].archway.host());
+    let image = format!("docker.io/{REPO}:{TAG}");
+    let hosts_arg = hosts.display().to_string();
+    let layout = std::thread::scope(|s| {
+        let sk = s.spawn(|| skopeo_copy(tmp.path(), &skopeo_src, "skopeo"));
+        let ct = s.spawn(|| {
+            run_ok(
+                &mut ctd.ctr(&[
+                    "image",
+                    "pull",
+                    "--hosts-dir",
+                    &hosts_arg,
+                    "--platform",
+                    "linux/amd64",
+                    &image,
+                ]),
+                PULL_TIMEOUT,
+            )
+        });
+        let dk = s.spawn(|| {
+            let out = run(&mut dockerd.docker(&["pull", "fleetimg:big"]), PULL_TIMEOUT);
+            assert!(
+                out.success(),
+                "docker pull failed:\n{}\n{}\ndockerd log:\n{}",
+                out.stdout,
+                out.stderr,
+                dockerd.log_tail()
+            );
+        });
+        ct.join().expect("ctr pull");
+        dk.join().expect("docker pull");
+        sk.join().expect("skopeo copy")
+    });
+    eprintln!("three concurrent pulls through the fleet in {:?}", started.elapsed());
+
+    check_skopeo(&layout, &big);
+    check_ctr(&ctd, &big);
+    check_docker(&dockerd, &big);
+    for (node, who) in nodes.iter().zip(["skopeo", "ctr", "dockerd"]) {
+        check_node_served(node, &big, who);
+    }
+    let (blob_excess, manifest_excess) = upstream_excess(&proxy, &big);
+    assert!(
+        blob_excess.is_empty(),
+        "upstream must see each blob GET exactly once:\n{}\nall upstream requests:\n{}",
+        blob_excess.join("\n"),
+        proxy.show()
+    );
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let outcomes: Vec<String> = ["owned", "joined_local", "joined_peer", "taken_over", "lease_error"]
+        .iter()
+        .map(|o| {
+            let v = sum(&all, &format!("archway_fleet_fills_total{{outcome=\"{o}\"}}"));
+            format!("{o}={v}")
+        })
+        .collect();
+    eprintln!(
+        "fleet fills: {}; peer bytes {}; upstream requests:\n{}",
+        outcomes.join(" "),
+        sum(&all, "archway_fleet_peer_bytes_total"),
+        proxy.show()
+    );
+
+    // S3 as the only copy: everything in the bucket, then replicas with empty disks, no upstream.
+    wait_in_bucket(&moto, &keys_of(&big));
+    drop(nodes);
+    drop(replicas);
+    registry.stop();
+    proxy.refuse();
+    let before = proxy.total();
+    let fresh: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&proxy.url(), &moto, &secret, "5s"))
+        .collect();
+    let parents: Vec<&Replica> = fresh.iter().collect();
+    let node = Node::start(&parents, "");
+    let started = Instant::now();
+    let layout = skopeo_copy(
+        tmp.path(),
+        &format!("{}/{REPO}:{TAG}", node.archway.host()),
+        "again-node",
+    );
+    check_skopeo(&layout, &big);
+    check_node_served(&node, &big, "skopeo (fresh node)");
+    // And straight at a replica, which another replica may have just read into its L1.
+    let layout = skopeo_copy(
+        tmp.path(),
+        &format!("{}/{REPO}:{TAG}", fresh[2].archway.host()),
+        "again-replica",
+    );
+    check_skopeo(&layout, &big);
+    eprintln!("both pulls from the bucket alone in {:?}", started.elapsed());
+    assert_eq!(
+        proxy.total(),
+        before,
+        "with the tags confirmed within their TTL, nothing may even try upstream:\n{}",
+        proxy.show()
+    );
+    let fresh_all: Vec<&Replica> = fresh.iter().collect();
+    let from_bucket = sum(&fresh_all, "archway_blob_fills_total{source=\"bucket\"}");
+    assert!(
+        from_bucket >= big.amd64.blobs().count() as f64,
+        "every blob came from the bucket: {from_bucket}"
+    );
+    assert_eq!(
+        sum(&fresh_all, "archway_blob_fills_total{source=\"upstream\"}"),
+        0.0
+    );
+    for r in &fresh {
+        let log = r.archway.access_log();
+        let bad: Vec<Access> = log.iter().filter(|a| a.status >= 400).cloned().collect();
+        assert!(bad.is_empty(), "a fresh replica answered errors:\n{}", show(&bad));
+    }
+
+    // Last, so that the rest is checked even before manifest leases exist.
+    assert!(
+        manifest_excess.is_empty(),
+        "upstream must see each manifest GET (by tag and by digest) once:\n{}\nall upstream \
+         requests:\n{}",
+        manifest_excess.join("\n"),
+        proxy.show()
+    );
+}
+
+/// The owner of the fill of `digest`, read from its lease in the bucket; waits for the lease.
+fn lease_owner(moto: &e2e::s3::Moto, hex: &str) -> String {
+    let key = format!("{PREFIX}fills/sha256/{hex}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(body) = moto.get_object(BUCKET, &key) {
+            let v: serde_json::Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("lease {key} is not JSON ({e}): {body:?}"));
+            return v["owner"].as_str().expect("lease owner").to_owned();
+        }
+        assert!(Instant::now() < deadline, "nobody took the lease {key}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// kill -9 of the replica that owns an in-flight fill of the ~50 MB layer (slowed to 4 MiB/s
+/// upstream): its clients break off, a retry after the lease TTL takes the fill over, and the
+/// bucket never holds a partial object.
+#[test]
+fn kill_9_of_the_fill_owner_breaks_its_clients_off_and_a_takeover_completes_the_fill() {
+    if !e2e_enabled(
+        "kill_9_of_the_fill_owner_breaks_its_clients_off_and_a_takeover_completes_the_fill",
+    ) {
+        return;
+    }
+    let _one = one_at_a_time();
+    let moto = fleet::moto();
+    let (_registry, big, proxy) = upstream_with_big_index();
+    let layer = big.big_layer().clone();
+    let blob_path = format!("/v2/{REPO}/blobs/{}", layer.digest);
+    proxy.throttle(&layer.digest, 4 << 20, 1);
+    let tmp = temp_dir("fleetkill");
+    let secret = secret_file(tmp.path());
+    let ttl = Duration::from_secs(2);
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&proxy.url(), &moto, &secret, "2s"))
+        .collect();
+    let parents: Vec<&Replica> = replicas.iter().collect();
+    let node = Node::start(&parents, "");
+    drop(parents);
+
+    // A client through the node: the node's parent for this digest takes the lease.
+    let via_node = format!("{}{blob_path}", node.archway.url());
+    let (broken_node, broken_joiner, owner) = std::thread::scope(|s| {
+        let first = s.spawn(|| curl_get(&via_node, tmp.path(), "via-node"));
+        let owner_url = lease_owner(&moto, layer.hex());
+        let owner = replicas
+            .iter()
+            .position(|r| r.url() == owner_url)
+            .unwrap_or_else(|| panic!("the lease names {owner_url}, no replica"));
+        // A second client straight at another replica: it joins the owner's fill as a peer.
+        let joiner = &replicas[(owner + 1) % 3];
+        let at_joiner = format!("{}{blob_path}", joiner.url());
+        let dir = tmp.path();
+        let second = s.spawn(move || curl_get(&at_joiner, dir, "at-joiner"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metric(&joiner.metrics(), "archway_fleet_peer_bytes_total") == 0.0 {
+            assert!(Instant::now() < deadline, "the joiner never streamed from the owner");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Let both clients get well into the body, then kill -9 the owner mid-fill.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            moto.head(BUCKET, &format!("{PREFIX}blobs/sha256/{}", layer.hex())),
+            404,
+            "the fill was meant to be in flight"
+        );
+        replicas[owner].archway.signal("KILL");
+        (
+            first.join().expect("client via the node"),
+            second.join().expect("client at the joiner"),
+            owner,
+        )
+    });
+    let len = layer.data.len();
+    for (what, f) in [("via the node", &broken_node), ("at the joiner", &broken_joiner)] {
+        eprintln!(
+            "client {what}: curl exit {:?}, status {}, {} of {len} bytes",
+            f.exit,
+            f.status,
+            f.body.len()
+        );
+        assert!(
+            f.exit != Some(0) && !f.verified(&layer.digest),
+            "a client {what} streaming from the killed owner must see a broken-off response, \
+             not a clean {} with {} of {len} bytes (curl exit {:?})",
+            f.status,
+            f.body.len(),
+            f.exit
+        );
+    }
+    let killed = replicas.remove(owner);
+    assert!(!killed.archway.is_running(), "the owner survived kill -9");
+
+    // Once the lease has expired, a retry through the node (its first parent for this digest
+    // is gone: it fails over) and one straight at a survivor both succeed.
+    std::thread::sleep(ttl + Duration::from_millis(500));
+    let retry = curl_get(&via_node, tmp.path(), "retry-node");
+    assert!(
+        retry.verified(&layer.digest),
+        "retry through the node: exit {:?}, status {}, {} bytes",
+        retry.exit,
+        retry.status,
+        retry.body.len()
+    );
+    let retry = curl_get(
+        &format!("{}{blob_path}", replicas[1].url()),
+        tmp.path(),
+        "retry-replica",
+    );
+    assert!(retry.verified(&layer.digest), "retry at a survivor: {retry:?}");
+    let survivors: Vec<&Replica> = replicas.iter().collect();
+    let takeovers = sum(&survivors, "archway_fleet_lease_takeovers_total");
+    assert!(takeovers >= 1.0, "a survivor took the lease over: {takeovers}");
+    let gets = proxy.count("GET", &blob_path);
+    assert!(
+        gets <= 2,
+        "upstream GETs of the layer: the killed fill and the takeover's, no more: {gets}\n{}",
+        proxy.show()
+    );
+
+    // The bucket ends with the whole blob and no lease; nothing partial under blobs/.
+    let key = format!("{PREFIX}blobs/sha256/{}", layer.hex());
+    let lease = format!("{PREFIX}fills/sha256/{}", layer.hex());
+    wait_in_bucket(&moto, std::slice::from_ref(&key));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while moto.head(BUCKET, &lease) != 404 {
+        assert!(Instant::now() < deadline, "the lease {lease} was never released");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let n = assert_bucket_blobs_whole(&moto);
+    assert!(n >= 1, "the layer is in the bucket");
+    eprintln!("bucket after the takeover: {:?}", moto.list_keys(BUCKET, PREFIX));
+    drop(killed);
+}
+
+/// A TCP listener that counts the connections it accepts, for "nobody ever connects here".
+struct Canary {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Canary {
+    fn start() -> Canary {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the canary");
+        l.set_nonblocking(true).expect("nonblocking");
+        let port = l.local_addr().expect("canary addr").port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok(_) => {
+                        a.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Canary {
+            port,
+            accepted,
+            stop,
+        }
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The peer endpoint wants the fleet secret and a digest; a node cannot make its parent, nor a
+/// client a replica, connect to a host the replica's config does not name.
+#[test]
+fn the_peer_endpoint_wants_the_secret_and_no_request_reaches_an_unnamed_host() {
+    if !e2e_enabled("the_peer_endpoint_wants_the_secret_and_no_request_reaches_an_unnamed_host") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let moto = fleet::moto();
+    let registry = Registry::start();
+    let fx = FixtureSet::build(fixtures::fresh_seed(), false);
+    fx.push(&registry.url(), &["library/multi"]);
+    let proxy = CountingProxy::start(&registry.url());
+    let tmp = temp_dir("fleetguard");
+    let secret = secret_file(tmp.path());
+    let replica = Replica::start(&proxy.url(), &moto, &secret, "5s");
+    let canary = Canary::start();
+    let canary_host = format!("127.0.0.1:{}", canary.port);
+    // The node names the canary as an upstream of its own (used only by parent_fallback =
+    // "direct", which it does not have): asking for it makes the node ask its parent for it.
+    let node = Node::start(
+        &[&replica],
+        &format!(
+            "[[upstream]]\nname = \"canary.example\"\nurl = \"http://{canary_host}\"\n"
+        ),
+    );
+
+    // A blob through the node: the replica has it afterwards.
+    let blobs = fx.blobs();
+    let known = blobs[0];
+    let r = e2e::http::get(
+        &format!("{}/v2/library/multi/blobs/{}", node.archway.url(), known.digest),
+        &[],
+    )
+    .expect("GET through the node");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(sha256(&r.body), known.digest);
+    let upstream_before = proxy.total();
+
+    let peer = |path: &str, auth: Option<&str>| {
+        let url = format!("{}/_archway/fleet/blobs/{path}", replica.url());
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        e2e::http::get(&url, &headers).expect("peer GET")
+    };
+    let bearer = format!("Bearer {SECRET}");
+    for (auth, what) in [
+        (None, "no Authorization"),
+        (Some("Bearer not-the-secret"), "a wrong bearer"),
+        (Some(&*format!("Basic {SECRET}")), "Basic, not Bearer"),
+        (Some("Bearer "), "an empty bearer"),
+    ] {
+        let r = peer(&known.digest, auth);
+        assert!(
+            r.status == 401 || r.status == 403,
+            "{what}: the peer endpoint answered {}",
+            r.status
+        );
+        assert!(!r.text().contains(SECRET), "{what}: the answer shows the secret");
+    }
+    let r = peer(&known.digest, Some(&bearer));
+    assert_eq!(r.status, 200, "with the secret: {}", r.text());
+    assert_eq!(sha256(&r.body), known.digest, "the peer endpoint's bytes");
+    let unknown = sha256(b"no such blob anywhere");
+    let r = peer(&unknown, Some(&bearer));
+    assert_eq!(r.status, 404, "an unknown digest, with the secret");
+    for path in [
+        "latest",
+        "sha256:abc",
+        "sha512:00",
+        "",
+        "../../v2/library/multi/manifests/oci",
+        &format!("{}/../x", known.digest),
+    ] {
+        let r = peer(path, Some(&bearer));
+        assert!(
+            r.status == 404 || r.status == 400,
+            "peer path {path:?} with the secret answered {}",
+            r.status
+        );
+    }
+    let r = e2e::http::get(
+        &format!("{}/_archway/fleet/manifests/{}", replica.url(), fx.tag("oci").digest),
+        &[("authorization", &bearer)],
+    )
+    .expect("peer manifests GET");
+    assert!(r.status == 404 || r.status == 400, "manifests over the peer endpoint: {}", r.status);
+    // A node has no peer endpoint and passes none on.
+    let r = e2e::http::get(
+        &format!("{}/_archway/fleet/blobs/{}", node.archway.url(), known.digest),
+        &[("authorization", &bearer)],
+    )
+    .expect("peer GET at the node");
+    assert_ne!(r.status, 200, "a node answered the peer endpoint");
+    assert_eq!(
+        proxy.total(),
+        upstream_before,
+        "the peer endpoint never makes a replica fetch:\n{}",
+        proxy.show()
+    );
+
+    // Names the replica's config does not have: through the node and straight at the replica,
+    // as ?ns= and as a path prefix, for a manifest and for a blob nobody has fetched.
+    let cold = blobs[1];
+    let mut tried = Vec::new();
+    for base in [node.archway.url(), replica.url()] {
+        for ns in [canary_host.as_str(), "canary.example"] {
+            tried.push(format!("{base}/v2/library/multi/manifests/oci?ns={ns}"));
+            tried.push(format!("{base}/v2/library/multi/blobs/{}?ns={ns}", cold.digest));
+            tried.push(format!("{base}/v2/{ns}/library/multi/manifests/oci"));
+            tried.push(format!("{base}/v2/{ns}/library/multi/blobs/{}", cold.digest));
+        }
+    }
+    for url in &tried {
+        let r = e2e::http::get(url, &[]).expect("GET");
+        assert!(r.status >= 400, "{url} answered {}: {}", r.status, r.text());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        canary.accepted.load(Ordering::SeqCst),
+        0,
+        "something connected to the canary at {canary_host}"
+    );
+    let m = node.metrics();
+    assert!(
+        m.contains("archway_parent_requests_total{"),
+        "the node asked its parent:\n{m}"
+    );
+    eprintln!(
+        "{} requests for unnamed hosts refused; the canary saw none",
+        tried.len()
+    );
+}
