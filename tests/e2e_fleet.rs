@@ -11,9 +11,11 @@
 
 #[allow(dead_code)]
 mod e2e {
+    pub mod canary;
     pub mod counting_proxy;
     pub mod fixtures;
     pub mod fleet;
+    pub mod fleet_pulls;
     pub mod http;
     pub mod layout;
     pub mod procs;
@@ -21,23 +23,20 @@ mod e2e {
     pub mod tools;
 }
 
+use e2e::canary::Canary;
 use e2e::counting_proxy::CountingProxy;
 use e2e::fixtures::{self, sha256, FixtureSet};
 use e2e::fleet::{
-    self, assert_bucket_blobs_whole, curl_get, keys_of, metric, secret_file, sum, wait_in_bucket,
-    BigIndex, Node, Replica, BUCKET, PREFIX, REPO, SECRET, TAG,
+    self, assert_bucket_blobs_whole, curl_get, keys_of, lease_owner, metric, secret_file, sum,
+    wait_in_bucket, BigIndex, Node, Replica, BUCKET, PREFIX, REPO, SECRET, TAG,
 };
-use e2e::layout::OciLayout;
+use e2e::fleet_pulls::{check_ctr, check_docker, check_node_served, skopeo_copy, PULL_TIMEOUT};
 use e2e::procs::{free_port, run, run_ok};
 use e2e::tools::{
-    e2e_enabled, show, skopeo, temp_dir, write_hosts_toml, Access, Containerd, Dockerd, Registry,
+    e2e_enabled, show, temp_dir, write_hosts_toml, Access, Containerd, Dockerd, Registry,
 };
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-const PULL_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -57,99 +56,6 @@ fn upstream_with_big_index() -> (Registry, BigIndex, CountingProxy) {
     );
     let proxy = CountingProxy::start(&registry.url());
     (registry, big, proxy)
-}
-
-fn skopeo_copy(tmp: &Path, source: &str, out: &str) -> OciLayout {
-    let dir = tmp.join(out);
-    let src = format!("docker://{source}");
-    let dst = format!("oci:{}:x", dir.display());
-    let args = [
-        "copy",
-        "--src-tls-verify=false",
-        "--override-arch",
-        "amd64",
-        "--override-os",
-        "linux",
-        &src,
-        &dst,
-    ];
-    run_ok(&mut skopeo(tmp, &args), PULL_TIMEOUT);
-    OciLayout::open(&dir)
-}
-
-/// The amd64 child, every blob hashed again in the layout skopeo wrote.
-fn check_skopeo(layout: &OciLayout, big: &BigIndex) {
-    assert_eq!(layout.descriptor("x")["digest"], big.amd64.manifest.digest);
-    let all = layout.walk(&big.amd64.manifest.digest);
-    for b in big.amd64.blobs() {
-        assert!(all.contains(&b.digest), "layout lacks {}", b.digest);
-    }
-}
-
-fn check_ctr(containerd: &Containerd, big: &BigIndex) {
-    let images = run_ok(
-        &mut containerd.ctr(&["image", "ls"]),
-        Duration::from_secs(30),
-    )
-    .stdout;
-    let want = format!("docker.io/{REPO}:{TAG}");
-    let line = images
-        .lines()
-        .find(|l| l.starts_with(&format!("{want} ")))
-        .unwrap_or_else(|| panic!("ctr image ls lacks {want}:\n{images}"));
-    assert!(line.contains(&big.index.digest), "{line}");
-    let content = run_ok(
-        &mut containerd.ctr(&["content", "ls", "-q"]),
-        Duration::from_secs(30),
-    )
-    .stdout;
-    for d in std::iter::once(&big.amd64.manifest).chain(big.amd64.blobs()) {
-        assert!(
-            content.contains(&d.digest),
-            "containerd lacks {}",
-            d.digest
-        );
-    }
-    // containerd verified each digest on ingest; unpacking proves the layers are whole tars.
-    run_ok(
-        &mut containerd.ctr(&["image", "unpack", "--platform", "linux/amd64", &want]),
-        PULL_TIMEOUT,
-    );
-}
-
-fn check_docker(dockerd: &Dockerd, big: &BigIndex) {
-    let id = run_ok(
-        &mut dockerd.docker(&["image", "inspect", "--format", "{{.Id}}", "fleetimg:big"]),
-        Duration::from_secs(30),
-    )
-    .stdout;
-    assert_eq!(id.trim(), big.amd64.config.digest, "dockerd has the amd64 child");
-}
-
-/// Asserts the node answered its client the tag and every amd64 blob with a whole 200.
-fn check_node_served(node: &Node, big: &BigIndex, who: &str) {
-    let log = node.archway.access_log();
-    let served = |kind: &str, reference: &str| {
-        let path = format!("/v2/{REPO}/{kind}/{reference}");
-        log.iter().any(|a| {
-            a.path() == path && a.method == "GET" && a.status == 200 && a.complete != Some(false)
-        })
-    };
-    let tag_ok = log
-        .iter()
-        .any(|a| a.path() == format!("/v2/{REPO}/manifests/{TAG}") && a.status == 200);
-    assert!(tag_ok, "{who}'s node never answered the tag:\n{}", show(&log));
-    for b in big.amd64.blobs() {
-        assert!(
-            served("blobs", &b.digest),
-            "{who}'s node never served {}:\n{}",
-            b.digest,
-            show(&log)
-        );
-    }
-    let bad: Vec<Access> = log.iter().filter(|a| a.status >= 400).cloned().collect();
-    assert!(bad.is_empty(), "{who}'s node answered errors:\n{}", show(&bad));
-    node.assert_went_through_parents();
 }
 
 /// What upstream saw for the fleet image, beyond "once": each blob GET and each manifest GET.
@@ -220,14 +126,19 @@ fn three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again() {
     let ctd = Containerd::start(&tmp.path().join("ctd"));
     let dkd_ctd = Containerd::start(&tmp.path().join("dctd"));
     let dockerd = Dockerd::start(&tmp.path().join("dkd"), &dkd_ctd, &nodes[2].archway.host());
-    assert_eq!(proxy.total(), 0, "nothing asked upstream yet:\n{}", proxy.show());
+    assert_eq!(
+        proxy.total(),
+        0,
+        "nothing asked upstream yet:\n{}",
+        proxy.show()
+    );
 
     let started = Instant::now();
     let skopeo_src = format!("{}/{REPO}:{TAG}", nodes[0].archway.host());
     let image = format!("docker.io/{REPO}:{TAG}");
     let hosts_arg = hosts.display().to_string();
-    let layout = std::thread::scope(|s| {
-        let sk = s.spawn(|| skopeo_copy(tmp.path(), &skopeo_src, "skopeo"));
+    std::thread::scope(|s| {
+        let sk = s.spawn(|| skopeo_copy(tmp.path(), &skopeo_src, "skopeo", &big));
         let ct = s.spawn(|| {
             run_ok(
                 &mut ctd.ctr(&[
@@ -242,6 +153,17 @@ fn three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again() {
                 PULL_TIMEOUT,
             )
         });
+        // And, as a Service spreading connections over the replicas would, one curl of the
+        // big layer straight at each replica: they meet the nodes' fill of it in the fleet.
+        let direct: Vec<_> = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let url = format!("{}/v2/{REPO}/blobs/{}", r.url(), big.big_layer().digest);
+                let dir = tmp.path();
+                s.spawn(move || curl_get(&url, dir, &format!("direct-{i}")))
+            })
+            .collect();
         let dk = s.spawn(|| {
             let out = run(&mut dockerd.docker(&["pull", "fleetimg:big"]), PULL_TIMEOUT);
             assert!(
@@ -252,13 +174,25 @@ fn three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again() {
                 dockerd.log_tail()
             );
         });
+        for (i, d) in direct.into_iter().enumerate() {
+            let f = d.join().expect("curl at a replica");
+            assert!(
+                f.verified(&big.big_layer().digest),
+                "curl at replica {i}: exit {:?}, status {}, {} bytes",
+                f.exit,
+                f.status,
+                f.body.len()
+            );
+        }
         ct.join().expect("ctr pull");
         dk.join().expect("docker pull");
         sk.join().expect("skopeo copy")
     });
-    eprintln!("three concurrent pulls through the fleet in {:?}", started.elapsed());
+    eprintln!(
+        "three concurrent pulls through the fleet in {:?}",
+        started.elapsed()
+    );
 
-    check_skopeo(&layout, &big);
     check_ctr(&ctd, &big);
     check_docker(&dockerd, &big);
     for (node, who) in nodes.iter().zip(["skopeo", "ctr", "dockerd"]) {
@@ -272,13 +206,22 @@ fn three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again() {
         proxy.show()
     );
     let all: Vec<&Replica> = replicas.iter().collect();
-    let outcomes: Vec<String> = ["owned", "joined_local", "joined_peer", "taken_over", "lease_error"]
-        .iter()
-        .map(|o| {
-            let v = sum(&all, &format!("archway_fleet_fills_total{{outcome=\"{o}\"}}"));
-            format!("{o}={v}")
-        })
-        .collect();
+    let outcomes: Vec<String> = [
+        "owned",
+        "joined_local",
+        "joined_peer",
+        "taken_over",
+        "lease_error",
+    ]
+    .iter()
+    .map(|o| {
+        let v = sum(
+            &all,
+            &format!("archway_fleet_fills_total{{outcome=\"{o}\"}}"),
+        );
+        format!("{o}={v}")
+    })
+    .collect();
     eprintln!(
         "fleet fills: {}; peer bytes {}; upstream requests:\n{}",
         outcomes.join(" "),
@@ -299,21 +242,24 @@ fn three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again() {
     let parents: Vec<&Replica> = fresh.iter().collect();
     let node = Node::start(&parents, "");
     let started = Instant::now();
-    let layout = skopeo_copy(
+    skopeo_copy(
         tmp.path(),
         &format!("{}/{REPO}:{TAG}", node.archway.host()),
         "again-node",
+        &big,
     );
-    check_skopeo(&layout, &big);
     check_node_served(&node, &big, "skopeo (fresh node)");
     // And straight at a replica, which another replica may have just read into its L1.
-    let layout = skopeo_copy(
+    skopeo_copy(
         tmp.path(),
         &format!("{}/{REPO}:{TAG}", fresh[2].archway.host()),
         "again-replica",
+        &big,
     );
-    check_skopeo(&layout, &big);
-    eprintln!("both pulls from the bucket alone in {:?}", started.elapsed());
+    eprintln!(
+        "both pulls from the bucket alone in {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         proxy.total(),
         before,
@@ -333,7 +279,11 @@ fn three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again() {
     for r in &fresh {
         let log = r.archway.access_log();
         let bad: Vec<Access> = log.iter().filter(|a| a.status >= 400).cloned().collect();
-        assert!(bad.is_empty(), "a fresh replica answered errors:\n{}", show(&bad));
+        assert!(
+            bad.is_empty(),
+            "a fresh replica answered errors:\n{}",
+            show(&bad)
+        );
     }
 
     // Last, so that the rest is checked even before manifest leases exist.
@@ -344,21 +294,6 @@ fn three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again() {
         manifest_excess.join("\n"),
         proxy.show()
     );
-}
-
-/// The owner of the fill of `digest`, read from its lease in the bucket; waits for the lease.
-fn lease_owner(moto: &e2e::s3::Moto, hex: &str) -> String {
-    let key = format!("{PREFIX}fills/sha256/{hex}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(body) = moto.get_object(BUCKET, &key) {
-            let v: serde_json::Value = serde_json::from_slice(&body)
-                .unwrap_or_else(|e| panic!("lease {key} is not JSON ({e}): {body:?}"));
-            return v["owner"].as_str().expect("lease owner").to_owned();
-        }
-        assert!(Instant::now() < deadline, "nobody took the lease {key}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// kill -9 of the replica that owns an in-flight fill of the ~50 MB layer (slowed to 4 MiB/s
@@ -403,7 +338,10 @@ fn kill_9_of_the_fill_owner_breaks_its_clients_off_and_a_takeover_completes_the_
         let second = s.spawn(move || curl_get(&at_joiner, dir, "at-joiner"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while metric(&joiner.metrics(), "archway_fleet_peer_bytes_total") == 0.0 {
-            assert!(Instant::now() < deadline, "the joiner never streamed from the owner");
+            assert!(
+                Instant::now() < deadline,
+                "the joiner never streamed from the owner"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         // Let both clients get well into the body, then kill -9 the owner mid-fill.
@@ -421,7 +359,10 @@ fn kill_9_of_the_fill_owner_breaks_its_clients_off_and_a_takeover_completes_the_
         )
     });
     let len = layer.data.len();
-    for (what, f) in [("via the node", &broken_node), ("at the joiner", &broken_joiner)] {
+    for (what, f) in [
+        ("via the node", &broken_node),
+        ("at the joiner", &broken_joiner),
+    ] {
         eprintln!(
             "client {what}: curl exit {:?}, status {}, {} of {len} bytes",
             f.exit,
@@ -456,10 +397,16 @@ fn kill_9_of_the_fill_owner_breaks_its_clients_off_and_a_takeover_completes_the_
         tmp.path(),
         "retry-replica",
     );
-    assert!(retry.verified(&layer.digest), "retry at a survivor: {retry:?}");
+    assert!(
+        retry.verified(&layer.digest),
+        "retry at a survivor: {retry:?}"
+    );
     let survivors: Vec<&Replica> = replicas.iter().collect();
     let takeovers = sum(&survivors, "archway_fleet_lease_takeovers_total");
-    assert!(takeovers >= 1.0, "a survivor took the lease over: {takeovers}");
+    assert!(
+        takeovers >= 1.0,
+        "a survivor took the lease over: {takeovers}"
+    );
     let gets = proxy.count("GET", &blob_path);
     assert!(
         gets <= 2,
@@ -473,52 +420,19 @@ fn kill_9_of_the_fill_owner_breaks_its_clients_off_and_a_takeover_completes_the_
     wait_in_bucket(&moto, std::slice::from_ref(&key));
     let deadline = Instant::now() + Duration::from_secs(30);
     while moto.head(BUCKET, &lease) != 404 {
-        assert!(Instant::now() < deadline, "the lease {lease} was never released");
+        assert!(
+            Instant::now() < deadline,
+            "the lease {lease} was never released"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let n = assert_bucket_blobs_whole(&moto);
     assert!(n >= 1, "the layer is in the bucket");
-    eprintln!("bucket after the takeover: {:?}", moto.list_keys(BUCKET, PREFIX));
+    eprintln!(
+        "bucket after the takeover: {:?}",
+        moto.list_keys(BUCKET, PREFIX)
+    );
     drop(killed);
-}
-
-/// A TCP listener that counts the connections it accepts, for "nobody ever connects here".
-struct Canary {
-    port: u16,
-    accepted: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Canary {
-    fn start() -> Canary {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the canary");
-        l.set_nonblocking(true).expect("nonblocking");
-        let port = l.local_addr().expect("canary addr").port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (a, s) = (accepted.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok(_) => {
-                        a.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        Canary {
-            port,
-            accepted,
-            stop,
-        }
-    }
-}
-
-impl Drop for Canary {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// The peer endpoint wants the fleet secret and a digest; a node cannot make its parent, nor a
@@ -543,16 +457,18 @@ fn the_peer_endpoint_wants_the_secret_and_no_request_reaches_an_unnamed_host() {
     // "direct", which it does not have): asking for it makes the node ask its parent for it.
     let node = Node::start(
         &[&replica],
-        &format!(
-            "[[upstream]]\nname = \"canary.example\"\nurl = \"http://{canary_host}\"\n"
-        ),
+        &format!("[[upstream]]\nname = \"canary.example\"\nurl = \"http://{canary_host}\"\n"),
     );
 
     // A blob through the node: the replica has it afterwards.
     let blobs = fx.blobs();
     let known = blobs[0];
     let r = e2e::http::get(
-        &format!("{}/v2/library/multi/blobs/{}", node.archway.url(), known.digest),
+        &format!(
+            "{}/v2/library/multi/blobs/{}",
+            node.archway.url(),
+            known.digest
+        ),
         &[],
     )
     .expect("GET through the node");
@@ -578,7 +494,10 @@ fn the_peer_endpoint_wants_the_secret_and_no_request_reaches_an_unnamed_host() {
             "{what}: the peer endpoint answered {}",
             r.status
         );
-        assert!(!r.text().contains(SECRET), "{what}: the answer shows the secret");
+        assert!(
+            !r.text().contains(SECRET),
+            "{what}: the answer shows the secret"
+        );
     }
     let r = peer(&known.digest, Some(&bearer));
     assert_eq!(r.status, 200, "with the secret: {}", r.text());
@@ -602,14 +521,26 @@ fn the_peer_endpoint_wants_the_secret_and_no_request_reaches_an_unnamed_host() {
         );
     }
     let r = e2e::http::get(
-        &format!("{}/_archway/fleet/manifests/{}", replica.url(), fx.tag("oci").digest),
+        &format!(
+            "{}/_archway/fleet/manifests/{}",
+            replica.url(),
+            fx.tag("oci").digest
+        ),
         &[("authorization", &bearer)],
     )
     .expect("peer manifests GET");
-    assert!(r.status == 404 || r.status == 400, "manifests over the peer endpoint: {}", r.status);
+    assert!(
+        r.status == 404 || r.status == 400,
+        "manifests over the peer endpoint: {}",
+        r.status
+    );
     // A node has no peer endpoint and passes none on.
     let r = e2e::http::get(
-        &format!("{}/_archway/fleet/blobs/{}", node.archway.url(), known.digest),
+        &format!(
+            "{}/_archway/fleet/blobs/{}",
+            node.archway.url(),
+            known.digest
+        ),
         &[("authorization", &bearer)],
     )
     .expect("peer GET at the node");
@@ -628,9 +559,15 @@ fn the_peer_endpoint_wants_the_secret_and_no_request_reaches_an_unnamed_host() {
     for base in [node.archway.url(), replica.url()] {
         for ns in [canary_host.as_str(), "canary.example"] {
             tried.push(format!("{base}/v2/library/multi/manifests/oci?ns={ns}"));
-            tried.push(format!("{base}/v2/library/multi/blobs/{}?ns={ns}", cold.digest));
+            tried.push(format!(
+                "{base}/v2/library/multi/blobs/{}?ns={ns}",
+                cold.digest
+            ));
             tried.push(format!("{base}/v2/{ns}/library/multi/manifests/oci"));
-            tried.push(format!("{base}/v2/{ns}/library/multi/blobs/{}", cold.digest));
+            tried.push(format!(
+                "{base}/v2/{ns}/library/multi/blobs/{}",
+                cold.digest
+            ));
         }
     }
     for url in &tried {
@@ -639,7 +576,7 @@ fn the_peer_endpoint_wants_the_secret_and_no_request_reaches_an_unnamed_host() {
     }
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
-        canary.accepted.load(Ordering::SeqCst),
+        canary.accepted(),
         0,
         "something connected to the canary at {canary_host}"
     );

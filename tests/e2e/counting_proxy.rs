@@ -236,8 +236,6 @@ impl Body for ChanBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|o| o.map(|r| r.map(Frame::data)))
+        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
     }
 }

@@ -285,3 +285,18 @@ pub fn curl_get(url: &str, dir: &Path, name: &str) -> Fetch {
         body: std::fs::read(&out).unwrap_or_default(),
     }
 }
+
+/// The owner of the fill of `digest`, read from its lease in the bucket; waits for the lease.
+pub fn lease_owner(moto: &Moto, hex: &str) -> String {
+    let key = format!("{PREFIX}fills/sha256/{hex}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(body) = moto.get_object(BUCKET, &key) {
+            let v: serde_json::Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("lease {key} is not JSON ({e}): {body:?}"));
+            return v["owner"].as_str().expect("lease owner").to_owned();
+        }
+        assert!(Instant::now() < deadline, "nobody took the lease {key}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

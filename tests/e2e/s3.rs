@@ -140,9 +140,14 @@ impl Moto {
     pub fn list_keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let url = format!("{}/{bucket}?list-type=2&prefix={prefix}", self.url());
         let mut cmd = command(curl());
-        cmd.args(["-s", "--fail", "--aws-sigv4", &format!("aws:amz:{REGION}:s3")])
-            .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
-            .arg(&url);
+        cmd.args([
+            "-s",
+            "--fail",
+            "--aws-sigv4",
+            &format!("aws:amz:{REGION}:s3"),
+        ])
+        .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
+        .arg(&url);
         let out = run_ok(&mut cmd, Duration::from_secs(30));
         out.stdout
             .split("<Key>")
