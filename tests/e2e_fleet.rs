@@ -205,6 +205,20 @@ fn three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again() {
         blob_excess.join("\n"),
         proxy.show()
     );
+    // What each replica answered for manifests, to tell a fleet-wide miss from a local one.
+    let replica_manifests: Vec<String> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let log: Vec<Access> = r
+                .archway
+                .access_log()
+                .into_iter()
+                .filter(|a| a.path().contains("/manifests/"))
+                .collect();
+            format!("replica {i} ({}):\n{}", r.url(), show(&log))
+        })
+        .collect();
     let all: Vec<&Replica> = replicas.iter().collect();
     let outcomes: Vec<String> = [
         "owned",
@@ -290,9 +304,10 @@ fn three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again() {
     assert!(
         manifest_excess.is_empty(),
         "upstream must see each manifest GET (by tag and by digest) once:\n{}\nall upstream \
-         requests:\n{}",
+         requests:\n{}\nmanifest requests the replicas answered:\n{}",
         manifest_excess.join("\n"),
-        proxy.show()
+        proxy.show(),
+        replica_manifests.join("\n")
     );
 }
 
