@@ -11,6 +11,7 @@ mod support;
 #[allow(dead_code)]
 mod e2e {
     pub mod fixtures;
+    pub mod fleet_kit;
     pub mod http;
     pub mod layout;
     pub mod procs;
@@ -18,99 +19,16 @@ mod e2e {
     pub mod tools;
 }
 
-use archway::config::{Config, FleetConfig, S3Keys, Secret, StorageConfig};
+use archway::config::Config;
 use archway::server::Archway;
-use e2e::procs::{command, run_ok};
-use e2e::s3::{curl, Moto, ACCESS_KEY, REGION, SECRET_KEY};
 use http::StatusCode;
 use std::time::{Duration, Instant};
 use support::fake_registry::pseudo_random_bytes;
-use support::metrics::Scrape;
-use support::{config_for, FakeRegistry, Fault, Kind, Reply, TestClient};
+use support::{FakeRegistry, Fault, Kind, Reply, TestClient};
 
-const BUCKET: &str = "archway-fleet";
-const SECRET: &str = "fleet-test-secret";
-
-fn required() -> bool {
-    std::env::var("ARCHWAY_E2E").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn skip(test: &str) -> bool {
-    if required() {
-        return false;
-    }
-    eprintln!(
-        "\n######## {test}: skipped: set ARCHWAY_E2E=1 to run it (needs moto_server) ########"
-    );
-    true
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// A replica's config: its own data dir and port, `[storage]` at `endpoint`, `[fleet]` naming
-/// its own address as peer_url.
-fn replica_config(
-    fake: &FakeRegistry,
-    dir: &std::path::Path,
-    endpoint: &str,
-    lease_ttl: Duration,
-) -> (Config, u16) {
-    let port = free_port();
-    let mut c = config_for(fake, dir);
-    c.listen = vec![format!("127.0.0.1:{port}").parse().unwrap()];
-    let mut s = StorageConfig::new(BUCKET);
-    s.s3_prefix = "fleet/".into();
-    s.s3_endpoint = Some(endpoint.to_owned());
-    s.s3_region = REGION.into();
-    s.s3_path_style = true;
-    s.s3_timeout = Duration::from_secs(3);
-    s.credentials = Some(S3Keys {
-        access_key_id: Secret::new(ACCESS_KEY),
-        secret_access_key: Secret::new(SECRET_KEY),
-    });
-    c.storage = Some(s);
-    let mut f = FleetConfig::new(
-        Some(format!("http://127.0.0.1:{port}")),
-        Secret::new(SECRET),
-    );
-    f.lease_ttl = lease_ttl;
-    f.peer_timeout = Duration::from_secs(3);
-    c.fleet = Some(f);
-    (c, port)
-}
-
-fn moto() -> Moto {
-    let moto = Moto::start();
-    moto.create_bucket(BUCKET);
-    moto.prove_conditional_create(BUCKET);
-    moto
-}
-
-/// The keys under `prefix` in the bucket (ListObjectsV2 by curl).
-fn list_keys(moto: &Moto, prefix: &str) -> Vec<String> {
-    let url = format!("{}/{BUCKET}?list-type=2&prefix={prefix}", moto.url());
-    let mut cmd = command(curl());
-    cmd.args(["-s", "--aws-sigv4", &format!("aws:amz:{REGION}:s3")])
-        .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
-        .arg(&url);
-    let out = run_ok(&mut cmd, Duration::from_secs(30));
-    out.stdout
-        .split("<Key>")
-        .skip(1)
-        .filter_map(|s| s.split("</Key>").next())
-        .map(str::to_owned)
-        .collect()
-}
-
-fn fleet_value(archway: &Archway, name: &str, labels: &[(&str, &str)]) -> f64 {
-    Scrape::parse(archway.proxy().metrics().encode())
-        .get(name, labels)
-        .unwrap_or(0.0)
-}
+use e2e::fleet_kit::{
+    fleet_value, free_port, list_keys, moto, replica_config, skip, BUCKET, SECRET,
+};
 
 fn fills(replicas: &[&Archway], outcome: &str) -> f64 {
     replicas

@@ -103,22 +103,21 @@ impl ManifestStore {
         self.write_file(&m).await
     }
 
+    /// Like [`put`](Self::put), but returns only once the bucket has it (or failed): for a
+    /// replica holding the fleet's fetch lease, whose waiters look for it there.
+    pub async fn put_shared(&self, m: Arc<Manifest>) -> std::io::Result<()> {
+        self.memory.insert(m.digest.clone(), m.clone());
+        if let Some(bucket) = self.bucket.clone() {
+            copy_manifest(bucket, m.clone()).await;
+        }
+        self.write_file(&m).await
+    }
+
     fn copy_to_bucket(&self, m: &Arc<Manifest>) {
         let Some(bucket) = self.bucket.clone() else {
             return;
         };
-        let m = m.clone();
-        let write = {
-            let bucket = bucket.clone();
-            async move {
-                let key = bucket.keys().manifest(&m.digest);
-                let put = bucket.put(&key, m.bytes.clone(), Some(&m.media_type));
-                if let Err(e) = put.await {
-                    tracing::warn!(digest = %m.digest, error = %e, "cannot copy manifest to storage");
-                    bucket.observer().bypassed("manifest_write");
-                }
-            }
-        };
+        let write = copy_manifest(bucket.clone(), m.clone());
         bucket.spawn_write("manifest_write", write);
     }
 
@@ -135,7 +134,16 @@ impl ManifestStore {
     }
 }
 
-pub(crate) fn manifest_path(root: &Path, digest: &Digest) -> PathBuf {
+pub(crate) async fn copy_manifest(bucket: Arc<Bucket>, m: Arc<Manifest>) {
+    let key = bucket.keys().manifest(&m.digest);
+    let put = bucket.put(&key, m.bytes.clone(), Some(&m.media_type));
+    if let Err(e) = put.await {
+        tracing::warn!(digest = %m.digest, error = %e, "cannot copy manifest to storage");
+        bucket.observer().bypassed("manifest_write");
+    }
+}
+
+fn manifest_path(root: &Path, digest: &Digest) -> PathBuf {
     let hex = digest.hex();
     root.join(digest.algorithm().as_str())
         .join(&hex[..2])

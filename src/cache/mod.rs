@@ -3,6 +3,7 @@
 
 pub mod blob;
 pub mod bucket;
+pub mod fetch_lease;
 pub mod keyed_lock;
 pub mod manifest_store;
 pub mod tag_key;

@@ -160,29 +160,23 @@ impl TagStore {
         self.keep(key, entry).await
     }
 
+    /// Like [`put`](Self::put), but returns only once the bucket has the record (or failed):
+    /// for a replica holding the fleet's revalidation lease, whose waiters look for it there.
+    pub async fn put_shared(&self, key: TagKey, entry: TagEntry) -> std::io::Result<()> {
+        if let Some(bucket) = self.bucket.clone() {
+            copy_record(bucket, &key, &entry).await;
+        }
+        self.keep(key, entry).await
+    }
+
     fn copy_to_bucket(&self, key: &TagKey, entry: &TagEntry) {
         let Some(bucket) = self.bucket.clone() else {
             return;
         };
-        let record = BucketRecord {
-            digest: entry.digest.clone(),
-            media_type: entry.media_type.clone(),
-            size: entry.size,
-            confirmed_at_ms: entry.validated_at_ms,
-        };
-        let Ok(data) = serde_json::to_vec(&record) else {
-            return;
-        };
-        let object = bucket.keys().tag(key);
+        let (key, entry) = (key.clone(), entry.clone());
         let write = {
             let bucket = bucket.clone();
-            async move {
-                let put = bucket.put(&object, data.into(), Some("application/json"));
-                if let Err(e) = put.await {
-                    tracing::warn!(error = %e, "cannot copy tag record to storage");
-                    bucket.observer().bypassed("tag_write");
-                }
-            }
+            async move { copy_record(bucket, &key, &entry).await }
         };
         bucket.spawn_write("tag_write", write);
     }
@@ -229,6 +223,24 @@ impl TagStore {
 }
 
 /// File names are a hash of the key, so no client-supplied text ever becomes a path.
+async fn copy_record(bucket: Arc<Bucket>, key: &TagKey, entry: &TagEntry) {
+    let record = BucketRecord {
+        digest: entry.digest.clone(),
+        media_type: entry.media_type.clone(),
+        size: entry.size,
+        confirmed_at_ms: entry.validated_at_ms,
+    };
+    let Ok(data) = serde_json::to_vec(&record) else {
+        return;
+    };
+    let object = bucket.keys().tag(key);
+    let put = bucket.put(&object, data.into(), Some("application/json"));
+    if let Err(e) = put.await {
+        tracing::warn!(error = %e, "cannot copy tag record to storage");
+        bucket.observer().bypassed("tag_write");
+    }
+}
+
 fn file_name(key: &TagKey) -> String {
     let joined = format!("{}\n{}\n{}", key.upstream, key.repository, key.tag);
     format!("{}.json", &Digest::sha256_of(joined.as_bytes()).hex()[..32])

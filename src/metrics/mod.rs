@@ -102,6 +102,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhatOutcomeLabels {
+    what: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -137,6 +143,12 @@ impl StorageObserver for Metrics {
     fn fleet_fill(&self, outcome: &'static str) {
         self.fleet_fills
             .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    fn fleet_fetch(&self, what: &'static str, outcome: &'static str) {
+        self.fleet_fetches
+            .get_or_create(&WhatOutcomeLabels { what, outcome })
             .inc();
     }
 
@@ -182,6 +194,7 @@ pub struct Metrics {
     storage_bypassed: Family<WhatLabels, Counter>,
     blob_fills: Family<SourceLabels, Counter>,
     fleet_fills: Family<OutcomeLabels, Counter>,
+    fleet_fetches: Family<WhatOutcomeLabels, Counter>,
     lease_takeovers: Counter,
     peer_bytes: Counter,
     platforms: Mutex<HashSet<String>>,
@@ -315,10 +328,16 @@ impl Metrics {
             "Blob fills with [fleet], by outcome: owned (took the lease), joined_local (joined this replica's fill), joined_peer (streamed another replica's fill), taken_over (took over an expired lease), lease_error (the lease could not be had; filled from upstream uncoordinated)",
             fleet_fills.clone(),
         );
+        let fleet_fetches = Family::<WhatOutcomeLabels, Counter>::default();
+        registry.register(
+            "archway_fleet_fetches",
+            "Manifest GETs by digest (what=manifest) and tag revalidations (what=tag) with [fleet], by outcome: owned (took the lease and asked upstream), taken_over, waited (another replica's answer, read from the bucket), lease_error (asked upstream uncoordinated)",
+            fleet_fetches.clone(),
+        );
         let lease_takeovers = Counter::default();
         registry.register(
             "archway_fleet_lease_takeovers",
-            "Expired fill leases taken over from a replica that stopped renewing them",
+            "Expired fill and fetch leases taken over from a replica that stopped renewing them",
             lease_takeovers.clone(),
         );
         let peer_bytes = Counter::default();
@@ -348,6 +367,7 @@ impl Metrics {
             storage_bypassed,
             blob_fills,
             fleet_fills,
+            fleet_fetches,
             lease_takeovers,
             peer_bytes,
             platforms: Mutex::new(HashSet::new()),

@@ -1,9 +1,14 @@
 //! Manifests for the pipeline: by digest (immutable, cached until evicted) and by tag (a TTL,
 //! revalidation with HEAD, stale-if-error, one upstream request for concurrent misses of a tag,
 //! and a short memo of upstream failures for the requests that queued behind one).
+//!
+//! With `[fleet]`, a manifest GET by digest and a tag's revalidation are also made once across
+//! the replicas on the bucket (`cache::fetch_lease`): the lease holder writes its answer to the
+//! bucket before letting go, the others read it from there.
 
 use super::outcome::CacheResult;
 use crate::cache::bucket::Bucket;
+use crate::cache::fetch_lease::{FetchLeases, Turn};
 use crate::cache::keyed_lock::KeyedLock;
 use crate::cache::manifest_store::ManifestStore;
 use crate::cache::tag_store::{now_ms, TagEntry, TagKey, TagStore};
@@ -29,6 +34,10 @@ pub(crate) struct Manifests {
     tags: TagStore,
     /// Concurrent misses for one tag make one upstream request.
     refreshing: KeyedLock<TagKey>,
+    /// Concurrent misses for one manifest digest make one upstream request.
+    fetching: KeyedLock<Digest>,
+    /// `[fleet]`: one upstream request per manifest digest and per tag TTL across the fleet.
+    leases: Option<FetchLeases>,
     /// The last upstream failure per tag, for the requests that queued behind it.
     recent_failures: moka::sync::Cache<TagKey, (Instant, ProxyError)>,
     tag_ttl: Duration,
@@ -42,6 +51,7 @@ impl Manifests {
         data_dir: &Path,
         cache: &CacheConfig,
         bucket: Option<Arc<Bucket>>,
+        leases: Option<FetchLeases>,
     ) -> Result<Self, (std::path::PathBuf, std::io::Error)> {
         let mdir = data_dir.join("manifests");
         let store = ManifestStore::open(mdir.clone(), cache.memory_size)
@@ -55,6 +65,8 @@ impl Manifests {
             store,
             tags,
             refreshing: KeyedLock::default(),
+            fetching: KeyedLock::default(),
+            leases,
             recent_failures: moka::sync::Cache::builder()
                 .weigher(|k: &TagKey, (_, e): &(Instant, ProxyError)| {
                     let len =
@@ -84,10 +96,40 @@ impl Manifests {
         if let Some(m) = self.store.get(digest).await {
             return Ok((m, CacheResult::Hit));
         }
-        let m = self
-            .fetch(upstream, repo, ManifestRef::Digest(digest))
-            .await?;
-        Ok((m, CacheResult::Miss))
+        Ok(self.fetch_digest(upstream, repo, digest).await?)
+    }
+
+    /// A manifest missing here, by digest: once per digest on this replica (concurrent misses
+    /// wait for the first) and, with `[fleet]`, once across the replicas.
+    async fn fetch_digest(
+        &self,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Found, UpstreamError> {
+        let _fetching = self.fetching.lock(digest).await;
+        if let Some(m) = self.store.get(digest).await {
+            return Ok((m, CacheResult::Hit));
+        }
+        let reference = ManifestRef::Digest(digest);
+        let Some(leases) = &self.leases else {
+            return Ok((
+                self.fetch(upstream, repo, reference).await?,
+                CacheResult::Miss,
+            ));
+        };
+        let key = leases.bucket().keys().manifest_lease(digest);
+        match leases
+            .turn(key, "manifest", || self.store.get(digest))
+            .await
+        {
+            Turn::Ready(m) => Ok((m, CacheResult::Hit)),
+            // The lease (if any) is let go only after the bucket has the manifest.
+            Turn::Fetch(_lease) => Ok((
+                self.fetch(upstream, repo, reference).await?,
+                CacheResult::Miss,
+            )),
+        }
     }
 
     pub(crate) async fn by_tag(
@@ -117,7 +159,7 @@ impl Manifests {
         let refreshed = match self.recent_failures.get(&key) {
             Some((failed_at, e)) if failed_at >= queued_at => Err(e),
             _ => {
-                self.refresh_tag(upstream, repo, tag, &key, cached.as_ref())
+                self.refresh_tag_once(upstream, repo, tag, &key, ttl, cached.as_ref())
                     .await
             }
         };
@@ -168,6 +210,38 @@ impl Manifests {
         }
     }
 
+    /// Refreshes the tag from upstream; with `[fleet]`, only the replica holding the tag's
+    /// lease does, and the others take its answer from the bucket.
+    async fn refresh_tag_once(
+        &self,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        tag: &Tag,
+        key: &TagKey,
+        ttl: Duration,
+        cached: Option<&TagEntry>,
+    ) -> Result<Found, ProxyError> {
+        let Some(leases) = &self.leases else {
+            return self.refresh_tag(upstream, repo, tag, key, cached).await;
+        };
+        let lease = leases.bucket().keys().tag_lease(key);
+        let ready = || async {
+            match self.fresh_tag(key, ttl, repo, tag).await {
+                Some(Ok(found)) => Some(found),
+                _ => None,
+            }
+        };
+        match leases.turn(lease, "tag", ready).await {
+            Turn::Ready(found) => Ok(found),
+            Turn::Fetch(_lease) => {
+                // What we knew may have been superseded while waiting.
+                let cached = self.tags.get(key).or_else(|| cached.cloned());
+                self.refresh_tag(upstream, repo, tag, key, cached.as_ref())
+                    .await
+            }
+        }
+    }
+
     /// Revalidates with HEAD when the tag is known (HEADs don't count against Docker Hub's pull
     /// limit), and GETs by tag otherwise.
     async fn refresh_tag(
@@ -188,10 +262,7 @@ impl Manifests {
             if let Some(digest) = head?.digest {
                 let m = match self.store.get(&digest).await {
                     Some(m) => m,
-                    None => {
-                        self.fetch(upstream, repo, ManifestRef::Digest(&digest))
-                            .await?
-                    }
+                    None => self.fetch_digest(upstream, repo, &digest).await?.0,
                 };
                 self.remember_tag(key, &m).await;
                 return Ok((m, CacheResult::Hit));
@@ -215,7 +286,13 @@ impl Manifests {
             size: m.bytes.len() as u64,
             validated_at_ms: now_ms(),
         };
-        if let Err(e) = self.tags.put(key.clone(), entry).await {
+        // With [fleet], the other replicas wait for this record in the bucket.
+        let kept = if self.leases.is_some() {
+            self.tags.put_shared(key.clone(), entry).await
+        } else {
+            self.tags.put(key.clone(), entry).await
+        };
+        if let Err(e) = kept {
             // The answer is still right; only persistence failed.
             tracing::error!(error = %e, "cannot persist tag");
         }
@@ -229,7 +306,13 @@ impl Manifests {
         reference: ManifestRef<'_>,
     ) -> Result<Arc<Manifest>, UpstreamError> {
         let m = Arc::new(upstream.get_manifest(repo, reference).await?);
-        if let Err(e) = self.store.put(m.clone()).await {
+        // With [fleet], the other replicas wait for it in the bucket.
+        let kept = if self.leases.is_some() {
+            self.store.put_shared(m.clone()).await
+        } else {
+            self.store.put(m.clone()).await
+        };
+        if let Err(e) = kept {
             tracing::error!(error = %e, "cannot persist manifest");
         }
         Ok(m)

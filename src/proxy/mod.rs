@@ -28,6 +28,7 @@ use crate::api::{self, Endpoint, Resource};
 use crate::body::ResponseBody;
 use crate::cache::blob::{BlobStore, BlobStoreLimits, Fleet};
 use crate::cache::bucket::{Bucket, BucketSettings, StorageObserver};
+use crate::cache::fetch_lease::FetchLeases;
 use crate::client_auth::ClientAuth;
 use crate::config::Config;
 use crate::error::{ErrorCode, ProxyError};
@@ -127,8 +128,9 @@ impl Proxy {
             }
             None => None,
         };
+        let mut leases = None;
         let fleet = match (&config.fleet, &bucket) {
-            (Some(f), Some(_)) => {
+            (Some(f), Some(b)) => {
                 let me = f.peer_url.clone().ok_or_else(|| {
                     ProxyInitError::Fleet(
                         "fleet.peer_url is required (or ARCHWAY_PEER_URL / --peer-url): how the other replicas reach this one".into(),
@@ -137,7 +139,8 @@ impl Proxy {
                 let observer: Arc<dyn StorageObserver> = metrics.clone();
                 let peers = HttpPeers::new(&f.secret, f.peer_timeout, observer)
                     .map_err(ProxyInitError::Fleet)?;
-                tracing::info!(peer_url = %me, lease_ttl = ?f.lease_ttl, "fleet: one fill per blob across the replicas on the bucket");
+                tracing::info!(peer_url = %me, lease_ttl = ?f.lease_ttl, "fleet: one fill per blob, manifest and tag revalidation across the replicas on the bucket");
+                leases = Some(FetchLeases::new(b.clone(), me.clone(), f.lease_ttl));
                 Some(Fleet {
                     me,
                     lease_ttl: f.lease_ttl,
@@ -164,8 +167,8 @@ impl Proxy {
         if !cache.scrub_interval.is_zero() {
             blobs.start_scrub(cache.scrub_interval, cache.scrub_rate);
         }
-        let manifests =
-            Manifests::open(&dir, &config.cache, bucket).map_err(|(path, e)| cache_err(path, e))?;
+        let manifests = Manifests::open(&dir, &config.cache, bucket, leases)
+            .map_err(|(path, e)| cache_err(path, e))?;
         metrics.observe_blob_store(blobs.clone());
         let parents =
             Parents::new(&config.parent)?.map(|p| Arc::new(p.with_metrics(metrics.clone())));

@@ -70,7 +70,17 @@ impl Bucket {
         me: &str,
         ttl: Duration,
     ) -> Result<LeaseState, BucketError> {
-        let key = self.keys().fill_lease(digest);
+        self.claim(self.keys().fill_lease(digest), me, ttl).await
+    }
+
+    /// Takes the lease at `key` (a blob's fill, a manifest's fetch, a tag's revalidation) for
+    /// `me`, takes over an expired one, or reports the live owner.
+    pub async fn claim(
+        self: &Arc<Self>,
+        key: Path,
+        me: &str,
+        ttl: Duration,
+    ) -> Result<LeaseState, BucketError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         for _ in 0..CLAIM_ROUNDS {
             let record = LeaseRecord::new(me, now_ms(), ttl_ms);

@@ -1,6 +1,8 @@
 //! Where things live in the bucket (pure): `<prefix>blobs/sha256/<hex>`,
 //! `<prefix>manifests/sha256/<hex>`,
-//! `<prefix>fills/sha256/<hex>` (fill leases), `<prefix>tags/<upstream>/<repository>/<tag>`.
+//! `<prefix>fills/sha256/<hex>` (fill leases of blobs), `<prefix>fills/manifests/sha256/<hex>`
+//! and `<prefix>fills/tags/<upstream>/<repository>/<tag>` (leases of a manifest fetch and of a
+//! tag revalidation), `<prefix>tags/<upstream>/<repository>/<tag>`.
 //!
 //! Digests are hex, repository names and tags are validated before they get here, and upstream
 //! names come from the config; object_store percent-encodes anything a key part may not hold,
@@ -36,6 +38,29 @@ impl Keys {
     /// The fill lease of a blob (`fleet`): present only while one replica fills it.
     pub fn fill_lease(&self, digest: &Digest) -> Path {
         self.path(&["fills", digest.algorithm().as_str(), digest.hex()])
+    }
+
+    /// The lease of a manifest GET by digest: present only while one replica fetches it.
+    pub fn manifest_lease(&self, digest: &Digest) -> Path {
+        self.path(&[
+            "fills",
+            "manifests",
+            digest.algorithm().as_str(),
+            digest.hex(),
+        ])
+    }
+
+    /// The lease of a tag's revalidation: present only while one replica asks upstream.
+    pub fn tag_lease(&self, key: &TagKey) -> Path {
+        let mut parts = vec!["fills", "tags", key.upstream.as_str()];
+        parts.extend(key.repository.split('/'));
+        parts.push(key.tag.as_str());
+        self.path(&parts)
+    }
+
+    /// Where every lease lives (the sweep lists it).
+    pub fn leases(&self) -> Path {
+        self.path(&["fills"])
     }
 
     pub fn manifest(&self, digest: &Digest) -> Path {
@@ -93,6 +118,15 @@ mod tests {
             prod.tag(&tag).as_ref(),
             "prod/eu/tags/docker.io/library/alpine/3.20"
         );
+        assert_eq!(
+            prod.manifest_lease(&digest()).as_ref(),
+            format!("prod/eu/fills/manifests/sha256/{hex}")
+        );
+        assert_eq!(
+            prod.tag_lease(&tag).as_ref(),
+            "prod/eu/fills/tags/docker.io/library/alpine/3.20"
+        );
+        assert_eq!(prod.leases().as_ref(), "prod/eu/fills");
     }
 
     #[test]

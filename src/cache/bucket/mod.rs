@@ -79,7 +79,11 @@ pub trait StorageObserver: Send + Sync {
     /// `[fleet]`: a blob fill by outcome: `owned`, `joined_local`, `joined_peer`, `taken_over`,
     /// `lease_error`.
     fn fleet_fill(&self, _outcome: &'static str) {}
-    /// `[fleet]`: an expired fill lease taken over.
+    /// `[fleet]`: a manifest GET by digest (`what` = `manifest`) or a tag revalidation
+    /// (`tag`) by outcome: `owned`, `taken_over`, `waited` (another replica's answer, from the
+    /// bucket), `lease_error`.
+    fn fleet_fetch(&self, _what: &'static str, _outcome: &'static str) {}
+    /// `[fleet]`: an expired fill or fetch lease taken over.
     fn lease_takeover(&self) {}
     /// `[fleet]`: blob bytes received from another replica.
     fn peer_bytes(&self, _bytes: u64) {}

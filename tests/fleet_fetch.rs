@@ -1,0 +1,202 @@
+//! One upstream fetch per fleet for manifests by digest and for tag revalidations (`[fleet]`),
+//! in process: replicas (each its own data_dir) on one moto bucket, the fake registry upstream
+//! counting requests. Runs with `ARCHWAY_E2E=1` (or `CI=true`), like `tests/fleet_fill.rs`.
+
+mod support;
+
+#[allow(dead_code)]
+mod e2e {
+    pub mod fixtures;
+    pub mod fleet_kit;
+    pub mod http;
+    pub mod layout;
+    pub mod procs;
+    pub mod s3;
+    pub mod tools;
+}
+
+use archway::server::Archway;
+use e2e::fleet_kit::{fleet_value, list_keys, moto, replica_config, skip};
+use e2e::s3::Moto;
+use http::StatusCode;
+use std::time::{Duration, Instant};
+use support::fake_registry::{DOCKER_MANIFEST, OCI_MANIFEST};
+use support::{FakeRegistry, Fault, Kind, Reply, TestClient};
+
+const ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json";
+
+/// A manifest of about 6 KB (padded with an annotation), so that a slow upstream body keeps
+/// its GET in flight while the other replicas ask.
+fn manifest(seed: &str) -> Vec<u8> {
+    let pad = seed.repeat(6000 / seed.len().max(1));
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":2,"digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}},"layers":[],"annotations":{{"pad":"{pad}"}}}}"#
+    )
+    .into_bytes()
+}
+
+fn fetches(replicas: &[Archway], what: &str, outcome: &str) -> f64 {
+    replicas
+        .iter()
+        .map(|a| {
+            fleet_value(
+                a,
+                "archway_fleet_fetches_total",
+                &[("what", what), ("outcome", outcome)],
+            )
+        })
+        .sum()
+}
+
+/// Each replica asked twice at the same moment for `path`.
+async fn ask_all(replicas: &[Archway], path: &str) -> Vec<Reply> {
+    let client = TestClient::new();
+    let gets = replicas.iter().chain(replicas.iter()).map(|a| {
+        let url = format!("http://{}{path}", a.local_addr());
+        let client = client.clone();
+        async move { client.get_with(&url, &[("accept", ACCEPT)]).await }
+    });
+    futures_util::future::join_all(gets).await
+}
+
+fn assert_all(replies: &[Reply], bytes: &[u8], what: &str) {
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r.status, StatusCode::OK, "{what} #{i}: {}", r.text());
+        assert!(r.body.as_ref() == bytes, "{what} #{i}: other bytes");
+    }
+}
+
+async fn wait_no_leases(moto: &Moto) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = list_keys(moto, "fleet/fills/");
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "leases left: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manifest_and_a_tag_revalidation_reach_upstream_once_per_fleet() {
+    if skip("a_manifest_and_a_tag_revalidation_reach_upstream_once_per_fleet") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let tagged = manifest("t");
+    let tagged_digest = fake.add_manifest("lib/app", Some("v1"), DOCKER_MANIFEST, tagged.clone());
+    let by_digest = manifest("d");
+    let by_digest_digest = fake.add_manifest("lib/app", None, DOCKER_MANIFEST, by_digest.clone());
+    // Manifest bodies take about 1.2 s: every replica asks while the first GET runs.
+    fake.fault(
+        Some(Kind::Manifest),
+        Fault::SlowBody {
+            chunk: 256,
+            every: Duration::from_millis(50),
+        },
+    );
+    let tag_ttl = Duration::from_secs(3);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = Vec::new();
+    for d in &dirs {
+        let (mut cfg, _) = replica_config(&fake, d.path(), &moto.url(), Duration::from_secs(5));
+        cfg.cache.tag_ttl = tag_ttl;
+        replicas.push(Archway::start(cfg).await.unwrap());
+    }
+
+    // A cold tag: one GET by tag across the fleet, no HEAD.
+    let replies = ask_all(&replicas, "/v2/lib/app/manifests/v1").await;
+    assert_all(&replies, &tagged, "tag");
+    let confirmed = Instant::now();
+    assert_eq!(fake.count_path("GET", "/v2/lib/app/manifests/v1"), 1);
+    assert_eq!(fake.count("HEAD", Kind::Manifest), 0);
+    assert_eq!(fetches(&replicas, "tag", "owned"), 1.0);
+    assert_eq!(fetches(&replicas, "tag", "lease_error"), 0.0);
+
+    // A manifest by digest: one GET across the fleet.
+    let path = format!("/v2/lib/app/manifests/{by_digest_digest}");
+    let replies = ask_all(&replicas, &path).await;
+    assert_all(&replies, &by_digest, "digest");
+    assert_eq!(fake.count_path("GET", &path), 1, "one GET by digest");
+    assert_eq!(fetches(&replicas, "manifest", "owned"), 1.0);
+    assert_eq!(fetches(&replicas, "manifest", "lease_error"), 0.0);
+    assert_eq!(
+        fake.count_path("GET", &format!("/v2/lib/app/manifests/{tagged_digest}")),
+        0
+    );
+
+    // Past the tag's TTL: one revalidating HEAD across the fleet, no GET.
+    let wait = (confirmed + tag_ttl + Duration::from_millis(300))
+        .saturating_duration_since(Instant::now());
+    tokio::time::sleep(wait).await;
+    let replies = ask_all(&replicas, "/v2/lib/app/manifests/v1").await;
+    assert_all(&replies, &tagged, "revalidated tag");
+    assert_eq!(
+        fake.count("HEAD", Kind::Manifest),
+        1,
+        "one HEAD per tag per TTL"
+    );
+    assert_eq!(fake.count_path("GET", "/v2/lib/app/manifests/v1"), 1);
+    assert_eq!(fetches(&replicas, "tag", "owned"), 2.0);
+    wait_no_leases(&moto).await;
+    for a in replicas {
+        a.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_replicas_manifest_lease_is_taken_over() {
+    if skip("a_dead_replicas_manifest_lease_is_taken_over") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let bytes = manifest("x");
+    let digest = fake.add_manifest("lib/app", None, OCI_MANIFEST, bytes.clone());
+    // A lease left by a replica that died 10 s ago (a 5 s TTL, never renewed).
+    let key = format!("fleet/fills/manifests/sha256/{}", digest.hex());
+    let expired_at = archway::cache::bucket::now_ms() - 10_000;
+    let body = format!(r#"{{"owner":"http://127.0.0.1:9","expires_at_ms":{expired_at}}}"#);
+    let put = moto.request(
+        "PUT",
+        &format!("{}/{key}", e2e::fleet_kit::BUCKET),
+        &["--data-binary", &body],
+    );
+    assert_eq!(put, 200, "lease planted");
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = replica_config(&fake, dir.path(), &moto.url(), Duration::from_secs(5));
+    let archway = Archway::start(cfg).await.unwrap();
+    let client = TestClient::new();
+    let url = format!(
+        "http://{}/v2/lib/app/manifests/{digest}",
+        archway.local_addr()
+    );
+    let started = Instant::now();
+    let r = client.get_with(&url, &[("accept", ACCEPT)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(r.body.as_ref() == bytes.as_slice());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no wait on a dead owner"
+    );
+    let replicas = [archway];
+    assert_eq!(fetches(&replicas, "manifest", "taken_over"), 1.0);
+    assert_eq!(
+        fleet_value(&replicas[0], "archway_fleet_lease_takeovers_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        fake.count_path("GET", &format!("/v2/lib/app/manifests/{digest}")),
+        1
+    );
+    // Released after the manifest reached the bucket.
+    wait_no_leases(&moto).await;
+    assert!(list_keys(&moto, "fleet/manifests/")
+        .contains(&format!("fleet/manifests/sha256/{}", digest.hex())));
+    let [archway] = replicas;
+    archway.shutdown().await;
+}
