@@ -38,6 +38,11 @@ use e2e::tools::{
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+const ALL_MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
@@ -153,8 +158,30 @@ fn three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again() {
                 PULL_TIMEOUT,
             )
         });
-        // And, as a Service spreading connections over the replicas would, one curl of the
-        // big layer straight at each replica: they meet the nodes' fill of it in the fleet.
+        // And, as a Service spreading connections over the replicas would, the tag, the amd64
+        // manifest and the big layer straight at each replica: they meet the nodes' fetches of
+        // them in the fleet (the nodes send each digest to one replica).
+        let manifests: Vec<_> = replicas
+            .iter()
+            .flat_map(|r| {
+                [
+                    (r.url(), TAG.to_owned(), big.index.digest.clone()),
+                    (
+                        r.url(),
+                        big.amd64.manifest.digest.clone(),
+                        big.amd64.manifest.digest.clone(),
+                    ),
+                ]
+            })
+            .map(|(base, reference, want)| {
+                s.spawn(move || {
+                    let url = format!("{base}/v2/{REPO}/manifests/{reference}");
+                    let r = e2e::http::get(&url, &[("accept", ALL_MANIFEST_TYPES)]).expect("GET");
+                    assert_eq!(r.status, 200, "{url}: {}", r.text());
+                    assert_eq!(sha256(&r.body), want, "{url}");
+                })
+            })
+            .collect();
         let direct: Vec<_> = replicas
             .iter()
             .enumerate()
@@ -174,6 +201,9 @@ fn three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again() {
                 dockerd.log_tail()
             );
         });
+        for m in manifests {
+            m.join().expect("manifest GET at a replica");
+        }
         for (i, d) in direct.into_iter().enumerate() {
             let f = d.join().expect("curl at a replica");
             assert!(
@@ -236,9 +266,18 @@ fn three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again() {
         format!("{o}={v}")
     })
     .collect();
+    let fetches: Vec<String> = ["owned", "taken_over", "waited", "lease_error"]
+        .iter()
+        .flat_map(|o| ["manifest", "tag"].map(|w| (w, o)))
+        .map(|(w, o)| {
+            let series = format!("archway_fleet_fetches_total{{what=\"{w}\",outcome=\"{o}\"}}");
+            format!("{w}/{o}={}", sum(&all, &series))
+        })
+        .collect();
     eprintln!(
-        "fleet fills: {}; peer bytes {}; upstream requests:\n{}",
+        "fleet fills: {}; fetches: {}; peer bytes {}; upstream requests:\n{}",
         outcomes.join(" "),
+        fetches.join(" "),
         sum(&all, "archway_fleet_peer_bytes_total"),
         proxy.show()
     );
