@@ -28,9 +28,11 @@ use e2e::counting_proxy::CountingProxy;
 use e2e::fixtures::{self, sha256, FixtureSet};
 use e2e::fleet::{
     self, assert_bucket_blobs_whole, curl_get, keys_of, lease_owner, metric, secret_file, sum,
-    wait_in_bucket, BigIndex, Node, Replica, BUCKET, PREFIX, REPO, SECRET, TAG,
+    upstream_with_big_index, wait_in_bucket, Node, Replica, BUCKET, PREFIX, REPO, SECRET, TAG,
 };
-use e2e::fleet_pulls::{check_ctr, check_docker, check_node_served, skopeo_copy, PULL_TIMEOUT};
+use e2e::fleet_pulls::{
+    check_ctr, check_docker, check_node_served, skopeo_copy, upstream_excess, PULL_TIMEOUT,
+};
 use e2e::procs::{free_port, run, run_ok};
 use e2e::tools::{
     e2e_enabled, show, temp_dir, write_hosts_toml, Access, Containerd, Dockerd, Registry,
@@ -46,59 +48,6 @@ application/vnd.docker.distribution.manifest.v2+json";
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn upstream_with_big_index() -> (Registry, BigIndex, CountingProxy) {
-    let registry = Registry::start();
-    let big = BigIndex::build(fixtures::fresh_seed());
-    big.push(&registry.url());
-    eprintln!(
-        "fleet image {REPO}:{TAG} = {} (amd64 {}, layer {} bytes) in {}",
-        big.index.digest,
-        big.amd64.manifest.digest,
-        big.big_layer().data.len(),
-        registry.url()
-    );
-    let proxy = CountingProxy::start(&registry.url());
-    (registry, big, proxy)
-}
-
-/// What upstream saw for the fleet image, beyond "once": each blob GET and each manifest GET.
-/// Blob violations are returned first, manifest violations second.
-fn upstream_excess(proxy: &CountingProxy, big: &BigIndex) -> (Vec<String>, Vec<String>) {
-    let mut blobs = Vec::new();
-    for b in big.amd64.blobs() {
-        let n = proxy.count("GET", &format!("/v2/{REPO}/blobs/{}", b.digest));
-        if n != 1 {
-            blobs.push(format!("GET blob {}: {n} times", b.digest));
-        }
-    }
-    for ((method, path), n) in proxy.counts() {
-        if path.contains("/blobs/") && n > 1 {
-            blobs.push(format!("{method} {path}: {n} times"));
-        }
-    }
-    let mut manifests = Vec::new();
-    let by_tag = proxy.count("GET", &format!("/v2/{REPO}/manifests/{TAG}"));
-    if by_tag != 1 {
-        manifests.push(format!("GET manifest by tag {TAG}: {by_tag} times"));
-    }
-    let child = proxy.count(
-        "GET",
-        &format!("/v2/{REPO}/manifests/{}", big.amd64.manifest.digest),
-    );
-    if child != 1 {
-        manifests.push(format!(
-            "GET manifest {} (amd64): {child} times",
-            big.amd64.manifest.digest
-        ));
-    }
-    for ((method, path), n) in proxy.counts() {
-        if path.contains("/manifests/") && n > 1 {
-            manifests.push(format!("{method} {path}: {n} times"));
-        }
-    }
-    (blobs, manifests)
 }
 
 /// Pulling through a fleet, then S3 as the only copy.

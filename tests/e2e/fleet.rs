@@ -2,6 +2,7 @@
 //! node archways whose `parent` lists the replicas, and a multi-arch fixture image whose
 //! linux/amd64 child has three layers, the middle one ~50 MB.
 
+use crate::e2e::counting_proxy::CountingProxy;
 use crate::e2e::fixtures::{
     self, image, index, layer, platform_entry, push_blob, push_manifest, sha256, Blob, Flavour,
     Image, Rng, DOCKER_LAYER, DOCKER_LIST, LARGE_LAYER_BYTES, LINUX_AMD64, LINUX_ARM64_V8,
@@ -9,7 +10,7 @@ use crate::e2e::fixtures::{
 use crate::e2e::http;
 use crate::e2e::procs::{command, free_port, run};
 use crate::e2e::s3::{curl, storage_toml, Moto};
-use crate::e2e::tools::{Archway, Setup};
+use crate::e2e::tools::{Archway, Registry, Setup};
 use flate2::Compression;
 use serde_json::json;
 use std::path::Path;
@@ -204,6 +205,23 @@ impl BigIndex {
         }
         push_manifest(base, REPO, TAG, &self.index).unwrap_or_else(|e| panic!("push: {e}"));
     }
+}
+
+/// Distribution holding a fresh [`BigIndex`], behind a counting proxy (upstream's URL for the
+/// replicas is the proxy's).
+pub fn upstream_with_big_index() -> (Registry, BigIndex, CountingProxy) {
+    let registry = Registry::start();
+    let big = BigIndex::build(fixtures::fresh_seed());
+    big.push(&registry.url());
+    eprintln!(
+        "fleet image {REPO}:{TAG} = {} (amd64 {}, layer {} bytes) in {}",
+        big.index.digest,
+        big.amd64.manifest.digest,
+        big.big_layer().data.len(),
+        registry.url()
+    );
+    let proxy = CountingProxy::start(&registry.url());
+    (registry, big, proxy)
 }
 
 /// Waits until every key is in the bucket (copies run in the background after a fill).

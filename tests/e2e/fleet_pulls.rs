@@ -1,6 +1,7 @@
-//! The clients' side of the fleet tests: skopeo's copy and what ctr, dockerd and the nodes
-//! ended up with, each checked against the fixture's digests.
+//! The checks of the fleet tests: skopeo's copy and what ctr, dockerd and the nodes ended up
+//! with, each against the fixture's digests; and what upstream saw beyond "once".
 
+use crate::e2e::counting_proxy::CountingProxy;
 use crate::e2e::fixtures::sha256;
 use crate::e2e::fleet::{BigIndex, Node, REPO, TAG};
 use crate::e2e::procs::run_ok;
@@ -118,4 +119,42 @@ pub fn check_node_served(node: &Node, big: &BigIndex, who: &str) {
         show(&bad)
     );
     node.assert_went_through_parents();
+}
+
+/// What upstream saw for the fleet image, beyond "once": each blob GET and each manifest GET.
+/// Blob violations are returned first, manifest violations second.
+pub fn upstream_excess(proxy: &CountingProxy, big: &BigIndex) -> (Vec<String>, Vec<String>) {
+    let mut blobs = Vec::new();
+    for b in big.amd64.blobs() {
+        let n = proxy.count("GET", &format!("/v2/{REPO}/blobs/{}", b.digest));
+        if n != 1 {
+            blobs.push(format!("GET blob {}: {n} times", b.digest));
+        }
+    }
+    for ((method, path), n) in proxy.counts() {
+        if path.contains("/blobs/") && n > 1 {
+            blobs.push(format!("{method} {path}: {n} times"));
+        }
+    }
+    let mut manifests = Vec::new();
+    let by_tag = proxy.count("GET", &format!("/v2/{REPO}/manifests/{TAG}"));
+    if by_tag != 1 {
+        manifests.push(format!("GET manifest by tag {TAG}: {by_tag} times"));
+    }
+    let child = proxy.count(
+        "GET",
+        &format!("/v2/{REPO}/manifests/{}", big.amd64.manifest.digest),
+    );
+    if child != 1 {
+        manifests.push(format!(
+            "GET manifest {} (amd64): {child} times",
+            big.amd64.manifest.digest
+        ));
+    }
+    for ((method, path), n) in proxy.counts() {
+        if path.contains("/manifests/") && n > 1 {
+            manifests.push(format!("{method} {path}: {n} times"));
+        }
+    }
+    (blobs, manifests)
 }
