@@ -402,7 +402,10 @@ fn kill_9_of_the_fill_owner_breaks_its_clients_off_and_a_takeover_completes_the_
     );
     assert!(
         retry.verified(&layer.digest),
-        "retry at a survivor: {retry:?}"
+        "retry at a survivor: exit {:?}, status {}, {} bytes",
+        retry.exit,
+        retry.status,
+        retry.body.len()
     );
     let survivors: Vec<&Replica> = replicas.iter().collect();
     let takeovers = sum(&survivors, "archway_fleet_lease_takeovers_total");
@@ -411,6 +414,7 @@ fn kill_9_of_the_fill_owner_breaks_its_clients_off_and_a_takeover_completes_the_
         "a survivor took the lease over: {takeovers}"
     );
     let gets = proxy.count("GET", &blob_path);
+    eprintln!("takeovers {takeovers}, upstream GETs of the layer {gets}");
     assert!(
         gets <= 2,
         "upstream GETs of the layer: the killed fill and the takeover's, no more: {gets}\n{}",

@@ -274,7 +274,6 @@ pub fn assert_bucket_blobs_whole(moto: &Moto) -> usize {
 }
 
 /// What `curl` made of one GET: its exit code, the status and the bytes it wrote.
-#[derive(Debug)]
 pub struct Fetch {
     pub exit: Option<i32>,
     pub status: u16,
