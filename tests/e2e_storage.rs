@@ -51,6 +51,7 @@ impl Replica {
         let setup = Setup {
             top: format!("admin_listen = \"127.0.0.1:{admin}\"\n"),
             env_remove: vec!["NO_PROXY".into(), "no_proxy".into()],
+            ..Setup::default()
         };
         let storage = storage_toml(moto, BUCKET, &format!("{PART_SIZE}{storage}"));
         let archway = Archway::start_set_up(upstream, tag_ttl, &storage, &setup);

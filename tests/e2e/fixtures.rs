@@ -248,7 +248,7 @@ pub struct Attestation {
 }
 
 /// A gzip'd tar holding `files`, and the digest of the uncompressed tar (the config's diff_id).
-fn layer(media_type: &str, files: &[(&str, &[u8])], level: Compression) -> (Blob, String) {
+pub fn layer(media_type: &str, files: &[(&str, &[u8])], level: Compression) -> (Blob, String) {
     let mut tar = tar::Builder::new(Vec::new());
     let mut dirs: Vec<&str> = Vec::new();
     for (path, data) in files {
@@ -279,7 +279,7 @@ fn layer(media_type: &str, files: &[(&str, &[u8])], level: Compression) -> (Blob
     (Blob::new(media_type, gz.finish().expect("gzip")), diff_id)
 }
 
-fn image(
+pub fn image(
     platform: Platform,
     flavour: Flavour,
     layers: Vec<(Blob, String)>,
@@ -386,14 +386,14 @@ fn attestation(rng: &mut Rng, subject: &Image) -> Attestation {
     }
 }
 
-fn index(media_type: &str, entries: Vec<Value>) -> Blob {
+pub fn index(media_type: &str, entries: Vec<Value>) -> Blob {
     Blob::json(
         media_type,
         &json!({"schemaVersion": 2, "mediaType": media_type, "manifests": entries}),
     )
 }
 
-fn platform_entry(image: &Image) -> Value {
+pub fn platform_entry(image: &Image) -> Value {
     let mut e = image.manifest.descriptor();
     e["platform"] = image.platform.json();
     e

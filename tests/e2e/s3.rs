@@ -71,9 +71,14 @@ impl Moto {
 
     /// A signed S3 request by curl: `-X method`, extra `args`, to `/<path>`; the status.
     pub fn request(&self, method: &str, path: &str, args: &[&str]) -> u16 {
+        self.request_into(method, path, args, "/dev/null")
+    }
+
+    /// Like [`Moto::request`], with the response body written to the file `out`.
+    fn request_into(&self, method: &str, path: &str, args: &[&str], out: &str) -> u16 {
         let url = format!("{}/{path}", self.url());
         let mut cmd = command(curl());
-        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+        cmd.args(["-s", "-o", out, "-w", "%{http_code}", "-X", method])
             .args(["--aws-sigv4", &format!("aws:amz:{REGION}:s3")])
             .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
             .args(args)
@@ -129,6 +134,36 @@ impl Moto {
     pub fn stop(&mut self) {
         self.daemon.stop(Duration::from_secs(10));
         assert!(!port_open(self.port), "moto still answers after its stop");
+    }
+
+    /// The keys under `prefix` in `bucket` (ListObjectsV2; one page, up to 1000 keys).
+    pub fn list_keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let url = format!("{}/{bucket}?list-type=2&prefix={prefix}", self.url());
+        let mut cmd = command(curl());
+        cmd.args([
+            "-s",
+            "--fail",
+            "--aws-sigv4",
+            &format!("aws:amz:{REGION}:s3"),
+        ])
+        .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
+        .arg(&url);
+        let out = run_ok(&mut cmd, Duration::from_secs(30));
+        out.stdout
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The bytes of `<bucket>/<key>`, or None when the GET does not answer 200.
+    pub fn get_object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let dir = temp_dir("s3get");
+        let file = dir.path().join("object");
+        let file_arg = file.display().to_string();
+        let status = self.request_into("GET", &format!("{bucket}/{key}"), &[], &file_arg);
+        (status == 200).then(|| std::fs::read(&file).expect("the object curl wrote"))
     }
 
     #[allow(dead_code)]

@@ -235,6 +235,8 @@ pub fn show(entries: &[Access]) -> String {
 pub struct Setup {
     pub top: String,
     pub env_remove: Vec<String>,
+    /// Sets `ARCHWAY_PEER_URL` to this archway's own listener (`[fleet]` replicas).
+    pub peer_url: bool,
 }
 
 /// archway, built by cargo for this test run, configured with one default upstream named
@@ -359,6 +361,9 @@ impl Archway {
                 for name in &setup.env_remove {
                     cmd.env_remove(name);
                 }
+                if setup.peer_url {
+                    cmd.env("ARCHWAY_PEER_URL", format!("http://127.0.0.1:{port}"));
+                }
                 let log = dir.path().join("archway.log");
                 (Daemon::spawn("archway", &cmd, &log), (dir, ports))
             },
@@ -403,6 +408,12 @@ impl Archway {
     #[allow(dead_code)] // Used by tests/e2e_tls.rs only.
     pub fn log(&self) -> String {
         self.daemon.log()
+    }
+
+    /// True while the archway process exists and is not a zombie.
+    #[allow(dead_code)] // Used by tests/e2e_fleet.rs only.
+    pub fn is_running(&self) -> bool {
+        self.daemon.is_running()
     }
 
     /// Sends the archway process a signal (`kill -<name> <pid>`), e.g. `HUP`.
