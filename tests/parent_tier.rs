@@ -598,6 +598,40 @@ async fn a_parent_with_auth_takes_the_nodes_credentials_and_never_the_clients() 
     assert_ne!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
 }
 
+#[tokio::test]
+async fn a_parent_with_only_a_tokens_file_takes_the_nodes_parent_token() {
+    const TOKEN: &str = "node-token-5f1c";
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("# nodes\n{TOKEN}\n")).unwrap();
+    let mut fleet = Fleet::start_with(FakeRegistry::start().await, 2, |c| {
+        c.auth = Some(AuthConfig {
+            htpasswd_file: None,
+            tokens_file: Some(tokens.clone()),
+        });
+    })
+    .await;
+    fleet.dirs.push(dir);
+    let d = fleet.fake.add_blob(REPO, vec![6u8; 5000]);
+    let with = fleet
+        .node_of(&[0, 1], |c| c.parent.token = Some(Secret::new(TOKEN)))
+        .await;
+    let wrong = fleet
+        .node_of(&[0, 1], |c| c.parent.token = Some(Secret::new("not-it")))
+        .await;
+    let r = fleet
+        .get(&wrong, &format!("/v2/{REPO}/blobs/{d}"), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    assert_eq!(fleet.fake.count("GET", Kind::Blob), 0);
+    let r = fleet
+        .get(&with, &format!("/v2/{REPO}/blobs/{d}"), &[])
+        .await;
+    assert_verified(&r, &d, "with the node's parent_token");
+    let logs = support::logs::capture().text();
+    assert!(!logs.contains(TOKEN), "the token is never logged");
+}
+
 // === (g) a parent reaches only the upstreams its config names ===
 
 #[tokio::test]

@@ -184,6 +184,9 @@ pub(super) struct RawParent {
     pub(super) parent_password: Option<String>,
     pub(super) parent_password_file: Option<PathBuf>,
     pub(super) parent_password_env: Option<String>,
+    pub(super) parent_token: Option<String>,
+    pub(super) parent_token_file: Option<PathBuf>,
+    pub(super) parent_token_env: Option<String>,
     pub(super) parent_ca_file: Option<PathBuf>,
     pub(super) parent_down_for: Option<String>,
     pub(super) parent_connect_timeout: Option<String>,
@@ -212,6 +215,27 @@ impl RawParent {
             self.parent_username,
             password,
         )?;
+        let token = read_password(
+            "parent_token",
+            self.parent_token,
+            self.parent_token_file,
+            self.parent_token_env,
+        )?;
+        if token.is_some() && p.credentials.is_some() {
+            return Err(invalid(
+                "parent_token",
+                "give either parent_token (a bearer token of the parents' tokens_file) or parent_username and parent_password, not both",
+            ));
+        }
+        if let Some(t) = token {
+            if t.is_empty() || t.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    "parent_token",
+                    "must be one token without whitespace",
+                ));
+            }
+            p.token = Some(Secret::new(t));
+        }
         p.ca_file = self.parent_ca_file;
         if let Some(v) = self.parent_down_for {
             p.down_for = parse_duration("parent_down_for", &v)?;

@@ -133,6 +133,9 @@ pub struct ParentConfig {
     pub urls: Vec<http::Uri>,
     /// Answers a parent's `[auth]` challenge (Basic, or Bearer through its token realm).
     pub credentials: Option<Credentials>,
+    /// Or a static bearer token of the parents' `[auth] tokens_file`, sent as
+    /// `Authorization: Bearer` once a parent asks for credentials.
+    pub token: Option<Secret>,
     /// Extra PEM CA bundle trusted for `https://` parents besides the system roots.
     pub ca_file: Option<PathBuf>,
     /// How long a parent whose connection failed or timed out is skipped.
@@ -149,6 +152,7 @@ impl Default for ParentConfig {
         ParentConfig {
             urls: Vec::new(),
             credentials: None,
+            token: None,
             ca_file: None,
             down_for: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),

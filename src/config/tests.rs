@@ -127,6 +127,15 @@ fn bad_config_names_the_key() {
         ),
         ("parent_fallback = \"direct\"", "parent_fallback"),
         (
+            "parent = \"http://a\"\nparent_username = \"n\"\nparent_password = \"x\"\nparent_token = \"t\"",
+            "parent_token",
+        ),
+        ("parent = \"http://a\"\nparent_token = \"a b\"", "parent_token"),
+        (
+            "parent = \"http://a\"\nparent_token = \"t\"\nparent_token_env = \"T\"",
+            "parent_token",
+        ),
+        (
             "parent = \"http://a\"\n[[upstream]]\nname = \"a&b\"\nurl = \"http://x\"",
             "upstream[0].name",
         ),
@@ -482,6 +491,17 @@ parent_fallback = "direct"
     ))
     .unwrap();
     assert_eq!(c.parent.credentials.unwrap().password.expose(), "from-file");
+
+    // Or a bearer token of the parents' tokens_file, from a file too; never printed.
+    std::fs::write(&file, "tok-3n\n").unwrap();
+    let c = Config::from_toml(&format!(
+        "parent = \"http://cluster:5000\"\nparent_token_file = {:?}",
+        file.display().to_string()
+    ))
+    .unwrap();
+    assert_eq!(c.parent.token.as_ref().map(|t| t.expose()), Some("tok-3n"));
+    assert!(c.parent.credentials.is_none());
+    assert!(!format!("{c:?}").contains("tok-3n"));
 }
 
 #[test]

@@ -83,7 +83,8 @@ pub struct Upstream {
     /// `scheme://authority` of the upstream, without a trailing slash.
     base: String,
     user_agent: HeaderValue,
-    /// `Basic …` from the configured credentials, marked sensitive.
+    /// What answers a Basic challenge, marked sensitive: `Basic …` from the configured
+    /// credentials, or a parent's static `Bearer …` token (`parent_token`).
     basic: Option<HeaderValue>,
     hint: Mutex<Option<AuthHint>>,
     tokens: TokenCache,
@@ -170,6 +171,13 @@ impl Upstream {
     /// Sends every request through `parents` (the node → cluster tier).
     pub fn with_parents(mut self, parents: Arc<Parents>) -> Self {
         self.parents = Some(parents);
+        self
+    }
+
+    /// Answers this (parent) archway's `[auth]` challenge with a static bearer token of its
+    /// `tokens_file` instead of Basic credentials.
+    pub fn with_static_token(mut self, token: &crate::config::Secret) -> Self {
+        self.basic = exchange::bearer_header(token);
         self
     }
 

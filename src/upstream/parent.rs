@@ -123,6 +123,10 @@ impl Parents {
                 url: url.clone(),
                 source,
             })?;
+            let client = match &config.token {
+                Some(token) => client.with_static_token(token),
+                None => client,
+            };
             members.push(Parent {
                 url,
                 client,
@@ -225,7 +229,7 @@ impl Parents {
                             parent = %parent.url,
                             upstream,
                             credentials = parent.client.config().credentials.is_some(),
-                            "the parent's [auth] refused this node; check parent_username and parent_password"
+                            "the parent's [auth] refused this node; check parent_username and parent_password (or parent_token)"
                         );
                     }
                     self.count(
