@@ -274,3 +274,56 @@ async fn one_replica_sweeps_the_leases_dead_replicas_left() {
         a.shutdown().await;
     }
 }
+
+/// No moto needed: the bucket is down (nothing listens at its endpoint), so every lease fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_bucket_down_a_tag_goes_to_upstream_once_and_the_lease_error_is_counted() {
+    support::init_tracing();
+    let fake = FakeRegistry::start().await;
+    let bytes = manifest("e");
+    let digest = fake.add_manifest("lib/app", Some("v1"), DOCKER_MANIFEST, bytes.clone());
+    let blob = support::fake_registry::pseudo_random_bytes(3, 100 << 10);
+    let blob_digest = fake.add_blob("lib/app", blob.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let down = format!("http://127.0.0.1:{}", e2e::fleet_kit::free_port());
+    let (mut cfg, _) = replica_config(&fake, dir.path(), &down, Duration::from_secs(5));
+    if let Some(s) = cfg.storage.as_mut() {
+        s.s3_timeout = Duration::from_secs(1);
+    }
+    let archway = Archway::start(cfg).await.unwrap();
+    let base = format!("http://{}", archway.local_addr());
+    let client = TestClient::new();
+    let r = client
+        .get_with(
+            &format!("{base}/v2/lib/app/manifests/v1"),
+            &[("accept", ACCEPT)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(r.body.as_ref() == bytes.as_slice());
+    let r = client
+        .get(&format!("{base}/v2/lib/app/blobs/{blob_digest}"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(r.complete() && r.body.as_ref() == blob.as_slice());
+    let replicas = [archway];
+    assert_eq!(fetches(&replicas, "tag", "lease_error"), 1.0);
+    assert_eq!(fetches(&replicas, "tag", "owned"), 0.0);
+    // A blob whose bucket read failed goes to upstream without trying its lease: counted as
+    // a bypass of the bucket.
+    assert_eq!(fake.count("GET", Kind::Blob), 1);
+    assert!(
+        fleet_value(
+            &replicas[0],
+            "archway_storage_bypassed_total",
+            &[("what", "blob_read")]
+        ) >= 1.0
+    );
+    assert_eq!(fake.count_path("GET", "/v2/lib/app/manifests/v1"), 1);
+    assert_eq!(
+        fake.count_path("GET", &format!("/v2/lib/app/manifests/{digest}")),
+        0
+    );
+    let [archway] = replicas;
+    archway.shutdown().await;
+}
