@@ -102,27 +102,32 @@ def main():
     print("|---" * (REPS + 2) + "|")
 
     ac = [counts(f"{r}.archway") for r in reps]
+    fc = [counts(f"{r}.flat") for r in reps]
     dc = [counts(f"{r}.dist") for r in reps]
     xc = [counts(f"{r}.direct") for r in reps]
     up = lambda c: None if c is None else c["bytes"] / IMAGE  # noqa: E731
     row("**upstream bytes ÷ image bytes, archway fleet** (goal 1.0)", [up(c) for c in ac], num)
+    row("upstream bytes ÷ image bytes, archway replicas alone (clients round-robin)", [up(c) for c in fc], num)
     row("**upstream bytes ÷ image bytes, Distribution ×3 on S3**", [up(c) for c in dc], num)
     row("upstream bytes ÷ image bytes, one direct pull (the counter's check)", [up(c) for c in xc], num)
-    for name, cs in (("archway", ac), ("Distribution", dc)):
+    for name, cs in (("archway", ac), ("archway alone", fc), ("Distribution", dc)):
         cells = " | ".join(reqs(c) for c in cs)
         print(f"| upstream blob GETs / manifest GETs / HEADs, {name} | {cells} | |")
 
     direct = [pull(f"{r}.direct") for r in reps]
     aw = [wall(f"{r}.archway") for r in reps]
+    fw = [wall(f"{r}.flat") for r in reps]
     dw = [wall(f"{r}.dist") for r in reps]
     secs = lambda v: num(v, " s")  # noqa: E731
     times = lambda v: num(v, "×")  # noqa: E731
     row("one direct pull from upstream", direct, secs)
     row(f"**all {CLIENTS} clients done, archway** (÷ direct)", [ratio(a, d) for a, d in zip(aw, direct)], times)
     row(f"all {CLIENTS} clients done, archway", aw, secs)
+    row(f"all {CLIENTS} clients done, archway alone (÷ direct)", [ratio(a, d) for a, d in zip(fw, direct)], times)
+    row(f"all {CLIENTS} clients done, archway alone", fw, secs)
     row(f"**all {CLIENTS} clients done, Distribution** (÷ direct)", [ratio(a, d) for a, d in zip(dw, direct)], times)
     row(f"all {CLIENTS} clients done, Distribution", dw, secs)
-    for name, prefix in (("archway", "archway"), ("Distribution", "dist")):
+    for name, prefix in (("archway", "archway"), ("archway alone", "flat"), ("Distribution", "dist")):
         cells = " | ".join(f"{verified(f'{r}.{prefix}')}/{CLIENTS}" for r in reps)
         print(f"| clients whose image verified, {name} | {cells} | |")
 
@@ -140,8 +145,9 @@ def main():
     row("cached pull, a Distribution replica (from S3; it has no L1)", dcached, secs)
     row("the same ÷ archway's L1 hit", [ratio(a, b) for a, b in zip(dcached, l1)], times)
 
-    fills = [(read(f"{r}.archway.fills") or "").strip() or "?" for r in reps]
-    print(f"| archway fills by outcome (`archway_fleet_fills_total`) | {' | '.join(fills)} | |")
+    for name, prefix in (("archway", "archway"), ("archway alone", "flat")):
+        fills = [(read(f"{r}.{prefix}.fills") or "").strip() or "?" for r in reps]
+        print(f"| fills by outcome (`archway_fleet_fills_total`), {name} | {' | '.join(fills)} | |")
 
 
 if __name__ == "__main__":
