@@ -114,13 +114,15 @@ def main():
         cells = " | ".join(reqs(c) for c in cs)
         print(f"| upstream blob GETs / manifest GETs / HEADs, {name} | {cells} | |")
 
-    direct = [pull(f"{r}.direct") for r in reps]
+    direct = [med([pull(f"{r}.direct"), pull(f"{r}.direct2")]) for r in reps]
+    allw = [wall(f"{r}.directall") for r in reps]
     aw = [wall(f"{r}.archway") for r in reps]
     fw = [wall(f"{r}.flat") for r in reps]
     dw = [wall(f"{r}.dist") for r in reps]
     secs = lambda v: num(v, " s")  # noqa: E731
     times = lambda v: num(v, "×")  # noqa: E731
-    row("one direct pull from upstream", direct, secs)
+    row("one direct pull from upstream (mean of one at the start and one at the end)", direct, secs)
+    row(f"{CLIENTS} clients straight from upstream at once (the clients' own cost; ÷ direct)", [ratio(a, d) for a, d in zip(allw, direct)], times)
     row(f"**all {CLIENTS} clients done, archway** (÷ direct)", [ratio(a, d) for a, d in zip(aw, direct)], times)
     row(f"all {CLIENTS} clients done, archway", aw, secs)
     row(f"all {CLIENTS} clients done, archway alone (÷ direct)", [ratio(a, d) for a, d in zip(fw, direct)], times)
