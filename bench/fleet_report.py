@@ -29,7 +29,7 @@ def pull(label):
     p, v = read(f"{label}.pull"), read(f"{label}.verified")
     if p is None or v is None or v.strip() != "1":
         return None
-    rc, secs = p.split()
+    rc, secs = p.split()[:2]
     return float(secs) if rc == "0" else None
 
 
