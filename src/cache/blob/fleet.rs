@@ -78,6 +78,11 @@ impl Fleet {
                     return FleetSource::Upstream(None);
                 }
                 Ok(LeaseState::Taken(lease)) => {
+                    // An owner may have committed it and let go between our bucket miss and
+                    // this claim: look once more before asking upstream.
+                    if let Ok(Some(blob)) = tier.fetch(digest).await {
+                        return FleetSource::Bucket(blob);
+                    }
                     tracing::debug!(%digest, "fill lease taken");
                     observer.fleet_fill("owned");
                     return FleetSource::Upstream(Some(lease));

@@ -25,12 +25,16 @@ pub(crate) fn is_loopback(endpoint: &str) -> bool {
 /// A reqwest client without proxies, bounded like the default one.
 #[derive(Debug)]
 pub(crate) struct Direct {
-    timeout: Duration,
+    connect_timeout: Duration,
+    read_timeout: Duration,
 }
 
 impl Direct {
-    pub(crate) fn new(timeout: Duration) -> Self {
-        Direct { timeout }
+    pub(crate) fn new(connect_timeout: Duration, read_timeout: Duration) -> Self {
+        Direct {
+            connect_timeout,
+            read_timeout,
+        }
     }
 }
 
@@ -38,8 +42,8 @@ impl HttpConnector for Direct {
     fn connect(&self, _options: &ClientOptions) -> object_store::Result<HttpClient> {
         let client = reqwest::Client::builder()
             .no_proxy()
-            .connect_timeout(self.timeout)
-            .read_timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .read_timeout(self.read_timeout)
             .http1_only()
             .build()
             .map_err(|e| object_store::Error::Generic {

@@ -214,17 +214,22 @@ impl Bucket {
             .with_client_options(
                 ClientOptions::new()
                     // A whole-request timeout would cut a large blob's body short; each read is
-                    // bounded instead.
+                    // bounded instead. Long enough for the slowest answer (a server answers
+                    // CompleteMultipartUpload only once it has assembled the object): every
+                    // operation is bounded again by its own limit in `timed`.
                     .with_timeout_disabled()
                     .with_connect_timeout(settings.timeout)
-                    .with_read_timeout(settings.timeout),
+                    .with_read_timeout(settings.timeout.max(settings.upload_timeout)),
             );
         if let Some(endpoint) = &settings.endpoint {
             builder = builder
                 .with_endpoint(endpoint)
                 .with_allow_http(endpoint.starts_with("http://"));
             if connector::is_loopback(endpoint) {
-                builder = builder.with_http_connector(connector::Direct::new(settings.timeout));
+                builder = builder.with_http_connector(connector::Direct::new(
+                    settings.timeout,
+                    settings.timeout.max(settings.upload_timeout),
+                ));
             }
         }
         let store = Arc::new(builder.build().map_err(failed)?);
