@@ -6,6 +6,7 @@
 //! Distribution takes the manifest without the foreign blob (it never checks a foreign layer's
 //! presence) as long as its urls pass `validation.manifests.urls.allow`.
 
+#[allow(dead_code)]
 mod e2e {
     pub mod fixtures;
     pub mod http;
@@ -18,7 +19,7 @@ mod foreign_host;
 
 use e2e::fixtures::{push_blob, push_manifest, sha256, Blob};
 use e2e::http;
-use e2e::tools::{e2e_enabled, Archway, Registry};
+use e2e::tools::{e2e_enabled, show, Archway, Registry};
 use foreign_host::ForeignHost;
 use serde_json::json;
 
@@ -148,5 +149,24 @@ fn docker_on_windows_pulls_a_foreign_layer_through_archway_and_again_with_everyt
     let again = pull_like_docker_on_windows(&archway.url(), repo, "ltsc2019", &blobs);
     assert_eq!(again, manifest.data.to_vec());
     assert_eq!(host.requests(), 1, "the foreign host was not asked again");
+    // A line is written when its body is done, a moment after the client read it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut log = archway.access_log();
+    while log.iter().filter(|a| a.path().contains("/blobs/")).count() < 2 * blobs.len()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        log = archway.access_log();
+    }
+    let replayed: Vec<_> = log.iter().rev().take(blobs.len()).collect();
+    for a in &replayed {
+        assert!(a.path().contains("/blobs/"), "{}", show(&log));
+        assert_eq!(
+            (a.status, a.cache.as_deref()),
+            (200, Some("hit")),
+            "{}",
+            show(&log)
+        );
+    }
     drop(rt);
 }
