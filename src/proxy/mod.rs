@@ -469,7 +469,7 @@ impl Proxy {
                 notes.source = result.source();
                 let foreign = self.blobs.foreign();
                 foreign.record(&upstream.config().name, &m);
-                let tag_digest = m.digest.clone();
+                let looked_up = m.digest.clone();
                 let stale = result == CacheResult::Stale;
                 match reference {
                     // Digest requests are never rewritten: the client gets what it named.
@@ -482,7 +482,7 @@ impl Proxy {
                             .platform
                             .answer(&self.manifests, upstream, &target, client, m, notes)
                             .await?;
-                        if answer.digest != tag_digest {
+                        if answer.digest != looked_up {
                             foreign.record(&upstream.config().name, &answer);
                         }
                         Ok(manifest_response(client, &answer, stale, vary))
