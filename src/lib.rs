@@ -18,6 +18,7 @@ pub mod error;
 pub mod explain;
 pub mod fd_limit;
 pub mod fleet;
+pub mod foreign;
 pub mod image_index;
 pub mod image_ref;
 pub mod json_log;

@@ -53,6 +53,9 @@ impl Config {
             if let Some(v) = c.answer_memo {
                 k.answer_memo = parse_size("cache.answer_memo", &v)?;
             }
+            if let Some(v) = c.foreign_memo {
+                k.foreign_memo = parse_size("cache.foreign_memo", &v)?;
+            }
             if let Some(v) = c.selection_memo {
                 k.selection_memo = parse_size("cache.selection_memo", &v)?;
             }
@@ -314,6 +317,7 @@ struct RawCache {
     write_buffer: Option<String>,
     answer_memo: Option<String>,
     selection_memo: Option<String>,
+    foreign_memo: Option<String>,
     tag_ttl: Option<String>,
     stale_if_error: Option<String>,
     negative_ttl: Option<String>,
@@ -347,6 +351,8 @@ struct RawUpstream {
     library_prefix: Option<bool>,
     #[serde(default)]
     redirect_hosts: Vec<String>,
+    /// `None`: the Microsoft hosts; `[]`: foreign layers are never fetched.
+    foreign_layer_hosts: Option<Vec<String>>,
 }
 
 impl RawUpstream {
@@ -388,6 +394,13 @@ impl RawUpstream {
                 ));
             }
             u.redirect_hosts.push(h.to_ascii_lowercase());
+        }
+        if let Some(hosts) = self.foreign_layer_hosts {
+            u.foreign_layer_hosts = hosts
+                .iter()
+                .map(|h| crate::foreign::HostPattern::parse(h))
+                .collect::<Result<_, _>>()
+                .map_err(|e| invalid(key("foreign_layer_hosts"), e.to_string()))?;
         }
         u.ca_file = self.ca_file;
         u.insecure_skip_verify = self.insecure_skip_verify;

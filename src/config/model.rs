@@ -97,6 +97,8 @@ pub struct CacheConfig {
     pub answer_memo: u64,
     /// Byte budget of the remembered platform selections.
     pub selection_memo: u64,
+    /// Byte budget of the remembered foreign layers (digest, size, urls) of served manifests.
+    pub foreign_memo: u64,
     pub tag_ttl: Duration,
     /// How old a cached tag may be and still be served when upstream fails.
     pub stale_if_error: Duration,
@@ -130,6 +132,7 @@ impl Default for CacheConfig {
             write_buffer: crate::cache::blob::DEFAULT_WRITE_BUFFER,
             answer_memo: 16 << 20,
             selection_memo: 16 << 20,
+            foreign_memo: 4 << 20,
             tag_ttl: Duration::from_secs(300),
             stale_if_error: Duration::from_secs(24 * 3600),
             negative_ttl: Duration::from_secs(30),
@@ -164,6 +167,8 @@ pub struct UpstreamConfig {
     /// Hosts a blob redirect (or token realm) may lead to even when they resolve to loopback,
     /// link-local or private addresses: `host`, `host:port` or `*.domain`.
     pub redirect_hosts: Vec<String>,
+    /// Where a foreign layer upstream cannot serve may be fetched from, by its manifest's urls.
+    pub foreign_layer_hosts: Vec<crate::foreign::HostPattern>,
 }
 
 impl UpstreamConfig {
@@ -202,6 +207,10 @@ impl UpstreamConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             redirect_hosts: Vec::new(),
+            foreign_layer_hosts: crate::foreign::DEFAULT_FOREIGN_LAYER_HOSTS
+                .iter()
+                .filter_map(|h| crate::foreign::HostPattern::parse(h).ok())
+                .collect(),
         })
     }
 
@@ -288,6 +297,9 @@ impl Config {
         }
         if self.cache.answer_memo == 0 {
             return Err(invalid("cache.answer_memo", "must be more than 0"));
+        }
+        if self.cache.foreign_memo == 0 {
+            return Err(invalid("cache.foreign_memo", "must be more than 0"));
         }
         if self.cache.selection_memo == 0 {
             return Err(invalid("cache.selection_memo", "must be more than 0"));

@@ -80,6 +80,11 @@ fn bad_config_names_the_key() {
         ("[cache]\ntag_ttl = \"5 parsecs\"", "cache.tag_ttl"),
         ("[cache]\nwrite_buffer = \"0\"", "cache.write_buffer"),
         ("[cache]\nanswer_memo = \"0\"", "cache.answer_memo"),
+        ("[cache]\nforeign_memo = \"0\"", "cache.foreign_memo"),
+        (
+            "[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nforeign_layer_hosts = [\"host:8080\"]",
+            "upstream[0].foreign_layer_hosts",
+        ),
         ("[cache]\nselection_memo = \"lots\"", "cache.selection_memo"),
         ("[cache]\nwrite_buffer = \"a lot\"", "cache.write_buffer"),
         ("[[upstream]]\nname = \"x\"\nurl = \"ftp://x\"", "upstream[0].url"),
@@ -242,6 +247,33 @@ fn write_buffer_is_configurable() {
     );
     let d = Config::default().cache;
     assert_eq!((d.answer_memo, d.selection_memo), (16 << 20, 16 << 20));
+}
+
+#[test]
+fn foreign_layer_hosts_default_to_microsofts_and_can_be_replaced_or_emptied() {
+    let c = Config::from_toml("[[upstream]]\nname = \"mcr\"\nurl = \"https://mcr.microsoft.com\"\n[[upstream]]\nname = \"lab\"\nurl = \"http://127.0.0.1:5001\"\nforeign_layer_hosts = [\"http://127.0.0.1:8080\"]\n[[upstream]]\nname = \"off\"\nurl = \"http://127.0.0.1:5002\"\nforeign_layer_hosts = []").unwrap();
+    let url = |u: &str| u.parse::<http::Uri>().unwrap();
+    let mcr = &c.upstreams[0].foreign_layer_hosts;
+    assert_eq!(mcr.len(), crate::foreign::DEFAULT_FOREIGN_LAYER_HOSTS.len());
+    assert!(crate::foreign::allowed(
+        mcr,
+        &url("https://mcr.microsoft.com/v2/w/blobs/x")
+    ));
+    assert!(!crate::foreign::allowed(
+        mcr,
+        &url("http://127.0.0.1:8080/x")
+    ));
+    let lab = &c.upstreams[1].foreign_layer_hosts;
+    assert!(crate::foreign::allowed(
+        lab,
+        &url("http://127.0.0.1:8080/x")
+    ));
+    assert!(!crate::foreign::allowed(
+        lab,
+        &url("https://mcr.microsoft.com/x")
+    ));
+    assert!(c.upstreams[2].foreign_layer_hosts.is_empty());
+    assert_eq!(Config::default().cache.foreign_memo, 4 << 20);
 }
 
 #[test]

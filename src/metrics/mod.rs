@@ -102,6 +102,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForeignLabels {
+    upstream: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WhatOutcomeLabels {
     what: &'static str,
     outcome: &'static str,
@@ -202,6 +208,7 @@ pub struct Metrics {
     lease_takeovers: Counter,
     leases_swept: Counter,
     peer_bytes: Counter,
+    foreign_fetches: Family<ForeignLabels, Counter>,
     platforms: Mutex<HashSet<String>>,
 }
 
@@ -357,6 +364,12 @@ impl Metrics {
             "Blob bytes received from other replicas' fills over the peer endpoint",
             peer_bytes.clone(),
         );
+        let foreign_fetches = Family::<ForeignLabels, Counter>::default();
+        registry.register(
+            "archway_foreign_layer_fetches",
+            "Foreign (non-distributable) layers upstream could not serve, by outcome: fetched (from a url on foreign_layer_hosts; the blob store then verifies digest and size like any fill), error (the url failed), not_allowed (no url of the layer is on foreign_layer_hosts)",
+            foreign_fetches.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -382,6 +395,7 @@ impl Metrics {
             lease_takeovers,
             leases_swept,
             peer_bytes,
+            foreign_fetches,
             platforms: Mutex::new(HashSet::new()),
         }
     }
@@ -526,6 +540,16 @@ impl Metrics {
         self.parent_failovers
             .get_or_create(&ParentLabels {
                 parent: parent.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A foreign layer fetch (see `archway_foreign_layer_fetches`).
+    pub fn foreign_fetch(&self, upstream: &str, outcome: &'static str) {
+        self.foreign_fetches
+            .get_or_create(&ForeignLabels {
+                upstream: upstream.to_owned(),
+                outcome,
             })
             .inc();
     }

@@ -12,19 +12,27 @@ use crate::body::{self, ResponseBody};
 use crate::cache::blob::{BlobStore, FillError, IncomingBlob, SourceError};
 use crate::digest::Digest;
 use crate::error::ProxyError;
+use crate::foreign::ForeignMemo;
 use crate::reference::RepositoryName;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{Upstream, UpstreamError, UpstreamErrorKind};
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 use std::sync::Arc;
 
 pub(crate) struct Blobs {
     store: Arc<BlobStore>,
+    /// The foreign layers of the manifests served: fetched from their urls when upstream
+    /// cannot serve them.
+    foreign: Arc<ForeignMemo>,
 }
 
 impl Blobs {
-    pub(crate) fn new(store: Arc<BlobStore>) -> Self {
-        Blobs { store }
+    pub(crate) fn new(store: Arc<BlobStore>, foreign: Arc<ForeignMemo>) -> Self {
+        Blobs { store, foreign }
+    }
+
+    pub(crate) fn foreign(&self) -> &ForeignMemo {
+        &self.foreign
     }
 
     pub(crate) fn store(&self) -> &Arc<BlobStore> {
@@ -55,22 +63,46 @@ impl Blobs {
         if client.is_head() {
             return self.head(upstream, repo, digest, notes).await;
         }
+        // Set by the fill if it fetched a foreign layer from its url.
+        let foreign_url = Arc::new(std::sync::OnceLock::<String>::new());
         let fetch = {
             let upstream = upstream.clone();
             let repo = repo.clone();
             let digest = digest.clone();
+            let memo = self.foreign.clone();
+            let foreign_url = foreign_url.clone();
             move || async move {
-                let stream = upstream
-                    .get_blob(&repo, &digest)
-                    .await
-                    .map_err(SourceError::new)?;
+                let stream = match upstream.get_blob(&repo, &digest).await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        let name = &upstream.config().name;
+                        let Some(layer) = memo.get(name, &digest).filter(|_| foreign_fallback(&e))
+                        else {
+                            return Err(SourceError::new(e));
+                        };
+                        match upstream.get_foreign(&layer).await {
+                            Ok(Some(f)) => {
+                                tracing::info!(%digest, foreign = %f.url, upstream_error = %e, "fetching a foreign layer from its url");
+                                let _ = foreign_url.set(f.url);
+                                f.stream
+                            }
+                            // No url of it may be fetched: upstream's answer stands.
+                            Ok(None) => return Err(SourceError::new(e)),
+                            Err(fe) => return Err(SourceError::new(fe)),
+                        }
+                    }
+                };
                 Ok(IncomingBlob {
                     size: stream.size,
                     body: stream.body,
                 })
             }
         };
-        let blob = match self.store.get_or_fill(digest, fetch).await {
+        let filled = self.store.get_or_fill(digest, fetch).await;
+        if let Some(url) = foreign_url.get() {
+            notes.foreign = Some(url.clone());
+        }
+        let blob = match filled {
             Ok(blob) => blob,
             Err(FillError::Storage(why)) => {
                 // The cache cannot take it (read-only or full disk): served, not kept.
@@ -167,6 +199,13 @@ impl Blobs {
         blob_headers(out.headers_mut(), digest);
         Ok(out)
     }
+}
+
+/// Upstream's failures after which a foreign layer is fetched from its url: Docker on Windows
+/// turns to the urls after any failed registry GET (moby `distribution/pull_v2_windows.go`), and
+/// so does archway — except after an error archway made itself.
+fn foreign_fallback(e: &UpstreamError) -> bool {
+    !matches!(e.kind, UpstreamErrorKind::Internal)
 }
 
 /// Notes how the cache answered a blob request, for the log and the metrics.

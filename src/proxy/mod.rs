@@ -217,7 +217,10 @@ impl Proxy {
                 config.cache.answer_memo,
                 config.cache.selection_memo,
             ),
-            blobs: Blobs::new(blobs),
+            blobs: Blobs::new(
+                blobs,
+                Arc::new(crate::foreign::ForeignMemo::new(config.cache.foreign_memo)),
+            ),
             metrics,
             client_auth,
             config,
@@ -464,6 +467,9 @@ impl Proxy {
                 };
                 notes.cache = Some(result.as_str());
                 notes.source = result.source();
+                let foreign = self.blobs.foreign();
+                foreign.record(&upstream.config().name, &m);
+                let looked_up = m.digest.clone();
                 let stale = result == CacheResult::Stale;
                 match reference {
                     // Digest requests are never rewritten: the client gets what it named.
@@ -476,6 +482,9 @@ impl Proxy {
                             .platform
                             .answer(&self.manifests, upstream, &target, client, m, notes)
                             .await?;
+                        if answer.digest != looked_up {
+                            foreign.record(&upstream.config().name, &answer);
+                        }
                         Ok(manifest_response(client, &answer, stale, vary))
                     }
                 }

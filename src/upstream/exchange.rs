@@ -324,7 +324,7 @@ impl Upstream {
         }
     }
 
-    fn finish(&self, response: Response<Incoming>) -> Response<UpstreamBody> {
+    pub(super) fn finish(&self, response: Response<Incoming>) -> Response<UpstreamBody> {
         let idle = self.config.read_timeout;
         response.map(|body| {
             timeout::IdleTimeout::new(body.map_err(std::io::Error::other), idle).boxed_unsync()
@@ -434,7 +434,7 @@ pub(super) fn bearer_header(token: &Secret) -> Option<HeaderValue> {
 
 /// What failed, for which host, in a registry user's words; the library's own chain of causes
 /// only where nothing plainer fits.
-fn describe_failure(e: &hyper_util::client::legacy::Error, url: &Uri) -> String {
+pub(super) fn describe_failure(e: &hyper_util::client::legacy::Error, url: &Uri) -> String {
     let host = url.host().unwrap_or_default();
     let port = url.port_u16().unwrap_or(match url.scheme_str() {
         Some("https") => 443,

@@ -8,6 +8,7 @@ pub(crate) use client_tls::tls_config;
 mod egress;
 mod error;
 mod exchange;
+mod foreign;
 mod parent;
 mod redirect;
 mod registry;
@@ -16,6 +17,7 @@ mod token_cache;
 
 pub use egress::{classify, AddrClass};
 pub use error::{status_error, Missing, UpstreamError, UpstreamErrorKind};
+pub use foreign::ForeignBlob;
 pub use parent::{ParentInitError, Parents};
 pub use registry::{BlobHead, BlobStream, Listing, ManifestHead, ManifestRef};
 
@@ -124,10 +126,23 @@ impl Upstream {
                  anyone on the path can impersonate it"
             );
         }
+        // An explicit `scheme://host:port` foreign layer host is a destination the operator
+        // named, like a redirect host.
+        let allowed = config
+            .redirect_hosts
+            .iter()
+            .cloned()
+            .chain(
+                config
+                    .foreign_layer_hosts
+                    .iter()
+                    .filter_map(|p| p.explicit_destination()),
+            )
+            .collect();
         let egress = Arc::new(Egress::new(
             &config.name,
             config.url.host().unwrap_or_default(),
-            config.redirect_hosts.clone(),
+            allowed,
         ));
         let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(egress.clone()));
         // The https connector wraps this one; it must accept https URLs.

@@ -118,6 +118,8 @@ impl Parents {
                 // The node already named the repository as its upstream wants it.
                 library_prefix: false,
                 redirect_hosts: Vec::new(),
+                // A parent serves blobs; the node fetches foreign layers itself.
+                foreign_layer_hosts: Vec::new(),
             };
             let client = Upstream::new(client_config).map_err(|source| ParentInitError {
                 url: url.clone(),

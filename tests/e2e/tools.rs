@@ -99,6 +99,11 @@ impl Registry {
     /// Starts a registry whose storage the watchdog removes when it exits, so that even the
     /// shared one, held in a static, leaves nothing behind.
     pub fn start() -> Registry {
+        Self::start_with("")
+    }
+
+    /// Like [`Registry::start`], with `extra` (YAML, top-level keys) appended to its config.
+    pub fn start_with(extra: &str) -> Registry {
         let (daemon, port, ()) = procs::start_on_free_port(
             |port| {
                 let dir = temp_dir("registry").keep();
@@ -109,7 +114,7 @@ impl Registry {
                         "version: 0.1\nlog: {{level: warn}}\nstorage:\n  \
                          cache: {{blobdescriptor: inmemory}}\n  \
                          filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n\
-                         http: {{addr: 127.0.0.1:{port}, secret: not-a-secret}}\n",
+                         http: {{addr: 127.0.0.1:{port}, secret: not-a-secret}}\n{extra}",
                         dir.join("storage").display()
                     ),
                 )

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod client;
 pub mod clients;
 pub mod fake_registry;
+pub mod foreign_host;
 pub mod images;
 pub mod logs;
 pub mod metrics;
