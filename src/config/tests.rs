@@ -80,6 +80,7 @@ fn bad_config_names_the_key() {
         ("[cache]\ntag_ttl = \"5 parsecs\"", "cache.tag_ttl"),
         ("[cache]\nwrite_buffer = \"0\"", "cache.write_buffer"),
         ("[cache]\nanswer_memo = \"0\"", "cache.answer_memo"),
+        ("[cache]\nreferrers_memory = \"0\"", "cache.referrers_memory"),
         ("[cache]\nselection_memo = \"lots\"", "cache.selection_memo"),
         ("[cache]\nwrite_buffer = \"a lot\"", "cache.write_buffer"),
         ("[[upstream]]\nname = \"x\"\nurl = \"ftp://x\"", "upstream[0].url"),
@@ -242,6 +243,9 @@ fn write_buffer_is_configurable() {
     );
     let d = Config::default().cache;
     assert_eq!((d.answer_memo, d.selection_memo), (16 << 20, 16 << 20));
+    assert_eq!(d.referrers_memory, 16 << 20);
+    let c = Config::from_toml("[cache]\nreferrers_memory = \"1MiB\"").unwrap();
+    assert_eq!(c.cache.referrers_memory, 1 << 20);
 }
 
 #[test]
