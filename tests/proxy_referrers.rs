@@ -90,6 +90,10 @@ async fn referrers_are_cached_per_filter_within_the_tag_ttl() {
             Some(one.body.len().to_string().as_str())
         );
     }
+    let head = h.head(&path).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.header("content-type"), Some(OCI_INDEX));
+    assert!(head.body.is_empty());
     assert_eq!(h.fake.total(), 0, "{:?}", h.fake.requests());
     // Another filter is another answer: asked for once.
     let sigs = h.get(&filtered(&path, SIG_TYPE)).await;
