@@ -201,7 +201,7 @@ async fn scripted_traffic_is_counted_with_exact_labels() {
     ok(&r, "always");
     bytes.upstream += r.body.len();
 
-    // Tags and referrers pass through.
+    // Tags pass through; referrers are kept (a miss here).
     let r = h.get("/v2/app/tags/list").await;
     ok(&r, "tags");
     bytes.upstream += r.body.len();
@@ -268,6 +268,7 @@ async fn scripted_traffic_is_counted_with_exact_labels() {
         (("blob", "miss"), 2.0),
         (("blob", "hit"), 2.0),
         (("blob", "coalesced"), 2.0),
+        (("referrers", "miss"), 1.0),
     ] {
         let labels = [("kind", kind), ("result", result)];
         assert_eq!(
@@ -276,7 +277,7 @@ async fn scripted_traffic_is_counted_with_exact_labels() {
             "{labels:?}"
         );
     }
-    assert_eq!(s.series("archway_cache_results_total").len(), 6);
+    assert_eq!(s.series("archway_cache_results_total").len(), 7);
 
     // Bytes by source, exactly what the clients received.
     assert_eq!(

@@ -453,7 +453,8 @@ async fn tag_records_are_shared_and_the_newest_confirmation_wins() {
 
     // Upstream said 404 to this replica: the bucket's older record does not bring the tag back
     // while the 404 is remembered.
-    c.mark_missing(&tag_key(), Duration::from_secs(60)).await;
+    c.mark_missing(&tag_key(), Duration::from_secs(60), Duration::ZERO)
+        .await;
     c.adopt_from_bucket(&tag_key(), Duration::from_millis(1))
         .await;
     assert_eq!(c.get(&tag_key()), None);

@@ -57,6 +57,17 @@ struct BucketRecord {
     confirmed_at_ms: u64,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Missing {
+    seen: Instant,
+    fresh_until: Instant,
+    keep_until: Instant,
+}
+
+/// Beyond this many remembered 404s, those past their keep time go, then those past their
+/// freshness: a scan of random tags cannot grow the map without end.
+const MAX_MISSING: usize = 100_000;
+
 /// A tag record is a few hundred bytes; anything much larger is not one.
 const MAX_RECORD_BYTES: u64 = 64 << 10;
 
@@ -64,8 +75,10 @@ pub struct TagStore {
     dir: PathBuf,
     bucket: Option<Arc<Bucket>>,
     entries: RwLock<HashMap<TagKey, TagEntry>>,
-    /// Upstream said 404: remembered briefly, in memory only.
-    missing: RwLock<HashMap<TagKey, Instant>>,
+    /// Upstream said 404: when it did, and until when that answer is fresh. In memory only.
+    /// Kept past freshness (up to `MAX_MISSING` tags) so that, while upstream is down, a tag
+    /// it said was missing is still answered 404 (stale-if-error), not 502.
+    missing: RwLock<HashMap<TagKey, Missing>>,
 }
 
 impl TagStore {
@@ -197,28 +210,47 @@ impl TagStore {
             .map_err(std::io::Error::other)?
     }
 
-    /// Upstream no longer has the tag: forget it and remember the 404 for `ttl`.
-    pub async fn mark_missing(&self, key: &TagKey, ttl: Duration) {
+    /// Upstream no longer has the tag: forget it, remember the 404 as fresh for `ttl`, and keep
+    /// it for `keep` (stale-if-error) while the map has room.
+    pub async fn mark_missing(&self, key: &TagKey, ttl: Duration, keep: Duration) {
         if let Ok(mut e) = self.entries.write() {
             e.remove(key);
         }
         if let Ok(mut m) = self.missing.write() {
-            // Keep the map from growing without bound under a scan of random tags.
-            if m.len() > 100_000 {
+            if m.len() >= MAX_MISSING {
                 let now = Instant::now();
-                m.retain(|_, until| *until > now);
+                m.retain(|_, v| v.keep_until > now);
+                if m.len() >= MAX_MISSING {
+                    // Still full: only fresh answers stay.
+                    m.retain(|_, v| v.fresh_until > now);
+                }
             }
-            m.insert(key.clone(), Instant::now() + ttl);
+            let now = Instant::now();
+            m.insert(
+                key.clone(),
+                Missing {
+                    seen: now,
+                    fresh_until: now + ttl,
+                    keep_until: now + keep.max(ttl),
+                },
+            );
         }
         let _ = tokio::fs::remove_file(self.dir.join(file_name(key))).await;
     }
 
+    /// Upstream's 404 for the tag is fresh.
     pub fn is_known_missing(&self, key: &TagKey) -> bool {
         self.missing
             .read()
             .ok()
             .and_then(|m| m.get(key).copied())
-            .is_some_and(|until| until > Instant::now())
+            .is_some_and(|v| v.fresh_until > Instant::now())
+    }
+
+    /// How long ago upstream last said 404 for the tag, fresh or not (if still remembered).
+    pub fn missing_age(&self, key: &TagKey) -> Option<Duration> {
+        let v = self.missing.read().ok()?.get(key).copied()?;
+        (v.keep_until > Instant::now()).then(|| v.seen.elapsed())
     }
 }
 
@@ -281,10 +313,36 @@ mod tests {
     async fn missing_is_remembered_briefly() {
         let dir = tempfile::tempdir().unwrap();
         let s = TagStore::open(dir.path().into()).unwrap();
-        s.mark_missing(&key("gone"), Duration::from_millis(50))
+        s.mark_missing(&key("gone"), Duration::from_millis(50), Duration::ZERO)
             .await;
         assert!(s.is_known_missing(&key("gone")));
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(!s.is_known_missing(&key("gone")));
+        assert_eq!(s.missing_age(&key("gone")), None);
+    }
+
+    #[tokio::test]
+    async fn a_404_past_its_freshness_is_kept_for_stale_if_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TagStore::open(dir.path().into()).unwrap();
+        s.mark_missing(
+            &key("sig"),
+            Duration::from_millis(20),
+            Duration::from_secs(60),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(!s.is_known_missing(&key("sig")));
+        let age = s.missing_age(&key("sig")).unwrap();
+        assert!(age >= Duration::from_millis(40) && age < Duration::from_secs(60));
+        // A confirmation of the tag forgets the 404.
+        let entry = TagEntry {
+            digest: Digest::sha256_of(b"sig"),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 3,
+            validated_at_ms: now_ms(),
+        };
+        s.put(key("sig"), entry).await.unwrap();
+        assert_eq!(s.missing_age(&key("sig")), None);
     }
 }

@@ -59,6 +59,9 @@ impl Config {
             if let Some(v) = c.selection_memo {
                 k.selection_memo = parse_size("cache.selection_memo", &v)?;
             }
+            if let Some(v) = c.referrers_memory {
+                k.referrers_memory = parse_size("cache.referrers_memory", &v)?;
+            }
             if let Some(v) = c.tag_ttl {
                 k.tag_ttl = parse_duration("cache.tag_ttl", &v)?;
             }
@@ -316,6 +319,7 @@ struct RawCache {
     memory_size: Option<String>,
     write_buffer: Option<String>,
     answer_memo: Option<String>,
+    referrers_memory: Option<String>,
     selection_memo: Option<String>,
     foreign_memo: Option<String>,
     tag_ttl: Option<String>,

@@ -99,6 +99,8 @@ pub struct CacheConfig {
     pub selection_memo: u64,
     /// Byte budget of the remembered foreign layers (digest, size, urls) of served manifests.
     pub foreign_memo: u64,
+    /// Byte budget of the cached referrers answers (in memory).
+    pub referrers_memory: u64,
     pub tag_ttl: Duration,
     /// How old a cached tag may be and still be served when upstream fails.
     pub stale_if_error: Duration,
@@ -133,6 +135,7 @@ impl Default for CacheConfig {
             answer_memo: 16 << 20,
             selection_memo: 16 << 20,
             foreign_memo: 4 << 20,
+            referrers_memory: 16 << 20,
             tag_ttl: Duration::from_secs(300),
             stale_if_error: Duration::from_secs(24 * 3600),
             negative_ttl: Duration::from_secs(30),
@@ -303,6 +306,9 @@ impl Config {
         }
         if self.cache.selection_memo == 0 {
             return Err(invalid("cache.selection_memo", "must be more than 0"));
+        }
+        if self.cache.referrers_memory == 0 {
+            return Err(invalid("cache.referrers_memory", "must be more than 0"));
         }
         if self.cache.write_buffer == 0 {
             return Err(invalid("cache.write_buffer", "must be more than 0"));

@@ -85,6 +85,7 @@ fn bad_config_names_the_key() {
             "[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nforeign_layer_hosts = [\"host:8080\"]",
             "upstream[0].foreign_layer_hosts",
         ),
+        ("[cache]\nreferrers_memory = \"0\"", "cache.referrers_memory"),
         ("[cache]\nselection_memo = \"lots\"", "cache.selection_memo"),
         ("[cache]\nwrite_buffer = \"a lot\"", "cache.write_buffer"),
         ("[[upstream]]\nname = \"x\"\nurl = \"ftp://x\"", "upstream[0].url"),
@@ -247,6 +248,9 @@ fn write_buffer_is_configurable() {
     );
     let d = Config::default().cache;
     assert_eq!((d.answer_memo, d.selection_memo), (16 << 20, 16 << 20));
+    assert_eq!(d.referrers_memory, 16 << 20);
+    let c = Config::from_toml("[cache]\nreferrers_memory = \"1MiB\"").unwrap();
+    assert_eq!(c.cache.referrers_memory, 1 << 20);
 }
 
 #[test]

@@ -1,9 +1,9 @@
-//! tags/list and referrers: passed through uncached, with only the query parameters the API
-//! defines, and pagination links pointed back through archway.
+//! tags/list, and referrers lists archway does not keep (pages, statuses but 200): passed
+//! through uncached, with only the query parameters the API defines, and pagination links
+//! pointed back through archway. Kept referrers lists: `referrers`.
 
 use crate::api;
 use crate::body::ResponseBody;
-use crate::digest::Digest;
 use crate::error::ProxyError;
 use crate::reference::RepositoryName;
 use crate::upstream::{Listing, Upstream};
@@ -29,18 +29,7 @@ pub(crate) async fn tags(
     Ok(respond(listing, repo, &view))
 }
 
-pub(crate) async fn referrers(
-    upstream: &Upstream,
-    repo: &RepositoryName,
-    digest: &Digest,
-    view: ClientView<'_>,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let query = api::passthrough_query(view.query, &["artifactType"]);
-    let listing = upstream.referrers(repo, digest, &query).await?;
-    Ok(respond(listing, repo, &view))
-}
-
-fn respond(
+pub(super) fn respond(
     listing: Listing,
     repo: &RepositoryName,
     view: &ClientView<'_>,

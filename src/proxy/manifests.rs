@@ -169,7 +169,9 @@ impl Manifests {
                 self.recent_failures
                     .insert(key.clone(), (Instant::now(), e.clone()));
                 // stale-if-error: a cached answer young enough beats an error.
-                let Some(entry) = cached else { return Err(e) };
+                let Some(entry) = cached else {
+                    return Err(self.stale_missing(&key, repo, tag).unwrap_or(e));
+                };
                 if entry.age(SystemTime::now()) > self.stale_if_error {
                     return Err(e);
                 }
@@ -183,6 +185,22 @@ impl Manifests {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// stale-if-error for a 404: upstream said the tag was missing within `stale_if_error`, so
+    /// while it is down the answer stays 404, not 502. Cosign asks for `sha256-<hex>.sig`
+    /// and takes a 404 as "no signatures"; oras and go-containerregistry take a 404 for the
+    /// `sha256-<hex>` referrers tag as "no referrers". A 5xx fails them instead.
+    fn stale_missing(&self, key: &TagKey, repo: &RepositoryName, tag: &Tag) -> Option<ProxyError> {
+        let age = self.tags.missing_age(key)?;
+        if age > self.stale_if_error {
+            return None;
+        }
+        tracing::warn!(upstream = %key.upstream, repository = %key.repository, tag = %key.tag, age_s = age.as_secs(), "upstream unavailable, serving the remembered 404 for a tag");
+        Some(ProxyError::upstream(
+            ErrorCode::ManifestUnknown,
+            format!("manifest unknown: {repo}:{tag}"),
+        ))
     }
 
     /// The cached answer while it is fresh, or the remembered 404.
@@ -256,7 +274,9 @@ impl Manifests {
             let head = upstream.head_manifest(repo, tag).await;
             if let Err(e) = &head {
                 if e.is_not_found() {
-                    self.tags.mark_missing(key, self.negative_ttl).await;
+                    self.tags
+                        .mark_missing(key, self.negative_ttl, self.stale_if_error)
+                        .await;
                 }
             }
             if let Some(digest) = head?.digest {
@@ -271,7 +291,9 @@ impl Manifests {
         let fetched = self.fetch(upstream, repo, ManifestRef::Tag(tag)).await;
         if let Err(e) = &fetched {
             if e.is_not_found() {
-                self.tags.mark_missing(key, self.negative_ttl).await;
+                self.tags
+                    .mark_missing(key, self.negative_ttl, self.stale_if_error)
+                    .await;
             }
         }
         let m = fetched?;

@@ -5,7 +5,8 @@
 //!
 //! - `manifests`: tags (TTL, stale-if-error, coalescing, failure memo) and manifests by digest;
 //! - `platform_answer` (+ `memo`): the answer for this client's platform, and its memos;
-//! - `blobs`: the blob store or one download per digest; `listings`: tags/list, referrers;
+//! - `blobs`: the blob store or one download per digest; `listings`: tags/list and uncached
+//!   referrers pages; `referrers`: referrers lists cached per subject and filter;
 //! - `peer`: `[fleet]`'s peer endpoint, another replica joining this one's fill;
 //! - `response`: building responses (pure); `client`: the request as read; `outcome`: hit/miss.
 
@@ -17,6 +18,7 @@ mod memo;
 mod outcome;
 mod peer;
 mod platform_answer;
+mod referrers;
 mod response;
 mod uncached;
 
@@ -48,7 +50,7 @@ use platform_answer::PlatformAnswers;
 use response::{manifest_response, ping, API_VERSION, HINT_VARY};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 pub struct Proxy {
@@ -58,6 +60,7 @@ pub struct Proxy {
     manifests: Manifests,
     platform: PlatformAnswers,
     blobs: Blobs,
+    referrers: referrers::Referrers,
     metrics: Arc<Metrics>,
     /// `[auth]`: credentials every `/v2/` request must carry.
     client_auth: Option<ClientAuth>,
@@ -220,6 +223,17 @@ impl Proxy {
             blobs: Blobs::new(
                 blobs,
                 Arc::new(crate::foreign::ForeignMemo::new(config.cache.foreign_memo)),
+            ),
+            referrers: referrers::Referrers::new(
+                config.cache.referrers_memory,
+                config.cache.tag_ttl,
+                config
+                    .upstreams
+                    .iter()
+                    .filter_map(|u| u.tag_ttl)
+                    .fold(config.cache.tag_ttl, Duration::max),
+                config.cache.stale_if_error,
+                config.cache.negative_ttl,
             ),
             metrics,
             client_auth,
@@ -499,8 +513,13 @@ impl Proxy {
                 listings::tags(upstream, repo, view(raw_name, ns, client)).await
             }
             Resource::Referrers(digest) => {
-                notes.source = Some("upstream");
-                listings::referrers(upstream, repo, digest, view(raw_name, ns, client)).await
+                let (r, result) = self
+                    .referrers
+                    .serve(upstream, repo, digest, view(raw_name, ns, client))
+                    .await?;
+                notes.cache = Some(result.as_str());
+                notes.source = result.source();
+                Ok(r)
             }
         }
     }

@@ -233,6 +233,8 @@ struct State {
     injected: BTreeMap<&'static str, u64>,
     /// Requests seen, recorded or not.
     seen: u64,
+    /// Answer the referrers API 404 "404 page not found", as Distribution 2.x does.
+    no_referrers_api: bool,
 }
 
 struct Settings {
@@ -771,6 +773,11 @@ impl FakeRegistry {
         if !delay.is_zero() {
             st.delays.push((kind, delay));
         }
+    }
+
+    /// Serve the referrers API (OCI 1.1, the default) or answer it 404 like Distribution 2.x.
+    pub fn set_referrers_api(&self, on: bool) {
+        self.shared.lock().no_referrers_api = !on;
     }
 
     /// Send `name: value` on every registry answer from now on (replacing an earlier value).
@@ -1643,6 +1650,16 @@ fn serve_referrers(
     reference: &str,
     query: Option<&str>,
 ) -> Response<FakeBody> {
+    if shared.lock().no_referrers_api {
+        // Distribution 2.x: no route, so Go's mux answers in plain text.
+        let mut r = Response::new(FakeBody::full(Bytes::from_static(b"404 page not found\n")));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return r;
+    }
     let Ok(subject) = reference.parse::<Digest>() else {
         return error_response(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "invalid digest");
     };
