@@ -32,6 +32,8 @@ pub struct RequestNotes {
     /// For the rewrites metric: the client's platform and what the platform logic did
     /// (`legacy`, `always`, `converted`, `rejected`, `no-match`).
     pub rewrite_outcome: Option<(String, &'static str)>,
+    /// Parts of a `multipart/byteranges` answer (after overlapping ranges were merged).
+    pub ranges: Option<usize>,
 }
 
 pub struct AccessLog {
@@ -134,6 +136,7 @@ impl Drop for LoggedBody {
             cache = log.notes.cache.unwrap_or("none"),
             error = log.notes.error.as_deref(),
             rewrite = log.notes.rewrite.as_deref(),
+            ranges = log.notes.ranges,
             "request"
         );
     }

@@ -1,7 +1,8 @@
 //! Blob requests: served from the blob store (a file, memory, or a download in flight), or —
 //! on a miss — the one upstream download of that digest is started and streamed while it fills.
 //! A HEAD never starts a download. With `storage.redirect`, a GET of a blob in the bucket is
-//! answered `307` to a presigned URL of it (the store decides; a HEAD is always answered here).
+//! answered `307` to a presigned URL of it (the store decides; a HEAD, and a GET for several
+//! ranges, are always answered here).
 
 use super::client::ClientRequest;
 use super::outcome::CacheResult;
@@ -20,11 +21,13 @@ use std::sync::Arc;
 
 pub(crate) struct Blobs {
     store: Arc<BlobStore>,
+    /// `limits.max_ranges`: range-specs in one `Range` answered as such.
+    max_ranges: usize,
 }
 
 impl Blobs {
-    pub(crate) fn new(store: Arc<BlobStore>) -> Self {
-        Blobs { store }
+    pub(crate) fn new(store: Arc<BlobStore>, max_ranges: usize) -> Self {
+        Blobs { store, max_ranges }
     }
 
     pub(crate) fn store(&self) -> &Arc<BlobStore> {
@@ -39,7 +42,11 @@ impl Blobs {
         client: &ClientRequest,
         notes: &mut RequestNotes,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        if client.method == Method::GET && !not_modified(&client.headers, digest) {
+        // S3 answers one range per GET: a list of ranges is served here, never redirected.
+        if client.method == Method::GET
+            && !not_modified(&client.headers, digest)
+            && !asks_for_several_ranges(client)
+        {
             let url = self.store.bucket_url(digest).await;
             if let Some(redirected) = url.and_then(|url| redirect(digest, &url)) {
                 note(CacheResult::Redirect, notes);
@@ -48,9 +55,13 @@ impl Blobs {
         }
         if let Some(blob) = self.store.lookup(digest).await {
             note(CacheResult::Hit, notes);
-            return Ok(blob_response(client, digest, blob.size(), |span| {
-                blob.body(span)
-            }));
+            return Ok(blob_response(
+                client,
+                digest,
+                &blob,
+                self.max_ranges,
+                notes,
+            ));
         }
         if client.is_head() {
             return self.head(upstream, repo, digest, notes).await;
@@ -95,9 +106,13 @@ impl Blobs {
             CacheResult::Coalesced
         };
         note(result, notes);
-        Ok(blob_response(client, digest, blob.size(), |span| {
-            blob.body(span)
-        }))
+        Ok(blob_response(
+            client,
+            digest,
+            &blob,
+            self.max_ranges,
+            notes,
+        ))
     }
 
     /// Straight from upstream, verified on the way (see `uncached`), never kept.
@@ -167,6 +182,15 @@ impl Blobs {
         blob_headers(out.headers_mut(), digest);
         Ok(out)
     }
+}
+
+/// A `Range` with a list (`bytes=a-b,c-d`); what it resolves to needs the blob's size.
+fn asks_for_several_ranges(client: &ClientRequest) -> bool {
+    client
+        .headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(','))
 }
 
 /// Notes how the cache answered a blob request, for the log and the metrics.

@@ -14,6 +14,7 @@ mod client;
 mod listings;
 mod manifests;
 mod memo;
+mod multipart;
 mod outcome;
 mod peer;
 mod platform_answer;
@@ -217,7 +218,7 @@ impl Proxy {
                 config.cache.answer_memo,
                 config.cache.selection_memo,
             ),
-            blobs: Blobs::new(blobs),
+            blobs: Blobs::new(blobs, config.limits.max_ranges),
             metrics,
             client_auth,
             config,
