@@ -212,7 +212,11 @@ mod tests {
             (Some("bytes=0-9,10-19"), 100, Multi(vec![(0, 9), (10, 19)])),
             // Overlapping: merged, sorted.
             (Some("bytes=0-9,5-19"), 100, Single(0, 19)),
-            (Some("bytes=50-59,0-9,5-20"), 100, Multi(vec![(0, 20), (50, 59)])),
+            (
+                Some("bytes=50-59,0-9,5-20"),
+                100,
+                Multi(vec![(0, 20), (50, 59)]),
+            ),
             (Some("bytes=0-9,0-9"), 100, Single(0, 9)),
             (Some("bytes=0-,10-19"), 100, Single(0, 99)),
             // Suffix and open ranges mixed in.
@@ -254,7 +258,9 @@ mod tests {
 
     #[test]
     fn past_the_cap_the_whole_blob() {
-        let specs: Vec<String> = (0..5).map(|i| format!("{}-{}", i * 10, i * 10 + 1)).collect();
+        let specs: Vec<String> = (0..5)
+            .map(|i| format!("{}-{}", i * 10, i * 10 + 1))
+            .collect();
         let h = format!("bytes={}", specs.join(","));
         assert!(matches!(parse(Some(&h), 100, 5), Multi(r) if r.len() == 5));
         assert_eq!(parse(Some(&h), 100, 4), Whole);

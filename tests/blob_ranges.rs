@@ -26,7 +26,8 @@ fn parts(r: &Reply) -> Vec<Part> {
         .strip_prefix("multipart/byteranges; boundary=")
         .unwrap_or_else(|| panic!("not multipart/byteranges: {ct}"));
     assert_eq!(
-        r.header("content-length").map(|v| v.parse::<usize>().unwrap()),
+        r.header("content-length")
+            .map(|v| v.parse::<usize>().unwrap()),
         Some(r.body.len()),
         "Content-Length is exact"
     );
@@ -289,7 +290,11 @@ async fn the_partial_pull_request_of_containers_storage() {
     while chunks.len() < 300 {
         let len = 100 + (i * 37) % 900;
         // Every third chunk follows the one before it directly (gap 0).
-        let gap = if i % 3 == 0 { 0 } else { 1024 + (i * 53) % 2000 };
+        let gap = if i.is_multiple_of(3) {
+            0
+        } else {
+            1024 + (i * 53) % 2000
+        };
         offset += gap;
         if offset + len > blob.len() as u64 {
             break;
@@ -313,7 +318,9 @@ async fn the_partial_pull_request_of_containers_storage() {
     for _ in 0..200 {
         line = logs.json_lines().into_iter().find(|l| {
             l["target"] == "archway::access"
-                && l["fields"]["path"].as_str().is_some_and(|p| p.contains(&digest))
+                && l["fields"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.contains(&digest))
                 && l["fields"]["status"] == 206
         });
         if line.is_some() {

@@ -55,13 +55,7 @@ impl Blobs {
         }
         if let Some(blob) = self.store.lookup(digest).await {
             note(CacheResult::Hit, notes);
-            return Ok(blob_response(
-                client,
-                digest,
-                &blob,
-                self.max_ranges,
-                notes,
-            ));
+            return Ok(blob_response(client, digest, &blob, self.max_ranges, notes));
         }
         if client.is_head() {
             return self.head(upstream, repo, digest, notes).await;
@@ -106,13 +100,7 @@ impl Blobs {
             CacheResult::Coalesced
         };
         note(result, notes);
-        Ok(blob_response(
-            client,
-            digest,
-            &blob,
-            self.max_ranges,
-            notes,
-        ))
+        Ok(blob_response(client, digest, &blob, self.max_ranges, notes))
     }
 
     /// Straight from upstream, verified on the way (see `uncached`), never kept.

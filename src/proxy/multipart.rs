@@ -23,11 +23,14 @@ where
         .map(move |(i, (head, range))| (i, head, range));
     let frames = stream::iter(parts)
         .flat_map(move |(i, head, range)| {
-            let head = stream::once(async move { Ok::<_, io::Error>(Frame::data(Bytes::from(head))) });
+            let head =
+                stream::once(async move { Ok::<_, io::Error>(Frame::data(Bytes::from(head))) });
             // Made when the stream reaches this part, not before.
             let bytes = BodyStream::new(part(range, i));
             head.chain(bytes).boxed()
         })
-        .chain(stream::once(async move { Ok(Frame::data(Bytes::from(tail))) }));
+        .chain(stream::once(
+            async move { Ok(Frame::data(Bytes::from(tail))) },
+        ));
     StreamBody::new(frames).boxed_unsync()
 }

@@ -4,9 +4,9 @@
 use super::client::ClientRequest;
 use super::multipart;
 use crate::access_log::RequestNotes;
+use crate::body::{self, ResponseBody};
 use crate::byte_ranges::{self, Multipart, RangeAnswer};
 use crate::cache::blob::Blob;
-use crate::body::{self, ResponseBody};
 use crate::digest::Digest;
 use crate::error::{ErrorCode, ProxyError};
 use crate::manifest::Manifest;
@@ -205,9 +205,7 @@ fn multipart(
     );
     if !head {
         let blob = blob.clone();
-        *r.body_mut() = multipart::body(layout, ranges, move |range, i| {
-            blob.part_body(range, i)
-        });
+        *r.body_mut() = multipart::body(layout, ranges, move |range, i| blob.part_body(range, i));
     }
     r
 }

@@ -461,7 +461,11 @@ impl CachedBlob {
             self.size,
             Some(range),
             self.pin.clone(),
-            if index == 0 { self.verify.clone() } else { None },
+            if index == 0 {
+                self.verify.clone()
+            } else {
+                None
+            },
         )
     }
 }
