@@ -34,6 +34,8 @@ pub struct RequestNotes {
     pub rewrite_outcome: Option<(String, &'static str)>,
     /// A foreign layer this request fetched from the url its manifest named (scheme, host, path).
     pub foreign: Option<String>,
+    /// Parts of a `multipart/byteranges` answer (after overlapping ranges were merged).
+    pub ranges: Option<usize>,
 }
 
 pub struct AccessLog {
@@ -137,6 +139,7 @@ impl Drop for LoggedBody {
             error = log.notes.error.as_deref(),
             rewrite = log.notes.rewrite.as_deref(),
             foreign = log.notes.foreign.as_deref(),
+            ranges = log.notes.ranges,
             "request"
         );
     }

@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod admin;
 pub mod api;
 pub mod body;
+pub mod byte_ranges;
 pub mod cache;
 pub mod client_auth;
 pub mod config;

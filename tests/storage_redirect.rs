@@ -193,6 +193,14 @@ async fn a_blob_in_the_bucket_is_redirected_to_a_presigned_url_that_serves_it() 
     // A ranged GET is redirected too (S3 honours the Range the client sends along).
     let r = client.get_with(&url, &[("range", "bytes=0-9")]).await;
     assert_eq!(r.status, StatusCode::TEMPORARY_REDIRECT);
+    // A GET for several ranges is not (S3 serves one range per request): answered here.
+    let r = client
+        .get_with(&url, &[("range", "bytes=0-9,1000-1009")])
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert!(r
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("multipart/byteranges; boundary=")));
 
     // A HEAD is answered here.
     let r = client.head(&url).await;

@@ -20,6 +20,7 @@
 use std::time::Instant;
 
 use archway::api::{self, ByteRange, Endpoint};
+use archway::byte_ranges::{self, Multipart, RangeAnswer};
 use archway::config::{Config, UpstreamConfig};
 use archway::fuzzing::{self as auth, Challenge};
 use archway::image_index::{ImageIndex, SelectError};
@@ -478,8 +479,8 @@ pub fn www_authenticate(data: &[u8]) {
 
 // === range ===
 
-/// `parse_range` against the size on the first line (and 0, 1, u64::MAX), the second line the
-/// Range value.
+/// `parse_range` and `byte_ranges::parse` against the size on the first line (and 0, 1,
+/// u64::MAX), the second line the Range value.
 pub fn range(data: &[u8]) {
     let text = text(data);
     let (size, header) = match text.split_once('\n') {
@@ -499,6 +500,31 @@ pub fn range(data: &[u8]) {
                 );
             }
             ByteRange::Whole | ByteRange::Unsatisfiable => {}
+        }
+        // A list of ranges: each inside the blob, none overlapping, never more than the cap,
+        // and the multipart framing's length adds up.
+        for cap in [1usize, 4, 1024] {
+            let ranges = match byte_ranges::parse(Some(header), size, cap) {
+                RangeAnswer::Single(a, b) => vec![(a, b)],
+                RangeAnswer::Multi(r) => r,
+                RangeAnswer::Whole | RangeAnswer::Unsatisfiable => continue,
+            };
+            assert!(ranges.len() <= cap, "{header:?}: {} ranges, cap {cap}", ranges.len());
+            let mut sorted = ranges.clone();
+            sorted.sort_unstable();
+            for (a, b) in &sorted {
+                assert!(a <= b && *b < size, "{header:?} of {size} bytes gives {a}-{b}");
+            }
+            for w in sorted.windows(2) {
+                assert!(w[0].1 < w[1].0, "{header:?}: overlapping {w:?}");
+            }
+            if size < u64::MAX / 2 {
+                let m = Multipart::new("b".into(), &ranges, size);
+                let data: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
+                let framing: u64 = m.heads.iter().map(|h| h.len() as u64).sum::<u64>()
+                    + m.tail.len() as u64;
+                assert_eq!(m.content_length, data + framing);
+            }
         }
     }
 }

@@ -119,6 +119,9 @@ impl Config {
                 cfg.limits.idle_timeout = parse_duration("limits.idle_timeout", &v)?;
             }
             cfg.limits.max_connections = l.max_connections;
+            if let Some(v) = l.max_ranges {
+                cfg.limits.max_ranges = v;
+            }
         }
         if let Some(a) = raw.auth {
             cfg.auth = Some(AuthConfig {
@@ -191,6 +194,7 @@ struct RawLimits {
     header_read_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_connections: Option<u32>,
+    max_ranges: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -57,7 +57,12 @@ pub struct LimitsConfig {
     /// Open client connections at most, across the registry listeners; `None`: sized to the
     /// open-file limit.
     pub max_connections: Option<u32>,
+    /// Range-specs in one blob `Range` answered as ranges; past it the whole blob is sent.
+    pub max_ranges: usize,
 }
+
+/// containers/storage asks for at most 1024 ranges at once (`maxNumberMissingChunks`).
+pub const DEFAULT_MAX_RANGES: usize = 1024;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -65,6 +70,7 @@ impl Default for LimitsConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: None,
+            max_ranges: DEFAULT_MAX_RANGES,
         }
     }
 }
@@ -318,6 +324,12 @@ impl Config {
         }
         if self.limits.idle_timeout.is_zero() {
             return Err(invalid("limits.idle_timeout", "must be more than 0"));
+        }
+        if self.limits.max_ranges == 0 {
+            return Err(invalid(
+                "limits.max_ranges",
+                "must be more than 0 (1: every list of ranges gets the whole blob)",
+            ));
         }
         if self.limits.max_connections == Some(0) {
             return Err(invalid(

@@ -79,6 +79,7 @@ fn bad_config_names_the_key() {
         ("[cache]\nmax_size = \"lots\"", "cache.max_size"),
         ("[cache]\ntag_ttl = \"5 parsecs\"", "cache.tag_ttl"),
         ("[cache]\nwrite_buffer = \"0\"", "cache.write_buffer"),
+        ("[limits]\nmax_ranges = 0", "limits.max_ranges"),
         ("[cache]\nanswer_memo = \"0\"", "cache.answer_memo"),
         ("[cache]\nforeign_memo = \"0\"", "cache.foreign_memo"),
         (
@@ -596,4 +597,12 @@ fn fleet_parses_needs_storage_and_keeps_its_secret_out_of_debug() {
         assert!(err.contains(key), "{toml:?} -> {err}");
         assert!(!err.contains("fl33t"), "{err}");
     }
+}
+
+#[test]
+fn max_ranges_defaults_to_what_containers_storage_asks_for() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(c.limits.max_ranges, 1024);
+    let c = Config::from_toml("[limits]\nmax_ranges = 16").unwrap();
+    assert_eq!(c.limits.max_ranges, 16);
 }

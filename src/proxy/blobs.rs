@@ -1,7 +1,8 @@
 //! Blob requests: served from the blob store (a file, memory, or a download in flight), or —
 //! on a miss — the one upstream download of that digest is started and streamed while it fills.
 //! A HEAD never starts a download. With `storage.redirect`, a GET of a blob in the bucket is
-//! answered `307` to a presigned URL of it (the store decides; a HEAD is always answered here).
+//! answered `307` to a presigned URL of it (the store decides; a HEAD, and a GET for several
+//! ranges, are always answered here).
 
 use super::client::ClientRequest;
 use super::outcome::CacheResult;
@@ -24,11 +25,17 @@ pub(crate) struct Blobs {
     /// The foreign layers of the manifests served: fetched from their urls when upstream
     /// cannot serve them.
     foreign: Arc<ForeignMemo>,
+    /// `limits.max_ranges`: range-specs in one `Range` answered as such.
+    max_ranges: usize,
 }
 
 impl Blobs {
-    pub(crate) fn new(store: Arc<BlobStore>, foreign: Arc<ForeignMemo>) -> Self {
-        Blobs { store, foreign }
+    pub(crate) fn new(store: Arc<BlobStore>, foreign: Arc<ForeignMemo>, max_ranges: usize) -> Self {
+        Blobs {
+            store,
+            foreign,
+            max_ranges,
+        }
     }
 
     pub(crate) fn foreign(&self) -> &ForeignMemo {
@@ -47,7 +54,11 @@ impl Blobs {
         client: &ClientRequest,
         notes: &mut RequestNotes,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        if client.method == Method::GET && !not_modified(&client.headers, digest) {
+        // S3 answers one range per GET: a list of ranges is served here, never redirected.
+        if client.method == Method::GET
+            && !not_modified(&client.headers, digest)
+            && !asks_for_several_ranges(client)
+        {
             let url = self.store.bucket_url(digest).await;
             if let Some(redirected) = url.and_then(|url| redirect(digest, &url)) {
                 note(CacheResult::Redirect, notes);
@@ -56,9 +67,7 @@ impl Blobs {
         }
         if let Some(blob) = self.store.lookup(digest).await {
             note(CacheResult::Hit, notes);
-            return Ok(blob_response(client, digest, blob.size(), |span| {
-                blob.body(span)
-            }));
+            return Ok(blob_response(client, digest, &blob, self.max_ranges, notes));
         }
         if client.is_head() {
             return self.head(upstream, repo, digest, notes).await;
@@ -127,9 +136,7 @@ impl Blobs {
             CacheResult::Coalesced
         };
         note(result, notes);
-        Ok(blob_response(client, digest, blob.size(), |span| {
-            blob.body(span)
-        }))
+        Ok(blob_response(client, digest, &blob, self.max_ranges, notes))
     }
 
     /// Straight from upstream, verified on the way (see `uncached`), never kept.
@@ -206,6 +213,15 @@ impl Blobs {
 /// so does archway — except after an error archway made itself.
 fn foreign_fallback(e: &UpstreamError) -> bool {
     !matches!(e.kind, UpstreamErrorKind::Internal)
+}
+
+/// A `Range` with a list (`bytes=a-b,c-d`); what it resolves to needs the blob's size.
+fn asks_for_several_ranges(client: &ClientRequest) -> bool {
+    client
+        .headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(','))
 }
 
 /// Notes how the cache answered a blob request, for the log and the metrics.

@@ -15,6 +15,7 @@ mod client;
 mod listings;
 mod manifests;
 mod memo;
+mod multipart;
 mod outcome;
 mod peer;
 mod platform_answer;
@@ -223,6 +224,7 @@ impl Proxy {
             blobs: Blobs::new(
                 blobs,
                 Arc::new(crate::foreign::ForeignMemo::new(config.cache.foreign_memo)),
+                config.limits.max_ranges,
             ),
             referrers: referrers::Referrers::new(
                 config.cache.referrers_memory,

@@ -50,7 +50,6 @@ pub(super) async fn serve(
     };
     notes.cache = Some(if blob.is_local() { "hit" } else { "coalesced" });
     notes.source = Some("cache");
-    Ok(blob_response(client, &digest, blob.size(), |range| {
-        blob.body(range)
-    }))
+    // A replica asks for the blob, or one range of it: a list gets the whole blob.
+    Ok(blob_response(client, &digest, &blob, 1, notes))
 }

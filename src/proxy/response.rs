@@ -2,8 +2,11 @@
 //! given what to answer, it makes the `Response`.
 
 use super::client::ClientRequest;
-use crate::api::{self, ByteRange};
+use super::multipart;
+use crate::access_log::RequestNotes;
 use crate::body::{self, ResponseBody};
+use crate::byte_ranges::{self, Multipart, RangeAnswer};
+use crate::cache::blob::Blob;
 use crate::digest::Digest;
 use crate::error::{ErrorCode, ProxyError};
 use crate::manifest::Manifest;
@@ -110,13 +113,15 @@ pub(crate) fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
     );
 }
 
-/// A blob answer: headers, `If-None-Match`, `Range`; `body` makes the body for the whole blob
-/// (`None`) or an inclusive byte range of it.
+/// A blob answer: headers, `If-None-Match`, `Range`. A list of ranges is answered
+/// `multipart/byteranges` for a blob held here whole and verified; one still downloading gets it
+/// whole (200), as before. Past `max_ranges` range-specs the whole blob is sent too.
 pub(crate) fn blob_response(
     client: &ClientRequest,
     digest: &Digest,
-    size: Option<u64>,
-    body: impl FnOnce(Option<(u64, u64)>) -> ResponseBody,
+    blob: &Blob,
+    max_ranges: usize,
+    notes: &mut RequestNotes,
 ) -> Response<ResponseBody> {
     let mut r = Response::new(body::empty());
     blob_headers(r.headers_mut(), digest);
@@ -125,10 +130,10 @@ pub(crate) fn blob_response(
         return r;
     }
     let head = client.method == Method::HEAD;
-    let Some(size) = size else {
+    let Some(size) = blob.size() else {
         // Upstream sent no length: stream it whole, ranges can't be answered yet.
         if !head {
-            *r.body_mut() = body(None);
+            *r.body_mut() = blob.body(None);
         }
         return r;
     };
@@ -136,10 +141,15 @@ pub(crate) fn blob_response(
         .headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok());
-    let (status, span) = match api::parse_range(range, size) {
-        ByteRange::Whole => (StatusCode::OK, None),
-        ByteRange::Part(a, b) => (StatusCode::PARTIAL_CONTENT, Some((a, b))),
-        ByteRange::Unsatisfiable => {
+    let (status, span) = match byte_ranges::parse(range, size, max_ranges) {
+        RangeAnswer::Whole => (StatusCode::OK, None),
+        RangeAnswer::Single(a, b) => (StatusCode::PARTIAL_CONTENT, Some((a, b))),
+        RangeAnswer::Multi(ranges) if blob.is_local() => {
+            return multipart(r, digest, blob, ranges, size, head, notes);
+        }
+        // Still downloading: the ranges of a fill are not framed; the whole blob, as before.
+        RangeAnswer::Multi(_) => (StatusCode::OK, None),
+        RangeAnswer::Unsatisfiable => {
             *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 r.headers_mut().insert(header::CONTENT_RANGE, v);
@@ -167,7 +177,35 @@ pub(crate) fn blob_response(
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if !head {
-        *r.body_mut() = body(span);
+        *r.body_mut() = blob.body(span);
+    }
+    r
+}
+
+/// 206 `multipart/byteranges` with the exact `Content-Length`; a HEAD gets the same headers.
+fn multipart(
+    mut r: Response<ResponseBody>,
+    digest: &Digest,
+    blob: &Blob,
+    ranges: Vec<(u64, u64)>,
+    size: u64,
+    head: bool,
+    notes: &mut RequestNotes,
+) -> Response<ResponseBody> {
+    let layout = Multipart::new(byte_ranges::boundary_for(digest.hex()), &ranges, size);
+    notes.ranges = Some(ranges.len());
+    *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&layout.content_type()) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(layout.content_length),
+    );
+    if !head {
+        let blob = blob.clone();
+        *r.body_mut() = multipart::body(layout, ranges, move |range, i| blob.part_body(range, i));
     }
     r
 }

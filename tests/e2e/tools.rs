@@ -163,6 +163,8 @@ pub struct Access {
     /// The platform a tag answer was resolved for and why, e.g.
     /// `linux/arm64 (route (rewrite = always))`, with `, converted` for an OCI→schema2 answer.
     pub rewrite: Option<String>,
+    /// The parts of a `multipart/byteranges` answer.
+    pub ranges: Option<u64>,
 }
 
 impl Access {
@@ -190,6 +192,7 @@ impl Access {
             complete: f.get("complete").and_then(Value::as_bool),
             error: s("error"),
             rewrite: s("rewrite"),
+            ranges: f.get("ranges").and_then(Value::as_u64),
         })
     }
 
@@ -206,7 +209,7 @@ impl std::fmt::Display for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} {} -> {} cache={} upstream={} bytes={}{}{}",
+            "{} {} -> {} cache={} upstream={} bytes={}{}{}{}",
             self.method,
             self.uri,
             self.status,
@@ -216,6 +219,9 @@ impl std::fmt::Display for Access {
             self.rewrite
                 .as_deref()
                 .map(|r| format!(" rewrite={r:?}"))
+                .unwrap_or_default(),
+            self.ranges
+                .map(|n| format!(" ranges={n}"))
                 .unwrap_or_default(),
             match (self.complete, &self.error) {
                 (Some(false), _) => " INCOMPLETE".to_owned(),

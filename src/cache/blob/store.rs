@@ -451,6 +451,23 @@ impl CachedBlob {
             self.verify.clone(),
         )
     }
+
+    /// Part `index` of a multi-range answer. With `cache.verify_reads` only the first part
+    /// checks the file: the rest follow it in the same body, and a pinned file does not change,
+    /// so the whole file is hashed once per answer rather than once per part.
+    pub fn part_body(&self, range: (u64, u64), index: usize) -> ResponseBody {
+        body::cached_body(
+            self.path.clone(),
+            self.size,
+            Some(range),
+            self.pin.clone(),
+            if index == 0 {
+                self.verify.clone()
+            } else {
+                None
+            },
+        )
+    }
 }
 
 impl fmt::Debug for CachedBlob {
@@ -584,6 +601,15 @@ impl Blob {
             Blob::Cached(blob) => blob.body(range),
             Blob::Memory(bytes) => memory_body(bytes, range),
             Blob::Filling(blob) => blob.body(range),
+        }
+    }
+
+    /// Part `index` (an inclusive range inside the blob) of a multi-range answer; see
+    /// [`CachedBlob::part_body`].
+    pub fn part_body(&self, range: (u64, u64), index: usize) -> ResponseBody {
+        match self {
+            Blob::Cached(blob) => blob.part_body(range, index),
+            other => other.body(Some(range)),
         }
     }
 }
