@@ -327,3 +327,55 @@ async fn with_the_bucket_down_a_tag_goes_to_upstream_once_and_the_lease_error_is
     let [archway] = replicas;
     archway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sweep_aborts_multipart_uploads_a_dead_replica_left() {
+    if skip("the_sweep_aborts_multipart_uploads_a_dead_replica_left") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let bucket = e2e::fleet_kit::BUCKET;
+    // A copy cut short by a kill -9: its upload begun, never completed nor aborted. And one
+    // outside blobs/ that is none of archway's business.
+    let orphan = format!("fleet/blobs/sha256/{}", "d".repeat(64));
+    let other = "elsewhere/big-file".to_owned();
+    for key in [&orphan, &other] {
+        let started = moto.request("POST", &format!("{bucket}/{key}?uploads"), &[]);
+        assert_eq!(started, 200, "upload of {key} begun");
+    }
+    let open = e2e::fleet_kit::open_uploads(&moto, "");
+    assert!(open.contains(&orphan) && open.contains(&other), "{open:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cfg, _) = replica_config(&fake, dir.path(), &moto.url(), Duration::from_secs(5));
+    if let Some(f) = cfg.fleet.as_mut() {
+        f.sweep_interval = Duration::from_secs(1);
+        f.orphaned_upload_age = Duration::from_secs(1);
+    }
+    let archway = Archway::start(cfg).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let open = e2e::fleet_kit::open_uploads(&moto, "");
+        if !open.contains(&orphan) {
+            assert!(open.contains(&other), "only blobs/ is swept: {open:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still open: {open:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        fleet_value(
+            &archway,
+            "archway_fleet_orphaned_uploads_aborted_total",
+            &[]
+        ),
+        1.0
+    );
+    assert!(
+        list_keys(&moto, "fleet/blobs/").is_empty(),
+        "an aborted upload leaves no object"
+    );
+    archway.shutdown().await;
+}

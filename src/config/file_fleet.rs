@@ -19,6 +19,7 @@ pub(super) struct RawFleet {
     lease_ttl: Option<String>,
     peer_timeout: Option<String>,
     sweep_interval: Option<String>,
+    orphaned_upload_age: Option<String>,
 }
 
 impl RawFleet {
@@ -46,6 +47,9 @@ impl RawFleet {
         }
         if let Some(v) = self.sweep_interval {
             f.sweep_interval = parse_duration("fleet.sweep_interval", &v)?;
+        }
+        if let Some(v) = self.orphaned_upload_age {
+            f.orphaned_upload_age = parse_duration("fleet.orphaned_upload_age", &v)?;
         }
         Ok(f)
     }

@@ -22,6 +22,9 @@ pub struct FleetConfig {
     pub peer_timeout: Duration,
     /// How often one replica deletes the leases dead replicas left (`0s`: never).
     pub sweep_interval: Duration,
+    /// A multipart upload under `blobs/` begun longer ago than this is a dead replica's: the
+    /// sweep aborts it.
+    pub orphaned_upload_age: Duration,
 }
 
 /// Shortest `fleet.lease_ttl`: renewals every third of it must fit an S3 round trip.
@@ -36,6 +39,7 @@ impl FleetConfig {
             lease_ttl: Duration::from_secs(30),
             peer_timeout: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(600),
+            orphaned_upload_age: Duration::from_secs(24 * 3600),
         }
     }
 

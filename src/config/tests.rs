@@ -557,6 +557,11 @@ fn fleet_parses_needs_storage_and_keeps_its_secret_out_of_debug() {
     assert_eq!(f.lease_ttl, Duration::from_secs(30), "the default");
     assert_eq!(f.peer_timeout, Duration::from_secs(10), "the default");
     assert_eq!(f.sweep_interval, Duration::from_secs(600), "the default");
+    assert_eq!(
+        f.orphaned_upload_age,
+        Duration::from_secs(86_400),
+        "the default"
+    );
     assert!(!format!("{c:?}").contains("fl33t"));
     assert_eq!(Config::from_toml("").unwrap().fleet, None);
 

@@ -166,6 +166,10 @@ impl StorageObserver for Metrics {
         self.leases_swept.inc_by(count);
     }
 
+    fn uploads_aborted(&self, count: u64) {
+        self.uploads_aborted.inc_by(count);
+    }
+
     fn peer_bytes(&self, bytes: u64) {
         self.peer_bytes.inc_by(bytes);
     }
@@ -207,6 +211,7 @@ pub struct Metrics {
     fleet_fetches: Family<WhatOutcomeLabels, Counter>,
     lease_takeovers: Counter,
     leases_swept: Counter,
+    uploads_aborted: Counter,
     peer_bytes: Counter,
     foreign_fetches: Family<ForeignLabels, Counter>,
     platforms: Mutex<HashSet<String>>,
@@ -358,6 +363,12 @@ impl Metrics {
             "Stale leases (expired and unwritten for three lease TTLs: their owner died) deleted by the sweep",
             leases_swept.clone(),
         );
+        let uploads_aborted = Counter::default();
+        registry.register(
+            "archway_fleet_orphaned_uploads_aborted",
+            "Multipart uploads under blobs/ older than fleet.orphaned_upload_age (a dead replica's) aborted by the sweep",
+            uploads_aborted.clone(),
+        );
         let peer_bytes = Counter::default();
         registry.register(
             "archway_fleet_peer_bytes",
@@ -394,6 +405,7 @@ impl Metrics {
             fleet_fetches,
             lease_takeovers,
             leases_swept,
+            uploads_aborted,
             peer_bytes,
             foreign_fetches,
             platforms: Mutex::new(HashSet::new()),

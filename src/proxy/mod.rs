@@ -146,7 +146,12 @@ impl Proxy {
                 tracing::info!(peer_url = %me, lease_ttl = ?f.lease_ttl, "fleet: one fill per blob, manifest and tag revalidation across the replicas on the bucket");
                 leases = Some(FetchLeases::new(b.clone(), me.clone(), f.lease_ttl));
                 if !f.sweep_interval.is_zero() {
-                    b.start_sweeping(me.clone(), f.lease_ttl, f.sweep_interval);
+                    b.start_sweeping(
+                        me.clone(),
+                        f.lease_ttl,
+                        f.sweep_interval,
+                        f.orphaned_upload_age,
+                    );
                 }
                 Some(Fleet {
                     me,

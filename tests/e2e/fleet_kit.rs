@@ -87,6 +87,22 @@ pub fn list_keys(moto: &Moto, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// The keys of the open multipart uploads under `prefix` (ListMultipartUploads by curl).
+pub fn open_uploads(moto: &Moto, prefix: &str) -> Vec<String> {
+    let url = format!("{}/{BUCKET}?uploads&prefix={prefix}", moto.url());
+    let mut cmd = command(curl());
+    cmd.args(["-s", "--aws-sigv4", &format!("aws:amz:{REGION}:s3")])
+        .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
+        .arg(&url);
+    let out = run_ok(&mut cmd, Duration::from_secs(30));
+    out.stdout
+        .split("<Upload>")
+        .skip(1)
+        .filter_map(|s| s.split("<Key>").nth(1)?.split("</Key>").next())
+        .map(str::to_owned)
+        .collect()
+}
+
 pub fn fleet_value(archway: &Archway, name: &str, labels: &[(&str, &str)]) -> f64 {
     Scrape::parse(archway.proxy().metrics().encode())
         .get(name, labels)

@@ -35,6 +35,11 @@ impl Keys {
         self.path(&["blobs", digest.algorithm().as_str(), digest.hex()])
     }
 
+    /// Where every blob lives (`<prefix>blobs`).
+    pub fn blobs_root(&self) -> Path {
+        self.path(&["blobs"])
+    }
+
     /// The fill lease of a blob (`fleet`): present only while one replica fills it.
     pub fn fill_lease(&self, digest: &Digest) -> Path {
         self.path(&["fills", digest.algorithm().as_str(), digest.hex()])

@@ -6,7 +6,8 @@
 //! - `error`: `BucketError`; `connector`: the HTTP client for a loopback endpoint;
 //! - `lease`: a fill lease's record and what to do on finding one (pure); `fill_lease`: taking,
 //!   renewing, taking over and releasing it with conditional writes; `sweep`: deleting the
-//!   leases dead replicas left, one replica at a time;
+//!   leases dead replicas left, one replica at a time; `orphans`: aborting the multipart
+//!   uploads dead replicas left;
 //! - `presign`: presigned GET URLs for `storage.redirect` (signed locally, never logged).
 //!
 //! The bucket is never required: a failed or slow operation is a miss (reads) or a skipped copy
@@ -18,6 +19,7 @@ mod error;
 mod fill_lease;
 mod keys;
 mod lease;
+mod orphans;
 mod presign;
 mod sweep;
 
@@ -92,6 +94,8 @@ pub trait StorageObserver: Send + Sync {
     fn lease_takeover(&self) {}
     /// `[fleet]`: stale leases deleted by a sweep.
     fn leases_swept(&self, _count: u64) {}
+    /// `[fleet]`: orphaned multipart uploads aborted by a sweep.
+    fn uploads_aborted(&self, _count: u64) {}
     /// `[fleet]`: blob bytes received from another replica.
     fn peer_bytes(&self, _bytes: u64) {}
 }
@@ -120,6 +124,8 @@ pub struct Bucket {
     store: Arc<dyn ObjectStore>,
     /// The same S3 client as `store`, for presigning; `None` over any other store (tests).
     signer: Option<Arc<AmazonS3>>,
+    /// Where the open multipart uploads are listed (with `signer`).
+    listing: Option<orphans::UploadListing>,
     keys: Keys,
     timeout: Duration,
     upload_timeout: Duration,
@@ -233,10 +239,16 @@ impl Bucket {
             }
         }
         let store = Arc::new(builder.build().map_err(failed)?);
+        let loopback = settings
+            .endpoint
+            .as_deref()
+            .is_some_and(connector::is_loopback);
+        let listing = orphans::UploadListing::new(settings, loopback)?;
         let max_uploads = settings.max_uploads.max(1);
         Ok(Bucket {
             store: store.clone(),
             signer: Some(store),
+            listing: Some(listing),
             keys: Keys::new(&settings.prefix),
             timeout: settings.timeout,
             upload_timeout: settings.upload_timeout,
@@ -259,6 +271,7 @@ impl Bucket {
         Bucket {
             store,
             signer: None,
+            listing: None,
             keys: Keys::new(prefix),
             timeout,
             upload_timeout: timeout,

@@ -76,7 +76,13 @@ impl Bucket {
 
     /// Sweeps every `interval` for as long as the bucket lives, one replica of the fleet at a
     /// time: a replica that finds the sweep's lease held skips the round.
-    pub fn start_sweeping(self: &Arc<Self>, me: String, ttl: Duration, interval: Duration) {
+    pub fn start_sweeping(
+        self: &Arc<Self>,
+        me: String,
+        ttl: Duration,
+        interval: Duration,
+        orphaned_upload_age: Duration,
+    ) {
         let bucket = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -103,6 +109,12 @@ impl Bucket {
                         );
                     }
                     Err(e) => tracing::warn!(error = %e, "lease sweep failed; next round"),
+                }
+                match bucket.sweep_uploads(orphaned_upload_age).await {
+                    Ok(n) => bucket.observer().uploads_aborted(n as u64),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "multipart upload sweep failed; next round")
+                    }
                 }
             }
         });
