@@ -1,8 +1,7 @@
 //! Replicas on one moto bucket for the in-process fleet tests (`tests/fleet_fill.rs`,
 //! `tests/fleet_fetch.rs`): their config, the bucket's keys, their fleet metrics.
 
-use super::procs::{command, run_ok};
-use super::s3::{curl, Moto, ACCESS_KEY, REGION, SECRET_KEY};
+use super::s3::{Moto, ACCESS_KEY, REGION, SECRET_KEY};
 use crate::support::metrics::Scrape;
 use crate::support::{config_for, FakeRegistry};
 use archway::config::{Config, FleetConfig, S3Keys, Secret, StorageConfig};
@@ -71,36 +70,14 @@ pub fn moto() -> Moto {
     moto
 }
 
-/// The keys under `prefix` in the bucket (ListObjectsV2 by curl).
+/// The keys under `prefix` in the bucket.
 pub fn list_keys(moto: &Moto, prefix: &str) -> Vec<String> {
-    let url = format!("{}/{BUCKET}?list-type=2&prefix={prefix}", moto.url());
-    let mut cmd = command(curl());
-    cmd.args(["-s", "--aws-sigv4", &format!("aws:amz:{REGION}:s3")])
-        .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
-        .arg(&url);
-    let out = run_ok(&mut cmd, Duration::from_secs(30));
-    out.stdout
-        .split("<Key>")
-        .skip(1)
-        .filter_map(|s| s.split("</Key>").next())
-        .map(str::to_owned)
-        .collect()
+    moto.list_keys(BUCKET, prefix)
 }
 
-/// The keys of the open multipart uploads under `prefix` (ListMultipartUploads by curl).
+/// The keys of the open multipart uploads under `prefix`.
 pub fn open_uploads(moto: &Moto, prefix: &str) -> Vec<String> {
-    let url = format!("{}/{BUCKET}?uploads&prefix={prefix}", moto.url());
-    let mut cmd = command(curl());
-    cmd.args(["-s", "--aws-sigv4", &format!("aws:amz:{REGION}:s3")])
-        .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
-        .arg(&url);
-    let out = run_ok(&mut cmd, Duration::from_secs(30));
-    out.stdout
-        .split("<Upload>")
-        .skip(1)
-        .filter_map(|s| s.split("<Key>").nth(1)?.split("</Key>").next())
-        .map(str::to_owned)
-        .collect()
+    moto.open_uploads(BUCKET, prefix)
 }
 
 pub fn fleet_value(archway: &Archway, name: &str, labels: &[(&str, &str)]) -> f64 {

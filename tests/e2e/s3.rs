@@ -138,7 +138,29 @@ impl Moto {
 
     /// The keys under `prefix` in `bucket` (ListObjectsV2; one page, up to 1000 keys).
     pub fn list_keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
-        let url = format!("{}/{bucket}?list-type=2&prefix={prefix}", self.url());
+        let listing = self.signed_get(&format!("{bucket}?list-type=2&prefix={prefix}"));
+        listing
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The keys of the open multipart uploads under `prefix` (ListMultipartUploads).
+    pub fn open_uploads(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let listing = self.signed_get(&format!("{bucket}?uploads&prefix={prefix}"));
+        listing
+            .split("<Upload>")
+            .skip(1)
+            .filter_map(|s| s.split("<Key>").nth(1)?.split("</Key>").next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A signed GET of `/<path_query>` by curl; its body (a failure status panics).
+    fn signed_get(&self, path_query: &str) -> String {
+        let url = format!("{}/{path_query}", self.url());
         let mut cmd = command(curl());
         cmd.args([
             "-s",
@@ -148,13 +170,7 @@ impl Moto {
         ])
         .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
         .arg(&url);
-        let out = run_ok(&mut cmd, Duration::from_secs(30));
-        out.stdout
-            .split("<Key>")
-            .skip(1)
-            .filter_map(|s| s.split("</Key>").next())
-            .map(str::to_owned)
-            .collect()
+        run_ok(&mut cmd, Duration::from_secs(30)).stdout
     }
 
     /// The bytes of `<bucket>/<key>`, or None when the GET does not answer 200.
