@@ -5,6 +5,7 @@ use crate::accept;
 use crate::body::{self, ResponseBody};
 use crate::connection::{self, ConnectionLimits, GuardedBody, TrackedIo, Tracker};
 use crate::metrics::{self, Metrics};
+use crate::stall::ResponseProgress;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -141,9 +142,12 @@ pub async fn serve(
         let service = service_fn(move |req: Request<hyper::body::Incoming>| {
             let admin = admin.clone();
             let guard = requests.request_started(req.version());
+            let progress = ResponseProgress::new(requests.clone());
             async move {
                 let response = admin.handle(req).await;
-                Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, guard)))
+                Ok::<_, Infallible>(
+                    response.map(|body| GuardedBody::new(body, guard, progress, None)),
+                )
             }
         });
         let io = TokioIo::new(TrackedIo::new(stream, tracker.clone()));

@@ -1,5 +1,6 @@
 //! One client connection's limits: a header-read timeout (from the first byte of a request, or
-//! from accept, until the request is dispatched), an idle timeout (no request in flight), and
+//! from accept, until the request is dispatched), an idle timeout (no request in flight), a stall
+//! timeout (every response in flight waits on a client that takes no bytes; see `stall`), and
 //! its part in shutdown (an idle connection is closed at once, a busy one finishes its requests).
 //!
 //! hyper's own header timeout does not cover a connection that never sends a byte (the protocol
@@ -7,17 +8,18 @@
 //! runs under a supervisor that sees its bytes (through [`TrackedIo`]) and its requests (through
 //! [`RequestGuard`], held by the response body).
 
+use crate::stall::{ResponseProgress, WakeMark};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 /// How long a connection may take to send a request's head, and stay idle.
@@ -25,6 +27,8 @@ use tokio::time::Instant;
 pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// No response of the connection took a byte for this long while all of them waited on it.
+    pub stall_timeout: Duration,
 }
 
 /// Why a connection ended.
@@ -36,6 +40,8 @@ pub enum Ended {
     HeaderTimeout,
     /// No request for `idle_timeout`.
     IdleTimeout,
+    /// Its responses waited on the client for `stall_timeout` without a byte taken.
+    Stall,
     /// Shutdown closed it while idle.
     Shutdown,
 }
@@ -46,6 +52,7 @@ impl Ended {
             Ended::Closed => "closed",
             Ended::HeaderTimeout => "header_timeout",
             Ended::IdleTimeout => "idle_timeout",
+            Ended::Stall => "stall",
             Ended::Shutdown => "shutdown",
         }
     }
@@ -62,6 +69,16 @@ pub struct Tracker {
     idle_since: AtomicU64,
     /// HTTP/2: bytes between requests are pings and settings, not a request's head.
     h2: AtomicBool,
+    /// Responses waiting on the client to take their bytes (`stall`).
+    waiting: AtomicIsize,
+    /// The last time any response handed over bytes or got new ones ready.
+    progress_at: AtomicU64,
+    /// An h2 stream stalled and nothing else moved for `stall_timeout`: close the connection.
+    stalled: AtomicBool,
+    /// Wakes the supervisor when `stalled` is set.
+    wake: Notify,
+    /// Responses that still waited on the client when the connection was closed as stalled.
+    stalled_at_close: AtomicUsize,
 }
 
 impl Tracker {
@@ -73,11 +90,44 @@ impl Tracker {
             reading_since: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            waiting: AtomicIsize::new(0),
+            progress_at: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
+            wake: Notify::new(),
+            stalled_at_close: AtomicUsize::new(0),
         };
         tracker
             .reading_since
             .store(tracker.now(), Ordering::Relaxed);
         Arc::new(tracker)
+    }
+
+    /// Now, as a time stamp of this connection (see `stall`).
+    pub(crate) fn stamp(&self) -> u64 {
+        self.now()
+    }
+
+    /// A time stamp as an instant.
+    pub(crate) fn at_stamp(&self, stamp: u64) -> Instant {
+        self.at(stamp)
+    }
+
+    pub(crate) fn waiting_changed(&self, delta: isize) {
+        self.waiting.fetch_add(delta, Ordering::AcqRel);
+    }
+
+    pub(crate) fn progressed(&self, stamp: u64) {
+        self.progress_at.fetch_max(stamp, Ordering::Relaxed);
+    }
+
+    /// An h2 stream was dropped as stalled: if no other stream moved for `timeout` either, the
+    /// connection goes too.
+    pub(crate) fn stream_stalled(&self, timeout: Duration) {
+        let last = self.at(self.progress_at.load(Ordering::Relaxed).max(1));
+        if last + timeout <= Instant::now() {
+            self.stalled.store(true, Ordering::Release);
+            self.wake.notify_one();
+        }
     }
 
     fn now(&self) -> u64 {
@@ -118,14 +168,29 @@ impl Tracker {
         }
     }
 
+    /// How many responses went with the connection when it was closed as stalled.
+    pub fn stalled_at_close(&self) -> usize {
+        self.stalled_at_close.load(Ordering::Relaxed)
+    }
+
     fn is_idle(&self) -> bool {
         self.active.load(Ordering::Relaxed) == 0
     }
 
     /// When the connection must be closed if nothing changes, and why.
     fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, Ended)> {
-        if !self.is_idle() {
-            return None;
+        if self.stalled.load(Ordering::Acquire) {
+            return Some((Instant::now(), Ended::Stall));
+        }
+        let active = self.active.load(Ordering::Acquire);
+        if active > 0 {
+            // Every response in flight waits on the client: it has that long to take a byte.
+            let waiting = usize::try_from(self.waiting.load(Ordering::Acquire)).unwrap_or(0);
+            if waiting < active {
+                return None;
+            }
+            let last = self.progress_at.load(Ordering::Relaxed).max(1);
+            return Some((self.at(last) + limits.stall_timeout, Ended::Stall));
         }
         match self.reading_since.load(Ordering::Relaxed) {
             0 => {
@@ -151,18 +216,61 @@ impl Drop for RequestGuard {
     }
 }
 
-/// A response body that holds its request's guard until it is finished or dropped.
+/// One of `limits.max_requests`, held with the response body.
+pub struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl InFlight {
+    pub fn new(permit: OwnedSemaphorePermit, metrics: Arc<crate::metrics::Metrics>) -> InFlight {
+        metrics.request_in_flight(1);
+        InFlight {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.metrics.request_in_flight(-1);
+    }
+}
+
+/// A response body that holds its request's guard (and its slot of `limits.max_requests`)
+/// until it is finished or dropped, and tells its [`ResponseProgress`] whether it waits on the
+/// client or on its source.
 pub struct GuardedBody<B> {
     inner: B,
+    progress: Arc<ResponseProgress>,
+    mark: Arc<WakeMark>,
+    _in_flight: Option<InFlight>,
     _guard: RequestGuard,
 }
 
 impl<B> GuardedBody<B> {
-    pub fn new(inner: B, guard: RequestGuard) -> Self {
+    /// The response head is handed to hyper: from now on the body waits on its client.
+    pub fn new(
+        inner: B,
+        guard: RequestGuard,
+        progress: Arc<ResponseProgress>,
+        in_flight: Option<InFlight>,
+    ) -> Self {
+        progress.waiting();
         GuardedBody {
             inner,
+            mark: WakeMark::new(progress.clone()),
+            progress,
+            _in_flight: in_flight,
             _guard: guard,
         }
+    }
+}
+
+impl<B> Drop for GuardedBody<B> {
+    fn drop(&mut self) {
+        self.progress.done();
     }
 }
 
@@ -177,7 +285,18 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        // Polled: the client took what it had. Until the source has more, it waits on that.
+        this.progress.working();
+        let waker = this.mark.waker(cx);
+        let mut marked = Context::from_waker(&waker);
+        let polled = Pin::new(&mut this.inner).poll_frame(&mut marked);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => this.progress.waiting(),
+            Poll::Ready(_) => this.progress.done(),
+            Poll::Pending => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -268,18 +387,31 @@ where
     if stopping && tracker.is_idle() {
         return (Ended::Shutdown, None);
     }
-    let tick = (limits.header_read_timeout.min(limits.idle_timeout) / 4)
-        .clamp(Duration::from_millis(20), Duration::from_secs(5));
+    let tick = (limits
+        .header_read_timeout
+        .min(limits.idle_timeout)
+        .min(limits.stall_timeout)
+        / 4)
+    .clamp(Duration::from_millis(20), Duration::from_secs(5));
     loop {
         let now = Instant::now();
         let wake = match tracker.deadline(limits) {
-            Some((at, why)) if at <= now => return (why, None),
+            Some((at, why)) if at <= now => {
+                if why == Ended::Stall {
+                    let waiting = tracker.waiting.load(Ordering::Acquire).max(1);
+                    tracker
+                        .stalled_at_close
+                        .store(usize::try_from(waiting).unwrap_or(1), Ordering::Relaxed);
+                }
+                return (why, None);
+            }
             Some((at, _)) => at.min(now + tick),
             None => now + tick,
         };
         tokio::select! {
             result = conn.as_mut() => return (Ended::Closed, result.err()),
             _ = tokio::time::sleep_until(wake) => {}
+            _ = tracker.wake.notified() => {}
             changed = stop.changed(), if !stopping => {
                 if changed.is_err() || *stop.borrow() {
                     stopping = true;
@@ -303,6 +435,7 @@ mod tests {
     const LIMITS: ConnectionLimits = ConnectionLimits {
         header_read_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
+        stall_timeout: Duration::from_secs(30),
     };
 
     #[tokio::test(start_paused = true)]

@@ -32,6 +32,7 @@ pub mod proxy;
 pub mod reference;
 pub mod route_policy;
 pub mod server;
+pub mod stall;
 pub mod tls;
 pub mod upstream;
 pub mod upstream_choice;

@@ -4,11 +4,12 @@
 use crate::accept;
 use crate::admin::{self, Admin};
 use crate::config::Config;
-use crate::connection::{self, ConnectionLimits, Ended, GuardedBody, TrackedIo, Tracker};
+use crate::connection::{self, ConnectionLimits, Ended, GuardedBody, InFlight, TrackedIo, Tracker};
 use crate::proxy::{ConnInfo, Proxy, ProxyInitError};
+use crate::stall::{ResponseProgress, StreamExec};
 use crate::tls::{ServerTls, TlsError};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -59,7 +60,10 @@ impl Archway {
         let limits = ConnectionLimits {
             header_read_timeout: config.limits.header_read_timeout,
             idle_timeout: config.limits.idle_timeout,
+            stall_timeout: config.limits.stall_timeout,
         };
+        let max_streams = config.limits.max_streams_per_connection;
+        let requests = Arc::new(Semaphore::new(config.limits.max_requests as usize));
         let max_connections = config
             .limits
             .max_connections
@@ -81,6 +85,8 @@ impl Archway {
                 proxy: proxy.clone(),
                 tls: tls.as_ref().map(ServerTls::acceptor),
                 limits,
+                max_streams,
+                requests: requests.clone(),
                 stop: stop.subscribe(),
             };
             tasks.push(tokio::spawn(serve(listener, slots.clone(), serving)));
@@ -181,11 +187,14 @@ struct Serving {
     proxy: Arc<Proxy>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: ConnectionLimits,
+    /// `limits.max_streams_per_connection`: concurrent h2 streams one connection may open.
+    max_streams: u32,
+    /// `limits.max_requests`: requests in flight across every connection.
+    requests: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
 }
 
 async fn serve(listener: TcpListener, slots: Arc<Semaphore>, serving: Serving) {
-    let builder = auto::Builder::new(TokioExecutor::new());
     let mut stop = serving.stop.clone();
     loop {
         let Some(slot) = accept::slot(&slots, &mut stop).await else {
@@ -197,24 +206,18 @@ async fn serve(listener: TcpListener, slots: Arc<Semaphore>, serving: Serving) {
         };
         let _ = stream.set_nodelay(true);
         let serving = serving.clone();
-        let builder = builder.clone();
         // No span per connection: formatting it into every request's log lines costs more
         // than it tells (the few connection-level lines name their peer).
         tokio::spawn(async move {
             let _slot = slot;
-            serve_connection(stream, peer, builder, serving).await;
+            serve_connection(stream, peer, serving).await;
         });
     }
 }
 
 /// One connection: the TLS handshake (in the connection's own task, so a slow client never holds
 /// up accepting), then HTTP/1.1 or h2 under the connection limits.
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    builder: auto::Builder<TokioExecutor>,
-    serving: Serving,
-) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, serving: Serving) {
     let metrics = serving.proxy.metrics().clone();
     metrics.connection_opened();
     let conn_info = ConnInfo {
@@ -222,14 +225,36 @@ async fn serve_connection(
         peer: Some(peer),
     };
     let tracker = Tracker::new();
+    // Each h2 stream is its own task under the stall rule; HTTP/1.1 uses no executor.
+    let mut builder = auto::Builder::new(StreamExec::new(
+        tracker.clone(),
+        serving.limits.stall_timeout,
+        metrics.clone(),
+    ));
+    builder.http2().max_concurrent_streams(serving.max_streams);
     let proxy = serving.proxy.clone();
     let requests = tracker.clone();
+    let in_flight = serving.requests.clone();
+    let wait_for_slot = serving.limits.stall_timeout;
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
         let guard = requests.request_started(req.version());
+        let tracker = requests.clone();
+        let in_flight = in_flight.clone();
         async move {
-            let response = proxy.handle(req, conn_info).await;
-            Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, guard)))
+            // A request waits a while for one of max_requests, then is answered 503.
+            let slot = tokio::time::timeout(wait_for_slot, in_flight.acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|permit| InFlight::new(permit, proxy.metrics().clone()));
+            let response = match slot {
+                Some(_) => proxy.handle(req, conn_info).await,
+                None => proxy.refuse_busy(req, conn_info).await,
+            };
+            let progress = ResponseProgress::of_current_stream()
+                .unwrap_or_else(|| ResponseProgress::new(tracker));
+            Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, guard, progress, slot)))
         }
     });
     let io = TrackedIo::new(stream, tracker.clone());
@@ -272,6 +297,11 @@ async fn serve_connection(
         }
     };
     metrics.connection_closed(ended.as_str());
+    // The responses that went with a stalled connection (h2 streams dropped one by one earlier
+    // were counted then).
+    for _ in 0..tracker.stalled_at_close() {
+        metrics.response_stalled();
+    }
     match (ended, error) {
         (_, Some(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
         (Ended::Closed, None) => {}

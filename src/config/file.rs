@@ -122,6 +122,15 @@ impl Config {
             if let Some(v) = l.max_ranges {
                 cfg.limits.max_ranges = v;
             }
+            if let Some(v) = l.stall_timeout {
+                cfg.limits.stall_timeout = parse_duration("limits.stall_timeout", &v)?;
+            }
+            if let Some(v) = l.max_streams_per_connection {
+                cfg.limits.max_streams_per_connection = v;
+            }
+            if let Some(v) = l.max_requests {
+                cfg.limits.max_requests = v;
+            }
         }
         if let Some(a) = raw.auth {
             cfg.auth = Some(AuthConfig {
@@ -195,6 +204,9 @@ struct RawLimits {
     idle_timeout: Option<String>,
     max_connections: Option<u32>,
     max_ranges: Option<usize>,
+    stall_timeout: Option<String>,
+    max_streams_per_connection: Option<u32>,
+    max_requests: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]

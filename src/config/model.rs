@@ -59,6 +59,14 @@ pub struct LimitsConfig {
     pub max_connections: Option<u32>,
     /// Range-specs in one blob `Range` answered as ranges; past it the whole blob is sent.
     pub max_ranges: usize,
+    /// A response (HTTP/1.1) or stream (h2) whose client takes no bytes for this long is
+    /// dropped; a connection none of whose responses moves for this long is closed.
+    pub stall_timeout: Duration,
+    /// Concurrent h2 streams one connection may open.
+    pub max_streams_per_connection: u32,
+    /// Requests in flight across every connection; past it a request waits up to
+    /// `stall_timeout` for a slot, then gets 503.
+    pub max_requests: u32,
 }
 
 /// containers/storage asks for at most 1024 ranges at once (`maxNumberMissingChunks`).
@@ -71,6 +79,9 @@ impl Default for LimitsConfig {
             idle_timeout: Duration::from_secs(60),
             max_connections: None,
             max_ranges: DEFAULT_MAX_RANGES,
+            stall_timeout: Duration::from_secs(30),
+            max_streams_per_connection: 32,
+            max_requests: 512,
         }
     }
 }
@@ -324,6 +335,18 @@ impl Config {
         }
         if self.limits.idle_timeout.is_zero() {
             return Err(invalid("limits.idle_timeout", "must be more than 0"));
+        }
+        if self.limits.stall_timeout.is_zero() {
+            return Err(invalid("limits.stall_timeout", "must be more than 0"));
+        }
+        if self.limits.max_streams_per_connection == 0 {
+            return Err(invalid(
+                "limits.max_streams_per_connection",
+                "must be more than 0",
+            ));
+        }
+        if self.limits.max_requests == 0 {
+            return Err(invalid("limits.max_requests", "must be more than 0"));
         }
         if self.limits.max_ranges == 0 {
             return Err(invalid(

@@ -80,6 +80,9 @@ fn bad_config_names_the_key() {
         ("[cache]\ntag_ttl = \"5 parsecs\"", "cache.tag_ttl"),
         ("[cache]\nwrite_buffer = \"0\"", "cache.write_buffer"),
         ("[limits]\nmax_ranges = 0", "limits.max_ranges"),
+        ("[limits]\nstall_timeout = \"0s\"", "limits.stall_timeout"),
+        ("[limits]\nmax_streams_per_connection = 0", "limits.max_streams_per_connection"),
+        ("[limits]\nmax_requests = 0", "limits.max_requests"),
         ("[cache]\nanswer_memo = \"0\"", "cache.answer_memo"),
         ("[cache]\nforeign_memo = \"0\"", "cache.foreign_memo"),
         (
@@ -610,4 +613,19 @@ fn max_ranges_defaults_to_what_containers_storage_asks_for() {
     assert_eq!(c.limits.max_ranges, 1024);
     let c = Config::from_toml("[limits]\nmax_ranges = 16").unwrap();
     assert_eq!(c.limits.max_ranges, 16);
+}
+
+#[test]
+fn stall_timeout_and_stream_bounds_have_defaults_and_keys() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(c.limits.stall_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(c.limits.max_streams_per_connection, 32);
+    assert_eq!(c.limits.max_requests, 512);
+    let c = Config::from_toml(
+        "[limits]\nstall_timeout = \"5s\"\nmax_streams_per_connection = 8\nmax_requests = 64",
+    )
+    .unwrap();
+    assert_eq!(c.limits.stall_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(c.limits.max_streams_per_connection, 8);
+    assert_eq!(c.limits.max_requests, 64);
 }

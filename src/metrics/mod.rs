@@ -202,6 +202,9 @@ pub struct Metrics {
     parent_failovers: Family<ParentLabels, Counter>,
     connections_open: Gauge,
     connections_closed: Family<ReasonLabels, Counter>,
+    responses_stalled: Counter,
+    requests_in_flight: Gauge,
+    requests_refused_busy: Counter,
     blob_store: Arc<BlobStoreCollector>,
     storage_operations: Family<StorageOpLabels, Counter>,
     storage_duration: HistogramFamily<OpLabels>,
@@ -309,8 +312,26 @@ impl Metrics {
         let connections_closed = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "archway_connections_closed",
-            "Client connections ended, by why: closed, header_timeout, idle_timeout, shutdown",
+            "Client connections ended, by why: closed, header_timeout, idle_timeout, stall, shutdown",
             connections_closed.clone(),
+        );
+        let responses_stalled = Counter::default();
+        registry.register(
+            "archway_responses_stalled",
+            "Responses (HTTP/1.1) and streams (h2) dropped because their client took no bytes for limits.stall_timeout",
+            responses_stalled.clone(),
+        );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            "archway_requests_in_flight",
+            "Client requests being answered (at most limits.max_requests)",
+            requests_in_flight.clone(),
+        );
+        let requests_refused_busy = Counter::default();
+        registry.register(
+            "archway_requests_refused_busy",
+            "Requests answered 503 because limits.max_requests were in flight for limits.stall_timeout",
+            requests_refused_busy.clone(),
         );
         let blob_store = Arc::new(BlobStoreCollector::default());
         registry.register_collector(Box::new(blob_store.clone()));
@@ -396,6 +417,9 @@ impl Metrics {
             parent_failovers,
             connections_open,
             connections_closed,
+            responses_stalled,
+            requests_in_flight,
+            requests_refused_busy,
             blob_store,
             storage_operations,
             storage_duration,
@@ -423,6 +447,21 @@ impl Metrics {
         self.connections_closed
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// A response or h2 stream dropped because its client took no bytes (`limits.stall_timeout`).
+    pub fn response_stalled(&self) {
+        self.responses_stalled.inc();
+    }
+
+    /// A request took (`+1`) or gave back (`-1`) one of `limits.max_requests`.
+    pub fn request_in_flight(&self, delta: i64) {
+        self.requests_in_flight.inc_by(delta);
+    }
+
+    /// A request refused because `limits.max_requests` stayed taken.
+    pub fn request_refused_busy(&self) {
+        self.requests_refused_busy.inc();
     }
 
     /// Reports the blob store's state at each scrape. The first store given stays.

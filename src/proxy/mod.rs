@@ -280,6 +280,25 @@ impl Proxy {
         req: Request<B>,
         conn: ConnInfo,
     ) -> Response<LoggedBody> {
+        self.answer_or_refuse(req, conn, false).await
+    }
+
+    /// `limits.max_requests` stayed taken: 503 with Retry-After, logged like any answer.
+    pub async fn refuse_busy<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        conn: ConnInfo,
+    ) -> Response<LoggedBody> {
+        self.metrics.request_refused_busy();
+        self.answer_or_refuse(req, conn, true).await
+    }
+
+    async fn answer_or_refuse<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        conn: ConnInfo,
+        busy: bool,
+    ) -> Response<LoggedBody> {
         let started = Instant::now();
         // Decided first (pure and cheap), so the span carries its fields from the start.
         let plan = self.plan(req.method(), req.uri(), req.headers());
@@ -301,6 +320,20 @@ impl Proxy {
                         .with_status(http::StatusCode::BAD_REQUEST),
                     req.method() == Method::HEAD,
                 );
+            }
+            if busy {
+                let (mut response, notes) = refuse(
+                    ProxyError::downstream(
+                        ErrorCode::TooManyRequests,
+                        "too many requests in flight (limits.max_requests); retry shortly",
+                    )
+                    .with_status(http::StatusCode::SERVICE_UNAVAILABLE),
+                    req.method() == Method::HEAD,
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return (response, notes);
             }
             match self.authenticate(&req).await {
                 Ok(()) => self.respond(plan, req, conn).await,

@@ -17,8 +17,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// Bytes per read: large enough to amortise the blocking-task hop, small enough to stream.
-const CHUNK: u64 = 256 * 1024;
+/// Bytes per read at most: large enough to amortise the blocking-task hop, small enough that a
+/// response whose client stops taking bytes holds little (hyper holds one chunk a stream while
+/// flow control stops it, h2 may buffer one more).
+const CHUNK: u64 = 128 * 1024;
+/// The first read: one default h2 DATA frame. Each chunk the client takes doubles the next, up
+/// to `CHUNK`, so a client that takes nothing costs this much, not a full chunk.
+const FIRST_CHUNK: u64 = 16 * 1024;
 
 /// A committed blob. `pin` keeps it from being evicted until the body is finished or dropped.
 ///
@@ -46,15 +51,11 @@ pub(crate) fn cached_body(
         })
     });
     let reader = Reader {
-        source: Source::Cached {
-            path,
-            file: None,
-            pin,
-            check,
-        },
+        source: Source::Cached { path, pin, check },
         pos: start,
         end,
         finished: false,
+        chunk: FIRST_CHUNK,
     };
     into_body(reader)
 }
@@ -83,6 +84,7 @@ pub(crate) fn filling_body(
         pos: start,
         end,
         finished: false,
+        chunk: FIRST_CHUNK,
     };
     into_body(reader)
 }
@@ -109,9 +111,10 @@ pub(crate) fn releasable(written: u64, verified: bool, end: Option<u64>) -> u64 
 }
 
 enum Source {
+    /// Opened for each read and closed after it: a response that waits on its client holds no
+    /// descriptor (the pin keeps the file from eviction meanwhile).
     Cached {
         path: PathBuf,
-        file: Option<Arc<File>>,
         pin: Arc<PinGuard>,
         check: Option<Box<ReadCheck>>,
     },
@@ -137,10 +140,12 @@ struct Reader {
     /// Exclusive end; `None` = the end of a blob whose size is not known yet.
     end: Option<u64>,
     finished: bool,
+    /// Bytes the next read asks for (`FIRST_CHUNK`, doubling up to `CHUNK`).
+    chunk: u64,
 }
 
-/// The file to read from: open already, or (a committed blob's first read) still to be opened,
-/// in the same blocking task as the read, so a small blob costs one hop to the blocking pool.
+/// The file to read from: open already (a fill's), or (a committed blob) to be opened in the
+/// same blocking task as the read, so a read costs one hop to the blocking pool.
 enum FileRef {
     Open(Arc<File>),
     Path(PathBuf),
@@ -176,16 +181,11 @@ impl Reader {
             Progress::Fail(e) => Err(e),
             Progress::Ready(bytes) => Ok(bytes),
             Progress::Read { file, limit } => {
-                let len = (limit - self.pos).min(CHUNK);
+                let len = (limit - self.pos).min(self.chunk);
+                // Asked again: the client took the last chunk.
+                self.chunk = (self.chunk * 2).min(CHUNK);
                 match read_at(file, self.pos, len).await {
-                    Ok((file, bytes)) => {
-                        if let Source::Cached { file: slot, .. } = &mut self.source {
-                            if slot.is_none() {
-                                *slot = Some(file);
-                            }
-                        }
-                        self.checked(bytes).await
-                    }
+                    Ok(bytes) => self.checked(bytes).await,
                     Err(e) => Err(e),
                 }
             }
@@ -261,18 +261,17 @@ impl Reader {
         let pos = self.pos;
         let end = self.end;
         match &mut self.source {
-            Source::Cached { path, file, .. } => {
+            Source::Cached { path, .. } => {
                 let Some(end) = end else {
                     return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad range"));
                 };
                 if pos >= end {
                     return Ok(Progress::End);
                 }
-                let file = match file {
-                    Some(file) => FileRef::Open(file.clone()),
-                    None => FileRef::Path(path.clone()),
-                };
-                Ok(Progress::Read { file, limit: end })
+                Ok(Progress::Read {
+                    file: FileRef::Path(path.clone()),
+                    limit: end,
+                })
             }
             Source::Filling { fill, rx, file, .. } => loop {
                 let state = rx
@@ -337,9 +336,9 @@ fn file_matches(path: &std::path::Path, digest: &Digest, size: u64) -> io::Resul
     Ok(read == size && verifier.finish() == *digest)
 }
 
-/// Reads up to `len` bytes at `offset` (opening the file first if need be); a file shorter than
-/// promised is an error, never a short success. Returns the open file for the next read.
-async fn read_at(file: FileRef, offset: u64, len: u64) -> io::Result<(Arc<File>, Bytes)> {
+/// Reads up to `len` bytes at `offset` (opening the file first if need be, and closing it after);
+/// a file shorter than promised is an error, never a short success.
+async fn read_at(file: FileRef, offset: u64, len: u64) -> io::Result<Bytes> {
     tokio::task::spawn_blocking(move || {
         let file = match file {
             FileRef::Open(file) => file,
@@ -365,7 +364,7 @@ async fn read_at(file: FileRef, offset: u64, len: u64) -> io::Result<(Arc<File>,
             ));
         }
         buf.truncate(filled);
-        Ok((file, Bytes::from(buf)))
+        Ok(Bytes::from(buf))
     })
     .await
     .map_err(io::Error::other)?

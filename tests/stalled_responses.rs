@@ -1,0 +1,264 @@
+//! Responses whose client never takes the bytes (issue 17, item 1): an h2 stream opened with a
+//! zero flow-control window, an HTTP/1.1 GET whose socket is never read. Each is dropped after
+//! `limits.stall_timeout`, holds no file meanwhile, and cannot lock other clients out.
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use support::metrics::Scrape;
+use support::{FakeRegistry, Harness};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const STALL: Duration = Duration::from_millis(1500);
+/// Large enough that neither the kernel's socket buffers nor hyper's take it whole.
+const BLOB_BYTES: usize = 48 << 20;
+
+async fn harness(tweak: impl FnOnce(&mut archway::config::Config)) -> (Harness, String) {
+    let fake = FakeRegistry::start().await;
+    let bytes = support::fake_registry::pseudo_random_bytes(17, BLOB_BYTES);
+    let digest = fake.add_blob("library/big", bytes);
+    let h = Harness::with(fake, |c| {
+        c.limits.stall_timeout = STALL;
+        // Longer than the test: only the stall rule may close anything.
+        c.limits.idle_timeout = Duration::from_secs(120);
+        tweak(c);
+    })
+    .await;
+    let path = format!("/v2/library/big/blobs/{digest}");
+    // Cached before the test: the stalled responses read the committed file.
+    for _ in 0..2 {
+        let r = h.get(&path).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), BLOB_BYTES);
+    }
+    (h, path)
+}
+
+fn scrape(h: &Harness) -> Scrape {
+    Scrape::parse(h.archway.as_ref().unwrap().proxy().metrics().encode())
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// An h2c connection whose client grants no flow-control window to any stream.
+async fn zero_window_h2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_whose_client_takes_no_bytes_are_reset_and_hold_no_file() {
+    let (h, path) = harness(|_| {}).await;
+    let fds_before = open_fds();
+    let mut send = zero_window_h2(h.addr()).await;
+    let mut bodies = Vec::new();
+    for _ in 0..20 {
+        send.ready().await.unwrap();
+        let req = http::Request::get(h.url(&path))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = send.send_request(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        bodies.push(response.into_body());
+    }
+    // Every stream has been answered and polled by now; none may hold the blob's file.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = open_fds().saturating_sub(fds_before);
+    println!("20 zero-window h2 streams: {held} descriptors held");
+    // The connection is two sockets in this process (client and server side), plus whatever the
+    // runtime opened meanwhile; a file per stream would be 20 more.
+    assert!(held < 10, "20 stalled streams hold {held} descriptors");
+    // The client never opens a window: each stream must end (reset) within the stall timeout.
+    let started = Instant::now();
+    for mut body in bodies {
+        let left = (STALL * 4).saturating_sub(started.elapsed());
+        let frame = tokio::time::timeout(left, body.frame()).await;
+        match frame {
+            Err(_) => panic!("a stalled h2 stream was still open {:?} after", STALL * 4),
+            Ok(Some(Ok(f))) => panic!(
+                "a zero-window stream got data ({:?} bytes)",
+                f.data_ref().map(|d| d.len())
+            ),
+            Ok(Some(Err(_))) | Ok(None) => {}
+        }
+    }
+    let s = scrape(&h);
+    assert!(s.value("archway_responses_stalled_total", &[]) >= 20.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_responses_never_read_are_dropped_and_do_not_lock_others_out() {
+    let (mut h, path) = harness(|c| c.limits.max_connections = Some(4)).await;
+    // The warm-up's pooled connection holds a slot: close it.
+    h.client = support::TestClient::new();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(h.addr()).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // Every slot is taken by a client that reads nothing. A fifth client is served once the
+    // stalled ones are dropped, well within a few stall timeouts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let r = tokio::time::timeout(STALL * 4, h.get("/v2/"))
+        .await
+        .expect("a new client was locked out by responses nobody reads");
+    assert_eq!(r.status, 200);
+    assert!(
+        started.elapsed() >= STALL / 2,
+        "served before any slot freed?"
+    );
+    // The others follow within the same stall timeout (give or take the supervisor's tick).
+    let deadline = Instant::now() + STALL * 2;
+    loop {
+        let closed = scrape(&h)
+            .get("archway_connections_closed_total", &[("reason", "stall")])
+            .unwrap_or(0.0);
+        if closed == 4.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{closed} of 4 stalled connections closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        scrape(&h).value("archway_responses_stalled_total", &[]),
+        4.0
+    );
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_that_keeps_taking_bytes_is_not_dropped() {
+    let (h, path) = harness(|_| {}).await;
+    // 1 MiB/s: slow, but far above one chunk per stall timeout.
+    let mut s = TcpStream::connect(h.addr()).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-3145727\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    while got < (3 << 20) {
+        use tokio::io::AsyncReadExt;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => got += n,
+            Ok(Err(e)) => panic!("dropped while reading: {e}"),
+            Err(_) => panic!("no bytes for 5 s"),
+        }
+    }
+    assert!(got > 0);
+    let s = scrape(&h);
+    assert_eq!(
+        s.get("archway_connections_closed_total", &[("reason", "stall")])
+            .unwrap_or(0.0),
+        0.0
+    );
+    assert_eq!(s.value("archway_responses_stalled_total", &[]), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_requests_a_request_waits_then_gets_503_with_retry_after() {
+    let fake = FakeRegistry::start().await;
+    let digest = fake.add_blob("library/slow", vec![7u8; 100_000]);
+    let h = Harness::with(fake, |c| {
+        c.limits.max_requests = 2;
+        c.limits.stall_timeout = Duration::from_millis(800);
+    })
+    .await;
+    h.fake
+        .set_delay(Some(support::Kind::Blob), Duration::from_secs(2));
+    let url = h.url(&format!("/v2/library/slow/blobs/{digest}"));
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let c = support::TestClient::new();
+        let url = url.clone();
+        busy.push(tokio::spawn(async move { c.get(&url).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(scrape(&h).value("archway_requests_in_flight", &[]), 2.0);
+    let started = Instant::now();
+    let r = support::TestClient::new().get(&h.url("/v2/")).await;
+    assert_eq!(r.status, 503);
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(String::from_utf8_lossy(&r.body).contains("TOOMANYREQUESTS"));
+    for b in busy {
+        assert_eq!(b.await.unwrap().status, 200);
+    }
+    let s = scrape(&h);
+    assert_eq!(s.value("archway_requests_refused_busy_total", &[]), 1.0);
+    assert_eq!(s.value("archway_requests_in_flight", &[]), 0.0);
+    // Slots came back: a request is answered again.
+    assert_eq!(h.get("/v2/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_h2_connection_runs_at_most_max_streams_per_connection_at_once() {
+    let fake = FakeRegistry::start().await;
+    let digest = fake.add_blob("library/slow", vec![7u8; 10_000]);
+    let h = Harness::with(fake, |c| c.limits.max_streams_per_connection = 4).await;
+    h.fake
+        .set_delay(Some(support::Kind::Blob), Duration::from_millis(300));
+    let io = TokioIo::new(TcpStream::connect(h.addr()).await.unwrap());
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let mut send = send.clone();
+        // One fill; every request waits on it, in flight.
+        let _ = i;
+        let url = h.url(&format!("/v2/library/slow/blobs/{digest}"));
+        tasks.push(tokio::spawn(async move {
+            send.ready().await.unwrap();
+            let req = http::Request::get(url).body(Empty::<Bytes>::new()).unwrap();
+            match send.send_request(req).await {
+                Ok(r) => r.status().as_u16(),
+                Err(e) => panic!("{e}"),
+            }
+        }));
+    }
+    let mut peak = 0.0f64;
+    let sampler_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < sampler_until {
+        peak = peak.max(scrape(&h).value("archway_requests_in_flight", &[]));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for t in tasks {
+        // Past the limit the client waits (SETTINGS_MAX_CONCURRENT_STREAMS) or is refused.
+        let _ = t.await;
+    }
+    println!("peak requests in flight on one h2 connection: {peak}");
+    assert!(peak >= 1.0, "nothing was in flight");
+    assert!(
+        peak <= 4.0,
+        "{peak} streams at once past max_streams_per_connection = 4"
+    );
+}
