@@ -15,6 +15,24 @@ pub fn connection_cap(nofile: u64) -> u32 {
     u32::try_from(cap).unwrap_or(u32::MAX)
 }
 
+/// The default `max_requests` ceiling: what a request in flight may cost (a blob read's file,
+/// its share of upstream connections) is bounded in memory too (README "Limits and timeouts").
+const MAX_DEFAULT_REQUESTS: u64 = 512;
+
+/// The default `max_requests` for an open-file limit of `nofile`: half of what the connection cap
+/// leaves (each request may open one file for a read, and upstream connections need the rest),
+/// at least `MIN_CONNECTIONS`, at most 512.
+pub fn request_cap(nofile: u64) -> u32 {
+    let reserve = nofile.saturating_sub(u64::from(connection_cap(nofile)));
+    let cap = (reserve / 2).clamp(MIN_CONNECTIONS, MAX_DEFAULT_REQUESTS);
+    u32::try_from(cap).unwrap_or(u32::MAX)
+}
+
+/// `max_requests` when the config leaves it unset.
+pub fn default_max_requests() -> u32 {
+    request_cap(current())
+}
+
 /// The soft open-file limit now (unlimited counts as a large one).
 pub fn current() -> u64 {
     #[cfg(target_os = "linux")]
@@ -66,6 +84,27 @@ mod tests {
             (1_048_576, 786_432),
         ] {
             assert_eq!(connection_cap(nofile), cap, "{nofile}");
+        }
+    }
+
+    #[test]
+    fn requests_fit_in_what_connections_leave() {
+        for (nofile, requests) in [
+            (64, 24),
+            (256, 32),
+            (1024, 128),
+            (4096, 512),
+            (65_536, 512),
+            (1_048_576, 512),
+        ] {
+            assert_eq!(request_cap(nofile), requests, "{nofile}");
+            // Connections, a file per request in flight, and room left for upstreams.
+            if nofile >= 1024 {
+                assert!(
+                    u64::from(connection_cap(nofile)) + u64::from(request_cap(nofile)) < nofile,
+                    "{nofile}"
+                );
+            }
         }
     }
 }

@@ -63,7 +63,12 @@ impl Archway {
             stall_timeout: config.limits.stall_timeout,
         };
         let max_streams = config.limits.max_streams_per_connection;
-        let requests = Arc::new(Semaphore::new(config.limits.max_requests as usize));
+        let max_requests = config
+            .limits
+            .max_requests
+            .unwrap_or_else(crate::fd_limit::default_max_requests);
+        tracing::info!(max_requests, "request limit");
+        let requests = Arc::new(Semaphore::new(max_requests as usize));
         let max_connections = config
             .limits
             .max_connections

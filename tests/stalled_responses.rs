@@ -186,7 +186,7 @@ async fn past_max_requests_a_request_waits_then_gets_503_with_retry_after() {
     let fake = FakeRegistry::start().await;
     let digest = fake.add_blob("library/slow", vec![7u8; 100_000]);
     let h = Harness::with(fake, |c| {
-        c.limits.max_requests = 2;
+        c.limits.max_requests = Some(2);
         c.limits.stall_timeout = Duration::from_millis(800);
     })
     .await;

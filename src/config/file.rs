@@ -128,8 +128,8 @@ impl Config {
             if let Some(v) = l.max_streams_per_connection {
                 cfg.limits.max_streams_per_connection = v;
             }
-            if let Some(v) = l.max_requests {
-                cfg.limits.max_requests = v;
+            if l.max_requests.is_some() {
+                cfg.limits.max_requests = l.max_requests;
             }
         }
         if let Some(a) = raw.auth {

@@ -65,8 +65,8 @@ pub struct LimitsConfig {
     /// Concurrent h2 streams one connection may open.
     pub max_streams_per_connection: u32,
     /// Requests in flight across every connection; past it a request waits up to
-    /// `stall_timeout` for a slot, then gets 503.
-    pub max_requests: u32,
+    /// `stall_timeout` for a slot, then gets 503. `None`: sized to the open-file limit.
+    pub max_requests: Option<u32>,
 }
 
 /// containers/storage asks for at most 1024 ranges at once (`maxNumberMissingChunks`).
@@ -81,7 +81,7 @@ impl Default for LimitsConfig {
             max_ranges: DEFAULT_MAX_RANGES,
             stall_timeout: Duration::from_secs(30),
             max_streams_per_connection: 32,
-            max_requests: 512,
+            max_requests: None,
         }
     }
 }
@@ -345,8 +345,11 @@ impl Config {
                 "must be more than 0",
             ));
         }
-        if self.limits.max_requests == 0 {
-            return Err(invalid("limits.max_requests", "must be more than 0"));
+        if self.limits.max_requests == Some(0) {
+            return Err(invalid(
+                "limits.max_requests",
+                "must be more than 0 (leave it out to size it to the open-file limit)",
+            ));
         }
         if self.limits.max_ranges == 0 {
             return Err(invalid(

@@ -620,12 +620,12 @@ fn stall_timeout_and_stream_bounds_have_defaults_and_keys() {
     let c = Config::from_toml("").unwrap();
     assert_eq!(c.limits.stall_timeout, std::time::Duration::from_secs(30));
     assert_eq!(c.limits.max_streams_per_connection, 32);
-    assert_eq!(c.limits.max_requests, 512);
+    assert_eq!(c.limits.max_requests, None, "sized to the open-file limit");
     let c = Config::from_toml(
         "[limits]\nstall_timeout = \"5s\"\nmax_streams_per_connection = 8\nmax_requests = 64",
     )
     .unwrap();
     assert_eq!(c.limits.stall_timeout, std::time::Duration::from_secs(5));
     assert_eq!(c.limits.max_streams_per_connection, 8);
-    assert_eq!(c.limits.max_requests, 64);
+    assert_eq!(c.limits.max_requests, Some(64));
 }
