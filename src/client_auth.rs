@@ -10,6 +10,7 @@ use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -268,6 +269,51 @@ pub struct ClientAuth {
     verified: moka::sync::Cache<[u8; 32], ()>,
     /// bcrypt is slow on purpose; a flood of wrong passwords must not take every thread.
     bcrypt_slots: Arc<tokio::sync::Semaphore>,
+    work: Arc<BcryptWork>,
+    /// Tests hold this (write) to keep every started bcrypt check from finishing.
+    #[cfg(test)]
+    gate: Arc<std::sync::RwLock<()>>,
+}
+
+/// How much bcrypt work runs and has run: what the slots bound, made visible.
+#[derive(Debug, Default)]
+struct BcryptWork {
+    running: AtomicUsize,
+    started: AtomicU64,
+}
+
+/// One bcrypt check counted as running for as long as this lives (it goes with the work).
+struct Running(Arc<BcryptWork>);
+
+impl Running {
+    fn start(work: &Arc<BcryptWork>) -> Running {
+        work.started.fetch_add(1, Ordering::Relaxed);
+        work.running.fetch_add(1, Ordering::Relaxed);
+        Running(work.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The bounds on password checking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthLimits {
+    /// bcrypt checks running at once, across all clients.
+    pub bcrypt_slots: usize,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        AuthLimits {
+            bcrypt_slots: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        }
+    }
 }
 
 impl fmt::Debug for ClientAuth {
@@ -281,9 +327,10 @@ impl fmt::Debug for ClientAuth {
 
 impl ClientAuth {
     pub fn new(htpasswd: Htpasswd, tokens: Tokens) -> ClientAuth {
-        let slots = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        ClientAuth::with_limits(htpasswd, tokens, AuthLimits::default())
+    }
+
+    pub fn with_limits(htpasswd: Htpasswd, tokens: Tokens, limits: AuthLimits) -> ClientAuth {
         ClientAuth {
             htpasswd,
             tokens,
@@ -291,7 +338,10 @@ impl ClientAuth {
                 .max_capacity(VERIFIED_CAPACITY)
                 .time_to_idle(VERIFIED_IDLE)
                 .build(),
-            bcrypt_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            bcrypt_slots: Arc::new(tokio::sync::Semaphore::new(limits.bcrypt_slots.max(1))),
+            work: Arc::default(),
+            #[cfg(test)]
+            gate: Arc::default(),
         }
     }
 
@@ -370,23 +420,48 @@ impl ClientAuth {
         if self.verified.contains_key(&key) {
             return Ok(());
         }
-        let _slot = self
+        let slot = self
             .bcrypt_slots
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| Denied::Rejected)?;
         let hash = hash.clone();
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(false);
-        if ok {
-            self.verified.insert(key, ());
+        let running = Running::start(&self.work);
+        let verified = self.verified.clone();
+        #[cfg(test)]
+        let gate = self.gate.clone();
+        // The slot goes with the work, not with the request: a client that resets the stream or
+        // closes the connection drops this future, but bcrypt runs to its end on the blocking
+        // pool, and only then may another check start.
+        let work = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let _running = running;
+            #[cfg(test)]
+            let _open = gate.read();
+            let ok = bcrypt::verify(password, &hash).unwrap_or(false);
+            if ok {
+                // Here rather than after the await, so a good password is remembered even if
+                // its request went away.
+                verified.insert(key, ());
+            }
+            ok
+        });
+        if work.await.unwrap_or(false) {
             Ok(())
         } else {
             Err(Denied::Rejected)
         }
+    }
+
+    /// bcrypt checks running now (a check whose request went away still counts until it ends).
+    pub fn running_checks(&self) -> usize {
+        self.work.running.load(Ordering::Relaxed)
+    }
+
+    /// bcrypt checks started since start.
+    pub fn bcrypt_runs(&self) -> u64 {
+        self.work.started.load(Ordering::Relaxed)
     }
 
     /// How many password checks are remembered (for tests).
@@ -406,6 +481,29 @@ mod tests {
     const HUNTER2: &str = "$2b$04$FTuqmjsl9I7tgoI3xcLDOu7nbreZIOKnXRPkrD2rd5Ka3eivBISIm";
     // From the bcrypt crate's interop tests: "password".
     const PASSWORD_2A: &str = "$2a$04$UuTkLRZZ6QofpDOlMz32MuuxEHA43WOemOYHPz6.SjsVsyO1tDU96";
+
+    fn limits(slots: usize) -> AuthLimits {
+        AuthLimits {
+            bcrypt_slots: slots,
+        }
+    }
+
+    /// Polls a future once, as a connection does before its client goes away.
+    fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+        f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+
+    /// Waits (bounded) until no bcrypt check runs any more.
+    async fn until_idle(auth: &ClientAuth) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while auth.running_checks() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "bcrypt checks never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 
     fn basic(user: &str, password: &str) -> HeaderValue {
         let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -551,6 +649,33 @@ mod tests {
             Err(Denied::Rejected)
         );
         assert_eq!(auth.verified_count(), 2);
+    }
+
+    /// Issue 17, item 2: a request reset right after its check started used to free the slot
+    /// while bcrypt ran on, so resets could start any number of checks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_check_keeps_its_slot_until_bcrypt_ends() {
+        let h = parse_htpasswd(&format!("alice:{PW_HASH}\n")).unwrap();
+        let auth = ClientAuth::with_limits(h, Tokens::default(), limits(2));
+        let hold = auth.gate.write().unwrap();
+        for _ in 0..8 {
+            let header = basic("alice", "wrong");
+            let check = std::pin::pin!(auth.check(Some(&header)));
+            assert!(poll_once(check).is_pending());
+            // Dropped here: the client reset the stream.
+        }
+        assert_eq!(auth.running_checks(), 2, "no more than the slots run");
+        assert_eq!(auth.bcrypt_runs(), 2, "the others never started");
+        drop(hold);
+        until_idle(&auth).await;
+        assert_eq!(auth.bcrypt_runs(), 2);
+        // Their slots came back when their work ended.
+        assert_eq!(auth.check(Some(&basic("alice", "pw"))).await, Ok(()));
+        assert_eq!(
+            auth.check(Some(&basic("alice", "pw2"))).await,
+            Err(Denied::Rejected)
+        );
+        assert_eq!(auth.bcrypt_runs(), 4);
     }
 
     #[test]
