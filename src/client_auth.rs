@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// What the dummy hash (checked for unknown users) is a hash of; it lets no one in either.
+const DUMMY_PASSWORD: &str = "archway: no such user";
+
 /// The challenge of every 401: Docker, containerd and skopeo answer it with Basic credentials.
 pub const CHALLENGE: &str = "Basic realm=\"archway\"";
 
@@ -75,6 +78,38 @@ impl Htpasswd {
 
     pub fn contains(&self, user: &str) -> bool {
         self.users.contains_key(user)
+    }
+
+    /// The bcrypt cost most users' hashes have (ties: the higher): what checking an unknown
+    /// user must cost so that the time taken does not tell.
+    fn usual_cost(&self) -> Option<u32> {
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for h in self.users.values() {
+            if let Ok(parts) = h.parse::<bcrypt::HashParts>() {
+                *counts.entry(parts.get_cost()).or_default() += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .max_by_key(|&(cost, n)| (n, cost))
+            .map(|(cost, _)| cost)
+    }
+
+    /// A hash of [`DUMMY_PASSWORD`] at the usual cost, made once: unknown users are checked
+    /// against it. `None` without users (there is no one to tell apart).
+    fn dummy_hash(&self) -> Option<String> {
+        let cost = self.usual_cost()?;
+        bcrypt::hash(DUMMY_PASSWORD, cost).ok().or_else(|| {
+            // Hashing fails only without OS randomness; a user's own hash of that cost costs
+            // the same to check, and an unknown user is refused whatever it says.
+            self.users
+                .values()
+                .find(|h| {
+                    h.parse::<bcrypt::HashParts>()
+                        .is_ok_and(|p| p.get_cost() == cost)
+                })
+                .cloned()
+        })
     }
 }
 
@@ -269,6 +304,8 @@ impl Denied {
 pub struct ClientAuth {
     htpasswd: Htpasswd,
     tokens: Tokens,
+    /// Checked for unknown users, at the cost of the known ones' (see `Htpasswd::dummy_hash`).
+    dummy_hash: Option<String>,
     /// sha256(user, password, stored hash) of pairs bcrypt accepted: one verification per
     /// password, not one per request. Only successes go in, and a changed hash is a new key.
     verified: moka::sync::Cache<[u8; 32], ()>,
@@ -527,6 +564,7 @@ impl ClientAuth {
 
     pub fn with_limits(htpasswd: Htpasswd, tokens: Tokens, limits: AuthLimits) -> ClientAuth {
         ClientAuth {
+            dummy_hash: htpasswd.dummy_hash(),
             htpasswd,
             tokens,
             verified: moka::sync::Cache::builder()
@@ -617,8 +655,12 @@ impl ClientAuth {
         password: String,
         client: Option<IpAddr>,
     ) -> Result<(), Denied> {
-        let Some(hash) = self.htpasswd.users.get(user) else {
-            return Err(Denied::Rejected);
+        // An unknown user takes the same path as a known one, through one bcrypt check of the
+        // same cost, the same slots and the same budget: neither time nor 429s tell them apart.
+        let (hash, known) = match (self.htpasswd.users.get(user), &self.dummy_hash) {
+            (Some(hash), _) => (hash, true),
+            (None, Some(dummy)) => (dummy, false),
+            (None, None) => return Err(Denied::Rejected),
         };
         let key = {
             let mut h = Sha256::new();
@@ -667,7 +709,7 @@ impl ClientAuth {
             let _running = running;
             #[cfg(test)]
             let _open = gate.read();
-            let ok = bcrypt::verify(password, &hash).unwrap_or(false);
+            let ok = bcrypt::verify(password, &hash).unwrap_or(false) && known;
             if ok {
                 // Here rather than after the await, so a good password is remembered even if
                 // its request went away.
@@ -1004,6 +1046,88 @@ mod tests {
                 .await,
             Err(Denied::Rejected)
         );
+    }
+
+    /// Issue 17, item 3 of the red team: an unknown user was refused in 0.19 ms, a known one
+    /// with a wrong password in 50 ms.
+    #[tokio::test]
+    async fn unknown_users_cost_what_known_users_cost() {
+        let h = parse_htpasswd(&format!("alice:{PW_HASH}\nbob:{HUNTER2}\n")).unwrap();
+        let auth = ClientAuth::with_limits(
+            h,
+            Tokens::default(),
+            AuthLimits {
+                failure_burst: 3,
+                ..limits(2)
+            },
+        );
+        let check = |user: &str, i: u8| {
+            let header = basic(user, "wrong");
+            let auth = &auth;
+            async move { auth.check(Some(&header), from(i)).await }
+        };
+        assert_eq!(check("mallory", 1).await, Err(Denied::Rejected));
+        assert_eq!(
+            auth.bcrypt_runs(),
+            1,
+            "one bcrypt check for an unknown user"
+        );
+        assert_eq!(check("alice", 1).await, Err(Denied::Rejected));
+        assert_eq!(auth.bcrypt_runs(), 2, "and one for a known one");
+        // The same budget: the third failure from 10.0.0.1 is its last.
+        assert_eq!(check("mallory", 1).await, Err(Denied::Rejected));
+        assert!(matches!(
+            check("alice", 1).await,
+            Err(Denied::Throttled { .. })
+        ));
+        assert!(matches!(
+            check("mallory", 1).await,
+            Err(Denied::Throttled { .. })
+        ));
+        assert_eq!(auth.bcrypt_runs(), 3);
+        // Even the dummy hash's own password gets no one in.
+        assert_eq!(
+            auth.check(Some(&basic("mallory", DUMMY_PASSWORD)), from(2))
+                .await,
+            Err(Denied::Rejected)
+        );
+
+        // The dummy has the cost most users have.
+        let cost = |h: &str| h.parse::<bcrypt::HashParts>().unwrap().get_cost();
+        assert_eq!(auth.dummy_hash.as_deref().map(cost), Some(4));
+        let five = bcrypt::hash("x", 5).unwrap();
+        let mixed = parse_htpasswd(&format!(
+            "a:{PW_HASH}\nb:{five}\nc:{five}\nd:{HUNTER2}\ne:{five}\n"
+        ))
+        .unwrap();
+        assert_eq!(mixed.usual_cost(), Some(5));
+        assert_eq!(mixed.dummy_hash().as_deref().map(cost), Some(5));
+        assert_eq!(Htpasswd::default().dummy_hash(), None);
+
+        // Timed, at a cost where it shows.
+        let hash = bcrypt::hash("pw", 8).unwrap();
+        let auth = ClientAuth::with_limits(
+            parse_htpasswd(&format!("alice:{hash}\n")).unwrap(),
+            Tokens::default(),
+            limits(2),
+        );
+        let known = median_refusal(&auth, "alice").await;
+        let unknown = median_refusal(&auth, "mallory").await;
+        println!("refused at bcrypt cost 8 (median of 9): known user {known:?}, unknown user {unknown:?}");
+        assert!(unknown * 2 > known, "unknown {unknown:?}, known {known:?}");
+    }
+
+    async fn median_refusal(auth: &ClientAuth, user: &str) -> Duration {
+        let mut took = Vec::new();
+        for _ in 0..9 {
+            let header = basic(user, "wrong");
+            let started = std::time::Instant::now();
+            let r = auth.check(Some(&header), from(1)).await;
+            took.push(started.elapsed());
+            assert_eq!(r, Err(Denied::Rejected));
+        }
+        took.sort();
+        took[4]
     }
 
     #[test]

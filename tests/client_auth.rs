@@ -239,6 +239,12 @@ async fn past_its_burst_an_address_gets_429_without_bcrypt() {
         .collect();
     assert_eq!((refused, throttled.len()), (3, 13));
     assert_eq!(checks.bcrypt_runs(), 3);
+    // Unknown users too: a 429 would otherwise tell them from known ones.
+    let r = a
+        .get_with(&url, &[("authorization", &basic("mallory", WRONG))])
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(checks.bcrypt_runs(), 3);
     let r = throttled[0];
     assert_eq!(r.error_code(), "TOOMANYREQUESTS");
     let retry_after: u64 = r.header("retry-after").unwrap().parse().unwrap();
