@@ -323,6 +323,8 @@ pub struct ClientAuth {
 #[derive(Debug, Default)]
 struct BcryptWork {
     running: AtomicUsize,
+    /// The most that ever ran at once.
+    peak: AtomicUsize,
     started: AtomicU64,
 }
 
@@ -332,7 +334,8 @@ struct Running(Arc<BcryptWork>);
 impl Running {
     fn start(work: &Arc<BcryptWork>) -> Running {
         work.started.fetch_add(1, Ordering::Relaxed);
-        work.running.fetch_add(1, Ordering::Relaxed);
+        let now = work.running.fetch_add(1, Ordering::Relaxed) + 1;
+        work.peak.fetch_max(now, Ordering::Relaxed);
         Running(work.clone())
     }
 }
@@ -728,6 +731,11 @@ impl ClientAuth {
     /// bcrypt checks running now (a check whose request went away still counts until it ends).
     pub fn running_checks(&self) -> usize {
         self.work.running.load(Ordering::Relaxed)
+    }
+
+    /// The most bcrypt checks that ever ran at once.
+    pub fn peak_running_checks(&self) -> usize {
+        self.work.peak.load(Ordering::Relaxed)
     }
 
     /// bcrypt checks started since start.

@@ -341,3 +341,81 @@ async fn a_flood_from_one_address_does_not_delay_another_clients_first_login() {
         "the login took {login:?}, one check {one_check:?}"
     );
 }
+
+/// Issue 17, item 2: wrong-password requests reset 3 ms after they were sent (h2c), or whose
+/// HTTP/1.1 connection closed at once, used to free their slot while bcrypt ran on: 8 s of it
+/// made 345 threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_and_closed_connections_run_no_more_checks_than_the_slots() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::AsyncWriteExt;
+    logs::capture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut auth = auth_files(dir.path());
+    let hash = bcrypt::hash(PASSWORD, 10).unwrap();
+    std::fs::write(
+        auth.htpasswd_file.as_ref().unwrap(),
+        format!("alice:{hash}\n"),
+    )
+    .unwrap();
+    auth.failure_burst = 1_000_000;
+    let h = Harness::with(FakeRegistry::start().await, |c| c.auth = Some(auth)).await;
+    let checks = client_auth(&h);
+    let wrong = basic("alice", WRONG);
+    let addr = h.addr();
+    let connect_from = |i: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind((std::net::Ipv4Addr::new(127, 0, 0, 10 + i), 0).into())
+            .unwrap();
+        socket.connect(addr).await.unwrap()
+    };
+
+    // From 24 addresses (one address runs one check at a time anyway): an h2c request reset
+    // after 3 ms on a connection that stays open, and an HTTP/1.1 request whose connection is
+    // closed as soon as it is written.
+    let mut h2_connections = Vec::new();
+    for i in 0..24 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            TokioIo::new(connect_from(i).await),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get(h.url("/v2/"))
+            .header("authorization", &wrong)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let reset = tokio::time::timeout(Duration::from_millis(3), sender.send_request(req)).await;
+        assert!(reset.is_err(), "answered within 3 ms");
+        h2_connections.push(sender);
+
+        let mut s = connect_from(i).await;
+        let head = format!("GET /v2/ HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {wrong}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        drop(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checks.running_checks() > 0 || checks.bcrypt_runs() == 0 {
+        assert!(Instant::now() < deadline, "bcrypt checks never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let slots = std::thread::available_parallelism().unwrap().get();
+    println!(
+        "48 requests reset or closed: {} bcrypt checks ran, at most {} at once ({slots} slots)",
+        checks.bcrypt_runs(),
+        checks.peak_running_checks()
+    );
+    assert!(
+        checks.peak_running_checks() <= slots,
+        "{} bcrypt checks ran at once, {slots} slots",
+        checks.peak_running_checks()
+    );
+    // Nothing is left holding a slot: a login goes through.
+    let r = h
+        .get_with("/v2/", &[("authorization", &basic("alice", PASSWORD))])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    drop(h2_connections);
+}
