@@ -6,8 +6,12 @@ use archway::config::AuthConfig;
 use archway::Archway;
 use base64::Engine as _;
 use http::{Method, StatusCode};
+use std::net::IpAddr;
 use std::path::Path;
-use support::{logs, FakeRegistry, Harness, Reply};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{logs, FakeRegistry, Harness, Reply, TestClient};
 
 const PASSWORD: &str = "correct-horse-7731";
 const WRONG: &str = "wrong-horse-9924";
@@ -29,6 +33,7 @@ fn auth_files(dir: &Path) -> AuthConfig {
     AuthConfig {
         htpasswd_file: Some(htpasswd),
         tokens_file: Some(tokens),
+        ..AuthConfig::default()
     }
 }
 
@@ -174,7 +179,7 @@ async fn bad_auth_files_stop_the_start_naming_file_and_line() {
     let mut cfg = support::config_for(&fake, &dir.path().join("data"));
     cfg.auth = Some(AuthConfig {
         htpasswd_file: Some(htpasswd.clone()),
-        tokens_file: None,
+        ..AuthConfig::default()
     });
     let err = match Archway::start(cfg.clone()).await {
         Ok(_) => panic!("started with an MD5 htpasswd line"),
@@ -187,12 +192,230 @@ async fn bad_auth_files_stop_the_start_naming_file_and_line() {
     assert!(!err.contains("PZF73"), "the hash is not echoed: {err}");
 
     cfg.auth = Some(AuthConfig {
-        htpasswd_file: None,
         tokens_file: Some(dir.path().join("no-such-tokens")),
+        ..AuthConfig::default()
     });
     let err = match Archway::start(cfg).await {
         Ok(_) => panic!("started without its tokens file"),
         Err(e) => e.to_string(),
     };
     assert!(err.contains("no-such-tokens"), "{err}");
+}
+
+/// 127.0.0.2: a client address other than the harness client's 127.0.0.1.
+const ADDRESS_A: [u8; 4] = [127, 0, 0, 2];
+
+fn client_at(ip: [u8; 4]) -> TestClient {
+    TestClient::new().with_local_address(IpAddr::from(ip))
+}
+
+fn client_auth(h: &Harness) -> &archway::client_auth::ClientAuth {
+    h.archway.as_ref().unwrap().proxy().client_auth().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_burst_an_address_gets_429_without_bcrypt() {
+    let logs = logs::capture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut auth = auth_files(dir.path());
+    auth.failure_burst = 3;
+    auth.failure_refill = Duration::from_secs(3600);
+    let h = Harness::with(FakeRegistry::start().await, |c| c.auth = Some(auth)).await;
+    let checks = client_auth(&h);
+    let a = client_at(ADDRESS_A);
+    let wrong = basic("alice", WRONG);
+    let url = h.url("/v2/");
+
+    // 16 at once from A: three bcrypt checks, the rest 429 without one.
+    let headers = [("authorization", wrong.as_str())];
+    let replies = futures_util::future::join_all((0..16).map(|_| a.get_with(&url, &headers))).await;
+    let refused = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::UNAUTHORIZED)
+        .count();
+    let throttled: Vec<&Reply> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!((refused, throttled.len()), (3, 13));
+    assert_eq!(checks.bcrypt_runs(), 3);
+    // Unknown users too: a 429 would otherwise tell them from known ones.
+    let r = a
+        .get_with(&url, &[("authorization", &basic("mallory", WRONG))])
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(checks.bcrypt_runs(), 3);
+    let r = throttled[0];
+    assert_eq!(r.error_code(), "TOOMANYREQUESTS");
+    let retry_after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry_after), "{retry_after}");
+    assert_eq!(r.header("www-authenticate"), None);
+    assert_eq!(
+        r.header("docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+
+    // Another address logs in; once remembered, the password passes from A as well.
+    let alice = basic("alice", PASSWORD);
+    let r = h.get_with("/v2/", &[("authorization", &alice)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = a.get_with(&url, &[("authorization", &alice)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(checks.bcrypt_runs(), 4);
+    let r = a.get_with(&url, &[("authorization", &wrong)]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(checks.bcrypt_runs(), 4);
+    assert!(logs.text().contains("too many failed logins"));
+}
+
+/// Issue 17, item 3: 16 connections of wrong passwords from one address used to take both
+/// slots, and a first login from another address waited behind all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_address_does_not_delay_another_clients_first_login() {
+    logs::capture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut auth = auth_files(dir.path());
+    // Cost 10: long enough per check for a queue to show; a budget the flood never exhausts.
+    let hash = bcrypt::hash(PASSWORD, 10).unwrap();
+    std::fs::write(
+        auth.htpasswd_file.as_ref().unwrap(),
+        format!("alice:{hash}\n"),
+    )
+    .unwrap();
+    auth.failure_burst = 1_000_000;
+    let h = Harness::with(FakeRegistry::start().await, |c| c.auth = Some(auth)).await;
+    let checks = client_auth(&h);
+    let wrong = basic("alice", WRONG);
+
+    // One check, alone, from a third address.
+    let c = client_at([127, 0, 0, 3]);
+    let started = Instant::now();
+    let r = c
+        .get_with(&h.url("/v2/"), &[("authorization", &wrong)])
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let one_check = started.elapsed();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let a = client_at(ADDRESS_A);
+    let flood: Vec<_> = (0..16)
+        .map(|_| {
+            let (a, url, wrong, stop) = (a.clone(), h.url("/v2/"), wrong.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = a.get_with(&url, &[("authorization", &wrong)]).await;
+                    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while checks.bcrypt_runs() < 5 {
+        assert!(Instant::now() < deadline, "the flood never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let runs_before = checks.bcrypt_runs();
+    let started = Instant::now();
+    let r = h
+        .get_with("/v2/", &[("authorization", &basic("alice", PASSWORD))])
+        .await;
+    let login = started.elapsed();
+    let runs_meanwhile = checks.bcrypt_runs() - runs_before;
+    stop.store(true, Ordering::Relaxed);
+    for f in flood {
+        f.await.unwrap();
+    }
+    assert_eq!(r.status, StatusCode::OK);
+    println!(
+        "one check alone: {one_check:?}; a first login during a 16-connection flood from one \
+         address: {login:?}, {runs_meanwhile} bcrypt checks started meanwhile (its own included)"
+    );
+    // Its own, and the flood's one at a time beside it.
+    assert!(
+        runs_meanwhile <= 4,
+        "{runs_meanwhile} checks started meanwhile"
+    );
+    assert!(
+        login < one_check * 4,
+        "the login took {login:?}, one check {one_check:?}"
+    );
+}
+
+/// Issue 17, item 2: wrong-password requests reset 3 ms after they were sent (h2c), or whose
+/// HTTP/1.1 connection closed at once, used to free their slot while bcrypt ran on: 8 s of it
+/// made 345 threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_and_closed_connections_run_no_more_checks_than_the_slots() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::AsyncWriteExt;
+    logs::capture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut auth = auth_files(dir.path());
+    let hash = bcrypt::hash(PASSWORD, 10).unwrap();
+    std::fs::write(
+        auth.htpasswd_file.as_ref().unwrap(),
+        format!("alice:{hash}\n"),
+    )
+    .unwrap();
+    auth.failure_burst = 1_000_000;
+    let h = Harness::with(FakeRegistry::start().await, |c| c.auth = Some(auth)).await;
+    let checks = client_auth(&h);
+    let wrong = basic("alice", WRONG);
+    let addr = h.addr();
+    let connect_from = |i: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind((std::net::Ipv4Addr::new(127, 0, 0, 10 + i), 0).into())
+            .unwrap();
+        socket.connect(addr).await.unwrap()
+    };
+
+    // From 24 addresses (one address runs one check at a time anyway): an h2c request reset
+    // after 3 ms on a connection that stays open, and an HTTP/1.1 request whose connection is
+    // closed as soon as it is written.
+    let mut h2_connections = Vec::new();
+    for i in 0..24 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            TokioIo::new(connect_from(i).await),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get(h.url("/v2/"))
+            .header("authorization", &wrong)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let reset = tokio::time::timeout(Duration::from_millis(3), sender.send_request(req)).await;
+        assert!(reset.is_err(), "answered within 3 ms");
+        h2_connections.push(sender);
+
+        let mut s = connect_from(i).await;
+        let head = format!("GET /v2/ HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {wrong}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        drop(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checks.running_checks() > 0 || checks.bcrypt_runs() == 0 {
+        assert!(Instant::now() < deadline, "bcrypt checks never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let slots = std::thread::available_parallelism().unwrap().get();
+    println!(
+        "48 requests reset or closed: {} bcrypt checks ran, at most {} at once ({slots} slots)",
+        checks.bcrypt_runs(),
+        checks.peak_running_checks()
+    );
+    assert!(
+        checks.peak_running_checks() <= slots,
+        "{} bcrypt checks ran at once, {slots} slots",
+        checks.peak_running_checks()
+    );
+    // Nothing is left holding a slot: a login goes through.
+    let r = h
+        .get_with("/v2/", &[("authorization", &basic("alice", PASSWORD))])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    drop(h2_connections);
 }

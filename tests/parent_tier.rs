@@ -527,7 +527,7 @@ async fn fleet_with_auth() -> Fleet {
     let mut fleet = Fleet::start_with(FakeRegistry::start().await, 2, |c| {
         c.auth = Some(AuthConfig {
             htpasswd_file: Some(htpasswd.clone()),
-            tokens_file: None,
+            ..AuthConfig::default()
         });
     })
     .await;
@@ -606,8 +606,8 @@ async fn a_parent_with_only_a_tokens_file_takes_the_nodes_parent_token() {
     std::fs::write(&tokens, format!("# nodes\n{TOKEN}\n")).unwrap();
     let mut fleet = Fleet::start_with(FakeRegistry::start().await, 2, |c| {
         c.auth = Some(AuthConfig {
-            htpasswd_file: None,
             tokens_file: Some(tokens.clone()),
+            ..AuthConfig::default()
         });
     })
     .await;

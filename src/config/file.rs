@@ -133,10 +133,21 @@ impl Config {
             }
         }
         if let Some(a) = raw.auth {
-            cfg.auth = Some(AuthConfig {
+            let mut auth = AuthConfig {
                 htpasswd_file: a.htpasswd_file,
                 tokens_file: a.tokens_file,
-            });
+                ..AuthConfig::default()
+            };
+            if let Some(v) = a.failure_burst {
+                auth.failure_burst = v;
+            }
+            if let Some(v) = a.failure_refill {
+                auth.failure_refill = parse_duration("auth.failure_refill", &v)?;
+            }
+            if let Some(v) = a.tracked_clients {
+                auth.tracked_clients = v;
+            }
+            cfg.auth = Some(auth);
         }
         if let Some(s) = raw.storage {
             cfg.storage = Some(s.into_config()?);
@@ -221,6 +232,9 @@ struct RawTls {
 struct RawAuth {
     htpasswd_file: Option<PathBuf>,
     tokens_file: Option<PathBuf>,
+    failure_burst: Option<u32>,
+    failure_refill: Option<String>,
+    tracked_clients: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -94,12 +94,31 @@ pub struct TlsConfig {
 }
 
 /// `[auth]`: who may pull. At least one of the two files is set.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
     /// htpasswd with bcrypt hashes (`htpasswd -B`).
     pub htpasswd_file: Option<PathBuf>,
     /// One bearer token per line; `#` starts a comment.
     pub tokens_file: Option<PathBuf>,
+    /// Wrong passwords one client address may try in a row before it gets 429 (no bcrypt).
+    pub failure_burst: u32,
+    /// One more wrong try comes back per this much time.
+    pub failure_refill: Duration,
+    /// Client addresses whose failures are remembered; past it (all of them recent) the rest
+    /// share one budget.
+    pub tracked_clients: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            htpasswd_file: None,
+            tokens_file: None,
+            failure_burst: 10,
+            failure_refill: Duration::from_secs(6),
+            tracked_clients: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -366,6 +385,15 @@ impl Config {
         if let Some(a) = &self.auth {
             if a.htpasswd_file.is_none() && a.tokens_file.is_none() {
                 return Err(invalid("auth", "needs htpasswd_file, tokens_file or both"));
+            }
+            if a.failure_burst == 0 {
+                return Err(invalid("auth.failure_burst", "must be more than 0"));
+            }
+            if a.failure_refill.is_zero() {
+                return Err(invalid("auth.failure_refill", "must be more than 0"));
+            }
+            if a.tracked_clients == 0 {
+                return Err(invalid("auth.tracked_clients", "must be more than 0"));
             }
         }
         if let Some(s) = &self.storage {

@@ -210,11 +210,26 @@ insecure_skip_verify = true
         Some(PathBuf::from("/etc/archway/htpasswd"))
     );
     assert_eq!(auth.tokens_file, None);
+    assert_eq!(auth.failure_burst, 10);
+    assert_eq!(auth.failure_refill, Duration::from_secs(6));
+    assert_eq!(auth.tracked_clients, 10_000);
     assert!(c.upstreams[0].insecure_skip_verify);
 
     let plain = Config::from_toml("").unwrap();
     assert!(plain.tls.is_none() && plain.auth.is_none());
     assert!(!plain.upstreams[0].insecure_skip_verify);
+}
+
+#[test]
+fn auth_failure_budget_is_configurable() {
+    let c = Config::from_toml(
+        "[auth]\ntokens_file = \"t\"\nfailure_burst = 3\nfailure_refill = \"1m\"\ntracked_clients = 500",
+    )
+    .unwrap();
+    let auth = c.auth.unwrap();
+    assert_eq!(auth.failure_burst, 3);
+    assert_eq!(auth.failure_refill, Duration::from_secs(60));
+    assert_eq!(auth.tracked_clients, 500);
 }
 
 #[test]
@@ -225,6 +240,22 @@ fn bad_tls_and_auth_name_the_key() {
         ("[tls]\ncert = \"c.pem\"", "cert"),
         ("[auth]", "`auth`"),
         ("[auth]\nhtpasswd = \"h\"", "htpasswd"),
+        (
+            "[auth]\ntokens_file = \"t\"\nfailure_burst = 0",
+            "auth.failure_burst",
+        ),
+        (
+            "[auth]\ntokens_file = \"t\"\nfailure_refill = \"0s\"",
+            "auth.failure_refill",
+        ),
+        (
+            "[auth]\ntokens_file = \"t\"\nfailure_refill = \"soon\"",
+            "auth.failure_refill",
+        ),
+        (
+            "[auth]\ntokens_file = \"t\"\ntracked_clients = 0",
+            "auth.tracked_clients",
+        ),
         (
             "[[upstream]]\nname = \"x\"\nurl = \"https://x\"\nca_file = \"ca.pem\"\ninsecure_skip_verify = true",
             "upstream[0].insecure_skip_verify",

@@ -32,7 +32,7 @@ use crate::body::ResponseBody;
 use crate::cache::blob::{BlobStore, BlobStoreLimits, BucketRedirects, Fleet};
 use crate::cache::bucket::{Bucket, BucketSettings, StorageObserver};
 use crate::cache::fetch_lease::FetchLeases;
-use crate::client_auth::ClientAuth;
+use crate::client_auth::{ClientAuth, Denied};
 use crate::config::Config;
 use crate::error::{ErrorCode, ProxyError};
 use crate::fleet::HttpPeers;
@@ -268,6 +268,11 @@ impl Proxy {
         }
     }
 
+    /// `[auth]`'s checker, when configured.
+    pub fn client_auth(&self) -> Option<&ClientAuth> {
+        self.client_auth.as_ref()
+    }
+
     pub fn blob_store(&self) -> &Arc<BlobStore> {
         self.blobs.store()
     }
@@ -335,7 +340,7 @@ impl Proxy {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return (response, notes);
             }
-            match self.authenticate(&req).await {
+            match self.authenticate(&req, conn.peer).await {
                 Ok(()) => self.respond(plan, req, conn).await,
                 Err(refused) => refused,
             }
@@ -370,10 +375,12 @@ impl Proxy {
     }
 
     /// With `[auth]`, a `/v2/` request without good credentials gets 401 and the Basic
-    /// challenge. Nothing of the presented credentials goes into the answer or the log.
+    /// challenge, or 429 when its address used up its failure budget. Nothing of the presented
+    /// credentials goes into the answer or the log.
     async fn authenticate<B>(
         &self,
         req: &Request<B>,
+        peer: Option<std::net::SocketAddr>,
     ) -> Result<(), (Response<ResponseBody>, RequestNotes)> {
         let Some(auth) = &self.client_auth else {
             return Ok(());
@@ -382,18 +389,27 @@ impl Proxy {
         if path != "/v2" && !path.starts_with("/v2/") {
             return Ok(());
         }
-        let denied = match auth.check(req.headers().get(header::AUTHORIZATION)).await {
+        let authorization = req.headers().get(header::AUTHORIZATION);
+        let denied = match auth.check(authorization, peer.map(|p| p.ip())).await {
             Ok(()) => return Ok(()),
             Err(d) => d,
         };
-        let e = ProxyError::downstream(ErrorCode::Unauthorized, denied.as_str());
+        let e = match denied {
+            Denied::Throttled { retry_after } => {
+                ProxyError::downstream(ErrorCode::TooManyRequests, denied.as_str())
+                    .with_retry_after(Some(HeaderValue::from(retry_after)))
+            }
+            _ => ProxyError::downstream(ErrorCode::Unauthorized, denied.as_str()),
+        };
         let mut response = error_response(&e, req.method() == Method::HEAD);
         let h = response.headers_mut();
         h.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
-        h.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(crate::client_auth::CHALLENGE),
-        );
+        if e.code == ErrorCode::Unauthorized {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(crate::client_auth::CHALLENGE),
+            );
+        }
         let notes = RequestNotes {
             error: Some(e.message),
             ..RequestNotes::default()

@@ -103,6 +103,17 @@ impl TestClient {
         self
     }
 
+    /// Connect from `ip` (any of 127.0.0.0/8 is this host): a second client address.
+    pub fn with_local_address(mut self, ip: std::net::IpAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_local_address(Some(ip));
+        self.inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build(connector);
+        self
+    }
+
     /// Give up on a whole exchange (headers and body) after `t`.
     pub fn with_timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
