@@ -7,6 +7,7 @@ use super::model::*;
 use super::one_or_many::OneOrMany;
 use super::values::{
     parse_admin_listen, parse_duration, parse_listen, parse_size, parse_upstream_url,
+    refuse_upstream_user_info,
 };
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -375,7 +376,8 @@ impl RawUpstream {
                 "must be a non-empty registry name without `/`",
             ));
         }
-        parse_upstream_url(&key("url"), &self.url)?;
+        let uri = parse_upstream_url(&key("url"), &self.url)?;
+        refuse_upstream_user_info(&key("url"), &uri)?;
         let mut u = UpstreamConfig::from_url(Some(&self.name), &self.url)?;
         u.default = self.default;
         for a in self.aliases {

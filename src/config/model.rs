@@ -5,7 +5,7 @@
 use super::error::{invalid, ConfigError};
 use super::fleet_model::*;
 pub use super::secret::{Credentials, Secret};
-use super::values::parse_upstream_url;
+use super::values::{parse_upstream_url, refuse_upstream_user_info};
 pub use crate::route_policy::RouteConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -184,6 +184,7 @@ impl UpstreamConfig {
     /// An upstream for `url` with defaults; Docker Hub is recognised by its host.
     pub fn from_url(name: Option<&str>, url: &str) -> Result<Self, ConfigError> {
         let uri = parse_upstream_url("upstream.url", url)?;
+        refuse_upstream_user_info("upstream.url", &uri)?;
         let host = uri.host().unwrap_or_default().to_ascii_lowercase();
         let is_hub = DOCKER_HUB_ALIASES.contains(&host.as_str());
         let name = match name {
@@ -280,6 +281,9 @@ impl Config {
                 "upstream.default",
                 "only one upstream may be the default",
             ));
+        }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            refuse_upstream_user_info(&format!("upstream[{i}].url"), &u.url)?;
         }
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {

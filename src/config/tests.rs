@@ -611,3 +611,35 @@ fn max_ranges_defaults_to_what_containers_storage_asks_for() {
     let c = Config::from_toml("[limits]\nmax_ranges = 16").unwrap();
     assert_eq!(c.limits.max_ranges, 16);
 }
+
+/// `http://user:pass@host` as an upstream URL: the user-info would never be sent (credentials
+/// have their own keys) and the URL is a log field, so it is refused — naming the keys to use
+/// and never echoing the password.
+#[test]
+fn an_upstream_url_with_credentials_is_refused() {
+    let toml = "[[upstream]]\nname = \"x\"\nurl = \"http://bot:hunter2@registry.lab:5000\"";
+    let err = Config::from_toml(toml).unwrap_err().to_string();
+    assert!(err.contains("upstream[0].url"), "{err}");
+    assert!(
+        err.contains("username") && err.contains("password"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let err = UpstreamConfig::from_url(None, "https://bot:hunter2@ghcr.io")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("username") && !err.contains("hunter2"),
+        "{err}"
+    );
+    // A user name alone is user-info too.
+    assert!(UpstreamConfig::from_url(None, "https://bot@ghcr.io").is_err());
+
+    // Built by hand (as `main` and the tests do): validation refuses it too.
+    let mut c = Config::default();
+    c.upstreams[0].url = "http://bot:hunter2@registry.lab".parse().unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("upstream[0].url"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
