@@ -35,6 +35,7 @@ pub mod server;
 pub mod tls;
 pub mod upstream;
 pub mod upstream_choice;
+pub mod via;
 
 pub use server::Archway;
 
