@@ -87,6 +87,9 @@ impl Config {
             if let Some(v) = c.verify_reads {
                 k.verify_reads = v;
             }
+            if let Some(v) = c.verify_reads_ttl {
+                k.verify_reads_ttl = parse_duration("cache.verify_reads_ttl", &v)?;
+            }
         }
         if !raw.upstream.is_empty() {
             cfg.upstreams = raw
@@ -336,6 +339,7 @@ struct RawCache {
     /// Bytes per second, as a size (`"20MiB"`).
     scrub_rate: Option<String>,
     verify_reads: Option<bool>,
+    verify_reads_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

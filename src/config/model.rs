@@ -123,6 +123,9 @@ pub struct CacheConfig {
     pub scrub_rate: u64,
     /// Check every read of a cached blob against its digest.
     pub verify_reads: bool,
+    /// With `verify_reads`: how long a whole-blob check (its download, a verified whole read,
+    /// the scrub) vouches for the blob's range reads; zero: every range read hashes the blob.
+    pub verify_reads_ttl: Duration,
 }
 
 impl CacheConfig {
@@ -150,6 +153,7 @@ impl Default for CacheConfig {
             scrub_interval: Duration::from_secs(24 * 3600),
             scrub_rate: 20 << 20,
             verify_reads: false,
+            verify_reads_ttl: Duration::from_secs(3600),
         }
     }
 }

@@ -82,6 +82,7 @@ fn bad_config_names_the_key() {
         ("[limits]\nmax_ranges = 0", "limits.max_ranges"),
         ("[cache]\nanswer_memo = \"0\"", "cache.answer_memo"),
         ("[cache]\nforeign_memo = \"0\"", "cache.foreign_memo"),
+        ("[cache]\nverify_reads_ttl = \"soon\"", "cache.verify_reads_ttl"),
         (
             "[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nforeign_layer_hosts = [\"host:8080\"]",
             "upstream[0].foreign_layer_hosts",
@@ -642,4 +643,19 @@ fn an_upstream_url_with_credentials_is_refused() {
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("upstream[0].url"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn verify_reads_ttl() {
+    assert_eq!(
+        Config::default().cache.verify_reads_ttl,
+        Duration::from_secs(3600)
+    );
+    let c = Config::from_toml("[cache]\nverify_reads = true\nverify_reads_ttl = \"10m\"").unwrap();
+    assert_eq!(c.cache.verify_reads_ttl, Duration::from_secs(600));
+    let c = Config::from_toml("[cache]\nverify_reads_ttl = \"0s\"").unwrap();
+    assert!(
+        c.cache.verify_reads_ttl.is_zero(),
+        "0s: every range read hashes the blob"
+    );
 }

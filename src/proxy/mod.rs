@@ -175,6 +175,7 @@ impl Proxy {
                 min_free_space: cache.min_free_space,
                 bad_blob_ttl: cache.negative_ttl,
                 verify_reads: cache.verify_reads,
+                verify_reads_ttl: cache.verify_reads_ttl,
             },
             bucket.clone(),
             fleet,
