@@ -99,8 +99,11 @@ fn hops(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
 /// header value; `None` when there are none.
 pub fn incoming_hops(headers: &HeaderMap) -> Option<HeaderValue> {
     let archway: Vec<String> = hops(headers)
-        .filter(|(_, by)| {
-            by.len() > PREFIX.len()
+        .filter(|(protocol, by)| {
+            protocol
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'/'))
+                && by.len() > PREFIX.len()
                 && by
                     .get(..PREFIX.len())
                     .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
@@ -182,7 +185,7 @@ mod tests {
         let me = Via::with_marker("archway-00aa".into());
         let incoming = incoming_hops(&headers(&[
             "1.1 proxy.corp, 1.1 archway-11bb (node)",
-            "2 archway-22cc, 1.1 archway-<bad>",
+            "2 archway-22cc, 1.1 archway-<bad>, x;y archway-33dd",
         ]));
         assert_eq!(
             incoming.as_ref().unwrap(),
