@@ -18,6 +18,8 @@ pub enum ErrorCode {
     Unsupported,
     TooManyRequests,
     Unavailable,
+    /// archway's own request came back to it (508): an upstream or parent leads to archway.
+    LoopDetected,
     Unknown,
 }
 
@@ -37,6 +39,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::LoopDetected => "LOOP_DETECTED",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -57,6 +60,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::BAD_GATEWAY,
+            ErrorCode::LoopDetected => StatusCode::LOOP_DETECTED,
             ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -36,6 +36,7 @@ pub mod stall;
 pub mod tls;
 pub mod upstream;
 pub mod upstream_choice;
+pub mod via;
 
 pub use server::Archway;
 

@@ -186,6 +186,15 @@ impl ServeArgs {
             cfg.data_dir = d;
         }
         if let Some(url) = self.upstream {
+            // Never echoed when it holds credentials.
+            if config::url_has_user_info(&url) {
+                return Err(ConfigError::Invalid {
+                    key: "--upstream".into(),
+                    message: "must not hold credentials (user:password@); configure the \
+                              upstream in a config file with `username` and `password`"
+                        .into(),
+                });
+            }
             let mut u = UpstreamConfig::from_url(None, &url).map_err(|_| ConfigError::Invalid {
                 key: "--upstream".into(),
                 message: format!("`{url}` is not an http:// or https:// registry URL"),

@@ -154,6 +154,50 @@ fn bad_config_is_refused_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--parent"));
 }
 
+/// `--upstream http://user:pass@host`: refused at start, pointing at the config keys, and the
+/// password is printed nowhere (it used to be accepted, never sent, and logged at start).
+#[test]
+fn an_upstream_url_with_credentials_is_refused_and_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = archway()
+        .args(["serve", "--listen", "127.0.0.1:0", "--upstream"])
+        .arg("http://bot:hunter2@127.0.0.1:9")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running(child);
+    let status = running.wait_exit(Duration::from_secs(10));
+    let mut out = String::new();
+    for pipe in [
+        running
+            .0
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+        running
+            .0
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let mut pipe = pipe;
+        std::io::Read::read_to_string(&mut pipe, &mut out).unwrap();
+    }
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(out.contains("--upstream"), "{out}");
+    assert!(
+        out.contains("username") && out.contains("password"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "{out}");
+}
+
 /// `archway serve` with nothing else: a Docker Hub mirror on 0.0.0.0:5000 caching in
 /// ./archway-data. Only the ping is asked (it needs no upstream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

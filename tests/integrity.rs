@@ -175,6 +175,100 @@ async fn verify_reads_breaks_off_a_damaged_read() {
     assert!(stats(&h).damaged_on_read >= 1);
 }
 
+/// Mean time of `n` one-byte Range reads of `path`, each checked.
+async fn one_byte_ranges(h: &Harness, path: &str, expect: u8, n: u32) -> Duration {
+    let started = Instant::now();
+    for _ in 0..n {
+        let r = h.get_with(path, &[("range", "bytes=1000-1000")]).await;
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{}", r.text());
+        assert!(r.complete());
+        assert_eq!(r.body.as_ref(), &[expect]);
+    }
+    started.elapsed() / n
+}
+
+/// With `cache.verify_reads`, a 1-byte Range of a large cached blob no longer re-hashes the whole
+/// blob every time: a whole-blob check (the download's own, a verified whole read, the scrub)
+/// vouches for its range reads for a while. Damage is still found by a whole read.
+#[tokio::test]
+async fn verify_reads_range_reads_do_not_rehash_a_recently_verified_blob() {
+    const SIZE: usize = 50_000_000;
+    let mut h = Harness::with(FakeRegistry::start().await, |c| {
+        c.cache.verify_reads = true;
+    })
+    .await;
+    let img = h
+        .fake
+        .sample_image_sized("lib/app", Some("v1"), 11, &[SIZE]);
+    let path = format!("/v2/lib/app/blobs/{}", img.layers[0]);
+    let byte = img.layer_bytes[0][1000];
+    // The download verified every byte before its commit.
+    assert_eq!(h.get(&path).await.body.len(), SIZE);
+    committed(&h).await;
+    let before = stats(&h).read_check_bytes;
+    let took = one_byte_ranges(&h, &path, byte, 20).await;
+    let hashed = stats(&h).read_check_bytes - before;
+    println!(
+        "verify_reads, 1-byte Range of a {SIZE}-byte cached blob: {} µs each, {hashed} bytes hashed for 20",
+        took.as_micros()
+    );
+    assert_eq!(
+        hashed, 0,
+        "a range read of a blob just verified hashes nothing"
+    );
+
+    // verify_reads_ttl = 0s: every range read hashes the whole blob (what it always did).
+    h.restart_with(|c| c.cache.verify_reads_ttl = Duration::ZERO)
+        .await;
+    let before = stats(&h).read_check_bytes;
+    let took_ttl0 = one_byte_ranges(&h, &path, byte, 20).await;
+    let hashed = stats(&h).read_check_bytes - before;
+    println!(
+        "verify_reads_ttl = 0s: {} µs each, {hashed} bytes hashed for 20",
+        took_ttl0.as_micros()
+    );
+    assert_eq!(hashed, 20 * SIZE as u64);
+
+    // Nothing is vouched for after a restart until checked once: the first range read hashes the
+    // blob, the ones after it do not.
+    h.restart_with(|c| c.cache.verify_reads_ttl = Duration::from_secs(3600))
+        .await;
+    let before = stats(&h).read_check_bytes;
+    one_byte_ranges(&h, &path, byte, 1).await;
+    assert_eq!(stats(&h).read_check_bytes - before, SIZE as u64);
+    one_byte_ranges(&h, &path, byte, 5).await;
+    assert_eq!(stats(&h).read_check_bytes - before, SIZE as u64);
+    // A verified whole read vouches too…
+    h.restart().await;
+    let before = stats(&h).read_check_bytes;
+    assert_eq!(h.get(&path).await.body.len(), SIZE);
+    one_byte_ranges(&h, &path, byte, 5).await;
+    assert_eq!(stats(&h).read_check_bytes - before, SIZE as u64);
+    // …and so does the scrub.
+    h.restart_with(|c| {
+        c.cache.scrub_interval = Duration::from_millis(100);
+        c.cache.scrub_rate = 1 << 30;
+    })
+    .await;
+    wait_for(|| stats(&h).scrub_checked >= 1, "the scrub checked it").await;
+    let before = stats(&h).read_check_bytes;
+    one_byte_ranges(&h, &path, byte, 5).await;
+    assert_eq!(stats(&h).read_check_bytes - before, 0);
+    h.restart_with(|c| c.cache.scrub_interval = Duration::ZERO)
+        .await;
+
+    // A whole read still hashes what it sends, and finds damage.
+    let file = blob_file(&h.data_dir(), &img.layers[0]);
+    let mut damaged = std::fs::read(&file).unwrap();
+    damaged[SIZE - 10] ^= 1;
+    std::fs::write(&file, &damaged).unwrap();
+    drop(damaged);
+    let r = h.get(&path).await;
+    assert!(!r.complete(), "a damaged whole read must not end cleanly");
+    wait_for(|| !file.exists(), "dropped").await;
+    assert!(stats(&h).damaged_on_read >= 1);
+}
+
 /// An upstream that declares a 10 TiB blob is refused before a byte is kept, not passed on.
 #[tokio::test]
 async fn a_declared_10_tib_blob_is_refused() {

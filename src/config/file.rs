@@ -7,6 +7,7 @@ use super::model::*;
 use super::one_or_many::OneOrMany;
 use super::values::{
     parse_admin_listen, parse_duration, parse_listen, parse_size, parse_upstream_url,
+    refuse_upstream_user_info,
 };
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -85,6 +86,9 @@ impl Config {
             }
             if let Some(v) = c.verify_reads {
                 k.verify_reads = v;
+            }
+            if let Some(v) = c.verify_reads_ttl {
+                k.verify_reads_ttl = parse_duration("cache.verify_reads_ttl", &v)?;
             }
         }
         if !raw.upstream.is_empty() {
@@ -361,6 +365,7 @@ struct RawCache {
     /// Bytes per second, as a size (`"20MiB"`).
     scrub_rate: Option<String>,
     verify_reads: Option<bool>,
+    verify_reads_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -401,7 +406,8 @@ impl RawUpstream {
                 "must be a non-empty registry name without `/`",
             ));
         }
-        parse_upstream_url(&key("url"), &self.url)?;
+        let uri = parse_upstream_url(&key("url"), &self.url)?;
+        refuse_upstream_user_info(&key("url"), &uri)?;
         let mut u = UpstreamConfig::from_url(Some(&self.name), &self.url)?;
         u.default = self.default;
         for a in self.aliases {

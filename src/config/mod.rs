@@ -20,7 +20,10 @@ mod values;
 pub use error::ConfigError;
 pub use fleet_model::*;
 pub use model::*;
-pub use values::{parse_admin_listen, parse_duration, parse_listen, parse_parent_urls, parse_size};
+pub use values::{
+    parse_admin_listen, parse_duration, parse_listen, parse_parent_urls, parse_size,
+    url_has_user_info,
+};
 
 #[cfg(test)]
 mod tests;

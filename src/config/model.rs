@@ -5,7 +5,7 @@
 use super::error::{invalid, ConfigError};
 use super::fleet_model::*;
 pub use super::secret::{Credentials, Secret};
-use super::values::parse_upstream_url;
+use super::values::{parse_upstream_url, refuse_upstream_user_info};
 pub use crate::route_policy::RouteConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -153,6 +153,9 @@ pub struct CacheConfig {
     pub scrub_rate: u64,
     /// Check every read of a cached blob against its digest.
     pub verify_reads: bool,
+    /// With `verify_reads`: how long a whole-blob check (its download, a verified whole read,
+    /// the scrub) vouches for the blob's range reads; zero: every range read hashes the blob.
+    pub verify_reads_ttl: Duration,
 }
 
 impl CacheConfig {
@@ -180,6 +183,7 @@ impl Default for CacheConfig {
             scrub_interval: Duration::from_secs(24 * 3600),
             scrub_rate: 20 << 20,
             verify_reads: false,
+            verify_reads_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -214,6 +218,7 @@ impl UpstreamConfig {
     /// An upstream for `url` with defaults; Docker Hub is recognised by its host.
     pub fn from_url(name: Option<&str>, url: &str) -> Result<Self, ConfigError> {
         let uri = parse_upstream_url("upstream.url", url)?;
+        refuse_upstream_user_info("upstream.url", &uri)?;
         let host = uri.host().unwrap_or_default().to_ascii_lowercase();
         let is_hub = DOCKER_HUB_ALIASES.contains(&host.as_str());
         let name = match name {
@@ -310,6 +315,9 @@ impl Config {
                 "upstream.default",
                 "only one upstream may be the default",
             ));
+        }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            refuse_upstream_user_info(&format!("upstream[{i}].url"), &u.url)?;
         }
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {

@@ -85,6 +85,7 @@ fn bad_config_names_the_key() {
         ("[limits]\nmax_requests = 0", "limits.max_requests"),
         ("[cache]\nanswer_memo = \"0\"", "cache.answer_memo"),
         ("[cache]\nforeign_memo = \"0\"", "cache.foreign_memo"),
+        ("[cache]\nverify_reads_ttl = \"soon\"", "cache.verify_reads_ttl"),
         (
             "[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nforeign_layer_hosts = [\"host:8080\"]",
             "upstream[0].foreign_layer_hosts",
@@ -659,4 +660,51 @@ fn stall_timeout_and_stream_bounds_have_defaults_and_keys() {
     assert_eq!(c.limits.stall_timeout, std::time::Duration::from_secs(5));
     assert_eq!(c.limits.max_streams_per_connection, 8);
     assert_eq!(c.limits.max_requests, Some(64));
+}
+
+/// `http://user:pass@host` as an upstream URL: the user-info would never be sent (credentials
+/// have their own keys) and the URL is a log field, so it is refused — naming the keys to use
+/// and never echoing the password.
+#[test]
+fn an_upstream_url_with_credentials_is_refused() {
+    let toml = "[[upstream]]\nname = \"x\"\nurl = \"http://bot:hunter2@registry.lab:5000\"";
+    let err = Config::from_toml(toml).unwrap_err().to_string();
+    assert!(err.contains("upstream[0].url"), "{err}");
+    assert!(
+        err.contains("username") && err.contains("password"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let err = UpstreamConfig::from_url(None, "https://bot:hunter2@ghcr.io")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("username") && !err.contains("hunter2"),
+        "{err}"
+    );
+    // A user name alone is user-info too.
+    assert!(UpstreamConfig::from_url(None, "https://bot@ghcr.io").is_err());
+
+    // Built by hand (as `main` and the tests do): validation refuses it too.
+    let mut c = Config::default();
+    c.upstreams[0].url = "http://bot:hunter2@registry.lab".parse().unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("upstream[0].url"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn verify_reads_ttl() {
+    assert_eq!(
+        Config::default().cache.verify_reads_ttl,
+        Duration::from_secs(3600)
+    );
+    let c = Config::from_toml("[cache]\nverify_reads = true\nverify_reads_ttl = \"10m\"").unwrap();
+    assert_eq!(c.cache.verify_reads_ttl, Duration::from_secs(600));
+    let c = Config::from_toml("[cache]\nverify_reads_ttl = \"0s\"").unwrap();
+    assert!(
+        c.cache.verify_reads_ttl.is_zero(),
+        "0s: every range read hashes the blob"
+    );
 }

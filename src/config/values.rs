@@ -75,12 +75,12 @@ pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
     Ok(d)
 }
 
-/// An upstream URL: `http(s)://host[:port]`, no path.
 /// `parent`'s URLs (one or a list), each like an upstream's: `scheme://host[:port]`.
 pub fn parse_parent_urls(key: &str, list: &[String]) -> Result<Vec<http::Uri>, ConfigError> {
     list.iter().map(|u| parse_upstream_url(key, u)).collect()
 }
 
+/// An upstream URL: `http(s)://host[:port]`, no path.
 pub(crate) fn parse_upstream_url(key: &str, url: &str) -> Result<http::Uri, ConfigError> {
     let uri: http::Uri = url
         .trim_end_matches('/')
@@ -97,4 +97,25 @@ pub(crate) fn parse_upstream_url(key: &str, url: &str) -> Result<http::Uri, Conf
         return Err(invalid(key, "must not have a path"));
     }
     Ok(uri)
+}
+
+/// Whether a URL as written carries user-info (`user[:password]@`) before its host. Read from
+/// the text, so even a URL that does not parse is never echoed with a password in it.
+pub fn url_has_user_info(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.contains('@')
+}
+
+/// An upstream URL must not carry credentials: they would never be sent (an upstream's
+/// `username`/`password` are), and the URL is a log field and a metrics label.
+pub(crate) fn refuse_upstream_user_info(key: &str, uri: &http::Uri) -> Result<(), ConfigError> {
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(invalid(
+            key,
+            "must not hold credentials (user:password@); give them as the upstream's `username` \
+             and `password` (or `password_file`, `password_env`)",
+        ));
+    }
+    Ok(())
 }

@@ -37,6 +37,7 @@ impl Collector for BlobStoreCollector {
             scrub_checked,
             damaged_by_scrub,
             damaged_on_read,
+            read_check_bytes,
         } = store.stats();
         let gauges = [
             (
@@ -81,6 +82,13 @@ impl Collector for BlobStoreCollector {
                 "archway_blob_scrub_checked",
                 "Cached blobs the background scrub read back and checked against their digests.",
                 scrub_checked,
+            ),
+            (
+                "archway_blob_read_check_bytes",
+                "Bytes of cached blobs hashed to check reads (cache.verify_reads): a whole read \
+                 hashes what it sends; a range read the whole blob, unless a check within \
+                 cache.verify_reads_ttl vouches for it.",
+                read_check_bytes,
             ),
         ];
         for (name, help, value) in counters {

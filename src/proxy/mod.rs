@@ -41,6 +41,7 @@ use crate::reference::Reference;
 use crate::route_policy::Route;
 use crate::upstream::{Parents, Upstream};
 use crate::upstream_choice;
+use crate::via::{self, Via};
 use blobs::Blobs;
 use client::ClientRequest;
 use http::header::{self, HeaderValue};
@@ -65,6 +66,9 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// `[auth]`: credentials every `/v2/` request must carry.
     client_auth: Option<ClientAuth>,
+    /// This archway's `Via` marker: on what it sends, and how its own requests are known when
+    /// they come back (a loop).
+    via: Via,
 }
 
 /// Why a proxy could not be built from its config.
@@ -171,6 +175,7 @@ impl Proxy {
                 min_free_space: cache.min_free_space,
                 bad_blob_ttl: cache.negative_ttl,
                 verify_reads: cache.verify_reads,
+                verify_reads_ttl: cache.verify_reads_ttl,
             },
             bucket.clone(),
             fleet,
@@ -190,15 +195,17 @@ impl Proxy {
         let manifests = Manifests::open(&dir, &config.cache, bucket, leases)
             .map_err(|(path, e)| cache_err(path, e))?;
         metrics.observe_blob_store(blobs.clone());
-        let parents =
-            Parents::new(&config.parent)?.map(|p| Arc::new(p.with_metrics(metrics.clone())));
+        let via = Via::new();
+        tracing::info!(via = via.marker(), "instance marker, sent upstream in Via");
+        let parents = Parents::new(&config.parent)?
+            .map(|p| Arc::new(p.with_metrics(metrics.clone()).with_via(&via)));
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| {
                 Upstream::new(u.clone())
                     .map(|up| {
-                        let up = up.with_metrics(metrics.clone());
+                        let up = up.with_metrics(metrics.clone()).with_via(via.clone());
                         Arc::new(match &parents {
                             Some(p) => up.with_parents(p.clone()),
                             None => up,
@@ -245,6 +252,7 @@ impl Proxy {
             metrics,
             client_auth,
             config,
+            via,
         })
     }
 
@@ -265,6 +273,12 @@ impl Proxy {
             .unwrap_or_default();
         for upstream in &self.upstreams {
             upstream.set_own_listeners(listeners.to_vec(), local.clone());
+            // Not refused outright (an address can be shared in ways archway cannot see), but
+            // every request there comes back as a loop, and is answered 508.
+            if let Some(why) = upstream.refused_destination() {
+                let u = upstream.config();
+                tracing::warn!(upstream = %u.name, url = %u.url, reason = %why, "upstream is archway's own listener: every request to it would come back as a loop (answered 508 Loop Detected); check its url");
+            }
         }
     }
 
@@ -318,34 +332,41 @@ impl Proxy {
             None => req.uri().path().to_owned(),
         };
         let method = req.method().clone();
-        let (response, notes) = async {
-            if let Some(why) = client::host_header_problem(req.version(), req.headers()) {
-                return refuse(
-                    ProxyError::downstream(ErrorCode::Unsupported, why)
-                        .with_status(http::StatusCode::BAD_REQUEST),
-                    req.method() == Method::HEAD,
-                );
+        let incoming_via = via::incoming_hops(req.headers());
+        let (response, notes) = via::scope(
+            incoming_via,
+            async {
+                if self.via.is_own_request(req.headers()) {
+                    return self.refuse_loop(&plan, &req);
+                }
+                if let Some(why) = client::host_header_problem(req.version(), req.headers()) {
+                    return refuse(
+                        ProxyError::downstream(ErrorCode::Unsupported, why)
+                            .with_status(http::StatusCode::BAD_REQUEST),
+                        req.method() == Method::HEAD,
+                    );
+                }
+                if busy {
+                    let (mut response, notes) = refuse(
+                        ProxyError::downstream(
+                            ErrorCode::TooManyRequests,
+                            "too many requests in flight (limits.max_requests); retry shortly",
+                        )
+                        .with_status(http::StatusCode::SERVICE_UNAVAILABLE),
+                        req.method() == Method::HEAD,
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return (response, notes);
+                }
+                match self.authenticate(&req, conn.peer).await {
+                    Ok(()) => self.respond(plan, req, conn).await,
+                    Err(refused) => refused,
+                }
             }
-            if busy {
-                let (mut response, notes) = refuse(
-                    ProxyError::downstream(
-                        ErrorCode::TooManyRequests,
-                        "too many requests in flight (limits.max_requests); retry shortly",
-                    )
-                    .with_status(http::StatusCode::SERVICE_UNAVAILABLE),
-                    req.method() == Method::HEAD,
-                );
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return (response, notes);
-            }
-            match self.authenticate(&req, conn.peer).await {
-                Ok(()) => self.respond(plan, req, conn).await,
-                Err(refused) => refused,
-            }
-        }
-        .instrument(span.clone())
+            .instrument(span.clone()),
+        )
         .await;
         let status = response.status().as_u16();
         let expected_bytes = if method == Method::HEAD {
@@ -372,6 +393,49 @@ impl Proxy {
                 },
             )
         })
+    }
+
+    /// This archway's own request, come back: forwarding it again would go round once more
+    /// (and wait on the very download it started), so it is refused at once — before `[auth]`,
+    /// which it carries no credentials for.
+    fn refuse_loop<B>(
+        &self,
+        plan: &Plan,
+        req: &Request<B>,
+    ) -> (Response<ResponseBody>, RequestNotes) {
+        let upstream = self.upstream_name(plan);
+        let via = req
+            .headers()
+            .get_all(header::VIA)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let target = match plan.target.as_ref().and_then(|t| t.as_ref().ok()) {
+            Some(t) => self
+                .upstreams
+                .get(t.upstream)
+                .map(|u| format!("upstream {} ({})", u.config().name, u.config().url)),
+            None => None,
+        }
+        .unwrap_or_else(|| "an upstream".to_owned());
+        tracing::warn!(
+            upstream,
+            via = %via,
+            marker = self.via.marker(),
+            "request loop: this archway's own request came back to it; refused"
+        );
+        let e = ProxyError::new(
+            crate::error::Side::Internal,
+            ErrorCode::LoopDetected,
+            format!(
+                "request loop: this request was sent by this archway ({}) and came back to it; \
+                 {target}, directly or through other archways, leads back here: check the \
+                 upstream's url and the parent settings",
+                self.via.marker()
+            ),
+        );
+        refuse(e, req.method() == Method::HEAD)
     }
 
     /// With `[auth]`, a `/v2/` request without good credentials gets 401 and the Basic

@@ -191,15 +191,7 @@ impl Egress {
 
     /// Checks a URL before a hop (an IP literal is not resolved, so it is checked here).
     pub fn check_url(&self, uri: &http::Uri) -> Result<(), String> {
-        let host = uri
-            .host()
-            .unwrap_or_default()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let port = uri.port_u16().or(match uri.scheme_str() {
-            Some("https") => Some(443),
-            _ => Some(80),
-        });
+        let (host, port) = host_and_port(uri);
         match host.parse::<IpAddr>() {
             Ok(ip) => match self.refuses_ip(host, ip, port) {
                 Some(why) => Err(why),
@@ -207,6 +199,26 @@ impl Egress {
             },
             Err(_) => Ok(()),
         }
+    }
+
+    /// `check_url` for a configured URL (an upstream's or a parent's own), at start: `localhost`
+    /// counts as the loopback addresses, where archway's own listener may well be.
+    pub fn check_own_url(&self, uri: &http::Uri) -> Result<(), String> {
+        let (host, port) = host_and_port(uri);
+        if host.eq_ignore_ascii_case("localhost") {
+            let loopback = [
+                IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ];
+            return match loopback
+                .into_iter()
+                .find_map(|ip| self.refuses_ip(host, ip, port))
+            {
+                Some(why) => Err(why),
+                None => Ok(()),
+            };
+        }
+        self.check_url(uri)
     }
 
     /// Checks a name's addresses, resolved for a connection; keeps the ones allowed.
@@ -231,6 +243,20 @@ impl Egress {
             _ => Ok(kept),
         }
     }
+}
+
+/// A URL's host (without IPv6 brackets) and its port, the scheme's default if none is given.
+fn host_and_port(uri: &http::Uri) -> (&str, Option<u16>) {
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = uri.port_u16().or(match uri.scheme_str() {
+        Some("https") => Some(443),
+        _ => Some(80),
+    });
+    (host, port)
 }
 
 /// The connector's resolver: the system's, with the egress policy applied to every name.
@@ -363,6 +389,13 @@ mod tests {
             "archway's admin"
         );
         assert!(url("http://127.0.0.1:5000/v2/").is_err(), "archway itself");
+        let own = |u: &str| e.check_own_url(&u.parse().unwrap());
+        assert!(
+            own("http://localhost:5000").is_err(),
+            "archway itself by name"
+        );
+        assert!(own("http://localhost:6000").is_ok());
+        assert!(own("http://127.0.0.1:9090").is_err());
         assert!(
             url("http://169.254.169.254/").is_err(),
             "still not link-local"

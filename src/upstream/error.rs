@@ -30,6 +30,8 @@ pub enum UpstreamErrorKind {
     Unavailable,
     /// No answer within the budget, or 504.
     Timeout,
+    /// 508: the request came back to an archway it had passed (a request loop).
+    Loop,
     /// Another 4xx, passed on with its status.
     Refused(StatusCode),
     /// A request archway could not even form.
@@ -93,6 +95,7 @@ pub fn status_error(
         StatusCode::RANGE_NOT_SATISFIABLE => RangeNotSatisfiable,
         StatusCode::TOO_MANY_REQUESTS => RateLimited,
         StatusCode::GATEWAY_TIMEOUT => Timeout,
+        StatusCode::LOOP_DETECTED => Loop,
         s if s.is_server_error() => Unavailable,
         s => Refused(s),
     };
@@ -100,10 +103,15 @@ pub fn status_error(
         RateLimited | Timeout | Unavailable => headers.get(header::RETRY_AFTER).cloned(),
         _ => None,
     };
-    Some(
-        UpstreamError::new(kind, format!("upstream {upstream_name} answered {status}"))
-            .with_retry_after(retry_after),
-    )
+    let message = match kind {
+        Loop => format!(
+            "upstream {upstream_name} answered {status}: a request loop; its url leads back to \
+             this archway, directly or through other archways (check upstream {upstream_name}'s \
+             url and the parents')"
+        ),
+        _ => format!("upstream {upstream_name} answered {status}"),
+    };
+    Some(UpstreamError::new(kind, message).with_retry_after(retry_after))
 }
 
 impl From<UpstreamError> for ProxyError {
@@ -130,6 +138,7 @@ impl From<UpstreamError> for ProxyError {
                 .with_status(StatusCode::TOO_MANY_REQUESTS),
             Unavailable => ProxyError::bad_gateway(message),
             Timeout => ProxyError::gateway_timeout(message),
+            Loop => ProxyError::upstream(ErrorCode::LoopDetected, message),
             Refused(status) => {
                 ProxyError::upstream(ErrorCode::Unknown, message).with_status(status)
             }

@@ -157,6 +157,10 @@ impl Upstream {
             headers.remove(name);
         }
         headers.insert(header::USER_AGENT, self.user_agent.clone());
+        headers.remove(header::VIA);
+        if let Some(via) = &self.via {
+            headers.insert(header::VIA, via.outgoing());
+        }
         headers
     }
 

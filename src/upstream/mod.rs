@@ -96,6 +96,8 @@ pub struct Upstream {
     egress: Arc<Egress>,
     /// `parent`: every request goes through these archways instead.
     parents: Option<Arc<Parents>>,
+    /// `Via` on every request: this archway's marker (the proxy sets it).
+    via: Option<crate::via::Via>,
 }
 
 impl fmt::Debug for Upstream {
@@ -180,12 +182,20 @@ impl Upstream {
             metrics: None,
             egress,
             parents: None,
+            via: None,
         })
     }
 
     /// Sends every request through `parents` (the node → cluster tier).
     pub fn with_parents(mut self, parents: Arc<Parents>) -> Self {
         self.parents = Some(parents);
+        self
+    }
+
+    /// Marks every request with `via` (`Via: 1.1 archway-<id>`), so that one that comes back
+    /// to this archway is recognised as a loop.
+    pub fn with_via(mut self, via: crate::via::Via) -> Self {
+        self.via = Some(via);
         self
     }
 
@@ -216,9 +226,9 @@ impl Upstream {
     }
 
     /// Why the egress policy refuses this upstream's own URL (archway's own listener, as an IP
-    /// literal), if it does.
+    /// literal or `localhost`), if it does.
     pub(crate) fn refused_destination(&self) -> Option<String> {
-        self.egress.check_url(&self.config.url).err()
+        self.egress.check_own_url(&self.config.url).err()
     }
 
     pub fn config(&self) -> &UpstreamConfig {

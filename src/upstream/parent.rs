@@ -154,6 +154,19 @@ impl Parents {
         self
     }
 
+    /// Marks every request to a parent with `via` (see `Upstream::with_via`).
+    pub fn with_via(mut self, via: &crate::via::Via) -> Self {
+        self.members = self
+            .members
+            .into_iter()
+            .map(|mut m| {
+                m.client = m.client.with_via(via.clone());
+                m
+            })
+            .collect();
+        self
+    }
+
     /// archway's own listeners: a parent's redirect may not lead to them (set once).
     pub fn set_own_listeners(
         &self,

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Bytes per read at most: large enough to amortise the blocking-task hop, small enough that a
@@ -25,31 +26,42 @@ const CHUNK: u64 = 128 * 1024;
 /// to `CHUNK`, so a client that takes nothing costs this much, not a full chunk.
 const FIRST_CHUNK: u64 = 16 * 1024;
 
+/// `cache.verify_reads`: where damage found by a read is counted, and how long a whole-blob
+/// check vouches for the blob's range reads (`cache.verify_reads_ttl`).
+pub(crate) struct ReadVerify {
+    pub(crate) damage: Arc<Damage>,
+    pub(crate) trust: Duration,
+}
+
 /// A committed blob. `pin` keeps it from being evicted until the body is finished or dropped.
 ///
 /// With `verify` (`cache.verify_reads`), the bytes are checked against the digest: a whole-blob
 /// read hashes as it goes and breaks off before its last chunk on a mismatch; a range read
-/// checks the whole file first. A mismatch drops the blob.
+/// checks the whole file first — unless every byte of the file matched within `trust` (its
+/// download, a whole read, the scrub): a partial pull's ranges would each hash the whole blob.
+/// A mismatch drops the blob; a match is remembered for the ranges that follow.
 pub(crate) fn cached_body(
     path: PathBuf,
     size: u64,
     range: Option<(u64, u64)>,
     pin: Arc<PinGuard>,
-    verify: Option<Arc<Damage>>,
+    verify: Option<Arc<ReadVerify>>,
 ) -> ResponseBody {
     let (start, end) = match range {
         Some((start, end)) => (start, end.checked_add(1)),
         None => (0, Some(size)),
     };
-    let check = verify.map(|damage| {
-        Box::new(ReadCheck {
-            hasher: range
-                .is_none()
-                .then(|| Verifier::new(pin.digest().algorithm())),
-            damage,
-            size,
-        })
-    });
+    let check = verify
+        .filter(|v| range.is_none() || v.trust.is_zero() || !pin.verified_within(v.trust))
+        .map(|v| {
+            Box::new(ReadCheck {
+                hasher: range
+                    .is_none()
+                    .then(|| Verifier::new(pin.digest().algorithm())),
+                damage: v.damage.clone(),
+                size,
+            })
+        });
     let reader = Reader {
         source: Source::Cached { path, pin, check },
         pos: start,
@@ -219,6 +231,7 @@ impl Reader {
             match &mut check.hasher {
                 Some(hasher) => {
                     hasher.update(&bytes);
+                    check.damage.read_checked(bytes.len() as u64);
                     if !last {
                         return Ok(bytes);
                     }
@@ -232,6 +245,12 @@ impl Reader {
         let ok = match verdict {
             Verdict::Known(ok) => ok,
             Verdict::WholeFile(path, digest, size) => {
+                if let Source::Cached {
+                    check: Some(check), ..
+                } = &self.source
+                {
+                    check.damage.read_checked(size);
+                }
                 tokio::task::spawn_blocking(move || file_matches(&path, &digest, size))
                     .await
                     .map_err(io::Error::other)??
@@ -239,6 +258,7 @@ impl Reader {
         };
         if let Source::Cached { pin, check, .. } = &mut self.source {
             if ok {
+                pin.report_verified();
                 // A range checked once goes out as read.
                 if check.as_ref().is_some_and(|c| c.hasher.is_none()) {
                     *check = None;

@@ -17,6 +17,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 pub(crate) struct Catalog {
     layout: Layout,
@@ -129,6 +130,8 @@ impl Catalog {
             let mut state = self.lock();
             self.layout.install(tmp, &fill.digest)?;
             state.index.insert(fill.digest.clone(), size);
+            // The fill checked every byte against the digest on the way in.
+            state.index.mark_verified(&fill.digest, Instant::now());
             forget_locked(&mut state, fill);
             for digest in state.index.evict_to(self.max_bytes) {
                 self.layout.remove(&digest);
@@ -146,6 +149,19 @@ impl Catalog {
             self.layout.remove(digest);
             tracing::warn!(%digest, "cached blob does not match its digest; dropped");
         }
+    }
+
+    /// Every byte of the committed file just matched its digest (a whole read, the scrub).
+    pub(crate) fn mark_verified(&self, digest: &Digest) {
+        self.lock().index.mark_verified(digest, Instant::now());
+    }
+
+    /// Whether the committed file was found whole within the last `within`.
+    pub(crate) fn verified_within(&self, digest: &Digest, within: Duration) -> bool {
+        self.lock()
+            .index
+            .verified_at(digest)
+            .is_some_and(|at| at.elapsed() < within)
     }
 
     /// Every committed blob, least recently used first.
@@ -182,6 +198,16 @@ pub(crate) struct PinGuard {
 impl PinGuard {
     pub(crate) fn digest(&self) -> &Digest {
         &self.digest
+    }
+
+    /// The pinned blob's bytes all matched its digest just now.
+    pub(crate) fn report_verified(&self) {
+        self.catalog.mark_verified(&self.digest);
+    }
+
+    /// Whether the pinned blob was found whole within the last `within`.
+    pub(crate) fn verified_within(&self, within: Duration) -> bool {
+        self.catalog.verified_within(&self.digest, within)
     }
 
     /// The pinned blob's bytes did not match its digest.

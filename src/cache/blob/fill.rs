@@ -74,7 +74,8 @@ where
         };
         task.run(fetch).await;
     };
-    tokio::spawn(task.in_current_span());
+    // So are the archway hops of its `Via`: a loop through several archways shows in them.
+    tokio::spawn(crate::via::carry(task).in_current_span());
 }
 
 /// Owns the fill's cleanup: if the task ends in any way without settling (a panic in `fetch`,

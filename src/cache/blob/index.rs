@@ -3,6 +3,7 @@
 
 use crate::digest::Digest;
 use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 #[derive(Default)]
 pub(crate) struct Index {
@@ -19,6 +20,9 @@ struct Entry {
     tick: u64,
     /// Handles and bodies reading the blob: a pinned blob is never evicted.
     pins: u64,
+    /// When every byte of this committed file last matched its digest (its download, a
+    /// verified whole read, the scrub); `None`: not since `open`.
+    verified: Option<Instant>,
 }
 
 impl Index {
@@ -36,6 +40,7 @@ impl Index {
                 size,
                 tick,
                 pins: 0,
+                verified: None,
             },
         ) {
             self.lru.remove(&old.tick);
@@ -61,6 +66,18 @@ impl Index {
         if let Some(entry) = self.entries.get_mut(digest) {
             entry.pins = entry.pins.saturating_sub(1);
         }
+    }
+
+    /// Every byte of the committed file matched its digest at `at`.
+    pub(crate) fn mark_verified(&mut self, digest: &Digest, at: Instant) {
+        if let Some(entry) = self.entries.get_mut(digest) {
+            entry.verified = Some(at);
+        }
+    }
+
+    /// When the committed file was last found whole; `None` if not since `open`.
+    pub(crate) fn verified_at(&self, digest: &Digest) -> Option<Instant> {
+        self.entries.get(digest).and_then(|e| e.verified)
     }
 
     /// Forgets a committed blob (found damaged); its file is the caller's to delete.

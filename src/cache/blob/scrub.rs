@@ -18,9 +18,17 @@ pub(crate) struct Damage {
     checked: AtomicU64,
     by_scrub: AtomicU64,
     on_read: AtomicU64,
+    /// Bytes `verify_reads` hashed to check reads.
+    read_check_bytes: AtomicU64,
 }
 
 impl Damage {
+    pub(crate) fn read_checked(&self, bytes: u64) {
+        self.read_check_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub(crate) fn read_check_bytes(&self) -> u64 {
+        self.read_check_bytes.load(Ordering::Relaxed)
+    }
     pub(crate) fn found_on_read(&self) {
         self.on_read.fetch_add(1, Ordering::Relaxed);
     }
@@ -92,5 +100,8 @@ fn check(catalog: &Arc<Catalog>, digest: &Digest, rate: u64, damage: &Damage) {
         damage.by_scrub.fetch_add(1, Ordering::Relaxed);
         drop(pin);
         catalog.remove_damaged(digest);
+    } else {
+        // Vouches for the blob's range reads under `verify_reads` for a while.
+        catalog.mark_verified(digest);
     }
 }

@@ -1,7 +1,7 @@
 //! The blob store's API: look a blob up, join or start the one download of a digest, answer a
 //! HEAD, wait for commits at shutdown. The proxy sees blobs and bodies, never files.
 
-use super::body;
+use super::body::{self, ReadVerify};
 use super::bucket_tier::{BlobTier, BucketRedirects};
 use super::catalog::{Catalog, PinGuard};
 use super::failures::RecentFailures;
@@ -42,6 +42,8 @@ pub struct BlobStoreLimits {
     pub bad_blob_ttl: Duration,
     /// Check every read of a committed blob against its digest (`cache.verify_reads`).
     pub verify_reads: bool,
+    /// How long a whole-blob check vouches for a blob's range reads (`cache.verify_reads_ttl`).
+    pub verify_reads_ttl: Duration,
 }
 
 impl BlobStoreLimits {
@@ -56,6 +58,7 @@ impl BlobStoreLimits {
             min_free_space: 0,
             bad_blob_ttl: Duration::ZERO,
             verify_reads: false,
+            verify_reads_ttl: Duration::ZERO,
         }
     }
 }
@@ -81,6 +84,8 @@ pub struct BlobStoreStats {
     pub damaged_by_scrub: u64,
     /// …and by a read (a small blob loaded, or `verify_reads`).
     pub damaged_on_read: u64,
+    /// Bytes of committed blobs hashed to check reads (`verify_reads`) since `open`.
+    pub read_check_bytes: u64,
 }
 
 pub struct BlobStore {
@@ -89,6 +94,8 @@ pub struct BlobStore {
     small: SmallBlobs,
     verify_reads: bool,
     damage: Arc<Damage>,
+    /// What bodies check reads with, when `verify_reads`.
+    read_verify: Arc<ReadVerify>,
     bucket: Option<Arc<Bucket>>,
 }
 
@@ -141,6 +148,7 @@ impl BlobStore {
         redirects: Option<BucketRedirects>,
     ) -> io::Result<Arc<BlobStore>> {
         let catalog = Arc::new(Catalog::open(&root, limits.max_bytes)?);
+        let damage = Arc::new(Damage::default());
         let env = FillEnv {
             catalog: catalog.clone(),
             buffer: WriteBuffer::new(limits.write_buffer),
@@ -155,7 +163,11 @@ impl BlobStore {
             catalog,
             small: SmallBlobs::new(limits.small_blob_memory),
             verify_reads: limits.verify_reads,
-            damage: Arc::new(Damage::default()),
+            read_verify: Arc::new(ReadVerify {
+                damage: damage.clone(),
+                trust: limits.verify_reads_ttl,
+            }),
+            damage,
             bucket,
         }))
     }
@@ -179,7 +191,7 @@ impl BlobStore {
             size,
             path: self.catalog.blob_path(digest),
             pin: Arc::new(pin),
-            verify: self.verify_reads.then(|| self.damage.clone()),
+            verify: self.verify_reads.then(|| self.read_verify.clone()),
         })
     }
 
@@ -295,7 +307,7 @@ impl BlobStore {
                     size,
                     path: self.catalog.blob_path(digest),
                     pin: Arc::new(self.catalog.pin_guard(digest)),
-                    verify: self.verify_reads.then(|| self.damage.clone()),
+                    verify: self.verify_reads.then(|| self.read_verify.clone()),
                 }));
             }
             match state.in_flight.get(digest) {
@@ -399,6 +411,7 @@ impl BlobStore {
             scrub_checked: self.damage.checked(),
             damaged_by_scrub: self.damage.by_scrub(),
             damaged_on_read: self.damage.on_read(),
+            read_check_bytes: self.damage.read_check_bytes(),
         }
     }
 
@@ -425,7 +438,7 @@ pub struct CachedBlob {
     path: PathBuf,
     pin: Arc<PinGuard>,
     /// `cache.verify_reads`: bodies check the bytes and report damage here.
-    verify: Option<Arc<Damage>>,
+    verify: Option<Arc<ReadVerify>>,
 }
 
 impl CachedBlob {
