@@ -31,7 +31,7 @@ type Found = (Arc<Manifest>, CacheResult);
 
 pub(crate) struct Manifests {
     store: ManifestStore,
-    tags: TagStore,
+    tags: Arc<TagStore>,
     /// Concurrent misses for one tag make one upstream request.
     refreshing: KeyedLock<TagKey>,
     /// Concurrent misses for one manifest digest make one upstream request.
@@ -60,7 +60,11 @@ impl Manifests {
         let tdir = data_dir.join("tags");
         let tags = TagStore::open(tdir.clone())
             .map_err(|e| (tdir, e))?
+            .with_memory_budget(cache.tag_memory)
             .with_bucket(bucket);
+        let tags = Arc::new(tags);
+        // In the background: readiness does not wait for the records to be read.
+        tags.spawn_warm_up();
         Ok(Manifests {
             store,
             tags,
@@ -153,7 +157,7 @@ impl Manifests {
         if let Some(fresh) = self.fresh_tag(&key, ttl, repo, tag).await {
             return fresh;
         }
-        let cached = self.tags.get(&key);
+        let cached = self.tags.get(&key).await;
         // Requests that queued behind a refresh which found upstream down don't each wait out
         // another timeout: they take that answer. Requests that came later ask upstream again.
         let refreshed = match self.recent_failures.get(&key) {
@@ -213,7 +217,7 @@ impl Manifests {
     ) -> Option<Result<Found, ProxyError>> {
         // Another replica may have confirmed the tag within the TTL: then upstream isn't asked.
         self.tags.adopt_from_bucket(key, ttl).await;
-        match self.tags.get(key) {
+        match self.tags.get(key).await {
             Some(entry) if entry.age(SystemTime::now()) < ttl => self
                 .store
                 .get(&entry.digest)
@@ -253,7 +257,7 @@ impl Manifests {
             Turn::Ready(found) => Ok(found),
             Turn::Fetch(_lease) => {
                 // What we knew may have been superseded while waiting.
-                let cached = self.tags.get(key).or_else(|| cached.cloned());
+                let cached = self.tags.get(key).await.or_else(|| cached.cloned());
                 self.refresh_tag(upstream, repo, tag, key, cached.as_ref())
                     .await
             }
