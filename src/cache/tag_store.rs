@@ -4,8 +4,9 @@
 //! (`<prefix>tags/<upstream>/<repository>/<tag>`, JSON), and a replica whose own record is
 //! missing or older than the TTL takes a newer one from there.
 
+use super::blob::{CacheFile, DiskBudget};
 use super::bucket::Bucket;
-use super::manifest_store::{clear_dir, write_atomically};
+use super::manifest_store::{clear_dir, commit_file, write_atomically};
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -84,6 +85,9 @@ pub struct TagStore {
     /// The most recently used records, within `budget` bytes; every record is also on disk.
     memory: moka::sync::Cache<TagKey, TagEntry>,
     budget: u64,
+    /// `cache.max_size`, shared with the blobs: the records on disk are counted and evicted
+    /// with them (a tag whose record is gone is revalidated upstream). `None` (tests): unbounded.
+    disk: Option<DiskBudget>,
     /// Upstream said 404: when it did, and until when that answer is fresh. In memory only.
     /// Kept past freshness (up to `MAX_MISSING` tags) so that, while upstream is down, a tag
     /// it said was missing is still answered 404 (stale-if-error), not 502.
@@ -110,6 +114,7 @@ impl TagStore {
             bucket: None,
             memory: memory_cache(DEFAULT_TAG_MEMORY),
             budget: DEFAULT_TAG_MEMORY,
+            disk: None,
             missing: RwLock::new(HashMap::new()),
         })
     }
@@ -119,6 +124,19 @@ impl TagStore {
         self.memory = memory_cache(bytes);
         self.budget = bytes;
         self
+    }
+
+    /// With the records counted against the disk budget.
+    pub fn with_disk_budget(mut self, disk: Option<DiskBudget>) -> Self {
+        self.disk = disk;
+        self
+    }
+
+    /// Moves the tag's record to the back of the disk's eviction order.
+    fn touch(&self, key: &TagKey) {
+        if let Some(disk) = &self.disk {
+            disk.touch(&CacheFile::Tag(file_name(key)));
+        }
     }
 
     /// Bytes of tags held in memory, as weighed against the budget.
@@ -196,6 +214,7 @@ impl TagStore {
     /// From memory, else from disk (then kept in memory, displacing the least recently used).
     pub async fn get(&self, key: &TagKey) -> Option<TagEntry> {
         if let Some(e) = self.memory.get(key) {
+            self.touch(key);
             return Some(e);
         }
         let path = self.dir.join(file_name(key));
@@ -205,6 +224,7 @@ impl TagStore {
         if r.key != *key || self.is_remembered_missing(key) {
             return None;
         }
+        self.touch(key);
         self.memory.insert(r.key, r.entry.clone());
         Some(r.entry)
     }
@@ -292,12 +312,17 @@ impl TagStore {
             m.remove(&key);
         }
         self.memory.insert(key.clone(), entry.clone());
-        let file = self.dir.join(file_name(&key));
+        let name = file_name(&key);
+        let file = self.dir.join(&name);
         let tmp = self.dir.join("tmp");
         let data = serde_json::to_vec(&Record { key, entry }).map_err(std::io::Error::other)?;
-        tokio::task::spawn_blocking(move || write_atomically(&tmp, &file, &data))
-            .await
-            .map_err(std::io::Error::other)?
+        let disk = self.disk.clone();
+        tokio::task::spawn_blocking(move || match disk {
+            Some(disk) => commit_file(&disk, CacheFile::Tag(name), &tmp, &data),
+            None => write_atomically(&tmp, &file, &data),
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// Upstream no longer has the tag: forget it, remember the 404 as fresh for `ttl`, and keep
@@ -323,7 +348,15 @@ impl TagStore {
                 },
             );
         }
-        let _ = tokio::fs::remove_file(self.dir.join(file_name(key))).await;
+        match &self.disk {
+            Some(disk) => {
+                let (disk, file) = (disk.clone(), CacheFile::Tag(file_name(key)));
+                let _ = tokio::task::spawn_blocking(move || disk.remove(&file)).await;
+            }
+            None => {
+                let _ = tokio::fs::remove_file(self.dir.join(file_name(key))).await;
+            }
+        }
     }
 
     /// Upstream said 404 for the tag and that is still remembered (fresh or not).

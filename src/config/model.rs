@@ -93,7 +93,7 @@ pub struct AuthConfig {
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
-    /// Byte budget of the blob store on disk.
+    /// Byte budget of the cache on disk: blobs, manifests and tag records together.
     pub max_size: u64,
     /// Byte budget of the in-memory manifest cache.
     pub memory_size: u64,

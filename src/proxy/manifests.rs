@@ -7,6 +7,7 @@
 //! bucket before letting go, the others read it from there.
 
 use super::outcome::CacheResult;
+use crate::cache::blob::DiskBudget;
 use crate::cache::bucket::Bucket;
 use crate::cache::fetch_lease::{FetchLeases, Turn};
 use crate::cache::keyed_lock::KeyedLock;
@@ -46,21 +47,25 @@ pub(crate) struct Manifests {
 }
 
 impl Manifests {
-    /// Opens the manifest and tag stores under `data_dir`. Blocking.
+    /// Opens the manifest and tag stores under `data_dir`, their files under `disk` (the blob
+    /// store's budget). Blocking.
     pub(crate) fn open(
         data_dir: &Path,
         cache: &CacheConfig,
+        disk: DiskBudget,
         bucket: Option<Arc<Bucket>>,
         leases: Option<FetchLeases>,
     ) -> Result<Self, (std::path::PathBuf, std::io::Error)> {
         let mdir = data_dir.join("manifests");
         let store = ManifestStore::open(mdir.clone(), cache.memory_size)
             .map_err(|e| (mdir, e))?
+            .with_disk_budget(Some(disk.clone()))
             .with_bucket(bucket.clone());
         let tdir = data_dir.join("tags");
         let tags = TagStore::open(tdir.clone())
             .map_err(|e| (tdir, e))?
             .with_memory_budget(cache.tag_memory)
+            .with_disk_budget(Some(disk))
             .with_bucket(bucket);
         let tags = Arc::new(tags);
         // In the background: readiness does not wait for the records to be read.
