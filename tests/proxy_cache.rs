@@ -387,7 +387,7 @@ async fn tags_beyond_the_memory_budget_are_served_stale_from_disk() {
     let h = Harness::with(FakeRegistry::start().await, |c| {
         c.cache.tag_ttl = Duration::from_millis(100);
         c.cache.stale_if_error = Duration::from_secs(3600);
-        // Room for three or four tags.
+        // Room for two tags.
         c.cache.tag_memory = 1500;
     })
     .await;

@@ -278,3 +278,27 @@ mod tests {
         assert_eq!(index.touch_and_pin(&d(2)), None);
     }
 }
+
+/// What a committed blob costs in the index: `cargo test --lib -- --ignored
+/// index_memory_per_blob --nocapture` (bench/store_scale's profile; same layout in debug).
+#[cfg(all(test, target_os = "linux"))]
+mod footprint {
+    use super::*;
+
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn index_memory_per_blob() {
+        const N: u64 = 200_000;
+        let before = crate::cache::tag_store::footprint::rss_bytes();
+        let mut index = Index::default();
+        for n in 0..N {
+            index.insert(Digest::sha256_of(&n.to_be_bytes()), 4096);
+        }
+        let after = crate::cache::tag_store::footprint::rss_bytes();
+        println!(
+            "blob index: {} bytes per blob by RSS (digest, size, recency, pins)",
+            (after - before) / N
+        );
+        assert_eq!(index.len() as u64, N);
+    }
+}
