@@ -5,6 +5,45 @@
 use crate::digest::Digest;
 use std::collections::{BTreeMap, HashMap};
 
+/// A blob's digest as the index holds it: sha256 as its 32 raw bytes inline, so a blob costs no
+/// heap string (two, before: the map's key and the LRU's copy); other algorithms boxed.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Sha256([u8; 32]),
+    Other(Box<Digest>),
+}
+
+impl Key {
+    fn of(digest: &Digest) -> Key {
+        match digest.sha256_bytes() {
+            Some(bytes) => Key::Sha256(bytes),
+            None => Key::Other(Box::new(digest.clone())),
+        }
+    }
+
+    fn digest(&self) -> Digest {
+        match self {
+            Key::Sha256(bytes) => Digest::sha256_from_bytes(bytes),
+            Key::Other(d) => (**d).clone(),
+        }
+    }
+}
+
+/// The LRU's own entries: a blob by its compact key, or another cache file.
+enum Slot {
+    Blob(Key),
+    File(CacheFile),
+}
+
+impl Slot {
+    fn item(&self) -> Item {
+        match self {
+            Slot::Blob(k) => Item::Blob(k.digest()),
+            Slot::File(f) => Item::File(f.clone()),
+        }
+    }
+}
+
 /// A cache file other than a blob, under the same byte budget (`cache.max_size`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CacheFile {
@@ -23,11 +62,11 @@ pub(crate) enum Item {
 
 #[derive(Default)]
 pub(crate) struct Index {
-    entries: HashMap<Digest, Entry>,
+    entries: HashMap<Key, Entry>,
     /// Manifests and tag records: never pinned (each is read whole, at once).
     files: HashMap<CacheFile, FileEntry>,
     /// Recency order over both: tick -> item; the smallest tick is the least recently used.
-    lru: BTreeMap<u64, Item>,
+    lru: BTreeMap<u64, Slot>,
     tick: u64,
     /// Blobs' bytes, and all bytes (blobs and files): the budget is on the latter.
     blob_bytes: u64,
@@ -56,8 +95,9 @@ impl Index {
     /// Adds (or replaces) a committed blob as the most recently used.
     pub(crate) fn insert(&mut self, digest: Digest, size: u64) {
         let tick = self.next_tick();
+        let key = Key::of(&digest);
         if let Some(old) = self.entries.insert(
-            digest.clone(),
+            key.clone(),
             Entry {
                 size,
                 tick,
@@ -68,7 +108,7 @@ impl Index {
             self.bytes = self.bytes.saturating_sub(old.size);
             self.blob_bytes = self.blob_bytes.saturating_sub(old.size);
         }
-        self.lru.insert(tick, Item::Blob(digest));
+        self.lru.insert(tick, Slot::Blob(key));
         self.bytes = self.bytes.saturating_add(size);
         self.blob_bytes = self.blob_bytes.saturating_add(size);
     }
@@ -80,7 +120,7 @@ impl Index {
             self.lru.remove(&old.tick);
             self.bytes = self.bytes.saturating_sub(old.size);
         }
-        self.lru.insert(tick, Item::File(file));
+        self.lru.insert(tick, Slot::File(file));
         self.bytes = self.bytes.saturating_add(size);
     }
 
@@ -108,7 +148,7 @@ impl Index {
     /// Marks the entry used and pins it; `None` if not committed.
     pub(crate) fn touch_and_pin(&mut self, digest: &Digest) -> Option<u64> {
         let tick = self.next_tick();
-        let entry = self.entries.get_mut(digest)?;
+        let entry = self.entries.get_mut(&Key::of(digest))?;
         // The item moves to its new tick: no clone of the digest on a hit.
         if let Some(item) = self.lru.remove(&entry.tick) {
             self.lru.insert(tick, item);
@@ -119,14 +159,14 @@ impl Index {
     }
 
     pub(crate) fn unpin(&mut self, digest: &Digest) {
-        if let Some(entry) = self.entries.get_mut(digest) {
+        if let Some(entry) = self.entries.get_mut(&Key::of(digest)) {
             entry.pins = entry.pins.saturating_sub(1);
         }
     }
 
     /// Forgets a committed blob (found damaged); its file is the caller's to delete.
     pub(crate) fn remove(&mut self, digest: &Digest) -> Option<u64> {
-        let entry = self.entries.remove(digest)?;
+        let entry = self.entries.remove(&Key::of(digest))?;
         self.lru.remove(&entry.tick);
         self.bytes = self.bytes.saturating_sub(entry.size);
         self.blob_bytes = self.blob_bytes.saturating_sub(entry.size);
@@ -137,16 +177,16 @@ impl Index {
     pub(crate) fn digests(&self) -> Vec<Digest> {
         self.lru
             .values()
-            .filter_map(|item| match item {
-                Item::Blob(d) => Some(d.clone()),
-                Item::File(_) => None,
+            .filter_map(|slot| match slot {
+                Slot::Blob(k) => Some(k.digest()),
+                Slot::File(_) => None,
             })
             .collect()
     }
 
     /// The committed size, without touching recency.
     pub(crate) fn size(&self, digest: &Digest) -> Option<u64> {
-        self.entries.get(digest).map(|e| e.size)
+        self.entries.get(&Key::of(digest)).map(|e| e.size)
     }
 
     /// Drops least-recently-used unpinned entries (blobs, manifests and tag records alike)
@@ -158,29 +198,29 @@ impl Index {
             let victim = self
                 .lru
                 .iter()
-                .find(|(_, item)| match item {
-                    Item::Blob(d) => self.entries.get(d).is_some_and(|e| e.pins == 0),
-                    Item::File(_) => true,
+                .find(|(_, slot)| match slot {
+                    Slot::Blob(k) => self.entries.get(k).is_some_and(|e| e.pins == 0),
+                    Slot::File(_) => true,
                 })
                 .map(|(tick, _)| *tick);
-            let Some(item) = victim.and_then(|tick| self.lru.remove(&tick)) else {
+            let Some(slot) = victim.and_then(|tick| self.lru.remove(&tick)) else {
                 break;
             };
-            match &item {
-                Item::Blob(d) => {
-                    if let Some(entry) = self.entries.remove(d) {
+            match &slot {
+                Slot::Blob(k) => {
+                    if let Some(entry) = self.entries.remove(k) {
                         self.bytes = self.bytes.saturating_sub(entry.size);
                         self.blob_bytes = self.blob_bytes.saturating_sub(entry.size);
                     }
                 }
-                Item::File(f) => {
+                Slot::File(f) => {
                     if let Some(entry) = self.files.remove(f) {
                         self.bytes = self.bytes.saturating_sub(entry.size);
                     }
                 }
             }
             self.evictions += 1;
-            evicted.push(item);
+            evicted.push(slot.item());
         }
         evicted
     }
@@ -267,6 +307,22 @@ mod tests {
         index.insert_file(t(1), 50);
         assert_eq!(index.remove_file(&t(1)), Some(50));
         assert_eq!(index.digests(), vec![d(0)]);
+    }
+
+    /// Digests are held compactly; every algorithm comes back out as it went in.
+    #[test]
+    fn digests_of_every_algorithm_come_back_whole() {
+        let mut index = Index::default();
+        let sha512: Digest = format!("sha512:{}", "ab".repeat(64)).parse().unwrap();
+        index.insert(sha512.clone(), 10);
+        index.insert(d(7), 10);
+        assert_eq!(index.touch_and_pin(&sha512), Some(10));
+        index.unpin(&sha512);
+        assert_eq!(index.digests(), vec![d(7), sha512.clone()]);
+        assert_eq!(
+            index.evict_to(0),
+            vec![Item::Blob(d(7)), Item::Blob(sha512)]
+        );
     }
 
     #[test]
