@@ -53,6 +53,21 @@ impl Digest {
         &self.hex
     }
 
+    /// The sha256 digest whose raw bytes are `bytes`.
+    pub fn sha256_from_bytes(bytes: &[u8; 32]) -> Digest {
+        Digest {
+            algorithm: Algorithm::Sha256,
+            hex: hex::encode(bytes),
+        }
+    }
+
+    /// The raw bytes of a sha256 digest; `None` for other algorithms.
+    pub fn sha256_bytes(&self) -> Option<[u8; 32]> {
+        let mut out = [0u8; 32];
+        (self.algorithm == Algorithm::Sha256 && hex::decode_to_slice(&self.hex, &mut out).is_ok())
+            .then_some(out)
+    }
+
     /// The sha256 digest of `bytes`.
     pub fn sha256_of(bytes: &[u8]) -> Digest {
         Digest {

@@ -379,3 +379,31 @@ async fn restart_after_expiry_serves_stale_from_disk() {
     assert_eq!(r.body, img.manifest_bytes);
     assert_eq!(r.header("warning"), Some(STALE_WARNING));
 }
+
+/// Issue 17: tags in memory have a byte budget (`cache.tag_memory`). Tags past it leave memory
+/// but not the disk: each is still answered, and with upstream down still served stale.
+#[tokio::test]
+async fn tags_beyond_the_memory_budget_are_served_stale_from_disk() {
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        c.cache.tag_ttl = Duration::from_millis(100);
+        c.cache.stale_if_error = Duration::from_secs(3600);
+        // Room for two tags.
+        c.cache.tag_memory = 1500;
+    })
+    .await;
+    let images: Vec<_> = (0..20)
+        .map(|n| h.fake.sample_image("lib/app", &format!("v{n}"), 100 + n))
+        .collect();
+    for n in 0..20 {
+        let r = h.get(&format!("/v2/lib/app/manifests/v{n}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.fake.stop().await;
+    for (n, img) in images.iter().enumerate() {
+        let r = h.get(&format!("/v2/lib/app/manifests/v{n}")).await;
+        assert_eq!(r.status, StatusCode::OK, "v{n}: {}", r.text());
+        assert_eq!(r.header("warning"), Some(STALE_WARNING), "v{n}");
+        assert_eq!(r.body, img.manifest_bytes, "v{n}");
+    }
+}

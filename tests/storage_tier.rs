@@ -330,7 +330,7 @@ async fn storage_down_blobs_come_from_upstream_uncopied_and_counted() {
         .with_bucket(Some(bucket));
     tags.adopt_from_bucket(&tag_key(), Duration::from_secs(60))
         .await;
-    assert_eq!(tags.get(&tag_key()), None);
+    assert_eq!(tags.get(&tag_key()).await, None);
     assert_eq!(seen.count("bypassed/tag_read"), 1);
 }
 
@@ -416,7 +416,7 @@ async fn tag_records_are_shared_and_the_newest_confirmation_wins() {
         .with_bucket(Some(bucket_over(s3.clone(), seen.clone())));
     b.adopt_from_bucket(&tag_key(), Duration::from_secs(300))
         .await;
-    assert_eq!(b.get(&tag_key()), Some(confirmed.clone()));
+    assert_eq!(b.get(&tag_key()).await, Some(confirmed.clone()));
     let gets = seen.count("GetObject/ok");
     // Fresh locally: the bucket is not asked again within the TTL.
     b.adopt_from_bucket(&tag_key(), Duration::from_secs(300))
@@ -446,10 +446,10 @@ async fn tag_records_are_shared_and_the_newest_confirmation_wins() {
         .with_bucket(Some(bucket_over(s3.clone(), seen.clone())));
     d.adopt_from_bucket(&tag_key(), Duration::from_millis(1))
         .await;
-    assert_eq!(d.get(&tag_key()), Some(newer.clone()));
+    assert_eq!(d.get(&tag_key()).await, Some(newer.clone()));
     c.adopt_from_bucket(&tag_key(), Duration::from_millis(1))
         .await;
-    assert_eq!(c.get(&tag_key()), Some(newer));
+    assert_eq!(c.get(&tag_key()).await, Some(newer));
 
     // Upstream said 404 to this replica: the bucket's older record does not bring the tag back
     // while the 404 is remembered.
@@ -457,7 +457,7 @@ async fn tag_records_are_shared_and_the_newest_confirmation_wins() {
         .await;
     c.adopt_from_bucket(&tag_key(), Duration::from_millis(1))
         .await;
-    assert_eq!(c.get(&tag_key()), None);
+    assert_eq!(c.get(&tag_key()).await, None);
     assert!(c.is_known_missing(&tag_key()));
 }
 

@@ -2,7 +2,10 @@
 //! moka) and on disk so they survive restarts; with `[storage]`, in the shared bucket too
 //! (`<prefix>manifests/<algorithm>/<hex>`: the exact bytes, the media type as the object's
 //! Content-Type), read on a disk miss and checked against the digest like the disk copy.
+//! The files on disk count against `cache.max_size` with the blobs (`DiskBudget`): touched on
+//! use, evicted least recently used first; an evicted manifest is fetched again by digest.
 
+use super::blob::{CacheFile, DiskBudget};
 use super::bucket::Bucket;
 use crate::digest::Digest;
 pub use crate::manifest::Manifest;
@@ -18,6 +21,8 @@ pub struct ManifestStore {
     memory: moka::sync::Cache<Digest, Arc<Manifest>>,
     dir: PathBuf,
     bucket: Option<Arc<Bucket>>,
+    /// `cache.max_size`, shared with the blobs; `None` (tests): files are kept unbounded.
+    disk: Option<DiskBudget>,
 }
 
 impl ManifestStore {
@@ -34,6 +39,7 @@ impl ManifestStore {
             memory,
             dir,
             bucket: None,
+            disk: None,
         })
     }
 
@@ -41,6 +47,19 @@ impl ManifestStore {
     pub fn with_bucket(mut self, bucket: Option<Arc<Bucket>>) -> Self {
         self.bucket = bucket;
         self
+    }
+
+    /// With the files counted against the disk budget.
+    pub fn with_disk_budget(mut self, disk: Option<DiskBudget>) -> Self {
+        self.disk = disk;
+        self
+    }
+
+    /// Moves the file to the back of the eviction order.
+    fn touch(&self, digest: &Digest) -> bool {
+        self.disk
+            .as_ref()
+            .is_some_and(|d| d.touch(&CacheFile::Manifest(digest.clone())))
     }
 
     fn path(&self, digest: &Digest) -> PathBuf {
@@ -51,6 +70,8 @@ impl ManifestStore {
     /// digest, so a damaged one is a miss). One found in the bucket is kept on disk.
     pub async fn get(&self, digest: &Digest) -> Option<Arc<Manifest>> {
         if let Some(m) = self.memory.get(digest) {
+            // Used: its file (if still on disk) is not the next to go.
+            self.touch(digest);
             return Some(m);
         }
         let from_disk = match tokio::fs::read(self.path(digest)).await {
@@ -58,7 +79,10 @@ impl ManifestStore {
             Err(_) => None,
         };
         let m = match from_disk {
-            Some(m) => Arc::new(m),
+            Some(m) => {
+                self.touch(digest);
+                Arc::new(m)
+            }
             None => {
                 let m = Arc::new(self.read_bucket(digest).await?);
                 if let Err(e) = self.write_file(&m).await {
@@ -125,12 +149,25 @@ impl ManifestStore {
         let m = m.clone();
         let path = self.path(&m.digest);
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            self.touch(&m.digest);
             return Ok(());
         }
         let tmp_dir = self.dir.join("tmp");
-        tokio::task::spawn_blocking(move || write_atomically(&tmp_dir, &path, &encode(&m)))
-            .await
-            .map_err(std::io::Error::other)?
+        let disk = self.disk.clone();
+        tokio::task::spawn_blocking(move || {
+            let data = encode(&m);
+            match disk {
+                Some(disk) => commit_file(
+                    &disk,
+                    CacheFile::Manifest(m.digest.clone()),
+                    &tmp_dir,
+                    &data,
+                ),
+                None => write_atomically(&tmp_dir, &path, &data),
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 }
 
@@ -179,11 +216,36 @@ pub(crate) fn write_atomically(tmp_dir: &Path, path: &Path, data: &[u8]) -> std:
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
+    let tmp = write_temp(tmp_dir, data)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// `write_atomically` under the disk budget: the budget renames the temp file into place,
+/// counts it and evicts. Blocking.
+pub(crate) fn commit_file(
+    disk: &DiskBudget,
+    file: CacheFile,
+    tmp_dir: &Path,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let tmp = write_temp(tmp_dir, data)?;
+    disk.commit(file, &tmp, data.len() as u64).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// `data` in a new temp file under `tmp_dir`, synced.
+fn write_temp(tmp_dir: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(tmp_dir)?;
-    let mut tmp = tempfile_in(tmp_dir)?;
-    tmp.1.write_all(data)?;
-    tmp.1.sync_all()?;
-    std::fs::rename(&tmp.0, path)
+    let (path, mut file) = tempfile_in(tmp_dir)?;
+    let written = file.write_all(data).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {

@@ -4,8 +4,9 @@
 //! (`<prefix>tags/<upstream>/<repository>/<tag>`, JSON), and a replica whose own record is
 //! missing or older than the TTL takes a newer one from there.
 
+use super::blob::{CacheFile, DiskBudget};
 use super::bucket::Bucket;
-use super::manifest_store::{clear_dir, write_atomically};
+use super::manifest_store::{clear_dir, commit_file, write_atomically};
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -71,40 +72,138 @@ const MAX_MISSING: usize = 100_000;
 /// A tag record is a few hundred bytes; anything much larger is not one.
 const MAX_RECORD_BYTES: u64 = 64 << 10;
 
+/// What a tag in memory costs besides its strings' lengths: the key and entry structs, the
+/// allocator's rounding of each of the five strings, and moka's bookkeeping per entry. Measured
+/// (`footprint::tag_memory_per_entry`): 682 bytes of RSS per tag whose strings are 130 bytes.
+const TAG_ENTRY_OVERHEAD: usize = 560;
+
+/// The default `cache.tag_memory`.
+pub const DEFAULT_TAG_MEMORY: u64 = 32 << 20;
+
 pub struct TagStore {
     dir: PathBuf,
     bucket: Option<Arc<Bucket>>,
-    entries: RwLock<HashMap<TagKey, TagEntry>>,
+    /// The most recently used records, within `budget` bytes; every record is also on disk.
+    memory: moka::sync::Cache<TagKey, TagEntry>,
+    budget: u64,
+    /// `cache.max_size`, shared with the blobs: the records on disk are counted and evicted
+    /// with them (a tag whose record is gone is revalidated upstream). `None` (tests): unbounded.
+    disk: Option<DiskBudget>,
     /// Upstream said 404: when it did, and until when that answer is fresh. In memory only.
     /// Kept past freshness (up to `MAX_MISSING` tags) so that, while upstream is down, a tag
     /// it said was missing is still answered 404 (stale-if-error), not 502.
     missing: RwLock<HashMap<TagKey, Missing>>,
 }
 
+fn memory_cache(budget: u64) -> moka::sync::Cache<TagKey, TagEntry> {
+    moka::sync::Cache::builder()
+        .weigher(|k: &TagKey, e: &TagEntry| weight(k, e))
+        .max_capacity(budget)
+        // Least recently used out first: a tag read once long ago goes before one in use.
+        .eviction_policy(moka::policy::EvictionPolicy::lru())
+        .build()
+}
+
 impl TagStore {
+    /// Clears what a crash left in `tmp/`; reads no record (see [`warm_up`](Self::warm_up)):
+    /// a tag not in memory is read from disk when asked for.
     pub fn open(dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir.join("tmp"))?;
         clear_dir(&dir.join("tmp"))?;
-        let mut entries = HashMap::new();
-        for f in std::fs::read_dir(&dir)? {
-            let f = f?;
-            if !f.file_type()?.is_file() {
-                continue;
-            }
-            // A damaged record is skipped: the tag is simply fetched again.
-            let Ok(raw) = std::fs::read(f.path()) else {
-                continue;
-            };
-            if let Ok(r) = serde_json::from_slice::<Record>(&raw) {
-                entries.insert(r.key, r.entry);
-            }
-        }
         Ok(TagStore {
             dir,
             bucket: None,
-            entries: RwLock::new(entries),
+            memory: memory_cache(DEFAULT_TAG_MEMORY),
+            budget: DEFAULT_TAG_MEMORY,
+            disk: None,
             missing: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// At most `bytes` of tags in memory (`cache.tag_memory`).
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.memory = memory_cache(bytes);
+        self.budget = bytes;
+        self
+    }
+
+    /// With the records counted against the disk budget.
+    pub fn with_disk_budget(mut self, disk: Option<DiskBudget>) -> Self {
+        self.disk = disk;
+        self
+    }
+
+    /// Moves the tag's record to the back of the disk's eviction order.
+    fn touch(&self, key: &TagKey) {
+        if let Some(disk) = &self.disk {
+            disk.touch(&CacheFile::Tag(file_name(key)));
+        }
+    }
+
+    /// Bytes of tags held in memory, as weighed against the budget.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.run_pending_tasks();
+        self.memory.weighted_size()
+    }
+
+    /// The tag is held in memory (no disk read to answer it).
+    pub fn in_memory(&self, key: &TagKey) -> bool {
+        self.memory.contains_key(key)
+    }
+
+    /// Reads the most recently written records (by file mtime) into memory until the budget
+    /// is full, and returns how many. Blocking: run it in the background after start-up, so
+    /// that readiness never waits on reading every record.
+    pub fn warm_up(&self) -> usize {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut files: Vec<(SystemTime, PathBuf)> = dir
+            .filter_map(Result::ok)
+            .filter_map(|f| {
+                let meta = f.metadata().ok()?;
+                meta.is_file()
+                    .then(|| (meta.modified().unwrap_or(UNIX_EPOCH), f.path()))
+            })
+            .collect();
+        files.sort_by_key(|f| std::cmp::Reverse(f.0));
+        let mut held = 0u64;
+        let mut read = 0;
+        for (_, path) in files {
+            let Some(r) = read_record(&path) else {
+                continue;
+            };
+            let w = u64::from(weight(&r.key, &r.entry));
+            if held + w > self.budget {
+                break;
+            }
+            // A record written or a 404 learnt meanwhile is newer than this file.
+            if self.is_remembered_missing(&r.key) {
+                continue;
+            }
+            held += w;
+            read += 1;
+            self.memory.entry(r.key).or_insert(r.entry);
+        }
+        read
+    }
+
+    /// [`warm_up`](Self::warm_up) on the blocking pool, if there is a runtime.
+    pub fn spawn_warm_up(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = self.clone();
+        rt.spawn_blocking(move || {
+            let started = Instant::now();
+            let read = me.warm_up();
+            tracing::info!(
+                tags = read,
+                bytes = me.memory_bytes(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "tag records read into memory"
+            );
+        });
     }
 
     /// With the shared bucket behind the disk.
@@ -113,8 +212,22 @@ impl TagStore {
         self
     }
 
-    pub fn get(&self, key: &TagKey) -> Option<TagEntry> {
-        self.entries.read().ok()?.get(key).cloned()
+    /// From memory, else from disk (then kept in memory, displacing the least recently used).
+    pub async fn get(&self, key: &TagKey) -> Option<TagEntry> {
+        if let Some(e) = self.memory.get(key) {
+            self.touch(key);
+            return Some(e);
+        }
+        let path = self.dir.join(file_name(key));
+        let raw = tokio::fs::read(&path).await.ok()?;
+        let r = serde_json::from_slice::<Record>(&raw).ok()?;
+        // File names are a hash of the key: make sure this one is the key asked for.
+        if r.key != *key || self.is_remembered_missing(key) {
+            return None;
+        }
+        self.touch(key);
+        self.memory.insert(r.key, r.entry.clone());
+        Some(r.entry)
     }
 
     /// When this replica's record is missing or older than `ttl`, takes the bucket's record if
@@ -126,7 +239,7 @@ impl TagStore {
         if self.is_known_missing(key) {
             return;
         }
-        let local = self.get(key);
+        let local = self.get(key).await;
         if local
             .as_ref()
             .is_some_and(|e| e.age(SystemTime::now()) < ttl)
@@ -199,23 +312,24 @@ impl TagStore {
         if let Ok(mut m) = self.missing.write() {
             m.remove(&key);
         }
-        if let Ok(mut e) = self.entries.write() {
-            e.insert(key.clone(), entry.clone());
-        }
-        let file = self.dir.join(file_name(&key));
+        self.memory.insert(key.clone(), entry.clone());
+        let name = file_name(&key);
+        let file = self.dir.join(&name);
         let tmp = self.dir.join("tmp");
         let data = serde_json::to_vec(&Record { key, entry }).map_err(std::io::Error::other)?;
-        tokio::task::spawn_blocking(move || write_atomically(&tmp, &file, &data))
-            .await
-            .map_err(std::io::Error::other)?
+        let disk = self.disk.clone();
+        tokio::task::spawn_blocking(move || match disk {
+            Some(disk) => commit_file(&disk, CacheFile::Tag(name), &tmp, &data),
+            None => write_atomically(&tmp, &file, &data),
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// Upstream no longer has the tag: forget it, remember the 404 as fresh for `ttl`, and keep
     /// it for `keep` (stale-if-error) while the map has room.
     pub async fn mark_missing(&self, key: &TagKey, ttl: Duration, keep: Duration) {
-        if let Ok(mut e) = self.entries.write() {
-            e.remove(key);
-        }
+        self.memory.invalidate(key);
         if let Ok(mut m) = self.missing.write() {
             if m.len() >= MAX_MISSING {
                 let now = Instant::now();
@@ -235,7 +349,20 @@ impl TagStore {
                 },
             );
         }
-        let _ = tokio::fs::remove_file(self.dir.join(file_name(key))).await;
+        match &self.disk {
+            Some(disk) => {
+                let (disk, file) = (disk.clone(), CacheFile::Tag(file_name(key)));
+                let _ = tokio::task::spawn_blocking(move || disk.remove(&file)).await;
+            }
+            None => {
+                let _ = tokio::fs::remove_file(self.dir.join(file_name(key))).await;
+            }
+        }
+    }
+
+    /// Upstream said 404 for the tag and that is still remembered (fresh or not).
+    fn is_remembered_missing(&self, key: &TagKey) -> bool {
+        self.missing.read().is_ok_and(|m| m.contains_key(key))
     }
 
     /// Upstream's 404 for the tag is fresh.
@@ -252,6 +379,25 @@ impl TagStore {
         let v = self.missing.read().ok()?.get(key).copied()?;
         (v.keep_until > Instant::now()).then(|| v.seen.elapsed())
     }
+}
+
+/// A tag's cost in memory: its strings plus [`TAG_ENTRY_OVERHEAD`].
+fn weight(key: &TagKey, entry: &TagEntry) -> u32 {
+    let strings = key.upstream.len()
+        + key.repository.len()
+        + key.tag.len()
+        + entry.media_type.len()
+        + entry.digest.hex().len();
+    u32::try_from(strings + TAG_ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+}
+
+/// A damaged or oversized record is skipped: the tag is simply fetched again.
+fn read_record(path: &std::path::Path) -> Option<Record> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.len() > MAX_RECORD_BYTES {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// File names are a hash of the key, so no client-supplied text ever becomes a path.
@@ -305,8 +451,76 @@ mod tests {
         }
         std::fs::write(dir.path().join("garbage.json"), b"{not json").unwrap();
         let s = TagStore::open(dir.path().into()).unwrap();
-        assert_eq!(s.get(&key("latest")), Some(entry));
-        assert_eq!(s.get(&key("other")), None);
+        assert_eq!(s.get(&key("latest")).await, Some(entry));
+        assert_eq!(s.get(&key("other")).await, None);
+    }
+
+    fn entry_n(n: u64) -> TagEntry {
+        TagEntry {
+            digest: Digest::sha256_of(&n.to_be_bytes()),
+            media_type: "application/vnd.oci.image.index.v1+json".into(),
+            size: n,
+            validated_at_ms: now_ms(),
+        }
+    }
+
+    /// Issue 17: every tag stayed in memory. Past the budget, the least recently used leave
+    /// memory but stay on disk, and are read back from there when asked for.
+    #[tokio::test]
+    async fn memory_is_bounded_and_tags_out_of_memory_are_read_back_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 16 << 10;
+        let s = TagStore::open(dir.path().into())
+            .unwrap()
+            .with_memory_budget(budget);
+        for n in 0..1000 {
+            s.put(key(&format!("t{n}")), entry_n(n)).await.unwrap();
+        }
+        let held = s.memory_bytes();
+        assert!(
+            held <= budget,
+            "{held} bytes of tags in memory, budget {budget}"
+        );
+        assert!(held > budget / 2, "the budget is used: {held}");
+        assert!(!s.in_memory(&key("t0")), "the oldest left memory");
+        for n in 0..1000 {
+            let got = s.get(&key(&format!("t{n}"))).await;
+            assert_eq!(got.map(|e| e.digest), Some(entry_n(n).digest), "t{n}");
+        }
+        assert!(s.memory_bytes() <= budget);
+    }
+
+    /// Start-up reads nothing itself; the warm-up reads the most recently written records, no
+    /// more than the budget holds.
+    #[tokio::test]
+    async fn start_up_reads_the_newest_records_within_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = TagStore::open(dir.path().into()).unwrap();
+            for n in 0..500 {
+                s.put(key(&format!("t{n}")), entry_n(n)).await.unwrap();
+            }
+        }
+        // Recency across a restart is the file's mtime: t499 the newest, t0 the oldest.
+        let base = SystemTime::now() - Duration::from_secs(10_000);
+        for n in 0..500u64 {
+            let path = dir.path().join(file_name(&key(&format!("t{n}"))));
+            let f = std::fs::File::options().write(true).open(path).unwrap();
+            f.set_modified(base + Duration::from_secs(n)).unwrap();
+        }
+        let budget = 8 << 10;
+        let s = TagStore::open(dir.path().into())
+            .unwrap()
+            .with_memory_budget(budget);
+        assert_eq!(s.memory_bytes(), 0, "open reads no record");
+        let read = s.warm_up();
+        assert!(read > 5 && read < 100, "{read} records read");
+        assert!(s.memory_bytes() <= budget, "{}", s.memory_bytes());
+        assert!(s.in_memory(&key("t499")) && s.in_memory(&key("t498")));
+        assert!(!s.in_memory(&key("t0")));
+        // The rest is still there, from disk.
+        let t0 = s.get(&key("t0")).await.map(|e| e.digest);
+        assert_eq!(t0, Some(entry_n(0).digest));
     }
 
     #[tokio::test]
@@ -344,5 +558,61 @@ mod tests {
         };
         s.put(key("sig"), entry).await.unwrap();
         assert_eq!(s.missing_age(&key("sig")), None);
+    }
+}
+
+/// What a tag in memory really costs: `cargo test --lib -- --ignored tag_memory_per_entry
+/// --nocapture` (bench/store_scale's profile of the tag store; the layout is the same in debug).
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) mod footprint {
+    use super::*;
+
+    pub(crate) fn rss_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    }
+
+    #[tokio::test]
+    #[ignore = "a measurement, not a check"]
+    async fn tag_memory_per_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TagStore::open(dir.path().into())
+            .unwrap()
+            .with_memory_budget(1 << 40);
+        const N: u64 = 100_000;
+        let entries: Vec<_> = (0..N)
+            .map(|n| {
+                let key = TagKey {
+                    upstream: "docker.io".into(),
+                    repository: format!("team{}/app{}", n % 97, n % 1009),
+                    tag: format!("v{n}"),
+                };
+                let entry = TagEntry {
+                    digest: Digest::sha256_of(&n.to_be_bytes()),
+                    media_type: "application/vnd.oci.image.index.v1+json".into(),
+                    size: n,
+                    validated_at_ms: n,
+                };
+                (key, entry)
+            })
+            .collect();
+        let weighed: u64 = entries.iter().map(|(k, e)| u64::from(weight(k, e))).sum();
+        let before = rss_bytes();
+        for (k, e) in entries.iter().cloned() {
+            s.memory.insert(k, e);
+        }
+        s.memory.run_pending_tasks();
+        let after = rss_bytes();
+        drop(entries);
+        println!(
+            "tags in memory: {} bytes each by RSS (clones of the keys and entries included), {} weighed",
+            (after - before) / N,
+            weighed / N
+        );
     }
 }

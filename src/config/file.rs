@@ -63,6 +63,9 @@ impl Config {
             if let Some(v) = c.referrers_memory {
                 k.referrers_memory = parse_size("cache.referrers_memory", &v)?;
             }
+            if let Some(v) = c.tag_memory {
+                k.tag_memory = parse_size("cache.tag_memory", &v)?;
+            }
             if let Some(v) = c.tag_ttl {
                 k.tag_ttl = parse_duration("cache.tag_ttl", &v)?;
             }
@@ -356,6 +359,7 @@ struct RawCache {
     referrers_memory: Option<String>,
     selection_memo: Option<String>,
     foreign_memo: Option<String>,
+    tag_memory: Option<String>,
     tag_ttl: Option<String>,
     stale_if_error: Option<String>,
     negative_ttl: Option<String>,

@@ -123,7 +123,7 @@ impl Default for AuthConfig {
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
-    /// Byte budget of the blob store on disk.
+    /// Byte budget of the cache on disk: blobs, manifests and tag records together.
     pub max_size: u64,
     /// Byte budget of the in-memory manifest cache.
     pub memory_size: u64,
@@ -137,6 +137,8 @@ pub struct CacheConfig {
     pub foreign_memo: u64,
     /// Byte budget of the cached referrers answers (in memory).
     pub referrers_memory: u64,
+    /// Byte budget of the tag records held in memory (all of them are on disk).
+    pub tag_memory: u64,
     pub tag_ttl: Duration,
     /// How old a cached tag may be and still be served when upstream fails.
     pub stale_if_error: Duration,
@@ -175,6 +177,7 @@ impl Default for CacheConfig {
             selection_memo: 16 << 20,
             foreign_memo: 4 << 20,
             referrers_memory: 16 << 20,
+            tag_memory: crate::cache::tag_store::DEFAULT_TAG_MEMORY,
             tag_ttl: Duration::from_secs(300),
             stale_if_error: Duration::from_secs(24 * 3600),
             negative_ttl: Duration::from_secs(30),
@@ -353,6 +356,9 @@ impl Config {
         }
         if self.cache.referrers_memory == 0 {
             return Err(invalid("cache.referrers_memory", "must be more than 0"));
+        }
+        if self.cache.tag_memory == 0 {
+            return Err(invalid("cache.tag_memory", "must be more than 0"));
         }
         if self.cache.write_buffer == 0 {
             return Err(invalid("cache.write_buffer", "must be more than 0"));

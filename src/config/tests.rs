@@ -40,6 +40,7 @@ password = "hunter2"
     .unwrap();
     assert_eq!(c.cache.max_size, 50 << 30);
     assert_eq!(c.cache.write_buffer, 64 << 20, "the default");
+    assert_eq!(c.cache.tag_memory, 32 << 20, "the default");
     assert_eq!(c.cache.tag_ttl, Duration::from_secs(300));
     assert_eq!(c.upstreams.len(), 2);
     assert_eq!(c.default_upstream(), Some(0));
@@ -86,6 +87,8 @@ fn bad_config_names_the_key() {
         ("[cache]\nanswer_memo = \"0\"", "cache.answer_memo"),
         ("[cache]\nforeign_memo = \"0\"", "cache.foreign_memo"),
         ("[cache]\nverify_reads_ttl = \"soon\"", "cache.verify_reads_ttl"),
+        ("[cache]\ntag_memory = \"0\"", "cache.tag_memory"),
+        ("[cache]\ntag_memory = \"lots\"", "cache.tag_memory"),
         (
             "[[upstream]]\nname = \"x\"\nurl = \"http://x\"\nforeign_layer_hosts = [\"host:8080\"]",
             "upstream[0].foreign_layer_hosts",

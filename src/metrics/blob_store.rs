@@ -30,6 +30,8 @@ impl Collector for BlobStoreCollector {
         let BlobStoreStats {
             bytes,
             entries,
+            file_bytes,
+            files,
             evictions,
             in_flight,
             fills_started: _,
@@ -56,6 +58,17 @@ impl Collector for BlobStoreCollector {
                 entries,
             ),
             (
+                "archway_cache_file_bytes",
+                "Bytes the manifests and tag records on disk count against cache.max_size with \
+                 the blobs (each rounded up to 4 KiB blocks).",
+                file_bytes,
+            ),
+            (
+                "archway_cache_files",
+                "Manifests and tag records on disk.",
+                files,
+            ),
+            (
                 "archway_blob_downloads_in_flight",
                 "Blob downloads from upstreams in progress (one per coalesced group of requests).",
                 in_flight,
@@ -75,7 +88,8 @@ impl Collector for BlobStoreCollector {
         let counters = [
             (
                 "archway_blob_store_evictions",
-                "Blobs deleted from the cache to stay within its budget.",
+                "Blobs, manifests and tag records deleted from the disk cache to stay within \
+                 its budget (cache.max_size).",
                 evictions,
             ),
             (

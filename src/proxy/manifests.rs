@@ -7,6 +7,7 @@
 //! bucket before letting go, the others read it from there.
 
 use super::outcome::CacheResult;
+use crate::cache::blob::DiskBudget;
 use crate::cache::bucket::Bucket;
 use crate::cache::fetch_lease::{FetchLeases, Turn};
 use crate::cache::keyed_lock::KeyedLock;
@@ -31,7 +32,7 @@ type Found = (Arc<Manifest>, CacheResult);
 
 pub(crate) struct Manifests {
     store: ManifestStore,
-    tags: TagStore,
+    tags: Arc<TagStore>,
     /// Concurrent misses for one tag make one upstream request.
     refreshing: KeyedLock<TagKey>,
     /// Concurrent misses for one manifest digest make one upstream request.
@@ -46,21 +47,29 @@ pub(crate) struct Manifests {
 }
 
 impl Manifests {
-    /// Opens the manifest and tag stores under `data_dir`. Blocking.
+    /// Opens the manifest and tag stores under `data_dir`, their files under `disk` (the blob
+    /// store's budget). Blocking.
     pub(crate) fn open(
         data_dir: &Path,
         cache: &CacheConfig,
+        disk: DiskBudget,
         bucket: Option<Arc<Bucket>>,
         leases: Option<FetchLeases>,
     ) -> Result<Self, (std::path::PathBuf, std::io::Error)> {
         let mdir = data_dir.join("manifests");
         let store = ManifestStore::open(mdir.clone(), cache.memory_size)
             .map_err(|e| (mdir, e))?
+            .with_disk_budget(Some(disk.clone()))
             .with_bucket(bucket.clone());
         let tdir = data_dir.join("tags");
         let tags = TagStore::open(tdir.clone())
             .map_err(|e| (tdir, e))?
+            .with_memory_budget(cache.tag_memory)
+            .with_disk_budget(Some(disk))
             .with_bucket(bucket);
+        let tags = Arc::new(tags);
+        // In the background: readiness does not wait for the records to be read.
+        tags.spawn_warm_up();
         Ok(Manifests {
             store,
             tags,
@@ -153,7 +162,7 @@ impl Manifests {
         if let Some(fresh) = self.fresh_tag(&key, ttl, repo, tag).await {
             return fresh;
         }
-        let cached = self.tags.get(&key);
+        let cached = self.tags.get(&key).await;
         // Requests that queued behind a refresh which found upstream down don't each wait out
         // another timeout: they take that answer. Requests that came later ask upstream again.
         let refreshed = match self.recent_failures.get(&key) {
@@ -213,7 +222,7 @@ impl Manifests {
     ) -> Option<Result<Found, ProxyError>> {
         // Another replica may have confirmed the tag within the TTL: then upstream isn't asked.
         self.tags.adopt_from_bucket(key, ttl).await;
-        match self.tags.get(key) {
+        match self.tags.get(key).await {
             Some(entry) if entry.age(SystemTime::now()) < ttl => self
                 .store
                 .get(&entry.digest)
@@ -253,7 +262,7 @@ impl Manifests {
             Turn::Ready(found) => Ok(found),
             Turn::Fetch(_lease) => {
                 // What we knew may have been superseded while waiting.
-                let cached = self.tags.get(key).or_else(|| cached.cloned());
+                let cached = self.tags.get(key).await.or_else(|| cached.cloned());
                 self.refresh_tag(upstream, repo, tag, key, cached.as_ref())
                     .await
             }

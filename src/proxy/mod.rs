@@ -192,7 +192,7 @@ impl Proxy {
         if !cache.scrub_interval.is_zero() {
             blobs.start_scrub(cache.scrub_interval, cache.scrub_rate);
         }
-        let manifests = Manifests::open(&dir, &config.cache, bucket, leases)
+        let manifests = Manifests::open(&dir, &config.cache, blobs.disk_budget(), bucket, leases)
             .map_err(|(path, e)| cache_err(path, e))?;
         metrics.observe_blob_store(blobs.clone());
         let via = Via::new();

@@ -7,9 +7,15 @@
 //! blobs are all pinned the blob just committed is the one evicted. A blob larger than the whole
 //! budget is verified and streamed to its waiting clients (they read from the open temp file) but
 //! never committed: keeping it would flush the whole cache for one blob.
+//!
+//! Manifests and tag records on disk are under the same budget and in the same LRU: their
+//! stores write a temp file and hand it here (`commit_file`, renamed into place under the lock,
+//! so an eviction never deletes a file a concurrent commit just put in its place), touch them on
+//! use, and simply find them missing once evicted (a manifest is fetched again by digest, a tag
+//! revalidated upstream).
 
 use super::fill_state::Fill;
-use super::index::Index;
+use super::index::{CacheFile, Index, Item};
 use super::layout::{self, Layout};
 use crate::digest::Digest;
 use std::collections::HashMap;
@@ -38,20 +44,22 @@ impl Catalog {
     pub(crate) fn open(root: &Path, max_bytes: u64) -> io::Result<Catalog> {
         let layout = Layout::open(root)?;
         let mut found = layout.scan()?;
-        found.sort_by(|a, b| {
-            a.last_used
-                .cmp(&b.last_used)
-                .then_with(|| a.digest.cmp(&b.digest))
-        });
+        found.extend(layout.scan_files()?);
+        // Oldest first; ties (same second) in a stable order.
+        found.sort_by_key(|f| f.last_used);
         let mut index = Index::default();
-        for blob in found {
-            index.insert(blob.digest, blob.size);
+        for f in found {
+            match f.item {
+                Item::Blob(d) => index.insert(d, f.size),
+                Item::File(file) => index.insert_file(file, f.size),
+            }
         }
-        for digest in index.evict_to(max_bytes) {
-            layout.remove(&digest);
+        for item in index.evict_to(max_bytes) {
+            layout.remove_item(&item);
         }
         tracing::info!(
             entries = index.len(),
+            files = index.files(),
             bytes = index.bytes(),
             evictions = index.evictions(),
             "blob store opened"
@@ -133,12 +141,47 @@ impl Catalog {
             // The fill checked every byte against the digest on the way in.
             state.index.mark_verified(&fill.digest, Instant::now());
             forget_locked(&mut state, fill);
-            for digest in state.index.evict_to(self.max_bytes) {
-                self.layout.remove(&digest);
+            for item in state.index.evict_to(self.max_bytes) {
+                self.layout.remove_item(&item);
             }
         }
         layout::sync_dir(&parent);
         Ok(())
+    }
+
+    /// Puts a manifest or tag record written (and synced) to `tmp` in place, counts it, and
+    /// evicts down to the budget. Blocking. One larger than the whole budget is not kept (it
+    /// would flush everything else); the caller still serves it. On error `tmp` is the
+    /// caller's to delete.
+    pub(crate) fn commit_file(&self, file: CacheFile, tmp: &Path, len: u64) -> io::Result<()> {
+        let size = layout::charged(len);
+        if size > self.max_bytes {
+            fs::remove_file(tmp)?;
+            return Ok(());
+        }
+        let dest = self.layout.file_path(&file);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let mut state = self.lock();
+        fs::rename(tmp, &dest)?;
+        state.index.insert_file(file, size);
+        for item in state.index.evict_to(self.max_bytes) {
+            self.layout.remove_item(&item);
+        }
+        Ok(())
+    }
+
+    /// A manifest or tag record was used; `false` if it is not on disk (evicted).
+    pub(crate) fn touch_file(&self, file: &CacheFile) -> bool {
+        self.lock().index.touch_file(file)
+    }
+
+    /// Deletes a manifest or tag record (a tag upstream no longer has).
+    pub(crate) fn remove_file(&self, file: &CacheFile) {
+        let mut state = self.lock();
+        state.index.remove_file(file);
+        self.layout.remove_item(&Item::File(file.clone()));
     }
 
     /// Drops a committed blob found damaged: out of the index, its file deleted (readers that

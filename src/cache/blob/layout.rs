@@ -1,6 +1,9 @@
 //! Where blobs live on disk: committed ones at `blobs/<alg>/<first two hex>/<hex>`, downloads in
 //! progress in `tmp/` under unique names. Everything under `tmp/` is garbage after a restart.
+//! The other files under the same budget: manifests at `manifests/<alg>/<xx>/<hex>`, tag
+//! records at `tags/<32 hex>.json` (their stores write them; this finds and deletes them).
 
+use super::index::{CacheFile, Item};
 use crate::digest::{Algorithm, Digest};
 use std::fs::{self, File};
 use std::io;
@@ -10,13 +13,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub(crate) struct Layout {
     blobs_dir: PathBuf,
+    manifests_dir: PathBuf,
+    tags_dir: PathBuf,
     tmp_dir: PathBuf,
     tmp_seq: AtomicU64,
 }
 
-/// A committed blob found on disk at start-up.
+/// A committed blob (or another cache file) found on disk at start-up.
 pub(crate) struct Found {
-    pub(crate) digest: Digest,
+    pub(crate) item: Item,
     pub(crate) size: u64,
     /// The later of the file's access and modification times: its recency across a restart.
     pub(crate) last_used: SystemTime,
@@ -32,6 +37,8 @@ impl Layout {
         clear_dir(&tmp_dir)?;
         Ok(Layout {
             blobs_dir,
+            manifests_dir: root.join("manifests"),
+            tags_dir: root.join("tags"),
             tmp_dir,
             tmp_seq: AtomicU64::new(0),
         })
@@ -49,6 +56,32 @@ impl Layout {
             .join(digest.algorithm().as_str())
             .join(prefix)
             .join(hex)
+    }
+
+    /// Where a manifest or tag record lives.
+    pub(crate) fn file_path(&self, file: &CacheFile) -> PathBuf {
+        match file {
+            CacheFile::Manifest(d) => {
+                let hex = d.hex();
+                self.manifests_dir
+                    .join(d.algorithm().as_str())
+                    .join(hex.get(..2).unwrap_or("00"))
+                    .join(hex)
+            }
+            CacheFile::Tag(name) => self.tags_dir.join(name),
+        }
+    }
+
+    /// Deletes an evicted item's file; a file already gone is not an error.
+    pub(crate) fn remove_item(&self, item: &Item) {
+        match item {
+            Item::Blob(d) => self.remove(d),
+            Item::File(f) => match fs::remove_file(self.file_path(f)) {
+                Ok(()) => tracing::debug!(file = ?f, "cache file evicted"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(file = ?f, error = %e, "cannot delete evicted cache file"),
+            },
+        }
     }
 
     /// A new, uniquely named temp file, opened read+write.
@@ -142,6 +175,55 @@ impl Layout {
         }
         Ok(found)
     }
+
+    /// Manifests under `manifests/<alg>/<xx>/<hex>` and tag records under `tags/`; anything
+    /// else (the stores' `tmp/`, stray names) is ignored.
+    pub(crate) fn scan_files(&self) -> io::Result<Vec<Found>> {
+        let mut found = Vec::new();
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            let Some(prefixes) = read_dir_if_any(&self.manifests_dir.join(alg.as_str()))? else {
+                continue;
+            };
+            for prefix in prefixes.filter_map(Result::ok) {
+                if !prefix.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                for file in fs::read_dir(prefix.path())?.filter_map(Result::ok) {
+                    let name = file.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    let Ok(digest) = format!("{}:{name}", alg.as_str()).parse::<Digest>() else {
+                        continue;
+                    };
+                    if digest.hex().get(..2) != prefix.file_name().to_str() {
+                        continue;
+                    }
+                    let Ok(meta) = file.metadata() else { continue };
+                    found.extend(found_file(CacheFile::Manifest(digest), &meta));
+                }
+            }
+        }
+        if let Some(tags) = read_dir_if_any(&self.tags_dir)? {
+            for file in tags.filter_map(Result::ok) {
+                let Some(name) = file.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                if !is_tag_file_name(&name) {
+                    continue;
+                }
+                let Ok(meta) = file.metadata() else { continue };
+                found.extend(found_file(CacheFile::Tag(name), &meta));
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn read_dir_if_any(dir: &Path) -> io::Result<Option<fs::ReadDir>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(Some(entries)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Makes a rename into `dir` durable; the blob is already correct and visible without it.
@@ -182,8 +264,36 @@ fn scan_entry(alg: Algorithm, prefix: &str, file: &fs::DirEntry) -> Option<Found
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
     let accessed = meta.accessed().unwrap_or(UNIX_EPOCH);
     Some(Found {
-        digest,
+        item: Item::Blob(digest),
         size: meta.len(),
         last_used: modified.max(accessed),
+    })
+}
+
+/// What a manifest or tag record counts against the budget: its length rounded up to whole
+/// 4 KiB blocks, what a small file really takes on the filesystem.
+pub(crate) fn charged(len: u64) -> u64 {
+    len.div_ceil(4096).max(1).saturating_mul(4096)
+}
+
+fn found_file(file: CacheFile, meta: &fs::Metadata) -> Option<Found> {
+    if !meta.is_file() {
+        return None;
+    }
+    let modified = meta.modified().unwrap_or(UNIX_EPOCH);
+    let accessed = meta.accessed().unwrap_or(UNIX_EPOCH);
+    Some(Found {
+        item: Item::File(file),
+        size: charged(meta.len()),
+        last_used: modified.max(accessed),
+    })
+}
+
+/// A tag record's file name as the tag store makes it: 32 lowercase hex and `.json`.
+pub(crate) fn is_tag_file_name(name: &str) -> bool {
+    name.strip_suffix(".json").is_some_and(|h| {
+        h.len() == 32
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }

@@ -3,6 +3,7 @@
 //! - `store`: the API the proxy uses (lookup, join-or-start a download, HEAD, shutdown);
 //! - `catalog`: committed blobs and downloads in flight under one lock (commit, evict, pins);
 //! - `index`: what is committed, recency and pins (pure); `layout`: where files live;
+//!   manifests and tag records share the budget and the LRU (`DiskBudget`);
 //! - `fill_state` / `fill`: one download per digest, teed to readers, a hasher and a writer;
 //! - `body`: response bodies over a committed file or a download; `memory`: small blobs' bytes;
 //! - `write_buffer`: the bound on received bytes waiting for the disk;
@@ -34,5 +35,8 @@ pub use bucket_tier::BucketRedirects;
 pub use fleet::{Fleet, PeerAnswer, PeerFuture, PeerSource};
 pub use memory::SMALL_BLOB_BYTES;
 pub use source::{FillError, IncomingBlob, SourceError};
-pub use store::{Blob, BlobStore, BlobStoreLimits, BlobStoreStats, CachedBlob, FillingBlob};
+pub use store::{
+    Blob, BlobStore, BlobStoreLimits, BlobStoreStats, CacheFile, CachedBlob, DiskBudget,
+    FillingBlob,
+};
 pub use write_buffer::DEFAULT_WRITE_BUFFER;

@@ -8,6 +8,7 @@ use super::failures::RecentFailures;
 use super::fill::{self, FillEnv};
 use super::fill_state::{Fill, FillState, Phase, ReaderGuard};
 use super::fleet::Fleet;
+pub use super::index::CacheFile;
 use super::memory::{Loaded, SmallBlobs, SMALL_BLOB_BYTES};
 use super::scrub::{self, Damage};
 use super::source::{FillError, IncomingBlob, SourceError};
@@ -69,6 +70,10 @@ pub struct BlobStoreStats {
     pub bytes: u64,
     /// Committed blobs.
     pub entries: u64,
+    /// Bytes the manifests and tag records on disk count against the same budget.
+    pub file_bytes: u64,
+    /// Manifests and tag records on disk.
+    pub files: u64,
     /// Blobs deleted to stay within the budget since `open`.
     pub evictions: u64,
     /// Downloads in progress.
@@ -402,8 +407,10 @@ impl BlobStore {
     pub fn stats(&self) -> BlobStoreStats {
         let state = self.catalog.lock();
         BlobStoreStats {
-            bytes: state.index.bytes(),
+            bytes: state.index.blob_bytes(),
             entries: state.index.len() as u64,
+            file_bytes: state.index.bytes() - state.index.blob_bytes(),
+            files: state.index.files() as u64,
             evictions: state.index.evictions(),
             in_flight: state.in_flight.len() as u64,
             fills_started: state.fills_started,
@@ -418,6 +425,46 @@ impl BlobStore {
     /// The configured byte budget.
     pub fn max_bytes(&self) -> u64 {
         self.catalog.max_bytes()
+    }
+
+    /// The store's byte budget, for the manifest and tag stores to keep their files under.
+    pub fn disk_budget(&self) -> DiskBudget {
+        DiskBudget {
+            catalog: self.catalog.clone(),
+        }
+    }
+}
+
+/// `cache.max_size` as the manifest and tag stores see it: their files are counted and evicted
+/// with the blobs, least recently used first.
+#[derive(Clone)]
+pub struct DiskBudget {
+    catalog: Arc<Catalog>,
+}
+
+impl DiskBudget {
+    /// Puts `tmp` (written and synced, `len` bytes) in place as `file` and evicts down to the
+    /// budget. Blocking. On error `tmp` is the caller's to delete.
+    pub fn commit(&self, file: CacheFile, tmp: &Path, len: u64) -> io::Result<()> {
+        self.catalog.commit_file(file, tmp, len)
+    }
+
+    /// `file` was used: it moves to the back of the eviction order. `false` if not on disk.
+    pub fn touch(&self, file: &CacheFile) -> bool {
+        self.catalog.touch_file(file)
+    }
+
+    /// Deletes `file` and stops counting it.
+    pub fn remove(&self, file: &CacheFile) {
+        self.catalog.remove_file(file)
+    }
+}
+
+impl fmt::Debug for DiskBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiskBudget")
+            .field("max_bytes", &self.catalog.max_bytes())
+            .finish()
     }
 }
 

@@ -140,6 +140,45 @@ mod tests {
         assert_eq!(prod.sweep_lease().as_ref(), "prod/eu/sweep");
     }
 
+    /// The README's lifecycle rules (what bounds the bucket) expire exactly the objects archway
+    /// caches there: each of its blob, manifest and tag keys falls under one Expiration rule's
+    /// prefix, and no Expiration rule covers the leases (archway deletes those itself).
+    #[test]
+    fn the_readme_lifecycle_rules_cover_blobs_manifests_and_tags() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let start = readme
+            .find("put-bucket-lifecycle-configuration --bucket archway --lifecycle-configuration '")
+            .expect("the lifecycle command");
+        let json = &readme[start..];
+        let json = &json[json.find('\'').unwrap() + 1..];
+        let json = &json[..json.find('\'').unwrap()];
+        let rules: serde_json::Value = serde_json::from_str(json).expect("the rules parse");
+        let expiring: Vec<String> = rules["Rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["Status"] == "Enabled" && r["Expiration"]["Days"].as_u64() > Some(0))
+            .map(|r| r["Filter"]["Prefix"].as_str().unwrap().to_owned())
+            .collect();
+        let prod = Keys::new("prod/");
+        let tag = TagKey {
+            upstream: "docker.io".into(),
+            repository: "library/alpine".into(),
+            tag: "3.20".into(),
+        };
+        let covered = |key: &Path| {
+            expiring
+                .iter()
+                .any(|p| key.as_ref().starts_with(p.as_str()))
+        };
+        assert!(covered(&prod.blob(&digest())), "{expiring:?}");
+        assert!(covered(&prod.manifest(&digest())), "{expiring:?}");
+        assert!(covered(&prod.tag(&tag)), "{expiring:?}");
+        assert!(!covered(&prod.fill_lease(&digest())), "{expiring:?}");
+        assert!(!covered(&prod.sweep_lease()), "{expiring:?}");
+    }
+
     #[test]
     fn no_part_escapes_its_place() {
         let tag = TagKey {
