@@ -9,6 +9,9 @@
 //!   the headers and inside bodies, truncation, stalled headers and bodies, wrong bytes, 429 and
 //!   5xx with Retry-After, slow bodies, missing and lying lengths, endless bodies, slow answers,
 //!   and tags moving;
+//! - h2 clients that open streams with a zero flow-control window and never read (reset by
+//!   archway after `limits.stall_timeout`), and h2 clients that reset each request 3 ms after
+//!   sending it (issue 17);
 //! - beside them a slow-header phase (request heads a byte at a time), an idle-connection phase
 //!   (hundreds of connections that never send anything, keep-alive ones left idle, more than
 //!   `max_connections`) and a header-flood phase (huge or very many headers, many distinct
@@ -56,6 +59,12 @@ const IDLE_KEEP_ALIVE: usize = 40;
 const TOO_SLOW_HEADS: usize = 16;
 const SLOW_HEADS_IN_TIME: usize = 4;
 const FLOODERS: usize = 2;
+/// h2 connections at a time whose streams never get a window, streams on each, and the stall
+/// timeout that resets them; h2 clients resetting every request just after sending it.
+const H2_STALLERS: usize = 4;
+const H2_STALLED_STREAMS: usize = 16;
+const STALL_TIMEOUT: Duration = Duration::from_secs(2);
+const H2_RESETTERS: usize = 2;
 /// archway's upstream `read_timeout`: a stalled upstream is given up on after this.
 const UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// The fake closes a stalled connection after this (archway gives up first).
@@ -1030,6 +1039,99 @@ async fn silent_connection(ctx: Arc<Ctx>) {
     }
 }
 
+/// An h2c connection to archway; its streams get `window` bytes of flow control each.
+async fn h2_connection(
+    ctx: &Ctx,
+    window: u32,
+) -> Option<hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>> {
+    let tcp = TcpStream::connect(ctx.addr).await.ok()?;
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(window)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    Some(send)
+}
+
+fn h2_get(ctx: &Ctx, path: &str) -> http::Request<http_body_util::Empty<Bytes>> {
+    let mut req = http::Request::new(http_body_util::Empty::new());
+    *req.uri_mut() = ctx.url(path).parse().expect("a URL of ours");
+    req
+}
+
+/// Streams whose client grants no window and reads nothing: archway must reset each after
+/// `limits.stall_timeout`, holding no file meanwhile.
+async fn h2_staller(ctx: Arc<Ctx>, id: u64) {
+    use http_body_util::BodyExt;
+    let mut rng = Rng::new(0x57a11 + id);
+    let mut stop = ctx.stop.clone();
+    while !ctx.stopping() {
+        ctx.stats.add(REQUESTS, "h2 zero-window connections");
+        let Some(mut send) = h2_connection(&ctx, 0).await else {
+            ctx.stats.add(ERRORS, "connect failed (phases)");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let mut bodies = Vec::new();
+        for _ in 0..H2_STALLED_STREAMS {
+            let repo = rng.pick(&ctx.content.repos);
+            if send.ready().await.is_err() {
+                break;
+            }
+            let path = format!("/v2/{}/manifests/{}", repo.name, repo.tag);
+            match send.send_request(h2_get(&ctx, &path)).await {
+                Ok(r) => bodies.push(r.into_body()),
+                Err(_) => break,
+            }
+        }
+        for mut body in bodies {
+            tokio::select! {
+                f = tokio::time::timeout(STALL_TIMEOUT * 4, body.frame()) => match f {
+                    Ok(Some(Ok(frame))) if frame.data_ref().is_some_and(|d| !d.is_empty()) => {
+                        ctx.stats.add(WRONG, "h2 zero-window stream got data")
+                    }
+                    Ok(_) => ctx.stats.add(PHASES, "h2 zero-window streams reset by archway"),
+                    Err(_) => ctx.stats.add(
+                        PHASES,
+                        "h2 zero-window streams not reset within 4 × stall_timeout",
+                    ),
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// Requests reset 3 ms after they were sent (h2 rapid reset at a polite pace): the work they
+/// started must not outlive them without a bound.
+async fn h2_resetter(ctx: Arc<Ctx>, id: u64) {
+    let mut rng = Rng::new(0x4e5e7 + id);
+    while !ctx.stopping() {
+        let Some(mut send) = h2_connection(&ctx, 65_535).await else {
+            ctx.stats.add(ERRORS, "connect failed (phases)");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        for _ in 0..200 {
+            if ctx.stopping() || send.ready().await.is_err() {
+                break;
+            }
+            let repo = rng.pick(&ctx.content.repos);
+            let path = format!("/v2/{}/manifests/{}", repo.name, repo.tag);
+            ctx.stats
+                .add(REQUESTS, "h2 requests reset 3 ms after sending");
+            let _ = tokio::time::timeout(
+                Duration::from_millis(3),
+                send.send_request(h2_get(&ctx, &path)),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 /// One request, then nothing: closed by the idle timeout.
 async fn idle_keep_alive(ctx: Arc<Ctx>, n: u64) {
     ctx.stats.add(REQUESTS, "keep-alive connections left idle");
@@ -1263,6 +1365,7 @@ negative_ttl = "5s"
 header_read_timeout = "{header}ms"
 idle_timeout = "{idle}ms"
 max_connections = {max_connections}
+stall_timeout = "{stall}ms"
 
 [[upstream]]
 name = "fake"
@@ -1275,6 +1378,7 @@ read_timeout = "{read}ms"
         header = HEADER_READ_TIMEOUT.as_millis(),
         idle = IDLE_TIMEOUT.as_millis(),
         max_connections = MAX_CONNECTIONS,
+        stall = STALL_TIMEOUT.as_millis(),
         read = UPSTREAM_READ_TIMEOUT.as_millis(),
     );
     let path = dir.join("archway.toml");
@@ -1801,6 +1905,12 @@ async fn fault_soak() {
     load.spawn(idle_phase(ctx.clone()));
     for id in 0..FLOODERS {
         load.spawn(header_flood(ctx.clone(), id as u64));
+    }
+    for id in 0..H2_STALLERS {
+        load.spawn(h2_staller(ctx.clone(), id as u64));
+    }
+    for id in 0..H2_RESETTERS {
+        load.spawn(h2_resetter(ctx.clone(), id as u64));
     }
 
     // Progress now and then, and an early end if archway exits.
