@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("www_authenticate", www_authenticate),
     ("range", range),
     ("config", config),
+    ("via", via),
 ];
 
 fn text(data: &[u8]) -> std::borrow::Cow<'_, str> {
@@ -509,11 +510,18 @@ pub fn range(data: &[u8]) {
                 RangeAnswer::Multi(r) => r,
                 RangeAnswer::Whole | RangeAnswer::Unsatisfiable => continue,
             };
-            assert!(ranges.len() <= cap, "{header:?}: {} ranges, cap {cap}", ranges.len());
+            assert!(
+                ranges.len() <= cap,
+                "{header:?}: {} ranges, cap {cap}",
+                ranges.len()
+            );
             let mut sorted = ranges.clone();
             sorted.sort_unstable();
             for (a, b) in &sorted {
-                assert!(a <= b && *b < size, "{header:?} of {size} bytes gives {a}-{b}");
+                assert!(
+                    a <= b && *b < size,
+                    "{header:?} of {size} bytes gives {a}-{b}"
+                );
             }
             for w in sorted.windows(2) {
                 assert!(w[0].1 < w[1].0, "{header:?}: overlapping {w:?}");
@@ -521,8 +529,8 @@ pub fn range(data: &[u8]) {
             if size < u64::MAX / 2 {
                 let m = Multipart::new("b".into(), &ranges, size);
                 let data: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
-                let framing: u64 = m.heads.iter().map(|h| h.len() as u64).sum::<u64>()
-                    + m.tail.len() as u64;
+                let framing: u64 =
+                    m.heads.iter().map(|h| h.len() as u64).sum::<u64>() + m.tail.len() as u64;
                 assert_eq!(m.content_length, data + framing);
             }
         }
@@ -553,6 +561,7 @@ pub fn config(data: &[u8]) {
         (c.scrub_interval, "cache.scrub_interval"),
         (cfg.limits.header_read_timeout, "limits.header_read_timeout"),
         (cfg.limits.idle_timeout, "limits.idle_timeout"),
+        (cfg.limits.stall_timeout, "limits.stall_timeout"),
     ] {
         assert_deadline_ok(d, what);
     }
@@ -579,8 +588,14 @@ pub fn config(data: &[u8]) {
             "a parent URL with credentials or no host"
         );
     }
+    assert!(cfg.limits.max_streams_per_connection > 0 && cfg.limits.max_requests != Some(0));
     for u in &cfg.upstreams {
         assert!(u.names().all(|n| !n.is_empty()), "an empty upstream name");
+        // Credentials have their own keys; user-info in the URL is refused (issue 17).
+        assert!(
+            u.url.authority().is_some_and(|a| !a.as_str().contains('@')),
+            "an upstream URL with user-info"
+        );
         // Sent to a parent as ?ns=<name> unencoded.
         assert!(
             p.urls.is_empty() || !u.name.contains(['&', '#', '?', '%', '=', ' ']),
@@ -597,3 +612,36 @@ pub fn config(data: &[u8]) {
 
 #[cfg(test)]
 mod seeds;
+
+/// `Via` headers from a client or a chain of archways (issue 17: loops). One header value a line.
+/// The archway hops carried on are at most 8, each `<protocol> archway-<id>`, carried the same
+/// when carried again; a request carrying this archway's own `Via` is always its own.
+pub fn via(data: &[u8]) {
+    use archway::via::{incoming_hops, Via};
+    let mut headers = HeaderMap::new();
+    for line in data.split(|&b| b == b'\n').take(16) {
+        if let Ok(v) = HeaderValue::from_bytes(line) {
+            headers.append(http::header::VIA, v);
+        }
+    }
+    if let Some(hops) = incoming_hops(&headers) {
+        let text = hops.to_str().expect("carried hops are visible ASCII");
+        let entries: Vec<&str> = text.split(", ").collect();
+        assert!(entries.len() <= 8, "{} hops carried", entries.len());
+        for e in &entries {
+            let (protocol, by) = e.split_once(' ').expect("protocol and received-by");
+            assert!(!protocol.is_empty() && !by.contains(' '));
+            assert!(by.to_ascii_lowercase().starts_with("archway-"), "{e}");
+        }
+        let mut again = HeaderMap::new();
+        again.insert(http::header::VIA, hops.clone());
+        assert_eq!(
+            incoming_hops(&again).as_ref(),
+            Some(&hops),
+            "carrying is stable"
+        );
+    }
+    let me = Via::new();
+    headers.append(http::header::VIA, me.outgoing());
+    assert!(me.is_own_request(&headers), "its own Via not recognised");
+}
