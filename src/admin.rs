@@ -3,9 +3,9 @@
 
 use crate::accept;
 use crate::body::{self, ResponseBody};
-use crate::connection::{self, ConnectionLimits, GuardedBody, TrackedIo, Tracker};
+use crate::connection::{self, ConnectionLimits, TrackedIo, Tracker};
 use crate::metrics::{self, Metrics};
-use crate::stall::ResponseProgress;
+use crate::stall::{GuardedBody, ResponseProgress};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};

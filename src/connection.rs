@@ -8,9 +8,6 @@
 //! runs under a supervisor that sees its bytes (through [`TrackedIo`]) and its requests (through
 //! [`RequestGuard`], held by the response body).
 
-use crate::stall::{ResponseProgress, WakeMark};
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -19,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 /// How long a connection may take to send a request's head, and stay idle.
@@ -213,98 +210,6 @@ pub struct RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.tracker.request_ended();
-    }
-}
-
-/// One of `limits.max_requests`, held with the response body.
-pub struct InFlight {
-    _permit: OwnedSemaphorePermit,
-    metrics: Arc<crate::metrics::Metrics>,
-}
-
-impl InFlight {
-    pub fn new(permit: OwnedSemaphorePermit, metrics: Arc<crate::metrics::Metrics>) -> InFlight {
-        metrics.request_in_flight(1);
-        InFlight {
-            _permit: permit,
-            metrics,
-        }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.metrics.request_in_flight(-1);
-    }
-}
-
-/// A response body that holds its request's guard (and its slot of `limits.max_requests`)
-/// until it is finished or dropped, and tells its [`ResponseProgress`] whether it waits on the
-/// client or on its source.
-pub struct GuardedBody<B> {
-    inner: B,
-    progress: Arc<ResponseProgress>,
-    mark: Arc<WakeMark>,
-    _in_flight: Option<InFlight>,
-    _guard: RequestGuard,
-}
-
-impl<B> GuardedBody<B> {
-    /// The response head is handed to hyper: from now on the body waits on its client.
-    pub fn new(
-        inner: B,
-        guard: RequestGuard,
-        progress: Arc<ResponseProgress>,
-        in_flight: Option<InFlight>,
-    ) -> Self {
-        progress.waiting();
-        GuardedBody {
-            inner,
-            mark: WakeMark::new(progress.clone()),
-            progress,
-            _in_flight: in_flight,
-            _guard: guard,
-        }
-    }
-}
-
-impl<B> Drop for GuardedBody<B> {
-    fn drop(&mut self) {
-        self.progress.done();
-    }
-}
-
-impl<B> Body for GuardedBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = &mut *self;
-        // Polled: the client took what it had. Until the source has more, it waits on that.
-        this.progress.working();
-        let waker = this.mark.waker(cx);
-        let mut marked = Context::from_waker(&waker);
-        let polled = Pin::new(&mut this.inner).poll_frame(&mut marked);
-        match &polled {
-            Poll::Ready(Some(Ok(_))) => this.progress.waiting(),
-            Poll::Ready(_) => this.progress.done(),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

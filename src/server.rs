@@ -4,9 +4,9 @@
 use crate::accept;
 use crate::admin::{self, Admin};
 use crate::config::Config;
-use crate::connection::{self, ConnectionLimits, Ended, GuardedBody, InFlight, TrackedIo, Tracker};
+use crate::connection::{self, ConnectionLimits, Ended, TrackedIo, Tracker};
 use crate::proxy::{ConnInfo, Proxy, ProxyInitError};
-use crate::stall::{ResponseProgress, StreamExec};
+use crate::stall::{GuardedBody, InFlight, ResponseProgress, StreamExec};
 use crate::tls::{ServerTls, TlsError};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;

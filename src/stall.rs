@@ -11,13 +11,17 @@
 //! a stream that stalls is dropped there, and h2 resets it (`RST_STREAM CANCEL`) — the other
 //! streams of the connection go on.
 
-use crate::connection::Tracker;
+use crate::connection::{RequestGuard, Tracker};
 use crate::metrics::Metrics;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Wake, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 const WORKING: u8 = 0;
@@ -90,6 +94,98 @@ impl ResponseProgress {
     pub fn stalls_at(&self, timeout: Duration) -> Option<Instant> {
         (self.state.load(Ordering::Acquire) == WAITING)
             .then(|| self.tracker.at_stamp(self.since.load(Ordering::Relaxed)) + timeout)
+    }
+}
+
+/// One of `limits.max_requests`, held with the response body.
+pub struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl InFlight {
+    pub fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> InFlight {
+        metrics.request_in_flight(1);
+        InFlight {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.metrics.request_in_flight(-1);
+    }
+}
+
+/// A response body that holds its request's guard (and its slot of `limits.max_requests`)
+/// until it is finished or dropped, and tells its [`ResponseProgress`] whether it waits on the
+/// client or on its source.
+pub struct GuardedBody<B> {
+    inner: B,
+    progress: Arc<ResponseProgress>,
+    mark: Arc<WakeMark>,
+    _in_flight: Option<InFlight>,
+    _guard: RequestGuard,
+}
+
+impl<B> GuardedBody<B> {
+    /// The response head is handed to hyper: from now on the body waits on its client.
+    pub fn new(
+        inner: B,
+        guard: RequestGuard,
+        progress: Arc<ResponseProgress>,
+        in_flight: Option<InFlight>,
+    ) -> Self {
+        progress.waiting();
+        GuardedBody {
+            inner,
+            mark: WakeMark::new(progress.clone()),
+            progress,
+            _in_flight: in_flight,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B> Drop for GuardedBody<B> {
+    fn drop(&mut self) {
+        self.progress.done();
+    }
+}
+
+impl<B> Body for GuardedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        // Polled: the client took what it had. Until the source has more, it waits on that.
+        this.progress.working();
+        let waker = this.mark.waker(cx);
+        let mut marked = Context::from_waker(&waker);
+        let polled = Pin::new(&mut this.inner).poll_frame(&mut marked);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => this.progress.waiting(),
+            Poll::Ready(_) => this.progress.done(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
