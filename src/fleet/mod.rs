@@ -2,7 +2,8 @@
 //! whom to join (`cache::blob::Fleet`); this module is the HTTP between replicas:
 //!
 //! - `peer_path`: the peer endpoint's path and its secret check (pure);
-//! - `peer_client`: reaching another replica's peer endpoint for a blob.
+//! - `peer_client`: reaching another replica's peer endpoint for a blob;
+//! - `record_key`: HMAC keys derived from the fleet secret, sealing bucket records (pure).
 //!
 //! The peer endpoint is `GET /_archway/fleet/blobs/<digest>` on the registry listener: no
 //! registry client asks for a path outside `/v2/`. It needs `Authorization: Bearer <fleet
@@ -11,6 +12,8 @@
 
 mod peer_client;
 mod peer_path;
+mod record_key;
 
 pub use peer_client::HttpPeers;
 pub use peer_path::{peer_digest, secret_matches, PEER_PATH_PREFIX};
+pub use record_key::{RecordKey, SealError};
