@@ -177,6 +177,8 @@ pub fn parse_htpasswd(text: &str) -> Result<Htpasswd, LineError> {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Tokens {
     hashes: Vec<[u8; 32]>,
+    /// Each token's name (`name token` lines), for an upstream's `clients`.
+    names: Vec<Option<Arc<str>>>,
 }
 
 impl fmt::Debug for Tokens {
@@ -199,29 +201,46 @@ impl Tokens {
     /// Compares against every token without stopping early, on fixed-size digests: the time
     /// taken says nothing about how close a guess was.
     pub fn contains(&self, token: &str) -> bool {
+        self.find(token).is_some()
+    }
+
+    /// The token's name if it is one of these (`Some(None)`: a token without a name).
+    pub fn find(&self, token: &str) -> Option<Option<Arc<str>>> {
         let presented = sha256(token.as_bytes());
-        let mut found = 0u8;
-        for h in &self.hashes {
-            found |= u8::from(ct_eq(h, &presented));
+        let mut found = None;
+        for (h, name) in self.hashes.iter().zip(&self.names) {
+            if ct_eq(h, &presented) {
+                found = Some(name.clone());
+            }
         }
-        found == 1
+        found
     }
 }
 
-/// One token per line; blank lines and lines starting with `#` are skipped.
+/// One token per line, or `name token` (the name is what an upstream's `clients` lists); blank
+/// lines and lines starting with `#` are skipped.
 pub fn parse_tokens(text: &str) -> Result<Tokens, LineError> {
     let mut hashes = Vec::new();
+    let mut names = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if line.contains(char::is_whitespace) {
-            return Err(line_error(i + 1, "a token cannot contain whitespace"));
-        }
-        hashes.push(sha256(line.as_bytes()));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (name, token) =
+            match fields.as_slice() {
+                [token] => (None, *token),
+                [name, token] => (Some(Arc::<str>::from(*name)), *token),
+                _ => return Err(line_error(
+                    i + 1,
+                    "a line is a token, or a name and a token; a token cannot contain whitespace",
+                )),
+            };
+        hashes.push(sha256(token.as_bytes()));
+        names.push(name);
     }
-    Ok(Tokens { hashes })
+    Ok(Tokens { hashes, names })
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -635,19 +654,24 @@ impl ClientAuth {
         authorization: Option<&HeaderValue>,
         client: Option<IpAddr>,
     ) -> Result<(), Denied> {
+        self.identify(authorization, client).await.map(drop)
+    }
+
+    /// Like `check`, and who it is: the user's name, or the token's (`None`: a token without
+    /// a name), for an upstream's `clients`.
+    pub async fn identify(
+        &self,
+        authorization: Option<&HeaderValue>,
+        client: Option<IpAddr>,
+    ) -> Result<Option<Arc<str>>, Denied> {
         let Some(value) = authorization else {
             return Err(Denied::Missing);
         };
         match parse_authorization(value.as_bytes()).ok_or(Denied::Malformed)? {
-            Presented::Bearer(token) => {
-                if self.tokens.contains(&token) {
-                    Ok(())
-                } else {
-                    Err(Denied::Rejected)
-                }
-            }
+            Presented::Bearer(token) => self.tokens.find(&token).ok_or(Denied::Rejected),
             Presented::Basic { user, password } => {
-                self.check_password(&user, password, client).await
+                self.check_password(&user, password, client).await?;
+                Ok(Some(Arc::from(user.as_str())))
             }
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod accept;
 pub mod access_log;
+pub mod access_rule;
 pub mod admin;
 pub mod api;
 pub mod body;

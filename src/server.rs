@@ -183,6 +183,7 @@ impl Archway {
             tracing::warn!("connections still open after the drain timeout; closing");
         }
         self.proxy.blob_store().finish_commits(DRAIN_TIMEOUT).await;
+        self.proxy.flush_access_records();
     }
 }
 

@@ -66,6 +66,16 @@ impl ManifestStore {
         manifest_path(&self.dir, digest)
     }
 
+    /// Where the manifest's file is, or will be (its access record lives on it).
+    pub fn file_path(&self, digest: &Digest) -> PathBuf {
+        self.path(digest)
+    }
+
+    /// Whether a copy may be here: in memory, on disk, or (possibly) in the bucket.
+    pub fn may_have(&self, digest: &Digest) -> bool {
+        self.bucket.is_some() || self.memory.contains_key(digest) || self.path(digest).exists()
+    }
+
     /// From memory, else from disk, else from the bucket (each copy re-checked against its
     /// digest, so a damaged one is a miss). One found in the bucket is kept on disk.
     pub async fn get(&self, digest: &Digest) -> Option<Arc<Manifest>> {

@@ -1,6 +1,7 @@
 //! Caches: blobs on disk, manifests in memory and on disk, tags with a TTL; `bucket`: the
 //! shared S3-compatible storage behind them (`[storage]`).
 
+pub mod access_store;
 pub mod blob;
 pub mod bucket;
 pub mod fetch_lease;

@@ -63,6 +63,9 @@ impl Config {
             if let Some(v) = c.referrers_memory {
                 k.referrers_memory = parse_size("cache.referrers_memory", &v)?;
             }
+            if let Some(v) = c.access_memory {
+                k.access_memory = parse_size("cache.access_memory", &v)?;
+            }
             if let Some(v) = c.tag_memory {
                 k.tag_memory = parse_size("cache.tag_memory", &v)?;
             }
@@ -360,6 +363,7 @@ struct RawCache {
     selection_memo: Option<String>,
     foreign_memo: Option<String>,
     tag_memory: Option<String>,
+    access_memory: Option<String>,
     tag_ttl: Option<String>,
     stale_if_error: Option<String>,
     negative_ttl: Option<String>,
@@ -396,6 +400,8 @@ struct RawUpstream {
     redirect_hosts: Vec<String>,
     /// `None`: the Microsoft hosts; `[]`: foreign layers are never fetched.
     foreign_layer_hosts: Option<Vec<String>>,
+    visibility: Option<String>,
+    clients: Option<Vec<String>>,
 }
 
 impl RawUpstream {
@@ -470,6 +476,26 @@ impl RawUpstream {
             self.password_env,
         )?;
         u.credentials = credentials(&key("username"), &key("password"), self.username, password)?;
+        if let Some(v) = self.visibility {
+            u.visibility = Some(crate::access_rule::Visibility::parse(&v).ok_or_else(|| {
+                invalid(
+                    key("visibility"),
+                    format!("`{v}` is neither \"private\" nor \"public\""),
+                )
+            })?);
+        }
+        if let Some(clients) = self.clients {
+            if let Some(bad) = clients
+                .iter()
+                .find(|c| c.is_empty() || c.contains(char::is_whitespace) || c.contains(':'))
+            {
+                return Err(invalid(
+                    key("clients"),
+                    format!("`{bad}` is not an [auth] user or token name"),
+                ));
+            }
+            u.clients = Some(clients);
+        }
         Ok(u)
     }
 }

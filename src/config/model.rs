@@ -139,6 +139,9 @@ pub struct CacheConfig {
     pub referrers_memory: u64,
     /// Byte budget of the tag records held in memory (all of them are on disk).
     pub tag_memory: u64,
+    /// Access records (who may be served each object) held in memory; the rest are read from
+    /// the objects' files when asked for.
+    pub access_memory: u64,
     pub tag_ttl: Duration,
     /// How old a cached tag may be and still be served when upstream fails.
     pub stale_if_error: Duration,
@@ -178,6 +181,7 @@ impl Default for CacheConfig {
             foreign_memo: 4 << 20,
             referrers_memory: 16 << 20,
             tag_memory: crate::cache::tag_store::DEFAULT_TAG_MEMORY,
+            access_memory: 8 << 20,
             tag_ttl: Duration::from_secs(300),
             stale_if_error: Duration::from_secs(24 * 3600),
             negative_ttl: Duration::from_secs(30),
@@ -215,9 +219,31 @@ pub struct UpstreamConfig {
     pub redirect_hosts: Vec<String>,
     /// Where a foreign layer upstream cannot serve may be fetched from, by its manifest's urls.
     pub foreign_layer_hosts: Vec<crate::foreign::HostPattern>,
+    /// Who may be served what was fetched from it (`None`: the default, private when it has
+    /// credentials; see `visibility()`).
+    pub visibility: Option<crate::access_rule::Visibility>,
+    /// The `[auth]` users and named tokens that may use it; `None`: every client `[auth]` lets in.
+    pub clients: Option<Vec<String>>,
 }
 
 impl UpstreamConfig {
+    /// `visibility`, or its default: private when archway holds credentials for it.
+    pub fn visibility(&self) -> crate::access_rule::Visibility {
+        self.visibility.unwrap_or_else(|| {
+            crate::access_rule::Visibility::default_for(self.credentials.is_some())
+        })
+    }
+
+    /// Whether the `[auth]` client named `client` (`None`: an unnamed token, or no `[auth]`)
+    /// may use this upstream.
+    pub fn admits_client(&self, client: Option<&str>) -> bool {
+        match (&self.clients, client) {
+            (None, _) => true,
+            (Some(names), Some(c)) => names.iter().any(|n| n == c),
+            (Some(_), None) => false,
+        }
+    }
+
     /// An upstream for `url` with defaults; Docker Hub is recognised by its host.
     pub fn from_url(name: Option<&str>, url: &str) -> Result<Self, ConfigError> {
         let uri = parse_upstream_url("upstream.url", url)?;
@@ -258,6 +284,8 @@ impl UpstreamConfig {
                 .iter()
                 .filter_map(|h| crate::foreign::HostPattern::parse(h).ok())
                 .collect(),
+            visibility: None,
+            clients: None,
         })
     }
 
@@ -359,6 +387,9 @@ impl Config {
         }
         if self.cache.tag_memory == 0 {
             return Err(invalid("cache.tag_memory", "must be more than 0"));
+        }
+        if self.cache.access_memory == 0 {
+            return Err(invalid("cache.access_memory", "must be more than 0"));
         }
         if self.cache.write_buffer == 0 {
             return Err(invalid("cache.write_buffer", "must be more than 0"));

@@ -97,6 +97,16 @@ struct WhatLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -143,6 +153,12 @@ impl StorageObserver for Metrics {
     fn bypassed(&self, what: &'static str) {
         self.storage_bypassed
             .get_or_create(&WhatLabels { what })
+            .inc();
+    }
+
+    fn record_rejected(&self, kind: &'static str) {
+        self.records_rejected
+            .get_or_create(&KindLabels { kind })
             .inc();
     }
 
@@ -209,6 +225,8 @@ pub struct Metrics {
     storage_operations: Family<StorageOpLabels, Counter>,
     storage_duration: HistogramFamily<OpLabels>,
     storage_bypassed: Family<WhatLabels, Counter>,
+    records_rejected: Family<KindLabels, Counter>,
+    access_confirmations: Family<ResultLabels, Counter>,
     blob_fills: Family<SourceLabels, Counter>,
     fleet_fills: Family<OutcomeLabels, Counter>,
     fleet_fetches: Family<WhatOutcomeLabels, Counter>,
@@ -354,6 +372,18 @@ impl Metrics {
             "Blobs, manifests and tags read from upstream or left uncopied because the shared storage failed or its upload queue was full",
             storage_bypassed.clone(),
         );
+        let records_rejected = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "archway_storage_records_rejected",
+            "Records read from the shared storage and not believed (no seal of this fleet's key, or a time too far ahead), by kind",
+            records_rejected.clone(),
+        );
+        let access_confirmations = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "archway_access_confirmations",
+            "HEADs asking an upstream whether a route may be served a cached object it has not been served under: allowed, denied, error",
+            access_confirmations.clone(),
+        );
         let blob_fills = Family::<SourceLabels, Counter>::default();
         registry.register(
             "archway_blob_fills",
@@ -424,6 +454,8 @@ impl Metrics {
             storage_operations,
             storage_duration,
             storage_bypassed,
+            records_rejected,
+            access_confirmations,
             blob_fills,
             fleet_fills,
             fleet_fetches,
@@ -462,6 +494,14 @@ impl Metrics {
     /// A request refused because `limits.max_requests` stayed taken.
     pub fn request_refused_busy(&self) {
         self.requests_refused_busy.inc();
+    }
+
+    /// An access confirmation (a HEAD upstream before serving a cached object under a route
+    /// it has no record for): `allowed`, `denied` or `error`.
+    pub fn access_confirmation(&self, result: &'static str) {
+        self.access_confirmations
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Reports the blob store's state at each scrape. The first store given stays.

@@ -23,6 +23,8 @@ pub(crate) struct ClientRequest {
     pub(crate) query: Option<String>,
     /// `archway explain` asks: the full platform decision is recorded in the notes.
     pub(crate) explain: bool,
+    /// With `[auth]`: the user's or the token's name, for an upstream's `clients`.
+    pub(crate) user: Option<std::sync::Arc<str>>,
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host header, and no request two. (h2

@@ -91,6 +91,12 @@ impl Manifests {
         })
     }
 
+    /// The manifest store (for the access gate: where a manifest's file is, whether it may be
+    /// cached).
+    pub(crate) fn store(&self) -> &ManifestStore {
+        &self.store
+    }
+
     /// Keeps a manifest archway made (a conversion) so that a GET by its digest is served.
     pub(crate) async fn keep(&self, m: Arc<Manifest>) -> std::io::Result<()> {
         self.store.put(m).await
@@ -280,7 +286,7 @@ impl Manifests {
         cached: Option<&TagEntry>,
     ) -> Result<Found, ProxyError> {
         if cached.is_some() {
-            let head = upstream.head_manifest(repo, tag).await;
+            let head = upstream.head_manifest(repo, ManifestRef::Tag(tag)).await;
             if let Err(e) = &head {
                 if e.is_not_found() {
                     self.tags

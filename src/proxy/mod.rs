@@ -10,6 +10,7 @@
 //! - `peer`: `[fleet]`'s peer endpoint, another replica joining this one's fill;
 //! - `response`: building responses (pure); `client`: the request as read; `outcome`: hit/miss.
 
+mod access;
 mod blobs;
 mod client;
 mod listings;
@@ -29,19 +30,21 @@ pub use response::error_response;
 use crate::access_log::{AccessLog, LoggedBody, RequestNotes};
 use crate::api::{self, Endpoint, Resource};
 use crate::body::ResponseBody;
+use crate::cache::access_store::AccessStore;
 use crate::cache::blob::{BlobStore, BlobStoreLimits, BucketRedirects, Fleet};
 use crate::cache::bucket::{Bucket, BucketSettings, StorageObserver};
 use crate::cache::fetch_lease::FetchLeases;
 use crate::client_auth::{ClientAuth, Denied};
 use crate::config::Config;
 use crate::error::{ErrorCode, ProxyError};
-use crate::fleet::HttpPeers;
+use crate::fleet::{HttpPeers, RecordKey};
 use crate::metrics::Metrics;
 use crate::reference::Reference;
 use crate::route_policy::Route;
 use crate::upstream::{Parents, Upstream};
 use crate::upstream_choice;
 use crate::via::{self, Via};
+use access::{AccessGate, Object};
 use blobs::Blobs;
 use client::ClientRequest;
 use http::header::{self, HeaderValue};
@@ -69,6 +72,8 @@ pub struct Proxy {
     /// This archway's `Via` marker: on what it sends, and how its own requests are known when
     /// they come back (a loop).
     via: Via,
+    /// Who may be served which cached object (`access_rule`).
+    access: AccessGate,
 }
 
 /// Why a proxy could not be built from its config.
@@ -192,8 +197,14 @@ impl Proxy {
         if !cache.scrub_interval.is_zero() {
             blobs.start_scrub(cache.scrub_interval, cache.scrub_rate);
         }
-        let manifests = Manifests::open(&dir, &config.cache, blobs.disk_budget(), bucket, leases)
-            .map_err(|(path, e)| cache_err(path, e))?;
+        let manifests = Manifests::open(
+            &dir,
+            &config.cache,
+            blobs.disk_budget(),
+            bucket.clone(),
+            leases,
+        )
+        .map_err(|(path, e)| cache_err(path, e))?;
         metrics.observe_blob_store(blobs.clone());
         let via = Via::new();
         tracing::info!(via = via.marker(), "instance marker, sent upstream in Via");
@@ -224,7 +235,17 @@ impl Proxy {
             .map(|(i, r)| Route::from_config(i, r.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         let client_auth = config.auth.as_ref().map(ClientAuth::load).transpose()?;
+        warn_open_private_upstreams(&config);
+        let record_key = config
+            .fleet
+            .as_ref()
+            .map(|f| RecordKey::derive(f.secret.expose().as_bytes(), "bucket records"));
+        let access = AccessGate::new(
+            AccessStore::new(config.cache.access_memory).with_bucket(bucket, record_key),
+            metrics.clone(),
+        );
         Ok(Proxy {
+            access,
             default_upstream: config.default_upstream(),
             upstreams,
             manifests,
@@ -289,6 +310,12 @@ impl Proxy {
 
     pub fn blob_store(&self) -> &Arc<BlobStore> {
         self.blobs.store()
+    }
+
+    /// Writes the access records of the objects committed since they were fetched (at
+    /// shutdown, after the commits).
+    pub fn flush_access_records(&self) {
+        self.access.flush();
     }
 
     /// Answers one request. Never fails: errors become registry error responses. Everything
@@ -361,7 +388,7 @@ impl Proxy {
                     return (response, notes);
                 }
                 match self.authenticate(&req, conn.peer).await {
-                    Ok(()) => self.respond(plan, req, conn).await,
+                    Ok(user) => self.respond(plan, req, conn, user).await,
                     Err(refused) => refused,
                 }
             }
@@ -445,17 +472,17 @@ impl Proxy {
         &self,
         req: &Request<B>,
         peer: Option<std::net::SocketAddr>,
-    ) -> Result<(), (Response<ResponseBody>, RequestNotes)> {
+    ) -> Result<Option<Arc<str>>, (Response<ResponseBody>, RequestNotes)> {
         let Some(auth) = &self.client_auth else {
-            return Ok(());
+            return Ok(None);
         };
         let path = req.uri().path();
         if path != "/v2" && !path.starts_with("/v2/") {
-            return Ok(());
+            return Ok(None);
         }
         let authorization = req.headers().get(header::AUTHORIZATION);
-        let denied = match auth.check(authorization, peer.map(|p| p.ip())).await {
-            Ok(()) => return Ok(()),
+        let denied = match auth.identify(authorization, peer.map(|p| p.ip())).await {
+            Ok(user) => return Ok(user),
             Err(d) => d,
         };
         let e = match denied {
@@ -488,7 +515,7 @@ impl Proxy {
         conn: ConnInfo,
     ) -> (Response<ResponseBody>, RequestNotes) {
         let plan = self.plan(req.method(), req.uri(), req.headers());
-        self.respond(plan, req, conn).await
+        self.respond(plan, req, conn, None).await
     }
 
     /// Which endpoint, and which upstream and repository for a repository's endpoint.
@@ -522,6 +549,7 @@ impl Proxy {
         plan: Plan,
         req: Request<B>,
         conn: ConnInfo,
+        user: Option<Arc<str>>,
     ) -> (Response<ResponseBody>, RequestNotes) {
         let (parts, _body) = req.into_parts();
         let client = ClientRequest {
@@ -531,6 +559,7 @@ impl Proxy {
             headers: parts.headers,
             query: parts.uri.query().map(str::to_owned),
             explain: parts.extensions.get::<ExplainRequest>().is_some(),
+            user,
         };
         let mut notes = RequestNotes::default();
         let peer = self
@@ -585,6 +614,16 @@ impl Proxy {
             ProxyError::internal(format!("no upstream #{} configured", target.upstream))
         })?;
         notes.upstream = Some(upstream.config().name.clone());
+        if !upstream.config().admits_client(client.user.as_deref()) {
+            return Err(ProxyError::downstream(
+                ErrorCode::Denied,
+                format!(
+                    "this client may not use upstream {} (its `clients` does not name it)",
+                    upstream.config().name
+                ),
+            )
+            .with_status(http::StatusCode::FORBIDDEN));
+        }
         let repo = &target.repository;
         match resource {
             Resource::Manifest(reference) => {
@@ -596,7 +635,11 @@ impl Proxy {
                     ));
                 }
                 let (m, result) = match reference {
-                    Reference::Digest(d) => self.manifests.by_digest(upstream, repo, d).await?,
+                    Reference::Digest(d) => {
+                        let store = Object::Manifest(self.manifests.store());
+                        self.access.admit(store, upstream, repo, d).await?;
+                        self.manifests.by_digest(upstream, repo, d).await?
+                    }
                     Reference::Tag(t) => self.manifests.by_tag(upstream, repo, t).await?,
                 };
                 notes.cache = Some(result.as_str());
@@ -618,12 +661,18 @@ impl Proxy {
                             .await?;
                         if answer.digest != looked_up {
                             foreign.record(&upstream.config().name, &answer);
+                            let store = self.manifests.store();
+                            self.access
+                                .served_by_tag(store, upstream, repo, &answer.digest)
+                                .await;
                         }
                         Ok(manifest_response(client, &answer, stale, vary))
                     }
                 }
             }
             Resource::Blob(digest) => {
+                let store = Object::Blob(self.blobs.store());
+                self.access.admit(store, upstream, repo, digest).await?;
                 self.blobs
                     .serve(upstream, repo, digest, client, notes)
                     .await
@@ -660,6 +709,22 @@ impl Plan {
 }
 
 /// An error answer to a request refused before it was looked at.
+/// An upstream archway holds credentials for, open to every client that reaches archway: say so
+/// at start, in words. (Its content is still served only where it was fetched, `access_rule`.)
+fn warn_open_private_upstreams(config: &Config) {
+    if config.auth.is_some() {
+        return;
+    }
+    for u in config.upstreams.iter().filter(|u| u.credentials.is_some()) {
+        tracing::warn!(
+            upstream = %u.name,
+            visibility = u.visibility().as_str(),
+            "upstream {} has credentials and there is no [auth]: every client that can reach archway pulls from it with those credentials; add [auth] (and `clients` on the upstream) to choose who may",
+            u.name
+        );
+    }
+}
+
 fn refuse(e: ProxyError, head: bool) -> (Response<ResponseBody>, RequestNotes) {
     let mut response = error_response(&e, head);
     response

@@ -120,6 +120,9 @@ impl Parents {
                 redirect_hosts: Vec::new(),
                 // A parent serves blobs; the node fetches foreign layers itself.
                 foreign_layer_hosts: Vec::new(),
+                // Who may be served what is the node's upstream's setting, not the parent's.
+                visibility: None,
+                clients: None,
             };
             let client = Upstream::new(client_config).map_err(|source| ParentInitError {
                 url: url.clone(),

@@ -57,19 +57,19 @@ pub struct Listing {
 }
 
 impl Upstream {
-    /// HEAD a tag: its digest, without the bytes (Docker Hub does not count HEADs as pulls).
+    /// HEAD a tag (or a digest): its digest, without the bytes (Docker Hub does not count
+    /// HEADs as pulls).
     pub async fn head_manifest(
         &self,
         repo: &RepositoryName,
-        tag: &Tag,
+        reference: ManifestRef<'_>,
     ) -> Result<ManifestHead, UpstreamError> {
+        let path = match reference {
+            ManifestRef::Tag(tag) => format!("manifests/{tag}"),
+            ManifestRef::Digest(digest) => format!("manifests/{digest}"),
+        };
         let resp = self
-            .send(
-                Method::HEAD,
-                repo,
-                &format!("manifests/{tag}"),
-                manifest_accept(),
-            )
+            .send(Method::HEAD, repo, &path, manifest_accept())
             .await?;
         self.fail_on_error(&resp, Missing::Manifest)?;
         let digest = resp

@@ -221,6 +221,21 @@ impl BlobStore {
         Some(Blob::Cached(cached))
     }
 
+    /// Where the blob's file is, or will be once committed (its access record lives on it).
+    pub fn file_path(&self, digest: &Digest) -> std::path::PathBuf {
+        self.catalog.blob_path(digest)
+    }
+
+    /// Whether a copy of the blob is here or on its way: committed, being downloaded, or
+    /// possibly in the bucket behind the disk.
+    pub fn may_have(&self, digest: &Digest) -> bool {
+        if self.bucket.is_some() {
+            return true;
+        }
+        let state = self.catalog.lock();
+        state.index.size(digest).is_some() || state.in_flight.contains_key(digest)
+    }
+
     /// What a `HEAD` needs, in one look at the catalog (a download may commit between two):
     /// the size, and whether the bytes are local — committed, or downloaded and verified with
     /// only the commit running — rather than still arriving. `None`: neither cached nor being

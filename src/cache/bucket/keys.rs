@@ -73,6 +73,11 @@ impl Keys {
         self.path(&["fills"])
     }
 
+    /// The sealed access record of a blob or manifest (`kind`: `blobs`, `manifests`).
+    pub fn access(&self, kind: &str, digest: &Digest) -> Path {
+        self.path(&["access", kind, digest.algorithm().as_str(), digest.hex()])
+    }
+
     pub fn manifest(&self, digest: &Digest) -> Path {
         self.path(&["manifests", digest.algorithm().as_str(), digest.hex()])
     }

@@ -83,6 +83,9 @@ pub trait StorageObserver: Send + Sync {
     /// Something was answered or kept without the bucket because it failed or was saturated:
     /// `blob_read`, `blob_write`, `manifest_read`, `manifest_write`, `tag_read`, `tag_write`.
     fn bypassed(&self, what: &'static str);
+    /// A record read from the bucket and not believed (its seal, or a time too far ahead), by
+    /// kind: `access`, `tag`, `lease`.
+    fn record_rejected(&self, _kind: &'static str) {}
     /// `[fleet]`: a blob fill by outcome: `owned`, `joined_local`, `joined_peer`, `taken_over`,
     /// `lease_error`.
     fn fleet_fill(&self, _outcome: &'static str) {}

@@ -1,0 +1,186 @@
+//! The access gate: a client-named blob or manifest digest is served from the cache only to a
+//! route (upstream, repository) that could have pulled it (the rule is `access_rule`; the
+//! records are `cache::access_store`). A route without a record for the object asks its own
+//! upstream first, with a HEAD and the route's own credentials; on 200 the route is recorded,
+//! anything else is that upstream's answer.
+//!
+//! Objects reached through a manifest the route was served (an index's children, a tag's
+//! manifest) are not gated again: the registry serves what a manifest it served references.
+
+use crate::access_rule::{admit, Access, Admission};
+use crate::cache::access_store::{AccessStore, ObjectKind};
+use crate::cache::blob::BlobStore;
+use crate::cache::manifest_store::ManifestStore;
+use crate::digest::Digest;
+use crate::error::{ErrorCode, ProxyError};
+use crate::metrics::Metrics;
+use crate::reference::RepositoryName;
+use crate::upstream::{ManifestRef, Upstream, UpstreamErrorKind};
+use http::StatusCode;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub(crate) struct AccessGate {
+    records: Arc<AccessStore>,
+    metrics: Arc<Metrics>,
+}
+
+/// Where the object's copy and its file are.
+pub(crate) enum Object<'a> {
+    Blob(&'a BlobStore),
+    Manifest(&'a ManifestStore),
+}
+
+impl Object<'_> {
+    fn kind(&self) -> ObjectKind {
+        match self {
+            Object::Blob(_) => ObjectKind::Blob,
+            Object::Manifest(_) => ObjectKind::Manifest,
+        }
+    }
+
+    fn file(&self, digest: &Digest) -> PathBuf {
+        match self {
+            Object::Blob(s) => s.file_path(digest),
+            Object::Manifest(s) => s.file_path(digest),
+        }
+    }
+
+    fn may_have(&self, digest: &Digest) -> bool {
+        match self {
+            Object::Blob(s) => s.may_have(digest),
+            Object::Manifest(s) => s.may_have(digest),
+        }
+    }
+}
+
+impl AccessGate {
+    /// Also starts writing, every 2 s, the records whose downloads have committed since.
+    pub(crate) fn new(records: AccessStore, metrics: Arc<Metrics>) -> Self {
+        let records = Arc::new(records);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&records);
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(records) = weak.upgrade() else {
+                        return;
+                    };
+                    if records.pending() > 0 {
+                        // A few syscalls per record: off the async workers.
+                        let _ = tokio::task::spawn_blocking(move || records.flush()).await;
+                    }
+                }
+            });
+        }
+        AccessGate { records, metrics }
+    }
+
+    /// Writes records to the files committed since they were made (see `AccessStore::flush`).
+    pub(crate) fn flush(&self) {
+        self.records.flush();
+    }
+
+    /// `Ok`: the request may be answered from the cache (or fetched under this route, which
+    /// records it). `Err`: what to answer instead — this upstream's 404, or its failure.
+    pub(crate) async fn admit(
+        &self,
+        object: Object<'_>,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<(), ProxyError> {
+        let kind = object.kind();
+        let file = object.file(digest);
+        let name = upstream.config().name.as_str();
+        let repository = repo.to_string();
+        let known = self.records.get(kind, digest, &file).await;
+        let may_have = known.is_none() && object.may_have(digest);
+        match admit(known.as_ref(), may_have, name, &repository) {
+            Admission::Serve => Ok(()),
+            Admission::Fetch => {
+                // Recorded before the download starts, so that a request under another route
+                // arriving meanwhile is confirmed before it joins the download.
+                let visibility = upstream.config().visibility();
+                let access = Access::fetched(visibility, name, &repository);
+                self.records.record(kind, digest, access, &file);
+                Ok(())
+            }
+            Admission::Confirm => {
+                let asked = match kind {
+                    ObjectKind::Blob => upstream.head_blob(repo, digest).await.map(drop),
+                    ObjectKind::Manifest => upstream
+                        .head_manifest(repo, ManifestRef::Digest(digest))
+                        .await
+                        .map(drop),
+                };
+                match asked {
+                    Ok(()) => {
+                        self.metrics.access_confirmation("allowed");
+                        let visibility = upstream.config().visibility();
+                        let access =
+                            Access::confirmed(known.as_ref(), visibility, name, &repository);
+                        tracing::debug!(%digest, upstream = name, repository, %access, "upstream confirmed a cached object for this route");
+                        self.records.record(kind, digest, access, &file);
+                        Ok(())
+                    }
+                    Err(e) if e.is_not_found() => {
+                        self.metrics.access_confirmation("denied");
+                        tracing::info!(%digest, upstream = name, repository, "a cached object not confirmed for this route; not served");
+                        Err(not_here(kind, digest, &repository))
+                    }
+                    // 401/403: upstream's refusal is the answer, as it would be uncached.
+                    Err(e)
+                        if e.kind == UpstreamErrorKind::Unauthorized
+                            || e.kind == UpstreamErrorKind::Denied =>
+                    {
+                        self.metrics.access_confirmation("denied");
+                        Err(e.into())
+                    }
+                    Err(e) => {
+                        self.metrics.access_confirmation("error");
+                        Err(e.into())
+                    }
+                }
+            }
+        }
+    }
+
+    /// A manifest served under this route by tag (a platform answer: an index's child, or a
+    /// conversion archway made): a GET of its digest under the same route is served too, as
+    /// its source was. Recorded only if not yet allowed, so a repeated answer costs a memo hit.
+    pub(crate) async fn served_by_tag(
+        &self,
+        manifests: &ManifestStore,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) {
+        let name = upstream.config().name.as_str();
+        let repository = repo.to_string();
+        let file = manifests.file_path(digest);
+        let known = self.records.get(ObjectKind::Manifest, digest, &file).await;
+        if known.as_ref().is_some_and(|a| a.allows(name, &repository)) {
+            return;
+        }
+        let visibility = upstream.config().visibility();
+        let access = Access::confirmed(known.as_ref(), visibility, name, &repository);
+        self.records
+            .record(ObjectKind::Manifest, digest, access, &file);
+    }
+}
+
+/// What upstream would have said: the route cannot pull it, so for the client it is not there.
+fn not_here(kind: ObjectKind, digest: &Digest, repository: &str) -> ProxyError {
+    let (code, what) = match kind {
+        ObjectKind::Blob => (ErrorCode::BlobUnknown, "blob"),
+        ObjectKind::Manifest => (ErrorCode::ManifestUnknown, "manifest"),
+    };
+    ProxyError::upstream(
+        code,
+        format!("{what} unknown to upstream: {repository}@{digest}"),
+    )
+    .with_status(StatusCode::NOT_FOUND)
+}
