@@ -866,9 +866,16 @@ mod tests {
         assert!(t.contains("abc123") && t.contains("def-456"));
         assert!(!t.contains("xyz") && !t.contains("abc12") && !t.contains(""));
         assert!(!format!("{t:?}").contains("abc123"));
-        let err = parse_tokens("ok\nbad token\n").unwrap_err();
+        // Three fields: a token with whitespace in it, never taken as one.
+        let err = parse_tokens("ok\nbad token here\n").unwrap_err();
         assert_eq!(err.line, 2);
-        assert!(!err.to_string().contains("bad token"));
+        assert!(!err.to_string().contains("token here"));
+        // `name token`: the name is for an upstream's `clients`, the token is what is sent.
+        let t = parse_tokens("ci tok-1\ntok-2\n").unwrap();
+        assert_eq!(t.find("tok-1"), Some(Some(Arc::from("ci"))));
+        assert_eq!(t.find("tok-2"), Some(None));
+        assert_eq!(t.find("ci"), None);
+        assert!(!format!("{t:?}").contains("tok-1"));
     }
 
     #[test]

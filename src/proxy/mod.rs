@@ -659,9 +659,13 @@ impl Proxy {
                             .platform
                             .answer(&self.manifests, upstream, &target, client, m, notes)
                             .await?;
+                        let store = self.manifests.store();
+                        // What a tag gave this route is its to GET by digest, with no question.
+                        self.access
+                            .served_by_tag(store, upstream, repo, &looked_up)
+                            .await;
                         if answer.digest != looked_up {
                             foreign.record(&upstream.config().name, &answer);
-                            let store = self.manifests.store();
                             self.access
                                 .served_by_tag(store, upstream, repo, &answer.digest)
                                 .await;
