@@ -114,6 +114,12 @@ struct WhatOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindReasonLabels {
+    kind: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -160,6 +166,12 @@ impl StorageObserver for Metrics {
 
     fn lease_takeover(&self) {
         self.lease_takeovers.inc();
+    }
+
+    fn record_rejected(&self, kind: &'static str, reason: &'static str) {
+        self.records_rejected
+            .get_or_create(&KindReasonLabels { kind, reason })
+            .inc();
     }
 
     fn leases_swept(&self, count: u64) {
@@ -213,6 +225,7 @@ pub struct Metrics {
     fleet_fills: Family<OutcomeLabels, Counter>,
     fleet_fetches: Family<WhatOutcomeLabels, Counter>,
     lease_takeovers: Counter,
+    records_rejected: Family<KindReasonLabels, Counter>,
     leases_swept: Counter,
     uploads_aborted: Counter,
     peer_bytes: Counter,
@@ -378,6 +391,12 @@ impl Metrics {
             "Expired fill and fetch leases taken over from a replica that stopped renewing them",
             lease_takeovers.clone(),
         );
+        let records_rejected = Family::<KindReasonLabels, Counter>::default();
+        registry.register(
+            "archway_storage_records_rejected",
+            "Records read back from the bucket (kind: tag, lease) or requests from peers (kind: peer) not believed, by reason: unsealed, bad_seal, unreadable, future (dated ahead of the clock skew), owner (a lease owner the egress policy refuses, or one that served a broken fill), replay, expired",
+            records_rejected.clone(),
+        );
         let leases_swept = Counter::default();
         registry.register(
             "archway_fleet_leases_swept",
@@ -428,6 +447,7 @@ impl Metrics {
             fleet_fills,
             fleet_fetches,
             lease_takeovers,
+            records_rejected,
             leases_swept,
             uploads_aborted,
             peer_bytes,
