@@ -13,8 +13,9 @@ pub struct FleetConfig {
     /// How the other replicas reach this one (`http(s)://host:port`, no path); also from
     /// `ARCHWAY_PEER_URL` / `--peer-url`. Required before serving.
     pub peer_url: Option<String>,
-    /// Shared by the replicas: the peer endpoint answers only requests that carry it. Read from
-    /// `secret_file` (never inline, never logged).
+    /// Shared by the replicas: keys derived from it seal the bucket's records and sign peer
+    /// requests; it never leaves the process. Read from `secret_file` (never inline, never
+    /// logged).
     pub secret: Secret,
     /// How long a fill lease holds without renewal; the owner renews it every third of this.
     pub lease_ttl: Duration,

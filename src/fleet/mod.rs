@@ -9,7 +9,8 @@
 //!
 //! The peer endpoint is `GET /_archway/fleet/blobs/<digest>` on the registry listener: no
 //! registry client asks for a path outside `/v2/`. It needs a request signed with a key derived
-//! from the fleet secret (`Authorization: ArchwayPeer ...`, see `peer_auth`), serves only digests, and only what this replica has (committed, or its fill in
+//! from the fleet secret (`Authorization: ArchwayPeer ...`, see `peer_auth`), serves only
+//! digests, and only what this replica has (committed, or its fill in
 //! flight): it never starts a fetch for a peer.
 
 mod peer_auth;

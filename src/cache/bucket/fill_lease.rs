@@ -281,7 +281,8 @@ mod tests {
         let ttl = Duration::from_secs(30);
         let live = LeaseRecord::new("http://owner:5000", now_ms(), 30_000);
         let years = LeaseRecord::new("http://owner:5000", now_ms(), 10 * 365 * 86_400_000);
-        let cases: Vec<(&str, Box<dyn Fn(&Path) -> Bytes>)> = vec![
+        type Body<'a> = Box<dyn Fn(&Path) -> Bytes + 'a>;
+        let cases: Vec<(&str, Body)> = vec![
             ("unsealed", Box::new(|_: &Path| live.to_json().into())),
             (
                 "sealed for another key",
