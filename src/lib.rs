@@ -12,6 +12,7 @@ pub mod body;
 pub mod byte_ranges;
 pub mod cache;
 pub mod client_auth;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod conversion;

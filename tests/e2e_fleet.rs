@@ -489,8 +489,14 @@ fn the_peer_endpoint_wants_the_secret_and_no_request_reaches_an_unnamed_host() {
         e2e::http::get(&url, &headers).expect("peer GET")
     };
     let bearer = format!("Bearer {SECRET}");
+    let signed = |digest: &str| {
+        archway::fleet::PeerSigner::new(SECRET.as_bytes(), archway::clock::Clock::system())
+            .authorization("GET", &digest.parse().expect("a digest"))
+    };
     for (auth, what) in [
         (None, "no Authorization"),
+        // Issue 18: the secret itself never travels, and opens nothing.
+        (Some(&*bearer), "the secret as a bearer token"),
         (Some("Bearer not-the-secret"), "a wrong bearer"),
         (Some(&*format!("Basic {SECRET}")), "Basic, not Bearer"),
         (Some("Bearer "), "an empty bearer"),
@@ -506,12 +512,15 @@ fn the_peer_endpoint_wants_the_secret_and_no_request_reaches_an_unnamed_host() {
             "{what}: the answer shows the secret"
         );
     }
-    let r = peer(&known.digest, Some(&bearer));
-    assert_eq!(r.status, 200, "with the secret: {}", r.text());
+    let auth = signed(&known.digest);
+    let r = peer(&known.digest, Some(&auth));
+    assert_eq!(r.status, 200, "signed: {}", r.text());
     assert_eq!(sha256(&r.body), known.digest, "the peer endpoint's bytes");
+    let r = peer(&known.digest, Some(&auth));
+    assert_eq!(r.status, 401, "the same signature replayed");
     let unknown = sha256(b"no such blob anywhere");
-    let r = peer(&unknown, Some(&bearer));
-    assert_eq!(r.status, 404, "an unknown digest, with the secret");
+    let r = peer(&unknown, Some(&signed(&unknown)));
+    assert_eq!(r.status, 404, "an unknown digest, signed");
     for path in [
         "latest",
         "sha256:abc",
@@ -596,4 +605,106 @@ fn the_peer_endpoint_wants_the_secret_and_no_request_reaches_an_unnamed_host() {
         "{} requests for unnamed hosts refused; the canary saw none",
         tried.len()
     );
+}
+
+/// Issue 18 on a real S3 protocol server and Distribution: what a bucket writer puts in the
+/// bucket — a tag record repointing a tag to another image's manifest, dated ten years ahead,
+/// and a blob lease naming a listener of theirs, expiring in ten years — changes nothing. The
+/// replica asks upstream for the tag and serves its real manifest, fills the blob from upstream
+/// after taking the lease over, and the listener sees no connection at all.
+#[test]
+fn a_forged_tag_record_and_a_forged_lease_in_the_bucket_change_nothing() {
+    if !e2e_enabled("a_forged_tag_record_and_a_forged_lease_in_the_bucket_change_nothing") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let moto = fleet::moto();
+    let registry = Registry::start();
+    let fx = FixtureSet::build(fixtures::fresh_seed(), false);
+    fx.push(&registry.url(), &["library/multi"]);
+    let proxy = CountingProxy::start(&registry.url());
+    let tmp = temp_dir("fleetforged");
+    let secret = secret_file(tmp.path());
+    let canary = Canary::start();
+    let ten_years: u64 = 10 * 365 * 24 * 3600 * 1000;
+    let now = archway::cache::bucket::now_ms();
+    let plant = |key: &str, body: &str| {
+        let put = moto.request(
+            "PUT",
+            &format!("{BUCKET}/{key}"),
+            &[
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                body,
+            ],
+        );
+        assert_eq!(put, 200, "{key} planted");
+    };
+    let real = fx.tag("oci");
+    let other = fx.tag("docker");
+    plant(
+        &format!("{PREFIX}tags/docker.io/library/multi/oci"),
+        &format!(
+            r#"{{"digest":"{}","media_type":"application/vnd.docker.distribution.manifest.list.v2+json","size":{},"confirmed_at_ms":{}}}"#,
+            other.digest,
+            other.data.len(),
+            now + ten_years
+        ),
+    );
+    let blobs = fx.blobs();
+    let blob = blobs[0];
+    plant(
+        &format!("{PREFIX}fills/sha256/{}", blob.hex()),
+        &format!(
+            r#"{{"owner":"http://127.0.0.1:{}","expires_at_ms":{}}}"#,
+            canary.port,
+            now + ten_years
+        ),
+    );
+    let replica = Replica::start(&proxy.url(), &moto, &secret, "5s");
+    let r = e2e::http::get(
+        &format!("{}/v2/library/multi/manifests/oci", replica.url()),
+        &[("accept", ALL_MANIFEST_TYPES)],
+    )
+    .expect("GET the tag");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        sha256(&r.body),
+        real.digest,
+        "the tag's real manifest, not the forged record's ({})",
+        other.digest
+    );
+    assert!(
+        proxy.count("GET", "/v2/library/multi/manifests/oci") >= 1,
+        "upstream was asked for the tag:\n{}",
+        proxy.show()
+    );
+    let started = Instant::now();
+    let r = e2e::http::get(
+        &format!("{}/v2/library/multi/blobs/{}", replica.url(), blob.digest),
+        &[],
+    )
+    .expect("GET the blob");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(sha256(&r.body), blob.digest);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        canary.accepted(),
+        0,
+        "the forged lease's owner was contacted"
+    );
+    let m = replica.metrics();
+    for series in [
+        "archway_storage_records_rejected_total{kind=\"tag\",reason=\"unsealed\"}",
+        "archway_storage_records_rejected_total{kind=\"lease\",reason=\"unsealed\"}",
+        "archway_fleet_fills_total{outcome=\"taken_over\"}",
+    ] {
+        assert!(metric(&m, series) >= 1.0, "{series}:\n{m}");
+    }
 }

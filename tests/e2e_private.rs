@@ -152,7 +152,12 @@ fn private_content_stays_on_its_route_with_real_clients() {
     // bob is refused the private upstream; alice pulls through it.
     let out = pull(tmp.path(), &image("team/app"), "bob", Some("bob:bob-pw"));
     assert!(!out.success(), "bob pulled from the private upstream");
-    let out = pull(tmp.path(), &image("team/app"), "alice", Some("alice:alice-pw"));
+    let out = pull(
+        tmp.path(),
+        &image("team/app"),
+        "alice",
+        Some("alice:alice-pw"),
+    );
     assert!(out.success(), "alice's pull failed:\n{}", out.stderr);
     let m = scrape(admin);
     assert!(
@@ -169,7 +174,10 @@ fn private_content_stays_on_its_route_with_real_clients() {
         .iter()
         .map(|b| ("blobs", b.digest.clone()))
         .collect();
-    objects.extend(fx.child_manifests().map(|m| ("manifests", m.digest.clone())));
+    objects.extend(
+        fx.child_manifests()
+            .map(|m| ("manifests", m.digest.clone())),
+    );
     objects.push(("manifests", fx.tag("oci").digest.clone()));
     let mut refused = 0;
     for (kind, d) in &objects {
@@ -188,12 +196,20 @@ fn private_content_stays_on_its_route_with_real_clients() {
         let s = status(&format!("{base}{path}"), &[("authorization", bob.as_str())]);
         assert_eq!(s, 403, "{path} as bob");
     }
-    eprintln!("{refused} cross-route reads of {} objects refused", objects.len());
+    eprintln!(
+        "{refused} cross-route reads of {} objects refused",
+        objects.len()
+    );
 
     // A second image of the private upstream sharing every layer: one HEAD per shared object.
     let before = scrape(admin);
     let allowed = |m: &str| metric(m, "archway_access_confirmations_total{result=\"allowed\"}");
-    let out = pull(tmp.path(), &image("team/base2"), "second", Some("alice:alice-pw"));
+    let out = pull(
+        tmp.path(),
+        &image("team/base2"),
+        "second",
+        Some("alice:alice-pw"),
+    );
     assert!(out.success(), "second pull:\n{}", out.stderr);
     let after = scrape(admin);
     let heads = allowed(&after) - allowed(&before);
@@ -208,7 +224,12 @@ fn private_content_stays_on_its_route_with_real_clients() {
         "at most one HEAD per shared object: {heads}"
     );
     // And the third time, nothing.
-    let out = pull(tmp.path(), &image("team/base2"), "third", Some("alice:alice-pw"));
+    let out = pull(
+        tmp.path(),
+        &image("team/base2"),
+        "third",
+        Some("alice:alice-pw"),
+    );
     assert!(out.success());
     assert_eq!(allowed(&scrape(admin)), allowed(&after), "recorded once");
 }
@@ -261,5 +282,8 @@ fn a_private_blob_in_the_bucket_is_never_redirected_across_routes() {
             assert!(r.header("location").is_none(), "{path} was redirected");
         }
     }
-    assert!(redirected > 0, "storage.redirect redirected nothing on the own route");
+    assert!(
+        redirected > 0,
+        "storage.redirect redirected nothing on the own route"
+    );
 }

@@ -51,9 +51,17 @@ impl Replica {
         let setup = Setup {
             top: format!("admin_listen = \"127.0.0.1:{admin}\"\n"),
             env_remove: vec!["NO_PROXY".into(), "no_proxy".into()],
-            ..Setup::default()
+            peer_url: true,
         };
-        let storage = storage_toml(moto, BUCKET, &format!("{PART_SIZE}{storage}"));
+        // Tag records are shared only within a fleet (issue 18: sealed with its key; without
+        // [fleet] a bucket writer could repoint a tag): these replicas are one.
+        let secret = temp_dir("s3fleet").keep().join("fleet-secret");
+        std::fs::write(&secret, "e2e-storage-fleet-secret\n").expect("the fleet secret");
+        let storage = format!(
+            "{}\n[fleet]\nsecret_file = \"{}\"\n",
+            storage_toml(moto, BUCKET, &format!("{PART_SIZE}{storage}")),
+            secret.display()
+        );
         let archway = Archway::start_set_up(upstream, tag_ttl, &storage, &setup);
         Replica { archway, admin }
     }

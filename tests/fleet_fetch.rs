@@ -16,7 +16,9 @@ mod e2e {
 }
 
 use archway::server::Archway;
-use e2e::fleet_kit::{fleet_value, list_keys, moto, replica_config, skip};
+use e2e::fleet_kit::{
+    fleet_value, lease_json, list_keys, moto, plant, plant_sealed, replica_config, skip,
+};
 use e2e::s3::Moto;
 use http::StatusCode;
 use std::time::{Duration, Instant};
@@ -33,6 +35,27 @@ fn manifest(seed: &str) -> Vec<u8> {
         r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":2,"digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}},"layers":[],"annotations":{{"pad":"{pad}"}}}}"#
     )
     .into_bytes()
+}
+
+fn rejected(replicas: &[Archway], kind: &str, reason: &str) -> f64 {
+    replicas
+        .iter()
+        .map(|a| {
+            fleet_value(
+                a,
+                "archway_storage_records_rejected_total",
+                &[("kind", kind), ("reason", reason)],
+            )
+        })
+        .sum()
+}
+
+const TEN_YEARS_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+
+fn tag_record(digest: &archway::digest::Digest, size: usize, confirmed_at_ms: u64) -> String {
+    format!(
+        r#"{{"digest":"{digest}","media_type":"{DOCKER_MANIFEST}","size":{size},"confirmed_at_ms":{confirmed_at_ms}}}"#
+    )
 }
 
 fn fetches(replicas: &[Archway], what: &str, outcome: &str) -> f64 {
@@ -240,15 +263,21 @@ async fn one_replica_sweeps_the_leases_dead_replicas_left() {
         plant(key, now - 60_000);
     }
     assert_eq!(list_keys(&moto, "fleet/fills/").len(), 3, "planted");
-    // A lease that is still good for an hour stays.
+    // A lease still good for 25 s (believable: the replicas allow 30 s of clock skew here)
+    // stays. It is sealed like a replica's: an unsealed one is not a lease of the fleet's.
     let live = format!("fleet/fills/sha256/{}", "c".repeat(64));
-    plant(&live, now + 3_600_000);
+    e2e::fleet_kit::plant_sealed(
+        &moto,
+        &live,
+        &lease_json("http://127.0.0.1:9", now + 25_000),
+    );
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut replicas = Vec::new();
     for d in &dirs {
         let (mut cfg, _) = replica_config(&fake, d.path(), &moto.url(), Duration::from_secs(1));
         if let Some(f) = cfg.fleet.as_mut() {
             f.sweep_interval = Duration::from_secs(1);
+            f.max_clock_skew = Duration::from_secs(30);
         }
         replicas.push(Archway::start(cfg).await.unwrap());
     }
@@ -378,4 +407,174 @@ async fn the_sweep_aborts_multipart_uploads_a_dead_replica_left() {
         "an aborted upload leaves no object"
     );
     archway.shutdown().await;
+}
+
+/// Issue 18: a tag record a bucket writer put there (no seal), repointing a tag to another
+/// image's manifest and dated ten years ahead, is not believed by any replica, a new one
+/// included: each asks upstream and serves the tag's real manifest. A record sealed by the
+/// fleet but dated ahead of the clock skew is not believed either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_tag_record_is_not_believed() {
+    if skip("a_forged_tag_record_is_not_believed") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let real = manifest("r");
+    fake.add_manifest("lib/app", Some("v1"), DOCKER_MANIFEST, real.clone());
+    fake.add_manifest("lib/app", Some("v2"), DOCKER_MANIFEST, real.clone());
+    let other = manifest("o");
+    let other_digest = fake.add_manifest("lib/other", None, DOCKER_MANIFEST, other.clone());
+    let future = archway::cache::bucket::now_ms() + TEN_YEARS_MS;
+    let forged = tag_record(&other_digest, other.len(), future);
+    plant(&moto, "fleet/tags/fake/lib/app/v1", forged.as_bytes());
+    plant_sealed(&moto, "fleet/tags/fake/lib/app/v2", &forged);
+    // The manifest it points to is in the bucket too (content-addressed, verifiable).
+    plant(
+        &moto,
+        &format!("fleet/manifests/sha256/{}", other_digest.hex()),
+        &other,
+    );
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = Vec::new();
+    for d in &dirs {
+        let (cfg, _) = replica_config(&fake, d.path(), &moto.url(), Duration::from_secs(5));
+        replicas.push(Archway::start(cfg).await.unwrap());
+    }
+    let client = TestClient::new();
+    for (i, a) in replicas.iter().enumerate() {
+        for tag in ["v1", "v2"] {
+            let url = format!("http://{}/v2/lib/app/manifests/{tag}", a.local_addr());
+            let r = client.get_with(&url, &[("accept", ACCEPT)]).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            assert!(
+                r.body.as_ref() == real.as_slice(),
+                "replica {i}, {tag}: the forged record's manifest was served"
+            );
+        }
+    }
+    assert!(rejected(&replicas, "tag", "unsealed") >= 1.0);
+    assert!(rejected(&replicas, "tag", "future") >= 1.0);
+    // Upstream was asked for each tag (the first replica's answer may serve the second).
+    assert!(fake.count_path("GET", "/v2/lib/app/manifests/v1") >= 1);
+    assert!(fake.count_path("GET", "/v2/lib/app/manifests/v2") >= 1);
+    for a in replicas {
+        a.shutdown().await;
+    }
+}
+
+/// Issue 18: a tag lease that claims to hold for ten years delays no revalidation (it is
+/// taken over at once, counted) and the sweep removes one nobody wants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_never_expiring_tag_lease_delays_nothing_and_is_swept() {
+    if skip("a_never_expiring_tag_lease_delays_nothing_and_is_swept") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let bytes = manifest("n");
+    fake.add_manifest("lib/app", Some("v1"), DOCKER_MANIFEST, bytes.clone());
+    let forever = archway::cache::bucket::now_ms() + TEN_YEARS_MS;
+    let wanted = "fleet/fills/tags/fake/lib/app/v1";
+    let unwanted = "fleet/fills/tags/fake/lib/app/nobody-asks";
+    for key in [wanted, unwanted] {
+        plant_sealed(&moto, key, &lease_json("http://127.0.0.1:9", forever));
+    }
+    let ttl = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cfg, _) = replica_config(&fake, dir.path(), &moto.url(), ttl);
+    if let Some(f) = cfg.fleet.as_mut() {
+        f.sweep_interval = Duration::from_secs(1);
+    }
+    let archway = Archway::start(cfg).await.unwrap();
+    let url = format!("http://{}/v2/lib/app/manifests/v1", archway.local_addr());
+    let started = Instant::now();
+    let r = TestClient::new()
+        .get_with(&url, &[("accept", ACCEPT)])
+        .await;
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(r.body.as_ref() == bytes.as_slice());
+    assert!(
+        took < ttl,
+        "the revalidation waited {took:?} on a never-expiring lease"
+    );
+    let replicas = [archway];
+    assert_eq!(fetches(&replicas, "tag", "taken_over"), 1.0);
+    assert!(rejected(&replicas, "lease", "future") >= 1.0);
+    // Unwritten for 3 TTLs (6 s): the sweep deletes it.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let left = list_keys(&moto, "fleet/fills/");
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leases left: {left:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(fleet_value(&replicas[0], "archway_fleet_leases_swept_total", &[]) >= 1.0);
+    let [archway] = replicas;
+    archway.shutdown().await;
+}
+
+/// Issue 18: a replica whose clock runs an hour ahead dates its tag records (and leases) an
+/// hour ahead; another replica does not take them as confirmed in its future: it asks
+/// upstream itself, and its own record is dated by its own clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_whose_clock_runs_ahead_does_not_date_the_fleets_tags() {
+    if skip("a_replica_whose_clock_runs_ahead_does_not_date_the_fleets_tags") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let bytes = manifest("c");
+    fake.add_manifest("lib/app", Some("v1"), DOCKER_MANIFEST, bytes.clone());
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let (mut cfg, _) = replica_config(&fake, d.path(), &moto.url(), Duration::from_secs(5));
+        cfg.cache.tag_ttl = Duration::from_secs(300);
+        if let (0, Some(f)) = (i, cfg.fleet.as_mut()) {
+            f.clock = archway::clock::Clock::offset_by_ms(3_600_000);
+        }
+        replicas.push(Archway::start(cfg).await.unwrap());
+    }
+    let client = TestClient::new();
+    let ask = |a: &Archway| {
+        let url = format!("http://{}/v2/lib/app/manifests/v1", a.local_addr());
+        let client = client.clone();
+        let bytes = bytes.clone();
+        async move {
+            let r = client.get_with(&url, &[("accept", ACCEPT)]).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            assert!(r.body.as_ref() == bytes.as_slice());
+        }
+    };
+    ask(&replicas[0]).await;
+    let upstream = |fake: &FakeRegistry| {
+        fake.count_path("GET", "/v2/lib/app/manifests/v1") + fake.count("HEAD", Kind::Manifest)
+    };
+    assert_eq!(upstream(&fake), 1);
+    // The record the fast replica wrote is dated an hour ahead.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while list_keys(&moto, "fleet/tags/").is_empty() {
+        assert!(Instant::now() < deadline, "no tag record written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ask(&replicas[1]).await;
+    assert_eq!(
+        upstream(&fake),
+        2,
+        "the other replica took a record dated an hour ahead as fresh"
+    );
+    assert!(rejected(&replicas[1..], "tag", "future") >= 1.0);
+    // Its own answer stands, dated by its own clock: a fresh hit now.
+    ask(&replicas[1]).await;
+    assert_eq!(upstream(&fake), 2);
+    for a in replicas {
+        a.shutdown().await;
+    }
 }

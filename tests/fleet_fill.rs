@@ -26,9 +26,25 @@ use std::time::{Duration, Instant};
 use support::fake_registry::pseudo_random_bytes;
 use support::{FakeRegistry, Fault, Kind, Reply, TestClient};
 
+use archway::clock::Clock;
+use archway::fleet::PeerSigner;
 use e2e::fleet_kit::{
-    fleet_value, free_port, list_keys, moto, replica_config, skip, BUCKET, SECRET,
+    fake_owner, fleet_value, free_port, lease_json, list_keys, moto, plant, plant_sealed,
+    replica_config, skip, BUCKET, SECRET,
 };
+
+fn rejected(a: &Archway, kind: &str, reason: &str) -> f64 {
+    fleet_value(
+        a,
+        "archway_storage_records_rejected_total",
+        &[("kind", kind), ("reason", reason)],
+    )
+}
+
+/// A peer request for `digest` signed as a replica of the test fleet would.
+fn signed(digest: &archway::digest::Digest) -> String {
+    PeerSigner::new(SECRET.as_bytes(), Clock::system()).authorization("GET", digest)
+}
 
 fn fills(replicas: &[&Archway], outcome: &str) -> f64 {
     replicas
@@ -61,10 +77,11 @@ async fn the_peer_endpoint_wants_the_secret_and_a_digest() {
     let base = format!("http://{}", archway.local_addr());
     let client = TestClient::new();
     let peer = format!("{base}/_archway/fleet/blobs/{digest}");
-    let bearer = format!("Bearer {SECRET}");
 
-    // Nothing here yet: 404 even with the secret (a peer never makes this replica fetch).
-    let r = client.get_with(&peer, &[("authorization", &bearer)]).await;
+    // Nothing here yet: 404 even signed (a peer never makes this replica fetch).
+    let r = client
+        .get_with(&peer, &[("authorization", &signed(&digest))])
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
     assert_eq!(
         fake.count("GET", Kind::Blob),
@@ -78,27 +95,47 @@ async fn the_peer_endpoint_wants_the_secret_and_a_digest() {
     assert_verified(&r, &data, "client GET");
 
     let r = client.get(&peer).await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "no secret");
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "not signed");
     assert!(!r.text().contains(SECRET));
+    // Issue 18: the secret itself opens nothing (it never travels; a listener that got it
+    // once could use it for every blob).
+    for auth in [
+        format!("Bearer {SECRET}"),
+        "Bearer not-the-secret".to_owned(),
+        format!("Basic {SECRET}"),
+        PeerSigner::new(b"another fleet", Clock::system()).authorization("GET", &digest),
+        PeerSigner::new(SECRET.as_bytes(), Clock::offset_by_ms(-120_000))
+            .authorization("GET", &digest),
+    ] {
+        let r = client.get_with(&peer, &[("authorization", &auth)]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{auth}");
+    }
+    // A signature for another digest does not open this one.
+    let other = archway::digest::Digest::sha256_of(b"other");
     let r = client
-        .get_with(&peer, &[("authorization", "Bearer not-the-secret")])
+        .get_with(&peer, &[("authorization", &signed(&other))])
         .await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "wrong secret");
-    let r = client
-        .get_with(&peer, &[("authorization", &format!("Basic {SECRET}"))])
-        .await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "not a bearer token");
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "signed for another digest"
+    );
     for path in ["latest", "lib/app/manifests/latest", "sha256:abc", ""] {
         let r = client
             .get_with(
                 &format!("{base}/_archway/fleet/blobs/{path}"),
-                &[("authorization", &bearer)],
+                &[("authorization", &signed(&digest))],
             )
             .await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path:?}: {}", r.text());
     }
-    let r = client.get_with(&peer, &[("authorization", &bearer)]).await;
-    assert_verified(&r, &data, "peer GET with the secret");
+    let auth = signed(&digest);
+    let r = client.get_with(&peer, &[("authorization", &auth)]).await;
+    assert_verified(&r, &data, "signed peer GET");
+    // The same signature again: a replay, refused.
+    let r = client.get_with(&peer, &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "a replayed signature");
+    assert_eq!(rejected(&archway, "peer", "replay"), 1.0);
     assert_eq!(fake.count("GET", Kind::Blob), 1);
     archway.shutdown().await;
 }
@@ -365,5 +402,192 @@ async fn a_lease_body_that_is_not_a_lease_is_taken_over_not_joined() {
         assert!(Instant::now() < deadline, "bucket holds {listed:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    archway.shutdown().await;
+}
+
+/// Issue 18: a lease a bucket writer planted (no seal) naming a listener of theirs is never
+/// joined: the listener sees no request at all, the lease is taken over and the blob filled from
+/// upstream. A lease sealed by the fleet naming that listener is joined with a signed request:
+/// the listener sees neither the secret nor a bearer token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_lease_gets_no_request_and_no_peer_request_carries_the_secret() {
+    if skip("a_forged_lease_gets_no_request_and_no_peer_request_carries_the_secret") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let data = pseudo_random_bytes(19, 200 << 10);
+    let digest = fake.add_blob("lib/app", data.clone());
+    // The listener closes every connection unanswered.
+    let (port, seen) = fake_owner(None).await;
+    let owner = format!("http://127.0.0.1:{port}");
+    let now = archway::cache::bucket::now_ms();
+    let key = format!("fleet/fills/sha256/{}", digest.hex());
+    plant(&moto, &key, lease_json(&owner, now + 600_000).as_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = replica_config(&fake, dir.path(), &moto.url(), Duration::from_secs(5));
+    let archway = Archway::start(cfg).await.unwrap();
+    let client = TestClient::new();
+    let url = format!("http://{}/v2/lib/app/blobs/{digest}", archway.local_addr());
+    let r = client.get(&url).await;
+    assert_verified(
+        &r,
+        &data,
+        "filled from upstream after taking the forged lease over",
+    );
+    assert_eq!(
+        seen.accepted(),
+        0,
+        "the forged lease's owner was contacted: {:?}",
+        seen.heads()
+    );
+    assert_eq!(rejected(&archway, "lease", "unsealed"), 1.0);
+    assert_eq!(fills(&[&archway], "taken_over"), 1.0);
+    assert_eq!(fills(&[&archway], "joined_peer"), 0.0);
+
+    // Sealed by the fleet (a replica of it names that listener): joined, signed.
+    let data2 = pseudo_random_bytes(23, 200 << 10);
+    let digest2 = fake.add_blob("lib/app", data2.clone());
+    let key2 = format!("fleet/fills/sha256/{}", digest2.hex());
+    let now = archway::cache::bucket::now_ms();
+    plant_sealed(&moto, &key2, &lease_json(&owner, now + 5_000));
+    let url2 = format!("http://{}/v2/lib/app/blobs/{digest2}", archway.local_addr());
+    let started = Instant::now();
+    let r = client.get(&url2).await;
+    assert_verified(
+        &r,
+        &data2,
+        "the owner closed on it: taken over, from upstream",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let heads = seen.heads();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    for head in &heads {
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            !head.contains(SECRET),
+            "the secret left the process: {head}"
+        );
+        assert!(!lower.contains("bearer"), "{head}");
+        assert!(
+            lower.contains("authorization: archwaypeer t="),
+            "a signed peer request: {head}"
+        );
+    }
+    archway.shutdown().await;
+}
+
+/// Issue 18: a lease sealed by the fleet but naming the cloud metadata service, or one of
+/// archway's own listeners, fails the egress policy: taken over at once (counted), nothing
+/// sent there, no wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_naming_metadata_or_archways_own_listener_is_taken_over() {
+    if skip("a_lease_naming_metadata_or_archways_own_listener_is_taken_over") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cfg, port) = replica_config(&fake, dir.path(), &moto.url(), Duration::from_secs(5));
+    let admin = free_port();
+    cfg.admin_listen = Some(format!("127.0.0.1:{admin}").parse().unwrap());
+    let archway = Archway::start(cfg).await.unwrap();
+    let client = TestClient::new();
+    let owners = [
+        "http://169.254.169.254".to_owned(),
+        format!("http://127.0.0.1:{admin}"),
+        format!("http://localhost:{port}"),
+    ];
+    for (i, owner) in owners.iter().enumerate() {
+        let data = pseudo_random_bytes(30 + i as u64, 100 << 10);
+        let digest = fake.add_blob("lib/app", data.clone());
+        let key = format!("fleet/fills/sha256/{}", digest.hex());
+        let now = archway::cache::bucket::now_ms();
+        plant_sealed(&moto, &key, &lease_json(owner, now + 5_000));
+        let started = Instant::now();
+        let r = client
+            .get(&format!(
+                "http://{}/v2/lib/app/blobs/{digest}",
+                archway.local_addr()
+            ))
+            .await;
+        assert_verified(&r, &data, owner);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{owner}: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            rejected(&archway, "lease", "owner"),
+            (i + 1) as f64,
+            "{owner}"
+        );
+    }
+    assert_eq!(fills(&[&archway], "taken_over"), 3.0);
+    assert_eq!(fills(&[&archway], "joined_peer"), 0.0);
+    assert_eq!(
+        fleet_value(&archway, "archway_fleet_peer_bytes_total", &[]),
+        0.0
+    );
+    archway.shutdown().await;
+}
+
+/// Issue 18: a lease owner that serves wrong bytes breaks off one client body; the next
+/// attempt takes its lease over and fills from upstream, right, without asking it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_serving_wrong_bytes_breaks_one_body_then_its_lease_is_taken_over() {
+    if skip("an_owner_serving_wrong_bytes_breaks_one_body_then_its_lease_is_taken_over") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let data = pseudo_random_bytes(41, 300 << 10);
+    let digest = fake.add_blob("lib/app", data.clone());
+    let wrong = pseudo_random_bytes(42, data.len());
+    let (port, seen) = fake_owner(Some(wrong)).await;
+    let key = format!("fleet/fills/sha256/{}", digest.hex());
+    let now = archway::cache::bucket::now_ms();
+    // Live for the whole test (the TTL is 10 s): only giving up on the owner gets past it.
+    let ttl = Duration::from_secs(10);
+    plant_sealed(
+        &moto,
+        &key,
+        &lease_json(&format!("http://127.0.0.1:{port}"), now + 10_000),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = replica_config(&fake, dir.path(), &moto.url(), ttl);
+    let archway = Archway::start(cfg).await.unwrap();
+    let client = TestClient::new();
+    let url = format!("http://{}/v2/lib/app/blobs/{digest}", archway.local_addr());
+    let mut broken = 0;
+    let started = Instant::now();
+    for attempt in 0..4 {
+        let r = client.get(&url).await;
+        let clean =
+            r.status == StatusCode::OK && r.complete() && r.body.as_ref() == data.as_slice();
+        if clean {
+            break;
+        }
+        assert!(
+            r.status != StatusCode::OK || !r.complete(),
+            "attempt {attempt}: wrong bytes served as a complete body"
+        );
+        broken += 1;
+    }
+    assert_eq!(broken, 1, "broken-off bodies before a right one");
+    assert!(started.elapsed() < ttl, "{:?}", started.elapsed());
+    let r = client.get(&url).await;
+    assert_verified(&r, &data, "and from L1 afterwards");
+    assert_eq!(seen.accepted(), 1, "the bad owner was asked once");
+    assert_eq!(fills(&[&archway], "joined_peer"), 1.0);
+    assert_eq!(fills(&[&archway], "taken_over"), 1.0);
+    assert_eq!(fake.count("GET", Kind::Blob), 1);
     archway.shutdown().await;
 }

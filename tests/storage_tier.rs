@@ -5,11 +5,13 @@
 
 use archway::body::UpstreamBody;
 use archway::cache::blob::{Blob, BlobStore, BlobStoreLimits, IncomingBlob, SourceError};
-use archway::cache::bucket::{Bucket, BucketSettings, StorageObserver};
+use archway::cache::bucket::{Bucket, BucketSettings, StorageObserver, RECORD_PURPOSE};
 use archway::cache::manifest_store::{Manifest, ManifestStore};
 use archway::cache::tag_store::{now_ms, TagEntry, TagKey, TagStore};
+use archway::clock::Clock;
 use archway::digest::Digest;
 use archway::error::ProxyError;
+use archway::fleet::RecordKey;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body::Frame;
@@ -51,6 +53,20 @@ impl StorageObserver for Seen {
     fn bypassed(&self, what: &'static str) {
         self.add(format!("bypassed/{what}"));
     }
+    fn record_rejected(&self, kind: &'static str, reason: &'static str) {
+        self.add(format!("rejected/{kind}/{reason}"));
+    }
+}
+
+const FLEET_SECRET: &[u8] = b"storage-tier-fleet-secret";
+
+fn record_key() -> RecordKey {
+    RecordKey::derive(FLEET_SECRET, RECORD_PURPOSE)
+}
+
+/// With `[fleet]`'s record key (tag records are shared only with it).
+fn with_key(bucket: Bucket) -> Bucket {
+    bucket.with_records(record_key(), Clock::system(), Duration::from_secs(5))
 }
 
 fn sample(len: usize, seed: u8) -> Vec<u8> {
@@ -108,6 +124,17 @@ async fn read_all(blob: &Blob) -> Result<Vec<u8>, std::io::Error> {
 }
 
 fn bucket_over(store: Arc<InMemory>, seen: Arc<Seen>) -> Arc<Bucket> {
+    Arc::new(with_key(Bucket::over(
+        store,
+        "prod/",
+        Duration::from_secs(5),
+        PART,
+        seen,
+    )))
+}
+
+/// `[storage]` without `[fleet]`: no record key.
+fn bucket_without_fleet(store: Arc<InMemory>, seen: Arc<Seen>) -> Arc<Bucket> {
     Arc::new(Bucket::over(
         store,
         "prod/",
@@ -285,7 +312,8 @@ async fn storage_down_blobs_come_from_upstream_uncopied_and_counted() {
         upload_queue: 8,
         part_size: PART,
     };
-    let bucket = Arc::new(Bucket::open(&settings, seen.clone()).unwrap());
+    // With the fleet's key, so that tag records are read from the bucket too.
+    let bucket = Arc::new(with_key(Bucket::open(&settings, seen.clone()).unwrap()));
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path(), Some(bucket.clone()));
     let data = sample(100 << 10, 4);
@@ -404,8 +432,9 @@ async fn tag_records_are_shared_and_the_newest_confirmation_wins() {
     let confirmed = entry(b"v1", now_ms());
     a.put(tag_key(), confirmed.clone()).await.unwrap();
     let key = ObjectPath::from("prod/tags/docker.io/library/alpine/3.20");
+    let sealed = wait_for_object(&s3, &key).await;
     let record: serde_json::Value =
-        serde_json::from_slice(&wait_for_object(&s3, &key).await).unwrap();
+        serde_json::from_slice(record_key().open(key.as_ref(), &sealed).unwrap()).unwrap();
     assert_eq!(record["digest"], confirmed.digest.to_string());
     assert_eq!(record["confirmed_at_ms"], confirmed.validated_at_ms);
 
@@ -511,4 +540,114 @@ async fn a_storage_that_accepts_and_never_answers_costs_one_timeout() {
         1
     );
     assert!(!held.lock().unwrap().is_empty(), "the bucket was tried");
+}
+
+/// Issue 18: the bucket is untrusted for integrity. A tag record written there by anyone but
+/// the fleet (no seal, or a seal for another tag's key) is ignored and counted; one dated ahead
+/// of the clock skew is not believed; nor is a record on this replica's disk dated ahead (it
+/// came from the bucket earlier). Without `[fleet]` no tag record is written or read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_records_are_believed_only_sealed_by_the_fleet_and_not_from_the_future() {
+    let s3 = Arc::new(InMemory::new());
+    let seen = Arc::new(Seen::default());
+    let key = ObjectPath::from("prod/tags/docker.io/library/alpine/3.20");
+    let evil = Digest::sha256_of(b"another image's manifest");
+    let ten_years = 10 * 365 * 24 * 3600 * 1000;
+    let record = |at: u64| {
+        format!(
+            r#"{{"digest":"{evil}","media_type":"application/vnd.oci.image.index.v1+json","size":9,"confirmed_at_ms":{at}}}"#
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tags = TagStore::open(dir.path().into())
+        .unwrap()
+        .with_bucket(Some(bucket_over(s3.clone(), seen.clone())));
+
+    // Unsealed, dated ten years ahead (the reproduction of the finding).
+    let forged = record(now_ms() + ten_years);
+    s3.put(&key, PutPayload::from(forged.clone().into_bytes()))
+        .await
+        .unwrap();
+    tags.adopt_from_bucket(&tag_key(), Duration::from_secs(60))
+        .await;
+    assert_eq!(tags.get(&tag_key()).await, None, "unsealed");
+    assert_eq!(seen.count("rejected/tag/unsealed"), 1);
+    // Sealed by the fleet for another tag, copied here.
+    let elsewhere = record_key().seal(
+        "prod/tags/docker.io/library/alpine/latest",
+        forged.as_bytes(),
+    );
+    s3.put(&key, PutPayload::from(elsewhere)).await.unwrap();
+    tags.adopt_from_bucket(&tag_key(), Duration::from_secs(60))
+        .await;
+    assert_eq!(tags.get(&tag_key()).await, None, "sealed for another key");
+    assert_eq!(seen.count("rejected/tag/bad_seal"), 1);
+    // Sealed (a replica whose clock runs ahead), ten years ahead, or a minute ahead.
+    for ahead in [ten_years, 60_000] {
+        let sealed = record_key().seal(key.as_ref(), record(now_ms() + ahead).as_bytes());
+        s3.put(&key, PutPayload::from(sealed)).await.unwrap();
+        tags.adopt_from_bucket(&tag_key(), Duration::from_secs(60))
+            .await;
+        assert_eq!(tags.get(&tag_key()).await, None, "{ahead} ms ahead");
+    }
+    assert_eq!(seen.count("rejected/tag/future"), 2);
+    // Within the skew (a clock 2 s ahead): believed.
+    let sealed = record_key().seal(key.as_ref(), record(now_ms() + 2_000).as_bytes());
+    s3.put(&key, PutPayload::from(sealed)).await.unwrap();
+    tags.adopt_from_bucket(&tag_key(), Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        tags.get(&tag_key()).await.map(|e| e.digest),
+        Some(evil.clone())
+    );
+
+    // A record on disk dated ten years ahead (adopted before this check existed) is not
+    // believed either, after a restart as before it.
+    let local_dir = tempfile::tempdir().unwrap();
+    let entry = TagEntry {
+        digest: evil.clone(),
+        media_type: "application/vnd.oci.image.index.v1+json".into(),
+        size: 9,
+        validated_at_ms: now_ms() + ten_years,
+    };
+    let plain = TagStore::open(local_dir.path().into()).unwrap();
+    plain.put(tag_key(), entry).await.unwrap();
+    assert_eq!(plain.get(&tag_key()).await, None, "from memory");
+    let reopened = TagStore::open(local_dir.path().into()).unwrap();
+    assert_eq!(reopened.get(&tag_key()).await, None, "from disk");
+
+    // [storage] without [fleet]: tags are neither written to the bucket nor read from it.
+    let s3 = Arc::new(InMemory::new());
+    let seen = Arc::new(Seen::default());
+    let no_fleet_dir = tempfile::tempdir().unwrap();
+    let no_fleet = TagStore::open(no_fleet_dir.path().into())
+        .unwrap()
+        .with_bucket(Some(bucket_without_fleet(s3.clone(), seen.clone())));
+    let confirmed = TagEntry {
+        digest: Digest::sha256_of(b"v1"),
+        media_type: "application/vnd.oci.image.index.v1+json".into(),
+        size: 3,
+        validated_at_ms: now_ms(),
+    };
+    no_fleet.put(tag_key(), confirmed.clone()).await.unwrap();
+    no_fleet
+        .put_shared(tag_key(), confirmed.clone())
+        .await
+        .unwrap();
+    let sealed = record_key().seal(key.as_ref(), record(now_ms()).as_bytes());
+    s3.put(&key, PutPayload::from(sealed)).await.unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = TagStore::open(other_dir.path().into())
+        .unwrap()
+        .with_bucket(Some(bucket_without_fleet(s3.clone(), seen.clone())));
+    other
+        .adopt_from_bucket(&tag_key(), Duration::from_secs(60))
+        .await;
+    assert_eq!(other.get(&tag_key()).await, None, "read without [fleet]");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        seen.count("PutObject/ok") + seen.count("GetObject/ok") + seen.count("GetObject/not_found"),
+        0,
+        "no tag record went to or came from the bucket"
+    );
 }

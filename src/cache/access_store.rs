@@ -13,9 +13,8 @@
 use super::bucket::Bucket;
 use crate::access_rule::Access;
 use crate::digest::Digest;
-use crate::fleet::RecordKey;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,19 +57,12 @@ struct Memo {
     on_disk: AtomicBool,
 }
 
-/// The sealed copies in the bucket (`[fleet]` only).
-struct Shared {
-    bucket: Arc<Bucket>,
-    key: RecordKey,
-}
-
 pub struct AccessStore {
     memo: moka::sync::Cache<(ObjectKind, Digest), Arc<Memo>>,
     /// Records not yet on their files, written by `flush` once the files are there.
     pending: Mutex<std::collections::VecDeque<Pending>>,
-    shared: Option<Shared>,
-    /// Records in the bucket that failed their seal (counted; logged once).
-    rejected: AtomicU64,
+    /// The bucket, when it holds sealed records (`[fleet]`).
+    shared: Option<Arc<Bucket>>,
 }
 
 impl AccessStore {
@@ -84,19 +76,14 @@ impl AccessStore {
                 .build(),
             pending: Mutex::new(std::collections::VecDeque::new()),
             shared: None,
-            rejected: AtomicU64::new(0),
         }
     }
 
-    /// With `[fleet]`: records are also kept in the bucket, sealed with `key`.
-    pub fn with_bucket(mut self, bucket: Option<Arc<Bucket>>, key: Option<RecordKey>) -> Self {
-        self.shared = bucket.zip(key).map(|(bucket, key)| Shared { bucket, key });
+    /// With `[fleet]` (a bucket with the record key): records are also kept in the bucket,
+    /// sealed.
+    pub fn with_bucket(mut self, bucket: Option<Arc<Bucket>>) -> Self {
+        self.shared = bucket.filter(|b| b.has_record_key());
         self
-    }
-
-    /// Bucket records refused because their seal did not match.
-    pub fn rejected(&self) -> u64 {
-        self.rejected.load(Ordering::Relaxed)
     }
 
     /// The object's record: from memory, else its file's attribute (`file`: where the object
@@ -123,19 +110,18 @@ impl AccessStore {
     /// when it is next asked for), and in the bucket in the background.
     pub fn record(&self, kind: ObjectKind, digest: &Digest, access: Access, file: &Path) {
         let on_disk = write_attr(file, &access);
-        if let Some(shared) = &self.shared {
-            let object = shared.bucket.keys().access(kind.as_str(), digest);
-            let sealed = shared.key.seal(object.as_ref(), &access.encode());
-            let bucket = shared.bucket.clone();
-            shared.bucket.spawn_write("access_write", async move {
-                if let Err(e) = bucket
-                    .put(&object, sealed.into(), Some("application/octet-stream"))
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot copy an access record to storage");
-                    bucket.observer().bypassed("access_write");
-                }
-            });
+        if let Some(bucket) = &self.shared {
+            let object = bucket.keys().access(kind.as_str(), digest);
+            if let Ok(sealed) = bucket.seal(&object, &access.encode()) {
+                let writer = bucket.clone();
+                bucket.spawn_write("access_write", async move {
+                    let put = writer.put(&object, sealed, Some("application/octet-stream"));
+                    if let Err(e) = put.await {
+                        tracing::warn!(error = %e, "cannot copy an access record to storage");
+                        writer.observer().bypassed("access_write");
+                    }
+                });
+            }
         }
         self.remember_at((kind, digest.clone()), access, on_disk, Some(file));
     }
@@ -199,29 +185,18 @@ impl AccessStore {
     }
 
     async fn read_bucket(&self, kind: ObjectKind, digest: &Digest) -> Option<Access> {
-        let shared = self.shared.as_ref()?;
-        let object = shared.bucket.keys().access(kind.as_str(), digest);
-        let raw = match shared
-            .bucket
-            .get_small(&object, MAX_RECORD_BYTES as u64 + 128)
+        let bucket = self.shared.as_ref()?;
+        let object = bucket.keys().access(kind.as_str(), digest);
+        match bucket
+            .get_record(&object, MAX_RECORD_BYTES as u64 + 128, "access")
             .await
         {
-            Ok(Some((raw, _))) => raw,
-            Ok(None) => return None,
+            // A record that fails its seal was counted and logged by the bucket: no record.
+            Ok(Some(read)) => Access::decode(&read.body?),
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "storage unavailable for an access record");
-                shared.bucket.observer().bypassed("access_read");
-                return None;
-            }
-        };
-        match shared.key.open(object.as_ref(), &raw) {
-            Ok(body) => Access::decode(body),
-            Err(why) => {
-                // Written by something without the fleet key: ignored, counted, logged once.
-                if self.rejected.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(%digest, reason = %why, "access record in storage not sealed by this fleet; ignored (logged once)");
-                }
-                shared.bucket.observer().record_rejected("access");
+                bucket.observer().bypassed("access_read");
                 None
             }
         }

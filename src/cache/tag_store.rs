@@ -1,12 +1,16 @@
 //! Tag → digest answers with the time they were last confirmed by upstream. Persisted (one small
 //! file per tag) so that a restart keeps serving — including stale-if-error while upstream is down.
-//! With `[storage]`, each confirmation is also written to the shared bucket
-//! (`<prefix>tags/<upstream>/<repository>/<tag>`, JSON), and a replica whose own record is
-//! missing or older than the TTL takes a newer one from there.
+//! With `[storage]` and `[fleet]`, each confirmation is also written to the shared bucket
+//! (`<prefix>tags/<upstream>/<repository>/<tag>`, JSON sealed with the fleet's record key), and a
+//! replica whose own record is missing or older than the TTL takes a newer one from there, if
+//! its seal holds and it is not dated ahead of this replica's clock by more than the skew.
+//! Without `[fleet]` there is no record key: tags are not shared (a bucket writer could repoint
+//! them), while blobs and manifests are (content-addressed, verified on reading).
 
 use super::blob::{CacheFile, DiskBudget};
-use super::bucket::Bucket;
+use super::bucket::{Bucket, SealedRead};
 use super::manifest_store::{clear_dir, commit_file, write_atomically};
+use crate::clock::Clock;
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -93,6 +97,10 @@ pub struct TagStore {
     /// Kept past freshness (up to `MAX_MISSING` tags) so that, while upstream is down, a tag
     /// it said was missing is still answered 404 (stale-if-error), not 502.
     missing: RwLock<HashMap<TagKey, Missing>>,
+    /// The clock records are dated by, and how far ahead of it a record may be: one dated
+    /// further ahead (a bucket writer's, or a replica's whose clock ran ahead) is not believed.
+    clock: Clock,
+    skew: Duration,
 }
 
 fn memory_cache(budget: u64) -> moka::sync::Cache<TagKey, TagEntry> {
@@ -117,6 +125,8 @@ impl TagStore {
             budget: DEFAULT_TAG_MEMORY,
             disk: None,
             missing: RwLock::new(HashMap::new()),
+            clock: Clock::system(),
+            skew: crate::config::DEFAULT_MAX_CLOCK_SKEW,
         })
     }
 
@@ -206,15 +216,40 @@ impl TagStore {
         });
     }
 
-    /// With the shared bucket behind the disk.
+    /// With the shared bucket behind the disk; records are dated by the bucket's clock, and
+    /// shared only if the bucket has the fleet's record key.
     pub fn with_bucket(mut self, bucket: Option<Arc<Bucket>>) -> Self {
-        self.bucket = bucket;
+        if let Some(b) = &bucket {
+            self.clock = b.clock();
+            self.skew = Duration::from_millis(b.skew_ms());
+        }
+        self.bucket = bucket.filter(|b| b.has_record_key());
         self
+    }
+
+    /// Now, by the clock records are dated by.
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// A record dated further ahead than the skew is not believed (it came from a bucket
+    /// writer, or from a replica whose clock ran ahead): as if absent, so the tag is asked again.
+    fn believable(&self, entry: &TagEntry) -> bool {
+        let skew = u64::try_from(self.skew.as_millis()).unwrap_or(u64::MAX);
+        entry.validated_at_ms <= self.clock.now_ms().saturating_add(skew)
     }
 
     /// From memory, else from disk (then kept in memory, displacing the least recently used).
     pub async fn get(&self, key: &TagKey) -> Option<TagEntry> {
         if let Some(e) = self.memory.get(key) {
+            if !self.believable(&e) {
+                self.memory.invalidate(key);
+                return None;
+            }
             self.touch(key);
             return Some(e);
         }
@@ -222,7 +257,7 @@ impl TagStore {
         let raw = tokio::fs::read(&path).await.ok()?;
         let r = serde_json::from_slice::<Record>(&raw).ok()?;
         // File names are a hash of the key: make sure this one is the key asked for.
-        if r.key != *key || self.is_remembered_missing(key) {
+        if r.key != *key || self.is_remembered_missing(key) || !self.believable(&r.entry) {
             return None;
         }
         self.touch(key);
@@ -240,18 +275,19 @@ impl TagStore {
             return;
         }
         let local = self.get(key).await;
-        if local
-            .as_ref()
-            .is_some_and(|e| e.age(SystemTime::now()) < ttl)
-        {
+        if local.as_ref().is_some_and(|e| e.age(self.now()) < ttl) {
             return;
         }
         let object = bucket.keys().tag(key);
-        let record = match bucket.get_small(&object, MAX_RECORD_BYTES).await {
-            Ok(Some((raw, _))) => match serde_json::from_slice::<BucketRecord>(&raw) {
+        let record = match bucket.get_record(&object, MAX_RECORD_BYTES, "tag").await {
+            // Not sealed with the fleet's key: counted and logged by the bucket, ignored here.
+            Ok(Some(SealedRead { body: None, .. })) => return,
+            Ok(Some(SealedRead {
+                body: Some(raw), ..
+            })) => match serde_json::from_slice::<BucketRecord>(&raw) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(tag = %key.tag, repository = %key.repository, error = %e, "tag record in storage unreadable; ignored");
+                    bucket.reject("tag", "unreadable", &object, &e.to_string());
                     return;
                 }
             },
@@ -262,6 +298,15 @@ impl TagStore {
                 return;
             }
         };
+        if !bucket.believable_time(record.confirmed_at_ms) {
+            bucket.reject(
+                "tag",
+                "future",
+                &object,
+                "confirmed further ahead than the clock skew",
+            );
+            return;
+        }
         if local
             .as_ref()
             .is_some_and(|e| e.validated_at_ms >= record.confirmed_at_ms)
@@ -412,7 +457,10 @@ async fn copy_record(bucket: Arc<Bucket>, key: &TagKey, entry: &TagEntry) {
         return;
     };
     let object = bucket.keys().tag(key);
-    let put = bucket.put(&object, data.into(), Some("application/json"));
+    let Ok(sealed) = bucket.seal(&object, &data) else {
+        return;
+    };
+    let put = bucket.put(&object, sealed, Some("application/json"));
     if let Err(e) = put.await {
         tracing::warn!(error = %e, "cannot copy tag record to storage");
         bucket.observer().bypassed("tag_write");

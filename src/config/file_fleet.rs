@@ -20,6 +20,7 @@ pub(super) struct RawFleet {
     peer_timeout: Option<String>,
     sweep_interval: Option<String>,
     orphaned_upload_age: Option<String>,
+    max_clock_skew: Option<String>,
 }
 
 impl RawFleet {
@@ -50,6 +51,9 @@ impl RawFleet {
         }
         if let Some(v) = self.orphaned_upload_age {
             f.orphaned_upload_age = parse_duration("fleet.orphaned_upload_age", &v)?;
+        }
+        if let Some(v) = self.max_clock_skew {
+            f.max_clock_skew = parse_duration("fleet.max_clock_skew", &v)?;
         }
         Ok(f)
     }

@@ -13,8 +13,9 @@ pub struct FleetConfig {
     /// How the other replicas reach this one (`http(s)://host:port`, no path); also from
     /// `ARCHWAY_PEER_URL` / `--peer-url`. Required before serving.
     pub peer_url: Option<String>,
-    /// Shared by the replicas: the peer endpoint answers only requests that carry it. Read from
-    /// `secret_file` (never inline, never logged).
+    /// Shared by the replicas: keys derived from it seal the bucket's records and sign peer
+    /// requests; it never leaves the process. Read from `secret_file` (never inline, never
+    /// logged).
     pub secret: Secret,
     /// How long a fill lease holds without renewal; the owner renews it every third of this.
     pub lease_ttl: Duration,
@@ -25,7 +26,20 @@ pub struct FleetConfig {
     /// A multipart upload under `blobs/` begun longer ago than this is a dead replica's: the
     /// sweep aborts it.
     pub orphaned_upload_age: Duration,
+    /// How far ahead of this replica's clock a time read back from the bucket (a tag's
+    /// confirmation, a lease's expiry beyond its TTL) or from a peer's request may be and still
+    /// be believed: the replicas' clocks disagree by this much at most.
+    pub max_clock_skew: Duration,
+    /// This replica's clock. Tests only (a replica whose clock runs ahead); not a config key.
+    #[doc(hidden)]
+    pub clock: crate::clock::Clock,
 }
+
+/// The default `fleet.max_clock_skew`: NTP keeps hosts within milliseconds; seconds of slack
+/// cover a host that just booted, and are short next to a tag TTL or a lease.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
+/// Longest `fleet.max_clock_skew`: past a minute a forged time buys too much.
+pub const MAX_MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// Shortest `fleet.lease_ttl`: renewals every third of it must fit an S3 round trip.
 pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
@@ -40,6 +54,8 @@ impl FleetConfig {
             peer_timeout: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(600),
             orphaned_upload_age: Duration::from_secs(24 * 3600),
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            clock: crate::clock::Clock::system(),
         }
     }
 

@@ -457,6 +457,9 @@ impl Config {
             if f.peer_timeout.is_zero() {
                 return Err(invalid("fleet.peer_timeout", "must be more than 0"));
             }
+            if f.max_clock_skew > MAX_MAX_CLOCK_SKEW {
+                return Err(invalid("fleet.max_clock_skew", "must be at most 1m"));
+            }
         }
         self.validate_parent()
     }

@@ -600,6 +600,7 @@ fn fleet_parses_needs_storage_and_keeps_its_secret_out_of_debug() {
         Duration::from_secs(86_400),
         "the default"
     );
+    assert_eq!(f.max_clock_skew, Duration::from_secs(5), "the default");
     assert!(!format!("{c:?}").contains("fl33t"));
     assert_eq!(Config::from_toml("").unwrap().fleet, None);
 
@@ -633,6 +634,10 @@ fn fleet_parses_needs_storage_and_keeps_its_secret_out_of_debug() {
         (
             format!("[storage]\ns3_bucket = \"b\"\n[fleet]\nsecret_file = \"{file}\"\npeer_timeout = \"0s\""),
             "fleet.peer_timeout",
+        ),
+        (
+            format!("[storage]\ns3_bucket = \"b\"\n[fleet]\nsecret_file = \"{file}\"\nmax_clock_skew = \"2m\""),
+            "fleet.max_clock_skew",
         ),
     ];
     for (toml, key) in cases {

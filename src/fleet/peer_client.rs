@@ -1,12 +1,16 @@
-//! Reaching another replica's peer endpoint: one GET with the fleet secret, the response head
-//! within `fleet.peer_timeout`, and each chunk of the body too (a stalled or dead owner breaks
-//! the fill off). The bytes are verified by the fill like any source's.
+//! Reaching another replica's peer endpoint: one GET signed for that digest (`peer_auth`; the
+//! fleet secret itself is never sent), the response head within `fleet.peer_timeout`, and each
+//! chunk of the body too (a stalled or dead owner breaks the fill off). The owner's address
+//! passes the egress policy for peers (`Egress::for_peers`): its URL before the request, and the
+//! addresses a name resolves to at connect time. The bytes are verified by the fill like any
+//! source's.
 
+use super::peer_auth::PeerSigner;
 use super::peer_path::PEER_PATH_PREFIX;
 use crate::cache::blob::{IncomingBlob, PeerAnswer, PeerFuture, PeerSource, SourceError};
 use crate::cache::bucket::StorageObserver;
-use crate::config::Secret;
 use crate::digest::Digest;
+use crate::upstream::{Egress, GuardedResolver};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::header::{self, HeaderValue};
@@ -31,20 +35,22 @@ pub enum PeerError {
 
 /// The peer endpoints of the other replicas, over HTTP(S).
 pub struct HttpPeers {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
-    authorization: HeaderValue,
+    client: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Empty<Bytes>>,
+    signer: Arc<PeerSigner>,
+    egress: Arc<Egress>,
     timeout: Duration,
     observer: Arc<dyn StorageObserver>,
 }
 
 impl HttpPeers {
     pub fn new(
-        secret: &Secret,
+        signer: PeerSigner,
+        egress: Arc<Egress>,
         timeout: Duration,
         observer: Arc<dyn StorageObserver>,
     ) -> Result<Self, String> {
         let tls = crate::upstream::tls_config(None, false).map_err(|e| e.to_string())?;
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(egress.clone()));
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeout));
         http.set_nodelay(true);
@@ -57,12 +63,10 @@ impl HttpPeers {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(https);
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
-            .map_err(|_| "fleet secret is not a valid header value".to_owned())?;
-        authorization.set_sensitive(true);
         Ok(HttpPeers {
             client,
-            authorization,
+            signer: Arc::new(signer),
+            egress,
             timeout,
             observer,
         })
@@ -78,11 +82,20 @@ impl std::fmt::Debug for HttpPeers {
 }
 
 impl PeerSource for HttpPeers {
+    fn refuses(&self, owner: &str) -> Option<String> {
+        match owner.parse::<http::Uri>() {
+            // `localhost` counts as the loopback addresses with the URL's port: archway's own
+            // listener by another name. Other names are checked when resolved (connect time).
+            Ok(uri) => self.egress.check_own_url(&uri).err(),
+            Err(_) => Some("not a URL".into()),
+        }
+    }
+
     fn fetch(&self, owner: &str, digest: &Digest) -> PeerFuture {
         let owner = owner.to_owned();
         let url = format!("{owner}{PEER_PATH_PREFIX}{digest}");
         let client = self.client.clone();
-        let authorization = self.authorization.clone();
+        let authorization = HeaderValue::from_str(&self.signer.authorization("GET", digest));
         let timeout = self.timeout;
         let observer = self.observer.clone();
         Box::pin(async move {
@@ -92,6 +105,7 @@ impl PeerSource for HttpPeers {
                     message,
                 })
             };
+            let authorization = authorization.map_err(|e| failed(e.to_string()))?;
             let req = Request::get(url.as_str())
                 .header(header::AUTHORIZATION, authorization)
                 .body(Empty::new())

@@ -81,15 +81,14 @@ impl RecordKey {
     /// The body of an object read at `object_key`, if its seal is this key's.
     pub fn open<'a>(&self, object_key: &str, object: &'a [u8]) -> Result<&'a [u8], SealError> {
         let rest = object.strip_prefix(MAGIC).ok_or(SealError::NotSealed)?;
-        let (mac, body) = match (
+        let (Some(mac_hex), Some(b'\n'), Some(body)) = (
             rest.get(..MAC_HEX),
             rest.get(MAC_HEX),
             rest.get(MAC_HEX + 1..),
-        ) {
-            (Some(mac), Some(b'\n'), Some(body)) => (mac, body),
-            _ => return Err(SealError::NotSealed),
+        ) else {
+            return Err(SealError::NotSealed);
         };
-        let mac = hex::decode(mac).map_err(|_| SealError::NotSealed)?;
+        let mac = hex::decode(mac_hex).map_err(|_| SealError::NotSealed)?;
         if self.verify(&[object_key.as_bytes(), body], &mac) {
             Ok(body)
         } else {

@@ -97,11 +97,6 @@ struct WhatLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -121,6 +116,12 @@ struct ForeignLabels {
 struct WhatOutcomeLabels {
     what: &'static str,
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindReasonLabels {
+    kind: &'static str,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -156,12 +157,6 @@ impl StorageObserver for Metrics {
             .inc();
     }
 
-    fn record_rejected(&self, kind: &'static str) {
-        self.records_rejected
-            .get_or_create(&KindLabels { kind })
-            .inc();
-    }
-
     fn fleet_fill(&self, outcome: &'static str) {
         self.fleet_fills
             .get_or_create(&OutcomeLabels { outcome })
@@ -176,6 +171,12 @@ impl StorageObserver for Metrics {
 
     fn lease_takeover(&self) {
         self.lease_takeovers.inc();
+    }
+
+    fn record_rejected(&self, kind: &'static str, reason: &'static str) {
+        self.records_rejected
+            .get_or_create(&KindReasonLabels { kind, reason })
+            .inc();
     }
 
     fn leases_swept(&self, count: u64) {
@@ -225,12 +226,12 @@ pub struct Metrics {
     storage_operations: Family<StorageOpLabels, Counter>,
     storage_duration: HistogramFamily<OpLabels>,
     storage_bypassed: Family<WhatLabels, Counter>,
-    records_rejected: Family<KindLabels, Counter>,
     access_confirmations: Family<ResultLabels, Counter>,
     blob_fills: Family<SourceLabels, Counter>,
     fleet_fills: Family<OutcomeLabels, Counter>,
     fleet_fetches: Family<WhatOutcomeLabels, Counter>,
     lease_takeovers: Counter,
+    records_rejected: Family<KindReasonLabels, Counter>,
     leases_swept: Counter,
     uploads_aborted: Counter,
     peer_bytes: Counter,
@@ -372,12 +373,6 @@ impl Metrics {
             "Blobs, manifests and tags read from upstream or left uncopied because the shared storage failed or its upload queue was full",
             storage_bypassed.clone(),
         );
-        let records_rejected = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "archway_storage_records_rejected",
-            "Records read from the shared storage and not believed (no seal of this fleet's key, or a time too far ahead), by kind",
-            records_rejected.clone(),
-        );
         let access_confirmations = Family::<ResultLabels, Counter>::default();
         registry.register(
             "archway_access_confirmations",
@@ -407,6 +402,12 @@ impl Metrics {
             "archway_fleet_lease_takeovers",
             "Expired fill and fetch leases taken over from a replica that stopped renewing them",
             lease_takeovers.clone(),
+        );
+        let records_rejected = Family::<KindReasonLabels, Counter>::default();
+        registry.register(
+            "archway_storage_records_rejected",
+            "Records read back from the bucket (kind: tag, lease) or requests from peers (kind: peer) not believed, by reason: unsealed, bad_seal, unreadable, future (dated ahead of the clock skew), owner (a lease owner the egress policy refuses, or one that served a broken fill), replay, expired",
+            records_rejected.clone(),
         );
         let leases_swept = Counter::default();
         registry.register(
@@ -454,12 +455,12 @@ impl Metrics {
             storage_operations,
             storage_duration,
             storage_bypassed,
-            records_rejected,
             access_confirmations,
             blob_fills,
             fleet_fills,
             fleet_fetches,
             lease_takeovers,
+            records_rejected,
             leases_swept,
             uploads_aborted,
             peer_bytes,

@@ -12,7 +12,7 @@ use crate::cache::bucket::Bucket;
 use crate::cache::fetch_lease::{FetchLeases, Turn};
 use crate::cache::keyed_lock::KeyedLock;
 use crate::cache::manifest_store::ManifestStore;
-use crate::cache::tag_store::{now_ms, TagEntry, TagKey, TagStore};
+use crate::cache::tag_store::{TagEntry, TagKey, TagStore};
 use crate::config::CacheConfig;
 use crate::digest::Digest;
 use crate::error::{ErrorCode, ProxyError};
@@ -21,7 +21,7 @@ use crate::reference::{RepositoryName, Tag};
 use crate::upstream::{ManifestRef, Upstream, UpstreamError};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// How long an upstream failure for one tag is reused by requests that were waiting on it.
 const RECENT_FAILURE_TTL: Duration = Duration::from_secs(5);
@@ -187,7 +187,7 @@ impl Manifests {
                 let Some(entry) = cached else {
                     return Err(self.stale_missing(&key, repo, tag).unwrap_or(e));
                 };
-                if entry.age(SystemTime::now()) > self.stale_if_error {
+                if entry.age(self.tags.now()) > self.stale_if_error {
                     return Err(e);
                 }
                 match self.store.get(&entry.digest).await {
@@ -229,7 +229,7 @@ impl Manifests {
         // Another replica may have confirmed the tag within the TTL: then upstream isn't asked.
         self.tags.adopt_from_bucket(key, ttl).await;
         match self.tags.get(key).await {
-            Some(entry) if entry.age(SystemTime::now()) < ttl => self
+            Some(entry) if entry.age(self.tags.now()) < ttl => self
                 .store
                 .get(&entry.digest)
                 .await
@@ -321,7 +321,7 @@ impl Manifests {
             digest: m.digest.clone(),
             media_type: m.media_type.clone(),
             size: m.bytes.len() as u64,
-            validated_at_ms: now_ms(),
+            validated_at_ms: self.tags.now_ms(),
         };
         // With [fleet], the other replicas wait for this record in the bucket.
         let kept = if self.leases.is_some() {

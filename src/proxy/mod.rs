@@ -32,15 +32,17 @@ use crate::api::{self, Endpoint, Resource};
 use crate::body::ResponseBody;
 use crate::cache::access_store::AccessStore;
 use crate::cache::blob::{BlobStore, BlobStoreLimits, BucketRedirects, Fleet};
+use crate::cache::bucket::RECORD_PURPOSE;
 use crate::cache::bucket::{Bucket, BucketSettings, StorageObserver};
 use crate::cache::fetch_lease::FetchLeases;
 use crate::client_auth::{ClientAuth, Denied};
 use crate::config::Config;
 use crate::error::{ErrorCode, ProxyError};
-use crate::fleet::{HttpPeers, RecordKey};
+use crate::fleet::{HttpPeers, PeerSigner, PeerVerifier, RecordKey};
 use crate::metrics::Metrics;
 use crate::reference::Reference;
 use crate::route_policy::Route;
+use crate::upstream::Egress;
 use crate::upstream::{Parents, Upstream};
 use crate::upstream_choice;
 use crate::via::{self, Via};
@@ -74,6 +76,10 @@ pub struct Proxy {
     via: Via,
     /// Who may be served which cached object (`access_rule`).
     access: AccessGate,
+    /// `[fleet]`: the egress policy lease owners are reached through (told archway's own
+    /// listeners once bound), and the check of peer requests to this replica's endpoint.
+    peer_egress: Option<Arc<Egress>>,
+    peer_verifier: Option<Arc<PeerVerifier>>,
 }
 
 /// Why a proxy could not be built from its config.
@@ -135,13 +141,21 @@ impl Proxy {
         let bucket = match &config.storage {
             Some(storage) => {
                 let observer: Arc<dyn StorageObserver> = metrics.clone();
-                let bucket = Bucket::open(&bucket_settings(storage), observer)?;
+                let mut bucket = Bucket::open(&bucket_settings(storage), observer)?;
+                // Records (tag records, leases) are sealed with a key only the fleet has;
+                // without [fleet] there is none, and tags are not shared.
+                if let Some(f) = &config.fleet {
+                    let key = RecordKey::derive(f.secret.expose().as_bytes(), RECORD_PURPOSE);
+                    bucket = bucket.with_records(key, f.clock, f.max_clock_skew);
+                }
                 tracing::info!(bucket = %storage.s3_bucket, prefix = %storage.s3_prefix, endpoint = storage.s3_endpoint.as_deref().unwrap_or("AWS"), redirect = storage.redirect, "shared storage behind the disk cache");
                 Some(Arc::new(bucket))
             }
             None => None,
         };
         let mut leases = None;
+        let mut peer_egress = None;
+        let mut peer_verifier = None;
         let fleet = match (&config.fleet, &bucket) {
             (Some(f), Some(b)) => {
                 let me = f.peer_url.clone().ok_or_else(|| {
@@ -150,7 +164,19 @@ impl Proxy {
                     )
                 })?;
                 let observer: Arc<dyn StorageObserver> = metrics.clone();
-                let peers = HttpPeers::new(&f.secret, f.peer_timeout, observer)
+                let me_uri = me.parse::<http::Uri>().map_err(|e| {
+                    ProxyInitError::Fleet(format!("fleet.peer_url `{me}` is not a URL: {e}"))
+                })?;
+                let egress = Arc::new(Egress::for_peers(&me_uri));
+                peer_egress = Some(egress.clone());
+                let secret = f.secret.expose().as_bytes();
+                peer_verifier = Some(Arc::new(PeerVerifier::new(
+                    secret,
+                    f.clock,
+                    f.max_clock_skew,
+                )));
+                let signer = PeerSigner::new(secret, f.clock);
+                let peers = HttpPeers::new(signer, egress, f.peer_timeout, observer)
                     .map_err(ProxyInitError::Fleet)?;
                 tracing::info!(peer_url = %me, lease_ttl = ?f.lease_ttl, "fleet: one fill per blob, manifest and tag revalidation across the replicas on the bucket");
                 leases = Some(FetchLeases::new(b.clone(), me.clone(), f.lease_ttl));
@@ -162,11 +188,7 @@ impl Proxy {
                         f.orphaned_upload_age,
                     );
                 }
-                Some(Fleet {
-                    me,
-                    lease_ttl: f.lease_ttl,
-                    peers: Arc::new(peers),
-                })
+                Some(Fleet::new(me, f.lease_ttl, Arc::new(peers)))
             }
             _ => None,
         };
@@ -236,12 +258,8 @@ impl Proxy {
             .collect::<Result<Vec<_>, _>>()?;
         let client_auth = config.auth.as_ref().map(ClientAuth::load).transpose()?;
         warn_open_private_upstreams(&config);
-        let record_key = config
-            .fleet
-            .as_ref()
-            .map(|f| RecordKey::derive(f.secret.expose().as_bytes(), "bucket records"));
         let access = AccessGate::new(
-            AccessStore::new(config.cache.access_memory).with_bucket(bucket, record_key),
+            AccessStore::new(config.cache.access_memory).with_bucket(bucket),
             metrics.clone(),
         );
         Ok(Proxy {
@@ -274,6 +292,8 @@ impl Proxy {
             client_auth,
             config,
             via,
+            peer_egress,
+            peer_verifier,
         })
     }
 
@@ -292,6 +312,9 @@ impl Proxy {
         let local: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
             .map(|ifs| ifs.iter().map(|i| i.ip()).collect())
             .unwrap_or_default();
+        if let Some(egress) = &self.peer_egress {
+            egress.set_own_listeners(listeners.to_vec(), local.clone());
+        }
         for upstream in &self.upstreams {
             upstream.set_own_listeners(listeners.to_vec(), local.clone());
             // Not refused outright (an address can be shared in ways archway cannot see), but
@@ -562,15 +585,21 @@ impl Proxy {
             user,
         };
         let mut notes = RequestNotes::default();
-        let peer = self
-            .config
-            .fleet
-            .as_ref()
-            .and_then(|f| Some((f, crate::fleet::peer_digest(parts.uri.path())?)));
+        let peer = self.config.fleet.as_ref().and_then(|f| {
+            let verifier = self.peer_verifier.as_ref()?;
+            Some((f, verifier, crate::fleet::peer_digest(parts.uri.path())?))
+        });
         let answer = match peer {
-            Some((fleet, digest)) => {
+            Some((fleet, verifier, digest)) => {
                 notes.kind = Some("peer_blob");
-                peer::serve(self.blobs.store(), fleet, digest, &client, &mut notes).await
+                let store = self.blobs.store();
+                let observer = self.metrics.as_ref();
+                let peer = peer::PeerRequest {
+                    fleet,
+                    verifier,
+                    observer,
+                };
+                peer::serve(store, &peer, digest, &client, &mut notes).await
             }
             None => self.dispatch(plan, &client, &mut notes).await,
         };

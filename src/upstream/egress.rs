@@ -68,7 +68,6 @@ pub fn classify(ip: IpAddr) -> AddrClass {
 /// One upstream's egress policy.
 #[derive(Debug)]
 pub struct Egress {
-    upstream: String,
     /// The upstream's own host: it may resolve anywhere (it is configured).
     upstream_host: String,
     /// The classes the upstream's own host is in: destinations there are allowed too.
@@ -79,6 +78,8 @@ pub struct Egress {
     own: OnceLock<Vec<SocketAddr>>,
     /// This host's own addresses (with `own`'s ports, archway itself).
     local: OnceLock<Vec<IpAddr>>,
+    /// What would let a refused destination through (the end of the refusal's message).
+    remedy: String,
 }
 
 impl Egress {
@@ -94,7 +95,6 @@ impl Egress {
             let _ = classes.set(vec![AddrClass::Loopback]);
         }
         Egress {
-            upstream: upstream.to_owned(),
             upstream_host,
             upstream_classes: classes,
             allowed: allowed
@@ -103,6 +103,35 @@ impl Egress {
                 .collect(),
             own: OnceLock::new(),
             local: OnceLock::new(),
+            remedy: format!("upstream {upstream}'s redirect_hosts would have to allow it"),
+        }
+    }
+
+    /// The policy for `[fleet]` peers, the owners named in leases: public and private
+    /// addresses (replicas live in a cluster's network), and the class this replica's own
+    /// `peer_url` is in (loopback for replicas on one host); never link-local (the metadata
+    /// service), never archway's own listeners.
+    pub fn for_peers(me: &http::Uri) -> Egress {
+        let (host, _) = host_and_port(me);
+        let mut classes = vec![AddrClass::Public, AddrClass::Private];
+        let mine = if host.eq_ignore_ascii_case("localhost") {
+            Some(AddrClass::Loopback)
+        } else {
+            host.parse::<IpAddr>().ok().map(classify)
+        };
+        if let Some(class @ (AddrClass::Loopback | AddrClass::Private | AddrClass::Public)) = mine {
+            classes.push(class);
+        }
+        let upstream_classes = OnceLock::new();
+        let _ = upstream_classes.set(classes);
+        Egress {
+            // No host is exempt: every owner is checked.
+            upstream_host: String::new(),
+            upstream_classes,
+            allowed: Vec::new(),
+            own: OnceLock::new(),
+            local: OnceLock::new(),
+            remedy: "a lease owner may not be there".into(),
         }
     }
 
@@ -113,7 +142,7 @@ impl Egress {
     }
 
     fn is_upstream_host(&self, host: &str) -> bool {
-        host.eq_ignore_ascii_case(&self.upstream_host)
+        !self.upstream_host.is_empty() && host.eq_ignore_ascii_case(&self.upstream_host)
     }
 
     fn is_allowed_host(&self, host: &str, port: Option<u16>) -> bool {
@@ -169,8 +198,8 @@ impl Egress {
         };
         if self.local.get().is_some_and(|l| l.contains(&ip)) && !upstream_in(class) {
             return Some(format!(
-                "{host} resolves to this host's own address ({ip}); upstream {}'s redirect_hosts would have to allow it",
-                self.upstream
+                "{host} resolves to this host's own address ({ip}); {}",
+                self.remedy
             ));
         }
         let why = match class {
@@ -183,10 +212,7 @@ impl Egress {
             AddrClass::Private if !upstream_in(AddrClass::Private) => "a private address",
             _ => return None,
         };
-        Some(format!(
-            "{host} resolves to {why} ({ip}); upstream {}'s redirect_hosts would have to allow it",
-            self.upstream
-        ))
+        Some(format!("{host} resolves to {why} ({ip}); {}", self.remedy))
     }
 
     /// Checks a URL before a hop (an IP literal is not resolved, so it is checked here).
@@ -363,6 +389,45 @@ mod tests {
         assert!(e
             .filter("registry-1.docker.io", vec!["10.9.9.9:0".parse().unwrap()])
             .is_ok());
+    }
+
+    /// Issue 18: a lease's owner passes the same policy: no metadata service, none of
+    /// archway's own listeners, loopback only for replicas that are on loopback themselves.
+    #[test]
+    fn lease_owners_are_peers_in_the_cluster_never_metadata_nor_archway_itself() {
+        let e = Egress::for_peers(&"http://10.1.2.3:5000".parse().unwrap());
+        e.set_own_listeners(
+            vec![
+                "0.0.0.0:5000".parse().unwrap(),
+                "127.0.0.1:9090".parse().unwrap(),
+            ],
+            vec![ip("10.1.2.3")],
+        );
+        let url = |u: &str| e.check_url(&u.parse().unwrap());
+        assert!(url("http://10.1.2.4:5000").is_ok(), "another replica");
+        assert!(url("http://104.16.1.1:5000").is_ok());
+        for bad in [
+            "http://169.254.169.254",
+            "http://[fe80::1]:5000",
+            "http://127.0.0.1:9090",
+            "http://10.1.2.3:5000",
+            "http://127.0.0.1:6000",
+            "http://0.0.0.0:5000",
+        ] {
+            assert!(url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            e.filter("evil.example", vec!["169.254.169.254:0".parse().unwrap()])
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::PermissionDenied
+        );
+        let local = Egress::for_peers(&"http://127.0.0.1:5000".parse().unwrap());
+        local.set_own_listeners(vec!["127.0.0.1:5000".parse().unwrap()], vec![]);
+        let url = |u: &str| local.check_url(&u.parse().unwrap());
+        assert!(url("http://127.0.0.1:5001").is_ok(), "replicas on one host");
+        assert!(url("http://127.0.0.1:5000").is_err());
+        assert!(url("http://169.254.169.254").is_err());
     }
 
     #[test]

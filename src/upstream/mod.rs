@@ -15,7 +15,7 @@ mod registry;
 mod timeout;
 mod token_cache;
 
-pub use egress::{classify, AddrClass};
+pub use egress::{classify, AddrClass, Egress, GuardedResolver};
 pub use error::{status_error, Missing, UpstreamError, UpstreamErrorKind};
 pub use foreign::ForeignBlob;
 pub use parent::{ParentInitError, Parents};
@@ -24,7 +24,6 @@ pub use registry::{BlobHead, BlobStream, Listing, ManifestHead, ManifestRef};
 use crate::config::{Secret, UpstreamConfig};
 use crate::metrics::Metrics;
 use bytes::Bytes;
-use egress::{Egress, GuardedResolver};
 use http::header::HeaderValue;
 use http::{Response, Uri};
 use http_body_util::Empty;

@@ -308,7 +308,12 @@ pub fn lease_owner(moto: &Moto, hex: &str) -> String {
     let key = format!("{PREFIX}fills/sha256/{hex}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(body) = moto.get_object(BUCKET, &key) {
+        if let Some(sealed) = moto.get_object(BUCKET, &key) {
+            // Sealed with the fleet's record key (issue 18): opened as a replica would.
+            let body = archway::fleet::RecordKey::derive(SECRET.as_bytes(), "bucket records")
+                .open(&key, &sealed)
+                .unwrap_or_else(|e| panic!("lease {key} is not sealed by the fleet: {e}"))
+                .to_vec();
             let v: serde_json::Value = serde_json::from_slice(&body)
                 .unwrap_or_else(|e| panic!("lease {key} is not JSON ({e}): {body:?}"));
             return v["owner"].as_str().expect("lease owner").to_owned();

@@ -85,3 +85,93 @@ pub fn fleet_value(archway: &Archway, name: &str, labels: &[(&str, &str)]) -> f6
         .get(name, labels)
         .unwrap_or(0.0)
 }
+
+/// The fleet's record key for the test secret: what a replica seals its records with (a test
+/// that plays a replica of the fleet; an attacker without the secret cannot make one).
+pub fn record_key() -> archway::fleet::RecordKey {
+    archway::fleet::RecordKey::derive(SECRET.as_bytes(), "bucket records")
+}
+
+/// Puts `body` at `key` (under the bucket) as it is: a bucket writer's object.
+pub fn plant(moto: &Moto, key: &str, body: &[u8]) {
+    let body = std::str::from_utf8(body).expect("a text record");
+    let put = moto.request(
+        "PUT",
+        &format!("{BUCKET}/{key}"),
+        &[
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            body,
+        ],
+    );
+    assert_eq!(put, 200, "{key} planted");
+}
+
+/// Puts `body` at `key` sealed with the fleet's key, as a replica would.
+pub fn plant_sealed(moto: &Moto, key: &str, body: &str) {
+    plant(moto, key, &record_key().seal(key, body.as_bytes()));
+}
+
+/// What a test listener saw: connections, and each request's head.
+#[derive(Clone, Default)]
+pub struct Seen {
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Seen {
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+/// A listener on 127.0.0.1 standing in for a lease's owner: it records what it is sent and
+/// answers `reply` (status 200 and these bytes) or, with `None`, closes the connection.
+pub async fn fake_owner(reply: Option<Vec<u8>>) -> (u16, Seen) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Seen::default();
+    let out = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            seen.accepted
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let seen = seen.clone();
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.heads
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                if let Some(body) = reply {
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                    let _ = conn.write_all(&body).await;
+                }
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (port, out)
+}
+
+/// A lease record's JSON.
+pub fn lease_json(owner: &str, expires_at_ms: u64) -> String {
+    format!(r#"{{"owner":"{owner}","expires_at_ms":{expires_at_ms}}}"#)
+}

@@ -71,6 +71,7 @@ where
             settled: false,
             source: FillSource::Upstream,
             lease: None,
+            peer: None,
         };
         task.run(fetch).await;
     };
@@ -90,6 +91,8 @@ struct FillTask {
     /// `[fleet]`: the blob's fill lease while this fill (and its copy to the bucket) runs;
     /// released when dropped.
     lease: Option<HeldLease>,
+    /// `[fleet]`: the owner whose fill this one streams (`FillSource::Peer`).
+    peer: Option<String>,
 }
 
 impl FillTask {
@@ -143,7 +146,10 @@ impl FillTask {
                                 self.lease = lease;
                                 (FillSource::Upstream, fetch().await)
                             }
-                            FleetSource::Peer(blob) => (FillSource::Peer, Ok(blob)),
+                            FleetSource::Peer { blob, owner } => {
+                                self.peer = Some(owner);
+                                (FillSource::Peer, Ok(blob))
+                            }
                             FleetSource::Bucket(blob) => (FillSource::Bucket, Ok(blob)),
                         },
                     },
@@ -416,9 +422,14 @@ impl FillTask {
         self.lease = None;
         let digest = &self.fill.digest;
         if self.source == FillSource::Peer {
-            // The peer's failure (a stall, a reset, a dead owner) says nothing about upstream's
-            // blob: not remembered, so the retry (a takeover, once the lease expires) is not
-            // refused.
+            // The peer's failure (wrong bytes, a stall, a reset, a dead owner) says nothing
+            // about upstream's blob: not remembered as upstream's, so the retry is not refused.
+            // The owner is: the retry takes its lease over rather than join it again.
+            if let (Some(fleet), Some(owner)) = (&self.env.fleet, &self.peer) {
+                if !matches!(phase, Phase::Done) {
+                    fleet.owner_failed(digest, owner);
+                }
+            }
         } else if self.source == FillSource::Bucket {
             // The bucket's failure says nothing about upstream's blob: not remembered, so the
             // retry is not refused. A damaged object is deleted, so the retry goes upstream.

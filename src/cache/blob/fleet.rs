@@ -27,8 +27,22 @@ pub type PeerFuture = Pin<Box<dyn Future<Output = Result<PeerAnswer, SourceError
 
 /// Reaches another replica's peer endpoint.
 pub trait PeerSource: Send + Sync {
+    /// Why `owner` may not be reached (the egress policy), if it may not.
+    fn refuses(&self, _owner: &str) -> Option<String> {
+        None
+    }
     fn fetch(&self, owner: &str, digest: &Digest) -> PeerFuture;
 }
+
+/// Owners whose fill of a blob failed here (wrong bytes, a broken body, no answer): not
+/// joined again for that blob; its lease is taken over instead.
+const MAX_FAILED_OWNERS: u64 = 4096;
+/// How long such a failure is remembered: long past any lease a live owner would still hold.
+const FAILED_OWNER_MEMORY: Duration = Duration::from_secs(600);
+
+/// Claims per fill: each round that finds a live owner tries it once; an owner that fails is
+/// taken over in the next.
+const MAX_ROUNDS: usize = 4;
 
 /// This replica in the fleet.
 pub struct Fleet {
@@ -36,6 +50,8 @@ pub struct Fleet {
     pub me: String,
     pub lease_ttl: Duration,
     pub peers: Arc<dyn PeerSource>,
+    /// (digest, owner) pairs whose peer fill failed here, bounded in count and time.
+    failed: moka::sync::Cache<(Digest, String), ()>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -43,6 +59,7 @@ impl std::fmt::Debug for Fleet {
         f.debug_struct("Fleet")
             .field("me", &self.me)
             .field("lease_ttl", &self.lease_ttl)
+            .field("failed_owners", &self.failed.entry_count())
             .finish_non_exhaustive()
     }
 }
@@ -51,16 +68,48 @@ impl std::fmt::Debug for Fleet {
 pub(crate) enum FleetSource {
     /// From upstream: this replica holds the lease (`None`: the lease could not be had).
     Upstream(Option<HeldLease>),
-    /// Another replica's fill.
-    Peer(IncomingBlob),
+    /// Another replica's fill, from `owner`.
+    Peer { blob: IncomingBlob, owner: String },
     /// The bucket, which has the blob now (a fill elsewhere finished meanwhile).
     Bucket(IncomingBlob),
 }
 
 impl Fleet {
-    /// Decides the source of a fill that missed L1 and the bucket. Waits for a live owner at
-    /// most about two lease TTLs (by then a dead owner's lease has expired and is taken over);
-    /// past that, upstream without the lease.
+    pub fn new(me: String, lease_ttl: Duration, peers: Arc<dyn PeerSource>) -> Self {
+        Fleet {
+            me,
+            lease_ttl,
+            peers,
+            failed: moka::sync::Cache::builder()
+                .max_capacity(MAX_FAILED_OWNERS)
+                .time_to_live(FAILED_OWNER_MEMORY)
+                .build(),
+        }
+    }
+
+    /// `owner`'s fill of `digest` failed here (its bytes did not verify, its body broke off, or
+    /// it did not answer): the next fill of `digest` takes the lease over instead of joining
+    /// it again. So a client sees at most one broken body from a bad owner.
+    pub(crate) fn owner_failed(&self, digest: &Digest, owner: &str) {
+        tracing::warn!(%digest, %owner, "a peer's fill failed here; its lease is taken over next time");
+        self.failed.insert((digest.clone(), owner.to_owned()), ());
+    }
+
+    /// Why a live lease's `owner` must not be joined for `digest`.
+    fn refuses(&self, digest: &Digest, owner: &str) -> Option<String> {
+        if self
+            .failed
+            .contains_key(&(digest.clone(), owner.to_owned()))
+        {
+            return Some("its fill of this blob failed here before".into());
+        }
+        self.peers.refuses(owner)
+    }
+
+    /// Decides the source of a fill that missed L1 and the bucket. A live owner that does not
+    /// answer, or has nothing, is not waited for: it is remembered as failed and its lease taken
+    /// over in the next round. Past `MAX_ROUNDS` (owners changing under the claim), upstream
+    /// without the lease.
     pub(crate) async fn source(
         &self,
         bucket: &Arc<Bucket>,
@@ -68,10 +117,15 @@ impl Fleet {
         digest: &Digest,
     ) -> FleetSource {
         let observer = bucket.observer();
-        let deadline = tokio::time::Instant::now() + self.lease_ttl.saturating_mul(2);
-        let pause = (self.lease_ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
-        loop {
-            match bucket.claim_fill(digest, &self.me, self.lease_ttl).await {
+        for _ in 0..MAX_ROUNDS {
+            let refuse = |owner: &str| self.refuses(digest, owner);
+            let claim = bucket.claim_checked(
+                bucket.keys().fill_lease(digest),
+                &self.me,
+                self.lease_ttl,
+                &refuse,
+            );
+            match claim.await {
                 Err(e) => {
                     tracing::warn!(%digest, error = %e, "fill lease unavailable; blob from upstream");
                     observer.fleet_fill("lease_error");
@@ -97,26 +151,28 @@ impl Fleet {
                     Ok(PeerAnswer::Blob(blob)) => {
                         tracing::debug!(%digest, %owner, "joined a peer's fill");
                         observer.fleet_fill("joined_peer");
-                        return FleetSource::Peer(blob);
+                        return FleetSource::Peer { blob, owner };
                     }
                     Ok(PeerAnswer::NotThere) => {
                         // Finished there: the bucket has it by now, or the lease is gone.
                         if let Ok(Some(blob)) = tier.fetch(digest).await {
                             return FleetSource::Bucket(blob);
                         }
+                        // An owner that holds the lease but neither has the blob nor fills it
+                        // is not waited for either: its lease is taken over next.
+                        self.owner_failed(digest, &owner);
                     }
                     Err(e) => {
-                        tracing::debug!(%digest, %owner, error = %e, "fill owner unreachable; waiting for its lease");
+                        // No answer (or a refused one): not waited for; the next round takes
+                        // its lease over.
+                        tracing::debug!(%digest, %owner, error = %e, "fill owner unreachable");
+                        self.owner_failed(digest, &owner);
                     }
                 },
             }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                tracing::warn!(%digest, "no fill owner answered within two lease TTLs; blob from upstream");
-                observer.fleet_fill("lease_error");
-                return FleetSource::Upstream(None);
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
         }
+        tracing::warn!(%digest, "no fill owner served the blob; from upstream");
+        observer.fleet_fill("lease_error");
+        FleetSource::Upstream(None)
     }
 }

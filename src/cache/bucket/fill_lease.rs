@@ -5,7 +5,7 @@
 //! A holder whose renewal loses its condition (another replica took the lease over) has lost
 //! it: it stops renewing and does not delete what is now the other replica's lease.
 
-use super::lease::{now_ms, LeaseFound, LeaseRecord, MAX_LEASE_BYTES};
+use super::lease::{LeaseFound, LeaseRecord, MAX_LEASE_BYTES};
 use super::{Bucket, BucketError};
 use crate::digest::Digest;
 use object_store::path::Path;
@@ -81,36 +81,74 @@ impl Bucket {
         me: &str,
         ttl: Duration,
     ) -> Result<LeaseState, BucketError> {
+        self.claim_checked(key, me, ttl, &|_| None).await
+    }
+
+    /// [`claim`](Self::claim), where `refuse(owner)` says why a live lease's owner must not be
+    /// joined (the egress policy refuses it, or it served a broken fill): such a lease is taken
+    /// over like a damaged one, counted under that reason.
+    ///
+    /// A lease read back is believed only if it bears the fleet's seal for its key and expires
+    /// no further ahead than one TTL plus the clock skew; otherwise it is taken over (counted).
+    pub async fn claim_checked(
+        self: &Arc<Self>,
+        key: Path,
+        me: &str,
+        ttl: Duration,
+        refuse: &(dyn Fn(&str) -> Option<String> + Send + Sync),
+    ) -> Result<LeaseState, BucketError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         for _ in 0..CLAIM_ROUNDS {
-            let record = LeaseRecord::new(me, now_ms(), ttl_ms);
-            match self
-                .put_conditional(&key, record.to_json().into(), PutMode::Create)
-                .await
-            {
+            let record = LeaseRecord::new(me, self.now_ms(), ttl_ms);
+            let sealed = self.seal(&key, &record.to_json())?;
+            match self.put_conditional(&key, sealed, PutMode::Create).await {
                 Ok(e_tag) => return Ok(LeaseState::Taken(self.hold(key, me, ttl, e_tag))),
                 Err(BucketError::Conflict { .. }) => {}
                 Err(e) => return Err(e),
             }
-            let Some((bytes, _, e_tag)) = self.get_versioned(&key, MAX_LEASE_BYTES).await? else {
+            let Some(read) = self.get_record(&key, MAX_LEASE_BYTES, "lease").await? else {
                 // Released between the two requests: create it again.
                 continue;
             };
-            // A body that is not a lease of ours cannot be joined: taken over.
-            let found =
-                LeaseRecord::parse(&bytes).map_or(LeaseFound::TakeOver, |r| r.decide(me, now_ms()));
+            // A body that is not a sealed lease of ours cannot be joined: taken over.
+            let found = match read.body.as_deref().map(LeaseRecord::parse) {
+                None => LeaseFound::TakeOver,
+                Some(None) => {
+                    self.reject("lease", "unreadable", &key, "not a lease record");
+                    LeaseFound::TakeOver
+                }
+                Some(Some(r)) => {
+                    let now = self.now_ms();
+                    if r.is_too_far_ahead(now, ttl_ms, self.skew_ms()) {
+                        self.reject(
+                            "lease",
+                            "future",
+                            &key,
+                            "expires further ahead than a lease TTL plus the clock skew",
+                        );
+                    }
+                    match r.decide(me, now, ttl_ms, self.skew_ms()) {
+                        LeaseFound::Join { owner } => match refuse(&owner) {
+                            Some(why) => {
+                                self.reject("lease", "owner", &key, &why);
+                                LeaseFound::TakeOver
+                            }
+                            None => LeaseFound::Join { owner },
+                        },
+                        take_over => take_over,
+                    }
+                }
+            };
             match found {
                 LeaseFound::Join { owner } => return Ok(LeaseState::Live { owner }),
                 LeaseFound::TakeOver => {
-                    let record = LeaseRecord::new(me, now_ms(), ttl_ms);
+                    let record = LeaseRecord::new(me, self.now_ms(), ttl_ms);
+                    let sealed = self.seal(&key, &record.to_json())?;
                     let mode = PutMode::Update(UpdateVersion {
-                        e_tag,
+                        e_tag: read.e_tag,
                         version: None,
                     });
-                    match self
-                        .put_conditional(&key, record.to_json().into(), mode)
-                        .await
-                    {
+                    match self.put_conditional(&key, sealed, mode).await {
                         Ok(e_tag) => {
                             return Ok(LeaseState::TakenOver(self.hold(key, me, ttl, e_tag)))
                         }
@@ -155,16 +193,19 @@ impl Held {
         loop {
             tokio::time::sleep(every).await;
             let e_tag = self.e_tag.lock().map(|e| e.clone()).unwrap_or_default();
-            let record = LeaseRecord::new(&self.owner, now_ms(), ttl_ms);
+            let record = LeaseRecord::new(&self.owner, self.bucket.now_ms(), ttl_ms);
+            let sealed = match self.bucket.seal(&self.key, &record.to_json()) {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    tracing::warn!(lease = %self.key, error = %e, "cannot renew a fill lease");
+                    continue;
+                }
+            };
             let mode = PutMode::Update(UpdateVersion {
                 e_tag,
                 version: None,
             });
-            match self
-                .bucket
-                .put_conditional(&self.key, record.to_json().into(), mode)
-                .await
-            {
+            match self.bucket.put_conditional(&self.key, sealed, mode).await {
                 Ok(new) => {
                     if let Ok(mut e) = self.e_tag.lock() {
                         *e = new;
@@ -205,17 +246,82 @@ impl Drop for HeldLease {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::bucket::NoObserver;
+    use crate::cache::bucket::{now_ms, NoObserver};
+    use crate::fleet::RecordKey;
+    use bytes::Bytes;
     use object_store::memory::InMemory;
 
     fn bucket() -> Arc<Bucket> {
-        Arc::new(Bucket::over(
-            Arc::new(InMemory::new()),
-            "p/",
-            Duration::from_secs(5),
-            5 << 20,
-            Arc::new(NoObserver),
-        ))
+        Arc::new(
+            Bucket::over(
+                Arc::new(InMemory::new()),
+                "p/",
+                Duration::from_secs(5),
+                5 << 20,
+                Arc::new(NoObserver),
+            )
+            .with_records(
+                RecordKey::derive(b"s", "bucket records"),
+                crate::clock::Clock::system(),
+                Duration::from_secs(5),
+            ),
+        )
+    }
+
+    async fn read_lease(b: &Bucket, key: &Path) -> LeaseRecord {
+        let read = b.get_record(key, 4096, "lease").await.unwrap().unwrap();
+        LeaseRecord::parse(&read.body.unwrap()).unwrap()
+    }
+
+    /// Issue 18: what a bucket writer puts at a lease key (no seal, or a seal for another key,
+    /// or an expiry years ahead) is never joined: it is taken over.
+    #[tokio::test]
+    async fn a_forged_or_never_expiring_lease_is_taken_over_not_joined() {
+        let b = bucket();
+        let ttl = Duration::from_secs(30);
+        let live = LeaseRecord::new("http://owner:5000", now_ms(), 30_000);
+        let years = LeaseRecord::new("http://owner:5000", now_ms(), 10 * 365 * 86_400_000);
+        type Body<'a> = Box<dyn Fn(&Path) -> Bytes + 'a>;
+        let cases: Vec<(&str, Body)> = vec![
+            ("unsealed", Box::new(|_: &Path| live.to_json().into())),
+            (
+                "sealed for another key",
+                Box::new(|_: &Path| {
+                    b.seal(&Path::from("p/fills/other"), &live.to_json())
+                        .unwrap()
+                }),
+            ),
+            (
+                "never expiring",
+                Box::new(|k: &Path| b.seal(k, &years.to_json()).unwrap()),
+            ),
+        ];
+        for (i, (what, body)) in cases.iter().enumerate() {
+            let d = Digest::sha256_of(&[i as u8]);
+            let key = b.keys().fill_lease(&d);
+            b.put_conditional(&key, body(&key), PutMode::Create)
+                .await
+                .unwrap();
+            match b.claim_fill(&d, "http://me", ttl).await.unwrap() {
+                LeaseState::TakenOver(_) => {}
+                other => panic!("{what}: {other:?}"),
+            }
+            assert_eq!(read_lease(&b, &key).await.owner, "http://me", "{what}");
+        }
+        // The same lease sealed for its key is joined.
+        let d = Digest::sha256_of(b"real");
+        let key = b.keys().fill_lease(&d);
+        b.put_conditional(
+            &key,
+            b.seal(&key, &live.to_json()).unwrap(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            b.claim_fill(&d, "http://me", ttl).await.unwrap(),
+            LeaseState::Live { .. }
+        ));
     }
 
     #[tokio::test]
@@ -232,8 +338,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let key = b.keys().fill_lease(&d);
-        let (bytes, _, _) = b.get_versioned(&key, 4096).await.unwrap().unwrap();
-        let record = LeaseRecord::parse(&bytes).unwrap();
+        let record = read_lease(&b, &key).await;
         assert_eq!(record.owner, "http://a");
         assert!(!record.is_expired(now_ms()));
         drop(held);
@@ -257,9 +362,13 @@ mod tests {
         let key = b.keys().fill_lease(&d);
         // A lease its dead owner left, expired a second ago.
         let dead = LeaseRecord::new("http://dead", now_ms().saturating_sub(31_000), 30_000);
-        b.put_conditional(&key, dead.to_json().into(), PutMode::Create)
-            .await
-            .unwrap();
+        b.put_conditional(
+            &key,
+            b.seal(&key, &dead.to_json()).unwrap(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
         let ttl = Duration::from_millis(1500);
         let held = match b.claim_fill(&d, "http://b", ttl).await.unwrap() {
             LeaseState::TakenOver(h) => h,
@@ -272,15 +381,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Someone overwrites it (as a takeover would): the holder finds it lost and leaves it.
-        b.put(
-            &key,
-            LeaseRecord::new("http://c", now_ms(), 60_000)
-                .to_json()
-                .into(),
-            None,
-        )
-        .await
-        .unwrap();
+        let taker = LeaseRecord::new("http://c", now_ms(), 1500);
+        b.put(&key, b.seal(&key, &taker.to_json()).unwrap(), None)
+            .await
+            .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !held.is_lost() && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -288,7 +392,6 @@ mod tests {
         assert!(held.is_lost());
         drop(held);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let (bytes, _, _) = b.get_versioned(&key, 4096).await.unwrap().unwrap();
-        assert_eq!(LeaseRecord::parse(&bytes).unwrap().owner, "http://c");
+        assert_eq!(read_lease(&b, &key).await.owner, "http://c");
     }
 }

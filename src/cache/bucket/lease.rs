@@ -55,13 +55,25 @@ impl LeaseRecord {
         now_ms >= self.expires_at_ms
     }
 
+    /// Whether the lease claims to hold further ahead than one TTL (plus the clock skew): no
+    /// replica writes that (each renews for one TTL from its now), so it is not believed.
+    pub fn is_too_far_ahead(&self, now_ms: u64, ttl_ms: u64, skew_ms: u64) -> bool {
+        self.expires_at_ms > now_ms.saturating_add(ttl_ms).saturating_add(skew_ms)
+    }
+
+    /// Expired, or not believed: either way it no longer holds.
+    pub fn is_stale(&self, now_ms: u64, ttl_ms: u64, skew_ms: u64) -> bool {
+        self.is_expired(now_ms) || self.is_too_far_ahead(now_ms, ttl_ms, skew_ms)
+    }
+
     /// What `me` (this replica's `peer_url`) does about this lease at `now_ms`. Called only
     /// when this replica has no fill of the blob in flight, so a lease naming `me` is left from
     /// before a restart.
-    /// A lease whose owner is not an `http(s)://host[:port]` URL is not joined (the fleet
-    /// secret would go wherever it points): it is taken over like a damaged one.
-    pub fn decide(&self, me: &str, now_ms: u64) -> LeaseFound {
-        if self.is_expired(now_ms) || self.owner == me || !is_peer_url(&self.owner) {
+    /// A lease whose owner is not an `http(s)://host[:port]` URL is not joined (a peer request
+    /// would go wherever it points): it is taken over like a damaged one. So is one whose
+    /// expiry lies further ahead than `ttl_ms + skew_ms`.
+    pub fn decide(&self, me: &str, now_ms: u64, ttl_ms: u64, skew_ms: u64) -> LeaseFound {
+        if self.is_stale(now_ms, ttl_ms, skew_ms) || self.owner == me || !is_peer_url(&self.owner) {
             LeaseFound::TakeOver
         } else {
             LeaseFound::Join {
@@ -121,10 +133,21 @@ mod tests {
         let join = LeaseFound::Join {
             owner: "http://a:5000".into(),
         };
-        assert_eq!(r.decide("http://b:5000", 1_000), join);
-        assert_eq!(r.decide("http://b:5000", 2_999), join);
-        assert_eq!(r.decide("http://b:5000", 3_000), LeaseFound::TakeOver);
-        assert_eq!(r.decide("http://a:5000", 1_500), LeaseFound::TakeOver);
+        let decide = |r: &LeaseRecord, me: &str, now: u64| r.decide(me, now, 2_000, 500);
+        assert_eq!(decide(&r, "http://b:5000", 1_000), join);
+        assert_eq!(decide(&r, "http://b:5000", 2_999), join);
+        assert_eq!(decide(&r, "http://b:5000", 3_000), LeaseFound::TakeOver);
+        assert_eq!(decide(&r, "http://a:5000", 1_500), LeaseFound::TakeOver);
+        // Written by a clock within the skew ahead: believed; further ahead (or forever): not.
+        let ahead = LeaseRecord::new("http://a:5000", 1_400, 2_000);
+        assert_eq!(decide(&ahead, "http://b:5000", 1_000), join);
+        let forever = LeaseRecord::new("http://a:5000", u64::MAX - 10, 2_000);
+        assert_eq!(
+            decide(&forever, "http://b:5000", 1_000),
+            LeaseFound::TakeOver
+        );
+        let far = LeaseRecord::new("http://a:5000", 1_501, 2_000);
+        assert_eq!(decide(&far, "http://b:5000", 1_000), LeaseFound::TakeOver);
         for bad in [
             "ftp://a",
             "a:5000",
@@ -134,11 +157,15 @@ mod tests {
             "",
         ] {
             let r = LeaseRecord::new(bad, 1_000, 2_000);
-            assert_eq!(r.decide("http://b", 1_000), LeaseFound::TakeOver, "{bad:?}");
+            assert_eq!(
+                r.decide("http://b", 1_000, 2_000, 0),
+                LeaseFound::TakeOver,
+                "{bad:?}"
+            );
         }
         let ok = LeaseRecord::new("https://10.1.2.3:5000", 1_000, 2_000);
         assert!(matches!(
-            ok.decide("http://b", 1_000),
+            ok.decide("http://b", 1_000, 2_000, 0),
             LeaseFound::Join { .. }
         ));
     }

@@ -8,6 +8,8 @@
 //!   renewing, taking over and releasing it with conditional writes; `sweep`: deleting the
 //!   leases dead replicas left, one replica at a time; `orphans`: aborting the multipart
 //!   uploads dead replicas left;
+//! - `records`: tag records and leases sealed with the fleet's record key, opened and judged
+//!   (seal, clock skew) on reading;
 //! - `presign`: presigned GET URLs for `storage.redirect` (signed locally, never logged).
 //!
 //! The bucket is never required: a failed or slow operation is a miss (reads) or a skipped copy
@@ -21,12 +23,14 @@ mod keys;
 mod lease;
 mod orphans;
 mod presign;
+mod records;
 mod sweep;
 
 pub use error::BucketError;
 pub use fill_lease::{HeldLease, LeaseState};
 pub use keys::Keys;
 pub use lease::{now_ms, LeaseFound, LeaseRecord};
+pub use records::{SealedRead, RECORD_PURPOSE};
 pub use sweep::Swept;
 
 use bytes::Bytes;
@@ -83,9 +87,6 @@ pub trait StorageObserver: Send + Sync {
     /// Something was answered or kept without the bucket because it failed or was saturated:
     /// `blob_read`, `blob_write`, `manifest_read`, `manifest_write`, `tag_read`, `tag_write`.
     fn bypassed(&self, what: &'static str);
-    /// A record read from the bucket and not believed (its seal, or a time too far ahead), by
-    /// kind: `access`, `tag`, `lease`.
-    fn record_rejected(&self, _kind: &'static str) {}
     /// `[fleet]`: a blob fill by outcome: `owned`, `joined_local`, `joined_peer`, `taken_over`,
     /// `lease_error`.
     fn fleet_fill(&self, _outcome: &'static str) {}
@@ -95,6 +96,10 @@ pub trait StorageObserver: Send + Sync {
     fn fleet_fetch(&self, _what: &'static str, _outcome: &'static str) {}
     /// `[fleet]`: an expired fill or fetch lease taken over.
     fn lease_takeover(&self) {}
+    /// A record read back from the bucket (`tag`, `lease`) or a peer's request (`peer`) not
+    /// believed, and why: `unsealed`, `bad_seal`, `unreadable`, `future`, `owner`, `replay`,
+    /// `expired`.
+    fn record_rejected(&self, _kind: &'static str, _reason: &'static str) {}
     /// `[fleet]`: stale leases deleted by a sweep.
     fn leases_swept(&self, _count: u64) {}
     /// `[fleet]`: orphaned multipart uploads aborted by a sweep.
@@ -138,6 +143,8 @@ pub struct Bucket {
     pending: Arc<AtomicU64>,
     max_pending: u64,
     observer: Arc<dyn StorageObserver>,
+    /// The record key, clock and skew that records read back are judged by.
+    trust: records::Trust,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -260,6 +267,7 @@ impl Bucket {
             pending: Arc::new(AtomicU64::new(0)),
             max_pending: u64::from(max_uploads) + u64::from(settings.upload_queue),
             observer,
+            trust: records::Trust::none(),
         })
     }
 
@@ -283,6 +291,7 @@ impl Bucket {
             pending: Arc::new(AtomicU64::new(0)),
             max_pending: 64,
             observer,
+            trust: records::Trust::none(),
         }
     }
 

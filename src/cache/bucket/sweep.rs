@@ -8,7 +8,7 @@
 //! stops renewing); the fill goes on, and at worst another replica fills the same thing once
 //! more. Content addressing keeps that harmless.
 
-use super::lease::{now_ms, LeaseRecord, MAX_LEASE_BYTES};
+use super::lease::{LeaseRecord, MAX_LEASE_BYTES};
 use super::{Bucket, BucketError, LeaseState};
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -27,8 +27,9 @@ pub struct Swept {
 }
 
 impl Bucket {
-    /// Deletes the stale leases under `<prefix>fills/` (see the module doc): expired, and last
-    /// written more than `3 × ttl` ago. An unreadable body counts as expired.
+    /// Deletes the stale leases under `<prefix>fills/` (see the module doc): expired (or
+    /// expiring further ahead than a TTL plus the clock skew: not believed), and last written
+    /// more than `3 × ttl` ago. A body that is unreadable or fails its seal counts as expired.
     pub async fn sweep_leases(&self, ttl: Duration) -> Result<Swept, BucketError> {
         let prefix = self.keys().leases();
         let stale_after_ms = i64::try_from(ttl.saturating_mul(3).as_millis()).unwrap_or(i64::MAX);
@@ -50,16 +51,23 @@ impl Bucket {
             listed: listed.len(),
             deleted: 0,
         };
-        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        // The listing's times are the bucket's; judged by this replica's clock.
+        let now = i64::try_from(self.now_ms()).unwrap_or(i64::MAX);
         for meta in listed {
             let written = meta.last_modified.timestamp_millis();
             if now.saturating_sub(written) <= stale_after_ms {
                 continue;
             }
-            let expired = match self.get_small(&meta.location, MAX_LEASE_BYTES).await {
-                Ok(Some((body, _))) => {
-                    LeaseRecord::parse(&body).is_none_or(|r| r.is_expired(now_ms()))
-                }
+            let expired = match self
+                .get_record(&meta.location, MAX_LEASE_BYTES, "lease")
+                .await
+            {
+                Ok(Some(read)) => read
+                    .body
+                    .as_deref()
+                    .and_then(LeaseRecord::parse)
+                    .is_none_or(|r| r.is_stale(self.now_ms(), ttl_ms, self.skew_ms())),
                 Ok(None) => continue,
                 // Too long to be a lease of ours.
                 Err(BucketError::Damaged { .. }) => true,
@@ -124,20 +132,27 @@ impl Bucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::bucket::NoObserver;
+    use crate::cache::bucket::{now_ms, NoObserver};
     use crate::digest::Digest;
     use object_store::memory::InMemory;
     use object_store::PutMode;
 
     #[tokio::test]
     async fn only_leases_expired_and_unwritten_for_three_ttls_are_swept() {
-        let b = Arc::new(Bucket::over(
-            Arc::new(InMemory::new()),
-            "p/",
-            Duration::from_secs(5),
-            5 << 20,
-            Arc::new(NoObserver),
-        ));
+        let b = Arc::new(
+            Bucket::over(
+                Arc::new(InMemory::new()),
+                "p/",
+                Duration::from_secs(5),
+                5 << 20,
+                Arc::new(NoObserver),
+            )
+            .with_records(
+                crate::fleet::RecordKey::derive(b"s", "bucket records"),
+                crate::clock::Clock::system(),
+                Duration::from_secs(5),
+            ),
+        );
         let plant = |name: &[u8], expires_at_ms: u64| {
             let key = b.keys().fill_lease(&Digest::sha256_of(name));
             let body = LeaseRecord {
@@ -146,14 +161,17 @@ mod tests {
             };
             let b = b.clone();
             async move {
-                b.put_conditional(&key, body.to_json().into(), PutMode::Create)
+                let sealed = b.seal(&key, &body.to_json()).unwrap();
+                b.put_conditional(&key, sealed, PutMode::Create)
                     .await
                     .unwrap();
                 key
             }
         };
         let dead = plant(b"dead", now_ms().saturating_sub(1)).await;
-        let live = plant(b"live", now_ms() + 3_600_000).await;
+        let live = plant(b"live", now_ms() + 2_000).await;
+        // Issue 18: a lease that claims to hold for years is not believed.
+        let forever = plant(b"forever", u64::MAX).await;
         let blob = b.keys().blob(&Digest::sha256_of(b"blob"));
         b.put(&blob, bytes::Bytes::from_static(b"blob"), None)
             .await
@@ -161,16 +179,17 @@ mod tests {
         // Written just now: nothing is stale yet.
         let ttl = Duration::from_millis(100);
         assert_eq!(b.sweep_leases(ttl).await.unwrap().deleted, 0);
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
         let swept = b.sweep_leases(ttl).await.unwrap();
         assert_eq!(
             swept,
             Swept {
-                listed: 2,
-                deleted: 1
+                listed: 3,
+                deleted: 2
             }
         );
         assert!(!b.exists(&dead).await.unwrap());
+        assert!(!b.exists(&forever).await.unwrap());
         assert!(
             b.exists(&live).await.unwrap(),
             "a lease not yet expired stays"
