@@ -5,6 +5,7 @@ pub mod blob;
 pub mod bucket;
 pub mod fetch_lease;
 pub mod keyed_lock;
+pub(crate) mod lru;
 pub mod manifest_store;
 pub mod tag_key;
 pub mod tag_store;
