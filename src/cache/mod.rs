@@ -8,4 +8,5 @@ pub mod keyed_lock;
 pub(crate) mod lru;
 pub mod manifest_store;
 pub mod tag_key;
+mod tag_memory;
 pub mod tag_store;
