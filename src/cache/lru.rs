@@ -42,6 +42,7 @@ impl<T> Default for Lru<T> {
 
 impl<T> Lru<T> {
     /// Entries held.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -50,20 +51,23 @@ impl<T> Lru<T> {
     /// before the slab grows. `None` (the value dropped) only when all 2³²−1 slots are taken,
     /// which would take hundreds of GiB of entries.
     pub(crate) fn push_back(&mut self, value: T) -> Option<u32> {
-        let slot = if self.free != NIL {
-            let slot = self.free;
-            let node = &mut self.nodes[slot as usize];
-            self.free = node.next;
-            node.value = Some(value);
-            slot
-        } else {
-            let slot = u32::try_from(self.nodes.len()).ok().filter(|&s| s != NIL)?;
-            self.nodes.push(Node {
-                value: Some(value),
-                prev: NIL,
-                next: NIL,
-            });
-            slot
+        // `NIL` is never an index of `nodes` (it stops short of it): no free slot, no node.
+        let slot = match self.nodes.get_mut(self.free as usize) {
+            Some(node) => {
+                let slot = self.free;
+                self.free = node.next;
+                node.value = Some(value);
+                slot
+            }
+            None => {
+                let slot = u32::try_from(self.nodes.len()).ok().filter(|&s| s != NIL)?;
+                self.nodes.push(Node {
+                    value: Some(value),
+                    prev: NIL,
+                    next: NIL,
+                });
+                slot
+            }
         };
         self.link_back(slot);
         self.len += 1;
@@ -96,8 +100,9 @@ impl<T> Lru<T> {
     pub(crate) fn remove(&mut self, slot: u32) -> Option<T> {
         let value = self.nodes.get_mut(slot as usize)?.value.take()?;
         self.unlink(slot);
-        let node = &mut self.nodes[slot as usize];
-        node.next = self.free;
+        if let Some(node) = self.nodes.get_mut(slot as usize) {
+            node.next = self.free;
+        }
         self.free = slot;
         self.len -= 1;
         Some(value)
@@ -124,35 +129,32 @@ impl<T> Lru<T> {
         })
     }
 
+    /// Links a slot that is in no list at the back. (A link to `NIL` finds no node: an end.)
     fn link_back(&mut self, slot: u32) {
         let tail = self.tail;
-        {
-            let node = &mut self.nodes[slot as usize];
+        if let Some(node) = self.nodes.get_mut(slot as usize) {
             node.prev = tail;
             node.next = NIL;
         }
-        if tail == NIL {
-            self.head = slot;
-        } else {
-            self.nodes[tail as usize].next = slot;
+        match self.nodes.get_mut(tail as usize) {
+            Some(node) => node.next = slot,
+            None => self.head = slot,
         }
         self.tail = slot;
     }
 
     fn unlink(&mut self, slot: u32) {
-        let (prev, next) = {
-            let node = &self.nodes[slot as usize];
-            (node.prev, node.next)
+        let Some(node) = self.nodes.get(slot as usize) else {
+            return;
         };
-        if prev == NIL {
-            self.head = next;
-        } else {
-            self.nodes[prev as usize].next = next;
+        let (prev, next) = (node.prev, node.next);
+        match self.nodes.get_mut(prev as usize) {
+            Some(node) => node.next = next,
+            None => self.head = next,
         }
-        if next == NIL {
-            self.tail = prev;
-        } else {
-            self.nodes[next as usize].prev = prev;
+        match self.nodes.get_mut(next as usize) {
+            Some(node) => node.prev = prev,
+            None => self.tail = prev,
         }
     }
 }
@@ -209,6 +211,7 @@ impl SlotMap {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.table.len()
     }

@@ -367,6 +367,98 @@ mod tests {
         assert_eq!(m.get(&key("r", "t4")).map(|e| e.size), Some(41));
     }
 
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Insert(u8, u8),
+            InsertIfAbsent(u8, u8),
+            Get(u8),
+            Remove(u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0..16u8, 0..4u8).prop_map(|(k, m)| Op::Insert(k, m)),
+                1 => (0..16u8, 0..4u8).prop_map(|(k, m)| Op::InsertIfAbsent(k, m)),
+                3 => (0..16u8).prop_map(Op::Get),
+                1 => (0..16u8).prop_map(Op::Remove),
+            ]
+        }
+
+        fn k(n: u8) -> TagKey {
+            // Keys of different lengths weigh differently.
+            key("repo", &"t".repeat(usize::from(n) + 1))
+        }
+
+        fn e(n: u8, m: u8) -> TagEntry {
+            let media = ["", "application/x-other", MEDIA_TYPES[0], MEDIA_TYPES[3]];
+            entry(u64::from(n) * 10 + u64::from(m), media[usize::from(m)])
+        }
+
+        proptest! {
+            /// Against a model (a `Vec` in recency order, the least recent dropped while over the
+            /// budget): the same tags held, with the same values and weights, after every step.
+            #[test]
+            fn tag_memory_behaves_as_the_model(
+                budget in 0u64..2_000,
+                ops in prop::collection::vec(op(), 0..100),
+            ) {
+                let m = TagMemory::new(budget);
+                let mut model: Vec<(TagKey, TagEntry)> = Vec::new();
+                let total = |model: &Vec<(TagKey, TagEntry)>| -> u64 {
+                    model.iter().map(|(k, e)| u64::from(weight(k, e))).sum()
+                };
+                for op in ops {
+                    match op {
+                        Op::Insert(n, v) | Op::InsertIfAbsent(n, v) => {
+                            let replace = matches!(op, Op::Insert(..));
+                            let at = model.iter().position(|(mk, _)| *mk == k(n));
+                            if replace || at.is_none() {
+                                if let Some(i) = at {
+                                    model.remove(i);
+                                }
+                                if u64::from(weight(&k(n), &e(n, v))) <= budget {
+                                    model.push((k(n), e(n, v)));
+                                }
+                                while total(&model) > budget {
+                                    model.remove(0);
+                                }
+                            }
+                            if replace {
+                                m.insert(&k(n), &e(n, v));
+                            } else {
+                                m.insert_if_absent(&k(n), &e(n, v));
+                            }
+                        }
+                        Op::Get(n) => {
+                            let at = model.iter().position(|(mk, _)| *mk == k(n));
+                            let want = at.map(|i| {
+                                let held = model.remove(i);
+                                model.push(held);
+                                model[model.len() - 1].1.clone()
+                            });
+                            prop_assert_eq!(m.get(&k(n)), want);
+                        }
+                        Op::Remove(n) => {
+                            model.retain(|(mk, _)| *mk != k(n));
+                            m.remove(&k(n));
+                        }
+                    }
+                    prop_assert_eq!(m.weighted_size(), total(&model));
+                    prop_assert!(m.weighted_size() <= budget);
+                    prop_assert_eq!(m.len(), model.len());
+                    for n in 0..16 {
+                        let held = model.iter().any(|(mk, _)| *mk == k(n));
+                        prop_assert_eq!(m.contains(&k(n)), held);
+                    }
+                }
+            }
+        }
+    }
+
     /// A tag heavier than the whole budget is not held, and its older, lighter value goes too.
     #[test]
     fn a_tag_over_the_budget_is_not_held() {
