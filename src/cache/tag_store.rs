@@ -10,6 +10,7 @@
 use super::blob::{CacheFile, DiskBudget};
 use super::bucket::{Bucket, SealedRead};
 use super::manifest_store::{clear_dir, commit_file, write_atomically};
+use super::tag_memory::{weight, TagMemory};
 use crate::clock::Clock;
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
@@ -76,11 +77,6 @@ const MAX_MISSING: usize = 100_000;
 /// A tag record is a few hundred bytes; anything much larger is not one.
 const MAX_RECORD_BYTES: u64 = 64 << 10;
 
-/// What a tag in memory costs besides its strings' lengths: the key and entry structs, the
-/// allocator's rounding of each of the five strings, and moka's bookkeeping per entry. Measured
-/// (`footprint::tag_memory_per_entry`): 682 bytes of RSS per tag whose strings are 130 bytes.
-const TAG_ENTRY_OVERHEAD: usize = 560;
-
 /// The default `cache.tag_memory`.
 pub const DEFAULT_TAG_MEMORY: u64 = 32 << 20;
 
@@ -88,7 +84,7 @@ pub struct TagStore {
     dir: PathBuf,
     bucket: Option<Arc<Bucket>>,
     /// The most recently used records, within `budget` bytes; every record is also on disk.
-    memory: moka::sync::Cache<TagKey, TagEntry>,
+    memory: TagMemory,
     budget: u64,
     /// `cache.max_size`, shared with the blobs: the records on disk are counted and evicted
     /// with them (a tag whose record is gone is revalidated upstream). `None` (tests): unbounded.
@@ -103,15 +99,6 @@ pub struct TagStore {
     skew: Duration,
 }
 
-fn memory_cache(budget: u64) -> moka::sync::Cache<TagKey, TagEntry> {
-    moka::sync::Cache::builder()
-        .weigher(|k: &TagKey, e: &TagEntry| weight(k, e))
-        .max_capacity(budget)
-        // Least recently used out first: a tag read once long ago goes before one in use.
-        .eviction_policy(moka::policy::EvictionPolicy::lru())
-        .build()
-}
-
 impl TagStore {
     /// Clears what a crash left in `tmp/`; reads no record (see [`warm_up`](Self::warm_up)):
     /// a tag not in memory is read from disk when asked for.
@@ -121,7 +108,7 @@ impl TagStore {
         Ok(TagStore {
             dir,
             bucket: None,
-            memory: memory_cache(DEFAULT_TAG_MEMORY),
+            memory: TagMemory::new(DEFAULT_TAG_MEMORY),
             budget: DEFAULT_TAG_MEMORY,
             disk: None,
             missing: RwLock::new(HashMap::new()),
@@ -132,7 +119,7 @@ impl TagStore {
 
     /// At most `bytes` of tags in memory (`cache.tag_memory`).
     pub fn with_memory_budget(mut self, bytes: u64) -> Self {
-        self.memory = memory_cache(bytes);
+        self.memory = TagMemory::new(bytes);
         self.budget = bytes;
         self
     }
@@ -152,13 +139,12 @@ impl TagStore {
 
     /// Bytes of tags held in memory, as weighed against the budget.
     pub fn memory_bytes(&self) -> u64 {
-        self.memory.run_pending_tasks();
         self.memory.weighted_size()
     }
 
     /// The tag is held in memory (no disk read to answer it).
     pub fn in_memory(&self, key: &TagKey) -> bool {
-        self.memory.contains_key(key)
+        self.memory.contains(key)
     }
 
     /// Reads the most recently written records (by file mtime) into memory until the budget
@@ -193,7 +179,7 @@ impl TagStore {
             }
             held += w;
             read += 1;
-            self.memory.entry(r.key).or_insert(r.entry);
+            self.memory.insert_if_absent(&r.key, &r.entry);
         }
         read
     }
@@ -247,7 +233,7 @@ impl TagStore {
     pub async fn get(&self, key: &TagKey) -> Option<TagEntry> {
         if let Some(e) = self.memory.get(key) {
             if !self.believable(&e) {
-                self.memory.invalidate(key);
+                self.memory.remove(key);
                 return None;
             }
             self.touch(key);
@@ -261,7 +247,7 @@ impl TagStore {
             return None;
         }
         self.touch(key);
-        self.memory.insert(r.key, r.entry.clone());
+        self.memory.insert(&r.key, &r.entry);
         Some(r.entry)
     }
 
@@ -357,7 +343,7 @@ impl TagStore {
         if let Ok(mut m) = self.missing.write() {
             m.remove(&key);
         }
-        self.memory.insert(key.clone(), entry.clone());
+        self.memory.insert(&key, &entry);
         let name = file_name(&key);
         let file = self.dir.join(&name);
         let tmp = self.dir.join("tmp");
@@ -374,7 +360,7 @@ impl TagStore {
     /// Upstream no longer has the tag: forget it, remember the 404 as fresh for `ttl`, and keep
     /// it for `keep` (stale-if-error) while the map has room.
     pub async fn mark_missing(&self, key: &TagKey, ttl: Duration, keep: Duration) {
-        self.memory.invalidate(key);
+        self.memory.remove(key);
         if let Ok(mut m) = self.missing.write() {
             if m.len() >= MAX_MISSING {
                 let now = Instant::now();
@@ -424,16 +410,6 @@ impl TagStore {
         let v = self.missing.read().ok()?.get(key).copied()?;
         (v.keep_until > Instant::now()).then(|| v.seen.elapsed())
     }
-}
-
-/// A tag's cost in memory: its strings plus [`TAG_ENTRY_OVERHEAD`].
-fn weight(key: &TagKey, entry: &TagEntry) -> u32 {
-    let strings = key.upstream.len()
-        + key.repository.len()
-        + key.tag.len()
-        + entry.media_type.len()
-        + entry.digest.hex().len();
-    u32::try_from(strings + TAG_ENTRY_OVERHEAD).unwrap_or(u32::MAX)
 }
 
 /// A damaged or oversized record is skipped: the tag is simply fetched again.
@@ -651,16 +627,22 @@ pub(crate) mod footprint {
             .collect();
         let weighed: u64 = entries.iter().map(|(k, e)| u64::from(weight(k, e))).sum();
         let before = rss_bytes();
-        for (k, e) in entries.iter().cloned() {
+        for (k, e) in &entries {
             s.memory.insert(k, e);
         }
-        s.memory.run_pending_tasks();
         let after = rss_bytes();
+        let key_bytes: usize = entries
+            .iter()
+            .map(|(k, _)| k.upstream.len() + k.repository.len() + k.tag.len())
+            .sum();
         drop(entries);
         println!(
-            "tags in memory: {} bytes each by RSS (clones of the keys and entries included), {} weighed",
+            "tags in memory: {} bytes each by RSS (slab entry, map slot, the key's allocation), \
+             {} weighed, keys {} bytes on average; slab entry {} bytes",
             (after - before) / N,
-            weighed / N
+            weighed / N,
+            key_bytes as u64 / N,
+            TagMemory::slab_entry_bytes(),
         );
     }
 }

@@ -511,7 +511,7 @@ impl FixtureSet {
     }
 
     /// Manifests pushed by digest before any tag, so every index's children exist.
-    fn child_manifests(&self) -> impl Iterator<Item = &Blob> {
+    pub fn child_manifests(&self) -> impl Iterator<Item = &Blob> {
         self.images
             .iter()
             .map(|i| &i.manifest)

@@ -48,11 +48,10 @@ impl Catalog {
         // Oldest first; ties (same second) in a stable order.
         found.sort_by_key(|f| f.last_used);
         let mut index = Index::default();
+        // Sized once: no rehash or copy of the slab while indexing.
+        index.reserve(found.len());
         for f in found {
-            match f.item {
-                Item::Blob(d) => index.insert(d, f.size),
-                Item::File(file) => index.insert_file(file, f.size),
-            }
+            index.insert_key(f.key, f.size);
         }
         for item in index.evict_to(max_bytes) {
             layout.remove_item(&item);

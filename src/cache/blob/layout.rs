@@ -3,7 +3,7 @@
 //! The other files under the same budget: manifests at `manifests/<alg>/<xx>/<hex>`, tag
 //! records at `tags/<32 hex>.json` (their stores write them; this finds and deletes them).
 
-use super::index::{CacheFile, Item};
+use super::index::{CacheFile, Item, Key, Packed};
 use crate::digest::{Algorithm, Digest};
 use std::fs::{self, File};
 use std::io;
@@ -19,9 +19,10 @@ pub(crate) struct Layout {
     tmp_seq: AtomicU64,
 }
 
-/// A committed blob (or another cache file) found on disk at start-up.
+/// A committed blob (or another cache file) found on disk at start-up: 64 bytes, no heap for a
+/// sha256 blob or manifest or a tag record (the scan holds one per file until it is sorted).
 pub(crate) struct Found {
-    pub(crate) item: Item,
+    pub(crate) key: Key,
     pub(crate) size: u64,
     /// The later of the file's access and modification times: its recency across a restart.
     pub(crate) last_used: SystemTime,
@@ -188,30 +189,32 @@ impl Layout {
                 if !prefix.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
                 }
+                let prefix_name = prefix.file_name();
+                let Some(prefix_name) = prefix_name.to_str() else {
+                    continue;
+                };
                 for file in fs::read_dir(prefix.path())?.filter_map(Result::ok) {
                     let name = file.file_name();
                     let Some(name) = name.to_str() else { continue };
-                    let Ok(digest) = format!("{}:{name}", alg.as_str()).parse::<Digest>() else {
-                        continue;
+                    let key = match scanned_digest(alg, prefix_name, name) {
+                        Some(Scanned::Sha256(bytes)) => Key::Packed(Packed::Manifest(bytes)),
+                        Some(Scanned::Other(d)) => Key::file(CacheFile::Manifest(d)),
+                        None => continue,
                     };
-                    if digest.hex().get(..2) != prefix.file_name().to_str() {
-                        continue;
-                    }
                     let Ok(meta) = file.metadata() else { continue };
-                    found.extend(found_file(CacheFile::Manifest(digest), &meta));
+                    found.extend(found_file(key, &meta));
                 }
             }
         }
         if let Some(tags) = read_dir_if_any(&self.tags_dir)? {
             for file in tags.filter_map(Result::ok) {
-                let Some(name) = file.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                if !is_tag_file_name(&name) {
+                let name = file.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if !is_tag_file_name(name) {
                     continue;
                 }
                 let Ok(meta) = file.metadata() else { continue };
-                found.extend(found_file(CacheFile::Tag(name), &meta));
+                found.extend(found_file(Key::tag(name), &meta));
             }
         }
         Ok(found)
@@ -249,13 +252,37 @@ fn clear_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn scan_entry(alg: Algorithm, prefix: &str, file: &fs::DirEntry) -> Option<Found> {
-    let name = file.file_name();
-    let name = name.to_str()?;
-    let digest: Digest = format!("{}:{name}", alg.as_str()).parse().ok()?;
-    if digest.hex().get(..2) != Some(prefix) {
+/// A digest named by a file under `<alg>/<prefix>/`.
+enum Scanned {
+    Sha256([u8; 32]),
+    Other(Digest),
+}
+
+/// The digest a file name under `<alg>/<prefix>/` spells, if it is a valid one in the right
+/// prefix dir: sha256 straight to its 32 bytes (no `Digest` and its heap string per file at
+/// start-up), with the same rules as parsing a `Digest` (64 lowercase hex).
+fn scanned_digest(alg: Algorithm, prefix: &str, name: &str) -> Option<Scanned> {
+    if name.get(..2) != Some(prefix) {
         return None;
     }
+    if alg != Algorithm::Sha256 {
+        let digest = format!("{}:{name}", alg.as_str()).parse().ok()?;
+        return Some(Scanned::Other(digest));
+    }
+    let lower_hex = name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let mut bytes = [0u8; 32];
+    (lower_hex && hex::decode_to_slice(name, &mut bytes).is_ok()).then_some(Scanned::Sha256(bytes))
+}
+
+fn scan_entry(alg: Algorithm, prefix: &str, file: &fs::DirEntry) -> Option<Found> {
+    let name = file.file_name();
+    let key = match scanned_digest(alg, prefix, name.to_str()?)? {
+        Scanned::Sha256(bytes) => Key::Packed(Packed::Blob(bytes)),
+        Scanned::Other(digest) => Key::blob(&digest),
+    };
     // `DirEntry::metadata` does not follow symlinks, so only real files count.
     let meta = file.metadata().ok()?;
     if !meta.is_file() {
@@ -264,7 +291,7 @@ fn scan_entry(alg: Algorithm, prefix: &str, file: &fs::DirEntry) -> Option<Found
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
     let accessed = meta.accessed().unwrap_or(UNIX_EPOCH);
     Some(Found {
-        item: Item::Blob(digest),
+        key,
         size: meta.len(),
         last_used: modified.max(accessed),
     })
@@ -276,14 +303,14 @@ pub(crate) fn charged(len: u64) -> u64 {
     len.div_ceil(4096).max(1).saturating_mul(4096)
 }
 
-fn found_file(file: CacheFile, meta: &fs::Metadata) -> Option<Found> {
+fn found_file(key: Key, meta: &fs::Metadata) -> Option<Found> {
     if !meta.is_file() {
         return None;
     }
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
     let accessed = meta.accessed().unwrap_or(UNIX_EPOCH);
     Some(Found {
-        item: Item::File(file),
+        key,
         size: charged(meta.len()),
         last_used: modified.max(accessed),
     })
