@@ -71,9 +71,16 @@ impl ManifestStore {
         self.path(digest)
     }
 
-    /// Whether a copy may be here: in memory, on disk, or (possibly) in the bucket.
-    pub fn may_have(&self, digest: &Digest) -> bool {
-        self.bucket.is_some() || self.memory.contains_key(digest) || self.path(digest).exists()
+    /// Whether a copy may be here: in memory, on disk, or in the bucket (a bucket that does
+    /// not answer may have it).
+    pub async fn may_have(&self, digest: &Digest) -> bool {
+        if self.memory.contains_key(digest) || self.path(digest).exists() {
+            return true;
+        }
+        match &self.bucket {
+            None => false,
+            Some(b) => !matches!(b.exists(&b.keys().manifest(digest)).await, Ok(false)),
+        }
     }
 
     /// From memory, else from disk, else from the bucket (each copy re-checked against its

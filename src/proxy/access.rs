@@ -46,10 +46,10 @@ impl Object<'_> {
         }
     }
 
-    fn may_have(&self, digest: &Digest) -> bool {
+    async fn may_have(&self, digest: &Digest) -> bool {
         match self {
-            Object::Blob(s) => s.may_have(digest),
-            Object::Manifest(s) => s.may_have(digest),
+            Object::Blob(s) => s.may_have(digest).await,
+            Object::Manifest(s) => s.may_have(digest).await,
         }
     }
 }
@@ -97,7 +97,7 @@ impl AccessGate {
         let name = upstream.config().name.as_str();
         let repository = repo.to_string();
         let known = self.records.get(kind, digest, &file).await;
-        let may_have = known.is_none() && object.may_have(digest);
+        let may_have = known.is_none() && object.may_have(digest).await;
         match admit(known.as_ref(), may_have, name, &repository) {
             Admission::Serve => Ok(()),
             Admission::Fetch => {
@@ -105,7 +105,11 @@ impl AccessGate {
                 // arriving meanwhile is confirmed before it joins the download.
                 let visibility = upstream.config().visibility();
                 let access = Access::fetched(visibility, name, &repository);
-                self.records.record(kind, digest, access, &file);
+                // With [fleet], in the bucket before the download takes its lease, so another
+                // replica's request under another route finds it before it could join.
+                self.records
+                    .record_shared(kind, digest, access, &file)
+                    .await;
                 Ok(())
             }
             Admission::Confirm => {

@@ -226,14 +226,19 @@ impl BlobStore {
         self.catalog.blob_path(digest)
     }
 
-    /// Whether a copy of the blob is here or on its way: committed, being downloaded, or
-    /// possibly in the bucket behind the disk.
-    pub fn may_have(&self, digest: &Digest) -> bool {
-        if self.bucket.is_some() {
-            return true;
+    /// Whether a copy of the blob is here or on its way: committed, being downloaded, or in
+    /// the bucket behind the disk (a bucket that does not answer may have it).
+    pub async fn may_have(&self, digest: &Digest) -> bool {
+        {
+            let state = self.catalog.lock();
+            if state.index.size(digest).is_some() || state.in_flight.contains_key(digest) {
+                return true;
+            }
         }
-        let state = self.catalog.lock();
-        state.index.size(digest).is_some() || state.in_flight.contains_key(digest)
+        match &self.bucket {
+            None => false,
+            Some(bucket) => !matches!(bucket.exists(&bucket.keys().blob(digest)).await, Ok(false)),
+        }
     }
 
     /// What a `HEAD` needs, in one look at the catalog (a download may commit between two):
