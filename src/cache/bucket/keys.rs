@@ -180,6 +180,8 @@ mod tests {
         assert!(covered(&prod.blob(&digest())), "{expiring:?}");
         assert!(covered(&prod.manifest(&digest())), "{expiring:?}");
         assert!(covered(&prod.tag(&tag)), "{expiring:?}");
+        // An access record that expires before its object only costs a HEAD to confirm again.
+        assert!(covered(&prod.access("blobs", &digest())), "{expiring:?}");
         assert!(!covered(&prod.fill_lease(&digest())), "{expiring:?}");
         assert!(!covered(&prod.sweep_lease()), "{expiring:?}");
     }
