@@ -353,3 +353,43 @@ async fn clients_names_who_may_use_an_upstream() {
     let r = h.get_with("/v2/", &[("authorization", &bob)]).await;
     assert_eq!(r.status, 200);
 }
+
+/// Asking first under a route that cannot pull it records nothing: a request answered 404 must
+/// not leave a record that later lets that route read what another route fetched.
+#[tokio::test]
+async fn a_refused_request_records_nothing_for_its_route() {
+    let private = private_registry().await;
+    let img = images::docker_image(&private, "team/app", 8, "linux/amd64");
+    private.set_tag("team/app", "v1", &img.digest);
+    let h = two_upstreams(&private, |_| {}).await;
+    for (kind, d) in objects(&img) {
+        let r = h.get(&format!("/v2/library/x/{kind}/{d}")).await;
+        assert_eq!(r.status, 404, "not on the public upstream");
+    }
+    pull_private(&h, "team/app", "v1", &img).await;
+    for (kind, d) in objects(&img) {
+        let r = h.get(&format!("/v2/library/x/{kind}/{d}")).await;
+        assert_eq!(r.status, 404, "{kind} {d}: still not the public route's");
+    }
+}
+
+/// Requests under two routes for the same cold objects at once: the one that cannot pull them
+/// never joins the other's download.
+#[tokio::test]
+async fn a_concurrent_request_under_another_route_does_not_join_the_download() {
+    let private = private_registry().await;
+    let img = images::docker_image(&private, "team/app", 9, "linux/amd64");
+    let h = two_upstreams(&private, |_| {}).await;
+    for (kind, d) in objects(&img) {
+        let own = format!("/v2/team/app/{kind}/{d}?ns=private");
+        let other = format!("/v2/library/x/{kind}/{d}");
+        let mut others = Vec::new();
+        let (mine, a, b, c) =
+            tokio::join!(h.get(&own), h.get(&other), h.get(&other), h.get(&other));
+        others.extend([a, b, c]);
+        assert_eq!(mine.status, 200, "{own}");
+        for r in others {
+            assert_eq!(r.status, 404, "{other}: {}", r.text());
+        }
+    }
+}

@@ -126,30 +126,6 @@ impl AccessStore {
         self.remember_at((kind, digest.clone()), access, on_disk, Some(file));
     }
 
-    /// Like `record`, but returns only once the bucket has the record (or failed, within
-    /// `s3_timeout`): for a download about to start, whose lease another replica may join.
-    pub async fn record_shared(
-        &self,
-        kind: ObjectKind,
-        digest: &Digest,
-        access: Access,
-        file: &Path,
-    ) {
-        let Some(bucket) = &self.shared else {
-            return self.record(kind, digest, access, file);
-        };
-        let on_disk = write_attr(file, &access);
-        let object = bucket.keys().access(kind.as_str(), digest);
-        if let Ok(sealed) = bucket.seal(&object, &access.encode()) {
-            let put = bucket.put(&object, sealed, Some("application/octet-stream"));
-            if let Err(e) = put.await {
-                tracing::warn!(error = %e, "cannot copy an access record to storage");
-                bucket.observer().bypassed("access_write");
-            }
-        }
-        self.remember_at((kind, digest.clone()), access, on_disk, Some(file));
-    }
-
     fn remember(&self, key: (ObjectKind, Digest), access: Access, on_disk: bool) {
         self.remember_at(key, access, on_disk, None);
     }

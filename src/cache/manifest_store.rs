@@ -71,16 +71,9 @@ impl ManifestStore {
         self.path(digest)
     }
 
-    /// Whether a copy may be here: in memory, on disk, or in the bucket (a bucket that does
-    /// not answer may have it).
+    /// Whether a copy may be here: in memory, on disk, or in the bucket (always possible).
     pub async fn may_have(&self, digest: &Digest) -> bool {
-        if self.memory.contains_key(digest) || self.path(digest).exists() {
-            return true;
-        }
-        match &self.bucket {
-            None => false,
-            Some(b) => !matches!(b.exists(&b.keys().manifest(digest)).await, Ok(false)),
-        }
+        self.bucket.is_some() || self.memory.contains_key(digest) || self.path(digest).exists()
     }
 
     /// From memory, else from disk, else from the bucket (each copy re-checked against its

@@ -17,10 +17,46 @@ use crate::metrics::Metrics;
 use crate::reference::RepositoryName;
 use crate::upstream::{ManifestRef, Upstream, UpstreamErrorKind};
 use http::StatusCode;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// What `admit` let through.
+pub(crate) enum Admitted {
+    /// The route's record allows it, upstream just confirmed it, or this route is fetching it
+    /// right now (a concurrent request of the same route joins its own route's download).
+    Allowed,
+    /// Nothing of it was known or cached here: it is to be fetched under this route, and is
+    /// recorded for the route only once upstream has answered for it (`settle`). While the
+    /// request lives, the same route's concurrent requests are let through to join it.
+    Fetch(Fetching),
+}
+
+type FetchKey = (ObjectKind, Digest);
+type Route = (Box<str>, Box<str>);
+
+/// This route's fetch of an object, known while the request that started it lives.
+pub(crate) struct Fetching {
+    table: Arc<Mutex<HashMap<FetchKey, (Route, usize)>>>,
+    key: FetchKey,
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, n)) = table.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                table.remove(&self.key);
+            }
+        }
+    }
+}
 
 pub(crate) struct AccessGate {
+    /// Objects being fetched under a route by a request that had no record: bounded by the
+    /// requests in flight (each entry lives as long as its request).
+    fetching: Arc<Mutex<HashMap<FetchKey, (Route, usize)>>>,
     records: Arc<AccessStore>,
     metrics: Arc<Metrics>,
 }
@@ -75,7 +111,11 @@ impl AccessGate {
                 }
             });
         }
-        AccessGate { records, metrics }
+        AccessGate {
+            fetching: Arc::default(),
+            records,
+            metrics,
+        }
     }
 
     /// Writes records to the files committed since they were made (see `AccessStore::flush`).
@@ -83,71 +123,141 @@ impl AccessGate {
         self.records.flush();
     }
 
-    /// `Ok`: the request may be answered from the cache (or fetched under this route, which
-    /// records it). `Err`: what to answer instead — this upstream's 404, or its failure.
+    /// `Ok`: the request may be answered from the cache, or fetched under this route (then
+    /// `settle` it). `Err`: what to answer instead — this upstream's 404, or its failure.
     pub(crate) async fn admit(
         &self,
         object: Object<'_>,
         upstream: &Upstream,
         repo: &RepositoryName,
         digest: &Digest,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Admitted, ProxyError> {
         let kind = object.kind();
         let file = object.file(digest);
         let name = upstream.config().name.as_str();
         let repository = repo.to_string();
         let known = self.records.get(kind, digest, &file).await;
         let may_have = known.is_none() && object.may_have(digest).await;
+        let key = (kind, digest.clone());
+        let route: Route = (name.into(), repository.as_str().into());
+        if known.is_none() && self.join_own_fetch(&key, &route) {
+            // This route's own download in flight: joining it is fetching it.
+            return Ok(Admitted::Fetch(Fetching {
+                table: self.fetching.clone(),
+                key,
+            }));
+        }
         match admit(known.as_ref(), may_have, name, &repository) {
-            Admission::Serve => Ok(()),
+            Admission::Serve => Ok(Admitted::Allowed),
+            // Nothing is recorded yet: only an answer of upstream's proves anything.
             Admission::Fetch => {
-                // Recorded before the download starts, so that a request under another route
-                // arriving meanwhile is confirmed before it joins the download.
-                let visibility = upstream.config().visibility();
-                let access = Access::fetched(visibility, name, &repository);
-                // With [fleet], in the bucket before the download takes its lease, so another
-                // replica's request under another route finds it before it could join.
-                self.records
-                    .record_shared(kind, digest, access, &file)
-                    .await;
-                Ok(())
+                let ours = {
+                    let mut table = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+                    let entry = table.entry(key.clone()).or_insert((route.clone(), 0));
+                    let ours = entry.0 == route;
+                    if ours {
+                        entry.1 += 1;
+                    }
+                    ours
+                };
+                if !ours {
+                    // Another route started it between the look and now: ask upstream.
+                    self.confirm(kind, upstream, repo, digest, None, &file)
+                        .await?;
+                    return Ok(Admitted::Allowed);
+                }
+                Ok(Admitted::Fetch(Fetching {
+                    table: self.fetching.clone(),
+                    key,
+                }))
             }
             Admission::Confirm => {
-                let asked = match kind {
-                    ObjectKind::Blob => upstream.head_blob(repo, digest).await.map(drop),
-                    ObjectKind::Manifest => upstream
-                        .head_manifest(repo, ManifestRef::Digest(digest))
-                        .await
-                        .map(drop),
-                };
-                match asked {
-                    Ok(()) => {
-                        self.metrics.access_confirmation("allowed");
-                        let visibility = upstream.config().visibility();
-                        let access =
-                            Access::confirmed(known.as_ref(), visibility, name, &repository);
-                        tracing::debug!(%digest, upstream = name, repository, %access, "upstream confirmed a cached object for this route");
-                        self.records.record(kind, digest, access, &file);
-                        Ok(())
-                    }
-                    Err(e) if e.is_not_found() => {
-                        self.metrics.access_confirmation("denied");
-                        tracing::info!(%digest, upstream = name, repository, "a cached object not confirmed for this route; not served");
-                        Err(not_here(kind, digest, &repository))
-                    }
-                    // 401/403: upstream's refusal is the answer, as it would be uncached.
-                    Err(e)
-                        if e.kind == UpstreamErrorKind::Unauthorized
-                            || e.kind == UpstreamErrorKind::Denied =>
-                    {
-                        self.metrics.access_confirmation("denied");
-                        Err(e.into())
-                    }
-                    Err(e) => {
-                        self.metrics.access_confirmation("error");
-                        Err(e.into())
-                    }
-                }
+                self.confirm(kind, upstream, repo, digest, known.as_ref(), &file)
+                    .await?;
+                Ok(Admitted::Allowed)
+            }
+        }
+    }
+
+    /// Whether this route is fetching `key` now (then counted as one more of its requests).
+    fn join_own_fetch(&self, key: &FetchKey, route: &Route) -> bool {
+        let mut table = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        match table.get_mut(key) {
+            Some((r, n)) if r == route => {
+                *n += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// After a successful answer to a request `admit` let through to be fetched: the route is
+    /// recorded. The answer came from this route's own upstream — the download it started or
+    /// joined was its route's (`Fetching`), since with no record anywhere every other route's
+    /// request is confirmed first, and without a bucket nothing else fills the cache.
+    pub(crate) fn settle(
+        &self,
+        admitted: Admitted,
+        object: Object<'_>,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) {
+        let Admitted::Fetch(_fetching) = admitted else {
+            return;
+        };
+        let kind = object.kind();
+        let file = object.file(digest);
+        let name = upstream.config().name.as_str();
+        let access = Access::fetched(upstream.config().visibility(), name, &repo.to_string());
+        self.records.record(kind, digest, access, &file);
+    }
+
+    /// Asks the route's upstream (HEAD, the route's credentials) whether it has the object;
+    /// records the route on 200.
+    async fn confirm(
+        &self,
+        kind: ObjectKind,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        digest: &Digest,
+        known: Option<&Access>,
+        file: &std::path::Path,
+    ) -> Result<(), ProxyError> {
+        let name = upstream.config().name.as_str();
+        let repository = repo.to_string();
+        let asked = match kind {
+            ObjectKind::Blob => upstream.head_blob(repo, digest).await.map(drop),
+            ObjectKind::Manifest => upstream
+                .head_manifest(repo, ManifestRef::Digest(digest))
+                .await
+                .map(drop),
+        };
+        match asked {
+            Ok(()) => {
+                self.metrics.access_confirmation("allowed");
+                let visibility = upstream.config().visibility();
+                let access = Access::confirmed(known, visibility, name, &repository);
+                tracing::debug!(%digest, upstream = name, repository, %access, "upstream confirmed a cached object for this route");
+                self.records.record(kind, digest, access, file);
+                Ok(())
+            }
+            Err(e) if e.is_not_found() => {
+                self.metrics.access_confirmation("denied");
+                tracing::info!(%digest, upstream = name, repository, "a cached object not confirmed for this route; not served");
+                Err(not_here(kind, digest, &repository))
+            }
+            // 401/403: upstream's refusal is the answer, as it would be uncached.
+            Err(e)
+                if e.kind == UpstreamErrorKind::Unauthorized
+                    || e.kind == UpstreamErrorKind::Denied =>
+            {
+                self.metrics.access_confirmation("denied");
+                Err(e.into())
+            }
+            Err(e) => {
+                self.metrics.access_confirmation("error");
+                Err(e.into())
             }
         }
     }

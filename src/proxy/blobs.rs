@@ -87,7 +87,7 @@ impl Blobs {
                         let name = &upstream.config().name;
                         let Some(layer) = memo.get(name, &digest).filter(|_| foreign_fallback(&e))
                         else {
-                            return Err(SourceError::new(e));
+                            return Err(source_error(e));
                         };
                         match upstream.get_foreign(&layer).await {
                             Ok(Some(f)) => {
@@ -96,7 +96,7 @@ impl Blobs {
                                 f.stream
                             }
                             // No url of it may be fetched: upstream's answer stands.
-                            Ok(None) => return Err(SourceError::new(e)),
+                            Ok(None) => return Err(source_error(e)),
                             Err(fe) => return Err(SourceError::new(fe)),
                         }
                     }
@@ -222,6 +222,20 @@ fn asks_for_several_ranges(client: &ClientRequest) -> bool {
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains(','))
+}
+
+/// Upstream's refusal of this route (404, 401, 403) is about the route, not the blob.
+fn source_error(e: UpstreamError) -> SourceError {
+    let route = e.is_not_found()
+        || matches!(
+            e.kind,
+            UpstreamErrorKind::Unauthorized | UpstreamErrorKind::Denied
+        );
+    if route {
+        SourceError::for_route(e)
+    } else {
+        SourceError::new(e)
+    }
 }
 
 /// Notes how the cache answered a blob request, for the log and the metrics.

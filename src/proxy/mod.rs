@@ -665,9 +665,11 @@ impl Proxy {
                 }
                 let (m, result) = match reference {
                     Reference::Digest(d) => {
-                        let store = Object::Manifest(self.manifests.store());
-                        self.access.admit(store, upstream, repo, d).await?;
-                        self.manifests.by_digest(upstream, repo, d).await?
+                        let store = || Object::Manifest(self.manifests.store());
+                        let admitted = self.access.admit(store(), upstream, repo, d).await?;
+                        let found = self.manifests.by_digest(upstream, repo, d).await?;
+                        self.access.settle(admitted, store(), upstream, repo, d);
+                        found
                     }
                     Reference::Tag(t) => self.manifests.by_tag(upstream, repo, t).await?,
                 };
@@ -704,11 +706,15 @@ impl Proxy {
                 }
             }
             Resource::Blob(digest) => {
-                let store = Object::Blob(self.blobs.store());
-                self.access.admit(store, upstream, repo, digest).await?;
-                self.blobs
+                let store = || Object::Blob(self.blobs.store());
+                let admitted = self.access.admit(store(), upstream, repo, digest).await?;
+                let answer = self
+                    .blobs
                     .serve(upstream, repo, digest, client, notes)
-                    .await
+                    .await?;
+                self.access
+                    .settle(admitted, store(), upstream, repo, digest);
+                Ok(answer)
             }
             Resource::TagsList => {
                 notes.source = Some("upstream");

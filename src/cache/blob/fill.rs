@@ -452,6 +452,8 @@ impl FillTask {
     fn remember_failure(&self, phase: &Phase) {
         let digest = &self.fill.digest;
         match phase {
+            // Another route's request may well get it: not held against them.
+            Phase::HeadFailed(FillError::Source(s)) if s.is_route_specific() => {}
             Phase::HeadFailed(e @ (FillError::Source(_) | FillError::TooLarge(_))) => {
                 let bad = matches!(e, FillError::TooLarge(_));
                 self.env.failures.remember(digest, e.clone(), bad);

@@ -16,27 +16,47 @@ pub struct IncomingBlob {
 /// error to every caller that joined the fill; a caller that knows the type gets it back with
 /// [`SourceError::downcast_ref`].
 #[derive(Clone)]
-pub struct SourceError(Arc<dyn std::error::Error + Send + Sync>);
+pub struct SourceError {
+    error: Arc<dyn std::error::Error + Send + Sync>,
+    /// An answer about the route that asked (a 404, 401 or 403 for its repository and
+    /// credentials), not about the blob: not remembered for the other routes' requests.
+    route_specific: bool,
+}
 
 impl SourceError {
     pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
-        SourceError(Arc::new(error))
+        SourceError {
+            error: Arc::new(error),
+            route_specific: false,
+        }
+    }
+
+    /// A refusal that holds only for the route that asked (see `is_route_specific`).
+    pub fn for_route(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        SourceError {
+            error: Arc::new(error),
+            route_specific: true,
+        }
+    }
+
+    pub fn is_route_specific(&self) -> bool {
+        self.route_specific
     }
 
     pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
-        self.0.downcast_ref()
+        self.error.downcast_ref()
     }
 }
 
 impl fmt::Debug for SourceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
+        fmt::Debug::fmt(&self.error, f)
     }
 }
 
 impl fmt::Display for SourceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        fmt::Display::fmt(&self.error, f)
     }
 }
 

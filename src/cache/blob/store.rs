@@ -226,19 +226,15 @@ impl BlobStore {
         self.catalog.blob_path(digest)
     }
 
-    /// Whether a copy of the blob is here or on its way: committed, being downloaded, or in
-    /// the bucket behind the disk (a bucket that does not answer may have it).
+    /// Whether a copy of the blob may be here or on its way: committed, being downloaded, or
+    /// in the bucket behind the disk — which is always possible (another replica, a writer),
+    /// and a copy there is not this route's proof.
     pub async fn may_have(&self, digest: &Digest) -> bool {
-        {
-            let state = self.catalog.lock();
-            if state.index.size(digest).is_some() || state.in_flight.contains_key(digest) {
-                return true;
-            }
+        if self.bucket.is_some() {
+            return true;
         }
-        match &self.bucket {
-            None => false,
-            Some(bucket) => !matches!(bucket.exists(&bucket.keys().blob(digest)).await, Ok(false)),
-        }
+        let state = self.catalog.lock();
+        state.index.size(digest).is_some() || state.in_flight.contains_key(digest)
     }
 
     /// What a `HEAD` needs, in one look at the catalog (a download may commit between two):
