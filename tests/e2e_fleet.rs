@@ -177,7 +177,7 @@ fn three_clients_through_three_nodes_fetch_once_and_s3_alone_serves_it_again() {
     for (node, who) in nodes.iter().zip(["skopeo", "ctr", "dockerd"]) {
         check_node_served(node, &big, who);
     }
-    let (blob_excess, manifest_excess) = upstream_excess(&proxy, &big);
+    let (blob_excess, manifest_excess) = upstream_excess(&proxy, &big, replicas.len());
     assert!(
         blob_excess.is_empty(),
         "upstream must see each blob GET exactly once:\n{}\nall upstream requests:\n{}",

@@ -87,6 +87,10 @@ fn ping_ok(base: &str) -> bool {
     http::get(&format!("{base}/v2/"), &[]).is_ok_and(|r| r.status == 200)
 }
 
+fn registry_answers(base: &str) -> bool {
+    http::get(&format!("{base}/v2/"), &[]).is_ok_and(|r| matches!(r.status, 200 | 401))
+}
+
 // === Distribution ===
 
 /// A CNCF Distribution registry (`docker-registry serve`) on a free loopback port.
@@ -125,7 +129,8 @@ impl Registry {
                 let daemon = Daemon::spawn_owning("docker-registry", &cmd, &log, Some(&dir));
                 (daemon, ())
             },
-            |port| ping_ok(&format!("http://127.0.0.1:{port}")),
+            // With `auth:` in `extra`, /v2/ answers 401: any answer means it is up.
+            |port| registry_answers(&format!("http://127.0.0.1:{port}")),
         );
         Registry { daemon, port }
     }
