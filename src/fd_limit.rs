@@ -16,7 +16,8 @@ pub fn connection_cap(nofile: u64) -> u32 {
 }
 
 /// The default `max_requests` ceiling: what a request in flight may cost (a blob read's file,
-/// its share of upstream connections) is bounded in memory too (README "Limits and timeouts").
+/// its share of upstream connections) is bounded in memory too (docs/operations.md, "Limits and
+/// timeouts").
 const MAX_DEFAULT_REQUESTS: u64 = 512;
 
 /// The default `max_requests` for an open-file limit of `nofile`: half of what the connection cap

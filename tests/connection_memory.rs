@@ -2,7 +2,7 @@
 //! 48 MB blob, and h2 connections that open `max_streams_per_connection` streams for it and never
 //! read past their flow-control window. archway's RSS is read from /proc before and after.
 //!
-//! The stated bound (README "Limits and timeouts"): per connection at most
+//! The stated bound (docs/operations.md, "Limits and timeouts"): per connection at most
 //! `max_streams_per_connection` × 2 × 128 KiB (one chunk hyper holds while flow control stops the
 //! stream, one h2 may buffer) plus about 1 MiB of connection state: 9 MiB at the defaults.
 

@@ -157,7 +157,7 @@ async fn the_command_prints_json() {
 }
 
 /// When upstream fails, the report still says which upstream and route the request took (and the
-/// error), as the README promises.
+/// error), as docs/legacy-clients.md promises.
 #[tokio::test]
 async fn explains_an_upstream_failure_with_its_upstream_and_route() {
     let fake = FakeRegistry::start().await;

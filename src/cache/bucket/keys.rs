@@ -145,17 +145,17 @@ mod tests {
         assert_eq!(prod.sweep_lease().as_ref(), "prod/eu/sweep");
     }
 
-    /// The README's lifecycle rules (what bounds the bucket) expire exactly the objects archway
-    /// caches there: each of its blob, manifest and tag keys falls under one Expiration rule's
-    /// prefix, and no Expiration rule covers the leases (archway deletes those itself).
+    /// The lifecycle rules in docs/fleet.md (what bounds the bucket) expire exactly the objects
+    /// archway caches there: each of its blob, manifest and tag keys falls under one Expiration
+    /// rule's prefix, and no Expiration rule covers the leases (archway deletes those itself).
     #[test]
-    fn the_readme_lifecycle_rules_cover_blobs_manifests_and_tags() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-            .expect("README.md");
-        let start = readme
+    fn the_documented_lifecycle_rules_cover_blobs_manifests_and_tags() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/fleet.md"))
+            .expect("docs/fleet.md");
+        let start = doc
             .find("put-bucket-lifecycle-configuration --bucket archway --lifecycle-configuration '")
             .expect("the lifecycle command");
-        let json = &readme[start..];
+        let json = &doc[start..];
         let json = &json[json.find('\'').unwrap() + 1..];
         let json = &json[..json.find('\'').unwrap()];
         let rules: serde_json::Value = serde_json::from_str(json).expect("the rules parse");

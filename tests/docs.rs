@@ -1,0 +1,224 @@
+//! The documentation holds together: every relative link in README.md and docs/*.md reaches an
+//! existing file (and, into a markdown file, an existing heading), and the Prometheus alert rules
+//! in docs/operations.md are a rules file that parses. Needs no external program.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// README.md and every docs/*.md.
+fn documents() -> Vec<PathBuf> {
+    let mut docs = vec![root().join("README.md")];
+    for entry in std::fs::read_dir(root().join("docs")).expect("docs/") {
+        let path = entry.expect("docs/ entry").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            docs.push(path);
+        }
+    }
+    docs.sort();
+    docs
+}
+
+/// Documents another branch adds: a link to one of them is allowed to dangle until it lands.
+/// docs/configuration.md is the configuration reference, written from the config code itself.
+const LANDING_ELSEWHERE: &[&str] = &["docs/configuration.md"];
+
+/// The lines outside fenced code blocks.
+fn prose(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut fenced = false;
+    text.lines().enumerate().filter(move |(_, line)| {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            return false;
+        }
+        !fenced
+    })
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped (`-` and `_` kept), spaces to
+/// `-`; a repeated heading gets `-1`, `-2`, ….
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for (_, line) in prose(text) {
+        let Some(title) = line.strip_prefix('#') else {
+            continue;
+        };
+        let title = title.trim_start_matches('#');
+        if !title.starts_with(' ') {
+            continue;
+        }
+        let slug: String = title
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let mut candidate = slug.clone();
+        let mut n = 0;
+        while !seen.insert(candidate.clone()) {
+            n += 1;
+            candidate = format!("{slug}-{n}");
+        }
+    }
+    seen
+}
+
+/// `[text](target)` targets on one line.
+fn link_targets(line: &str) -> Vec<&str> {
+    let mut targets = Vec::new();
+    let mut rest = line;
+    while let Some(i) = rest.find("](") {
+        let after = &rest[i + 2..];
+        let Some(end) = after.find(')') else { break };
+        targets.push(&after[..end]);
+        rest = &after[end..];
+    }
+    targets
+}
+
+#[test]
+fn every_relative_link_reaches_a_file_and_a_heading() {
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for doc in documents() {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        let dir = doc.parent().unwrap();
+        for (n, line) in prose(&text) {
+            for target in link_targets(line) {
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                checked += 1;
+                let (file, anchor) = match target.split_once('#') {
+                    Some((f, a)) => (f, Some(a)),
+                    None => (target, None),
+                };
+                let path = if file.is_empty() {
+                    doc.clone()
+                } else {
+                    dir.join(file)
+                };
+                let shown = format!("{}:{}: {target}", doc.display(), n + 1);
+                let Ok(path) = path.canonicalize() else {
+                    let landing = LANDING_ELSEWHERE
+                        .iter()
+                        .any(|l| dir.join(file).ends_with(l) && !root().join(l).exists());
+                    if !landing {
+                        broken.push(format!("{shown} (no such file)"));
+                    }
+                    continue;
+                };
+                let Some(anchor) = anchor else { continue };
+                if path.extension().is_some_and(|e| e == "md") {
+                    let target_text = std::fs::read_to_string(&path).unwrap();
+                    if !anchors(&target_text).contains(anchor) {
+                        broken.push(format!("{shown} (no such heading)"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 50,
+        "only {checked} links found: is the parser right?"
+    );
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn the_anchor_rule_is_githubs() {
+    let text = "# Parents (node → cluster)\n## One fetch per fleet (`[fleet]`)\n```\n# not a heading\n```\n## Routes\n## Routes\n";
+    let a = anchors(text);
+    let want: BTreeSet<String> = [
+        "parents-node--cluster",
+        "one-fetch-per-fleet-fleet",
+        "routes",
+        "routes-1",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(a, want);
+}
+
+/// The YAML block after the "### Alerts" heading of docs/operations.md.
+fn alert_rules_block() -> String {
+    let text = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    let section = &text[text.find("\n### Alerts\n").expect("the Alerts section")..];
+    let start = section.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let end = section[start..].find("\n```").expect("the block's end");
+    section[start..start + end + 1].to_owned()
+}
+
+#[test]
+fn the_documented_alert_rules_parse_and_each_rule_is_whole() {
+    let yaml = alert_rules_block();
+    let doc: serde_norway::Value = serde_norway::from_str(&yaml).expect("the rules parse as YAML");
+    let groups = doc["groups"].as_sequence().expect("groups");
+    assert!(!groups.is_empty());
+    let mut names = Vec::new();
+    for group in groups {
+        assert!(group["name"].as_str().is_some(), "{group:?}");
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let map = rule.as_mapping().expect("a rule is a mapping");
+            let keys: BTreeSet<&str> = map.keys().filter_map(|k| k.as_str()).collect();
+            let want: BTreeSet<&str> = ["alert", "expr", "for"].into_iter().collect();
+            assert_eq!(keys, want, "{rule:?}");
+            let alert = rule["alert"].as_str().expect("alert is a name");
+            assert!(alert.chars().all(|c| c.is_ascii_alphanumeric()), "{alert}");
+            let expr = rule["expr"].as_str().expect("expr is a string");
+            assert!(
+                expr.contains("archway_") || expr.contains("up{"),
+                "{alert}: {expr}"
+            );
+            // One rule's text never runs into the next (`for: 15m  - alert: …`).
+            assert!(!expr.contains("alert:"), "{alert}: {expr}");
+            let r#for = rule["for"].as_str().expect("for is a duration");
+            assert!(
+                r#for.len() > 1
+                    && r#for[..r#for.len() - 1].chars().all(|c| c.is_ascii_digit())
+                    && r#for.ends_with(['s', 'm', 'h']),
+                "{alert}: for: {for}"
+            );
+            names.push(alert.to_owned());
+        }
+    }
+    assert!(
+        names.contains(&"ArchwayStorageFailing".to_owned()),
+        "{names:?}"
+    );
+    assert!(names.contains(&"ArchwayTokenStorm".to_owned()), "{names:?}");
+    let unique: BTreeSet<&String> = names.iter().collect();
+    assert_eq!(unique.len(), names.len(), "{names:?}");
+}
+
+/// `promtool check rules` on the same block, where promtool is installed (scripts/test does not
+/// install Prometheus; the parse above always runs).
+#[test]
+fn promtool_takes_the_documented_alert_rules_where_it_is_installed() {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("promtool").is_file()))
+        .unwrap_or(false);
+    if !found {
+        eprintln!("\n######## promtool check rules: skipped: promtool is not on PATH ########");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("archway-rules.yml");
+    std::fs::write(&file, alert_rules_block()).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool check rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
