@@ -149,7 +149,7 @@ struct ServeArgs {
     /// Cache directory; replaces `data_dir`.
     #[arg(long, env = "ARCHWAY_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Mirror this registry (e.g. http://127.0.0.1:5000) as the only, default upstream.
+    /// Mirror this registry (e.g. http://127.0.0.1:5001; not archway's own port) as the only, default upstream.
     #[arg(long, env = "ARCHWAY_UPSTREAM")]
     upstream: Option<String>,
     /// Blob cache budget, e.g. 50GiB; replaces `cache.max_size`.
