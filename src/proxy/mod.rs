@@ -137,7 +137,7 @@ impl Proxy {
         let cache_err = |path: std::path::PathBuf, source| ProxyInitError::Cache { path, source };
         let dir = config.data_dir.clone();
         let cache = &config.cache;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with(crate::metrics::Features::of(&config)));
         let bucket = match &config.storage {
             Some(storage) => {
                 let observer: Arc<dyn StorageObserver> = metrics.clone();
