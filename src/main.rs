@@ -417,7 +417,8 @@ async fn main() -> ExitCode {
             let server = match Archway::start(cfg).await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot start");
+                    // The log gets the whole cause chain; the terminal the one-line message.
+                    tracing::error!(error = %archway::error::chain(&e), "cannot start");
                     eprintln!("archway: {e}");
                     return ExitCode::FAILURE;
                 }
