@@ -42,11 +42,8 @@ fn line_error(line: usize, message: impl Into<String>) -> LineError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientAuthError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(crate::key_file::KeyFileError),
     #[error("{}: {source}", path.display())]
     Line { path: PathBuf, source: LineError },
     #[error("{} holds no {what}", path.display())]
@@ -604,11 +601,8 @@ impl ClientAuth {
     /// Reads the configured files. An unreadable, malformed or empty file is an error naming it
     /// (and the line).
     pub fn load(config: &AuthConfig) -> Result<ClientAuth, ClientAuthError> {
-        fn read(path: &Path) -> Result<String, ClientAuthError> {
-            std::fs::read_to_string(path).map_err(|source| ClientAuthError::Read {
-                path: path.to_owned(),
-                source,
-            })
+        fn read(key: &str, path: &Path) -> Result<String, ClientAuthError> {
+            crate::key_file::read_to_string(key, path).map_err(ClientAuthError::Read)
         }
         let at = |path: &Path| {
             let path = path.to_owned();
@@ -617,7 +611,7 @@ impl ClientAuth {
         let htpasswd = match &config.htpasswd_file {
             None => Htpasswd::default(),
             Some(p) => {
-                let h = parse_htpasswd(&read(p)?).map_err(at(p))?;
+                let h = parse_htpasswd(&read("auth.htpasswd_file", p)?).map_err(at(p))?;
                 if h.is_empty() {
                     return Err(ClientAuthError::Empty {
                         path: p.clone(),
@@ -630,7 +624,7 @@ impl ClientAuth {
         let tokens = match &config.tokens_file {
             None => Tokens::default(),
             Some(p) => {
-                let t = parse_tokens(&read(p)?).map_err(at(p))?;
+                let t = parse_tokens(&read("auth.tokens_file", p)?).map_err(at(p))?;
                 if t.is_empty() {
                     return Err(ClientAuthError::Empty {
                         path: p.clone(),

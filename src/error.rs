@@ -187,3 +187,56 @@ mod tests {
         assert!(!ProxyError::internal("x").is_upstream_unavailable());
     }
 }
+
+/// `e` and its `source()` chain on one line, for the log: `outer: inner: io error`. A source
+/// whose words the text already ends with (messages that quote their cause) is not repeated.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[test]
+    fn the_chain_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left");
+        let cause = crate::cache::blob::Cause::with_source(
+            "cannot create blob temp file",
+            std::sync::Arc::new(io),
+        );
+        let e = crate::cache::blob::FillError::Storage(cause);
+        assert_eq!(
+            super::chain(&e),
+            "cannot create blob temp file: no space left"
+        );
+        let quoted = crate::cache::blob::Cause::with_source(
+            "cannot write blob temp file: disk on fire",
+            std::sync::Arc::new(std::io::Error::other("disk on fire")),
+        );
+        assert_eq!(
+            super::chain(&quoted),
+            "cannot write blob temp file: disk on fire"
+        );
+        let e = crate::upstream::UpstreamError::unavailable_of("hub", ": connection refused")
+            .with_source(std::io::Error::other("os says no"));
+        assert_eq!(e.to_string(), "upstream hub: connection refused");
+        let about = e.about.as_deref().unwrap();
+        assert_eq!(
+            (about.upstream.as_str(), about.detail.as_str()),
+            ("hub", ": connection refused")
+        );
+        assert_eq!(
+            super::chain(&e),
+            "upstream hub: connection refused: os says no"
+        );
+    }
+}

@@ -25,6 +25,7 @@ pub mod foreign;
 pub mod image_index;
 pub mod image_ref;
 pub mod json_log;
+pub mod key_file;
 pub mod manifest;
 pub mod media_type;
 pub mod metrics;

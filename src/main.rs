@@ -25,6 +25,15 @@ enum Command {
     Explain(ExplainArgs),
     /// Probe a health endpoint (for container HEALTHCHECKs, where there is no curl): exit 0 on 2xx.
     Healthcheck(HealthcheckArgs),
+    /// The configuration keys: `--print-defaults` prints every key with its default and doc.
+    Config(ConfigArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Print every key the config file takes, with its default (or an example) and a one-line doc.
+    #[arg(long, required = true)]
+    print_defaults: bool,
 }
 
 #[derive(Args)]
@@ -385,6 +394,10 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Explain(args) => run_explain(args).await,
         Command::Healthcheck(args) => run_healthcheck(args).await,
+        Command::Config(ConfigArgs { print_defaults: _ }) => {
+            print!("{}", config::keys::reference());
+            ExitCode::SUCCESS
+        }
         Command::Serve(args) => {
             let cfg = match args.into_config() {
                 Ok(c) => c,
@@ -404,7 +417,8 @@ async fn main() -> ExitCode {
             let server = match Archway::start(cfg).await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot start");
+                    // The log gets the whole cause chain; the terminal the one-line message.
+                    tracing::error!(error = %archway::error::chain(&e), "cannot start");
                     eprintln!("archway: {e}");
                     return ExitCode::FAILURE;
                 }

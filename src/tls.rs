@@ -22,11 +22,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(crate::key_file::KeyFileError),
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
     #[error("TLS setup failed: {0}")]
@@ -69,19 +66,15 @@ pub fn load_certified_key(
     key_file: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, TlsError> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| TlsError::Read {
-            path: path.to_owned(),
-            source,
-        })
-    };
+    let read = |key: &str, path: &Path| crate::key_file::read(key, path).map_err(TlsError::Read);
     let invalid = |path: &Path, message: String| TlsError::Invalid {
         path: path.to_owned(),
         message,
     };
-    let chain =
-        parse_cert_chain(&read(cert_file)?).map_err(|e| invalid(cert_file, e.to_string()))?;
-    let key = parse_private_key(&read(key_file)?).map_err(|e| invalid(key_file, e.to_string()))?;
+    let chain = parse_cert_chain(&read("tls.cert_file", cert_file)?)
+        .map_err(|e| invalid(cert_file, e.to_string()))?;
+    let key = parse_private_key(&read("tls.key_file", key_file)?)
+        .map_err(|e| invalid(key_file, e.to_string()))?;
     let signing_key = provider
         .key_provider
         .load_private_key(key)

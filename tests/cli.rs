@@ -507,3 +507,17 @@ async fn storage_credentials_from_the_shared_file_or_refused_at_start() {
         "no secret in the log: {stderr}"
     );
 }
+
+#[test]
+fn config_print_defaults_prints_every_key_with_its_default() {
+    let out = archway()
+        .args(["config", "--print-defaults"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, archway::config::keys::reference());
+    assert!(text.contains("[storage]\n"));
+    assert!(text.contains("s3_timeout = \"5s\""));
+    assert!(text.contains("\n[[upstream]]\n"));
+}

@@ -277,7 +277,7 @@ async fn scripted_traffic_is_counted_with_exact_labels() {
             "{labels:?}"
         );
     }
-    assert_eq!(s.series("archway_cache_results_total").len(), 7);
+    assert_eq!(s.counted("archway_cache_results_total").len(), 7);
 
     // Bytes by source, exactly what the clients received.
     assert_eq!(
@@ -457,7 +457,7 @@ async fn upstream_failures_are_counted_as_error() {
     );
     // No cache result for a request that found neither the cache nor upstream.
     assert!(
-        s.series("archway_cache_results_total").is_empty(),
+        s.counted("archway_cache_results_total").is_empty(),
         "{}",
         s.text
     );

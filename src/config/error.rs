@@ -13,6 +13,9 @@ pub enum ConfigError {
     Parse(String),
     #[error("config key `{key}`: {message}")]
     Invalid { key: String, message: String },
+    /// A file a key names could not be read.
+    #[error("config key {0}")]
+    File(#[from] crate::key_file::KeyFileError),
 }
 
 pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {

@@ -168,12 +168,7 @@ pub(super) fn one_secret(
         (Some(_), Some(_)) => Err(invalid(key, format!("give only one of {key}, {key}_file"))),
         (Some(v), None) => Ok(Some(Secret::new(v))),
         (None, Some(f)) => {
-            let text = std::fs::read_to_string(&f).map_err(|e| {
-                invalid(
-                    format!("{key}_file"),
-                    format!("cannot read {}: {}", f.display(), e.kind()),
-                )
-            })?;
+            let text = crate::key_file::read_to_string(&format!("{key}_file"), &f)?;
             let value = text.trim_end_matches(['\r', '\n']).to_owned();
             if value.is_empty() {
                 return Err(invalid(format!("{key}_file"), "the file is empty"));
@@ -282,12 +277,7 @@ pub(super) fn read_password(
     if let Some(p) = password {
         Ok(Some(p))
     } else if let Some(f) = file {
-        let text = std::fs::read_to_string(&f).map_err(|e| {
-            invalid(
-                format!("{key}_file"),
-                format!("cannot read {}: {e}", f.display()),
-            )
-        })?;
+        let text = crate::key_file::read_to_string(&format!("{key}_file"), &f)?;
         Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()))
     } else if let Some(var) = env {
         Ok(Some(std::env::var(&var).map_err(|_| {

@@ -2,6 +2,7 @@
 //! `parent` (the tier a node reaches upstreams through), with their defaults and checks.
 
 use super::error::{invalid, ConfigError};
+use super::keys;
 use super::secret::{Credentials, Secret};
 use super::values::parse_upstream_url;
 use std::path::PathBuf;
@@ -50,10 +51,10 @@ impl FleetConfig {
         FleetConfig {
             peer_url,
             secret,
-            lease_ttl: Duration::from_secs(30),
-            peer_timeout: Duration::from_secs(10),
-            sweep_interval: Duration::from_secs(600),
-            orphaned_upload_age: Duration::from_secs(24 * 3600),
+            lease_ttl: keys::FLEET_LEASE_TTL,
+            peer_timeout: keys::FLEET_PEER_TIMEOUT,
+            sweep_interval: keys::FLEET_SWEEP_INTERVAL,
+            orphaned_upload_age: keys::FLEET_ORPHANED_UPLOAD_AGE,
             max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
             clock: crate::clock::Clock::system(),
         }
@@ -113,17 +114,17 @@ impl StorageConfig {
             s3_bucket: bucket.into(),
             s3_prefix: String::new(),
             s3_endpoint: None,
-            s3_region: "us-east-1".into(),
+            s3_region: keys::STORAGE_S3_REGION.into(),
             s3_path_style: false,
             credentials: None,
-            s3_timeout: Duration::from_secs(5),
-            s3_upload_timeout: Duration::from_secs(60),
-            s3_max_uploads: 4,
-            s3_upload_queue: 256,
-            s3_part_size: 16 << 20,
+            s3_timeout: keys::STORAGE_S3_TIMEOUT,
+            s3_upload_timeout: keys::STORAGE_S3_UPLOAD_TIMEOUT,
+            s3_max_uploads: keys::STORAGE_S3_MAX_UPLOADS,
+            s3_upload_queue: keys::STORAGE_S3_UPLOAD_QUEUE,
+            s3_part_size: keys::STORAGE_S3_PART_SIZE,
             redirect: false,
-            redirect_expiry: Duration::from_secs(15 * 60),
-            redirect_memo: 1 << 20,
+            redirect_expiry: keys::STORAGE_REDIRECT_EXPIRY,
+            redirect_memo: keys::STORAGE_REDIRECT_MEMO,
         }
     }
 }
@@ -174,9 +175,9 @@ impl Default for ParentConfig {
             credentials: None,
             token: None,
             ca_file: None,
-            down_for: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(60),
+            down_for: keys::PARENT_DOWN_FOR,
+            connect_timeout: keys::PARENT_CONNECT_TIMEOUT,
+            read_timeout: keys::PARENT_READ_TIMEOUT,
             fallback: ParentFallback::None,
         }
     }

@@ -5,6 +5,7 @@
 //!   `[fleet]` and `parent`);
 //! - `file`: the TOML file and how its values become config (`file_fleet`: its `[storage]`,
 //!   `[fleet]` and `parent` keys);
+//! - `keys`: every key once (name, default, doc): the reference and the defaults' constants;
 //! - `values`: one value at a time (addresses, sizes, durations);
 //! - `error`: config-time failures.
 
@@ -12,6 +13,7 @@ mod error;
 mod file;
 mod file_fleet;
 mod fleet_model;
+pub mod keys;
 mod model;
 mod one_or_many;
 mod secret;

@@ -4,6 +4,7 @@
 
 use super::error::{invalid, ConfigError};
 use super::fleet_model::*;
+use super::keys;
 pub use super::secret::{Credentials, Secret};
 use super::values::{parse_upstream_url, refuse_upstream_user_info};
 pub use crate::route_policy::RouteConfig;
@@ -75,12 +76,12 @@ pub const DEFAULT_MAX_RANGES: usize = 1024;
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
+            header_read_timeout: keys::LIMITS_HEADER_READ_TIMEOUT,
+            idle_timeout: keys::LIMITS_IDLE_TIMEOUT,
             max_connections: None,
             max_ranges: DEFAULT_MAX_RANGES,
-            stall_timeout: Duration::from_secs(30),
-            max_streams_per_connection: 32,
+            stall_timeout: keys::LIMITS_STALL_TIMEOUT,
+            max_streams_per_connection: keys::LIMITS_MAX_STREAMS_PER_CONNECTION,
             max_requests: None,
         }
     }
@@ -114,9 +115,9 @@ impl Default for AuthConfig {
         AuthConfig {
             htpasswd_file: None,
             tokens_file: None,
-            failure_burst: 10,
-            failure_refill: Duration::from_secs(6),
-            tracked_clients: 10_000,
+            failure_burst: keys::AUTH_FAILURE_BURST,
+            failure_refill: keys::AUTH_FAILURE_REFILL,
+            tracked_clients: keys::AUTH_TRACKED_CLIENTS,
         }
     }
 }
@@ -173,24 +174,24 @@ impl CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
-            max_size: 50 << 30,
-            memory_size: 64 << 20,
+            max_size: keys::CACHE_MAX_SIZE,
+            memory_size: keys::CACHE_MEMORY_SIZE,
             write_buffer: crate::cache::blob::DEFAULT_WRITE_BUFFER,
-            answer_memo: 16 << 20,
-            selection_memo: 16 << 20,
-            foreign_memo: 4 << 20,
-            referrers_memory: 16 << 20,
+            answer_memo: keys::CACHE_ANSWER_MEMO,
+            selection_memo: keys::CACHE_SELECTION_MEMO,
+            foreign_memo: keys::CACHE_FOREIGN_MEMO,
+            referrers_memory: keys::CACHE_REFERRERS_MEMORY,
             tag_memory: crate::cache::tag_store::DEFAULT_TAG_MEMORY,
-            access_memory: 8 << 20,
-            tag_ttl: Duration::from_secs(300),
-            stale_if_error: Duration::from_secs(24 * 3600),
-            negative_ttl: Duration::from_secs(30),
+            access_memory: keys::CACHE_ACCESS_MEMORY,
+            tag_ttl: keys::CACHE_TAG_TTL,
+            stale_if_error: keys::CACHE_STALE_IF_ERROR,
+            negative_ttl: keys::CACHE_NEGATIVE_TTL,
             max_blob_size: None,
-            min_free_space: 1 << 30,
-            scrub_interval: Duration::from_secs(24 * 3600),
-            scrub_rate: 20 << 20,
+            min_free_space: keys::CACHE_MIN_FREE_SPACE,
+            scrub_interval: keys::CACHE_SCRUB_INTERVAL,
+            scrub_rate: keys::CACHE_SCRUB_RATE,
             verify_reads: false,
-            verify_reads_ttl: Duration::from_secs(3600),
+            verify_reads_ttl: keys::CACHE_VERIFY_READS_TTL,
         }
     }
 }
@@ -277,8 +278,8 @@ impl UpstreamConfig {
             ca_file: None,
             insecure_skip_verify: false,
             tag_ttl: None,
-            connect_timeout: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(30),
+            connect_timeout: keys::UPSTREAM_CONNECT_TIMEOUT,
+            read_timeout: keys::UPSTREAM_READ_TIMEOUT,
             redirect_hosts: Vec::new(),
             foreign_layer_hosts: crate::foreign::DEFAULT_FOREIGN_LAYER_HOSTS
                 .iter()

@@ -48,8 +48,8 @@ impl HttpPeers {
         egress: Arc<Egress>,
         timeout: Duration,
         observer: Arc<dyn StorageObserver>,
-    ) -> Result<Self, String> {
-        let tls = crate::upstream::tls_config(None, false).map_err(|e| e.to_string())?;
+    ) -> Result<Self, crate::upstream::UpstreamInitError> {
+        let tls = crate::upstream::tls_config(None, false)?;
         let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(egress.clone()));
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeout));

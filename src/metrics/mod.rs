@@ -12,7 +12,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Metric, Registry};
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -203,6 +204,56 @@ pub enum UpstreamOutcome {
     Timeout,
 }
 
+/// The features configured, whose metric families are registered: a family of a feature that
+/// is not configured would only ever show zeros for something that cannot happen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features {
+    /// `[storage]`: the `archway_storage_*` families and the bucket as a fill source.
+    pub storage: bool,
+    /// `[fleet]`: the `archway_fleet_*` families.
+    pub fleet: bool,
+    /// `parent`: the `archway_parent_*` families.
+    pub parent: bool,
+}
+
+impl Features {
+    pub fn of(config: &crate::config::Config) -> Features {
+        Features {
+            storage: config.storage.is_some(),
+            fleet: config.fleet.is_some(),
+            parent: !config.parent.urls.is_empty(),
+        }
+    }
+}
+
+/// Label values known in advance, created at 0 so that every series exists from the first
+/// scrape (`increase()` then sees the first event). Families keyed by open values (status
+/// codes, platforms, S3 operations) start empty: a zero there would name a made-up series.
+const CACHE_KINDS: [&str; 2] = ["manifest", "blob"];
+const CACHE_RESULTS: [&str; 4] = ["hit", "miss", "stale", "coalesced"];
+const SOURCES: [&str; 2] = ["cache", "upstream"];
+const CONNECTION_ENDS: [&str; 5] = [
+    "closed",
+    "header_timeout",
+    "idle_timeout",
+    "stall",
+    "shutdown",
+];
+const ACCESS_RESULTS: [&str; 3] = ["allowed", "denied", "error"];
+const STORAGE_BYPASSED: [&str; 4] = ["blob_read", "blob_write", "manifest_read", "manifest_write"];
+/// Tag and access records go through the bucket only with `[fleet]`.
+const FLEET_BYPASSED: [&str; 4] = ["tag_read", "tag_write", "access_read", "access_write"];
+const FLEET_FILLS: [&str; 5] = [
+    "owned",
+    "joined_local",
+    "joined_peer",
+    "taken_over",
+    "lease_error",
+];
+const FLEET_FETCH_WHAT: [&str; 2] = ["manifest", "tag"];
+const FOREIGN_OUTCOMES: [&str; 3] = ["fetched", "error", "not_allowed"];
+const FLEET_FETCHES: [&str; 4] = ["owned", "taken_over", "waited", "lease_error"];
+
 /// All of archway's metrics. Cheap to share (`Arc`); every method takes `&self`.
 pub struct Metrics {
     registry: Registry,
@@ -237,6 +288,24 @@ pub struct Metrics {
     peer_bytes: Counter,
     foreign_fetches: Family<ForeignLabels, Counter>,
     platforms: Mutex<HashSet<String>>,
+    /// Every registered family's name, help and type: the encoder leaves out a family with no
+    /// series, and [`Metrics::encode`] puts its `# HELP`/`# TYPE` back, so that every family
+    /// is on the first scrape.
+    described: Vec<Described>,
+}
+
+type Described = (&'static str, &'static str, MetricType);
+
+/// Registers `metric` and notes its description for [`Metrics::encode`].
+fn register<M: Metric + TypedMetric>(
+    registry: &mut Registry,
+    described: &mut Vec<Described>,
+    name: &'static str,
+    help: &'static str,
+    metric: M,
+) {
+    described.push((name, help, M::TYPE));
+    registry.register(name, help, metric);
 }
 
 impl fmt::Debug for Metrics {
@@ -252,102 +321,145 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The families of a config with no `[storage]`, `[fleet]` or `parent`.
     pub fn new() -> Metrics {
+        Self::with(Features::default())
+    }
+
+    /// The families of what is configured, every known series at 0.
+    pub fn with(features: Features) -> Metrics {
         let mut registry = Registry::default();
+        let mut described = Vec::new();
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_requests",
             "Client requests answered, by API kind, method and response status",
             requests.clone(),
         );
         let request_duration: HistogramFamily<KindMethodLabels> =
             Family::new_with_constructor(|| Histogram::new(REQUEST_BUCKETS));
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_request_duration_seconds",
             "Time from a client request's arrival until its response body was finished or abandoned",
             request_duration.clone(),
         );
         let cache_results = Family::<CacheLabels, Counter>::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_cache_results",
             "Manifest and blob requests by how the cache answered: hit, miss, stale, coalesced",
             cache_results.clone(),
         );
         let bytes_served = Family::<SourceLabels, Counter>::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_served_bytes",
             "Response body bytes sent to clients, by where they came from: cache or upstream",
             bytes_served.clone(),
         );
         let rewrites = Family::<RewriteLabels, Counter>::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_rewrites",
             "Tag requests the platform logic answered or refused, by client platform and reason",
             rewrites.clone(),
         );
         let upstream_requests = Family::<UpstreamStatusLabels, Counter>::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_upstream_requests",
             "HTTP exchanges with upstreams (auth, token and redirect hops included), by upstream and status",
             upstream_requests.clone(),
         );
         let upstream_duration: HistogramFamily<UpstreamLabels> =
             Family::new_with_constructor(|| Histogram::new(UPSTREAM_BUCKETS));
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_upstream_request_duration_seconds",
             "Time until an upstream's response headers arrived (or the exchange failed)",
             upstream_duration.clone(),
         );
         let token_fetches = Family::<UpstreamLabels, Counter>::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_upstream_token_fetches",
             "Bearer token requests made to an upstream's token endpoint",
             token_fetches.clone(),
         );
         let ratelimit_remaining = Family::<UpstreamLabels, Gauge>::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_upstream_ratelimit_remaining",
             "The last RateLimit-Remaining an upstream sent (Docker Hub: pulls left in its window)",
             ratelimit_remaining.clone(),
         );
         let parent_requests = Family::<ParentStatusLabels, Counter>::default();
-        registry.register(
-            "archway_parent_requests",
-            "Requests to parent archways (after their auth challenge), by parent and status: a status code, error or timeout",
-            parent_requests.clone(),
-        );
+        if features.parent {
+            register(
+                &mut registry,
+                &mut described,
+                "archway_parent_requests",
+                "Requests to parent archways (after their auth challenge), by parent and status: a status code, error or timeout",
+                parent_requests.clone(),
+            );
+        }
         let parent_failovers = Family::<ParentLabels, Counter>::default();
-        registry.register(
-            "archway_parent_failovers",
-            "Requests a parent failed (no connection, timeout, 5xx) that went on to the next parent or the fallback",
-            parent_failovers.clone(),
-        );
+        if features.parent {
+            register(
+                &mut registry,
+                &mut described,
+                "archway_parent_failovers",
+                "Requests a parent failed (no connection, timeout, 5xx) that went on to the next parent or the fallback",
+                parent_failovers.clone(),
+            );
+        }
         let connections_open = Gauge::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_connections_open",
             "Client connections open on the registry listeners",
             connections_open.clone(),
         );
         let connections_closed = Family::<ReasonLabels, Counter>::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_connections_closed",
             "Client connections ended, by why: closed, header_timeout, idle_timeout, stall, shutdown",
             connections_closed.clone(),
         );
         let responses_stalled = Counter::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_responses_stalled",
             "Responses (HTTP/1.1) and streams (h2) dropped because their client took no bytes for limits.stall_timeout",
             responses_stalled.clone(),
         );
         let requests_in_flight = Gauge::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_requests_in_flight",
             "Client requests being answered (at most limits.max_requests)",
             requests_in_flight.clone(),
         );
         let requests_refused_busy = Counter::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_requests_refused_busy",
             "Requests answered 503 because limits.max_requests were in flight for limits.stall_timeout",
             requests_refused_busy.clone(),
@@ -355,84 +467,165 @@ impl Metrics {
         let blob_store = Arc::new(BlobStoreCollector::default());
         registry.register_collector(Box::new(blob_store.clone()));
         let storage_operations = Family::<StorageOpLabels, Counter>::default();
-        registry.register(
-            "archway_storage_operations",
-            "Requests to the shared storage ([storage]), by S3 operation and how they ended: ok, not_found, error, timeout",
-            storage_operations.clone(),
-        );
+        if features.storage {
+            register(
+                &mut registry,
+                &mut described,
+                "archway_storage_operations",
+                "Requests to the shared storage ([storage]), by S3 operation and how they ended: ok, not_found, error, timeout",
+                storage_operations.clone(),
+            );
+        }
         let storage_duration: HistogramFamily<OpLabels> =
             Family::new_with_constructor(|| Histogram::new(UPSTREAM_BUCKETS));
-        registry.register(
-            "archway_storage_operation_duration_seconds",
-            "Time until the shared storage answered a request (its response head), or it failed",
-            storage_duration.clone(),
-        );
+        if features.storage {
+            register(
+                &mut registry,
+                &mut described,
+                "archway_storage_operation_duration_seconds",
+                "Time until the shared storage answered a request (its response head), or it failed",
+                storage_duration.clone(),
+            );
+        }
         let storage_bypassed = Family::<WhatLabels, Counter>::default();
-        registry.register(
-            "archway_storage_bypassed",
-            "Blobs, manifests and tags read from upstream or left uncopied because the shared storage failed or its upload queue was full",
-            storage_bypassed.clone(),
-        );
+        if features.storage {
+            register(
+                &mut registry,
+                &mut described,
+                "archway_storage_bypassed",
+                "Blobs, manifests and tags read from upstream or left uncopied because the shared storage failed or its upload queue was full",
+                storage_bypassed.clone(),
+            );
+        }
         let access_confirmations = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_access_confirmations",
             "HEADs asking an upstream whether a route may be served a cached object it has not been served under: allowed, denied, error",
             access_confirmations.clone(),
         );
         let blob_fills = Family::<SourceLabels, Counter>::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_blob_fills",
             "Blob downloads into the disk cache, by where the bytes came from: storage or upstream",
             blob_fills.clone(),
         );
         let fleet_fills = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "archway_fleet_fills",
-            "Blob fills with [fleet], by outcome: owned (took the lease), joined_local (joined this replica's fill), joined_peer (streamed another replica's fill), taken_over (took over an expired lease), lease_error (the lease could not be had; filled from upstream uncoordinated)",
-            fleet_fills.clone(),
-        );
+        if features.fleet {
+            register(
+                &mut registry,
+                &mut described,
+                "archway_fleet_fills",
+                "Blob fills with [fleet], by outcome: owned (took the lease), joined_local (joined this replica's fill), joined_peer (streamed another replica's fill), taken_over (took over an expired lease), lease_error (the lease could not be had; filled from upstream uncoordinated)",
+                fleet_fills.clone(),
+            );
+        }
         let fleet_fetches = Family::<WhatOutcomeLabels, Counter>::default();
-        registry.register(
-            "archway_fleet_fetches",
-            "Manifest GETs by digest (what=manifest) and tag revalidations (what=tag) with [fleet], by outcome: owned (took the lease and asked upstream), taken_over, waited (another replica's answer, read from the bucket), lease_error (asked upstream uncoordinated)",
-            fleet_fetches.clone(),
-        );
+        if features.fleet {
+            register(
+                &mut registry,
+                &mut described,
+                "archway_fleet_fetches",
+                "Manifest GETs by digest (what=manifest) and tag revalidations (what=tag) with [fleet], by outcome: owned (took the lease and asked upstream), taken_over, waited (another replica's answer, read from the bucket), lease_error (asked upstream uncoordinated)",
+                fleet_fetches.clone(),
+            );
+        }
         let lease_takeovers = Counter::default();
-        registry.register(
-            "archway_fleet_lease_takeovers",
-            "Expired fill and fetch leases taken over from a replica that stopped renewing them",
-            lease_takeovers.clone(),
-        );
+        if features.fleet {
+            register(
+                &mut registry,
+                &mut described,
+                "archway_fleet_lease_takeovers",
+                "Expired fill and fetch leases taken over from a replica that stopped renewing them",
+                lease_takeovers.clone(),
+            );
+        }
         let records_rejected = Family::<KindReasonLabels, Counter>::default();
-        registry.register(
-            "archway_storage_records_rejected",
-            "Records read back from the bucket (kind: tag, lease) or requests from peers (kind: peer) not believed, by reason: unsealed, bad_seal, unreadable, future (dated ahead of the clock skew), owner (a lease owner the egress policy refuses, or one that served a broken fill), replay, expired",
-            records_rejected.clone(),
-        );
+        if features.fleet {
+            register(
+                &mut registry,
+                &mut described,
+                "archway_storage_records_rejected",
+                "Records read back from the bucket (kind: tag, lease) or requests from peers (kind: peer) not believed, by reason: unsealed, bad_seal, unreadable, future (dated ahead of the clock skew), owner (a lease owner the egress policy refuses, or one that served a broken fill), replay, expired",
+                records_rejected.clone(),
+            );
+        }
         let leases_swept = Counter::default();
-        registry.register(
-            "archway_fleet_leases_swept",
-            "Stale leases (expired and unwritten for three lease TTLs: their owner died) deleted by the sweep",
-            leases_swept.clone(),
-        );
+        if features.fleet {
+            register(
+                &mut registry,
+                &mut described,
+                "archway_fleet_leases_swept",
+                "Stale leases (expired and unwritten for three lease TTLs: their owner died) deleted by the sweep",
+                leases_swept.clone(),
+            );
+        }
         let uploads_aborted = Counter::default();
-        registry.register(
-            "archway_fleet_orphaned_uploads_aborted",
-            "Multipart uploads under blobs/ older than fleet.orphaned_upload_age (a dead replica's) aborted by the sweep",
-            uploads_aborted.clone(),
-        );
+        if features.fleet {
+            register(
+                &mut registry,
+                &mut described,
+                "archway_fleet_orphaned_uploads_aborted",
+                "Multipart uploads under blobs/ older than fleet.orphaned_upload_age (a dead replica's) aborted by the sweep",
+                uploads_aborted.clone(),
+            );
+        }
         let peer_bytes = Counter::default();
-        registry.register(
-            "archway_fleet_peer_bytes",
-            "Blob bytes received from other replicas' fills over the peer endpoint",
-            peer_bytes.clone(),
-        );
+        if features.fleet {
+            register(
+                &mut registry,
+                &mut described,
+                "archway_fleet_peer_bytes",
+                "Blob bytes received from other replicas' fills over the peer endpoint",
+                peer_bytes.clone(),
+            );
+        }
         let foreign_fetches = Family::<ForeignLabels, Counter>::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut described,
             "archway_foreign_layer_fetches",
             "Foreign (non-distributable) layers upstream could not serve, by outcome: fetched (from a url on foreign_layer_hosts; the blob store then verifies digest and size like any fill), error (the url failed), not_allowed (no url of the layer is on foreign_layer_hosts)",
             foreign_fetches.clone(),
         );
+        for kind in CACHE_KINDS {
+            for result in CACHE_RESULTS {
+                drop(cache_results.get_or_create(&CacheLabels { kind, result }));
+            }
+        }
+        for source in SOURCES {
+            drop(bytes_served.get_or_create(&SourceLabels { source }));
+        }
+        for reason in CONNECTION_ENDS {
+            drop(connections_closed.get_or_create(&ReasonLabels { reason }));
+        }
+        for result in ACCESS_RESULTS {
+            drop(access_confirmations.get_or_create(&ResultLabels { result }));
+        }
+        // Upstream is a fill source in every config; the bucket and peers only with their
+        // features, and a test reads "no bucket series" as "nothing came from the bucket".
+        drop(blob_fills.get_or_create(&SourceLabels { source: "upstream" }));
+        if features.storage {
+            for what in STORAGE_BYPASSED {
+                drop(storage_bypassed.get_or_create(&WhatLabels { what }));
+            }
+        }
+        if features.fleet {
+            for what in FLEET_BYPASSED {
+                drop(storage_bypassed.get_or_create(&WhatLabels { what }));
+            }
+            for outcome in FLEET_FILLS {
+                drop(fleet_fills.get_or_create(&OutcomeLabels { outcome }));
+            }
+            for what in FLEET_FETCH_WHAT {
+                for outcome in FLEET_FETCHES {
+                    drop(fleet_fetches.get_or_create(&WhatOutcomeLabels { what, outcome }));
+                }
+            }
+        }
         Metrics {
             registry,
             requests,
@@ -466,6 +659,7 @@ impl Metrics {
             peer_bytes,
             foreign_fetches,
             platforms: Mutex::new(HashSet::new()),
+            described,
         }
     }
 
@@ -580,6 +774,12 @@ impl Metrics {
         drop(self.token_fetches.get_or_create(&UpstreamLabels {
             upstream: upstream.to_owned(),
         }));
+        for outcome in FOREIGN_OUTCOMES {
+            drop(self.foreign_fetches.get_or_create(&ForeignLabels {
+                upstream: upstream.to_owned(),
+                outcome,
+            }));
+        }
     }
 
     pub fn token_fetch(&self, upstream: &str) {
@@ -653,6 +853,18 @@ impl Metrics {
             // Only a failing writer errs, and a String never fails; keep what was written.
             tracing::error!(error = %e, "encoding metrics failed");
         }
+        // Families with no series yet (labels still unknown): described, with no samples.
+        let body_end = out.rfind("# EOF").unwrap_or(out.len());
+        let mut empty = String::new();
+        for (name, help, ty) in &self.described {
+            if !out.contains(&format!("# TYPE {name} ")) {
+                empty.push_str(&format!(
+                    "# HELP {name} {help}.\n# TYPE {name} {}\n",
+                    ty.as_str()
+                ));
+            }
+        }
+        out.insert_str(body_end, &empty);
         out
     }
 

@@ -79,3 +79,135 @@ fn encodes_counters_histograms_and_gauges() {
     // No store attached: no blob store series rather than made-up zeros.
     assert!(!text.contains("archway_blob_store_bytes"), "{text}");
 }
+
+/// The families a scrape shows: `# TYPE` lines, and those with at least one sample.
+fn families(text: &str) -> (Vec<String>, Vec<String>) {
+    let typed: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    let sampled = typed
+        .iter()
+        .filter(|f| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(f.as_str()))
+                .any(|rest| {
+                    let rest = ["_total", "_count", "_sum", "_bucket", "_created"]
+                        .iter()
+                        .find_map(|s| rest.strip_prefix(s))
+                        .unwrap_or(rest);
+                    rest.starts_with(['{', ' '])
+                })
+        })
+        .cloned()
+        .collect();
+    (typed, sampled)
+}
+
+#[test]
+fn families_at_start_are_those_configured_with_known_series_at_zero() {
+    let plain = Metrics::new();
+    plain.register_upstream("hub");
+    let (typed, sampled) = families(&plain.encode());
+    for f in &typed {
+        assert!(
+            !f.starts_with("archway_fleet_")
+                && !f.starts_with("archway_storage_")
+                && !f.starts_with("archway_parent_"),
+            "{f} without [fleet], [storage] or parent"
+        );
+    }
+    // Every family of the config is described from the first scrape...
+    for f in [
+        "archway_requests",
+        "archway_request_duration_seconds",
+        "archway_rewrites",
+        "archway_upstream_requests",
+        "archway_upstream_request_duration_seconds",
+        "archway_upstream_ratelimit_remaining",
+    ] {
+        assert!(typed.iter().any(|t| t == f), "{f} missing at start");
+    }
+    assert_eq!(typed.len(), plain.described.len());
+    // ...open label values (status, platform, method) have no made-up series; the rest are at 0.
+    assert_eq!(
+        sampled,
+        [
+            "archway_cache_results",
+            "archway_served_bytes",
+            "archway_upstream_token_fetches",
+            "archway_connections_open",
+            "archway_connections_closed",
+            "archway_responses_stalled",
+            "archway_requests_in_flight",
+            "archway_requests_refused_busy",
+            "archway_access_confirmations",
+            "archway_blob_fills",
+            "archway_foreign_layer_fetches",
+        ]
+    );
+    let text = plain.encode();
+    for line in [
+        "archway_cache_results_total{kind=\"blob\",result=\"coalesced\"} 0",
+        "archway_connections_closed_total{reason=\"stall\"} 0",
+        "archway_foreign_layer_fetches_total{upstream=\"hub\",outcome=\"not_allowed\"} 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+
+    let all = Metrics::with(Features {
+        storage: true,
+        fleet: true,
+        parent: true,
+    });
+    let (typed_all, sampled_all) = families(&all.encode());
+    let mut extra: Vec<&str> = typed_all
+        .iter()
+        .filter(|f| !typed.contains(f))
+        .map(String::as_str)
+        .collect();
+    extra.sort_unstable();
+    assert_eq!(
+        extra,
+        [
+            "archway_fleet_fetches",
+            "archway_fleet_fills",
+            "archway_fleet_lease_takeovers",
+            "archway_fleet_leases_swept",
+            "archway_fleet_orphaned_uploads_aborted",
+            "archway_fleet_peer_bytes",
+            "archway_parent_failovers",
+            "archway_parent_requests",
+            "archway_storage_bypassed",
+            "archway_storage_operation_duration_seconds",
+            "archway_storage_operations",
+            "archway_storage_records_rejected",
+        ]
+    );
+    for f in [
+        "archway_storage_bypassed",
+        "archway_fleet_fills",
+        "archway_fleet_fetches",
+        "archway_fleet_lease_takeovers",
+        "archway_fleet_peer_bytes",
+    ] {
+        assert!(
+            sampled_all.iter().any(|s| s == f),
+            "{f} has no series at start"
+        );
+    }
+
+    let storage_only = Metrics::with(Features {
+        storage: true,
+        ..Features::default()
+    });
+    let text = storage_only.encode();
+    assert!(text.contains("archway_storage_bypassed_total{what=\"blob_read\"} 0"));
+    assert!(!text.contains("what=\"tag_read\""), "{text}");
+    assert!(!text.contains("archway_fleet_"), "{text}");
+}

@@ -269,9 +269,13 @@ fn fill_error(e: FillError) -> ProxyError {
             None => ProxyError::bad_gateway(source.to_string()),
         },
         // The download broke before this request joined: nothing of it can be served.
-        FillError::Failed(message) => ProxyError::bad_gateway(message),
-        FillError::TooLarge(message) => ProxyError::bad_gateway(message),
-        FillError::Storage(message) => ProxyError::internal(message),
+        FillError::Failed(cause) => ProxyError::bad_gateway(cause.message()),
+        FillError::TooLarge(cause) => ProxyError::bad_gateway(cause.message()),
+        FillError::Storage(cause) => {
+            // The client gets the words; the log gets the io::Error behind them too.
+            tracing::warn!(error = %crate::error::chain(&cause), "blob cannot be cached");
+            ProxyError::internal(cause.message())
+        }
     }
 }
 

@@ -192,7 +192,7 @@ impl Manifests {
                 }
                 match self.store.get(&entry.digest).await {
                     Some(m) => {
-                        tracing::warn!(upstream = %key.upstream, repository = %key.repository, tag = %key.tag, error = %e.message, "upstream unavailable, serving stale tag");
+                        tracing::warn!(upstream = %key.upstream, repository = %key.repository, tag = %key.tag, error = %crate::error::chain(&e), "upstream unavailable, serving stale tag");
                         Ok((m, CacheResult::Stale))
                     }
                     None => Err(e),

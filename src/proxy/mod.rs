@@ -82,6 +82,21 @@ pub struct Proxy {
     peer_verifier: Option<Arc<PeerVerifier>>,
 }
 
+/// Why `[fleet]` could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetInitError {
+    #[error("fleet.peer_url is required (or ARCHWAY_PEER_URL / --peer-url): how the other replicas reach this one")]
+    NoPeerUrl,
+    #[error("fleet.peer_url `{url}` is not a URL: {source}")]
+    PeerUrl {
+        url: String,
+        source: http::uri::InvalidUri,
+    },
+    /// The client that reaches the other replicas.
+    #[error(transparent)]
+    PeerClient(crate::upstream::UpstreamInitError),
+}
+
 /// Why a proxy could not be built from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyInitError {
@@ -99,7 +114,7 @@ pub enum ProxyInitError {
     #[error(transparent)]
     Parent(#[from] crate::upstream::ParentInitError),
     #[error("[fleet]: {0}")]
-    Fleet(String),
+    Fleet(#[from] FleetInitError),
     #[error("upstream `{name}`: {source}")]
     Upstream {
         name: String,
@@ -137,7 +152,7 @@ impl Proxy {
         let cache_err = |path: std::path::PathBuf, source| ProxyInitError::Cache { path, source };
         let dir = config.data_dir.clone();
         let cache = &config.cache;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with(crate::metrics::Features::of(&config)));
         let bucket = match &config.storage {
             Some(storage) => {
                 let observer: Arc<dyn StorageObserver> = metrics.clone();
@@ -158,15 +173,14 @@ impl Proxy {
         let mut peer_verifier = None;
         let fleet = match (&config.fleet, &bucket) {
             (Some(f), Some(b)) => {
-                let me = f.peer_url.clone().ok_or_else(|| {
-                    ProxyInitError::Fleet(
-                        "fleet.peer_url is required (or ARCHWAY_PEER_URL / --peer-url): how the other replicas reach this one".into(),
-                    )
-                })?;
+                let me = f.peer_url.clone().ok_or(FleetInitError::NoPeerUrl)?;
                 let observer: Arc<dyn StorageObserver> = metrics.clone();
-                let me_uri = me.parse::<http::Uri>().map_err(|e| {
-                    ProxyInitError::Fleet(format!("fleet.peer_url `{me}` is not a URL: {e}"))
-                })?;
+                let me_uri = me
+                    .parse::<http::Uri>()
+                    .map_err(|source| FleetInitError::PeerUrl {
+                        url: me.clone(),
+                        source,
+                    })?;
                 let egress = Arc::new(Egress::for_peers(&me_uri));
                 peer_egress = Some(egress.clone());
                 let secret = f.secret.expose().as_bytes();
@@ -177,7 +191,7 @@ impl Proxy {
                 )));
                 let signer = PeerSigner::new(secret, f.clock);
                 let peers = HttpPeers::new(signer, egress, f.peer_timeout, observer)
-                    .map_err(ProxyInitError::Fleet)?;
+                    .map_err(FleetInitError::PeerClient)?;
                 tracing::info!(peer_url = %me, lease_ttl = ?f.lease_ttl, "fleet: one fill per blob, manifest and tag revalidation across the replicas on the bucket");
                 leases = Some(FetchLeases::new(b.clone(), me.clone(), f.lease_ttl));
                 if !f.sweep_interval.is_zero() {

@@ -157,7 +157,7 @@ impl Referrers {
                 // stale-if-error: a cached answer young enough beats an error.
                 match cached {
                     Some(a) if a.at.elapsed() <= self.stale_if_error => {
-                        tracing::warn!(upstream = %key.upstream, repository = %key.repository, subject = %key.subject, error = %e.message, "upstream unavailable, serving cached referrers");
+                        tracing::warn!(upstream = %key.upstream, repository = %key.repository, subject = %key.subject, error = %crate::error::chain(&e), "upstream unavailable, serving cached referrers");
                         answer(&a, true).map(|r| (r, CacheResult::Stale))
                     }
                     _ => Err(e),

@@ -8,7 +8,8 @@ use std::sync::Arc;
 /// Builds the rustls config: system roots plus the optional extra CA file, ring as provider
 /// (explicitly, never the process-global default).
 pub(crate) fn tls_config(
-    ca_file: Option<&Path>,
+    // The key naming the file, for its read error, and the file.
+    ca_file: Option<(&str, &Path)>,
     insecure_skip_verify: bool,
 ) -> Result<rustls::ClientConfig, UpstreamInitError> {
     let provider = crate::tls::provider();
@@ -28,11 +29,8 @@ pub(crate) fn tls_config(
     }
     let (added, ignored) = roots.add_parsable_certificates(native.certs);
     tracing::debug!(added, ignored, "system CA certificates");
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|source| UpstreamInitError::CaFileRead {
-            path: path.to_owned(),
-            source,
-        })?;
+    if let Some((key, path)) = ca_file {
+        let pem = crate::key_file::read(key, path).map_err(UpstreamInitError::CaFileRead)?;
         let certs = rustls_pemfile::certs(&mut pem.as_slice())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| UpstreamInitError::CaFileInvalid {

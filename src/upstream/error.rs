@@ -4,6 +4,7 @@
 use crate::error::{ErrorCode, ProxyError};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
+use std::sync::Arc;
 
 /// What was not found, for a 404: decides MANIFEST_UNKNOWN, BLOB_UNKNOWN or NAME_UNKNOWN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +45,22 @@ pub enum UpstreamErrorKind {
 pub struct UpstreamError {
     pub kind: UpstreamErrorKind,
     pub message: String,
+    /// The upstream the message is about, when one is (boxed: errors stay small).
+    pub about: Option<Box<About>>,
     /// Kept from a 429 or 5xx so that clients back off as upstream asked.
     pub retry_after: Option<HeaderValue>,
+    /// What failed underneath (a connection's error), for the log's cause chain.
+    #[source]
+    pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+/// The parts of `upstream <upstream><detail>`: a parent tier words its member's failure as
+/// `<parent URL><detail>`.
+#[derive(Debug, Clone)]
+pub struct About {
+    pub upstream: String,
+    /// The message after the upstream's name (`" answered 503"`, `": connection refused"`).
+    pub detail: String,
 }
 
 impl UpstreamError {
@@ -53,7 +68,24 @@ impl UpstreamError {
         UpstreamError {
             kind,
             message: message.into(),
+            about: None,
             retry_after: None,
+            source: None,
+        }
+    }
+
+    /// An error of upstream `name`: `upstream <name><detail>`.
+    pub fn of(kind: UpstreamErrorKind, name: &str, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        UpstreamError {
+            kind,
+            message: format!("upstream {name}{detail}"),
+            about: Some(Box::new(About {
+                upstream: name.to_owned(),
+                detail,
+            })),
+            retry_after: None,
+            source: None,
         }
     }
 
@@ -63,6 +95,19 @@ impl UpstreamError {
 
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(UpstreamErrorKind::Timeout, message)
+    }
+
+    pub fn unavailable_of(name: &str, detail: impl Into<String>) -> Self {
+        Self::of(UpstreamErrorKind::Unavailable, name, detail)
+    }
+
+    pub fn timeout_of(name: &str, detail: impl Into<String>) -> Self {
+        Self::of(UpstreamErrorKind::Timeout, name, detail)
+    }
+
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
     }
 
     pub fn with_retry_after(mut self, retry_after: Option<HeaderValue>) -> Self {
@@ -103,15 +148,15 @@ pub fn status_error(
         RateLimited | Timeout | Unavailable => headers.get(header::RETRY_AFTER).cloned(),
         _ => None,
     };
-    let message = match kind {
+    let detail = match kind {
         Loop => format!(
-            "upstream {upstream_name} answered {status}: a request loop; its url leads back to \
+            " answered {status}: a request loop; its url leads back to \
              this archway, directly or through other archways (check upstream {upstream_name}'s \
              url and the parents')"
         ),
-        _ => format!("upstream {upstream_name} answered {status}"),
+        _ => format!(" answered {status}"),
     };
-    Some(UpstreamError::new(kind, message).with_retry_after(retry_after))
+    Some(UpstreamError::of(kind, upstream_name, detail).with_retry_after(retry_after))
 }
 
 impl From<UpstreamError> for ProxyError {
@@ -121,6 +166,7 @@ impl From<UpstreamError> for ProxyError {
             kind,
             message,
             retry_after,
+            ..
         } = e;
         let error = match kind {
             NotFound(missing) => {

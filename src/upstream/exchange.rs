@@ -198,10 +198,10 @@ impl Upstream {
             Attempt::Anonymous => Ok(None),
             Attempt::Basic => Ok(self.basic.clone()),
             Attempt::Bearer { token, .. } => bearer_header(token).map(Some).ok_or_else(|| {
-                UpstreamError::unavailable(format!(
-                    "upstream {}: token endpoint returned an unusable token",
-                    self.config.name
-                ))
+                UpstreamError::unavailable_of(
+                    &self.config.name,
+                    ": token endpoint returned an unusable token",
+                )
             }),
         }
     }
@@ -227,11 +227,10 @@ impl Upstream {
                 return Ok(Fetched { response, url });
             }
             if hops == redirect::MAX_REDIRECTS {
-                return Err(UpstreamError::unavailable(format!(
-                    "upstream {} redirected more than {} times",
-                    self.config.name,
-                    redirect::MAX_REDIRECTS
-                )));
+                return Err(UpstreamError::unavailable_of(
+                    &self.config.name,
+                    format!(" redirected more than {} times", redirect::MAX_REDIRECTS),
+                ));
             }
             hops += 1;
             let next = response
@@ -240,18 +239,20 @@ impl Upstream {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|l| redirect::resolve_location(&url, l).ok())
                 .ok_or_else(|| {
-                    UpstreamError::unavailable(format!(
-                        "upstream {} answered {status} without a usable Location",
-                        self.config.name
-                    ))
+                    UpstreamError::unavailable_of(
+                        &self.config.name,
+                        format!(" answered {status} without a usable Location"),
+                    )
                 })?;
             self.egress.check_url(&next).map_err(|why| {
-                UpstreamError::unavailable(format!(
-                    "upstream {}: redirect to {}://{} refused: {why}",
-                    self.config.name,
-                    next.scheme_str().unwrap_or("http"),
-                    next.authority().map(|a| a.as_str()).unwrap_or_default()
-                ))
+                UpstreamError::unavailable_of(
+                    &self.config.name,
+                    format!(
+                        ": redirect to {}://{} refused: {why}",
+                        next.scheme_str().unwrap_or("http"),
+                        next.authority().map(|a| a.as_str()).unwrap_or_default()
+                    ),
+                )
             })?;
             let keep = redirect::keep_authorization(authorization.is_some(), &url, &next);
             tracing::debug!(
@@ -315,16 +316,17 @@ impl Upstream {
         }
         match result {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(UpstreamError::unavailable(format!(
-                "upstream {}: {}",
-                self.config.name,
-                describe_failure(&e, url)
-            ))),
-            Err(_) => Err(UpstreamError::timeout(format!(
-                "upstream {}: {host} did not answer within {:.1} s",
-                self.config.name,
-                budget.as_secs_f64()
-            ))),
+            Ok(Err(e)) => {
+                let detail = format!(": {}", describe_failure(&e, url));
+                Err(UpstreamError::unavailable_of(&self.config.name, detail).with_source(e))
+            }
+            Err(_) => Err(UpstreamError::timeout_of(
+                &self.config.name,
+                format!(
+                    ": {host} did not answer within {:.1} s",
+                    budget.as_secs_f64()
+                ),
+            )),
         }
     }
 
@@ -348,15 +350,11 @@ impl Upstream {
             .filter(|u: &Uri| {
                 matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
             })
-            .ok_or_else(|| {
-                UpstreamError::unavailable(format!("upstream {name} named an unusable token realm"))
-            })?;
+            .ok_or_else(|| UpstreamError::unavailable_of(name, " named an unusable token realm"))?;
         let realm = redirect::redacted(&url);
         // The realm is the upstream's word: it may not lead anywhere a redirect may not.
         self.egress.check_url(&url).map_err(|why| {
-            UpstreamError::unavailable(format!(
-                "upstream {name}: token realm {realm} refused: {why}"
-            ))
+            UpstreamError::unavailable_of(name, format!(": token realm {realm} refused: {why}"))
         })?;
         tracing::debug!(
             upstream = %name,
@@ -393,22 +391,25 @@ impl Upstream {
         let body = match tokio::time::timeout(self.config.read_timeout, body).await {
             Ok(Ok(collected)) => collected.to_bytes(),
             Ok(Err(e)) => {
-                return Err(UpstreamError::unavailable(format!(
-                    "upstream {name}: reading the token response failed: {e}"
-                )))
+                return Err(UpstreamError::unavailable_of(
+                    name,
+                    format!(": reading the token response failed: {e}"),
+                ))
             }
             Err(_) => {
-                return Err(UpstreamError::timeout(format!(
-                    "upstream {name}: token endpoint {realm} stalled"
-                )))
+                return Err(UpstreamError::timeout_of(
+                    name,
+                    format!(": token endpoint {realm} stalled"),
+                ))
             }
         };
         let parsed = auth::parse_token_response(&body)
-            .map_err(|e| UpstreamError::unavailable(format!("upstream {name}: {e}")))?;
+            .map_err(|e| UpstreamError::unavailable_of(name, format!(": {e}")))?;
         if bearer_header(&parsed.token).is_none() {
-            return Err(UpstreamError::unavailable(format!(
-                "upstream {name}: token endpoint returned an unusable token"
-            )));
+            return Err(UpstreamError::unavailable_of(
+                name,
+                ": token endpoint returned an unusable token",
+            ));
         }
         tracing::debug!(
             upstream = %name,

@@ -48,10 +48,10 @@ impl Upstream {
     ) -> Result<BlobStream, UpstreamError> {
         let name = &self.config.name;
         let fail = |why: String| {
-            UpstreamError::unavailable(format!(
-                "upstream {name}: foreign layer {} from {shown}: {why}",
-                layer.digest
-            ))
+            UpstreamError::unavailable_of(
+                name,
+                format!(": foreign layer {} from {shown}: {why}", layer.digest),
+            )
         };
         let mut hops = 0;
         loop {
@@ -67,11 +67,14 @@ impl Upstream {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => return Err(fail(describe_failure(&e, &url))),
                 Err(_) => {
-                    return Err(UpstreamError::timeout(format!(
-                        "upstream {name}: foreign layer {} from {shown}: no answer within {:.1} s",
-                        layer.digest,
-                        budget.as_secs_f64()
-                    )))
+                    return Err(UpstreamError::timeout_of(
+                        name,
+                        format!(
+                            ": foreign layer {} from {shown}: no answer within {:.1} s",
+                            layer.digest,
+                            budget.as_secs_f64()
+                        ),
+                    ))
                 }
             };
             let status = response.status();

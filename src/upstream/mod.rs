@@ -46,11 +46,8 @@ type HttpClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Empty<B
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamInitError {
-    #[error("cannot read CA file {}: {source}", path.display())]
-    CaFileRead {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    CaFileRead(crate::key_file::KeyFileError),
     #[error("CA file {} holds no PEM certificate", path.display())]
     CaFileEmpty { path: PathBuf },
     #[error("CA file {}: {message}", path.display())]
@@ -118,7 +115,14 @@ struct Fetched {
 
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Result<Upstream, UpstreamInitError> {
-        let tls = client_tls::tls_config(config.ca_file.as_deref(), config.insecure_skip_verify)?;
+        // A parent's client is an UpstreamConfig named by its URL; its CA comes from parent_ca_file.
+        let ca_key = if config.name.contains("://") {
+            "parent_ca_file".to_owned()
+        } else {
+            format!("upstream[{}].ca_file", config.name)
+        };
+        let ca_file = config.ca_file.as_deref().map(|p| (ca_key.as_str(), p));
+        let tls = client_tls::tls_config(ca_file, config.insecure_skip_verify)?;
         if config.insecure_skip_verify {
             tracing::warn!(
                 upstream = %config.name,
@@ -263,7 +267,7 @@ mod tests {
     #[test]
     fn ca_file_errors_name_the_file() {
         let missing = Path::new("/nonexistent/archway-ca.pem");
-        let err = tls_config(Some(missing), false).unwrap_err();
+        let err = tls_config(Some(("upstream[r].ca_file", missing)), false).unwrap_err();
         assert!(matches!(err, UpstreamInitError::CaFileRead { .. }));
         assert!(
             err.to_string().contains("/nonexistent/archway-ca.pem"),
@@ -273,7 +277,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "no certificates here\n").unwrap();
-        let err = tls_config(Some(&empty), false).unwrap_err();
+        let err = tls_config(Some(("upstream[r].ca_file", &empty)), false).unwrap_err();
         assert!(matches!(err, UpstreamInitError::CaFileEmpty { .. }));
         assert!(err.to_string().contains("empty.pem"), "{err}");
 
@@ -283,7 +287,7 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nnot base64 !!\n-----END CERTIFICATE-----\n",
         )
         .unwrap();
-        let err = tls_config(Some(&broken), false).unwrap_err();
+        let err = tls_config(Some(("upstream[r].ca_file", &broken)), false).unwrap_err();
         assert!(err.to_string().contains("broken.pem"), "{err}");
     }
 

@@ -272,12 +272,11 @@ impl Parents {
                     self.count(&parent.url, outcome);
                     parent.mark_down(self.down_for);
                     Failure {
-                        // The member's own message names it as "upstream <url>".
-                        message: e
-                            .message
-                            .strip_prefix("upstream ")
-                            .unwrap_or(&e.message)
-                            .to_owned(),
+                        // The member is an upstream named by its URL: `<url><detail>`.
+                        message: match &e.about {
+                            Some(about) => format!("{}{}", about.upstream, about.detail),
+                            None => e.message.clone(),
+                        },
                         timeout,
                     }
                 }

@@ -119,9 +119,10 @@ impl Upstream {
         let digest = match reference {
             ManifestRef::Digest(d) if d.verifies(&bytes) => d.clone(),
             ManifestRef::Digest(d) => {
-                return Err(UpstreamError::unavailable(format!(
-                    "upstream {name} sent a manifest that does not match {d}"
-                )))
+                return Err(UpstreamError::unavailable_of(
+                    name,
+                    format!(" sent a manifest that does not match {d}"),
+                ))
             }
             ManifestRef::Tag(_) => Digest::sha256_of(&bytes),
         };
@@ -216,11 +217,13 @@ impl Upstream {
         self.fail_on_error(&resp, missing)?;
         if resp.status().is_redirection() {
             // Never passed on: a Location could point a client (or archway) anywhere.
-            return Err(UpstreamError::unavailable(format!(
-                "upstream {} answered {} for {suffix}; archway follows redirects only for blob downloads",
-                self.config().name,
-                resp.status()
-            )));
+            return Err(UpstreamError::unavailable_of(
+                &self.config().name,
+                format!(
+                    " answered {} for {suffix}; archway follows redirects only for blob downloads",
+                    resp.status()
+                ),
+            ));
         }
         let (parts, body) = resp.into_parts();
         let h = &parts.headers;
@@ -254,11 +257,10 @@ impl Upstream {
     ) -> Result<(), UpstreamError> {
         self.fail_on_error(resp, missing)?;
         if resp.status() != StatusCode::OK {
-            return Err(UpstreamError::unavailable(format!(
-                "upstream {} answered {} for {what}",
-                self.config().name,
-                resp.status()
-            )));
+            return Err(UpstreamError::unavailable_of(
+                &self.config().name,
+                format!(" answered {} for {what}", resp.status()),
+            ));
         }
         Ok(())
     }

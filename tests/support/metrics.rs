@@ -45,6 +45,16 @@ impl Scrape {
             .sum()
     }
 
+    /// The label sets of `name` counted at least once: families whose label values are known
+    /// in advance start with every series at 0.
+    pub fn counted(&self, name: &str) -> Vec<BTreeMap<String, String>> {
+        self.samples
+            .iter()
+            .filter(|(n, _, v)| n == name && *v != 0.0)
+            .map(|(_, l, _)| l.clone())
+            .collect()
+    }
+
     /// Every label set of `name`, for asserting that nothing else was counted.
     pub fn series(&self, name: &str) -> Vec<BTreeMap<String, String>> {
         self.samples

@@ -15,7 +15,7 @@ use super::catalog::Catalog;
 use super::failures::RecentFailures;
 use super::fill_state::{Fill, FillFailure, Phase};
 use super::fleet::{Fleet, FleetSource};
-use super::source::{FillError, IncomingBlob, SourceError};
+use super::source::{Cause, FillError, IncomingBlob, SourceError};
 use super::write_buffer::{Reservation, WriteBuffer};
 use crate::cache::bucket::HeldLease;
 use crate::digest::Verifier;
@@ -107,7 +107,7 @@ impl FillTask {
         if let Some(free) = self.env.catalog.free_space().filter(|free| *free < reserve) {
             let e = FillError::Storage(format!(
                 "not enough free disk space to cache blob {digest} ({free} bytes free, less than cache.min_free_space)"
-            ));
+            ).into());
             tracing::warn!(%digest, free, reserve, "disk inside cache.min_free_space; blob not cached");
             self.abandon(Phase::HeadFailed(e));
             return;
@@ -120,7 +120,10 @@ impl FillTask {
             Ok(Ok((tmp, file))) => (tmp, Arc::new(file)),
             Ok(Err(e)) => {
                 tracing::error!(%digest, error = %e, "cannot create blob temp file");
-                let e = FillError::Storage("cannot create blob temp file".into());
+                let e = FillError::Storage(Cause::with_source(
+                    "cannot create blob temp file",
+                    Arc::new(e),
+                ));
                 self.abandon(Phase::HeadFailed(e));
                 return;
             }
@@ -167,7 +170,7 @@ impl FillTask {
         let upstream = match fetched {
             Ok(upstream) => upstream,
             Err(e) => {
-                tracing::debug!(%digest, error = %e, "blob fetch failed");
+                tracing::debug!(%digest, error = %crate::error::chain(&e), "blob fetch failed");
                 self.abandon(Phase::HeadFailed(FillError::Source(e)));
                 return;
             }
@@ -176,7 +179,7 @@ impl FillTask {
             let e = FillError::TooLarge(format!(
                 "blob {digest} is {size} bytes, more than the largest blob this cache takes ({} bytes, cache.max_blob_size)",
                 self.env.max_blob_size
-            ));
+            ).into());
             tracing::warn!(%digest, size, "blob larger than cache.max_blob_size; refused");
             self.abandon(Phase::HeadFailed(e));
             return;
@@ -186,9 +189,10 @@ impl FillTask {
             .unwrap_or(0)
             .saturating_add(self.env.min_free_space);
         if let Some(free) = self.env.catalog.free_space().filter(|free| *free < needed) {
-            let e = FillError::Storage(format!(
-                "not enough free disk space to cache blob {digest} ({free} bytes free)"
-            ));
+            let e = FillError::Storage(
+                format!("not enough free disk space to cache blob {digest} ({free} bytes free)")
+                    .into(),
+            );
             tracing::warn!(%digest, free, needed, "disk too full to cache a blob");
             self.abandon(Phase::HeadFailed(e));
             return;
@@ -307,8 +311,10 @@ impl FillTask {
         let mut received: u64 = 0;
         let mut next_space_check = FREE_SPACE_EVERY;
         while let Some(frame) = body.frame().await {
-            let frame = frame
-                .map_err(|e| FillFailure::new(e.kind(), format!("{from} blob body failed: {e}")))?;
+            let frame = frame.map_err(|e| {
+                let message = format!("{from} blob body failed: {e}");
+                FillFailure::of(e, message)
+            })?;
             // Trailers carry nothing we store.
             let Ok(chunk) = frame.into_data() else {
                 continue;
@@ -372,7 +378,8 @@ impl FillTask {
                 drop(write_tx);
                 return Err(match write_done.await {
                     Ok(Err(e)) => {
-                        FillFailure::new(e.kind(), format!("cannot write blob temp file: {e}"))
+                        let message = format!("cannot write blob temp file: {e}");
+                        FillFailure::of(e, message)
                     }
                     _ => FillFailure::new(io::ErrorKind::Other, "blob writer thread died"),
                 });
@@ -468,7 +475,7 @@ impl FillTask {
             {
                 // Wrong bytes stay wrong; a stall or a reset may not happen again.
                 let bad = failure.kind() == io::ErrorKind::InvalidData;
-                let e = FillError::Failed(failure.message().to_owned());
+                let e = FillError::Failed(failure.cause());
                 self.env.failures.remember(digest, e, bad);
             }
             _ => {}

@@ -95,6 +95,8 @@ impl FillState {
 pub(crate) struct FillFailure {
     kind: io::ErrorKind,
     message: Arc<str>,
+    /// The io::Error the message tells of, if any: the cause a `FillError` keeps.
+    source: Option<Arc<io::Error>>,
 }
 
 impl FillFailure {
@@ -102,6 +104,24 @@ impl FillFailure {
         FillFailure {
             kind,
             message: Arc::from(message.into()),
+            source: None,
+        }
+    }
+
+    /// A failure of `source`, told in `message`.
+    pub(crate) fn of(source: io::Error, message: impl Into<String>) -> Self {
+        FillFailure {
+            kind: source.kind(),
+            message: Arc::from(message.into()),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// As a `FillError` cause: the words, and the io::Error behind them.
+    pub(crate) fn cause(&self) -> super::source::Cause {
+        match &self.source {
+            Some(e) => super::source::Cause::with_source(self.message(), e.clone()),
+            None => self.message().into(),
         }
     }
 

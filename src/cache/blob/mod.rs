@@ -34,7 +34,7 @@ mod write_buffer;
 pub use bucket_tier::BucketRedirects;
 pub use fleet::{Fleet, PeerAnswer, PeerFuture, PeerSource};
 pub use memory::SMALL_BLOB_BYTES;
-pub use source::{FillError, IncomingBlob, SourceError};
+pub use source::{Cause, FillError, IncomingBlob, SourceError};
 pub use store::{
     Blob, BlobStore, BlobStoreLimits, BlobStoreStats, CacheFile, CachedBlob, DiskBudget,
     FillingBlob,

@@ -60,6 +60,54 @@ impl fmt::Display for SourceError {
     }
 }
 
+/// Transparent: the wrapped error's words are this one's, its causes this one's.
+impl std::error::Error for SourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+/// A failure's words, and the `io::Error` behind them when there is one: kept as the error's
+/// source for the log's cause chain, shared because a fill's error goes to every caller that
+/// joined it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Cause {
+    message: Arc<str>,
+    source: Option<Arc<std::io::Error>>,
+}
+
+impl Cause {
+    pub fn with_source(message: impl Into<String>, source: Arc<std::io::Error>) -> Self {
+        Cause {
+            message: Arc::from(message.into()),
+            source: Some(source),
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Self {
+        Cause {
+            message: Arc::from(message),
+            source: None,
+        }
+    }
+}
+
+impl From<String> for Cause {
+    fn from(message: String) -> Self {
+        Cause {
+            message: Arc::from(message),
+            source: None,
+        }
+    }
+}
+
 /// Why a caller gets no blob from `get_or_fill`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FillError {
@@ -68,12 +116,12 @@ pub enum FillError {
     Source(SourceError),
     /// The download failed before this caller joined it: nothing of it can be served.
     #[error("{0}")]
-    Failed(String),
+    Failed(#[source] Cause),
     /// The cache could not take the download (no temp file, no room): it can only be served
     /// uncached.
     #[error("{0}")]
-    Storage(String),
+    Storage(#[source] Cause),
     /// The blob is (or claims to be) larger than the cache allows for one blob.
     #[error("{0}")]
-    TooLarge(String),
+    TooLarge(Cause),
 }

@@ -365,7 +365,7 @@ impl BlobStore {
         match state.phase {
             Phase::HeadFailed(e) => Err(e),
             // Joined too late to stream anything: a clean error beats a broken 200.
-            Phase::Failed(failure) => Err(FillError::Failed(failure.message().to_owned())),
+            Phase::Failed(failure) => Err(FillError::Failed(failure.cause())),
             Phase::Fetching | Phase::Streaming | Phase::Verified | Phase::Done => {
                 let verified = state.is_verified();
                 let file = state
@@ -605,7 +605,7 @@ impl FillingBlob {
                 ..self.clone()
             }),
             Phase::HeadFailed(e) => Err(e),
-            Phase::Failed(f) => Err(FillError::Failed(f.message().to_owned())),
+            Phase::Failed(f) => Err(FillError::Failed(f.cause())),
             Phase::Fetching | Phase::Streaming => {
                 Err(FillError::Failed("blob fill ended unverified".into()))
             }

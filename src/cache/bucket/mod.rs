@@ -58,10 +58,15 @@ pub struct BucketSettings {
     pub path_style: bool,
     /// `(access key id, secret access key)` from the config; `None`: the AWS chain.
     pub keys: Option<(String, String)>,
+    /// `storage.s3_timeout` (its default: `config::keys::STORAGE_S3_TIMEOUT`).
     pub timeout: Duration,
+    /// `storage.s3_upload_timeout`.
     pub upload_timeout: Duration,
+    /// `storage.s3_max_uploads`.
     pub max_uploads: u32,
+    /// `storage.s3_upload_queue`.
     pub upload_queue: u32,
+    /// `storage.s3_part_size`.
     pub part_size: u64,
 }
 
