@@ -191,26 +191,39 @@ impl AccessGate {
         }
     }
 
-    /// After a successful answer to a request `admit` let through to be fetched: the route is
-    /// recorded. The answer came from this route's own upstream — the download it started or
-    /// joined was its route's (`Fetching`), since with no record anywhere every other route's
-    /// request is confirmed first, and without a bucket nothing else fills the cache.
-    pub(crate) fn settle(
+    /// After a successful answer to a request `admit` let through to be fetched: if this
+    /// route's upstream gave it (`from_route`: a download this route started, a request passed
+    /// on), the route is recorded. If the answer came from elsewhere — another route's download
+    /// it joined, a copy committed meanwhile — it is served only if a record allows the route
+    /// by now, or its upstream confirms it (else that upstream's answer replaces it).
+    pub(crate) async fn settle(
         &self,
         admitted: Admitted,
         object: Object<'_>,
         upstream: &Upstream,
         repo: &RepositoryName,
         digest: &Digest,
-    ) {
+        from_route: bool,
+    ) -> Result<(), ProxyError> {
         let Admitted::Fetch(_fetching) = admitted else {
-            return;
+            return Ok(());
         };
         let kind = object.kind();
         let file = object.file(digest);
         let name = upstream.config().name.as_str();
-        let access = Access::fetched(upstream.config().visibility(), name, &repo.to_string());
-        self.records.record(kind, digest, access, &file);
+        let repository = repo.to_string();
+        let known = self.records.get(kind, digest, &file).await;
+        if known.as_ref().is_some_and(|a| a.allows(name, &repository)) {
+            return Ok(());
+        }
+        if from_route {
+            let visibility = upstream.config().visibility();
+            let access = Access::confirmed(known.as_ref(), visibility, name, &repository);
+            self.records.record(kind, digest, access, &file);
+            return Ok(());
+        }
+        self.confirm(kind, upstream, repo, digest, known.as_ref(), &file)
+            .await
     }
 
     /// Asks the route's upstream (HEAD, the route's credentials) whether it has the object;

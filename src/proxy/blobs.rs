@@ -18,7 +18,11 @@ use crate::reference::RepositoryName;
 use crate::upstream::{Upstream, UpstreamError, UpstreamErrorKind};
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+type FetchFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<IncomingBlob, SourceError>> + Send>>;
 
 pub(crate) struct Blobs {
     store: Arc<BlobStore>,
@@ -53,7 +57,12 @@ impl Blobs {
         digest: &Digest,
         client: &ClientRequest,
         notes: &mut RequestNotes,
+        from_route: &mut bool,
     ) -> Result<Response<ResponseBody>, ProxyError> {
+        // Set where this route's upstream gives the answer: a HEAD or GET passed on, a download
+        // this route started (`route_tag`), not a copy cached or another route's download.
+        *from_route = false;
+        let tag = route_tag(upstream, repo);
         // S3 answers one range per GET: a list of ranges is served here, never redirected.
         if client.method == Method::GET
             && !not_modified(&client.headers, digest)
@@ -70,17 +79,76 @@ impl Blobs {
             return Ok(blob_response(client, digest, &blob, self.max_ranges, notes));
         }
         if client.is_head() {
+            *from_route = true;
             return self.head(upstream, repo, digest, notes).await;
         }
         // Set by the fill if it fetched a foreign layer from its url.
         let foreign_url = Arc::new(std::sync::OnceLock::<String>::new());
-        let fetch = {
-            let upstream = upstream.clone();
-            let repo = repo.clone();
-            let digest = digest.clone();
-            let memo = self.foreign.clone();
-            let foreign_url = foreign_url.clone();
-            move || async move {
+        let mut filled = Err(FillError::Failed("no attempt".into()));
+        // A download in flight may be another route's (its own upstream confirmed this one):
+        // its refusal (404, 401, 403) is about that route, so this route then asks its own.
+        for _attempt in 0..8 {
+            let ours = Arc::new(AtomicBool::new(false));
+            let fetch = self.fetch(upstream, repo, digest, &foreign_url, &ours);
+            filled = self.store.get_or_fill_from(digest, tag, fetch).await;
+            match &filled {
+                Err(FillError::Source(e))
+                    if e.is_route_specific() && !ours.load(Ordering::Relaxed) => {}
+                _ => break,
+            }
+        }
+        if let Some(url) = foreign_url.get() {
+            notes.foreign = Some(url.clone());
+        }
+        let blob = match filled {
+            Ok(blob) => blob,
+            Err(FillError::Storage(why)) => {
+                // The cache cannot take it (read-only or full disk): served, not kept.
+                tracing::warn!(%digest, reason = %why, "serving a blob uncached");
+                *from_route = true;
+                return self.uncached(upstream, repo, digest, client, notes).await;
+            }
+            Err(e) => return Err(fill_error(e)),
+        };
+        let started = blob.started_download();
+        *from_route = started || blob.origin() == Some(tag);
+        // A client that cannot tell a cut-off body from a whole one gets a length, so the
+        // download must be verified first if upstream announced none.
+        let blob = if client.cannot_detect_truncation() && blob.size().is_none() {
+            blob.verified().await.map_err(fill_error)?
+        } else {
+            blob
+        };
+        let result = if started {
+            CacheResult::Miss
+        } else if blob.is_local() {
+            CacheResult::Hit
+        } else {
+            CacheResult::Coalesced
+        };
+        note(result, notes);
+        Ok(blob_response(client, digest, &blob, self.max_ranges, notes))
+    }
+
+    /// The download of `digest` from this route's upstream (falling back to a foreign layer's
+    /// url where the manifest gave one); `ours` is set when it runs.
+    fn fetch(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepositoryName,
+        digest: &Digest,
+        foreign_url: &Arc<std::sync::OnceLock<String>>,
+        ours: &Arc<AtomicBool>,
+    ) -> impl FnOnce() -> FetchFuture + Send + 'static {
+        let upstream = upstream.clone();
+        let repo = repo.clone();
+        let digest = digest.clone();
+        let memo = self.foreign.clone();
+        let foreign_url = foreign_url.clone();
+        let ours = ours.clone();
+        move || {
+            ours.store(true, Ordering::Relaxed);
+            Box::pin(async move {
                 let stream = match upstream.get_blob(&repo, &digest).await {
                     Ok(stream) => stream,
                     Err(e) => {
@@ -105,38 +173,8 @@ impl Blobs {
                     size: stream.size,
                     body: stream.body,
                 })
-            }
-        };
-        let filled = self.store.get_or_fill(digest, fetch).await;
-        if let Some(url) = foreign_url.get() {
-            notes.foreign = Some(url.clone());
+            })
         }
-        let blob = match filled {
-            Ok(blob) => blob,
-            Err(FillError::Storage(why)) => {
-                // The cache cannot take it (read-only or full disk): served, not kept.
-                tracing::warn!(%digest, reason = %why, "serving a blob uncached");
-                return self.uncached(upstream, repo, digest, client, notes).await;
-            }
-            Err(e) => return Err(fill_error(e)),
-        };
-        let started = blob.started_download();
-        // A client that cannot tell a cut-off body from a whole one gets a length, so the
-        // download must be verified first if upstream announced none.
-        let blob = if client.cannot_detect_truncation() && blob.size().is_none() {
-            blob.verified().await.map_err(fill_error)?
-        } else {
-            blob
-        };
-        let result = if started {
-            CacheResult::Miss
-        } else if blob.is_local() {
-            CacheResult::Hit
-        } else {
-            CacheResult::Coalesced
-        };
-        note(result, notes);
-        Ok(blob_response(client, digest, &blob, self.max_ranges, notes))
     }
 
     /// Straight from upstream, verified on the way (see `uncached`), never kept.
@@ -222,6 +260,14 @@ fn asks_for_several_ranges(client: &ClientRequest) -> bool {
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains(','))
+}
+
+/// A download's tag for the route that starts it (never 0, which is untagged).
+fn route_tag(upstream: &Upstream, repo: &RepositoryName) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (upstream.config().name.as_str(), repo.to_string()).hash(&mut h);
+    h.finish() | 1
 }
 
 /// Upstream's refusal of this route (404, 401, 403) is about the route, not the blob.

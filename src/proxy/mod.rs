@@ -682,7 +682,11 @@ impl Proxy {
                         let store = || Object::Manifest(self.manifests.store());
                         let admitted = self.access.admit(store(), upstream, repo, d).await?;
                         let found = self.manifests.by_digest(upstream, repo, d).await?;
-                        self.access.settle(admitted, store(), upstream, repo, d);
+                        // A miss: this route's GET (one per digest at a time, under a lock).
+                        let from_route = found.1 == CacheResult::Miss;
+                        self.access
+                            .settle(admitted, store(), upstream, repo, d, from_route)
+                            .await?;
                         found
                     }
                     Reference::Tag(t) => self.manifests.by_tag(upstream, repo, t).await?,
@@ -722,12 +726,14 @@ impl Proxy {
             Resource::Blob(digest) => {
                 let store = || Object::Blob(self.blobs.store());
                 let admitted = self.access.admit(store(), upstream, repo, digest).await?;
+                let mut from_route = false;
                 let answer = self
                     .blobs
-                    .serve(upstream, repo, digest, client, notes)
+                    .serve(upstream, repo, digest, client, notes, &mut from_route)
                     .await?;
                 self.access
-                    .settle(admitted, store(), upstream, repo, digest);
+                    .settle(admitted, store(), upstream, repo, digest, from_route)
+                    .await?;
                 Ok(answer)
             }
             Resource::TagsList => {

@@ -21,6 +21,9 @@ pub(crate) struct Fill {
     pending: Mutex<VecDeque<(u64, Bytes)>>,
     /// Requests following the download (each holds a `ReaderGuard`).
     readers: AtomicUsize,
+    /// Who started it, as its caller tagged it (the proxy: a hash of the route), so that a
+    /// request joining it can tell its own route's download from another's.
+    pub(crate) origin: u64,
 }
 
 /// One request following a fill, counted while it lives: a download of unknown length that
@@ -139,7 +142,7 @@ impl FillFailure {
 }
 
 impl Fill {
-    pub(crate) fn new(digest: Digest) -> Self {
+    pub(crate) fn new(digest: Digest, origin: u64) -> Self {
         let (tx, _) = watch::channel(FillState {
             phase: Phase::Fetching,
             written: 0,
@@ -152,6 +155,7 @@ impl Fill {
             tx,
             pending: Mutex::new(VecDeque::new()),
             readers: AtomicUsize::new(0),
+            origin,
         }
     }
 

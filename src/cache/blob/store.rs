@@ -320,6 +320,20 @@ impl BlobStore {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<IncomingBlob, SourceError>> + Send + 'static,
     {
+        self.get_or_fill_from(digest, 0, fetch).await
+    }
+
+    /// Like `get_or_fill`, a download it starts tagged with `origin` (see `Blob::origin`).
+    pub async fn get_or_fill_from<F, Fut>(
+        &self,
+        digest: &Digest,
+        origin: u64,
+        fetch: F,
+    ) -> Result<Blob, FillError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<IncomingBlob, SourceError>> + Send + 'static,
+    {
         let (fill, start) = {
             let mut state = self.catalog.lock();
             if let Some(size) = state.index.touch_and_pin(digest) {
@@ -338,7 +352,7 @@ impl BlobStore {
                     if let Some(e) = self.env.failures.get(digest) {
                         return Err(e);
                     }
-                    let fill = Arc::new(Fill::new(digest.clone()));
+                    let fill = Arc::new(Fill::new(digest.clone(), origin));
                     state.in_flight.insert(digest.clone(), fill.clone());
                     state.fills_started += 1;
                     (fill, true)
@@ -667,6 +681,14 @@ impl Blob {
     /// This caller's request started the download (a miss, not a join).
     pub fn started_download(&self) -> bool {
         matches!(self, Blob::Filling(blob) if blob.started)
+    }
+
+    /// The `origin` the download it follows was started with; `None` once committed.
+    pub fn origin(&self) -> Option<u64> {
+        match self {
+            Blob::Filling(blob) => Some(blob.fill.origin),
+            _ => None,
+        }
     }
 
     /// The bytes `start..=end` (`None` = whole blob) as a streaming response body. The caller
