@@ -8,6 +8,7 @@ pub mod fetch_lease;
 pub mod keyed_lock;
 pub(crate) mod lru;
 pub mod manifest_store;
+pub mod tag_entry;
 pub mod tag_key;
 mod tag_memory;
 pub mod tag_store;

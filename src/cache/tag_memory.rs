@@ -6,8 +6,8 @@
 //! digest other than sha256, another media type) goes in a boxed `Extra`, weighed as well.
 
 use super::lru::{Lru, SlotMap};
+use super::tag_entry::TagEntry;
 use super::tag_key::TagKey;
-use super::tag_store::TagEntry;
 use crate::digest::Digest;
 use std::mem::size_of;
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -20,26 +20,8 @@ use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use super::tag_entry::TagEntry;
 pub use super::tag_key::TagKey;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TagEntry {
-    pub digest: Digest,
-    pub media_type: String,
-    pub size: u64,
-    /// Unix milliseconds of the last upstream confirmation.
-    pub validated_at_ms: u64,
-}
-
-impl TagEntry {
-    pub fn age(&self, now: SystemTime) -> Duration {
-        let now_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Duration::from_millis(now_ms.saturating_sub(self.validated_at_ms))
-    }
-}
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
