@@ -357,7 +357,7 @@ impl Archway {
                     &config,
                     format!(
                         "{}listen = [{}]\ndata_dir = \"{}\"\nlog_format = \"json\"\n\n\
-                         [cache]\ntag_ttl = \"{tag_ttl}\"\nstale_if_error = \"24h\"\n\n\
+                         [cache]\ntag_ttl = \"{tag_ttl}\"\nstale_if_error = \"24h\"\nmin_free_space = \"0B\"\n\n\
                          [[upstream]]\nname = \"docker.io\"\nurl = \"{upstream_url}\"\n\
                          default = true\n\n{}\n{extra}",
                         setup.top,
