@@ -5,9 +5,11 @@
 //! lets go of the lease) and polls with a growing pause. The lease is the same conditional
 //! object as a blob's fill lease, at its own key (`Keys::manifest_lease`, `Keys::tag_lease`).
 //! An expired lease (owner dead) is taken over; a bucket that fails the lease, or an owner
-//! that takes longer than two lease TTLs, leaves the replica to ask upstream itself.
+//! that takes longer than two lease TTLs, leaves the replica to ask upstream itself. The loop
+//! is `lease_turn`'s, shared with the blobs' fill leases.
 
-use super::bucket::{Bucket, HeldLease, LeaseState};
+use super::bucket::{Bucket, HeldLease};
+use super::lease_turn::{self, OnLive, Taken, Why};
 use object_store::path::Path;
 use std::future::Future;
 use std::sync::Arc;
@@ -54,54 +56,35 @@ impl FetchLeases {
 
     /// Takes the lease at `key`, or waits while another replica holds it until `ready` finds
     /// the answer (in the bucket). `what` names the fetch in the metrics (`manifest`, `tag`).
-    pub async fn turn<T, F, Fut>(&self, key: Path, what: &'static str, mut ready: F) -> Turn<T>
+    pub async fn turn<T, F, Fut>(&self, key: Path, what: &'static str, ready: F) -> Turn<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Option<T>>,
     {
-        let observer = self.bucket.observer().clone();
-        let deadline = tokio::time::Instant::now() + self.ttl.saturating_mul(2);
-        let most = (self.ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
-        let mut pause = FIRST_PAUSE;
-        loop {
-            match self.bucket.claim(key.clone(), &self.me, self.ttl).await {
-                Err(e) => {
-                    tracing::warn!(lease = %key, error = %e, "fetch lease unavailable; asking upstream");
-                    observer.fleet_fetch(what, "lease_error");
-                    return Turn::Fetch(None);
-                }
-                Ok(LeaseState::Taken(lease)) => {
-                    // An owner may have answered and let go between the caller's miss and
-                    // this claim: look once more before asking upstream.
-                    if let Some(found) = ready().await {
-                        observer.fleet_fetch(what, "waited");
-                        return Turn::Ready(found);
-                    }
-                    observer.fleet_fetch(what, "owned");
-                    return Turn::Fetch(Some(lease));
-                }
-                Ok(LeaseState::TakenOver(lease)) => {
-                    tracing::info!(lease = %key, "expired fetch lease taken over");
-                    observer.fleet_fetch(what, "taken_over");
-                    observer.lease_takeover();
-                    return Turn::Fetch(Some(lease));
-                }
-                Ok(LeaseState::Live { owner }) => {
-                    tracing::debug!(lease = %key, %owner, "another replica fetches; waiting for its answer");
-                }
+        let on_live = OnLive::Wait {
+            first: FIRST_PAUSE,
+            most: (self.ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1)),
+            within: self.ttl.saturating_mul(2),
+        };
+        let claim = || self.bucket.claim(key.clone(), &self.me, self.ttl);
+        // Small answers are not streamed from their owner: they are waited for in the bucket.
+        let join = |_: String| async { None };
+        let taken = lease_turn::take(on_live, &key, claim, ready, join).await;
+        let observer = self.bucket.observer();
+        let (turn, why) = match taken {
+            Taken::Fetch(lease, why) => (Turn::Fetch(lease), why),
+            Taken::Ready(found, why) => (Turn::Ready(found), why),
+        };
+        let outcome = match why {
+            Why::Owned => "owned",
+            Why::TakenOver => {
+                observer.lease_takeover();
+                "taken_over"
             }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                tracing::warn!(lease = %key, "no answer within two lease TTLs; asking upstream");
-                observer.fleet_fetch(what, "lease_error");
-                return Turn::Fetch(None);
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(most);
-            if let Some(found) = ready().await {
-                observer.fleet_fetch(what, "waited");
-                return Turn::Ready(found);
-            }
-        }
+            Why::Unleased(_) => "lease_error",
+            Why::FoundAfterClaim | Why::FoundAfterWait | Why::Joined => "waited",
+        };
+        observer.fleet_fetch(what, outcome);
+        turn
     }
 }

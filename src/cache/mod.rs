@@ -6,6 +6,7 @@ pub mod blob;
 pub mod bucket;
 pub mod fetch_lease;
 pub mod keyed_lock;
+pub mod lease_turn;
 pub(crate) mod lru;
 pub mod manifest_store;
 pub mod tag_entry;

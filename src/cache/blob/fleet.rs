@@ -8,7 +8,8 @@
 
 use super::bucket_tier::BlobTier;
 use super::source::{IncomingBlob, SourceError};
-use crate::cache::bucket::{Bucket, HeldLease, LeaseState};
+use crate::cache::bucket::{Bucket, HeldLease};
+use crate::cache::lease_turn::{self, OnLive, Taken, Why};
 use crate::digest::Digest;
 use std::future::Future;
 use std::pin::Pin;
@@ -109,70 +110,62 @@ impl Fleet {
     /// Decides the source of a fill that missed L1 and the bucket. A live owner that does not
     /// answer, or has nothing, is not waited for: it is remembered as failed and its lease taken
     /// over in the next round. Past `MAX_ROUNDS` (owners changing under the claim), upstream
-    /// without the lease.
+    /// without the lease. The loop is `lease_turn`'s, shared with the small fetches' leases.
     pub(crate) async fn source(
         &self,
         bucket: &Arc<Bucket>,
         tier: &BlobTier,
         digest: &Digest,
     ) -> FleetSource {
-        let observer = bucket.observer();
-        for _ in 0..MAX_ROUNDS {
-            let refuse = |owner: &str| self.refuses(digest, owner);
-            let claim = bucket.claim_checked(
-                bucket.keys().fill_lease(digest),
-                &self.me,
-                self.lease_ttl,
-                &refuse,
-            );
-            match claim.await {
-                Err(e) => {
-                    tracing::warn!(%digest, error = %e, "fill lease unavailable; blob from upstream");
-                    observer.fleet_fill("lease_error");
-                    return FleetSource::Upstream(None);
+        let key = bucket.keys().fill_lease(digest);
+        let refuse = |owner: &str| self.refuses(digest, owner);
+        let claim = || bucket.claim_checked(key.clone(), &self.me, self.lease_ttl, &refuse);
+        let look = || async {
+            tier.fetch(digest)
+                .await
+                .ok()
+                .flatten()
+                .map(FleetSource::Bucket)
+        };
+        let join = |owner: String| async move {
+            match self.peers.fetch(&owner, digest).await {
+                Ok(PeerAnswer::Blob(blob)) => {
+                    tracing::debug!(%digest, %owner, "joined a peer's fill");
+                    return Some(FleetSource::Peer { blob, owner });
                 }
-                Ok(LeaseState::Taken(lease)) => {
-                    // An owner may have committed it and let go between our bucket miss and
-                    // this claim: look once more before asking upstream.
+                // Finished there: the bucket has it by now, or the lease is gone.
+                Ok(PeerAnswer::NotThere) => {
                     if let Ok(Some(blob)) = tier.fetch(digest).await {
-                        return FleetSource::Bucket(blob);
+                        return Some(FleetSource::Bucket(blob));
                     }
-                    tracing::debug!(%digest, "fill lease taken");
-                    observer.fleet_fill("owned");
-                    return FleetSource::Upstream(Some(lease));
                 }
-                Ok(LeaseState::TakenOver(lease)) => {
-                    tracing::info!(%digest, "expired fill lease taken over");
-                    observer.fleet_fill("taken_over");
-                    observer.lease_takeover();
-                    return FleetSource::Upstream(Some(lease));
+                Err(e) => tracing::debug!(%digest, %owner, error = %e, "fill owner unreachable"),
+            }
+            // An owner that holds the lease but neither has the blob, fills it nor answers is
+            // not waited for: its lease is taken over next.
+            self.owner_failed(digest, &owner);
+            None
+        };
+        let on_live = OnLive::Join { rounds: MAX_ROUNDS };
+        let observer = bucket.observer();
+        match lease_turn::take(on_live, &key, claim, look, join).await {
+            Taken::Ready(found, _) => {
+                if matches!(found, FleetSource::Peer { .. }) {
+                    observer.fleet_fill("joined_peer");
                 }
-                Ok(LeaseState::Live { owner }) => match self.peers.fetch(&owner, digest).await {
-                    Ok(PeerAnswer::Blob(blob)) => {
-                        tracing::debug!(%digest, %owner, "joined a peer's fill");
-                        observer.fleet_fill("joined_peer");
-                        return FleetSource::Peer { blob, owner };
+                found
+            }
+            Taken::Fetch(lease, why) => {
+                match why {
+                    Why::TakenOver => {
+                        observer.fleet_fill("taken_over");
+                        observer.lease_takeover();
                     }
-                    Ok(PeerAnswer::NotThere) => {
-                        // Finished there: the bucket has it by now, or the lease is gone.
-                        if let Ok(Some(blob)) = tier.fetch(digest).await {
-                            return FleetSource::Bucket(blob);
-                        }
-                        // An owner that holds the lease but neither has the blob nor fills it
-                        // is not waited for either: its lease is taken over next.
-                        self.owner_failed(digest, &owner);
-                    }
-                    Err(e) => {
-                        // No answer (or a refused one): not waited for; the next round takes
-                        // its lease over.
-                        tracing::debug!(%digest, %owner, error = %e, "fill owner unreachable");
-                        self.owner_failed(digest, &owner);
-                    }
-                },
+                    Why::Owned => observer.fleet_fill("owned"),
+                    _ => observer.fleet_fill("lease_error"),
+                }
+                FleetSource::Upstream(lease)
             }
         }
-        tracing::warn!(%digest, "no fill owner served the blob; from upstream");
-        observer.fleet_fill("lease_error");
-        FleetSource::Upstream(None)
     }
 }
