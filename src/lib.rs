@@ -26,6 +26,7 @@ pub mod image_index;
 pub mod image_ref;
 pub mod json_log;
 pub mod key_file;
+pub mod layer_plan;
 pub mod manifest;
 pub mod media_type;
 pub mod metrics;

@@ -9,11 +9,13 @@
 
 mod client_platform;
 mod decision;
+pub mod layers;
 mod rewrite;
 mod route_match;
 
 pub use client_platform::{client_platform, PlatformSource, DEFAULT_PLATFORM};
 pub use decision::{Decision, SelectionStep};
+pub use layers::{layers_for, LayersChoice, LayersMode, ZstdReads};
 pub use rewrite::should_rewrite;
 pub use route_match::{strip_port, OciForLegacy, RepoGlob, RequestFacts, RewriteMode, RouteMatch};
 
