@@ -38,6 +38,7 @@ pub mod route_policy;
 pub mod server;
 pub mod stall;
 pub mod tls;
+pub mod unzstd;
 pub mod upstream;
 pub mod upstream_choice;
 pub mod via;
