@@ -142,6 +142,30 @@ impl Config {
                 cfg.limits.max_requests = l.max_requests;
             }
         }
+        if let Some(c) = raw.conversion {
+            let k = &mut cfg.conversion;
+            if let Some(v) = c.max_concurrent {
+                if v == 0 {
+                    return Err(invalid("conversion.max_concurrent", "must be at least 1"));
+                }
+                k.max_concurrent = v;
+            }
+            if let Some(v) = c.max_layer_size {
+                k.max_layer_size = parse_size("conversion.max_layer_size", &v)?;
+            }
+            if let Some(v) = c.max_output {
+                k.max_output = parse_size("conversion.max_output", &v)?;
+            }
+            if let Some(v) = c.max_ratio {
+                if v == 0 {
+                    return Err(invalid("conversion.max_ratio", "must be at least 1"));
+                }
+                k.max_ratio = v;
+            }
+            if let Some(v) = c.max_wait {
+                k.max_wait = parse_duration("conversion.max_wait", &v)?;
+            }
+        }
         if let Some(a) = raw.auth {
             let mut auth = AuthConfig {
                 htpasswd_file: a.htpasswd_file,
@@ -216,6 +240,17 @@ struct RawConfig {
     parent_read_timeout: Option<String>,
     parent_fallback: Option<String>,
     fleet: Option<RawFleet>,
+    conversion: Option<RawConversion>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConversion {
+    max_concurrent: Option<u32>,
+    max_layer_size: Option<String>,
+    max_output: Option<String>,
+    max_ratio: Option<u64>,
+    max_wait: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -256,6 +291,7 @@ struct RawRoute {
     rewrite: Option<String>,
     oci_for_legacy: Option<String>,
     windows_match: Option<String>,
+    layers: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -326,6 +362,15 @@ impl RawRoute {
                 ))
             }
         };
+        let layers = match self.layers.as_deref() {
+            None => crate::route_policy::LayersMode::Auto,
+            Some(l) => crate::route_policy::LayersMode::parse(l).ok_or_else(|| {
+                invalid(
+                    key("layers"),
+                    format!("`{l}` is not one of auto, compatible, as-is"),
+                )
+            })?,
+        };
         if rewrite == RewriteMode::Always && self.platform.is_none() {
             return Err(invalid(
                 key("platform"),
@@ -348,6 +393,7 @@ impl RawRoute {
             rewrite,
             oci_for_legacy,
             windows_match,
+            layers,
         })
     }
 }

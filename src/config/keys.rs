@@ -45,6 +45,11 @@ pub const FLEET_LEASE_TTL: Duration = secs(30);
 pub const FLEET_PEER_TIMEOUT: Duration = secs(10);
 pub const FLEET_SWEEP_INTERVAL: Duration = secs(600);
 pub const FLEET_ORPHANED_UPLOAD_AGE: Duration = secs(24 * 3600);
+pub const CONVERSION_MAX_CONCURRENT: u32 = 2;
+pub const CONVERSION_MAX_LAYER_SIZE: u64 = 4 << 30;
+pub const CONVERSION_MAX_OUTPUT: u64 = 16 << 30;
+pub const CONVERSION_MAX_RATIO: u64 = 100;
+pub const CONVERSION_MAX_WAIT: Duration = secs(600);
 pub const PARENT_DOWN_FOR: Duration = secs(10);
 pub const PARENT_CONNECT_TIMEOUT: Duration = secs(5);
 pub const PARENT_READ_TIMEOUT: Duration = secs(60);
@@ -156,6 +161,7 @@ pub const KEYS: &[Key] = &[
     key("route[].platform", D::None("none: the client's"), "\"windows/amd64:10.0.17763\"", "the platform answered for an image index"),
     key("route[].rewrite", D::Text("legacy"), "\"always\"", "\"legacy\", \"always\" (needs platform) or \"never\""),
     key("route[].oci_for_legacy", D::Text("convert"), "\"reject\"", "an OCI manifest for a legacy client: \"convert\" or \"reject\""),
+    key("route[].layers", D::Text("auto"), "\"compatible\"", "zstd layers: \"auto\" (converted for clients that cannot read them), \"compatible\" (always) or \"as-is\""),
     key("route[].windows_match", D::Text("process"), "\"hyperv\"", "Windows build matching: \"process\" or \"hyperv\""),
     key("tls.cert_file", D::None("none: required in [tls]"), "\"/etc/archway/tls.crt\"", "PEM certificate chain of the registry listener; SIGHUP re-reads it"),
     key("tls.key_file", D::None("none: required in [tls]"), "\"/etc/archway/tls.key\"", "its PEM private key"),
@@ -171,6 +177,11 @@ pub const KEYS: &[Key] = &[
     key("limits.stall_timeout", D::Duration(LIMITS_STALL_TIMEOUT), "", "a response (h2: a stream) whose client takes no bytes this long is dropped"),
     key("limits.max_streams_per_connection", D::Int(LIMITS_MAX_STREAMS_PER_CONNECTION as u64), "", "concurrent h2 streams on one connection"),
     key("limits.max_requests", D::None("sized to the open-file limit, at most 512"), "512", "requests in flight in all; past it a request waits stall_timeout, then 503"),
+    key("conversion.max_concurrent", D::Int(CONVERSION_MAX_CONCURRENT as u64), "", "zstd layers decompressed at once (each takes a CPU); the others wait"),
+    key("conversion.max_layer_size", D::Size(CONVERSION_MAX_LAYER_SIZE), "", "a larger zstd layer is not converted (the manifest request gets an error)"),
+    key("conversion.max_output", D::Size(CONVERSION_MAX_OUTPUT), "", "a layer that decompresses to more is refused, nothing kept"),
+    key("conversion.max_ratio", D::Int(CONVERSION_MAX_RATIO), "", "a layer that decompresses to more than this times its size (past 64 MiB) is refused as a bomb"),
+    key("conversion.max_wait", D::Duration(CONVERSION_MAX_WAIT), "", "how long a manifest request waits for its layers' conversion, then 503 (the conversion goes on)"),
     key("storage.s3_bucket", D::None("none: required in [storage]"), "\"archway\"", "the bucket the replicas share"),
     key("storage.s3_prefix", D::Text(""), "\"prod/\"", "prepended to every key (ends in / when set)"),
     key("storage.s3_endpoint", D::None("none: AWS"), "\"http://127.0.0.1:9000\"", "an S3-compatible server"),

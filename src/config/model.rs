@@ -46,6 +46,30 @@ pub struct Config {
     pub parent: ParentConfig,
     /// `[fleet]`: replicas on one bucket fill each blob once (needs `[storage]`).
     pub fleet: Option<FleetConfig>,
+    /// `[conversion]`: zstd layers converted for clients that cannot read them.
+    pub conversion: ConversionConfig,
+}
+
+/// `[conversion]`: bounds on converting zstd layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversionConfig {
+    pub max_concurrent: u32,
+    pub max_layer_size: u64,
+    pub max_output: u64,
+    pub max_ratio: u64,
+    pub max_wait: Duration,
+}
+
+impl Default for ConversionConfig {
+    fn default() -> Self {
+        ConversionConfig {
+            max_concurrent: keys::CONVERSION_MAX_CONCURRENT,
+            max_layer_size: keys::CONVERSION_MAX_LAYER_SIZE,
+            max_output: keys::CONVERSION_MAX_OUTPUT,
+            max_ratio: keys::CONVERSION_MAX_RATIO,
+            max_wait: keys::CONVERSION_MAX_WAIT,
+        }
+    }
 }
 
 /// `[limits]`: bounds on client connections.
@@ -318,6 +342,7 @@ impl Default for Config {
             storage: None,
             parent: ParentConfig::default(),
             fleet: None,
+            conversion: ConversionConfig::default(),
         }
     }
 }

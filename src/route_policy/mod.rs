@@ -31,6 +31,8 @@ pub struct RouteConfig {
     pub rewrite: RewriteMode,
     pub oci_for_legacy: OciForLegacy,
     pub windows_match: crate::platform::WindowsMatch,
+    /// zstd layers: as they are, or converted (for clients that cannot read them, or always).
+    pub layers: LayersMode,
 }
 
 /// A route the config names that cannot be used.

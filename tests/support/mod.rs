@@ -59,6 +59,7 @@ pub fn config_for(fake: &FakeRegistry, dir: &Path) -> Config {
         storage: None,
         parent: Default::default(),
         fleet: None,
+        conversion: Default::default(),
     }
 }
 
