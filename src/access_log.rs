@@ -36,6 +36,8 @@ pub struct RequestNotes {
     pub foreign: Option<String>,
     /// Parts of a `multipart/byteranges` answer (after overlapping ranges were merged).
     pub ranges: Option<usize>,
+    /// A tag answer whose zstd layers were replaced by tars for this client.
+    pub converted: bool,
 }
 
 pub struct AccessLog {
@@ -140,6 +142,8 @@ impl Drop for LoggedBody {
             rewrite = log.notes.rewrite.as_deref(),
             foreign = log.notes.foreign.as_deref(),
             ranges = log.notes.ranges,
+            // Only on tag answers whose zstd layers were replaced for this client.
+            converted = log.notes.converted.then_some("zstd"),
             "request"
         );
     }

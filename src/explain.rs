@@ -164,6 +164,15 @@ impl Report {
                     ),
                 );
             }
+            if let Some(layers) = &d.layers {
+                line("layers", &format!("zstd read: {layers}"));
+            }
+            if d.layers_converted {
+                line(
+                    "layers converted",
+                    "zstd layers → their tars (digest = the config's diff_id)",
+                );
+            }
             if d.converted {
                 line(
                     "converted",

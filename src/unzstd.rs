@@ -51,11 +51,17 @@ impl From<UnzstdError> for io::Error {
     }
 }
 
-/// `input` (zstd) decompressed. `permit` is held until the decompression ends.
+/// How one decompression ended: `converted`, `failed` or `abandoned` (nobody read on), the
+/// zstd bytes read, the tar bytes made, and the time it took.
+pub type Report = Box<dyn FnOnce(&'static str, u64, u64, std::time::Duration) + Send>;
+
+/// `input` (zstd) decompressed. `permit` is held until the decompression ends; then `report`
+/// is told how it went.
 pub fn decompress(
     input: UpstreamBody,
     bounds: Bounds,
     permit: OwnedSemaphorePermit,
+    report: Report,
 ) -> UpstreamBody {
     let (in_tx, in_rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let (out_tx, out_rx) = mpsc::channel::<io::Result<Bytes>>(4);
@@ -78,9 +84,19 @@ pub fn decompress(
     });
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        if let Err(e) = run(ChannelReader::new(in_rx), bounds, &out_tx) {
-            let _ = out_tx.blocking_send(Err(e.into()));
-        }
+        let started = std::time::Instant::now();
+        let input = ChannelReader::new(in_rx);
+        let read_in = input.read_count();
+        let mut made = 0;
+        let outcome = match run(input, bounds, &out_tx, &mut made) {
+            Ok(true) => "converted",
+            Ok(false) => "abandoned",
+            Err(e) => {
+                let _ = out_tx.blocking_send(Err(e.into()));
+                "failed"
+            }
+        };
+        report(outcome, read_in.get(), made, started.elapsed());
     });
     let frames = futures_util::stream::unfold(out_rx, |mut rx| async move {
         rx.recv().await.map(|item| (item.map(Frame::data), rx))
@@ -88,23 +104,24 @@ pub fn decompress(
     StreamBody::new(frames).boxed_unsync()
 }
 
-/// Decompresses `input` to `out` within `bounds`: on the blocking thread, and in tests.
+/// Decompresses `input` to `out` within `bounds`, counting the bytes made in `total`. `true`:
+/// the whole stream; `false`: nobody reads any more.
 fn run(
     input: ChannelReader,
     bounds: Bounds,
     out: &mpsc::Sender<io::Result<Bytes>>,
-) -> Result<(), UnzstdError> {
+    total: &mut u64,
+) -> Result<bool, UnzstdError> {
     let read_in = input.read_count();
     let mut decoder =
         zstd::stream::read::Decoder::new(input).map_err(|e| UnzstdError::Invalid(e.to_string()))?;
     decoder
         .window_log_max(WINDOW_LOG_MAX)
         .map_err(|e| UnzstdError::Invalid(e.to_string()))?;
-    let mut total: u64 = 0;
     loop {
         let mut buf = vec![0u8; CHUNK];
         let n = match decoder.read(&mut buf) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(true),
             Ok(n) => n,
             Err(e)
                 if e.kind() == io::ErrorKind::Other
@@ -114,14 +131,14 @@ fn run(
             }
             Err(e) => return Err(UnzstdError::Invalid(e.to_string())),
         };
-        total += n as u64;
-        if total > bounds.max_output {
+        *total += n as u64;
+        if *total > bounds.max_output {
             return Err(UnzstdError::TooLarge {
                 max: bounds.max_output,
             });
         }
         let consumed = read_in.get().max(1);
-        if total > RATIO_GRACE && total / consumed > bounds.max_ratio {
+        if *total > RATIO_GRACE && *total / consumed > bounds.max_ratio {
             return Err(UnzstdError::Bomb {
                 ratio: bounds.max_ratio,
             });
@@ -129,7 +146,7 @@ fn run(
         buf.truncate(n);
         if out.blocking_send(Ok(Bytes::from(buf))).is_err() {
             // Nobody reads any more (the fill was abandoned): stop spending CPU on it.
-            return Ok(());
+            return Ok(false);
         }
     }
 }

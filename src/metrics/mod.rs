@@ -19,6 +19,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+/// `archway_layer_conversions` outcomes.
+const LAYER_CONVERSIONS: [&str; 3] = ["converted", "failed", "abandoned"];
+
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -287,6 +290,9 @@ pub struct Metrics {
     uploads_aborted: Counter,
     peer_bytes: Counter,
     foreign_fetches: Family<ForeignLabels, Counter>,
+    layer_conversions: Family<OutcomeLabels, Counter>,
+    layer_conversion_bytes: Family<WhatLabels, Counter>,
+    layer_conversion_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     platforms: Mutex<HashSet<String>>,
     /// Every registered family's name, help and type: the encoder leaves out a family with no
     /// series, and [`Metrics::encode`] puts its `# HELP`/`# TYPE` back, so that every family
@@ -599,6 +605,36 @@ impl Metrics {
         for source in SOURCES {
             drop(bytes_served.get_or_create(&SourceLabels { source }));
         }
+        let layer_conversions = Family::<OutcomeLabels, Counter>::default();
+        register(
+            &mut registry,
+            &mut described,
+            "archway_layer_conversions",
+            "zstd layers decompressed to their tars for clients that cannot read zstd, by outcome: converted (the whole tar made), failed (not zstd, cut off, past conversion.max_output or max_ratio), abandoned (no reader left)",
+            layer_conversions.clone(),
+        );
+        for outcome in LAYER_CONVERSIONS {
+            drop(layer_conversions.get_or_create(&OutcomeLabels { outcome }));
+        }
+        let layer_conversion_bytes = Family::<WhatLabels, Counter>::default();
+        register(
+            &mut registry,
+            &mut described,
+            "archway_layer_conversion_bytes",
+            "Bytes through layer conversions: zstd read, tar written",
+            layer_conversion_bytes.clone(),
+        );
+        for what in ["zstd", "tar"] {
+            drop(layer_conversion_bytes.get_or_create(&WhatLabels { what }));
+        }
+        let layer_conversion_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        register(
+            &mut registry,
+            &mut described,
+            "archway_layer_conversion_seconds",
+            "Time spent decompressing zstd layers (summed over concurrent conversions)",
+            layer_conversion_seconds.clone(),
+        );
         for reason in CONNECTION_ENDS {
             drop(connections_closed.get_or_create(&ReasonLabels { reason }));
         }
@@ -658,6 +694,9 @@ impl Metrics {
             uploads_aborted,
             peer_bytes,
             foreign_fetches,
+            layer_conversions,
+            layer_conversion_bytes,
+            layer_conversion_seconds,
             platforms: Mutex::new(HashSet::new()),
             described,
         }
@@ -834,6 +873,20 @@ impl Metrics {
                 parent: parent.to_owned(),
             })
             .inc();
+    }
+
+    /// One zstd layer's decompression ended (see `archway_layer_conversions`).
+    pub fn layer_conversion(&self, outcome: &'static str, zstd: u64, tar: u64, took: Duration) {
+        self.layer_conversions
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.layer_conversion_bytes
+            .get_or_create(&WhatLabels { what: "zstd" })
+            .inc_by(zstd);
+        self.layer_conversion_bytes
+            .get_or_create(&WhatLabels { what: "tar" })
+            .inc_by(tar);
+        self.layer_conversion_seconds.inc_by(took.as_secs_f64());
     }
 
     /// A foreign layer fetch (see `archway_foreign_layer_fetches`).

@@ -146,6 +146,9 @@ fn families_at_start_are_those_configured_with_known_series_at_zero() {
             "archway_access_confirmations",
             "archway_blob_fills",
             "archway_foreign_layer_fetches",
+            "archway_layer_conversions",
+            "archway_layer_conversion_bytes",
+            "archway_layer_conversion_seconds",
         ]
     );
     let text = plain.encode();
@@ -153,6 +156,8 @@ fn families_at_start_are_those_configured_with_known_series_at_zero() {
         "archway_cache_results_total{kind=\"blob\",result=\"coalesced\"} 0",
         "archway_connections_closed_total{reason=\"stall\"} 0",
         "archway_foreign_layer_fetches_total{upstream=\"hub\",outcome=\"not_allowed\"} 0",
+        "archway_layer_conversions_total{outcome=\"failed\"} 0",
+        "archway_layer_conversion_bytes_total{what=\"tar\"} 0",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -277,7 +277,7 @@ impl AccessGate {
 
     /// A manifest served under this route by tag (a platform answer: an index's child, or a
     /// conversion archway made): a GET of its digest under the same route is served too, as
-    /// its source was. Recorded only if not yet allowed, so a repeated answer costs a memo hit.
+    /// its source was.
     pub(crate) async fn served_by_tag(
         &self,
         manifests: &ManifestStore,
@@ -285,17 +285,31 @@ impl AccessGate {
         repo: &RepositoryName,
         digest: &Digest,
     ) {
+        self.granted(Object::Manifest(manifests), upstream, repo, digest)
+            .await;
+    }
+
+    /// An object this route got, or archway made from what it got (a converted layer): a GET
+    /// of its digest under the same route is served. Recorded only if not yet allowed, so a
+    /// repeated answer costs a memo hit.
+    pub(crate) async fn granted(
+        &self,
+        object: Object<'_>,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) {
         let name = upstream.config().name.as_str();
         let repository = repo.to_string();
-        let file = manifests.file_path(digest);
-        let known = self.records.get(ObjectKind::Manifest, digest, &file).await;
+        let kind = object.kind();
+        let file = object.file(digest);
+        let known = self.records.get(kind, digest, &file).await;
         if known.as_ref().is_some_and(|a| a.allows(name, &repository)) {
             return;
         }
         let visibility = upstream.config().visibility();
         let access = Access::confirmed(known.as_ref(), visibility, name, &repository);
-        self.records
-            .record(ObjectKind::Manifest, digest, access, &file);
+        self.records.record(kind, digest, access, &file);
     }
 }
 

@@ -4,13 +4,15 @@
 //! answered `307` to a presigned URL of it (the store decides; a HEAD, and a GET for several
 //! ranges, are always answered here).
 
+use super::access::{AccessGate, Object};
 use super::client::ClientRequest;
+use super::layers::Converter;
 use super::outcome::CacheResult;
 use super::response::{blob_headers, blob_response, insert_digest_headers, not_modified};
 use super::uncached;
 use crate::access_log::RequestNotes;
 use crate::body::{self, ResponseBody};
-use crate::cache::blob::{BlobStore, FillError, IncomingBlob, SourceError};
+use crate::cache::blob::{Blob, BlobStore, FillError, IncomingBlob, SourceError};
 use crate::digest::Digest;
 use crate::error::ProxyError;
 use crate::foreign::ForeignMemo;
@@ -26,6 +28,8 @@ type FetchFuture =
 
 pub(crate) struct Blobs {
     store: Arc<BlobStore>,
+    /// Converted layers' zstd sources: a converted layer no longer cached is made again.
+    converter: Arc<Converter>,
     /// The foreign layers of the manifests served: fetched from their urls when upstream
     /// cannot serve them.
     foreign: Arc<ForeignMemo>,
@@ -34,9 +38,15 @@ pub(crate) struct Blobs {
 }
 
 impl Blobs {
-    pub(crate) fn new(store: Arc<BlobStore>, foreign: Arc<ForeignMemo>, max_ranges: usize) -> Self {
+    pub(crate) fn new(
+        store: Arc<BlobStore>,
+        foreign: Arc<ForeignMemo>,
+        max_ranges: usize,
+        converter: Arc<Converter>,
+    ) -> Self {
         Blobs {
             store,
+            converter,
             foreign,
             max_ranges,
         }
@@ -82,23 +92,9 @@ impl Blobs {
             *from_route = true;
             return self.head(upstream, repo, digest, notes).await;
         }
-        // Set by the fill if it fetched a foreign layer from its url.
-        let foreign_url = Arc::new(std::sync::OnceLock::<String>::new());
-        let mut filled = Err(FillError::Failed("no attempt".into()));
-        // A download in flight may be another route's (its own upstream confirmed this one):
-        // its refusal (404, 401, 403) is about that route, so this route then asks its own.
-        for _attempt in 0..8 {
-            let ours = Arc::new(AtomicBool::new(false));
-            let fetch = self.fetch(upstream, repo, digest, &foreign_url, &ours);
-            filled = self.store.get_or_fill_from(digest, tag, fetch).await;
-            match &filled {
-                Err(FillError::Source(e))
-                    if e.is_route_specific() && !ours.load(Ordering::Relaxed) => {}
-                _ => break,
-            }
-        }
-        if let Some(url) = foreign_url.get() {
-            notes.foreign = Some(url.clone());
+        let (filled, foreign_url) = self.fill(upstream, repo, digest).await;
+        if let Some(url) = foreign_url {
+            notes.foreign = Some(url);
         }
         let blob = match filled {
             Ok(blob) => blob,
@@ -130,8 +126,77 @@ impl Blobs {
         Ok(blob_response(client, digest, &blob, self.max_ranges, notes))
     }
 
+    /// The blob from the cache, or its download under this route (and the foreign url it came
+    /// from, if it did).
+    async fn fill(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> (Result<Blob, FillError>, Option<String>) {
+        let tag = route_tag(upstream, repo);
+        // Set by the fill if it fetched a foreign layer from its url.
+        let foreign_url = Arc::new(std::sync::OnceLock::<String>::new());
+        let mut filled = Err(FillError::Failed("no attempt".into()));
+        // A download in flight may be another route's (its own upstream confirmed this one):
+        // its refusal (404, 401, 403) is about that route, so this route then asks its own.
+        for _attempt in 0..8 {
+            let ours = Arc::new(AtomicBool::new(false));
+            let fetch = self.fetch(upstream, repo, digest, &foreign_url, &ours, true);
+            filled = self.store.get_or_fill_from(digest, tag, fetch).await;
+            match &filled {
+                Err(FillError::Source(e))
+                    if e.is_route_specific() && !ours.load(Ordering::Relaxed) => {}
+                _ => break,
+            }
+        }
+        (filled, foreign_url.get().cloned())
+    }
+
+    /// A blob archway reads for itself under this route (a conversion's config and zstd
+    /// layer): let through the access gate as a client's GET would be.
+    pub(crate) async fn fetch_for_route(
+        &self,
+        access: &AccessGate,
+        upstream: &Arc<Upstream>,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Blob, ProxyError> {
+        let store = || Object::Blob(&self.store);
+        let admitted = access.admit(store(), upstream, repo, digest).await?;
+        let blob = self
+            .fill(upstream, repo, digest)
+            .await
+            .0
+            .map_err(fill_error)?;
+        let from_route =
+            blob.started_download() || blob.origin() == Some(route_tag(upstream, repo));
+        access
+            .settle(admitted, store(), upstream, repo, digest, from_route)
+            .await?;
+        Ok(blob)
+    }
+
+    /// The converted layer `digest`: cached, in flight, or filled by `convert`.
+    pub(crate) async fn fill_converted<F, Fut>(
+        &self,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        digest: &Digest,
+        convert: F,
+    ) -> Result<Blob, FillError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<IncomingBlob, SourceError>> + Send + 'static,
+    {
+        self.store
+            .get_or_fill_from(digest, route_tag(upstream, repo), convert)
+            .await
+    }
+
     /// The download of `digest` from this route's upstream (falling back to a foreign layer's
-    /// url where the manifest gave one); `ours` is set when it runs.
+    /// url where the manifest gave one); `ours` is set when it runs. A converted layer is
+    /// converted again from its zstd layer.
     fn fetch(
         &self,
         upstream: &Arc<Upstream>,
@@ -139,16 +204,37 @@ impl Blobs {
         digest: &Digest,
         foreign_url: &Arc<std::sync::OnceLock<String>>,
         ours: &Arc<AtomicBool>,
-    ) -> impl FnOnce() -> FetchFuture + Send + 'static {
+        convert: bool,
+    ) -> Box<dyn FnOnce() -> FetchFuture + Send + 'static> {
         let upstream = upstream.clone();
         let repo = repo.clone();
         let digest = digest.clone();
         let memo = self.foreign.clone();
         let foreign_url = foreign_url.clone();
         let ours = ours.clone();
-        move || {
+        // Only one step: the zstd source itself is fetched plainly (no chain a hostile
+        // upstream's diff_ids could make loop).
+        let source = convert
+            .then(|| self.converter.source_of(&upstream.config().name, &digest))
+            .flatten()
+            .filter(|s| *s != digest);
+        let again = source.map(|source| {
+            let no_url = Arc::new(std::sync::OnceLock::new());
+            let fetch = self.fetch(&upstream, &repo, &source, &no_url, &Arc::default(), false);
+            (source, fetch, self.store.clone(), self.converter.clone())
+        });
+        let tag = route_tag(&upstream, &repo);
+        Box::new(move || {
             ours.store(true, Ordering::Relaxed);
             Box::pin(async move {
+                if let Some((source, fetch, store, converter)) = again {
+                    tracing::info!(%digest, %source, "a converted layer no longer cached: converting it again");
+                    let zstd = store
+                        .get_or_fill_from(&source, tag, fetch)
+                        .await
+                        .map_err(SourceError::new)?;
+                    return converter.decompress(zstd.body(None)).await;
+                }
                 let stream = match upstream.get_blob(&repo, &digest).await {
                     Ok(stream) => stream,
                     Err(e) => {
@@ -173,8 +259,8 @@ impl Blobs {
                     size: stream.size,
                     body: stream.body,
                 })
-            })
-        }
+            }) as FetchFuture
+        })
     }
 
     /// Straight from upstream, verified on the way (see `uncached`), never kept.

@@ -12,9 +12,10 @@ use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::{Arc, OnceLock};
 
 /// The request headers a tag answer depends on.
-static HINT_HEADERS: [HeaderName; 3] = [
+static HINT_HEADERS: [HeaderName; 4] = [
     header::USER_AGENT,
     HeaderName::from_static("x-meta-platform"),
+    HeaderName::from_static("x-meta-layers"),
     header::ACCEPT,
 ];
 
@@ -56,6 +57,8 @@ pub(crate) struct Answer {
     pub(crate) answer: Arc<Manifest>,
     pub(crate) vary: bool,
     pub(crate) rewrite: Option<String>,
+    /// zstd layers were converted (the access log's `converted`).
+    pub(crate) converted: bool,
 }
 
 pub(crate) struct AnswerMemo(moka::sync::Cache<AnswerKey, Arc<Answer>>);
@@ -94,6 +97,10 @@ pub(crate) struct SelectionKey {
     pub(crate) windows: WindowsMatch,
     pub(crate) accepts_oci: bool,
     pub(crate) oci_for_legacy: OciForLegacy,
+    /// The zstd layer types the client reads.
+    pub(crate) reads: crate::route_policy::ZstdReads,
+    /// A platform answer (else the index was only looked into for zstd layers).
+    pub(crate) rewrite: bool,
 }
 
 /// A remembered selection: the answer and how it was found.
@@ -101,6 +108,8 @@ pub(crate) struct SelectionKey {
 pub(crate) struct Resolved {
     pub(crate) answer: Arc<Manifest>,
     pub(crate) converted: bool,
+    /// zstd layers were converted.
+    pub(crate) layers_converted: bool,
     pub(crate) steps: Vec<SelectionStep>,
     pub(crate) offered: Vec<String>,
 }
@@ -243,6 +252,7 @@ mod tests {
                     answer: answer.clone(),
                     vary: true,
                     rewrite: Some("linux/amd64 (User-Agent)".into()),
+                    converted: false,
                 },
             );
         }

@@ -13,6 +13,7 @@
 mod access;
 mod blobs;
 mod client;
+mod layers;
 mod listings;
 mod manifests;
 mod memo;
@@ -76,6 +77,8 @@ pub struct Proxy {
     via: Via,
     /// Who may be served which cached object (`access_rule`).
     access: AccessGate,
+    /// zstd layers converted for clients that cannot read them.
+    converter: Arc<layers::Converter>,
     /// `[fleet]`: the egress policy lease owners are reached through (told archway's own
     /// listeners once bound), and the check of peer requests to this replica's endpoint.
     peer_egress: Option<Arc<Egress>>,
@@ -276,8 +279,10 @@ impl Proxy {
             AccessStore::new(config.cache.access_memory).with_bucket(bucket),
             metrics.clone(),
         );
+        let converter = Arc::new(layers::Converter::new(&config.conversion, metrics.clone()));
         Ok(Proxy {
             access,
+            converter: converter.clone(),
             default_upstream: config.default_upstream(),
             upstreams,
             manifests,
@@ -290,6 +295,7 @@ impl Proxy {
                 blobs,
                 Arc::new(crate::foreign::ForeignMemo::new(config.cache.foreign_memo)),
                 config.limits.max_ranges,
+                converter,
             ),
             referrers: referrers::Referrers::new(
                 config.cache.referrers_memory,
@@ -704,9 +710,14 @@ impl Proxy {
                         // Only the platform answer fails past here, and its 404s (no match, OCI
                         // refused) are this client's, not everyone's: caches must know.
                         notes.vary_on_error = true;
+                        let work = layers::LayerWork {
+                            converter: &self.converter,
+                            blobs: &self.blobs,
+                            access: &self.access,
+                        };
                         let (answer, vary) = self
                             .platform
-                            .answer(&self.manifests, upstream, &target, client, m, notes)
+                            .answer(&self.manifests, &work, upstream, &target, client, m, notes)
                             .await?;
                         let store = self.manifests.store();
                         // What a tag gave this route is its to GET by digest, with no question.

@@ -3,6 +3,7 @@
 //! Docker conversion for clients that need it, and the memos that make a repeated answer cheap.
 
 use super::client::ClientRequest;
+use super::layers::LayerWork;
 use super::manifests::Manifests;
 use super::memo::{Answer, AnswerKey, AnswerMemo, Resolved, SelectionKey, SelectionMemo};
 use crate::access_log::RequestNotes;
@@ -16,7 +17,7 @@ use crate::platform::{Platform, WindowsMatch};
 use crate::route_policy::{
     choose_route, client_platform, should_rewrite, Decision, Route, SelectionStep,
 };
-use crate::route_policy::{OciForLegacy, RequestFacts, RewriteMode};
+use crate::route_policy::{layers_for, OciForLegacy, RequestFacts, RewriteMode, ZstdReads};
 use crate::upstream::Upstream;
 use crate::upstream_choice::Target;
 use bytes::Bytes;
@@ -71,10 +72,12 @@ impl PlatformAnswers {
     /// The answer to a tag request for this client: the manifest itself, or — for a client that
     /// can't take an index (or on an `always` route) — the child for its platform, converted to
     /// Docker schema2 when it can't take OCI either.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn answer(
         &self,
         manifests: &Manifests,
-        upstream: &Upstream,
+        work: &LayerWork<'_>,
+        upstream: &Arc<Upstream>,
         target: &Target,
         client: &ClientRequest,
         m: Arc<Manifest>,
@@ -85,6 +88,7 @@ impl PlatformAnswers {
             .then(|| AnswerKey::new(&m.digest, route.map(|r| r.index), &client.headers));
         if let Some(hit) = memo_key.as_ref().and_then(|key| self.answers.get(key)) {
             notes.rewrite = hit.rewrite.clone();
+            notes.converted = hit.converted;
             return Ok((hit.answer.clone(), hit.vary));
         }
         let mode = route.map(|r| r.config.rewrite).unwrap_or_default();
@@ -100,6 +104,7 @@ impl PlatformAnswers {
         let result = self
             .resolve(
                 manifests,
+                work,
                 upstream,
                 target,
                 client,
@@ -118,6 +123,7 @@ impl PlatformAnswers {
                         answer: answer.clone(),
                         vary: *vary,
                         rewrite: notes.rewrite.clone(),
+                        converted: notes.converted,
                     },
                 );
             }
@@ -134,7 +140,8 @@ impl PlatformAnswers {
     async fn resolve(
         &self,
         manifests: &Manifests,
-        upstream: &Upstream,
+        work: &LayerWork<'_>,
+        upstream: &Arc<Upstream>,
         target: &Target,
         client: &ClientRequest,
         m: Arc<Manifest>,
@@ -149,9 +156,23 @@ impl PlatformAnswers {
         let windows = route.map(|r| r.config.windows_match).unwrap_or_default();
         let rewrite = decision.rewrite;
         let single_oci = m.media_type == media_type::OCI_MANIFEST;
-        let vary =
-            mode != RewriteMode::Never && (media_type::is_index(&m.media_type) || single_oci);
-        let answer = if rewrite {
+        let is_index = media_type::is_index(&m.media_type);
+        let layers_mode = route.map(|r| r.config.layers).unwrap_or_default();
+        let layers =
+            layers_for(layers_mode, client.header("x-meta-layers"), user_agent).map_err(|e| {
+                ProxyError::downstream(ErrorCode::Unsupported, e.to_string())
+                    .with_status(http::StatusCode::BAD_REQUEST)
+            })?;
+        decision.layers = Some(format!("{:?}: {}", layers.reads, layers.why));
+        let reads = layers.reads;
+        // Answers differ by client wherever a zstd layer may be converted for some of them.
+        let vary = (mode != RewriteMode::Never && (is_index || single_oci))
+            || (layers_mode == crate::route_policy::LayersMode::Auto
+                && (is_index || mentions_zstd(&m.bytes)));
+        // A client that cannot read zstd gets the child for its platform when the index's
+        // child has zstd layers: the index's own digests name the zstd children.
+        let for_layers = !rewrite && reads != ZstdReads::Both && is_index;
+        let answer = if rewrite || for_layers {
             let (platform, source) =
                 client_platform(route, client.header("x-meta-platform"), user_agent)?;
             decision.platform = Some(platform.to_string());
@@ -162,12 +183,15 @@ impl PlatformAnswers {
                 windows,
                 accepts_oci: accept.accepts(media_type::OCI_MANIFEST),
                 oci_for_legacy,
+                reads,
+                rewrite,
             };
             let resolved = match self.selections.get(&key) {
                 Some(r) => r,
                 None => {
                     let mut refused = None;
-                    let fitted = match self
+                    let mut layers_converted = false;
+                    let selected = self
                         .select_for_platform(
                             manifests,
                             upstream,
@@ -178,18 +202,43 @@ impl PlatformAnswers {
                             decision,
                             &mut refused,
                         )
-                        .await
-                    {
-                        Ok(child) => {
-                            self.fit_for_client(
-                                manifests,
-                                child,
-                                accept,
-                                oci_for_legacy,
-                                &platform,
-                                &mut refused,
-                            )
+                        .await;
+                    let fitted = match selected {
+                        Ok(child) => match work
+                            .convert(manifests, upstream, &target.repository, &child, reads)
                             .await
+                        {
+                            Ok(Some(converted)) => {
+                                layers_converted = true;
+                                self.fit_for_client(
+                                    manifests,
+                                    converted,
+                                    accept,
+                                    oci_for_legacy,
+                                    &platform,
+                                    &mut refused,
+                                )
+                                .await
+                            }
+                            Ok(None) if rewrite => {
+                                self.fit_for_client(
+                                    manifests,
+                                    child,
+                                    accept,
+                                    oci_for_legacy,
+                                    &platform,
+                                    &mut refused,
+                                )
+                                .await
+                            }
+                            // Only looked at for its layers: none to convert, the index stands.
+                            Ok(None) => Ok((m.clone(), false)),
+                            Err(e) => Err(e),
+                        },
+                        // Only looked at for its layers: the index stands, as it would have.
+                        Err(_) if !rewrite => {
+                            refused = None;
+                            Ok((m.clone(), false))
                         }
                         Err(e) => Err(e),
                     };
@@ -200,6 +249,7 @@ impl PlatformAnswers {
                     let r = Arc::new(Resolved {
                         answer,
                         converted,
+                        layers_converted,
                         steps: decision.steps.clone(),
                         offered: decision.offered.clone(),
                     });
@@ -210,21 +260,30 @@ impl PlatformAnswers {
             decision.steps = resolved.steps.clone();
             decision.offered = resolved.offered.clone();
             decision.converted = resolved.converted;
-            let reason = match (resolved.converted, mode) {
-                (true, _) => "converted",
-                (false, RewriteMode::Always) => "always",
-                (false, _) => "legacy",
-            };
-            notes.rewrite_outcome = Some((platform.to_string(), reason));
-            notes.rewrite = Some(format!(
-                "{platform} ({}){}",
-                source.as_str(),
-                if resolved.converted {
-                    ", converted"
-                } else {
-                    ""
-                }
-            ));
+            decision.layers_converted = resolved.layers_converted;
+            if rewrite || resolved.layers_converted {
+                let reason = match (resolved.converted || resolved.layers_converted, mode) {
+                    (true, _) => "converted",
+                    (false, RewriteMode::Always) => "always",
+                    (false, _) => "legacy",
+                };
+                notes.rewrite_outcome = Some((platform.to_string(), reason));
+                notes.rewrite = Some(format!(
+                    "{platform} ({}){}{}",
+                    source.as_str(),
+                    if resolved.converted {
+                        ", converted"
+                    } else {
+                        ""
+                    },
+                    if resolved.layers_converted {
+                        ", zstd layers converted"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            notes.converted = resolved.layers_converted;
             resolved.answer.clone()
         } else if single_oci
             && mode != RewriteMode::Never
@@ -233,6 +292,17 @@ impl PlatformAnswers {
             // A single-platform OCI image for a client that only knows Docker's types.
             let platform = Platform::default_for_clients();
             let mut refused = None;
+            let m = match work
+                .convert(manifests, upstream, &target.repository, &m, reads)
+                .await?
+            {
+                Some(converted) => {
+                    decision.layers_converted = true;
+                    notes.converted = true;
+                    converted
+                }
+                None => m,
+            };
             let fitted = self
                 .fit_for_client(
                     manifests,
@@ -254,6 +324,19 @@ impl PlatformAnswers {
                 notes.rewrite_outcome = Some(("none".into(), "converted"));
             }
             answer
+        } else if reads != ZstdReads::Both && !is_index {
+            match work
+                .convert(manifests, upstream, &target.repository, &m, reads)
+                .await?
+            {
+                Some(converted) => {
+                    decision.layers_converted = true;
+                    notes.converted = true;
+                    notes.rewrite = Some("zstd layers converted".into());
+                    converted
+                }
+                None => m,
+            }
         } else {
             m
         };
@@ -354,4 +437,9 @@ impl PlatformAnswers {
             .map_err(|e| ProxyError::internal(format!("cannot store a converted manifest: {e}")))?;
         Ok((converted, true))
     }
+}
+
+/// Whether a manifest names a zstd layer type at all (cheap: no parse).
+fn mentions_zstd(bytes: &[u8]) -> bool {
+    bytes.windows(4).any(|w| w == b"zstd")
 }

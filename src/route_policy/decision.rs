@@ -22,6 +22,10 @@ pub struct Decision {
     /// One step per index level followed.
     pub steps: Vec<SelectionStep>,
     pub converted: bool,
+    /// Which zstd layer types the client reads, and why.
+    pub layers: Option<String>,
+    /// zstd layers were replaced by their tars.
+    pub layers_converted: bool,
     pub answer_digest: String,
     pub answer_media_type: String,
 }

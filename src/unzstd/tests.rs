@@ -22,7 +22,11 @@ const WIDE: Bounds = Bounds {
 async fn through(input: Vec<io::Result<Bytes>>, bounds: Bounds) -> Result<Vec<u8>, String> {
     let permits = Arc::new(Semaphore::new(1));
     let permit = permits.clone().acquire_owned().await.unwrap();
-    let mut body = decompress(body_of(input), bounds, permit);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let report: Report = Box::new(move |outcome, zstd, tar, _took| {
+        let _ = tx.send((outcome, zstd, tar));
+    });
+    let mut body = decompress(body_of(input), bounds, permit, report);
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
         match frame {
@@ -30,6 +34,11 @@ async fn through(input: Vec<io::Result<Bytes>>, bounds: Bounds) -> Result<Vec<u8
             Err(e) => return Err(e.to_string()),
         }
     }
+    // The report says how it ended: converted, with every byte made.
+    let (outcome, _zstd, tar) = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("a report");
+    assert_eq!((outcome, tar), ("converted", out.len() as u64));
     // The permit is back once the decompression is over.
     let _again = tokio::time::timeout(std::time::Duration::from_secs(5), permits.acquire())
         .await

@@ -170,6 +170,9 @@ pub struct Access {
     pub rewrite: Option<String>,
     /// The parts of a `multipart/byteranges` answer.
     pub ranges: Option<u64>,
+    /// `zstd` on a tag answer whose zstd layers were replaced by tars for this client.
+    #[allow(dead_code)] // read by tests/e2e_zstd.rs
+    pub converted: Option<String>,
 }
 
 impl Access {
@@ -198,6 +201,7 @@ impl Access {
             error: s("error"),
             rewrite: s("rewrite"),
             ranges: f.get("ranges").and_then(Value::as_u64),
+            converted: s("converted"),
         })
     }
 

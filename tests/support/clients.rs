@@ -61,6 +61,29 @@ impl ClientHeaders {
         self.with(&[])
     }
 
+    /// This client with its User-Agent replaced (or added).
+    pub fn with_user_agent(&self, ua: &str) -> ClientHeaders {
+        let mut c = self.clone();
+        c.name = format!("{} with User-Agent {ua}", self.name);
+        for (k, v) in &mut c.headers {
+            if k.eq_ignore_ascii_case("user-agent") {
+                *v = ua.to_owned();
+            }
+        }
+        if c.user_agent().is_none() {
+            c.headers.push(("User-Agent".to_owned(), ua.to_owned()));
+        }
+        c
+    }
+
+    /// This client with one more header line.
+    pub fn with_header(&self, name: &str, value: &str) -> ClientHeaders {
+        let mut c = self.clone();
+        c.name = format!("{} with {name}: {value}", self.name);
+        c.headers.push((name.to_owned(), value.to_owned()));
+        c
+    }
+
     pub fn user_agent(&self) -> Option<&str> {
         self.headers
             .iter()

@@ -32,6 +32,9 @@ pub struct Image {
     /// `(media type, digest, bytes)`; bytes are empty for a layer left out of the registry
     /// (a non-distributable layer).
     pub layers: Vec<(String, Digest, Bytes)>,
+    /// Each layer's uncompressed tar (as the config's `diff_ids` name it): a zstd layer's is
+    /// what it decompresses to; the others' is their own bytes (the fixture's simplification).
+    pub tars: Vec<(Digest, Bytes)>,
 }
 
 /// One stored index (OCI index or Docker list) and what it points at.
@@ -119,12 +122,20 @@ fn image(
     config_type: &str,
 ) -> Image {
     let mut layers = Vec::new();
+    let mut tars = Vec::new();
     let mut descriptors = Vec::new();
     for (i, t) in layer_types.iter().enumerate() {
-        let bytes = Bytes::from(pseudo_random_bytes(
+        let tar = Bytes::from(pseudo_random_bytes(
             seed.wrapping_mul(97).wrapping_add(i as u64),
             1_000 + 500 * i,
         ));
+        tars.push((super::sha256_digest(&tar), tar.clone()));
+        // A zstd layer is really zstd: it decompresses to the tar its diff_id names.
+        let bytes = if t.ends_with("zstd") {
+            Bytes::from(zstd::encode_all(&tar[..], 3).unwrap())
+        } else {
+            tar
+        };
         let mut d = json!({"mediaType": t, "size": bytes.len()});
         let digest = if *t == OCI_NONDISTRIBUTABLE_LAYER {
             let digest = super::sha256_digest(&bytes);
@@ -145,7 +156,7 @@ fn image(
     config["config"] = json!({"Env": [format!("FIXTURE_SEED={seed}")]});
     config["rootfs"] = json!({
         "type": "layers",
-        "diff_ids": layers.iter().map(|(_, d, _)| d.to_string()).collect::<Vec<_>>(),
+        "diff_ids": tars.iter().map(|(d, _)| d.to_string()).collect::<Vec<_>>(),
     });
     let config_bytes = Bytes::from(serde_json::to_vec(&config).unwrap());
     let config_digest = fake.add_blob(repo, config_bytes.clone());
@@ -170,6 +181,7 @@ fn image(
         config: config_digest,
         config_bytes,
         layers,
+        tars,
     }
 }
 
