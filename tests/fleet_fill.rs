@@ -600,3 +600,108 @@ fn objects_and_leases(moto: &e2e::s3::Moto) -> Vec<String> {
         .filter(|k| !k.starts_with("fleet/access/"))
         .collect()
 }
+
+/// zstd layers for an old client, asked of two replicas at once: the zstd layer comes from
+/// upstream once, its tar is made once in the fleet (the other replica joins that conversion
+/// under the tar's fill lease, or finds it in the bucket), both answer the same converted
+/// manifest, and the bucket holds the tar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_convert_a_zstd_layer_once() {
+    if skip("two_replicas_convert_a_zstd_layer_once") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let tar = pseudo_random_bytes(21, 2 << 20);
+    let zstd = zstd::encode_all(&tar[..], 3).unwrap();
+    let diff_id = support::sha256_digest(&tar);
+    let layer = fake.add_blob("lib/app", zstd.clone());
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]}
+    }))
+    .unwrap();
+    let config_digest = fake.add_blob("lib/app", config.clone());
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    let m = serde_json::json!({
+        "schemaVersion": 2, "mediaType": oci,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "digest": layer.to_string(), "size": zstd.len()}],
+    });
+    fake.add_manifest("lib/app", Some("v1"), oci, serde_json::to_vec(&m).unwrap());
+    // Slow enough that both replicas ask while the first fill runs.
+    fake.fault(
+        Some(Kind::Blob),
+        Fault::SlowBody {
+            chunk: 64 << 10,
+            every: Duration::from_millis(30),
+        },
+    );
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = Vec::new();
+    for d in &dirs {
+        let (cfg, _) = replica_config(&fake, d.path(), &moto.url(), Duration::from_secs(5));
+        replicas.push(Archway::start(cfg).await.unwrap());
+    }
+    let client = TestClient::new();
+    let docker = [
+        ("user-agent", "docker/20.10.24+dfsg1 go/go1.19.8 git-commit/5d6db84 kernel/6.1.0 os/linux arch/amd64 UpstreamClient(Docker-Client/20.10.24+dfsg1 \\(linux\\))"),
+        ("accept", oci),
+    ];
+    let gets = replicas.iter().map(|a| {
+        let url = format!("http://{}/v2/lib/app/manifests/v1", a.local_addr());
+        let client = client.clone();
+        async move { client.get_with(&url, &docker).await }
+    });
+    let replies = futures_util::future::join_all(gets).await;
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r.status, StatusCode::OK, "replica {i}: {}", r.text());
+        assert_eq!(
+            r.body, replies[0].body,
+            "replica {i}: the same converted manifest"
+        );
+        assert_eq!(r.json()["layers"][0]["digest"], diff_id.to_string());
+    }
+    let path = format!("/v2/lib/app/blobs/{layer}");
+    assert_eq!(
+        fake.count_path("GET", &path),
+        1,
+        "the zstd layer from upstream once"
+    );
+    let all: Vec<&Archway> = replicas.iter().collect();
+    let converted: f64 = all
+        .iter()
+        .map(|a| {
+            fleet_value(
+                a,
+                "archway_layer_conversions_total",
+                &[("outcome", "converted")],
+            )
+        })
+        .sum();
+    assert_eq!(converted, 1.0, "one conversion in the fleet");
+    for a in &replicas {
+        let r = client
+            .get_with(
+                &format!("http://{}/v2/lib/app/blobs/{diff_id}", a.local_addr()),
+                &docker,
+            )
+            .await;
+        assert_verified(&r, &tar, "the tar from each replica");
+    }
+    // The tar is in the bucket, for every replica to come.
+    let tar_key = format!("fleet/blobs/sha256/{}", diff_id.hex());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !objects_and_leases(&moto).contains(&tar_key) {
+        assert!(
+            Instant::now() < deadline,
+            "bucket holds {:?}",
+            objects_and_leases(&moto)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for a in replicas {
+        a.shutdown().await;
+    }
+}
