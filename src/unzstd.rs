@@ -85,10 +85,11 @@ pub fn decompress(
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let started = std::time::Instant::now();
-        let input = ChannelReader::new(in_rx);
+        let input = Counted::new(ChannelReader::new(in_rx));
         let read_in = input.read_count();
         let mut made = 0;
-        let outcome = match run(input, bounds, &out_tx, &mut made) {
+        let mut send = |chunk: Vec<u8>| out_tx.blocking_send(Ok(Bytes::from(chunk))).is_ok();
+        let outcome = match run(input, &read_in, bounds, &mut send, &mut made) {
             Ok(true) => "converted",
             Ok(false) => "abandoned",
             Err(e) => {
@@ -104,15 +105,31 @@ pub fn decompress(
     StreamBody::new(frames).boxed_unsync()
 }
 
-/// Decompresses `input` to `out` within `bounds`, counting the bytes made in `total`. `true`:
-/// the whole stream; `false`: nobody reads any more.
-fn run(
-    input: ChannelReader,
+/// `input` decompressed whole, within `bounds` (the same decoder and checks as [`decompress`],
+/// without a runtime: for the fuzzer and tools).
+pub fn decompress_slice(input: &[u8], bounds: Bounds) -> Result<Vec<u8>, UnzstdError> {
+    let input = Counted::new(input);
+    let read_in = input.read_count();
+    let mut out = Vec::new();
+    let mut total = 0;
+    let mut keep = |chunk: Vec<u8>| {
+        out.extend_from_slice(&chunk);
+        true
+    };
+    run(input, &read_in, bounds, &mut keep, &mut total)?;
+    Ok(out)
+}
+
+/// Decompresses `input` (whose bytes read so far `read_in` counts) to `out` within `bounds`,
+/// counting the bytes made in `total`. `true`: the whole stream; `false`: `out` refused more
+/// (nobody reads any more).
+fn run<R: Read>(
+    input: R,
+    read_in: &ReadCount,
     bounds: Bounds,
-    out: &mpsc::Sender<io::Result<Bytes>>,
+    out: &mut dyn FnMut(Vec<u8>) -> bool,
     total: &mut u64,
 ) -> Result<bool, UnzstdError> {
-    let read_in = input.read_count();
     let mut decoder =
         zstd::stream::read::Decoder::new(input).map_err(|e| UnzstdError::Invalid(e.to_string()))?;
     decoder
@@ -144,7 +161,7 @@ fn run(
             });
         }
         buf.truncate(n);
-        if out.blocking_send(Ok(Bytes::from(buf))).is_err() {
+        if !out(buf) {
             // Nobody reads any more (the fill was abandoned): stop spending CPU on it.
             return Ok(false);
         }
@@ -163,11 +180,38 @@ impl std::fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
-/// A blocking `Read` over chunks sent from the runtime, counting what it has handed out.
+/// A `Read` counting what it has handed out (for the ratio check).
+struct Counted<R> {
+    inner: R,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Counted<R> {
+    fn new(inner: R) -> Self {
+        Counted {
+            inner,
+            count: Default::default(),
+        }
+    }
+
+    fn read_count(&self) -> ReadCount {
+        ReadCount(self.count.clone())
+    }
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// A blocking `Read` over chunks sent from the runtime.
 struct ChannelReader {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
-    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -184,12 +228,7 @@ impl ChannelReader {
         ChannelReader {
             rx,
             current: Bytes::new(),
-            count: Default::default(),
         }
-    }
-
-    fn read_count(&self) -> ReadCount {
-        ReadCount(self.count.clone())
     }
 }
 
@@ -209,8 +248,6 @@ impl Read for ChannelReader {
         if let Some(dst) = buf.get_mut(..n) {
             dst.copy_from_slice(&chunk);
         }
-        self.count
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
 }

@@ -16,6 +16,7 @@
 //! | `www_authenticate` | `WWW-Authenticate` values, one a line; the whole input is also a token response |
 //! | `range` | a blob size line, then a `Range` value |
 //! | `config` | a TOML config file |
+//! | `zstd_layer` | a zstd stream (a layer), decompressed within bounds |
 
 use std::time::Instant;
 
@@ -43,6 +44,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("range", range),
     ("config", config),
     ("via", via),
+    ("zstd_layer", zstd_layer),
 ];
 
 fn text(data: &[u8]) -> std::borrow::Cow<'_, str> {
@@ -420,6 +422,27 @@ pub fn manifest(data: &[u8]) {
             "conversion is deterministic"
         );
     }
+    // zstd layers replaced by tars: the rewrite keeps JSON, leaves no zstd type where it put a
+    // tar, and is deterministic.
+    if let Ok(Some(plan)) = archway::layer_plan::zstd_layers(data, archway::route_policy::ZstdReads::Neither) {
+        let converted: Vec<archway::layer_plan::ConvertedLayer> = plan
+            .layers
+            .iter()
+            .map(|l| archway::layer_plan::ConvertedLayer {
+                position: l.position,
+                digest: archway::digest::Digest::sha256_of(l.digest.to_string().as_bytes()),
+                size: l.size.wrapping_mul(3),
+            })
+            .collect();
+        if let Ok(out) = archway::layer_plan::rewrite(data, &converted) {
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("rewritten JSON");
+            for c in &converted {
+                let t = v["layers"][c.position - 1]["mediaType"].as_str().unwrap_or("");
+                assert!(!t.contains("zstd"), "layer {} still {t}", c.position);
+            }
+            assert_eq!(archway::layer_plan::rewrite(data, &converted).ok(), Some(out));
+        }
+    }
     let first_line = data.split(|b| *b == b'\n').next().unwrap_or_default();
     let first_line = std::str::from_utf8(first_line)
         .ok()
@@ -440,6 +463,30 @@ pub fn manifest(data: &[u8]) {
     let body = data.splitn(2, |b| *b == b'\n').nth(1).unwrap_or_default();
     let t = manifest::media_type_of(first_line, body);
     assert!(HeaderValue::from_str(&t).is_ok(), "{t:?}");
+}
+
+// === zstd_layer ===
+
+/// The bounds the fuzzer decompresses within: small, so that output past them is reached.
+const FUZZ_BOUNDS: archway::unzstd::Bounds = archway::unzstd::Bounds {
+    max_output: 1 << 20,
+    max_ratio: 1000,
+};
+
+/// A zstd stream through the converter's decoder: never a panic, never more than the bounds
+/// allow, and whatever it makes is what libzstd's reference decoder makes of the same bytes.
+pub fn zstd_layer(data: &[u8]) {
+    match archway::unzstd::decompress_slice(data, FUZZ_BOUNDS) {
+        Ok(out) => {
+            assert!(out.len() as u64 <= FUZZ_BOUNDS.max_output, "{} bytes", out.len());
+            let reference = zstd::decode_all(data).expect("the reference decoder agrees it is zstd");
+            assert!(out == reference, "the same bytes as the reference decoder");
+        }
+        Err(e) => {
+            // Every refusal is a sentence a client can be shown.
+            assert!(!e.to_string().is_empty());
+        }
+    }
 }
 
 // === www_authenticate ===
