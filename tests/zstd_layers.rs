@@ -490,3 +490,72 @@ async fn explain_says_when_and_why_it_converts() {
         "the answer is the converted manifest"
     );
 }
+
+/// A conversion slower than `conversion.max_wait`: the manifest request gets 503 saying so,
+/// the conversion goes on, and the next request finds it done. Meanwhile other images are
+/// answered: a conversion holds no request but its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_conversion_is_503_then_done_and_blocks_no_other_pull() {
+    let h = Harness::with(FakeRegistry::start().await, |cfg| {
+        cfg.conversion.max_wait = std::time::Duration::from_millis(300);
+        cfg.conversion.max_concurrent = 1;
+    })
+    .await;
+    let img = image_with_tars(
+        &h.fake,
+        "slow",
+        OCI_MANIFEST,
+        &[(OCI_LAYER_ZSTD, pseudo_random_bytes(31, 1 << 20))],
+    );
+    let other = images::zstd_index(&h.fake, REPO, "other", 12);
+    // Every blob from upstream takes about 1.6 s (its zstd layer's body crawls).
+    h.fake.fault(
+        Some(support::Kind::Blob),
+        support::Fault::SlowBody {
+            chunk: 64 << 10,
+            every: std::time::Duration::from_millis(100),
+        },
+    );
+    let docker = clients::docker_2010();
+    let path = format!("/v2/{REPO}/manifests/slow");
+    let slow = {
+        let client = h.client.clone();
+        let url = h.url(&path);
+        let headers: Vec<(String, String)> = docker.headers.clone();
+        tokio::spawn(async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            client.get_with(&url, &headers).await
+        })
+    };
+    // Another image's tag, for a client that reads zstd: answered while the conversion runs.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let r = h
+        .get_with(
+            &format!("/v2/{REPO}/manifests/other"),
+            &clients::containerd_16().lines(),
+        )
+        .await;
+    assert!(r.body == other.bytes, "{}", r.text());
+    assert!(
+        !slow.is_finished(),
+        "answered while the conversion still ran"
+    );
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert!(r.text().contains("still being converted"), "{}", r.text());
+    // The conversion went on: a later request gets the converted manifest.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = h.get_with(&path, &docker.lines()).await;
+        if r.status == StatusCode::OK {
+            assert_converted_from(&h, &r, &img, &[0], &docker).await;
+            break;
+        }
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+        assert!(std::time::Instant::now() < deadline, "never converted");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
