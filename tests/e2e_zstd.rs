@@ -43,29 +43,8 @@ type Files = Vec<(String, Vec<u8>)>;
 
 /// A tar of `files` (directories first), as an image layer's diff.
 fn tar_of(files: &Files) -> Vec<u8> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut dirs = Vec::new();
-    for (path, data) in files {
-        if let Some((dir, _)) = path.rsplit_once('/') {
-            if !dirs.contains(&dir.to_owned()) {
-                dirs.push(dir.to_owned());
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-                h.set_mtime(0);
-                h.set_size(0);
-                tar.append_data(&mut h, format!("{dir}/"), std::io::empty())
-                    .unwrap();
-            }
-        }
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_size(data.len() as u64);
-        tar.append_data(&mut h, path, &data[..]).unwrap();
-    }
-    tar.into_inner().unwrap()
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), &d[..])).collect();
+    e2e::fixtures::tar_of(&files)
 }
 
 /// Three layers of files: some text, 2 MiB of noise (a layer worth compressing), more text.

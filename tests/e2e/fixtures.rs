@@ -249,6 +249,15 @@ pub struct Attestation {
 
 /// A gzip'd tar holding `files`, and the digest of the uncompressed tar (the config's diff_id).
 pub fn layer(media_type: &str, files: &[(&str, &[u8])], level: Compression) -> (Blob, String) {
+    let tar = tar_of(files);
+    let diff_id = sha256(&tar);
+    let mut gz = GzEncoder::new(Vec::with_capacity(tar.len() / 2 + 1024), level);
+    std::io::Write::write_all(&mut gz, &tar).expect("gzip");
+    (Blob::new(media_type, gz.finish().expect("gzip")), diff_id)
+}
+
+/// An uncompressed layer tar holding `files`, each file's parent directories first.
+pub fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut dirs: Vec<&str> = Vec::new();
     for (path, data) in files {
@@ -272,11 +281,7 @@ pub fn layer(media_type: &str, files: &[(&str, &[u8])], level: Compression) -> (
         h.set_size(data.len() as u64);
         tar.append_data(&mut h, path, *data).expect("tar file");
     }
-    let tar = tar.into_inner().expect("tar finishes");
-    let diff_id = sha256(&tar);
-    let mut gz = GzEncoder::new(Vec::with_capacity(tar.len() / 2 + 1024), level);
-    std::io::Write::write_all(&mut gz, &tar).expect("gzip");
-    (Blob::new(media_type, gz.finish().expect("gzip")), diff_id)
+    tar.into_inner().expect("tar finishes")
 }
 
 pub fn image(
