@@ -42,6 +42,7 @@ pub mod unzstd;
 pub mod upstream;
 pub mod upstream_choice;
 pub mod via;
+pub mod warm;
 
 pub use server::Archway;
 
