@@ -6,7 +6,7 @@
 
 use super::access::{AccessGate, Object};
 use super::client::ClientRequest;
-use super::layers::Converter;
+use super::converter::Converter;
 use super::outcome::CacheResult;
 use super::response::{blob_headers, blob_response, insert_digest_headers, not_modified};
 use super::uncached;

@@ -13,6 +13,7 @@
 mod access;
 mod blobs;
 mod client;
+mod converter;
 mod layers;
 mod listings;
 mod manifests;
@@ -78,7 +79,7 @@ pub struct Proxy {
     /// Who may be served which cached object (`access_rule`).
     access: AccessGate,
     /// zstd layers converted for clients that cannot read them.
-    converter: Arc<layers::Converter>,
+    converter: Arc<converter::Converter>,
     /// `[fleet]`: the egress policy lease owners are reached through (told archway's own
     /// listeners once bound), and the check of peer requests to this replica's endpoint.
     peer_egress: Option<Arc<Egress>>,
@@ -279,7 +280,10 @@ impl Proxy {
             AccessStore::new(config.cache.access_memory).with_bucket(bucket),
             metrics.clone(),
         );
-        let converter = Arc::new(layers::Converter::new(&config.conversion, metrics.clone()));
+        let converter = Arc::new(converter::Converter::new(
+            &config.conversion,
+            metrics.clone(),
+        ));
         Ok(Proxy {
             access,
             converter: converter.clone(),
