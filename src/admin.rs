@@ -1,11 +1,13 @@
-//! The admin listener: `/metrics`, `/healthz` and `/readyz` over plain HTTP/1.1, on its own
-//! address so that it is never exposed (or authenticated) like the registry port.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz` and the warm jobs (`admin_warm.rs`)
+//! over plain HTTP/1.1, on its own address so that it is never exposed (or authenticated) like
+//! the registry port.
 
 use crate::accept;
 use crate::body::{self, ResponseBody};
 use crate::connection::{self, ConnectionLimits, TrackedIo, Tracker};
 use crate::metrics::{self, Metrics};
 use crate::stall::{GuardedBody, ResponseProgress};
+use crate::warm::jobs::WarmJobs;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -28,6 +30,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub data_dir: PathBuf,
     probes: AtomicU64,
+    /// `POST /warm`'s jobs (refused with `admin_warm = false`).
+    warm: Option<WarmJobs>,
 }
 
 impl Admin {
@@ -36,10 +40,24 @@ impl Admin {
             metrics,
             data_dir,
             probes: AtomicU64::new(0),
+            warm: None,
         }
     }
 
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<ResponseBody> {
+    /// With the warm endpoints, whose jobs run through `proxy`.
+    pub fn with_warm(mut self, jobs: WarmJobs) -> Admin {
+        self.warm = Some(jobs);
+        self
+    }
+
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if crate::admin_warm::owns(req.uri().path()) {
+            return crate::admin_warm::handle(self.warm.as_ref(), req).await;
+        }
         let head = req.method() == Method::HEAD;
         if req.method() != Method::GET && !head {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n", head);
@@ -64,7 +82,7 @@ impl Admin {
             },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /healthz, /readyz\n",
+                "not found: try /metrics, /healthz, /readyz, /warm\n",
                 head,
             ),
         }

@@ -7,6 +7,7 @@ pub mod accept;
 pub mod access_log;
 pub mod access_rule;
 pub mod admin;
+pub mod admin_warm;
 pub mod api;
 pub mod body;
 pub mod byte_ranges;

@@ -27,116 +27,49 @@ enum Command {
     Healthcheck(HealthcheckArgs),
     /// The configuration keys: `--print-defaults` prints every key with its default and doc.
     Config(ConfigArgs),
-    /// Fill a running archway's cache with images, pulled through its registry API.
-    Warm(WarmArgs),
+    /// Fill an archway's cache with images: a running one's (--server), or a data_dir (seeding).
+    Warm(WarmCommand),
 }
 
 #[derive(Args)]
-struct WarmArgs {
-    /// The archway to fill: http://host:port (its registry listener).
-    #[arg(long, env = "ARCHWAY_SERVER")]
-    server: Option<String>,
-    /// Images, one a line ("-": standard input); blank lines and `#` comments are skipped.
-    #[arg(short = 'f', long = "file")]
-    file: Option<PathBuf>,
-    /// Platforms to warm, comma-separated (linux/amd64,linux/arm64,windows(10.0.17763)/amd64).
-    /// Default: every runnable platform of an index.
-    #[arg(long, value_delimiter = ',')]
-    platform: Vec<String>,
-    /// Also the attestation manifests (SBOM, provenance) of an index.
-    #[arg(long)]
-    with_attestations: bool,
-    /// Blobs fetched at once.
-    #[arg(short = 'j', long, default_value_t = 4)]
-    jobs: usize,
-    /// Print the outcome as JSON (one array) instead of lines.
-    #[arg(long)]
-    json: bool,
-    /// Image references (alpine, docker.io/library/alpine:3.20, ghcr.io/org/app@sha256:…).
-    images: Vec<String>,
+struct WarmCommand {
+    #[command(flatten)]
+    warm: archway::warm::cli::WarmArgs,
+    /// Without --server: the config whose data_dir (and upstreams, [storage]) warm fills.
+    #[arg(long, env = "ARCHWAY_CONFIG", conflicts_with = "server")]
+    config: Option<PathBuf>,
+    /// Without --server: the data_dir to fill (overrides the config's).
+    #[arg(long, conflicts_with = "server")]
+    data_dir: Option<PathBuf>,
+    /// Without --server: the upstream registry URL, as for `serve`.
+    #[arg(long, conflicts_with = "server")]
+    upstream: Option<String>,
 }
 
-async fn run_warm(args: WarmArgs) -> ExitCode {
-    let Some(server) = args.server else {
-        eprintln!("archway: warm needs --server http://host:port (filling a data_dir without a server is not built yet)");
-        return ExitCode::from(2);
-    };
-    let mut images = args.images;
-    if let Some(file) = &args.file {
-        let text = if file.as_os_str() == "-" {
-            std::io::read_to_string(std::io::stdin())
-        } else {
-            std::fs::read_to_string(file)
-        };
-        match text {
-            Ok(t) => images.extend(
-                t.lines()
-                    .map(|l| l.split('#').next().unwrap_or(""))
-                    .flat_map(str::split_whitespace)
-                    .map(str::to_owned),
-            ),
-            Err(e) => {
-                eprintln!("archway: warm --file {}: {e}", file.display());
-                return ExitCode::from(2);
-            }
+async fn run_warm(args: WarmCommand) -> ExitCode {
+    let WarmCommand {
+        warm,
+        config,
+        data_dir,
+        upstream,
+    } = args;
+    archway::warm::cli::run(warm, move || {
+        ServeArgs {
+            config,
+            listen: Vec::new(),
+            admin_listen: None,
+            data_dir,
+            upstream,
+            cache_max_size: None,
+            tag_ttl: None,
+            log_format: None,
+            parent: Vec::new(),
+            peer_url: None,
         }
-    }
-    if images.is_empty() {
-        eprintln!("archway: warm: no images (give them as arguments or with -f FILE)");
-        return ExitCode::from(2);
-    }
-    let mut platforms = Vec::new();
-    for p in &args.platform {
-        match archway::platform::Platform::parse(p.trim()) {
-            Ok(p) => platforms.push(p),
-            Err(e) => {
-                eprintln!("archway: warm --platform {p}: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let opts = archway::warm::WarmOptions {
-        server,
-        platforms,
-        with_attestations: args.with_attestations,
-        jobs: args.jobs,
-    };
-    let json = args.json;
-    let outcomes = archway::warm::warm(&opts, &images, |o| {
-        if !json {
-            println!("{o}");
-        }
+        .into_config()
+        .map_err(|e| e.to_string())
     })
-    .await;
-    let outcomes = match outcomes {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("archway: warm: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&outcomes).unwrap_or_default()
-        );
-    }
-    let failed: Vec<&str> = outcomes
-        .iter()
-        .filter(|o| o.error.is_some())
-        .map(|o| o.image.as_str())
-        .collect();
-    if failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!(
-            "archway: warm: {} of {} failed: {}",
-            failed.len(),
-            outcomes.len(),
-            failed.join(", ")
-        );
-        ExitCode::FAILURE
-    }
+    .await
 }
 
 #[derive(Args)]

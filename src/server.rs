@@ -54,6 +54,7 @@ impl Archway {
     pub async fn start(config: Config) -> Result<Archway, StartError> {
         let listen = config.listen.clone();
         let admin_listen = config.admin_listen;
+        let admin_warm = config.admin_warm;
         let data_dir = config.data_dir.clone();
         // Certificates first: a bad file stops the start before anything listens.
         let tls = config.tls.as_ref().map(ServerTls::new).transpose()?;
@@ -103,8 +104,9 @@ impl Archway {
                 .map_err(|source| StartError::Bind { addr, source })?;
             let local = listener.local_addr().unwrap_or(addr);
             admin_addr = Some(local);
-            tracing::info!(addr = %local, "admin listening (/metrics, /healthz, /readyz)");
-            let state = Arc::new(Admin::new(proxy.metrics().clone(), data_dir));
+            tracing::info!(addr = %local, "admin listening (/metrics, /healthz, /readyz, /warm)");
+            let jobs = crate::warm::jobs::WarmJobs::new(&proxy, admin_warm);
+            let state = Arc::new(Admin::new(proxy.metrics().clone(), data_dir).with_warm(jobs));
             tasks.push(tokio::spawn(admin::serve(
                 listener,
                 state,

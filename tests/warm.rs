@@ -112,10 +112,16 @@ async fn a_failure_is_named_and_the_exit_status_says_so() {
     let (code, _, err) = warm(&h, &["--platform", "linux/s390x", "lib/multi:v1"], None).await;
     assert_eq!(code, 1);
     assert!(err.contains("lib/multi:v1"), "{err}");
-    // No server: a clear refusal.
+    // No images: a usage error (2), naming what is missing.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
-        .args(["warm", "alpine"])
-        .env_remove("ARCHWAY_SERVER")
+        .args(["warm", "--server", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no images"));
+    // A server that is not a URL of ours: a usage error too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
+        .args(["warm", "--server", "ftp://127.0.0.1:9", "alpine"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

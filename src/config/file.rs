@@ -34,6 +34,9 @@ impl Config {
         if let Some(a) = raw.admin_listen {
             cfg.admin_listen = parse_admin_listen("admin_listen", &a)?;
         }
+        if let Some(w) = raw.admin_warm {
+            cfg.admin_warm = w;
+        }
         if let Some(d) = raw.data_dir {
             cfg.data_dir = d;
         }
@@ -215,6 +218,7 @@ impl Config {
 struct RawConfig {
     listen: Option<OneOrMany>,
     admin_listen: Option<String>,
+    admin_warm: Option<bool>,
     data_dir: Option<PathBuf>,
     log_format: Option<String>,
     cache: Option<RawCache>,

@@ -102,6 +102,7 @@ use DefaultValue as D;
 pub const KEYS: &[Key] = &[
     key("listen", D::Text(super::DEFAULT_LISTEN), "[\"0.0.0.0:5000\", \"[::]:5000\"]", "registry listener(s): one address or a list"),
     key("admin_listen", D::None("none: no admin listener"), "\"127.0.0.1:9091\"", "/metrics, /healthz and /readyz over plain HTTP; \"off\": none"),
+    key("admin_warm", D::Bool(true), "", "POST /warm and GET /warm/<id> on the admin listener, which is unauthenticated: false switches warming off"),
     key("data_dir", D::Text(super::DEFAULT_DATA_DIR), "\"/var/lib/archway\"", "the cache on disk"),
     key("log_format", D::Text("text"), "\"json\"", "\"text\" or \"json\""),
     key("parent", D::None("none: upstreams are reached directly"), "[\"http://archway-0.archway:5000\"]", "parent archways every upstream is reached through (scheme and host[:port]); top-level, before any [table]"),

@@ -29,6 +29,8 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP); `None`: nowhere.
     pub admin_listen: Option<SocketAddr>,
+    /// `POST /warm` on the admin listener (`admin_warm`).
+    pub admin_warm: bool,
     pub data_dir: PathBuf,
     pub cache: CacheConfig,
     pub upstreams: Vec<UpstreamConfig>,
@@ -331,6 +333,7 @@ impl Default for Config {
                 .parse()
                 .unwrap_or_else(|_| unreachable!("the default address is valid"))],
             admin_listen: None,
+            admin_warm: true,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             cache: CacheConfig::default(),
             upstreams: vec![hub],

@@ -293,6 +293,7 @@ pub struct Metrics {
     layer_conversions: Family<OutcomeLabels, Counter>,
     layer_conversion_bytes: Family<WhatLabels, Counter>,
     layer_conversion_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    warm: WarmMetrics,
     platforms: Mutex<HashSet<String>>,
     /// Every registered family's name, help and type: the encoder leaves out a family with no
     /// series, and [`Metrics::encode`] puts its `# HELP`/`# TYPE` back, so that every family
@@ -635,6 +636,7 @@ impl Metrics {
             "Time spent decompressing zstd layers (summed over concurrent conversions)",
             layer_conversion_seconds.clone(),
         );
+        let warm = WarmMetrics::register(&mut registry, &mut described);
         for reason in CONNECTION_ENDS {
             drop(connections_closed.get_or_create(&ReasonLabels { reason }));
         }
@@ -697,6 +699,7 @@ impl Metrics {
             layer_conversions,
             layer_conversion_bytes,
             layer_conversion_seconds,
+            warm,
             platforms: Mutex::new(HashSet::new()),
             described,
         }
@@ -889,6 +892,11 @@ impl Metrics {
         self.layer_conversion_seconds.inc_by(took.as_secs_f64());
     }
 
+    /// The admin API's warm jobs (`archway_warm_*`).
+    pub fn warm(&self) -> &WarmMetrics {
+        &self.warm
+    }
+
     /// A foreign layer fetch (see `archway_foreign_layer_fetches`).
     pub fn foreign_fetch(&self, upstream: &str, outcome: &'static str) {
         self.foreign_fetches
@@ -968,6 +976,8 @@ pub fn parse_ratelimit_remaining(value: &str) -> Option<i64> {
 
 mod blob_store;
 use blob_store::BlobStoreCollector;
+mod warm;
+pub use warm::WarmMetrics;
 
 #[cfg(test)]
 mod tests;

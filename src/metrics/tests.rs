@@ -149,6 +149,10 @@ fn families_at_start_are_those_configured_with_known_series_at_zero() {
             "archway_layer_conversions",
             "archway_layer_conversion_bytes",
             "archway_layer_conversion_seconds",
+            "archway_warm_jobs",
+            "archway_warm_jobs_running",
+            "archway_warm_images",
+            "archway_warm_bytes",
         ]
     );
     let text = plain.encode();

@@ -15,6 +15,12 @@ pub struct ConnInfo {
 #[derive(Debug, Clone, Copy)]
 pub struct ExplainRequest;
 
+/// Marks a request (as an extension) as made in process by a warm job (`archway warm` on a
+/// data_dir, or the admin API's `POST /warm`): past `[auth]`, since no client sent it. Only code
+/// sets extensions; nothing on the wire can.
+#[derive(Debug, Clone, Copy)]
+pub struct WarmRequest;
+
 pub(crate) struct ClientRequest {
     pub(crate) conn: ConnInfo,
     pub(crate) version: http::Version,

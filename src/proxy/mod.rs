@@ -26,7 +26,7 @@ mod referrers;
 mod response;
 mod uncached;
 
-pub use client::{ConnInfo, ExplainRequest};
+pub use client::{ConnInfo, ExplainRequest, WarmRequest};
 pub use response::error_response;
 
 use crate::access_log::{AccessLog, LoggedBody, RequestNotes};
@@ -523,6 +523,9 @@ impl Proxy {
         let Some(auth) = &self.client_auth else {
             return Ok(None);
         };
+        if req.extensions().get::<WarmRequest>().is_some() {
+            return Ok(None);
+        }
         let path = req.uri().path();
         if path != "/v2" && !path.starts_with("/v2/") {
             return Ok(None);
@@ -641,9 +644,16 @@ impl Proxy {
                 r
             }
         };
-        response
-            .headers_mut()
-            .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        let h = response.headers_mut();
+        h.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        // What the cache did, for `archway warm`'s "already cached" and "fetched" (a client can
+        // tell as much from the timing).
+        if let Some(cache) = notes.cache {
+            h.insert(
+                crate::warm::via::CACHE_HEADER,
+                HeaderValue::from_static(cache),
+            );
+        }
         (response, notes)
     }
 

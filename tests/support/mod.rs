@@ -44,6 +44,7 @@ pub fn config_for(fake: &FakeRegistry, dir: &Path) -> Config {
     Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         admin_listen: None,
+        admin_warm: true,
         data_dir: dir.to_path_buf(),
         // The test machine's disk may be small: no room is kept back for others.
         cache: CacheConfig {
