@@ -13,6 +13,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How long a seeding run waits, at its end, for commits and bucket copies.
+const SETTLE: Duration = Duration::from_secs(60);
+
 #[derive(Args, Debug)]
 pub struct WarmArgs {
     /// The archway to fill: http(s)://host:port (its registry listener). Without it, warm fills
@@ -110,7 +113,7 @@ pub async fn run(args: WarmArgs, local: impl FnOnce() -> Result<Config, String>)
         Ok(c) => c,
         Err(e) => return usage(e.to_string()),
     };
-    let (via, data_dir) = match &args.server {
+    let (via, local_proxy) = match &args.server {
         Some(server) => {
             let credentials = match credentials(&args) {
                 Ok(c) => c,
@@ -132,7 +135,10 @@ pub async fn run(args: WarmArgs, local: impl FnOnce() -> Result<Config, String>)
             cfg.fleet = None;
             let dir = cfg.data_dir.clone();
             match crate::proxy::Proxy::new(cfg) {
-                Ok(p) => (Via::Local(Arc::new(p)), Some(dir)),
+                Ok(p) => {
+                    let p = Arc::new(p);
+                    (Via::Local(p.clone()), Some((p, dir)))
+                }
                 Err(e) => return usage(format!("data_dir {}: {e}", dir.display())),
             }
         }
@@ -183,8 +189,13 @@ pub async fn run(args: WarmArgs, local: impl FnOnce() -> Result<Config, String>)
     if let Some(p) = &progress {
         p.finish();
     }
-    if interrupted {
-        if let Some(dir) = &data_dir {
+    if let Some((proxy, dir)) = &local_proxy {
+        // As archway does at shutdown: verified blobs finish their commit (and their copy to
+        // the bucket), and each object's access record is written beside it, so the archway
+        // that serves this directory later knows who may read what without asking upstream.
+        proxy.blob_store().finish_commits(SETTLE).await;
+        proxy.flush_access_records();
+        if interrupted {
             remove_own_partials(dir);
         }
     }

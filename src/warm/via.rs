@@ -137,6 +137,11 @@ impl Via {
                 let mut req = Request::get(path);
                 if let Some(h) = req.headers_mut() {
                     *h = headers;
+                    // HTTP/1.1 requires one; no upstream or route is chosen by this name.
+                    h.insert(
+                        header::HOST,
+                        HeaderValue::from_static("archway-warm.invalid"),
+                    );
                 }
                 let req = req
                     .extension(WarmRequest)
