@@ -1033,3 +1033,73 @@ fn systemd_unit_verifies() {
     );
     assert!(out.success, "above the threshold:\n{}", out.stdout);
 }
+
+/// deploy/kubernetes/warm: a CronJob whose init container lists the cluster's images with
+/// read-only RBAC (list pods, nothing else) and whose main container's arguments are ones the
+/// real `archway warm` takes (it runs them against a dead server: exit 1 naming the image, not
+/// 2, a usage error).
+#[test]
+fn warm_cronjob_renders_and_its_arguments_are_archways() {
+    if !tools_required(
+        "warm_cronjob_renders_and_its_arguments_are_archways",
+        &["kubectl"],
+    ) {
+        return;
+    }
+    let docs = kustomize("deploy/kubernetes/warm");
+    assert_eq!(
+        kinds(&docs),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CronJob",
+            "ServiceAccount"
+        ]
+        .map(String::from)
+        .into_iter()
+        .collect()
+    );
+    let role = one(&docs, "ClusterRole");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}])
+    );
+    let cron = one(&docs, "CronJob");
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
+    let pod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "archway-warm");
+    let list = &pod["initContainers"][0];
+    assert!(list["args"][0]
+        .as_str()
+        .unwrap()
+        .contains("kubectl get pods -A -o jsonpath='{..image}'"));
+    let warm = &pod["containers"][0];
+    let args: Vec<String> = warm["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(args[0], "warm");
+    let server = args.iter().position(|a| a == "--server").unwrap();
+    assert_eq!(args[server + 1], "http://archway:5000");
+    // The same arguments, with the list and the server swapped for local ones.
+    let dir = tempfile::tempdir().unwrap();
+    let list_file = dir.path().join("images.txt");
+    std::fs::write(&list_file, "docker.io/library/alpine:3.20\n").unwrap();
+    let mut local = args.clone();
+    local[server + 1] = "http://127.0.0.1:9".into();
+    let f = local.iter().position(|a| a == "-f").unwrap();
+    local[f + 1] = list_file.to_string_lossy().into_owned();
+    let out = run(Command::new(env!("CARGO_BIN_EXE_archway"))
+        .args(&local)
+        .env("NO_PROXY", "127.0.0.1")
+        .env_remove("ARCHWAY_SERVER"));
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("1 of 1 failed: docker.io/library/alpine:3.20"),
+        "{}",
+        out.stderr
+    );
+}
