@@ -14,7 +14,9 @@ mod e2e {
 
 use e2e::fixtures::{FixtureSet, Flavour, LINUX_ARM64_V8};
 use e2e::procs::{command, run, run_ok};
-use e2e::tools::{e2e_enabled, skopeo, temp_dir, write_hosts_toml, Archway, Containerd, Registry};
+use e2e::tools::{
+    e2e_enabled, skopeo, temp_dir, write_hosts_toml, Archway, Containerd, Dockerd, Registry,
+};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(300);
@@ -97,5 +99,41 @@ fn warmed_platforms_pull_with_the_upstream_down() {
             "docker.io/library/warmed:oci",
         ]),
         T,
+    );
+
+    // dockerd with archway as its registry mirror (the real server still down).
+    let before = archway.access_log().len();
+    let dockerd = Dockerd::start(&tmp.path().join("dkd"), &containerd, &archway.host());
+    let pull = run(
+        &mut dockerd.docker(&["pull", "--platform", "linux/arm64/v8", "warmed:oci"]),
+        T,
+    );
+    assert!(
+        pull.success(),
+        "docker pull failed:\n{}\n{}\n{}",
+        pull.stdout,
+        pull.stderr,
+        dockerd.log_tail()
+    );
+    let arch = run_ok(
+        &mut dockerd.docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Architecture}}",
+            "warmed:oci",
+        ]),
+        T,
+    );
+    assert_eq!(arch.stdout.trim(), "arm64");
+    // Through archway, every answer from its cache.
+    let log = archway.access_log()[before..].to_vec();
+    let served: Vec<_> = log
+        .iter()
+        .filter(|a| a.uri.starts_with("/v2/library/warmed/") && a.status == 200)
+        .collect();
+    assert!(
+        served.iter().any(|a| a.uri.contains("/blobs/")),
+        "docker did not pull through archway: {log:?}"
     );
 }
