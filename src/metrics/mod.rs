@@ -19,6 +19,15 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+/// `archway_refresh_ahead` outcomes.
+pub const REFRESH_AHEAD_OUTCOMES: [&str; 5] = [
+    "refreshed",
+    "unchanged",
+    "not_needed",
+    "failed",
+    "skipped_busy",
+];
+
 /// `archway_layer_conversions` outcomes.
 const LAYER_CONVERSIONS: [&str; 3] = ["converted", "failed", "abandoned"];
 
@@ -293,6 +302,8 @@ pub struct Metrics {
     layer_conversions: Family<OutcomeLabels, Counter>,
     layer_conversion_bytes: Family<WhatLabels, Counter>,
     layer_conversion_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    refresh_ahead: Family<OutcomeLabels, Counter>,
+    refresh_ahead_in_flight: Gauge,
     platforms: Mutex<HashSet<String>>,
     /// Every registered family's name, help and type: the encoder leaves out a family with no
     /// series, and [`Metrics::encode`] puts its `# HELP`/`# TYPE` back, so that every family
@@ -635,6 +646,25 @@ impl Metrics {
             "Time spent decompressing zstd layers (summed over concurrent conversions)",
             layer_conversion_seconds.clone(),
         );
+        let refresh_ahead = Family::<OutcomeLabels, Counter>::default();
+        register(
+            &mut registry,
+            &mut described,
+            "archway_refresh_ahead",
+            "Background revalidations of tags shortly before they expire (cache.refresh_ahead), by outcome: refreshed (upstream named a new digest), unchanged, not_needed (already revalidated by a client or, with [fleet], another replica), failed (the tag then expires as usual; stale-if-error unchanged), skipped_busy (cache.refresh_ahead_concurrency were running: revalidated on expiry instead)",
+            refresh_ahead.clone(),
+        );
+        for outcome in REFRESH_AHEAD_OUTCOMES {
+            drop(refresh_ahead.get_or_create(&OutcomeLabels { outcome }));
+        }
+        let refresh_ahead_in_flight = Gauge::default();
+        register(
+            &mut registry,
+            &mut described,
+            "archway_refresh_ahead_in_flight",
+            "Background tag revalidations running (at most cache.refresh_ahead_concurrency)",
+            refresh_ahead_in_flight.clone(),
+        );
         for reason in CONNECTION_ENDS {
             drop(connections_closed.get_or_create(&ReasonLabels { reason }));
         }
@@ -697,6 +727,8 @@ impl Metrics {
             layer_conversions,
             layer_conversion_bytes,
             layer_conversion_seconds,
+            refresh_ahead,
+            refresh_ahead_in_flight,
             platforms: Mutex::new(HashSet::new()),
             described,
         }
@@ -887,6 +919,22 @@ impl Metrics {
             .get_or_create(&WhatLabels { what: "tar" })
             .inc_by(tar);
         self.layer_conversion_seconds.inc_by(took.as_secs_f64());
+    }
+
+    /// A background tag revalidation ended, or was skipped (see `archway_refresh_ahead`).
+    pub fn refresh_ahead(&self, outcome: &'static str) {
+        self.refresh_ahead
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// A background tag revalidation started (`true`) or ended.
+    pub fn refresh_ahead_running(&self, running: bool) {
+        if running {
+            self.refresh_ahead_in_flight.inc();
+        } else {
+            self.refresh_ahead_in_flight.dec();
+        }
     }
 
     /// A foreign layer fetch (see `archway_foreign_layer_fetches`).

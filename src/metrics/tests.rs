@@ -149,6 +149,8 @@ fn families_at_start_are_those_configured_with_known_series_at_zero() {
             "archway_layer_conversions",
             "archway_layer_conversion_bytes",
             "archway_layer_conversion_seconds",
+            "archway_refresh_ahead",
+            "archway_refresh_ahead_in_flight",
         ]
     );
     let text = plain.encode();
