@@ -243,6 +243,10 @@ impl Manifests {
         let Some(window) = ahead.window(ttl) else {
             return;
         };
+        // Never a panic on a request path: without a runtime to run it, no refresh-ahead.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         // The hot path: a hit on a tag already scheduled costs one lookup.
         if ahead.is_scheduled(&key) {
             return;
@@ -257,7 +261,7 @@ impl Manifests {
         let up = Arc::downgrade(upstream);
         let (repo, tag) = (repo.clone(), tag.clone());
         let span = tracing::info_span!(parent: None, "refresh_ahead", upstream = %key.upstream, repository = %key.repository, tag = %key.tag);
-        tokio::spawn(
+        runtime.spawn(
             async move {
                 let _slot = slot;
                 tokio::time::sleep(due).await;
