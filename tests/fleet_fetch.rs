@@ -579,3 +579,92 @@ async fn a_replica_whose_clock_runs_ahead_does_not_date_the_fleets_tags() {
         a.shutdown().await;
     }
 }
+
+/// Refresh-ahead in a fleet: two replicas serving one hot tag across TTL boundaries revalidate
+/// it in the background under the tag's lease, so upstream sees one HEAD per refresh
+/// fleet-wide (not one per replica), every HEAD a background one, and no client waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_tag_is_refreshed_ahead_once_per_fleet() {
+    if skip("a_hot_tag_is_refreshed_ahead_once_per_fleet") {
+        return;
+    }
+    support::init_tracing();
+    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+    let fake = FakeRegistry::start().await;
+    let bytes = manifest("h");
+    let digest = fake.add_manifest("lib/app", None, DOCKER_MANIFEST, bytes.clone());
+    fake.set_tag("lib/app", "hot", &digest);
+    let stall = Duration::from_millis(500);
+    fake.set_head_delay(Some(Kind::Manifest), stall);
+    // Due 2.5 s into a 4 s TTL; the HEAD takes 0.5 s: a refresh about every 3 s.
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = Vec::new();
+    for d in &dirs {
+        let (mut cfg, _) = replica_config(&fake, d.path(), &moto.url(), Duration::from_secs(5));
+        cfg.cache.tag_ttl = Duration::from_secs(4);
+        cfg.cache.refresh_ahead_window = Some(Duration::from_millis(1500));
+        replicas.push(Archway::start(cfg).await.unwrap());
+    }
+    let path = "/v2/lib/app/manifests/hot";
+    let first = ask_all(&replicas, path).await;
+    assert_all(&first, &bytes, "cold tag");
+
+    // Both replicas serve the tag every 100 ms for 13 s: four refreshes are due.
+    let client = TestClient::new();
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while start.elapsed() < Duration::from_secs(13) {
+        for a in &replicas {
+            let t = Instant::now();
+            let r = client
+                .get_with(
+                    &format!("http://{}{path}", a.local_addr()),
+                    &[("accept", ACCEPT)],
+                )
+                .await;
+            slowest = slowest.max(t.elapsed());
+            assert_eq!(r.status, StatusCode::OK);
+            assert!(r.body.as_ref() == bytes.as_slice());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ahead = |outcome: &str| -> f64 {
+        replicas
+            .iter()
+            .map(|a| fleet_value(a, "archway_refresh_ahead_total", &[("outcome", outcome)]))
+            .sum()
+    };
+    // A refresh still running at the end: let it finish (nothing schedules another).
+    let waiting = Instant::now();
+    while replicas
+        .iter()
+        .any(|a| fleet_value(a, "archway_refresh_ahead_in_flight", &[]) > 0.0)
+    {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(5),
+            "a refresh never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let heads = fake.count_path("HEAD", path);
+    // One replica per refresh would be 8 or so: the lease makes it one per TTL fleet-wide.
+    assert!((3..=5).contains(&heads), "{heads} HEADs upstream");
+    // Every upstream HEAD was a replica's background refresh (none a client's)...
+    assert_eq!(
+        heads as f64,
+        ahead("unchanged") + ahead("refreshed"),
+        "HEADs upstream against background refreshes"
+    );
+    // ...and the other replica's turn found the answer in the bucket.
+    assert!(ahead("not_needed") >= 2.0, "{}", ahead("not_needed"));
+    assert_eq!(ahead("failed"), 0.0);
+    assert_eq!(
+        fake.count_path("GET", path),
+        1,
+        "one GET by tag, then HEADs"
+    );
+    assert!(slowest < stall, "a client waited {slowest:?}");
+    for a in replicas {
+        a.shutdown().await;
+    }
+}

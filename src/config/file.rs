@@ -99,6 +99,28 @@ impl Config {
             if let Some(v) = c.verify_reads_ttl {
                 k.verify_reads_ttl = parse_duration("cache.verify_reads_ttl", &v)?;
             }
+            if let Some(v) = c.refresh_ahead {
+                k.refresh_ahead = v;
+            }
+            if let Some(v) = c.refresh_ahead_concurrency {
+                if v == 0 {
+                    return Err(invalid(
+                        "cache.refresh_ahead_concurrency",
+                        "must be at least 1 (set cache.refresh_ahead = false to turn it off)",
+                    ));
+                }
+                k.refresh_ahead_concurrency = v;
+            }
+            if let Some(v) = c.refresh_ahead_window {
+                let w = parse_duration("cache.refresh_ahead_window", &v)?;
+                if w.is_zero() {
+                    return Err(invalid(
+                        "cache.refresh_ahead_window",
+                        "must be more than 0 (set cache.refresh_ahead = false to turn it off)",
+                    ));
+                }
+                k.refresh_ahead_window = Some(w);
+            }
         }
         if !raw.upstream.is_empty() {
             cfg.upstreams = raw
@@ -424,6 +446,9 @@ struct RawCache {
     scrub_rate: Option<String>,
     verify_reads: Option<bool>,
     verify_reads_ttl: Option<String>,
+    refresh_ahead: Option<bool>,
+    refresh_ahead_concurrency: Option<u32>,
+    refresh_ahead_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

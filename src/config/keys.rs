@@ -24,6 +24,7 @@ pub const CACHE_MIN_FREE_SPACE: u64 = 1 << 30;
 pub const CACHE_SCRUB_INTERVAL: Duration = secs(24 * 3600);
 pub const CACHE_SCRUB_RATE: u64 = 20 << 20;
 pub const CACHE_VERIFY_READS_TTL: Duration = secs(3600);
+pub const CACHE_REFRESH_AHEAD_CONCURRENCY: u32 = 4;
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = secs(10);
 pub const UPSTREAM_READ_TIMEOUT: Duration = secs(30);
 pub const LIMITS_HEADER_READ_TIMEOUT: Duration = secs(10);
@@ -136,6 +137,9 @@ pub const KEYS: &[Key] = &[
     key("cache.scrub_rate", D::Size(CACHE_SCRUB_RATE), "", "bytes per second the scrub reads at most"),
     key("cache.verify_reads", D::Bool(false), "", "check every cached read against its digest"),
     key("cache.verify_reads_ttl", D::Duration(CACHE_VERIFY_READS_TTL), "", "with verify_reads: a whole-blob check vouches this long for Range reads; \"0s\": each Range hashes the blob"),
+    key("cache.refresh_ahead", D::Bool(true), "", "revalidate a tag asked for within its TTL in the background shortly before it expires (TTLs of 2s and more)"),
+    key("cache.refresh_ahead_concurrency", D::Int(CACHE_REFRESH_AHEAD_CONCURRENCY as u64), "", "background revalidations at a time; past it a tag is revalidated on expiry as without refresh_ahead"),
+    key("cache.refresh_ahead_window", D::None("a tenth of the tag's TTL, at least 1s"), "\"30s\"", "how long before a tag expires its background revalidation starts (at most half its TTL)"),
     key("upstream[].name", D::None("none: required; without any [[upstream]], Docker Hub"), "\"docker.io\"", "what ns=, a path prefix or Host select"),
     key("upstream[].url", D::None("none: required"), "\"https://registry-1.docker.io\"", "scheme and host[:port] only; http:// allowed; no user:pass@"),
     key("upstream[].aliases", D::List(&[]), "[\"index.docker.io\"]", "other names that select it"),

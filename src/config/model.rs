@@ -188,6 +188,13 @@ pub struct CacheConfig {
     /// With `verify_reads`: how long a whole-blob check (its download, a verified whole read,
     /// the scrub) vouches for the blob's range reads; zero: every range read hashes the blob.
     pub verify_reads_ttl: Duration,
+    /// Revalidate tags asked for within their TTL in the background before they expire.
+    pub refresh_ahead: bool,
+    /// Background revalidations at a time (at least 1).
+    pub refresh_ahead_concurrency: u32,
+    /// How long before expiry the background revalidation starts; `None`: a tenth of the
+    /// tag's TTL, at least 1 s. Never more than half the TTL.
+    pub refresh_ahead_window: Option<Duration>,
 }
 
 impl CacheConfig {
@@ -218,6 +225,9 @@ impl Default for CacheConfig {
             scrub_rate: keys::CACHE_SCRUB_RATE,
             verify_reads: false,
             verify_reads_ttl: keys::CACHE_VERIFY_READS_TTL,
+            refresh_ahead: true,
+            refresh_ahead_concurrency: keys::CACHE_REFRESH_AHEAD_CONCURRENCY,
+            refresh_ahead_window: None,
         }
     }
 }

@@ -718,6 +718,38 @@ fn verify_reads_ttl() {
 }
 
 #[test]
+fn refresh_ahead_keys() {
+    let d = Config::default().cache;
+    assert!(d.refresh_ahead, "on by default");
+    assert_eq!(d.refresh_ahead_concurrency, 4);
+    assert_eq!(d.refresh_ahead_window, None);
+    let c = Config::from_toml(
+        "[cache]\nrefresh_ahead = false\nrefresh_ahead_concurrency = 1\nrefresh_ahead_window = \"20s\"",
+    )
+    .unwrap();
+    assert!(!c.cache.refresh_ahead);
+    assert_eq!(c.cache.refresh_ahead_concurrency, 1);
+    assert_eq!(c.cache.refresh_ahead_window, Some(Duration::from_secs(20)));
+    for (doc, key) in [
+        (
+            "[cache]\nrefresh_ahead_concurrency = 0",
+            "cache.refresh_ahead_concurrency",
+        ),
+        (
+            "[cache]\nrefresh_ahead_window = \"0s\"",
+            "cache.refresh_ahead_window",
+        ),
+        (
+            "[cache]\nrefresh_ahead_window = \"soon\"",
+            "cache.refresh_ahead_window",
+        ),
+    ] {
+        let err = Config::from_toml(doc).unwrap_err().to_string();
+        assert!(err.contains(key), "{doc}: {err}");
+    }
+}
+
+#[test]
 fn a_missing_file_reads_the_same_for_every_key_naming_the_key_and_path() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");

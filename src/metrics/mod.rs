@@ -19,6 +19,15 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+/// `archway_refresh_ahead` outcomes.
+pub const REFRESH_AHEAD_OUTCOMES: [&str; 5] = [
+    "refreshed",
+    "unchanged",
+    "not_needed",
+    "failed",
+    "skipped_busy",
+];
+
 /// `archway_layer_conversions` outcomes.
 const LAYER_CONVERSIONS: [&str; 3] = ["converted", "failed", "abandoned"];
 
@@ -294,6 +303,8 @@ pub struct Metrics {
     layer_conversion_bytes: Family<WhatLabels, Counter>,
     layer_conversion_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     warm: WarmMetrics,
+    refresh_ahead: Family<OutcomeLabels, Counter>,
+    refresh_ahead_in_flight: Gauge,
     platforms: Mutex<HashSet<String>>,
     /// Every registered family's name, help and type: the encoder leaves out a family with no
     /// series, and [`Metrics::encode`] puts its `# HELP`/`# TYPE` back, so that every family
@@ -637,6 +648,25 @@ impl Metrics {
             layer_conversion_seconds.clone(),
         );
         let warm = WarmMetrics::register(&mut registry, &mut described);
+        let refresh_ahead = Family::<OutcomeLabels, Counter>::default();
+        register(
+            &mut registry,
+            &mut described,
+            "archway_refresh_ahead",
+            "Background revalidations of tags shortly before they expire (cache.refresh_ahead), by outcome: refreshed (upstream named a new digest), unchanged, not_needed (already revalidated by a client or, with [fleet], another replica), failed (the tag then expires as usual; stale-if-error unchanged), skipped_busy (cache.refresh_ahead_concurrency were running: revalidated on expiry instead)",
+            refresh_ahead.clone(),
+        );
+        for outcome in REFRESH_AHEAD_OUTCOMES {
+            drop(refresh_ahead.get_or_create(&OutcomeLabels { outcome }));
+        }
+        let refresh_ahead_in_flight = Gauge::default();
+        register(
+            &mut registry,
+            &mut described,
+            "archway_refresh_ahead_in_flight",
+            "Background tag revalidations running (at most cache.refresh_ahead_concurrency)",
+            refresh_ahead_in_flight.clone(),
+        );
         for reason in CONNECTION_ENDS {
             drop(connections_closed.get_or_create(&ReasonLabels { reason }));
         }
@@ -700,6 +730,8 @@ impl Metrics {
             layer_conversion_bytes,
             layer_conversion_seconds,
             warm,
+            refresh_ahead,
+            refresh_ahead_in_flight,
             platforms: Mutex::new(HashSet::new()),
             described,
         }
@@ -895,6 +927,22 @@ impl Metrics {
     /// The admin API's warm jobs (`archway_warm_*`).
     pub fn warm(&self) -> &WarmMetrics {
         &self.warm
+    }
+
+    /// A background tag revalidation ended, or was skipped (see `archway_refresh_ahead`).
+    pub fn refresh_ahead(&self, outcome: &'static str) {
+        self.refresh_ahead
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// A background tag revalidation started (`true`) or ended.
+    pub fn refresh_ahead_running(&self, running: bool) {
+        if running {
+            self.refresh_ahead_in_flight.inc();
+        } else {
+            self.refresh_ahead_in_flight.dec();
+        }
     }
 
     /// A foreign layer fetch (see `archway_foreign_layer_fetches`).

@@ -153,6 +153,8 @@ fn families_at_start_are_those_configured_with_known_series_at_zero() {
             "archway_warm_jobs_running",
             "archway_warm_images",
             "archway_warm_bytes",
+            "archway_refresh_ahead",
+            "archway_refresh_ahead_in_flight",
         ]
     );
     let text = plain.encode();

@@ -2,11 +2,16 @@
 //! revalidation with HEAD, stale-if-error, one upstream request for concurrent misses of a tag,
 //! and a short memo of upstream failures for the requests that queued behind one).
 //!
+//! With `cache.refresh_ahead`, a tag answered within its TTL is revalidated in the background
+//! shortly before it expires (`refresh_ahead.rs` bounds it), the same way an expired request
+//! would: under the tag's refresh lock and, with `[fleet]`, its lease.
+//!
 //! With `[fleet]`, a manifest GET by digest and a tag's revalidation are also made once across
 //! the replicas on the bucket (`cache::fetch_lease`): the lease holder writes its answer to the
 //! bucket before letting go, the others read it from there.
 
 use super::outcome::CacheResult;
+use super::refresh_ahead::RefreshAhead;
 use crate::cache::blob::DiskBudget;
 use crate::cache::bucket::Bucket;
 use crate::cache::fetch_lease::{FetchLeases, Turn};
@@ -22,6 +27,7 @@ use crate::upstream::{ManifestRef, Upstream, UpstreamError};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// How long an upstream failure for one tag is reused by requests that were waiting on it.
 const RECENT_FAILURE_TTL: Duration = Duration::from_secs(5);
@@ -44,6 +50,8 @@ pub(crate) struct Manifests {
     tag_ttl: Duration,
     stale_if_error: Duration,
     negative_ttl: Duration,
+    /// `cache.refresh_ahead`: hot tags revalidated before they expire.
+    ahead: Option<RefreshAhead>,
 }
 
 impl Manifests {
@@ -55,6 +63,7 @@ impl Manifests {
         disk: DiskBudget,
         bucket: Option<Arc<Bucket>>,
         leases: Option<FetchLeases>,
+        ahead: Option<RefreshAhead>,
     ) -> Result<Self, (std::path::PathBuf, std::io::Error)> {
         let mdir = data_dir.join("manifests");
         let store = ManifestStore::open(mdir.clone(), cache.memory_size)
@@ -88,6 +97,7 @@ impl Manifests {
             tag_ttl: cache.tag_ttl,
             stale_if_error: cache.stale_if_error,
             negative_ttl: cache.negative_ttl,
+            ahead,
         })
     }
 
@@ -148,8 +158,8 @@ impl Manifests {
     }
 
     pub(crate) async fn by_tag(
-        &self,
-        upstream: &Upstream,
+        self: &Arc<Self>,
+        upstream: &Arc<Upstream>,
         repo: &RepositoryName,
         tag: &Tag,
     ) -> Result<Found, ProxyError> {
@@ -159,22 +169,39 @@ impl Manifests {
             tag: tag.to_string(),
         };
         let ttl = upstream.config().tag_ttl.unwrap_or(self.tag_ttl);
-        if let Some(fresh) = self.fresh_tag(&key, ttl, repo, tag).await {
+        let found = self.tag_answer(upstream, repo, tag, &key, ttl).await;
+        // Asked for within its TTL: worth revalidating before it expires. A stale answer is
+        // not (upstream is down; the next request asks again anyway).
+        if let Ok((_, CacheResult::Hit | CacheResult::Miss)) = &found {
+            self.schedule_ahead(upstream, repo, tag, key, ttl).await;
+        }
+        found
+    }
+
+    async fn tag_answer(
+        &self,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        tag: &Tag,
+        key: &TagKey,
+        ttl: Duration,
+    ) -> Result<Found, ProxyError> {
+        if let Some(fresh) = self.fresh_tag(key, ttl, repo, tag).await {
             return fresh;
         }
         let queued_at = Instant::now();
-        let _refreshing = self.refreshing.lock(&key).await;
+        let _refreshing = self.refreshing.lock(key).await;
         // Whoever held the lock before us may have refreshed it.
-        if let Some(fresh) = self.fresh_tag(&key, ttl, repo, tag).await {
+        if let Some(fresh) = self.fresh_tag(key, ttl, repo, tag).await {
             return fresh;
         }
-        let cached = self.tags.get(&key).await;
+        let cached = self.tags.get(key).await;
         // Requests that queued behind a refresh which found upstream down don't each wait out
         // another timeout: they take that answer. Requests that came later ask upstream again.
-        let refreshed = match self.recent_failures.get(&key) {
+        let refreshed = match self.recent_failures.get(key) {
             Some((failed_at, e)) if failed_at >= queued_at => Err(e),
             _ => {
-                self.refresh_tag_once(upstream, repo, tag, &key, ttl, cached.as_ref())
+                self.refresh_tag_once(upstream, repo, tag, key, ttl, cached.as_ref())
                     .await
             }
         };
@@ -185,7 +212,7 @@ impl Manifests {
                     .insert(key.clone(), (Instant::now(), e.clone()));
                 // stale-if-error: a cached answer young enough beats an error.
                 let Some(entry) = cached else {
-                    return Err(self.stale_missing(&key, repo, tag).unwrap_or(e));
+                    return Err(self.stale_missing(key, repo, tag).unwrap_or(e));
                 };
                 if entry.age(self.tags.now()) > self.stale_if_error {
                     return Err(e);
@@ -199,6 +226,155 @@ impl Manifests {
                 }
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Schedules the tag's background revalidation `window` before it expires, unless one is
+    /// scheduled already. The task holds the proxy and upstream weakly while it sleeps.
+    async fn schedule_ahead(
+        self: &Arc<Self>,
+        upstream: &Arc<Upstream>,
+        repo: &RepositoryName,
+        tag: &Tag,
+        key: TagKey,
+        ttl: Duration,
+    ) {
+        let Some(ahead) = &self.ahead else { return };
+        let Some(window) = ahead.window(ttl) else {
+            return;
+        };
+        // Never a panic on a request path: without a runtime to run it, no refresh-ahead.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // The hot path: a hit on a tag already scheduled costs one lookup.
+        if ahead.is_scheduled(&key) {
+            return;
+        }
+        let Some(entry) = self.tags.get(&key).await else {
+            return;
+        };
+        let Some(slot) = ahead.slot(&key) else { return };
+        let fresh_for = ttl.saturating_sub(window);
+        let due = fresh_for.saturating_sub(entry.age(self.tags.now()));
+        let this = Arc::downgrade(self);
+        let up = Arc::downgrade(upstream);
+        let (repo, tag) = (repo.clone(), tag.clone());
+        let span = tracing::info_span!(parent: None, "refresh_ahead", upstream = %key.upstream, repository = %key.repository, tag = %key.tag);
+        runtime.spawn(
+            async move {
+                let _slot = slot;
+                tokio::time::sleep(due).await;
+                let (Some(this), Some(upstream)) = (this.upgrade(), up.upgrade()) else {
+                    return;
+                };
+                let outcome = this
+                    .run_ahead(&upstream, &repo, &tag, &key, ttl, fresh_for)
+                    .await;
+                drop((this, upstream));
+                if outcome == Some("failed") {
+                    // One attempt per TTL: hits during an outage do not each try again. The
+                    // slot is kept past the expiry; then clients revalidate (stale-if-error).
+                    tokio::time::sleep(ttl.saturating_sub(fresh_for)).await;
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// One background revalidation, if a permit is free; its outcome, counted.
+    async fn run_ahead(
+        &self,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        tag: &Tag,
+        key: &TagKey,
+        ttl: Duration,
+        fresh_for: Duration,
+    ) -> Option<&'static str> {
+        let ahead = self.ahead.as_ref()?;
+        let _running = ahead.start()?;
+        let before = self.tags.get(key).await.map(|e| e.digest);
+        // Upstream requests and lease waits have their own timeouts; this bounds the whole.
+        // Past one TTL the tag has expired and clients revalidate it themselves.
+        let revalidated = tokio::time::timeout(
+            ttl,
+            self.revalidate_ahead(upstream, repo, tag, key, fresh_for),
+        )
+        .await;
+        let outcome = match revalidated {
+            Err(_) => {
+                tracing::info!("refresh-ahead gave up after the tag's TTL");
+                "failed"
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %crate::error::chain(&e), "refresh-ahead failed; the tag expires as usual");
+                "failed"
+            }
+            Ok(Ok(None)) => "not_needed",
+            Ok(Ok(Some(digest))) if before.as_ref() == Some(&digest) => "unchanged",
+            Ok(Ok(Some(_))) => "refreshed",
+        };
+        tracing::debug!(outcome, "refresh-ahead");
+        ahead.ended(outcome);
+        Some(outcome)
+    }
+
+    /// Revalidates the tag as an expired request would (the refresh lock, the fleet lease,
+    /// HEAD), but already when it is older than `fresh_for`. `None`: someone else did
+    /// meanwhile (a client, or another replica whose record is in the bucket), or the tag is
+    /// gone. A failure changes nothing cached: the entry expires and stale-if-error applies
+    /// as without refresh-ahead.
+    async fn revalidate_ahead(
+        &self,
+        upstream: &Upstream,
+        repo: &RepositoryName,
+        tag: &Tag,
+        key: &TagKey,
+        fresh_for: Duration,
+    ) -> Result<Option<Digest>, ProxyError> {
+        if let Some(Ok(_)) = self.fresh_tag(key, fresh_for, repo, tag).await {
+            return Ok(None);
+        }
+        let _refreshing = self.refreshing.lock(key).await;
+        if let Some(Ok(_)) = self.fresh_tag(key, fresh_for, repo, tag).await {
+            return Ok(None);
+        }
+        let Some(cached) = self.tags.get(key).await else {
+            return Ok(None);
+        };
+        // In a fleet one replica asks upstream; the others find its record in the bucket.
+        let _lease = match &self.leases {
+            None => None,
+            Some(leases) => {
+                let lease = leases.bucket().keys().tag_lease(key);
+                let ready = || async {
+                    match self.fresh_tag(key, fresh_for, repo, tag).await {
+                        Some(Ok(found)) => Some(found),
+                        _ => None,
+                    }
+                };
+                match leases.turn(lease, "tag", ready).await {
+                    Turn::Ready(_) => return Ok(None),
+                    Turn::Fetch(held) => held,
+                }
+            }
+        };
+        let cached = self.tags.get(key).await.unwrap_or(cached);
+        match self
+            .refresh_tag(upstream, repo, tag, key, Some(&cached))
+            .await
+        {
+            Ok((m, _)) => Ok(Some(m.digest.clone())),
+            Err(e) => {
+                if e.is_upstream_unavailable() {
+                    // Clients that queued behind this refresh take its answer, as behind a
+                    // client's (then stale-if-error).
+                    self.recent_failures
+                        .insert(key.clone(), (Instant::now(), e.clone()));
+                }
+                Err(e)
+            }
         }
     }
 

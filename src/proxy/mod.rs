@@ -23,6 +23,7 @@ mod outcome;
 mod peer;
 mod platform_answer;
 mod referrers;
+mod refresh_ahead;
 mod response;
 mod uncached;
 
@@ -66,7 +67,7 @@ pub struct Proxy {
     config: Config,
     upstreams: Vec<Arc<Upstream>>,
     default_upstream: Option<usize>,
-    manifests: Manifests,
+    manifests: Arc<Manifests>,
     platform: PlatformAnswers,
     blobs: Blobs,
     referrers: referrers::Referrers,
@@ -243,8 +244,10 @@ impl Proxy {
             blobs.disk_budget(),
             bucket.clone(),
             leases,
+            refresh_ahead::RefreshAhead::new(&config.cache, metrics.clone()),
         )
         .map_err(|(path, e)| cache_err(path, e))?;
+        let manifests = Arc::new(manifests);
         metrics.observe_blob_store(blobs.clone());
         let via = Via::new();
         tracing::info!(via = via.marker(), "instance marker, sent upstream in Via");

@@ -227,6 +227,8 @@ struct State {
     connections: usize,
     faults: Vec<FaultRule>,
     delays: Vec<(Option<Kind>, Duration)>,
+    /// Like `delays`, for HEAD requests only.
+    head_delays: Vec<(Option<Kind>, Duration)>,
     /// Added to every answer of the registry listener (e.g. Docker Hub's `ratelimit-remaining`).
     extra_headers: Vec<(http::header::HeaderName, HeaderValue)>,
     /// Faults injected so far, by [`Fault::name`].
@@ -775,6 +777,15 @@ impl FakeRegistry {
         }
     }
 
+    /// Delay each HEAD of `kind` (`None`: all) by `delay`; GETs are not delayed.
+    pub fn set_head_delay(&self, kind: Option<Kind>, delay: Duration) {
+        let mut st = self.shared.lock();
+        st.head_delays.retain(|(k, _)| *k != kind);
+        if !delay.is_zero() {
+            st.head_delays.push((kind, delay));
+        }
+    }
+
     /// Serve the referrers API (OCI 1.1, the default) or answer it 404 like Distribution 2.x.
     pub fn set_referrers_api(&self, on: bool) {
         self.shared.lock().no_referrers_api = !on;
@@ -1071,9 +1082,15 @@ async fn handle(
                 headers: req.headers().clone(),
             });
         }
+        let heads: &[(Option<Kind>, Duration)] = if req.method() == Method::HEAD {
+            &st.head_delays
+        } else {
+            &[]
+        };
         let delay = st
             .delays
             .iter()
+            .chain(heads)
             .filter(|(k, _)| k.is_none() || *k == Some(kind))
             .map(|(_, d)| *d)
             .max();
