@@ -21,6 +21,10 @@ pub struct ExplainRequest;
 #[derive(Debug, Clone, Copy)]
 pub struct WarmRequest;
 
+/// The answer header naming what the cache did (`hit`, `miss`, `coalesced`, …), which
+/// `archway warm` reports as "already cached" or "fetched".
+pub const CACHE_HEADER: &str = "x-archway-cache";
+
 pub(crate) struct ClientRequest {
     pub(crate) conn: ConnInfo,
     pub(crate) version: http::Version,

@@ -27,7 +27,7 @@ mod refresh_ahead;
 mod response;
 mod uncached;
 
-pub use client::{ConnInfo, ExplainRequest, WarmRequest};
+pub use client::{ConnInfo, ExplainRequest, WarmRequest, CACHE_HEADER};
 pub use response::error_response;
 
 use crate::access_log::{AccessLog, LoggedBody, RequestNotes};
@@ -652,10 +652,7 @@ impl Proxy {
         // What the cache did, for `archway warm`'s "already cached" and "fetched" (a client can
         // tell as much from the timing).
         if let Some(cache) = notes.cache {
-            h.insert(
-                crate::warm::via::CACHE_HEADER,
-                HeaderValue::from_static(cache),
-            );
+            h.insert(CACHE_HEADER, HeaderValue::from_static(cache));
         }
         (response, notes)
     }

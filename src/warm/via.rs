@@ -3,7 +3,7 @@
 //! a data_dir with no server, and the admin API's jobs), past the listener and its `[auth]`.
 
 use crate::config::Secret;
-use crate::proxy::{ConnInfo, Proxy, WarmRequest};
+use crate::proxy::{ConnInfo, Proxy, WarmRequest, CACHE_HEADER};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, StatusCode};
@@ -19,8 +19,6 @@ use std::time::Duration;
 
 /// A request's head, and each gap in a body.
 const TIMEOUT: Duration = Duration::from_secs(60);
-/// The header archway answers a warm request's cache outcome in (`hit`, `miss`, …).
-pub const CACHE_HEADER: &str = "x-archway-cache";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViaError {
