@@ -48,6 +48,20 @@ pub struct Config {
     pub fleet: Option<FleetConfig>,
     /// `[conversion]`: zstd layers converted for clients that cannot read them.
     pub conversion: ConversionConfig,
+    /// `[[pin]]`: images whose manifests and blobs the LRU never evicts.
+    pub pins: Vec<PinConfig>,
+    /// Whether the admin listener takes `POST /pins` and `DELETE /pins` (it always lists them).
+    pub admin_pins: bool,
+}
+
+/// One `[[pin]]`: an image (tag or digest reference, as `archway warm` takes them) and the
+/// platforms of an index kept (empty: all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinConfig {
+    /// As written, for listings and logs.
+    pub image: String,
+    pub parsed: crate::image_ref::ImageRef,
+    pub platforms: Vec<crate::platform::Platform>,
 }
 
 /// `[conversion]`: bounds on converting zstd layers.
@@ -343,6 +357,8 @@ impl Default for Config {
             parent: ParentConfig::default(),
             fleet: None,
             conversion: ConversionConfig::default(),
+            pins: Vec::new(),
+            admin_pins: true,
         }
     }
 }
@@ -390,6 +406,7 @@ impl Config {
         if self.cache.max_size == 0 {
             return Err(invalid("cache.max_size", "must be more than 0"));
         }
+        self.validate_pins()?;
         if self.cache.max_blob_size == Some(0) {
             return Err(invalid("cache.max_blob_size", "must be more than 0"));
         }
@@ -544,6 +561,45 @@ impl Config {
                 "parent_fallback",
                 "is set but `parent` lists no parent",
             ));
+        }
+        Ok(())
+    }
+
+    /// Each `[[pin]]` reaches a configured upstream, and no image is pinned twice.
+    fn validate_pins(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.pins.iter().enumerate() {
+            let key = format!("pin[{i}].image");
+            match &p.parsed.registry {
+                Some(r) => {
+                    if !self
+                        .upstreams
+                        .iter()
+                        .any(|u| u.names().any(|n| n.eq_ignore_ascii_case(r)))
+                    {
+                        return Err(invalid(
+                            key,
+                            format!(
+                                "registry `{r}` of `{}` is not a configured upstream",
+                                p.image
+                            ),
+                        ));
+                    }
+                }
+                None if self.default_upstream().is_none() => {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "`{}` names no registry and no upstream is the default",
+                            p.image
+                        ),
+                    ));
+                }
+                None => {}
+            }
+            if !seen.insert(p.image.clone()) {
+                return Err(invalid(key, format!("`{}` is pinned twice", p.image)));
+            }
         }
         Ok(())
     }
