@@ -31,6 +31,7 @@ pub mod manifest;
 pub mod media_type;
 pub mod metrics;
 pub mod parent_choice;
+pub mod pin_set;
 pub mod platform;
 pub mod proxy;
 pub mod reference;

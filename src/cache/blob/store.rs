@@ -9,6 +9,7 @@ use super::fill::{self, FillEnv};
 use super::fill_state::{Fill, FillState, Phase, ReaderGuard};
 use super::fleet::Fleet;
 pub use super::index::CacheFile;
+use super::index::Item;
 use super::memory::{Loaded, SmallBlobs, SMALL_BLOB_BYTES};
 use super::scrub::{self, Damage};
 use super::source::{FillError, IncomingBlob, SourceError};
@@ -91,6 +92,10 @@ pub struct BlobStoreStats {
     pub damaged_on_read: u64,
     /// Bytes of committed blobs hashed to check reads (`verify_reads`) since `open`.
     pub read_check_bytes: u64,
+    /// Bytes on disk (blobs and manifests) that pinned images hold; counted in the totals.
+    pub pinned_bytes: u64,
+    /// Blobs and manifests on disk that pinned images hold.
+    pub pinned_entries: u64,
 }
 
 pub struct BlobStore {
@@ -436,7 +441,10 @@ impl BlobStore {
 
     pub fn stats(&self) -> BlobStoreStats {
         let state = self.catalog.lock();
+        let (pinned_bytes, pinned_entries) = state.index.kept_bytes();
         BlobStoreStats {
+            pinned_bytes,
+            pinned_entries,
             bytes: state.index.blob_bytes(),
             entries: state.index.len() as u64,
             file_bytes: state.index.bytes() - state.index.blob_bytes(),
@@ -477,6 +485,20 @@ impl DiskBudget {
     /// budget. Blocking. On error `tmp` is the caller's to delete.
     pub fn commit(&self, file: CacheFile, tmp: &Path, len: u64) -> io::Result<()> {
         self.catalog.commit_file(file, tmp, len)
+    }
+
+    /// What pinned images hold (blobs and manifests by digest): never evicted while held.
+    pub fn set_kept(&self, blobs: &[Digest], manifests: &[Digest]) {
+        let items = blobs
+            .iter()
+            .map(|d| Item::Blob(d.clone()))
+            .chain(
+                manifests
+                    .iter()
+                    .map(|d| Item::File(CacheFile::Manifest(d.clone()))),
+            )
+            .collect();
+        self.catalog.set_kept(items);
     }
 
     /// `file` was used: it moves to the back of the eviction order. `false` if not on disk.
