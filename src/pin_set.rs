@@ -220,10 +220,12 @@ impl PinSet {
             let Some(size) = p.manifests.get_mut(&m.digest) else {
                 continue;
             };
-            if *size != m.bytes.len() as u64 {
-                *size = m.bytes.len() as u64;
-                changed = true;
+            // Seen before (its size known): what it names is held already.
+            if *size == m.bytes.len() as u64 {
+                continue;
             }
+            *size = m.bytes.len() as u64;
+            changed = true;
             if media_type::is_index(&m.media_type) {
                 let Ok(index) = ImageIndex::parse(&m.bytes) else {
                     continue;

@@ -571,20 +571,19 @@ impl Config {
         for (i, p) in self.pins.iter().enumerate() {
             let key = format!("pin[{i}].image");
             match &p.parsed.registry {
-                Some(r) => {
+                Some(r)
                     if !self
                         .upstreams
                         .iter()
-                        .any(|u| u.names().any(|n| n.eq_ignore_ascii_case(r)))
-                    {
-                        return Err(invalid(
-                            key,
-                            format!(
-                                "registry `{r}` of `{}` is not a configured upstream",
-                                p.image
-                            ),
-                        ));
-                    }
+                        .any(|u| u.names().any(|n| n.eq_ignore_ascii_case(r))) =>
+                {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "registry `{r}` of `{}` is not a configured upstream",
+                            p.image
+                        ),
+                    ));
                 }
                 None if self.default_upstream().is_none() => {
                     return Err(invalid(
@@ -595,7 +594,7 @@ impl Config {
                         ),
                     ));
                 }
-                None => {}
+                _ => {}
             }
             if !seen.insert(p.image.clone()) {
                 return Err(invalid(key, format!("`{}` is pinned twice", p.image)));

@@ -21,6 +21,7 @@ mod memo;
 mod multipart;
 mod outcome;
 mod peer;
+pub mod pins;
 mod platform_answer;
 mod referrers;
 mod response;
@@ -84,6 +85,8 @@ pub struct Proxy {
     /// listeners once bound), and the check of peer requests to this replica's endpoint.
     peer_egress: Option<Arc<Egress>>,
     peer_verifier: Option<Arc<PeerVerifier>>,
+    /// Pinned images (`[[pin]]`, the admin API).
+    pins: Arc<pins::Pins>,
 }
 
 /// Why `[fleet]` could not be set up.
@@ -237,7 +240,7 @@ impl Proxy {
         if !cache.scrub_interval.is_zero() {
             blobs.start_scrub(cache.scrub_interval, cache.scrub_rate);
         }
-        let manifests = Manifests::open(
+        let mut manifests = Manifests::open(
             &dir,
             &config.cache,
             blobs.disk_budget(),
@@ -246,6 +249,12 @@ impl Proxy {
         )
         .map_err(|(path, e)| cache_err(path, e))?;
         metrics.observe_blob_store(blobs.clone());
+        let pins = Arc::new(pins::Pins::open(
+            &config,
+            blobs.disk_budget(),
+            metrics.clone(),
+        ));
+        manifests.set_pins(pins.clone());
         let via = Via::new();
         tracing::info!(via = via.marker(), "instance marker, sent upstream in Via");
         let parents = Parents::new(&config.parent)?
@@ -318,7 +327,29 @@ impl Proxy {
             via,
             peer_egress,
             peer_verifier,
+            pins,
         })
+    }
+
+    /// The pinned images.
+    pub fn pins(&self) -> &Arc<pins::Pins> {
+        &self.pins
+    }
+
+    /// Pins `image` (as `archway warm` takes it) at runtime, for the `platforms` of an index
+    /// (empty: all), and holds at once what the cache has of it. `Ok(false)`: it was pinned
+    /// already (its platforms are now these). Kept in `data_dir/pins.json`.
+    pub async fn add_pin(&self, image: &str, platforms: &[String]) -> Result<bool, pins::PinError> {
+        let spec = self.pins.spec(image, platforms)?;
+        let added = self.pins.add(spec.clone())?;
+        self.manifests.fill_pin(&spec).await;
+        Ok(added)
+    }
+
+    /// Removes a runtime pin; what it held becomes ordinary LRU content. `Ok(None)`: not pinned.
+    pub fn remove_pin(&self, image: &str) -> Result<Option<pins::PinView>, pins::PinError> {
+        let spec = self.pins.spec(image, &[])?;
+        self.pins.remove(&spec)
     }
 
     /// The metrics this proxy (and its upstreams and blob store) report to.

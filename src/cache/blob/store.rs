@@ -487,8 +487,9 @@ impl DiskBudget {
         self.catalog.commit_file(file, tmp, len)
     }
 
-    /// What pinned images hold (blobs and manifests by digest): never evicted while held.
-    pub fn set_kept(&self, blobs: &[Digest], manifests: &[Digest]) {
+    /// What pinned images hold (blobs and manifests by digest, their tags' records by file
+    /// name): never evicted while held.
+    pub fn set_kept(&self, blobs: &[Digest], manifests: &[Digest], tags: &[String]) {
         let items = blobs
             .iter()
             .map(|d| Item::Blob(d.clone()))
@@ -497,6 +498,7 @@ impl DiskBudget {
                     .iter()
                     .map(|d| Item::File(CacheFile::Manifest(d.clone()))),
             )
+            .chain(tags.iter().map(|t| Item::File(CacheFile::Tag(t.clone()))))
             .collect();
         self.catalog.set_kept(items);
     }
