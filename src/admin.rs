@@ -28,6 +28,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub data_dir: PathBuf,
     probes: AtomicU64,
+    /// `/pins` (admin_pins.rs): the proxy whose pins are listed and changed.
+    pins: Option<Arc<crate::proxy::Proxy>>,
 }
 
 impl Admin {
@@ -36,10 +38,25 @@ impl Admin {
             metrics,
             data_dir,
             probes: AtomicU64::new(0),
+            pins: None,
         }
     }
 
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<ResponseBody> {
+    /// With `/pins` answered for `proxy`'s pins.
+    pub fn with_pins(mut self, proxy: Arc<crate::proxy::Proxy>) -> Admin {
+        self.pins = Some(proxy);
+        self
+    }
+
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
+        // Its own methods (POST, DELETE) and body: see admin_pins.rs.
+        if req.uri().path() == "/pins" {
+            return crate::admin_pins::handle(self.pins.as_ref(), req).await;
+        }
         let head = req.method() == Method::HEAD;
         if req.method() != Method::GET && !head {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n", head);

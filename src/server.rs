@@ -104,7 +104,8 @@ impl Archway {
             let local = listener.local_addr().unwrap_or(addr);
             admin_addr = Some(local);
             tracing::info!(addr = %local, "admin listening (/metrics, /healthz, /readyz)");
-            let state = Arc::new(Admin::new(proxy.metrics().clone(), data_dir));
+            let state =
+                Arc::new(Admin::new(proxy.metrics().clone(), data_dir).with_pins(proxy.clone()));
             tasks.push(tokio::spawn(admin::serve(
                 listener,
                 state,

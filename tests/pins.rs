@@ -278,3 +278,95 @@ async fn a_pin_follows_its_moving_tag_and_releases_the_old_digest() {
         "new manifest evicted"
     );
 }
+
+/// The admin API: `POST /pins` pins an image already cached (held at once), `GET /pins` and
+/// `archway pins` list it with its digests and bytes, runtime pins persist across a restart,
+/// `DELETE` releases them; a config pin cannot be deleted there, and `admin_pins = false`
+/// refuses changes.
+#[tokio::test]
+async fn the_admin_api_adds_lists_and_removes_pins() {
+    use archway::pins_client;
+    let fake = FakeRegistry::start().await;
+    let app = fake.sample_image_sized("lib/app", Some("1"), 21, &[100_000]);
+    fake.sample_image_sized("lib/base", Some("2"), 22, &[1_000]);
+    let mut h = Harness::with(fake, |c| {
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.pins = vec![pin("lib/base:2", &[])];
+    })
+    .await;
+    let admin = |h: &Harness| {
+        format!(
+            "http://{}",
+            h.archway.as_ref().unwrap().admin_addr().unwrap()
+        )
+    };
+    let r = h
+        .get_with("/v2/lib/app/manifests/1", &[("accept", ACCEPT_ALL)])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    pull_blob(&h, "lib/app", &app.config).await;
+    pull_blob(&h, "lib/app", &app.layers[0]).await;
+
+    assert!(pins_client::add(&admin(&h), "lib/app:1", &[])
+        .await
+        .unwrap());
+    assert!(
+        !pins_client::add(&admin(&h), "lib/app:1", &[])
+            .await
+            .unwrap(),
+        "pinned already"
+    );
+    let listed = pins_client::list(&admin(&h)).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    let p = listed.iter().find(|p| p.image == "lib/app:1").unwrap();
+    assert_eq!(p.origin, "runtime");
+    assert_eq!(p.repository, "lib/app");
+    assert_eq!(
+        p.digest.as_deref(),
+        Some(app.manifest.to_string().as_str()),
+        "held at once from the cache"
+    );
+    assert_eq!(p.blobs.len(), 2);
+    assert!(p.bytes >= 100_000);
+    assert!(pins_client::table(&listed).contains("lib/app:1"));
+    let stats = h.archway.as_ref().unwrap().proxy().blob_store().stats();
+    assert!(stats.pinned_bytes >= 100_000, "{stats:?}");
+    let metrics = h.client.get(&format!("{}/metrics", admin(&h))).await.text();
+    assert!(metrics.contains("archway_pins 2"), "{metrics}");
+    assert!(metrics.contains("archway_pinned_bytes "), "{metrics}");
+
+    // Bad requests name what is wrong.
+    let e = pins_client::add(&admin(&h), "quay.io/x/y:1", &[])
+        .await
+        .unwrap_err();
+    assert!(e.contains("400") && e.contains("quay.io"), "{e}");
+    let e = pins_client::add(&admin(&h), "lib/app:1", &["not a platform".into()])
+        .await
+        .unwrap_err();
+    assert!(e.contains("400"), "{e}");
+    let e = pins_client::remove(&admin(&h), "lib/base:2")
+        .await
+        .unwrap_err();
+    assert!(e.contains("409"), "{e}");
+
+    // Runtime pins persist.
+    h.restart().await;
+    let listed = pins_client::list(&admin(&h)).await.unwrap();
+    assert!(listed
+        .iter()
+        .any(|p| p.image == "lib/app:1" && p.blobs.len() == 2));
+    assert!(pins_client::remove(&admin(&h), "lib/app:1").await.unwrap());
+    assert!(!pins_client::remove(&admin(&h), "lib/app:1").await.unwrap());
+    assert_eq!(pins_client::list(&admin(&h)).await.unwrap().len(), 1);
+
+    h.restart_with(|c| c.admin_pins = false).await;
+    let e = pins_client::add(&admin(&h), "lib/app:1", &[])
+        .await
+        .unwrap_err();
+    assert!(e.contains("403"), "{e}");
+    assert_eq!(
+        pins_client::list(&admin(&h)).await.unwrap().len(),
+        1,
+        "listing still works"
+    );
+}
