@@ -89,7 +89,7 @@ where
             let Some(image) = query_value(req.uri().query(), "image") else {
                 return message(StatusCode::BAD_REQUEST, "DELETE /pins?image=IMAGE");
             };
-            match proxy.remove_pin(&image) {
+            match proxy.remove_pin(&image).await {
                 Ok(Some(view)) => {
                     tracing::info!(image = %image, "unpinned (admin API)");
                     json(StatusCode::OK, &view)

@@ -249,11 +249,11 @@ impl Proxy {
         )
         .map_err(|(path, e)| cache_err(path, e))?;
         metrics.observe_blob_store(blobs.clone());
-        let pins = Arc::new(pins::Pins::open(
-            &config,
-            blobs.disk_budget(),
-            metrics.clone(),
-        ));
+        let pins = Arc::new(
+            pins::Pins::open(&config, blobs.disk_budget(), metrics.clone())
+                .with_bucket(bucket.clone()),
+        );
+        pins.start_syncing();
         manifests.set_pins(pins.clone());
         let via = Via::new();
         tracing::info!(via = via.marker(), "instance marker, sent upstream in Via");
@@ -343,13 +343,34 @@ impl Proxy {
         let spec = self.pins.spec(image, platforms)?;
         let added = self.pins.add(spec.clone())?;
         self.manifests.fill_pin(&spec).await;
+        // The fleet's too ([fleet]): the other replicas adopt it at their next sync.
+        self.pins
+            .publish(|list| {
+                list.retain(|s| {
+                    (&s.upstream, &s.repository, &s.reference)
+                        != (&spec.upstream, &spec.repository, &spec.reference)
+                });
+                list.push(spec.clone());
+            })
+            .await;
+        self.pins.sync_bucket().await;
         Ok(added)
     }
 
     /// Removes a runtime pin; what it held becomes ordinary LRU content. `Ok(None)`: not pinned.
-    pub fn remove_pin(&self, image: &str) -> Result<Option<pins::PinView>, pins::PinError> {
+    pub async fn remove_pin(&self, image: &str) -> Result<Option<pins::PinView>, pins::PinError> {
         let spec = self.pins.spec(image, &[])?;
-        self.pins.remove(&spec)
+        let removed = self.pins.remove(&spec)?;
+        self.pins
+            .publish(|list| {
+                list.retain(|s| {
+                    (&s.upstream, &s.repository, &s.reference)
+                        != (&spec.upstream, &spec.repository, &spec.reference)
+                })
+            })
+            .await;
+        self.pins.sync_bucket().await;
+        Ok(removed)
     }
 
     /// The metrics this proxy (and its upstreams and blob store) report to.

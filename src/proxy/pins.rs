@@ -2,8 +2,13 @@
 //! blob store's eviction after every change, and `data_dir/pins.json` (the runtime pins and
 //! what every pin was last known to hold, written through a temp file and a rename), so a
 //! restart keeps holding them before their tags are asked for again.
+//!
+//! With `[storage]`, what the pins hold is copied under the bucket's `pins/` prefix, which the
+//! documented lifecycle rules do not expire (docs/fleet.md, "Pins in the bucket"); with
+//! `[fleet]`, the runtime pins are one sealed record there, adopted by every replica.
 
 use crate::cache::blob::DiskBudget;
+use crate::cache::bucket::Bucket;
 use crate::config::{Config, UpstreamConfig};
 use crate::digest::Digest;
 use crate::image_ref::ImageRef;
@@ -11,12 +16,17 @@ use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::pin_set::{Origin, Pin, PinSet, PinSpec};
 use crate::platform::Platform;
+use object_store::{PutMode, UpdateVersion};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Pins at most (config and runtime together): each costs a few hundred bytes plus its digests.
 pub const MAX_PINS: usize = 10_000;
+/// How often the pins are synced with the bucket (`[storage]`): copies under `pins/`, the
+/// fleet's runtime pins.
+pub const PIN_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// The pins file read at start, at most (a larger one is not believed and is left alone).
 const MAX_PINS_FILE: u64 = 64 << 20;
 
@@ -75,6 +85,16 @@ impl PinView {
 
 pub struct Pins {
     set: Mutex<PinSet>,
+    /// `[storage]`: pinned objects are copied under `pins/` (which the lifecycle rules leave
+    /// alone) and, with `[fleet]`, the runtime pins are one sealed record the replicas share.
+    bucket: Option<Arc<Bucket>>,
+    /// What this replica knows is copied under `pins/`: (manifest?, digest).
+    copied: Mutex<HashSet<(bool, Digest)>>,
+    /// What this replica's pins let go since the last sync: their `pins/` copies are deleted
+    /// then, unless held again.
+    released: Mutex<HashSet<(bool, Digest)>>,
+    /// The digests held at the last change, to tell what was released.
+    last_held: Mutex<HashSet<(bool, Digest)>>,
     disk: DiskBudget,
     file: PathBuf,
     upstreams: Vec<UpstreamConfig>,
@@ -90,6 +110,10 @@ impl Pins {
     pub fn open(config: &Config, disk: DiskBudget, metrics: Arc<Metrics>) -> Pins {
         let mut pins = Pins {
             set: Mutex::new(PinSet::default()),
+            bucket: None,
+            copied: Mutex::new(HashSet::new()),
+            released: Mutex::new(HashSet::new()),
+            last_held: Mutex::new(HashSet::new()),
             disk,
             file: config.data_dir.join("pins.json"),
             upstreams: config.upstreams.clone(),
@@ -120,6 +144,32 @@ impl Pins {
         pins.set = Mutex::new(set);
         pins.changed(&pins.lock());
         pins
+    }
+
+    /// With the bucket behind the cache: pinned objects are kept under `pins/` there, and the
+    /// runtime pins shared (`[fleet]`'s record key) every `PIN_SYNC_INTERVAL`.
+    pub fn with_bucket(mut self, bucket: Option<Arc<Bucket>>) -> Pins {
+        self.bucket = bucket;
+        self
+    }
+
+    /// Syncs with the bucket now and then every `PIN_SYNC_INTERVAL`, in the background.
+    pub fn start_syncing(self: &Arc<Self>) {
+        if self.bucket.is_none() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pins = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(PIN_SYNC_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Some(pins) = pins.upgrade() else { break };
+                pins.sync_bucket().await;
+            }
+        });
     }
 
     fn lock(&self) -> MutexGuard<'_, PinSet> {
@@ -257,11 +307,203 @@ impl Pins {
             })
             .collect();
         self.disk.set_kept(&blobs, &manifests, &tags);
+        let held: HashSet<(bool, Digest)> = blobs
+            .into_iter()
+            .map(|d| (false, d))
+            .chain(manifests.into_iter().map(|d| (true, d)))
+            .collect();
+        let mut last = lock(&self.last_held);
+        lock(&self.released).extend(last.difference(&held).cloned());
+        *last = held;
         self.metrics.set_pins(set.len());
         if let Err(e) = write_file(&self.file, set) {
             tracing::error!(file = %self.file.display(), error = %e, "cannot persist the pins");
         }
     }
+}
+
+impl Pins {
+    /// One round with the bucket: the fleet's runtime pins adopted (`[fleet]`), each held blob
+    /// and manifest copied under `pins/` (server-side, from `blobs/` or `manifests/`; one not
+    /// there yet is tried again next round), the copies of what was released deleted. Returns
+    /// (copied, deleted). Failures are logged and retried next round.
+    pub async fn sync_bucket(&self) -> (usize, usize) {
+        let Some(bucket) = &self.bucket else {
+            return (0, 0);
+        };
+        if bucket.has_record_key() {
+            if let Some(shared) = self.read_list(bucket).await {
+                let mut set = self.lock();
+                let local: Vec<PinSpec> = set.runtime().map(|p| p.spec.clone()).collect();
+                let mut changed = false;
+                for spec in &local {
+                    if !shared.iter().any(|s| same(s, spec)) {
+                        set.remove(spec);
+                        changed = true;
+                    }
+                }
+                for spec in shared {
+                    if set.len() < MAX_PINS && set.add(spec, Origin::Runtime) {
+                        changed = true;
+                    }
+                }
+                if changed {
+                    self.changed(&set);
+                }
+            }
+        }
+        let held = lock(&self.last_held).clone();
+        let mut copied = 0;
+        for (manifest, digest) in &held {
+            if lock(&self.copied).contains(&(*manifest, digest.clone())) {
+                continue;
+            }
+            let (from, to) = if *manifest {
+                (
+                    bucket.keys().manifest(digest),
+                    bucket.keys().pinned_manifest(digest),
+                )
+            } else {
+                (
+                    bucket.keys().blob(digest),
+                    bucket.keys().pinned_blob(digest),
+                )
+            };
+            let done = match bucket.exists(&to).await {
+                Ok(true) => true,
+                Ok(false) => match bucket.exists(&from).await {
+                    Ok(true) => match bucket.copy(&from, &to).await {
+                        Ok(()) => {
+                            copied += 1;
+                            true
+                        }
+                        Err(e) => {
+                            tracing::warn!(%digest, error = %e, "cannot copy a pinned object under pins/");
+                            false
+                        }
+                    },
+                    // Not uploaded yet (or expired and not fetched again): next round.
+                    _ => false,
+                },
+                Err(e) => {
+                    tracing::debug!(%digest, error = %e, "storage unavailable for pins");
+                    false
+                }
+            };
+            if done {
+                lock(&self.copied).insert((*manifest, digest.clone()));
+            }
+        }
+        let released: Vec<(bool, Digest)> = lock(&self.released).drain().collect();
+        let mut deleted = 0;
+        for (manifest, digest) in released {
+            if lock(&self.last_held).contains(&(manifest, digest.clone())) {
+                continue;
+            }
+            let key = if manifest {
+                bucket.keys().pinned_manifest(&digest)
+            } else {
+                bucket.keys().pinned_blob(&digest)
+            };
+            lock(&self.copied).remove(&(manifest, digest.clone()));
+            match bucket.delete(&key).await {
+                Ok(()) => deleted += 1,
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "cannot delete a released pinned copy");
+                    lock(&self.released).insert((manifest, digest));
+                }
+            }
+        }
+        (copied, deleted)
+    }
+
+    /// The fleet's runtime pins; `None` when there is no record, or it is not believed.
+    async fn read_list(&self, bucket: &Bucket) -> Option<Vec<PinSpec>> {
+        let key = bucket.keys().pin_list();
+        let read = match bucket.get_record(&key, MAX_PINS_FILE, "pins").await {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "storage unavailable for the pin list");
+                return None;
+            }
+        };
+        let list: SharedList = serde_json::from_slice(&read.body?).ok()?;
+        if !bucket.believable_time(list.at_ms) {
+            bucket.reject("pins", "future", &key, "dated ahead of the clock skew");
+            return None;
+        }
+        Some(list.pins)
+    }
+
+    /// Writes this replica's runtime pins as the fleet's, after `change` adopted what the
+    /// bucket had: a conditional write, retried when another replica wrote in between.
+    pub async fn publish(&self, change: impl Fn(&mut Vec<PinSpec>)) {
+        let Some(bucket) = &self.bucket else { return };
+        if !bucket.has_record_key() {
+            return;
+        }
+        let key = bucket.keys().pin_list();
+        for _ in 0..5 {
+            let (mut pins, mode) = match bucket.get_record(&key, MAX_PINS_FILE, "pins").await {
+                Ok(Some(read)) => {
+                    let pins = read
+                        .body
+                        .and_then(|b| serde_json::from_slice::<SharedList>(&b).ok())
+                        .map(|l| l.pins)
+                        .unwrap_or_default();
+                    let mode = match read.e_tag {
+                        Some(e_tag) => PutMode::Update(UpdateVersion {
+                            e_tag: Some(e_tag),
+                            version: None,
+                        }),
+                        None => PutMode::Overwrite,
+                    };
+                    (pins, mode)
+                }
+                Ok(None) => (Vec::new(), PutMode::Create),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the pin list in storage; not shared");
+                    return;
+                }
+            };
+            change(&mut pins);
+            let body = SharedList {
+                pins,
+                at_ms: bucket.now_ms(),
+            };
+            let Ok(json) = serde_json::to_vec(&body) else {
+                return;
+            };
+            let sealed = match bucket.seal(&key, &json) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot seal the pin list");
+                    return;
+                }
+            };
+            match bucket.put_conditional(&key, sealed, mode).await {
+                Ok(_) => return,
+                Err(crate::cache::bucket::BucketError::Conflict { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write the pin list to storage; not shared");
+                    return;
+                }
+            }
+        }
+        tracing::warn!("the pin list in storage kept changing; not shared this time");
+    }
+}
+
+/// The fleet's runtime pins, as sealed in `pins/list`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SharedList {
+    pins: Vec<PinSpec>,
+    at_ms: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn same(a: &PinSpec, b: &PinSpec) -> bool {

@@ -260,7 +260,12 @@ impl BlobStore {
     /// not have it, or when the bucket fails.
     pub async fn head_in_bucket(&self, digest: &Digest) -> Option<u64> {
         let bucket = self.bucket.as_ref()?;
-        match bucket.size(&bucket.keys().blob(digest)).await {
+        let mut size = bucket.size(&bucket.keys().blob(digest)).await;
+        if matches!(size, Ok(None)) {
+            // Expired under blobs/: a pinned image's copy is served as well.
+            size = bucket.size(&bucket.keys().pinned_blob(digest)).await;
+        }
+        match size {
             Ok(size) => size,
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "storage unavailable for a blob HEAD");

@@ -501,6 +501,13 @@ impl Bucket {
         })
     }
 
+    /// A copy of `from` at `to`, made by the store (CopyObject: no bytes through archway; at
+    /// most 5 GiB on S3).
+    pub async fn copy(&self, from: &Path, to: &Path) -> Result<(), BucketError> {
+        self.timed("CopyObject", self.upload_timeout, self.store.copy(from, to))
+            .await
+    }
+
     pub async fn delete(&self, key: &Path) -> Result<(), BucketError> {
         self.timed("DeleteObject", self.timeout, self.store.delete(key))
             .await
