@@ -202,9 +202,21 @@ async fn pins_survive_eviction_pressure() {
         .await;
     assert_ne!(r.status, StatusCode::OK, "an evicted unpinned blob offline");
 
-    // A restart keeps holding it before the tag is asked for again.
+    // A restart with a budget below what is cached: the eviction at open spares the pins,
+    // before any tag is asked for again.
     h.fake.resume().await;
-    h.restart().await;
+    h.restart_with(|c| c.cache.max_size = 700 * KIB).await;
+    for f in [
+        manifest_file(&dir, &idx.digest),
+        manifest_file(&dir, &amd.manifest),
+        blob_file(&dir, &amd.layers[0]),
+        blob_file(&dir, &amd.layers[1]),
+    ] {
+        assert!(f.exists(), "pinned {} evicted at open", f.display());
+    }
+    let stats = h.archway.as_ref().unwrap().proxy().blob_store().stats();
+    assert!(stats.bytes + stats.file_bytes <= 700 * KIB, "{stats:?}");
+    h.restart_with(|c| c.cache.max_size = MAX_SIZE).await;
     let proxy = h.archway.as_ref().unwrap().proxy().clone();
     assert!(proxy.blob_store().stats().pinned_bytes >= pinned_blob_bytes);
     pressure(&h, 3, 12).await;

@@ -213,6 +213,8 @@ impl Proxy {
             }
             _ => None,
         };
+        // Before the blob store: its eviction at open already spares what the pins hold.
+        let pins = Arc::new(pins::Pins::open(&config, metrics.clone()).with_bucket(bucket.clone()));
         let blobs = BlobStore::open_in_fleet(
             dir.clone(),
             BlobStoreLimits {
@@ -235,6 +237,7 @@ impl Proxy {
                     expiry: s.redirect_expiry,
                     memo_bytes: s.redirect_memo,
                 }),
+            &pins.kept(),
         )
         .map_err(|e| cache_err(dir.clone(), e))?;
         if !cache.scrub_interval.is_zero() {
@@ -249,10 +252,7 @@ impl Proxy {
         )
         .map_err(|(path, e)| cache_err(path, e))?;
         metrics.observe_blob_store(blobs.clone());
-        let pins = Arc::new(
-            pins::Pins::open(&config, blobs.disk_budget(), metrics.clone())
-                .with_bucket(bucket.clone()),
-        );
+        pins.attach(blobs.disk_budget());
         pins.start_syncing();
         manifests.set_pins(pins.clone());
         let via = Via::new();

@@ -7,7 +7,7 @@
 //! documented lifecycle rules do not expire (docs/fleet.md, "Pins in the bucket"); with
 //! `[fleet]`, the runtime pins are one sealed record there, adopted by every replica.
 
-use crate::cache::blob::DiskBudget;
+use crate::cache::blob::{DiskBudget, Kept};
 use crate::cache::bucket::Bucket;
 use crate::config::{Config, UpstreamConfig};
 use crate::digest::Digest;
@@ -95,7 +95,8 @@ pub struct Pins {
     released: Mutex<HashSet<(bool, Digest)>>,
     /// The digests held at the last change, to tell what was released.
     last_held: Mutex<HashSet<(bool, Digest)>>,
-    disk: DiskBudget,
+    /// The blob store's budget, once open (it opens knowing what the pins hold: `kept`).
+    disk: std::sync::OnceLock<DiskBudget>,
     file: PathBuf,
     upstreams: Vec<UpstreamConfig>,
     default_upstream: Option<usize>,
@@ -106,15 +107,16 @@ pub struct Pins {
 
 impl Pins {
     /// The config's pins, the runtime pins of `data_dir/pins.json` and what each was last known
-    /// to hold; handed to the blob store at once. Blocking (reads a small file).
-    pub fn open(config: &Config, disk: DiskBudget, metrics: Arc<Metrics>) -> Pins {
+    /// to hold. Blocking (reads a small file). Open the blob store with [`Pins::kept`], then
+    /// [`Pins::attach`] it.
+    pub fn open(config: &Config, metrics: Arc<Metrics>) -> Pins {
         let mut pins = Pins {
             set: Mutex::new(PinSet::default()),
             bucket: None,
             copied: Mutex::new(HashSet::new()),
             released: Mutex::new(HashSet::new()),
             last_held: Mutex::new(HashSet::new()),
-            disk,
+            disk: std::sync::OnceLock::new(),
             file: config.data_dir.join("pins.json"),
             upstreams: config.upstreams.clone(),
             default_upstream: config.default_upstream(),
@@ -144,6 +146,17 @@ impl Pins {
         pins.set = Mutex::new(set);
         pins.changed(&pins.lock());
         pins
+    }
+
+    /// What the pins hold now.
+    pub fn kept(&self) -> Kept {
+        kept_of(&self.lock())
+    }
+
+    /// Hands what the pins hold to the blob store from now on.
+    pub fn attach(&self, disk: DiskBudget) {
+        let _ = self.disk.set(disk);
+        self.changed(&self.lock());
     }
 
     /// With the bucket behind the cache: pinned objects are kept under `pins/` there, and the
@@ -292,21 +305,15 @@ impl Pins {
     }
 
     fn changed(&self, set: &PinSet) {
-        let (blobs, manifests) = set.held();
-        // A pinned tag's record too: without it the tag could not be answered offline.
-        let tags: Vec<String> = set
-            .pins()
-            .iter()
-            .filter(|p| p.spec.reference.parse::<crate::digest::Digest>().is_err())
-            .map(|p| {
-                crate::cache::tag_store::file_name(&crate::cache::tag_store::TagKey {
-                    upstream: p.spec.upstream.clone(),
-                    repository: p.spec.repository.clone(),
-                    tag: p.spec.reference.clone(),
-                })
-            })
-            .collect();
-        self.disk.set_kept(&blobs, &manifests, &tags);
+        let Kept {
+            blobs, manifests, ..
+        } = {
+            let kept = kept_of(set);
+            if let Some(disk) = self.disk.get() {
+                disk.set_kept(&kept);
+            }
+            kept
+        };
         let held: HashSet<(bool, Digest)> = blobs
             .into_iter()
             .map(|d| (false, d))
@@ -500,6 +507,29 @@ impl Pins {
 struct SharedList {
     pins: Vec<PinSpec>,
     at_ms: u64,
+}
+
+/// What `set` holds, as the blob store keeps it.
+fn kept_of(set: &PinSet) -> Kept {
+    let (blobs, manifests) = set.held();
+    // A pinned tag's record too: without it the tag could not be answered offline.
+    let tags = set
+        .pins()
+        .iter()
+        .filter(|p| p.spec.reference.parse::<Digest>().is_err())
+        .map(|p| {
+            crate::cache::tag_store::file_name(&crate::cache::tag_store::TagKey {
+                upstream: p.spec.upstream.clone(),
+                repository: p.spec.repository.clone(),
+                tag: p.spec.reference.clone(),
+            })
+        })
+        .collect();
+    Kept {
+        blobs,
+        manifests,
+        tags,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -43,7 +43,7 @@ pub(crate) struct State {
 impl Catalog {
     /// Opens the layout under `root`, re-indexes what is committed (recency from each file's
     /// latest access/modification time) and evicts down to the budget. Blocking.
-    pub(crate) fn open(root: &Path, max_bytes: u64) -> io::Result<Catalog> {
+    pub(crate) fn open(root: &Path, max_bytes: u64, kept: Vec<Item>) -> io::Result<Catalog> {
         let layout = Layout::open(root)?;
         let mut found = layout.scan()?;
         found.extend(layout.scan_files()?);
@@ -55,6 +55,8 @@ impl Catalog {
         for f in found {
             index.insert_key(f.key, f.size);
         }
+        // Pinned images survive this eviction too (a lowered max_size, a full disk).
+        index.set_kept(kept);
         for item in index.evict_to(max_bytes) {
             layout.remove_item(&item);
         }

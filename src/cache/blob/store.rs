@@ -144,20 +144,22 @@ impl BlobStore {
         limits: BlobStoreLimits,
         bucket: Option<Arc<Bucket>>,
     ) -> io::Result<Arc<BlobStore>> {
-        Self::open_in_fleet(root, limits, bucket, None, None)
+        Self::open_in_fleet(root, limits, bucket, None, None, &Kept::default())
     }
 
     /// `open_with_bucket`, as a member of a fleet (`[fleet]`, which needs the bucket): a fill
     /// that misses the bucket takes the blob's lease or joins the replica that holds it. With
     /// `redirects` (`storage.redirect`), `bucket_url` presigns URLs of blobs in the bucket.
+    /// What `kept` names (pinned images) is not evicted, not even by the eviction at open.
     pub fn open_in_fleet(
         root: PathBuf,
         limits: BlobStoreLimits,
         bucket: Option<Arc<Bucket>>,
         fleet: Option<Fleet>,
         redirects: Option<BucketRedirects>,
+        kept: &Kept,
     ) -> io::Result<Arc<BlobStore>> {
-        let catalog = Arc::new(Catalog::open(&root, limits.max_bytes)?);
+        let catalog = Arc::new(Catalog::open(&root, limits.max_bytes, kept.items())?);
         let damage = Arc::new(Damage::default());
         let env = FillEnv {
             catalog: catalog.clone(),
@@ -478,6 +480,34 @@ impl BlobStore {
     }
 }
 
+/// What pinned images hold (`pin_set`): blobs and manifests by digest, their tags' records by
+/// file name. Never evicted while held; counted against the budget all the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub blobs: Vec<Digest>,
+    pub manifests: Vec<Digest>,
+    pub tags: Vec<String>,
+}
+
+impl Kept {
+    fn items(&self) -> Vec<Item> {
+        self.blobs
+            .iter()
+            .map(|d| Item::Blob(d.clone()))
+            .chain(
+                self.manifests
+                    .iter()
+                    .map(|d| Item::File(CacheFile::Manifest(d.clone()))),
+            )
+            .chain(
+                self.tags
+                    .iter()
+                    .map(|t| Item::File(CacheFile::Tag(t.clone()))),
+            )
+            .collect()
+    }
+}
+
 /// `cache.max_size` as the manifest and tag stores see it: their files are counted and evicted
 /// with the blobs, least recently used first.
 #[derive(Clone)]
@@ -492,20 +522,9 @@ impl DiskBudget {
         self.catalog.commit_file(file, tmp, len)
     }
 
-    /// What pinned images hold (blobs and manifests by digest, their tags' records by file
-    /// name): never evicted while held.
-    pub fn set_kept(&self, blobs: &[Digest], manifests: &[Digest], tags: &[String]) {
-        let items = blobs
-            .iter()
-            .map(|d| Item::Blob(d.clone()))
-            .chain(
-                manifests
-                    .iter()
-                    .map(|d| Item::File(CacheFile::Manifest(d.clone()))),
-            )
-            .chain(tags.iter().map(|t| Item::File(CacheFile::Tag(t.clone()))))
-            .collect();
-        self.catalog.set_kept(items);
+    /// What pinned images hold: never evicted while held.
+    pub fn set_kept(&self, kept: &Kept) {
+        self.catalog.set_kept(kept.items());
     }
 
     /// `file` was used: it moves to the back of the eviction order. `false` if not on disk.
