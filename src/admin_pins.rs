@@ -105,7 +105,7 @@ where
 fn pin_error(e: PinError) -> Response<ResponseBody> {
     let status = match e {
         PinError::InConfig(_) => StatusCode::CONFLICT,
-        PinError::Full => StatusCode::INSUFFICIENT_STORAGE,
+        PinError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
         _ => StatusCode::BAD_REQUEST,
     };
     message(status, &e.to_string())

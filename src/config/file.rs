@@ -96,6 +96,10 @@ impl Config {
             if let Some(v) = c.verify_reads_ttl {
                 k.verify_reads_ttl = parse_duration("cache.verify_reads_ttl", &v)?;
             }
+            if let Some(v) = c.max_pins {
+                k.max_pins =
+                    usize::try_from(v).map_err(|_| invalid("cache.max_pins", "too large"))?;
+            }
         }
         if !raw.upstream.is_empty() {
             cfg.upstreams = raw
@@ -464,6 +468,7 @@ struct RawCache {
     scrub_rate: Option<String>,
     verify_reads: Option<bool>,
     verify_reads_ttl: Option<String>,
+    max_pins: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

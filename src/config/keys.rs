@@ -24,6 +24,8 @@ pub const CACHE_MIN_FREE_SPACE: u64 = 1 << 30;
 pub const CACHE_SCRUB_INTERVAL: Duration = secs(24 * 3600);
 pub const CACHE_SCRUB_RATE: u64 = 20 << 20;
 pub const CACHE_VERIFY_READS_TTL: Duration = secs(3600);
+pub const CACHE_MAX_PINS: u64 = 10_000;
+pub const STORAGE_PIN_SYNC_INTERVAL: Duration = secs(30);
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = secs(10);
 pub const UPSTREAM_READ_TIMEOUT: Duration = secs(30);
 pub const LIMITS_HEADER_READ_TIMEOUT: Duration = secs(10);
@@ -136,6 +138,7 @@ pub const KEYS: &[Key] = &[
     key("cache.scrub_rate", D::Size(CACHE_SCRUB_RATE), "", "bytes per second the scrub reads at most"),
     key("cache.verify_reads", D::Bool(false), "", "check every cached read against its digest"),
     key("cache.verify_reads_ttl", D::Duration(CACHE_VERIFY_READS_TTL), "", "with verify_reads: a whole-blob check vouches this long for Range reads; \"0s\": each Range hashes the blob"),
+    key("cache.max_pins", D::Int(CACHE_MAX_PINS), "", "pinned images at most ([[pin]] and the admin API's together)"),
     key("upstream[].name", D::None("none: required; without any [[upstream]], Docker Hub"), "\"docker.io\"", "what ns=, a path prefix or Host select"),
     key("upstream[].url", D::None("none: required"), "\"https://registry-1.docker.io\"", "scheme and host[:port] only; http:// allowed; no user:pass@"),
     key("upstream[].aliases", D::List(&[]), "[\"index.docker.io\"]", "other names that select it"),
@@ -202,6 +205,7 @@ pub const KEYS: &[Key] = &[
     key("storage.redirect", D::Bool(false), "", "true: a blob GET for a blob in the bucket gets 307 to a presigned URL"),
     key("storage.redirect_expiry", D::Duration(STORAGE_REDIRECT_EXPIRY), "", "how long a presigned URL is valid (1s-7d)"),
     key("storage.redirect_memo", D::Size(STORAGE_REDIRECT_MEMO), "", "digests remembered as in the bucket (no HEAD); \"0\": ask each time"),
+    key("storage.pin_sync_interval", D::Duration(STORAGE_PIN_SYNC_INTERVAL), "", "how often pinned objects are copied under pins/ (and, with [fleet], the pin list adopted)"),
     key("fleet.peer_url", D::None("none: required, here or by ARCHWAY_PEER_URL / --peer-url"), "\"http://10.1.2.3:5000\"", "how the other replicas reach this one (no path)"),
     key("fleet.secret", D::None("refused"), "\"inline\"", "not taken inline: keep the secret in a file and give secret_file"),
     key("fleet.secret_file", D::None("none: required in [fleet]"), "\"/etc/archway/fleet-secret\"", "the secret the replicas share (first line)"),

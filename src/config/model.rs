@@ -200,6 +200,8 @@ pub struct CacheConfig {
     /// With `verify_reads`: how long a whole-blob check (its download, a verified whole read,
     /// the scrub) vouches for the blob's range reads; zero: every range read hashes the blob.
     pub verify_reads_ttl: Duration,
+    /// Pinned images at most (`[[pin]]` and the admin API's together).
+    pub max_pins: usize,
 }
 
 impl CacheConfig {
@@ -230,6 +232,7 @@ impl Default for CacheConfig {
             scrub_rate: keys::CACHE_SCRUB_RATE,
             verify_reads: false,
             verify_reads_ttl: keys::CACHE_VERIFY_READS_TTL,
+            max_pins: keys::CACHE_MAX_PINS as usize,
         }
     }
 }
@@ -405,6 +408,9 @@ impl Config {
         }
         if self.cache.max_size == 0 {
             return Err(invalid("cache.max_size", "must be more than 0"));
+        }
+        if self.cache.max_pins == 0 {
+            return Err(invalid("cache.max_pins", "must be more than 0"));
         }
         self.validate_pins()?;
         if self.cache.max_blob_size == Some(0) {
@@ -595,6 +601,12 @@ impl Config {
                     ));
                 }
                 _ => {}
+            }
+            if i >= self.cache.max_pins {
+                return Err(invalid(
+                    key,
+                    format!("more than cache.max_pins ({}) pins", self.cache.max_pins),
+                ));
             }
             if !seen.insert(p.image.clone()) {
                 return Err(invalid(key, format!("`{}` is pinned twice", p.image)));

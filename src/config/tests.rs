@@ -87,6 +87,9 @@ fn bad_config_names_the_key() {
         ("[cache]\nanswer_memo = \"0\"", "cache.answer_memo"),
         ("[cache]\nforeign_memo = \"0\"", "cache.foreign_memo"),
         ("[cache]\nverify_reads_ttl = \"soon\"", "cache.verify_reads_ttl"),
+        ("[cache]\nmax_pins = 0", "cache.max_pins"),
+        ("[storage]\ns3_bucket = \"b\"\npin_sync_interval = \"0s\"", "storage.pin_sync_interval"),
+        ("[storage]\ns3_bucket = \"b\"\npin_sync_interval = \"often\"", "storage.pin_sync_interval"),
         ("[cache]\ntag_memory = \"0\"", "cache.tag_memory"),
         ("[cache]\ntag_memory = \"lots\"", "cache.tag_memory"),
         (
@@ -821,6 +824,15 @@ fn bad_pins_name_the_key() {
             }
             other => panic!("{text}: {other:?}"),
         }
+    }
+    // More pins than cache.max_pins.
+    match Config::from_toml("[cache]\nmax_pins = 1\n[[pin]]\nimage = \"a\"\n[[pin]]\nimage = \"b\"")
+    {
+        Err(ConfigError::Invalid { key, message }) => {
+            assert_eq!(key, "pin[1].image");
+            assert!(message.contains("cache.max_pins"), "{message}");
+        }
+        other => panic!("{other:?}"),
     }
     // A field [[pin]] does not know is refused by the parser, naming it.
     let e = Config::from_toml("[[pin]]\nimage = \"alpine\"\ntag = \"x\"").unwrap_err();

@@ -22,11 +22,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-/// Pins at most (config and runtime together): each costs a few hundred bytes plus its digests.
-pub const MAX_PINS: usize = 10_000;
-/// How often the pins are synced with the bucket (`[storage]`): copies under `pins/`, the
-/// fleet's runtime pins.
-pub const PIN_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// The pins file read at start, at most (a larger one is not believed and is left alone).
 const MAX_PINS_FILE: u64 = 64 << 20;
 
@@ -40,8 +35,8 @@ pub enum PinError {
     UnknownRegistry(String),
     #[error("`{0}` names no registry and no upstream is the default")]
     NoDefault(String),
-    #[error("already {MAX_PINS} pins")]
-    Full,
+    #[error("already cache.max_pins ({0}) pins")]
+    Full(usize),
     #[error("`{0}` is pinned in the config; remove it there")]
     InConfig(String),
 }
@@ -101,6 +96,10 @@ pub struct Pins {
     upstreams: Vec<UpstreamConfig>,
     default_upstream: Option<usize>,
     metrics: Arc<Metrics>,
+    /// `cache.max_pins`.
+    max_pins: usize,
+    /// `storage.pin_sync_interval`.
+    sync_interval: std::time::Duration,
     /// `admin_pins`: whether the admin API may add and remove pins.
     pub admin_writes: bool,
 }
@@ -121,6 +120,13 @@ impl Pins {
             upstreams: config.upstreams.clone(),
             default_upstream: config.default_upstream(),
             metrics,
+            max_pins: config.cache.max_pins,
+            sync_interval: config
+                .storage
+                .as_ref()
+                .map_or(crate::config::keys::STORAGE_PIN_SYNC_INTERVAL, |s| {
+                    s.pin_sync_interval
+                }),
             admin_writes: config.admin_pins,
         };
         let mut set = PinSet::default();
@@ -136,7 +142,7 @@ impl Pins {
         }
         if let Some(earlier) = read_file(&pins.file) {
             for p in earlier.runtime() {
-                if set.len() < MAX_PINS {
+                if set.len() < pins.max_pins {
                     set.add(p.spec.clone(), Origin::Runtime);
                 }
             }
@@ -160,13 +166,13 @@ impl Pins {
     }
 
     /// With the bucket behind the cache: pinned objects are kept under `pins/` there, and the
-    /// runtime pins shared (`[fleet]`'s record key) every `PIN_SYNC_INTERVAL`.
+    /// runtime pins shared (`[fleet]`'s record key) every `storage.pin_sync_interval`.
     pub fn with_bucket(mut self, bucket: Option<Arc<Bucket>>) -> Pins {
         self.bucket = bucket;
         self
     }
 
-    /// Syncs with the bucket now and then every `PIN_SYNC_INTERVAL`, in the background.
+    /// Syncs with the bucket now and then every `storage.pin_sync_interval`, in the background.
     pub fn start_syncing(self: &Arc<Self>) {
         if self.bucket.is_none() {
             return;
@@ -176,7 +182,10 @@ impl Pins {
         };
         let pins = Arc::downgrade(self);
         rt.spawn(async move {
-            let mut tick = tokio::time::interval(PIN_SYNC_INTERVAL);
+            let Some(every) = pins.upgrade().map(|p| p.sync_interval) else {
+                return;
+            };
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 let Some(pins) = pins.upgrade() else { break };
@@ -240,8 +249,8 @@ impl Pins {
     /// platforms are then these).
     pub fn add(&self, spec: PinSpec) -> Result<bool, PinError> {
         let mut set = self.lock();
-        if set.len() >= MAX_PINS && !set.pins().iter().any(|p| same(&p.spec, &spec)) {
-            return Err(PinError::Full);
+        if set.len() >= self.max_pins && !set.pins().iter().any(|p| same(&p.spec, &spec)) {
+            return Err(PinError::Full(self.max_pins));
         }
         let added = set.add(spec, Origin::Runtime);
         self.changed(&set);
@@ -350,7 +359,7 @@ impl Pins {
                     }
                 }
                 for spec in shared {
-                    if set.len() < MAX_PINS && set.add(spec, Origin::Runtime) {
+                    if set.len() < self.max_pins && set.add(spec, Origin::Runtime) {
                         changed = true;
                     }
                 }
