@@ -15,7 +15,8 @@ use crate::media_type;
 use crate::platform::{Matcher, Platform, WindowsMatch};
 use crate::reference::Reference;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// What one pin names: the image as written, and where it resolves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,14 +113,62 @@ impl Pin {
 }
 
 /// Every pin. Small: pins are a handful to a few thousand images.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "Stored", into = "Stored")]
 pub struct PinSet {
     pins: Vec<Pin>,
+    /// What every request asks (is this tag pinned, is this manifest held) answered without a
+    /// walk over the pins: the pinned tags' hashes and the held manifests, rebuilt after each
+    /// change.
+    tag_hashes: HashSet<u64>,
+    held_manifests: HashSet<Digest>,
+}
+
+/// A pin set as written (`data_dir/pins.json`): the pins alone.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    pins: Vec<Pin>,
+}
+
+impl From<Stored> for PinSet {
+    fn from(s: Stored) -> PinSet {
+        let mut set = PinSet {
+            pins: s.pins,
+            ..PinSet::default()
+        };
+        set.reindex();
+        set
+    }
+}
+
+impl From<PinSet> for Stored {
+    fn from(s: PinSet) -> Stored {
+        Stored { pins: s.pins }
+    }
+}
+
+fn tag_hash(upstream: &str, repository: &str, tag: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    (upstream, repository, tag).hash(&mut h);
+    h.finish()
 }
 
 impl PinSet {
     pub fn pins(&self) -> &[Pin] {
         &self.pins
+    }
+
+    fn reindex(&mut self) {
+        self.tag_hashes = self
+            .pins
+            .iter()
+            .map(|p| tag_hash(&p.spec.upstream, &p.spec.repository, &p.spec.reference))
+            .collect();
+        self.held_manifests = self
+            .pins
+            .iter()
+            .flat_map(|p| p.manifests.keys().cloned())
+            .collect();
     }
 
     pub fn len(&self) -> usize {
@@ -144,16 +193,20 @@ impl PinSet {
             if origin == Origin::Config {
                 p.origin = Origin::Config;
             }
+            self.reindex();
             return false;
         }
         self.pins.push(Pin::new(spec, origin));
+        self.reindex();
         true
     }
 
     /// Removes the pin of `spec`'s target; what it held is released (unless another holds it).
     pub fn remove(&mut self, spec: &PinSpec) -> Option<Pin> {
         let i = self.pins.iter().position(|p| p.spec.same_target(spec))?;
-        Some(self.pins.remove(i))
+        let removed = self.pins.remove(i);
+        self.reindex();
+        Some(removed)
     }
 
     /// Keeps what was known of each pin in `earlier` (roots, held digests) for the pins of
@@ -168,6 +221,7 @@ impl PinSet {
                 }
             }
         }
+        self.reindex();
     }
 
     /// The runtime pins (what is persisted besides the config).
@@ -177,11 +231,14 @@ impl PinSet {
 
     /// The pins whose reference is this tag.
     pub fn is_pinned_tag(&self, upstream: &str, repository: &str, tag: &str) -> bool {
-        self.pins.iter().any(|p| {
-            p.spec.upstream == upstream
-                && p.spec.repository == repository
-                && p.spec.reference == tag
-        })
+        // Most requests are for tags nobody pinned: one hash answers them.
+        self.tag_hashes
+            .contains(&tag_hash(upstream, repository, tag))
+            && self.pins.iter().any(|p| {
+                p.spec.upstream == upstream
+                    && p.spec.repository == repository
+                    && p.spec.reference == tag
+            })
     }
 
     /// The tag answered `digest`: its pins follow it. `true` if any changed.
@@ -202,12 +259,15 @@ impl PinSet {
                 changed = true;
             }
         }
+        if changed {
+            self.reindex();
+        }
         changed
     }
 
     /// Whether a pin holds this manifest.
     pub fn holds_manifest(&self, digest: &Digest) -> bool {
-        self.pins.iter().any(|p| p.manifests.contains_key(digest))
+        self.held_manifests.contains(digest)
     }
 
     /// A manifest passed through: each pin holding it records what it names (an index's
@@ -256,6 +316,9 @@ impl PinSet {
                     }
                 }
             }
+        }
+        if changed {
+            self.reindex();
         }
         (children.into_iter().collect(), changed)
     }

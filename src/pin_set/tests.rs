@@ -149,8 +149,10 @@ fn digest_pins_hold_their_digest_at_once_and_same_targets_are_one_pin() {
     assert_eq!(set.len(), 1);
     assert_eq!(set.pins()[0].origin, Origin::Config);
     assert_eq!(set.runtime().count(), 0);
+    assert!(set.holds_manifest(&m.digest));
     assert!(set.remove(&by_digest).is_some());
     assert!(set.is_empty());
+    assert!(!set.holds_manifest(&m.digest), "released");
     assert_eq!(set.held(), (vec![], vec![]));
 }
 
@@ -163,6 +165,14 @@ fn restore_keeps_what_was_known_for_the_same_pins() {
     before.manifest_seen(&m);
     let json = serde_json::to_vec(&before).unwrap();
     let read: PinSet = serde_json::from_slice(&json).unwrap();
+    // The lookups every request makes are rebuilt from what was read.
+    assert!(read.holds_manifest(&m.digest));
+    assert!(read.is_pinned_tag("docker.io", "library/alpine", "latest"));
+    assert!(!read.is_pinned_tag("docker.io", "library/alpine", "edge"));
+    assert!(
+        !json.windows(8).any(|w| w == b"held_man"),
+        "only the pins are written"
+    );
     let mut now = PinSet::default();
     now.add(spec("alpine", "latest", &[]), Origin::Config);
     now.add(spec("busybox", "1", &[]), Origin::Config);
