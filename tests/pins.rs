@@ -382,3 +382,67 @@ async fn the_admin_api_adds_lists_and_removes_pins() {
         "listing still works"
     );
 }
+
+/// `archway pins --admin URL` prints the table (`--json`: the API's list); an admin URL that
+/// does not answer is exit 1 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archway_pins_lists_them_from_the_admin_api() {
+    let fake = FakeRegistry::start().await;
+    let img = fake.sample_image_sized("lib/cli", Some("1"), 41, &[1_000]);
+    let h = Harness::with(fake, |c| {
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.pins = vec![pin("lib/cli:1", &[])];
+    })
+    .await;
+    let r = h
+        .get_with("/v2/lib/cli/manifests/1", &[("accept", ACCEPT_ALL)])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let admin = format!(
+        "http://{}",
+        h.archway.as_ref().unwrap().admin_addr().unwrap()
+    );
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_archway"))
+                .args(args)
+                .env("NO_PROXY", "127.0.0.1")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(vec!["pins".into(), "--admin".into(), admin.clone()])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("IMAGE"), "{text}");
+    let line = text.lines().find(|l| l.starts_with("lib/cli:1")).unwrap();
+    assert!(line.contains("config"), "{line}");
+    assert!(line.contains(&img.manifest.to_string()[..19]), "{line}");
+    let out = run(vec![
+        "pins".into(),
+        "--admin".into(),
+        admin,
+        "--json".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["image"], "lib/cli:1");
+    assert_eq!(json[0]["digest"], img.manifest.to_string());
+    assert_eq!(json[0]["blobs"].as_array().unwrap().len(), 2);
+    let out = run(vec![
+        "pins".into(),
+        "--admin".into(),
+        "http://127.0.0.1:9".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:9"),
+        "{out:?}"
+    );
+}
