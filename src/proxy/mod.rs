@@ -354,6 +354,7 @@ impl Proxy {
             })
             .await;
         self.pins.sync_bucket().await;
+        self.pins.flush().await;
         Ok(added)
     }
 
@@ -370,6 +371,7 @@ impl Proxy {
             })
             .await;
         self.pins.sync_bucket().await;
+        self.pins.flush().await;
         Ok(removed)
     }
 

@@ -93,6 +93,9 @@ pub struct Pins {
     /// The blob store's budget, once open (it opens knowing what the pins hold: `kept`).
     disk: std::sync::OnceLock<DiskBudget>,
     file: PathBuf,
+    /// Writes of `file` handed out, and the last one done.
+    writes: std::sync::atomic::AtomicU64,
+    written: Arc<Mutex<Option<u64>>>,
     upstreams: Vec<UpstreamConfig>,
     default_upstream: Option<usize>,
     metrics: Arc<Metrics>,
@@ -117,6 +120,8 @@ impl Pins {
             last_held: Mutex::new(HashSet::new()),
             disk: std::sync::OnceLock::new(),
             file: config.data_dir.join("pins.json"),
+            writes: std::sync::atomic::AtomicU64::new(0),
+            written: Arc::new(Mutex::new(None)),
             upstreams: config.upstreams.clone(),
             default_upstream: config.default_upstream(),
             metrics,
@@ -332,8 +337,50 @@ impl Pins {
         lock(&self.released).extend(last.difference(&held).cloned());
         *last = held;
         self.metrics.set_pins(set.len());
-        if let Err(e) = write_file(&self.file, set) {
-            tracing::error!(file = %self.file.display(), error = %e, "cannot persist the pins");
+        drop(self.persist(set));
+    }
+
+    /// Waits until `data_dir/pins.json` holds the pins as they are now (the admin API answers
+    /// only then, so a restart right after finds its change).
+    pub async fn flush(&self) {
+        let write = self.persist(&self.lock());
+        if let Some(w) = write {
+            let _ = w.await;
+        }
+    }
+
+    /// Writes `data_dir/pins.json` off the request's thread (an fsync); writes never go back
+    /// in time: one older than the file's is dropped.
+    fn persist(&self, set: &PinSet) -> Option<tokio::task::JoinHandle<()>> {
+        let json = match serde_json::to_vec_pretty(set) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot persist the pins");
+                return None;
+            }
+        };
+        let seq = self
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (file, written) = (self.file.clone(), self.written.clone());
+        let write = move || {
+            let mut last = lock(&written);
+            if last.is_some_and(|l| l > seq) {
+                return;
+            }
+            match write_file(&file, &json) {
+                Ok(()) => *last = Some(seq),
+                Err(e) => {
+                    tracing::error!(file = %file.display(), error = %e, "cannot persist the pins")
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => Some(rt.spawn_blocking(write)),
+            Err(_) => {
+                write();
+                None
+            }
         }
     }
 }
@@ -566,12 +613,11 @@ fn read_file(path: &std::path::Path) -> Option<PinSet> {
 }
 
 /// Whole or not at all: a temp file beside it, synced, renamed over it.
-fn write_file(path: &std::path::Path, set: &PinSet) -> std::io::Result<()> {
+fn write_file(path: &std::path::Path, json: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let json = serde_json::to_vec_pretty(set).map_err(std::io::Error::other)?;
     let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&json)?;
+    f.write_all(json)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
