@@ -32,6 +32,8 @@ pub struct Admin {
     probes: AtomicU64,
     /// `POST /warm`'s jobs (refused with `admin_warm = false`).
     warm: Option<WarmJobs>,
+    /// `/pins` (admin_pins.rs): the proxy whose pins are listed and changed.
+    pins: Option<Arc<crate::proxy::Proxy>>,
 }
 
 impl Admin {
@@ -41,6 +43,7 @@ impl Admin {
             data_dir,
             probes: AtomicU64::new(0),
             warm: None,
+            pins: None,
         }
     }
 
@@ -50,13 +53,23 @@ impl Admin {
         self
     }
 
+    /// With `/pins` answered for `proxy`'s pins.
+    pub fn with_pins(mut self, proxy: Arc<crate::proxy::Proxy>) -> Admin {
+        self.pins = Some(proxy);
+        self
+    }
+
     pub async fn handle<B>(&self, req: Request<B>) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes>,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
     {
         if crate::admin_warm::owns(req.uri().path()) {
             return crate::admin_warm::handle(self.warm.as_ref(), req).await;
+        }
+        // Its own methods (POST, DELETE) and body: see admin_pins.rs.
+        if req.uri().path() == "/pins" {
+            return crate::admin_pins::handle(self.pins.as_ref(), req).await;
         }
         let head = req.method() == Method::HEAD;
         if req.method() != Method::GET && !head {

@@ -29,6 +29,38 @@ enum Command {
     Config(ConfigArgs),
     /// Fill an archway's cache with images: a running one's (--server), or a data_dir (seeding).
     Warm(WarmCommand),
+    /// List a running archway's pinned images (its admin API's /pins), with their sizes.
+    Pins(PinsArgs),
+}
+
+#[derive(Args)]
+struct PinsArgs {
+    /// The admin listener: http://host:port.
+    #[arg(long, env = "ARCHWAY_ADMIN")]
+    admin: String,
+    /// Print the list as JSON, as the admin API sends it.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn run_pins(args: PinsArgs) -> ExitCode {
+    match archway::pins_client::list(&args.admin).await {
+        Ok(pins) if args.json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&pins).unwrap_or_else(|_| "[]".into())
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(pins) => {
+            print!("{}", archway::pins_client::table(&pins));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("archway: pins: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Args)]
@@ -438,6 +470,7 @@ async fn main() -> ExitCode {
         Command::Explain(args) => run_explain(args).await,
         Command::Healthcheck(args) => run_healthcheck(args).await,
         Command::Warm(args) => run_warm(args).await,
+        Command::Pins(args) => run_pins(args).await,
         Command::Config(ConfigArgs { print_defaults: _ }) => {
             print!("{}", config::keys::reference());
             ExitCode::SUCCESS

@@ -104,9 +104,13 @@ impl Archway {
                 .map_err(|source| StartError::Bind { addr, source })?;
             let local = listener.local_addr().unwrap_or(addr);
             admin_addr = Some(local);
-            tracing::info!(addr = %local, "admin listening (/metrics, /healthz, /readyz, /warm)");
+            tracing::info!(addr = %local, "admin listening (/metrics, /healthz, /readyz, /warm, /pins)");
             let jobs = crate::warm::jobs::WarmJobs::new(&proxy, admin_warm);
-            let state = Arc::new(Admin::new(proxy.metrics().clone(), data_dir).with_warm(jobs));
+            let state = Arc::new(
+                Admin::new(proxy.metrics().clone(), data_dir)
+                    .with_warm(jobs)
+                    .with_pins(proxy.clone()),
+            );
             tasks.push(tokio::spawn(admin::serve(
                 listener,
                 state,
@@ -186,6 +190,8 @@ impl Archway {
         }
         self.proxy.blob_store().finish_commits(DRAIN_TIMEOUT).await;
         self.proxy.flush_access_records();
+        // What the pins hold, as of now: the next start spares it from its first eviction.
+        self.proxy.pins().flush().await;
     }
 }
 

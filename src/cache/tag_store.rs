@@ -425,7 +425,9 @@ async fn copy_record(bucket: Arc<Bucket>, key: &TagKey, entry: &TagEntry) {
     }
 }
 
-fn file_name(key: &TagKey) -> String {
+/// The record's file name under `tags/` (and its key in the disk budget): a hash, never the
+/// tag's own text.
+pub(crate) fn file_name(key: &TagKey) -> String {
     let joined = format!("{}\n{}\n{}", key.upstream, key.repository, key.tag);
     format!("{}.json", &Digest::sha256_of(joined.as_bytes()).hex()[..32])
 }

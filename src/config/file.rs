@@ -121,6 +121,10 @@ impl Config {
                 }
                 k.refresh_ahead_window = Some(w);
             }
+            if let Some(v) = c.max_pins {
+                k.max_pins =
+                    usize::try_from(v).map_err(|_| invalid("cache.max_pins", "too large"))?;
+            }
         }
         if !raw.upstream.is_empty() {
             cfg.upstreams = raw
@@ -230,6 +234,15 @@ impl Config {
         if let Some(f) = raw.fleet {
             cfg.fleet = Some(f.into_config()?);
         }
+        cfg.pins = raw
+            .pin
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| p.into_config(i))
+            .collect::<Result<_, _>>()?;
+        if let Some(v) = raw.admin_pins {
+            cfg.admin_pins = v;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -267,6 +280,41 @@ struct RawConfig {
     parent_fallback: Option<String>,
     fleet: Option<RawFleet>,
     conversion: Option<RawConversion>,
+    admin_pins: Option<bool>,
+    #[serde(default)]
+    pin: Vec<RawPin>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPin {
+    image: Option<String>,
+    platforms: Option<Vec<String>>,
+}
+
+impl RawPin {
+    fn into_config(self, i: usize) -> Result<PinConfig, ConfigError> {
+        let key = |k: &str| format!("pin[{i}].{k}");
+        let image = self
+            .image
+            .ok_or_else(|| invalid(key("image"), "is required in [[pin]]"))?;
+        let parsed = crate::image_ref::ImageRef::parse(&image)
+            .map_err(|e| invalid(key("image"), e.to_string()))?;
+        let platforms = self
+            .platforms
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                crate::platform::Platform::parse(p)
+                    .map_err(|e| invalid(key("platforms"), format!("`{p}`: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(PinConfig {
+            image,
+            parsed,
+            platforms,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -449,6 +497,7 @@ struct RawCache {
     refresh_ahead: Option<bool>,
     refresh_ahead_concurrency: Option<u32>,
     refresh_ahead_window: Option<String>,
+    max_pins: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

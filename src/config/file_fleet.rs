@@ -79,6 +79,7 @@ pub(super) struct RawStorage {
     redirect: Option<bool>,
     redirect_expiry: Option<String>,
     redirect_memo: Option<String>,
+    pin_sync_interval: Option<String>,
 }
 
 impl RawStorage {
@@ -149,6 +150,12 @@ impl RawStorage {
         }
         if let Some(v) = self.redirect_expiry {
             s.redirect_expiry = parse_duration("storage.redirect_expiry", &v)?;
+        }
+        if let Some(v) = self.pin_sync_interval {
+            s.pin_sync_interval = parse_duration("storage.pin_sync_interval", &v)?;
+            if s.pin_sync_interval.is_zero() {
+                return Err(invalid("storage.pin_sync_interval", "must be more than 0s"));
+            }
         }
         if let Some(v) = self.redirect_memo {
             s.redirect_memo = parse_size("storage.redirect_memo", &v)?;

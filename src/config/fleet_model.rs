@@ -98,6 +98,8 @@ pub struct StorageConfig {
     pub redirect_expiry: Duration,
     /// Bytes of the memo of digests known to be in the bucket (0: always ask the bucket).
     pub redirect_memo: u64,
+    /// How often pinned objects are copied under `pins/` and the fleet's pin list adopted.
+    pub pin_sync_interval: Duration,
 }
 
 /// Smallest part S3 accepts in a multipart upload (but the last).
@@ -125,6 +127,7 @@ impl StorageConfig {
             redirect: false,
             redirect_expiry: keys::STORAGE_REDIRECT_EXPIRY,
             redirect_memo: keys::STORAGE_REDIRECT_MEMO,
+            pin_sync_interval: keys::STORAGE_PIN_SYNC_INTERVAL,
         }
     }
 }

@@ -25,6 +25,8 @@ pub const CACHE_SCRUB_INTERVAL: Duration = secs(24 * 3600);
 pub const CACHE_SCRUB_RATE: u64 = 20 << 20;
 pub const CACHE_VERIFY_READS_TTL: Duration = secs(3600);
 pub const CACHE_REFRESH_AHEAD_CONCURRENCY: u32 = 4;
+pub const CACHE_MAX_PINS: u64 = 10_000;
+pub const STORAGE_PIN_SYNC_INTERVAL: Duration = secs(30);
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = secs(10);
 pub const UPSTREAM_READ_TIMEOUT: Duration = secs(30);
 pub const LIMITS_HEADER_READ_TIMEOUT: Duration = secs(10);
@@ -118,6 +120,7 @@ pub const KEYS: &[Key] = &[
     key("parent_down_for", D::Duration(PARENT_DOWN_FOR), "", "a parent whose connection failed or timed out is skipped this long"),
     key("parent_connect_timeout", D::Duration(PARENT_CONNECT_TIMEOUT), "", "connecting to a parent"),
     key("parent_read_timeout", D::Duration(PARENT_READ_TIMEOUT), "", "a parent's response headers, and each gap in its body"),
+    key("admin_pins", D::Bool(true), "", "the admin listener takes POST /pins and DELETE /pins (it is unauthenticated: keep it on a private address)"),
     key("parent_fallback", D::Text("none"), "\"direct\"", "when no parent answers: \"none\" (cache or error) or \"direct\" (the upstream itself)"),
     key("cache.max_size", D::Size(CACHE_MAX_SIZE), "", "disk budget: blobs, manifests and tag records (B, KB/KiB, MB/MiB, GB/GiB, TB/TiB)"),
     key("cache.memory_size", D::Size(CACHE_MEMORY_SIZE), "", "in-memory manifest cache budget (+ a quarter for small blobs)"),
@@ -140,6 +143,7 @@ pub const KEYS: &[Key] = &[
     key("cache.refresh_ahead", D::Bool(true), "", "revalidate a tag asked for within its TTL in the background shortly before it expires (TTLs of 2s and more)"),
     key("cache.refresh_ahead_concurrency", D::Int(CACHE_REFRESH_AHEAD_CONCURRENCY as u64), "", "background revalidations at a time; past it a tag is revalidated on expiry as without refresh_ahead"),
     key("cache.refresh_ahead_window", D::None("a tenth of the tag's TTL, at least 1s"), "\"30s\"", "how long before a tag expires its background revalidation starts (at most half its TTL)"),
+    key("cache.max_pins", D::Int(CACHE_MAX_PINS), "", "pinned images at most ([[pin]] and the admin API's together)"),
     key("upstream[].name", D::None("none: required; without any [[upstream]], Docker Hub"), "\"docker.io\"", "what ns=, a path prefix or Host select"),
     key("upstream[].url", D::None("none: required"), "\"https://registry-1.docker.io\"", "scheme and host[:port] only; http:// allowed; no user:pass@"),
     key("upstream[].aliases", D::List(&[]), "[\"index.docker.io\"]", "other names that select it"),
@@ -168,6 +172,8 @@ pub const KEYS: &[Key] = &[
     key("route[].oci_for_legacy", D::Text("convert"), "\"reject\"", "an OCI manifest for a legacy client: \"convert\" or \"reject\""),
     key("route[].layers", D::Text("auto"), "\"compatible\"", "zstd layers: \"auto\" (converted for clients that cannot read them), \"compatible\" (always) or \"as-is\""),
     key("route[].windows_match", D::Text("process"), "\"hyperv\"", "Windows build matching: \"process\" or \"hyperv\""),
+    key("pin[].image", D::None("none: required in [[pin]]"), "\"docker.io/library/alpine:3.20\"", "an image never evicted: a tag (followed when it moves) or a digest"),
+    key("pin[].platforms", D::List(&[]), "[\"linux/amd64\"]", "the platforms of an index kept; []: all"),
     key("tls.cert_file", D::None("none: required in [tls]"), "\"/etc/archway/tls.crt\"", "PEM certificate chain of the registry listener; SIGHUP re-reads it"),
     key("tls.key_file", D::None("none: required in [tls]"), "\"/etc/archway/tls.key\"", "its PEM private key"),
     key("auth.htpasswd_file", D::None("none"), "\"/etc/archway/htpasswd\"", "htpasswd with bcrypt hashes (htpasswd -B); one or both of the two files"),
@@ -204,6 +210,7 @@ pub const KEYS: &[Key] = &[
     key("storage.redirect", D::Bool(false), "", "true: a blob GET for a blob in the bucket gets 307 to a presigned URL"),
     key("storage.redirect_expiry", D::Duration(STORAGE_REDIRECT_EXPIRY), "", "how long a presigned URL is valid (1s-7d)"),
     key("storage.redirect_memo", D::Size(STORAGE_REDIRECT_MEMO), "", "digests remembered as in the bucket (no HEAD); \"0\": ask each time"),
+    key("storage.pin_sync_interval", D::Duration(STORAGE_PIN_SYNC_INTERVAL), "", "how often pinned objects are copied under pins/ (and, with [fleet], the pin list adopted)"),
     key("fleet.peer_url", D::None("none: required, here or by ARCHWAY_PEER_URL / --peer-url"), "\"http://10.1.2.3:5000\"", "how the other replicas reach this one (no path)"),
     key("fleet.secret", D::None("refused"), "\"inline\"", "not taken inline: keep the secret in a file and give secret_file"),
     key("fleet.secret_file", D::None("none: required in [fleet]"), "\"/etc/archway/fleet-secret\"", "the secret the replicas share (first line)"),

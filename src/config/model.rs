@@ -50,6 +50,20 @@ pub struct Config {
     pub fleet: Option<FleetConfig>,
     /// `[conversion]`: zstd layers converted for clients that cannot read them.
     pub conversion: ConversionConfig,
+    /// `[[pin]]`: images whose manifests and blobs the LRU never evicts.
+    pub pins: Vec<PinConfig>,
+    /// Whether the admin listener takes `POST /pins` and `DELETE /pins` (it always lists them).
+    pub admin_pins: bool,
+}
+
+/// One `[[pin]]`: an image (tag or digest reference, as `archway warm` takes them) and the
+/// platforms of an index kept (empty: all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinConfig {
+    /// As written, for listings and logs.
+    pub image: String,
+    pub parsed: crate::image_ref::ImageRef,
+    pub platforms: Vec<crate::platform::Platform>,
 }
 
 /// `[conversion]`: bounds on converting zstd layers.
@@ -195,6 +209,8 @@ pub struct CacheConfig {
     /// How long before expiry the background revalidation starts; `None`: a tenth of the
     /// tag's TTL, at least 1 s. Never more than half the TTL.
     pub refresh_ahead_window: Option<Duration>,
+    /// Pinned images at most (`[[pin]]` and the admin API's together).
+    pub max_pins: usize,
 }
 
 impl CacheConfig {
@@ -228,6 +244,7 @@ impl Default for CacheConfig {
             refresh_ahead: true,
             refresh_ahead_concurrency: keys::CACHE_REFRESH_AHEAD_CONCURRENCY,
             refresh_ahead_window: None,
+            max_pins: keys::CACHE_MAX_PINS as usize,
         }
     }
 }
@@ -356,6 +373,8 @@ impl Default for Config {
             parent: ParentConfig::default(),
             fleet: None,
             conversion: ConversionConfig::default(),
+            pins: Vec::new(),
+            admin_pins: true,
         }
     }
 }
@@ -403,6 +422,10 @@ impl Config {
         if self.cache.max_size == 0 {
             return Err(invalid("cache.max_size", "must be more than 0"));
         }
+        if self.cache.max_pins == 0 {
+            return Err(invalid("cache.max_pins", "must be more than 0"));
+        }
+        self.validate_pins()?;
         if self.cache.max_blob_size == Some(0) {
             return Err(invalid("cache.max_blob_size", "must be more than 0"));
         }
@@ -557,6 +580,50 @@ impl Config {
                 "parent_fallback",
                 "is set but `parent` lists no parent",
             ));
+        }
+        Ok(())
+    }
+
+    /// Each `[[pin]]` reaches a configured upstream, and no image is pinned twice.
+    fn validate_pins(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.pins.iter().enumerate() {
+            let key = format!("pin[{i}].image");
+            match &p.parsed.registry {
+                Some(r)
+                    if !self
+                        .upstreams
+                        .iter()
+                        .any(|u| u.names().any(|n| n.eq_ignore_ascii_case(r))) =>
+                {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "registry `{r}` of `{}` is not a configured upstream",
+                            p.image
+                        ),
+                    ));
+                }
+                None if self.default_upstream().is_none() => {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "`{}` names no registry and no upstream is the default",
+                            p.image
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            if i >= self.cache.max_pins {
+                return Err(invalid(
+                    key,
+                    format!("more than cache.max_pins ({}) pins", self.cache.max_pins),
+                ));
+            }
+            if !seen.insert(p.image.clone()) {
+                return Err(invalid(key, format!("`{}` is pinned twice", p.image)));
+            }
         }
         Ok(())
     }

@@ -87,6 +87,9 @@ fn bad_config_names_the_key() {
         ("[cache]\nanswer_memo = \"0\"", "cache.answer_memo"),
         ("[cache]\nforeign_memo = \"0\"", "cache.foreign_memo"),
         ("[cache]\nverify_reads_ttl = \"soon\"", "cache.verify_reads_ttl"),
+        ("[cache]\nmax_pins = 0", "cache.max_pins"),
+        ("[storage]\ns3_bucket = \"b\"\npin_sync_interval = \"0s\"", "storage.pin_sync_interval"),
+        ("[storage]\ns3_bucket = \"b\"\npin_sync_interval = \"often\"", "storage.pin_sync_interval"),
         ("[cache]\ntag_memory = \"0\"", "cache.tag_memory"),
         ("[cache]\ntag_memory = \"lots\"", "cache.tag_memory"),
         (
@@ -792,4 +795,78 @@ fn a_missing_file_reads_the_same_for_every_key_naming_the_key_and_path() {
         err,
         format!("`auth.htpasswd_file`: cannot read {m}: file not found")
     );
+}
+
+#[test]
+fn pins_parse_with_platforms_and_admin_pins_defaults_on() {
+    let cfg = Config::from_toml(
+        "[[pin]]\nimage = \"docker.io/library/alpine:3.20\"\nplatforms = [\"linux/amd64\", \"linux/arm64/v8\"]\n[[pin]]\nimage = \"busybox@sha256:0000000000000000000000000000000000000000000000000000000000000000\"",
+    )
+    .unwrap();
+    assert!(cfg.admin_pins);
+    assert_eq!(cfg.pins.len(), 2);
+    assert_eq!(cfg.pins[0].image, "docker.io/library/alpine:3.20");
+    assert_eq!(cfg.pins[0].parsed.registry.as_deref(), Some("docker.io"));
+    assert_eq!(cfg.pins[0].platforms.len(), 2);
+    assert!(cfg.pins[1].platforms.is_empty(), "default: every platform");
+    let off = Config::from_toml("admin_pins = false").unwrap();
+    assert!(!off.admin_pins && off.pins.is_empty());
+}
+
+#[test]
+fn bad_pins_name_the_key() {
+    let cases = [
+        ("[[pin]]\nplatforms = []", "pin[0].image", "required"),
+        (
+            "[[pin]]\nimage = \"Not An Image!\"",
+            "pin[0].image",
+            "not an image reference",
+        ),
+        (
+            "[[pin]]\nimage = \"alpine@sha256:short\"",
+            "pin[0].image",
+            "not an image reference",
+        ),
+        (
+            "[[pin]]\nimage = \"alpine\"\nplatforms = [\"\"]",
+            "pin[0].platforms",
+            "``",
+        ),
+        (
+            "[[pin]]\nimage = \"quay.io/org/app:1\"",
+            "pin[0].image",
+            "registry `quay.io`",
+        ),
+        (
+            "[[pin]]\nimage = \"alpine\"\n[[pin]]\nimage = \"alpine\"",
+            "pin[1].image",
+            "pinned twice",
+        ),
+        (
+            "[[upstream]]\nname = \"r\"\nurl = \"http://r\"\n[[pin]]\nimage = \"alpine\"",
+            "pin[0].image",
+            "no upstream is the default",
+        ),
+    ];
+    for (text, key, says) in cases {
+        match Config::from_toml(text) {
+            Err(ConfigError::Invalid { key: k, message }) => {
+                assert_eq!(k, key, "{text}");
+                assert!(message.contains(says), "{text}: {message}");
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+    // More pins than cache.max_pins.
+    match Config::from_toml("[cache]\nmax_pins = 1\n[[pin]]\nimage = \"a\"\n[[pin]]\nimage = \"b\"")
+    {
+        Err(ConfigError::Invalid { key, message }) => {
+            assert_eq!(key, "pin[1].image");
+            assert!(message.contains("cache.max_pins"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A field [[pin]] does not know is refused by the parser, naming it.
+    let e = Config::from_toml("[[pin]]\nimage = \"alpine\"\ntag = \"x\"").unwrap_err();
+    assert!(e.to_string().contains("tag"), "{e}");
 }

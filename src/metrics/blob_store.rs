@@ -40,6 +40,8 @@ impl Collector for BlobStoreCollector {
             damaged_by_scrub,
             damaged_on_read,
             read_check_bytes,
+            pinned_bytes,
+            pinned_entries,
         } = store.stats();
         let gauges = [
             (
@@ -67,6 +69,17 @@ impl Collector for BlobStoreCollector {
                 "archway_cache_files",
                 "Manifests and tag records on disk.",
                 files,
+            ),
+            (
+                "archway_pinned_bytes",
+                "Bytes on disk (blobs and manifests) that pinned images hold: never evicted, \
+                 counted against cache.max_size with everything else.",
+                pinned_bytes,
+            ),
+            (
+                "archway_pinned_entries",
+                "Blobs and manifests on disk that pinned images hold.",
+                pinned_entries,
             ),
             (
                 "archway_blob_downloads_in_flight",

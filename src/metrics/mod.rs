@@ -284,6 +284,7 @@ pub struct Metrics {
     connections_closed: Family<ReasonLabels, Counter>,
     responses_stalled: Counter,
     requests_in_flight: Gauge,
+    pins: Gauge,
     requests_refused_busy: Counter,
     blob_store: Arc<BlobStoreCollector>,
     storage_operations: Family<StorageOpLabels, Counter>,
@@ -481,6 +482,14 @@ impl Metrics {
             "archway_requests_refused_busy",
             "Requests answered 503 because limits.max_requests were in flight for limits.stall_timeout",
             requests_refused_busy.clone(),
+        );
+        let pins = Gauge::default();
+        register(
+            &mut registry,
+            &mut described,
+            "archway_pins",
+            "Pinned images ([[pin]] and the admin API's): their manifests and blobs are never evicted",
+            pins.clone(),
         );
         let blob_store = Arc::new(BlobStoreCollector::default());
         registry.register_collector(Box::new(blob_store.clone()));
@@ -711,6 +720,7 @@ impl Metrics {
             connections_closed,
             responses_stalled,
             requests_in_flight,
+            pins,
             requests_refused_busy,
             blob_store,
             storage_operations,
@@ -758,6 +768,11 @@ impl Metrics {
     /// A request took (`+1`) or gave back (`-1`) one of `limits.max_requests`.
     pub fn request_in_flight(&self, delta: i64) {
         self.requests_in_flight.inc_by(delta);
+    }
+
+    /// How many images are pinned now.
+    pub fn set_pins(&self, n: usize) {
+        self.pins.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// A request refused because `limits.max_requests` stayed taken.

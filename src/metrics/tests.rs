@@ -143,6 +143,7 @@ fn families_at_start_are_those_configured_with_known_series_at_zero() {
             "archway_responses_stalled",
             "archway_requests_in_flight",
             "archway_requests_refused_busy",
+            "archway_pins",
             "archway_access_confirmations",
             "archway_blob_fills",
             "archway_foreign_layer_fetches",

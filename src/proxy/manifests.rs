@@ -11,6 +11,7 @@
 //! bucket before letting go, the others read it from there.
 
 use super::outcome::CacheResult;
+use super::pins::Pins;
 use super::refresh_ahead::RefreshAhead;
 use crate::cache::blob::DiskBudget;
 use crate::cache::bucket::Bucket;
@@ -52,7 +53,12 @@ pub(crate) struct Manifests {
     negative_ttl: Duration,
     /// `cache.refresh_ahead`: hot tags revalidated before they expire.
     ahead: Option<RefreshAhead>,
+    /// Pinned images: told each tag answer and manifest that passes, to hold what they name.
+    pins: std::sync::OnceLock<Arc<Pins>>,
 }
+
+/// Manifests a pin walks through the cache at once, at most (an index's children, nested).
+const MAX_PIN_WALK: usize = 1024;
 
 impl Manifests {
     /// Opens the manifest and tag stores under `data_dir`, their files under `disk` (the blob
@@ -98,7 +104,79 @@ impl Manifests {
             stale_if_error: cache.stale_if_error,
             negative_ttl: cache.negative_ttl,
             ahead,
+            pins: std::sync::OnceLock::new(),
         })
+    }
+
+    /// With pinned images fed by what passes through.
+    pub(crate) fn set_pins(&self, pins: Arc<Pins>) {
+        // Set once, at start, before any request.
+        let _ = self.pins.set(pins);
+    }
+
+    /// A tag answered `m`: a pin of that tag follows it, then holds what `m` names.
+    async fn pin_tag(&self, key: &TagKey, m: &Arc<Manifest>) {
+        let Some(pins) = self.pins.get() else { return };
+        if !pins.is_pinned_tag(&key.upstream, &key.repository, &key.tag) {
+            return;
+        }
+        let moved = pins.tag_resolved(&key.upstream, &key.repository, &key.tag, &m.digest);
+        if moved {
+            tracing::info!(upstream = %key.upstream, repository = %key.repository, tag = %key.tag, digest = %m.digest, "pinned tag moved: the pin follows it, the old digest is released");
+        }
+        self.pin_manifest(m, moved).await;
+    }
+
+    /// A manifest passed: if a pin holds it, the pin holds what it names, and the children it
+    /// selects that are cached already are walked too (so a pin is whole as soon as its tag
+    /// is seen, not only once each child is asked for again).
+    async fn pin_manifest(&self, m: &Arc<Manifest>, mut changed: bool) {
+        let Some(pins) = self.pins.get() else { return };
+        let mut todo = vec![m.clone()];
+        let mut walked = 0;
+        while let Some(m) = todo.pop() {
+            if walked >= MAX_PIN_WALK || !pins.holds_manifest(&m.digest) {
+                continue;
+            }
+            walked += 1;
+            let (children, more) = pins.seen(&m);
+            changed |= more;
+            for child in children {
+                if let Some(c) = self.store.get(&child).await {
+                    todo.push(c);
+                }
+            }
+        }
+        if changed {
+            pins.commit();
+        }
+    }
+
+    /// A pin just added: filled from what the cache has of its tag (or digest) now.
+    pub(crate) async fn fill_pin(&self, spec: &crate::pin_set::PinSpec) {
+        let root = match crate::reference::Reference::parse(&spec.reference) {
+            Ok(crate::reference::Reference::Digest(d)) => Some(d),
+            Ok(crate::reference::Reference::Tag(_)) => {
+                let key = TagKey {
+                    upstream: spec.upstream.clone(),
+                    repository: spec.repository.clone(),
+                    tag: spec.reference.clone(),
+                };
+                self.tags.get(&key).await.map(|e| e.digest)
+            }
+            Err(_) => None,
+        };
+        let Some(root) = root else { return };
+        let Some(m) = self.store.get(&root).await else {
+            return;
+        };
+        if let (Some(pins), Ok(crate::reference::Reference::Tag(_))) = (
+            self.pins.get(),
+            crate::reference::Reference::parse(&spec.reference),
+        ) {
+            pins.tag_resolved(&spec.upstream, &spec.repository, &spec.reference, &root);
+        }
+        self.pin_manifest(&m, true).await;
     }
 
     /// The manifest store (for the access gate: where a manifest's file is, whether it may be
@@ -118,10 +196,12 @@ impl Manifests {
         repo: &RepositoryName,
         digest: &Digest,
     ) -> Result<Found, ProxyError> {
-        if let Some(m) = self.store.get(digest).await {
-            return Ok((m, CacheResult::Hit));
-        }
-        Ok(self.fetch_digest(upstream, repo, digest).await?)
+        let found = match self.store.get(digest).await {
+            Some(m) => (m, CacheResult::Hit),
+            None => self.fetch_digest(upstream, repo, digest).await?,
+        };
+        self.pin_manifest(&found.0, false).await;
+        Ok(found)
     }
 
     /// A manifest missing here, by digest: once per digest on this replica (concurrent misses
@@ -170,6 +250,9 @@ impl Manifests {
         };
         let ttl = upstream.config().tag_ttl.unwrap_or(self.tag_ttl);
         let found = self.tag_answer(upstream, repo, tag, &key, ttl).await;
+        if let Ok((m, _)) = &found {
+            self.pin_tag(&key, m).await;
+        }
         // Asked for within its TTL: worth revalidating before it expires. A stale answer is
         // not (upstream is down; the next request asks again anyway).
         if let Ok((_, CacheResult::Hit | CacheResult::Miss)) = &found {

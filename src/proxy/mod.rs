@@ -21,6 +21,7 @@ mod memo;
 mod multipart;
 mod outcome;
 mod peer;
+pub mod pins;
 mod platform_answer;
 mod referrers;
 mod refresh_ahead;
@@ -85,6 +86,8 @@ pub struct Proxy {
     /// listeners once bound), and the check of peer requests to this replica's endpoint.
     peer_egress: Option<Arc<Egress>>,
     peer_verifier: Option<Arc<PeerVerifier>>,
+    /// Pinned images (`[[pin]]`, the admin API).
+    pins: Arc<pins::Pins>,
 }
 
 /// Why `[fleet]` could not be set up.
@@ -211,6 +214,8 @@ impl Proxy {
             }
             _ => None,
         };
+        // Before the blob store: its eviction at open already spares what the pins hold.
+        let pins = Arc::new(pins::Pins::open(&config, metrics.clone()).with_bucket(bucket.clone()));
         let blobs = BlobStore::open_in_fleet(
             dir.clone(),
             BlobStoreLimits {
@@ -233,6 +238,7 @@ impl Proxy {
                     expiry: s.redirect_expiry,
                     memo_bytes: s.redirect_memo,
                 }),
+            &pins.kept(),
         )
         .map_err(|e| cache_err(dir.clone(), e))?;
         if !cache.scrub_interval.is_zero() {
@@ -249,6 +255,9 @@ impl Proxy {
         .map_err(|(path, e)| cache_err(path, e))?;
         let manifests = Arc::new(manifests);
         metrics.observe_blob_store(blobs.clone());
+        pins.attach(blobs.disk_budget());
+        pins.start_syncing();
+        manifests.set_pins(pins.clone());
         let via = Via::new();
         tracing::info!(via = via.marker(), "instance marker, sent upstream in Via");
         let parents = Parents::new(&config.parent)?
@@ -321,7 +330,52 @@ impl Proxy {
             via,
             peer_egress,
             peer_verifier,
+            pins,
         })
+    }
+
+    /// The pinned images.
+    pub fn pins(&self) -> &Arc<pins::Pins> {
+        &self.pins
+    }
+
+    /// Pins `image` (as `archway warm` takes it) at runtime, for the `platforms` of an index
+    /// (empty: all), and holds at once what the cache has of it. `Ok(false)`: it was pinned
+    /// already (its platforms are now these). Kept in `data_dir/pins.json`.
+    pub async fn add_pin(&self, image: &str, platforms: &[String]) -> Result<bool, pins::PinError> {
+        let spec = self.pins.spec(image, platforms)?;
+        let added = self.pins.add(spec.clone())?;
+        self.manifests.fill_pin(&spec).await;
+        // The fleet's too ([fleet]): the other replicas adopt it at their next sync.
+        self.pins
+            .publish(|list| {
+                list.retain(|s| {
+                    (&s.upstream, &s.repository, &s.reference)
+                        != (&spec.upstream, &spec.repository, &spec.reference)
+                });
+                list.push(spec.clone());
+            })
+            .await;
+        self.pins.sync_bucket().await;
+        self.pins.flush().await;
+        Ok(added)
+    }
+
+    /// Removes a runtime pin; what it held becomes ordinary LRU content. `Ok(None)`: not pinned.
+    pub async fn remove_pin(&self, image: &str) -> Result<Option<pins::PinView>, pins::PinError> {
+        let spec = self.pins.spec(image, &[])?;
+        let removed = self.pins.remove(&spec)?;
+        self.pins
+            .publish(|list| {
+                list.retain(|s| {
+                    (&s.upstream, &s.repository, &s.reference)
+                        != (&spec.upstream, &spec.repository, &spec.reference)
+                })
+            })
+            .await;
+        self.pins.sync_bucket().await;
+        self.pins.flush().await;
+        Ok(removed)
     }
 
     /// The metrics this proxy (and its upstreams and blob store) report to.

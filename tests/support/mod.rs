@@ -61,6 +61,8 @@ pub fn config_for(fake: &FakeRegistry, dir: &Path) -> Config {
         parent: Default::default(),
         fleet: None,
         conversion: Default::default(),
+        pins: Vec::new(),
+        admin_pins: true,
     }
 }
 

@@ -124,8 +124,17 @@ impl BlobTier {
     /// The blob as a fill source if the bucket has it; an error if the bucket failed.
     pub(crate) async fn fetch(&self, digest: &Digest) -> Result<Option<IncomingBlob>, BucketError> {
         let key = self.bucket.keys().blob(digest);
-        let Some(object) = self.bucket.get(&key).await? else {
-            return Ok(None);
+        let object = match self.bucket.get(&key).await? {
+            Some(o) => o,
+            // Expired under blobs/ by the lifecycle rule: a pinned image's copy outlives it.
+            None => match self
+                .bucket
+                .get(&self.bucket.keys().pinned_blob(digest))
+                .await?
+            {
+                Some(o) => o,
+                None => return Ok(None),
+            },
         };
         let body = StreamBody::new(object.body.map(|chunk| chunk.map(Frame::data))).boxed_unsync();
         Ok(Some(IncomingBlob {
@@ -191,8 +200,11 @@ impl BlobTier {
         }
         let bucket = self.bucket.clone();
         let key = bucket.keys().blob(digest);
+        let pinned = bucket.keys().pinned_blob(digest);
         let digest = digest.clone();
         tokio::spawn(async move {
+            // The damaged bytes may have come from the pinned copy; it is garbage too.
+            let _ = bucket.delete(&pinned).await;
             match bucket.delete(&key).await {
                 Ok(()) => tracing::warn!(%digest, "damaged blob deleted from storage"),
                 Err(e) => {

@@ -36,12 +36,14 @@ pub(crate) struct State {
     pub(crate) index: Index,
     pub(crate) in_flight: HashMap<Digest, Arc<Fill>>,
     pub(crate) fills_started: u64,
+    /// The last eviction left the total over budget (pins hold more than it).
+    pub(crate) over_budget: bool,
 }
 
 impl Catalog {
     /// Opens the layout under `root`, re-indexes what is committed (recency from each file's
     /// latest access/modification time) and evicts down to the budget. Blocking.
-    pub(crate) fn open(root: &Path, max_bytes: u64) -> io::Result<Catalog> {
+    pub(crate) fn open(root: &Path, max_bytes: u64, kept: Vec<Item>) -> io::Result<Catalog> {
         let layout = Layout::open(root)?;
         let mut found = layout.scan()?;
         found.extend(layout.scan_files()?);
@@ -53,6 +55,8 @@ impl Catalog {
         for f in found {
             index.insert_key(f.key, f.size);
         }
+        // Pinned images survive this eviction too (a lowered max_size, a full disk).
+        index.set_kept(kept);
         for item in index.evict_to(max_bytes) {
             layout.remove_item(&item);
         }
@@ -143,6 +147,7 @@ impl Catalog {
             for item in state.index.evict_to(self.max_bytes) {
                 self.layout.remove_item(&item);
             }
+            self.note_overflow(&mut state);
         }
         layout::sync_dir(&parent);
         Ok(())
@@ -168,6 +173,7 @@ impl Catalog {
         for item in state.index.evict_to(self.max_bytes) {
             self.layout.remove_item(&item);
         }
+        self.note_overflow(&mut state);
         Ok(())
     }
 
@@ -214,6 +220,37 @@ impl Catalog {
     /// Bytes free on the blobs' filesystem, if known.
     pub(crate) fn free_space(&self) -> Option<u64> {
         self.layout.free_space()
+    }
+
+    /// Sets what the pinned images hold (`pin_set`): never evicted from now on; what is no
+    /// longer held is ordinary LRU content again.
+    pub(crate) fn set_kept(&self, items: Vec<Item>) {
+        self.lock().index.set_kept(items);
+    }
+
+    /// Logs once when eviction leaves the cache over budget because pinned images hold more
+    /// than it (pins are never evicted; unpinned newcomers are, at once), and once when it fits
+    /// again.
+    fn note_overflow(&self, state: &mut State) {
+        let over = state.index.bytes() > self.max_bytes;
+        if over == state.over_budget {
+            return;
+        }
+        state.over_budget = over;
+        if over {
+            let (pinned, _) = state.index.kept_bytes();
+            tracing::warn!(
+                bytes = state.index.bytes(),
+                pinned_bytes = pinned,
+                max_size = self.max_bytes,
+                "the cache is over cache.max_size: pinned images (and blobs being read) hold more than it; nothing pinned is evicted, unpinned blobs are not kept"
+            );
+        } else {
+            tracing::info!(
+                max_size = self.max_bytes,
+                "the cache fits cache.max_size again"
+            );
+        }
     }
 
     fn unpin(&self, digest: &Digest) {

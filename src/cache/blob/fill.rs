@@ -235,6 +235,14 @@ impl FillTask {
                 return;
             }
         };
+        // The commit takes the fill out of the in-flight table before its copy is queued: a
+        // shutdown waiting for commits and then for copies must see the copy coming.
+        let _copy_coming = self
+            .env
+            .tier
+            .as_ref()
+            .filter(|_| self.source == FillSource::Upstream)
+            .map(|tier| tier.bucket().expect_write());
         let catalog = self.env.catalog.clone();
         let fill = self.fill.clone();
         let committed =

@@ -4,7 +4,7 @@
 
 use crate::cache::lru::{Lru, SlotMap};
 use crate::digest::Digest;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// An entry's key as the slab holds it, inline and without a heap string: a sha256 blob or
@@ -119,6 +119,11 @@ pub(crate) struct Index {
     evictions: u64,
     /// What `Entry::verified` counts from.
     epoch: Instant,
+    /// Pinned images' manifests and blobs (`pin_set`): never evicted, still counted. Kept by
+    /// key rather than on the entry, since a pin names digests before they are cached.
+    kept: HashSet<Packed>,
+    /// …those whose key does not pack (sha512).
+    kept_other: HashSet<Item>,
 }
 
 /// 64 bytes in the slab with its links.
@@ -146,6 +151,8 @@ impl Default for Index {
             bytes: 0,
             evictions: 0,
             epoch: Instant::now(),
+            kept: HashSet::new(),
+            kept_other: HashSet::new(),
         }
     }
 }
@@ -342,6 +349,63 @@ impl Index {
         self.lru.get(self.find_blob(digest)?).map(|e| e.size)
     }
 
+    /// Replaces the set of items the pinned images hold (blobs and manifests).
+    pub(crate) fn set_kept(&mut self, items: impl IntoIterator<Item = Item>) {
+        self.kept.clear();
+        self.kept_other.clear();
+        for item in items {
+            let key = match item {
+                Item::Blob(d) => Key::blob(&d),
+                Item::File(f) => Key::file(f),
+            };
+            match key {
+                Key::Packed(p) => {
+                    self.kept.insert(p);
+                }
+                Key::Other(item) => {
+                    self.kept_other.insert(*item);
+                }
+            }
+        }
+    }
+
+    /// Whether the entry in `slot` belongs to a pinned image.
+    fn is_kept(&self, slot: u32, key: &Packed) -> bool {
+        match key {
+            Packed::Other => self
+                .others
+                .get(&slot)
+                .is_some_and(|i| self.kept_other.contains(i)),
+            p => self.kept.contains(p),
+        }
+    }
+
+    /// Bytes and entries on disk that pinned images hold (they count against the budget).
+    pub(crate) fn kept_bytes(&self) -> (u64, u64) {
+        let found = |key: Key| {
+            self.find(&key)
+                .and_then(|s| self.lru.get(s))
+                .map(|e| e.size)
+        };
+        let mut bytes = 0u64;
+        let mut entries = 0u64;
+        let sizes = self
+            .kept
+            .iter()
+            .map(|p| found(Key::Packed(*p)))
+            .chain(
+                self.kept_other
+                    .iter()
+                    .map(|i| found(Key::Other(Box::new(i.clone())))),
+            )
+            .collect::<Vec<_>>();
+        for size in sizes.into_iter().flatten() {
+            bytes = bytes.saturating_add(size);
+            entries += 1;
+        }
+        (bytes, entries)
+    }
+
     /// Drops least-recently-used unpinned entries (blobs, manifests and tag records alike)
     /// until the total fits `max_bytes`, and returns them (oldest first). Pinned blobs are
     /// skipped; if only pinned ones are left, the total stays over budget until a later call.
@@ -352,7 +416,11 @@ impl Index {
             let Some(slot) = at else { break };
             // The next one first: `slot` may leave the list. Pins earlier in the list stay.
             at = self.lru.next(slot);
-            if self.lru.get(slot).is_some_and(|e| e.pins > 0) {
+            let held = self
+                .lru
+                .get(slot)
+                .is_some_and(|e| e.pins > 0 || self.is_kept(slot, &e.key));
+            if held {
                 continue;
             }
             if let Some((item, _)) = self.remove_slot(slot) {
@@ -416,6 +484,43 @@ mod tests {
         assert_eq!(index.evict_to(0), vec![Item::Blob(d(1))]);
         assert_eq!(index.size(&d(0)), Some(100));
         assert_eq!(index.bytes(), 100);
+    }
+
+    /// Pinned images' blobs and manifests are skipped by eviction however old, still count
+    /// against the budget (so unpinned newcomers go instead), and become ordinary LRU content
+    /// once released — also when they were named before they were cached.
+    #[test]
+    fn kept_items_are_never_evicted_but_count() {
+        let mut index = Index::default();
+        let sha512 = format!("sha512:{}", "ab".repeat(64))
+            .parse::<Digest>()
+            .unwrap();
+        let manifest = CacheFile::Manifest(d(9));
+        // Kept before any is cached.
+        index.set_kept([
+            Item::Blob(d(0)),
+            Item::File(manifest.clone()),
+            Item::Blob(sha512.clone()),
+        ]);
+        index.insert(d(0), 100);
+        index.insert_file(manifest.clone(), 100);
+        index.insert(sha512.clone(), 100);
+        index.insert(d(1), 100);
+        assert_eq!(index.kept_bytes(), (300, 3));
+        // The oldest three are kept: only 1 goes, and the total stays over budget.
+        assert_eq!(index.evict_to(0), vec![Item::Blob(d(1))]);
+        assert_eq!(index.bytes(), 300);
+        // A newcomer does not push kept ones out: it is the one evicted.
+        index.insert(d(2), 100);
+        assert_eq!(index.evict_to(300), vec![Item::Blob(d(2))]);
+        // Released: ordinary content, least recently used first.
+        index.set_kept([Item::Blob(d(0))]);
+        assert_eq!(index.kept_bytes(), (100, 1));
+        assert_eq!(
+            index.evict_to(100),
+            vec![Item::File(manifest), Item::Blob(sha512)]
+        );
+        assert_eq!(index.size(&d(0)), Some(100));
     }
 
     /// Manifests and tag records share the LRU and the budget with the blobs; pins still hold.

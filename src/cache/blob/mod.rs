@@ -37,6 +37,6 @@ pub use memory::SMALL_BLOB_BYTES;
 pub use source::{Cause, FillError, IncomingBlob, SourceError};
 pub use store::{
     Blob, BlobStore, BlobStoreLimits, BlobStoreStats, CacheFile, CachedBlob, DiskBudget,
-    FillingBlob,
+    FillingBlob, Kept,
 };
 pub use write_buffer::DEFAULT_WRITE_BUFFER;

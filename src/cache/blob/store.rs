@@ -9,6 +9,7 @@ use super::fill::{self, FillEnv};
 use super::fill_state::{Fill, FillState, Phase, ReaderGuard};
 use super::fleet::Fleet;
 pub use super::index::CacheFile;
+use super::index::Item;
 use super::memory::{Loaded, SmallBlobs, SMALL_BLOB_BYTES};
 use super::scrub::{self, Damage};
 use super::source::{FillError, IncomingBlob, SourceError};
@@ -91,6 +92,10 @@ pub struct BlobStoreStats {
     pub damaged_on_read: u64,
     /// Bytes of committed blobs hashed to check reads (`verify_reads`) since `open`.
     pub read_check_bytes: u64,
+    /// Bytes on disk (blobs and manifests) that pinned images hold; counted in the totals.
+    pub pinned_bytes: u64,
+    /// Blobs and manifests on disk that pinned images hold.
+    pub pinned_entries: u64,
 }
 
 pub struct BlobStore {
@@ -139,20 +144,22 @@ impl BlobStore {
         limits: BlobStoreLimits,
         bucket: Option<Arc<Bucket>>,
     ) -> io::Result<Arc<BlobStore>> {
-        Self::open_in_fleet(root, limits, bucket, None, None)
+        Self::open_in_fleet(root, limits, bucket, None, None, &Kept::default())
     }
 
     /// `open_with_bucket`, as a member of a fleet (`[fleet]`, which needs the bucket): a fill
     /// that misses the bucket takes the blob's lease or joins the replica that holds it. With
     /// `redirects` (`storage.redirect`), `bucket_url` presigns URLs of blobs in the bucket.
+    /// What `kept` names (pinned images) is not evicted, not even by the eviction at open.
     pub fn open_in_fleet(
         root: PathBuf,
         limits: BlobStoreLimits,
         bucket: Option<Arc<Bucket>>,
         fleet: Option<Fleet>,
         redirects: Option<BucketRedirects>,
+        kept: &Kept,
     ) -> io::Result<Arc<BlobStore>> {
-        let catalog = Arc::new(Catalog::open(&root, limits.max_bytes)?);
+        let catalog = Arc::new(Catalog::open(&root, limits.max_bytes, kept.items())?);
         let damage = Arc::new(Damage::default());
         let env = FillEnv {
             catalog: catalog.clone(),
@@ -255,7 +262,12 @@ impl BlobStore {
     /// not have it, or when the bucket fails.
     pub async fn head_in_bucket(&self, digest: &Digest) -> Option<u64> {
         let bucket = self.bucket.as_ref()?;
-        match bucket.size(&bucket.keys().blob(digest)).await {
+        let mut size = bucket.size(&bucket.keys().blob(digest)).await;
+        if matches!(size, Ok(None)) {
+            // Expired under blobs/: a pinned image's copy is served as well.
+            size = bucket.size(&bucket.keys().pinned_blob(digest)).await;
+        }
+        match size {
             Ok(size) => size,
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "storage unavailable for a blob HEAD");
@@ -436,7 +448,10 @@ impl BlobStore {
 
     pub fn stats(&self) -> BlobStoreStats {
         let state = self.catalog.lock();
+        let (pinned_bytes, pinned_entries) = state.index.kept_bytes();
         BlobStoreStats {
+            pinned_bytes,
+            pinned_entries,
             bytes: state.index.blob_bytes(),
             entries: state.index.len() as u64,
             file_bytes: state.index.bytes() - state.index.blob_bytes(),
@@ -465,6 +480,34 @@ impl BlobStore {
     }
 }
 
+/// What pinned images hold (`pin_set`): blobs and manifests by digest, their tags' records by
+/// file name. Never evicted while held; counted against the budget all the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub blobs: Vec<Digest>,
+    pub manifests: Vec<Digest>,
+    pub tags: Vec<String>,
+}
+
+impl Kept {
+    fn items(&self) -> Vec<Item> {
+        self.blobs
+            .iter()
+            .map(|d| Item::Blob(d.clone()))
+            .chain(
+                self.manifests
+                    .iter()
+                    .map(|d| Item::File(CacheFile::Manifest(d.clone()))),
+            )
+            .chain(
+                self.tags
+                    .iter()
+                    .map(|t| Item::File(CacheFile::Tag(t.clone()))),
+            )
+            .collect()
+    }
+}
+
 /// `cache.max_size` as the manifest and tag stores see it: their files are counted and evicted
 /// with the blobs, least recently used first.
 #[derive(Clone)]
@@ -477,6 +520,11 @@ impl DiskBudget {
     /// budget. Blocking. On error `tmp` is the caller's to delete.
     pub fn commit(&self, file: CacheFile, tmp: &Path, len: u64) -> io::Result<()> {
         self.catalog.commit_file(file, tmp, len)
+    }
+
+    /// What pinned images hold: never evicted while held.
+    pub fn set_kept(&self, kept: &Kept) {
+        self.catalog.set_kept(kept.items());
     }
 
     /// `file` was used: it moves to the back of the eviction order. `false` if not on disk.

@@ -2,7 +2,8 @@
 //! `<prefix>manifests/sha256/<hex>`,
 //! `<prefix>fills/sha256/<hex>` (fill leases of blobs), `<prefix>fills/manifests/sha256/<hex>`
 //! and `<prefix>fills/tags/<upstream>/<repository>/<tag>` (leases of a manifest fetch and of a
-//! tag revalidation), `<prefix>tags/<upstream>/<repository>/<tag>`.
+//! tag revalidation), `<prefix>tags/<upstream>/<repository>/<tag>`, and pinned images' copies
+//! under `<prefix>pins/` (with the fleet's pin list, `<prefix>pins/list`).
 //!
 //! Digests are hex, repository names and tags are validated before they get here, and upstream
 //! names come from the config; object_store percent-encodes anything a key part may not hold,
@@ -89,6 +90,27 @@ impl Keys {
         self.path(&parts)
     }
 
+    /// A pinned image's copy of a blob: under `pins/`, which the documented lifecycle rules do
+    /// not expire (docs/fleet.md, "Pins in the bucket").
+    pub fn pinned_blob(&self, digest: &Digest) -> Path {
+        self.path(&["pins", "blobs", digest.algorithm().as_str(), digest.hex()])
+    }
+
+    /// A pinned image's copy of a manifest.
+    pub fn pinned_manifest(&self, digest: &Digest) -> Path {
+        self.path(&[
+            "pins",
+            "manifests",
+            digest.algorithm().as_str(),
+            digest.hex(),
+        ])
+    }
+
+    /// The fleet's runtime pins: one sealed record.
+    pub fn pin_list(&self) -> Path {
+        self.path(&["pins", "list"])
+    }
+
     fn path(&self, parts: &[&str]) -> Path {
         self.prefix
             .iter()
@@ -143,6 +165,15 @@ mod tests {
         );
         assert_eq!(prod.leases().as_ref(), "prod/eu/fills");
         assert_eq!(prod.sweep_lease().as_ref(), "prod/eu/sweep");
+        assert_eq!(
+            prod.pinned_blob(&digest()).as_ref(),
+            format!("prod/eu/pins/blobs/sha256/{hex}")
+        );
+        assert_eq!(
+            prod.pinned_manifest(&digest()).as_ref(),
+            format!("prod/eu/pins/manifests/sha256/{hex}")
+        );
+        assert_eq!(prod.pin_list().as_ref(), "prod/eu/pins/list");
     }
 
     /// The lifecycle rules in docs/fleet.md (what bounds the bucket) expire exactly the objects
@@ -184,6 +215,10 @@ mod tests {
         assert!(covered(&prod.access("blobs", &digest())), "{expiring:?}");
         assert!(!covered(&prod.fill_lease(&digest())), "{expiring:?}");
         assert!(!covered(&prod.sweep_lease()), "{expiring:?}");
+        // Pinned images' copies and the pin list are what the rules must leave alone.
+        assert!(!covered(&prod.pinned_blob(&digest())), "{expiring:?}");
+        assert!(!covered(&prod.pinned_manifest(&digest())), "{expiring:?}");
+        assert!(!covered(&prod.pin_list()), "{expiring:?}");
     }
 
     #[test]

@@ -146,6 +146,9 @@ pub struct Bucket {
     uploads: Arc<Semaphore>,
     /// Background writes queued or running.
     pending: Arc<AtomicU64>,
+    /// Writes about to be queued (a blob's commit that will start its copy): a shutdown
+    /// waits for those too, so it cannot slip between a commit and its copy.
+    expected: Arc<AtomicU64>,
     max_pending: u64,
     observer: Arc<dyn StorageObserver>,
     /// The record key, clock and skew that records read back are judged by.
@@ -270,6 +273,7 @@ impl Bucket {
             part_size: settings.part_size,
             uploads: Arc::new(Semaphore::new(max_uploads as usize)),
             pending: Arc::new(AtomicU64::new(0)),
+            expected: Arc::new(AtomicU64::new(0)),
             max_pending: u64::from(max_uploads) + u64::from(settings.upload_queue),
             observer,
             trust: records::Trust::none(),
@@ -294,6 +298,7 @@ impl Bucket {
             part_size,
             uploads: Arc::new(Semaphore::new(4)),
             pending: Arc::new(AtomicU64::new(0)),
+            expected: Arc::new(AtomicU64::new(0)),
             max_pending: 64,
             observer,
             trust: records::Trust::none(),
@@ -501,6 +506,13 @@ impl Bucket {
         })
     }
 
+    /// A copy of `from` at `to`, made by the store (CopyObject: no bytes through archway; at
+    /// most 5 GiB on S3).
+    pub async fn copy(&self, from: &Path, to: &Path) -> Result<(), BucketError> {
+        self.timed("CopyObject", self.upload_timeout, self.store.copy(from, to))
+            .await
+    }
+
     pub async fn delete(&self, key: &Path) -> Result<(), BucketError> {
         self.timed("DeleteObject", self.timeout, self.store.delete(key))
             .await
@@ -538,10 +550,17 @@ impl Bucket {
         self.pending.load(Ordering::Acquire)
     }
 
-    /// Waits until no background write is queued or running, or `deadline`: at shutdown, so
-    /// that what this replica fetched reaches the other replicas.
+    /// Announces a write that will be queued soon (held until it is): `finish_writes` waits
+    /// for it as for a queued one.
+    pub fn expect_write(&self) -> ExpectedWrite {
+        self.expected.fetch_add(1, Ordering::AcqRel);
+        ExpectedWrite(self.expected.clone())
+    }
+
+    /// Waits until no background write is queued, running or expected, or `deadline`: at
+    /// shutdown, so that what this replica fetched reaches the other replicas.
     pub async fn finish_writes(&self, deadline: tokio::time::Instant) {
-        while self.pending_writes() > 0 {
+        while self.pending_writes() > 0 || self.expected.load(Ordering::Acquire) > 0 {
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(
                     pending = self.pending_writes(),
@@ -618,5 +637,14 @@ impl Multipart<'_> {
         {
             tracing::warn!(error = %e, "cannot abort a multipart upload; a lifecycle rule clears it");
         }
+    }
+}
+
+/// A write announced by [`Bucket::expect_write`]; dropping it withdraws the announcement.
+pub struct ExpectedWrite(Arc<AtomicU64>);
+
+impl Drop for ExpectedWrite {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

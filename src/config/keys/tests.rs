@@ -145,8 +145,8 @@ fn the_printed_defaults_are_the_parser_defaults() {
             "upstream[]" => {
                 "name = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n".to_owned()
             }
-            // No defaults to compare in [tls]; a [[route]] changes behaviour.
-            "tls" | "route[]" | "route[].match" => continue,
+            // No defaults to compare in [tls]; a [[route]] or [[pin]] changes behaviour.
+            "tls" | "route[]" | "route[].match" | "pin[]" => continue,
             _ => String::new(),
         };
         text = match section {
