@@ -388,3 +388,76 @@ async fn bars_in_a_terminal() {
     // Not the plain lines.
     assert!(!text.contains("warm: 0/1 images,"), "{text}");
 }
+
+/// `--pin`: with `--server`, each image is pinned through `--admin`'s /pins before it is warmed
+/// (so the pin holds what warm pulls); seeding, in the data_dir's own pins, which the archway
+/// later serving it lists and holds. Without `--admin`, `--server --pin` is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pin_pins_what_it_warms() {
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        c.admin_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
+    let img = h.fake.sample_image("lib/pinned", "v1", 26);
+    let server = format!("http://{}", h.addr());
+    let admin = format!(
+        "http://{}",
+        h.archway.as_ref().unwrap().admin_addr().unwrap()
+    );
+    let (code, _, err) = run(&["--server", &server, "--pin", "lib/pinned:v1"], &[]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--admin"), "{err}");
+    let (code, out, err) = run(
+        &[
+            "--server",
+            &server,
+            "--admin",
+            &admin,
+            "--pin",
+            "--progress",
+            "none",
+            "lib/pinned:v1",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let pins = TestClient::new().get(&format!("{admin}/pins")).await.json();
+    let pin = &pins.as_array().unwrap()[0];
+    assert_eq!(pin["image"], "lib/pinned:v1", "{pins}");
+    assert_eq!(pin["digest"], img.manifest.to_string(), "{pins}");
+    assert_eq!(
+        pin["blobs"].as_array().unwrap().len(),
+        img.layers.len() + 1,
+        "{pins}"
+    );
+
+    // Seeding with --pin: the pins live in the data_dir.
+    let fake = FakeRegistry::start().await;
+    let img = fake.sample_image("lib/seed", "v1", 27);
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--upstream",
+            &fake.url(),
+            "--pin",
+            "--progress",
+            "none",
+            "lib/seed:v1",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let mut cfg = config_for(&fake, dir.path());
+    cfg.admin_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let archway = Archway::start(cfg).await.unwrap();
+    let admin = format!("http://{}", archway.admin_addr().unwrap());
+    let pins = TestClient::new().get(&format!("{admin}/pins")).await.json();
+    let pin = &pins.as_array().unwrap()[0];
+    assert_eq!(pin["image"], "lib/seed:v1", "{pins}");
+    assert_eq!(pin["digest"], img.manifest.to_string(), "{pins}");
+    assert!(pin["bytes"].as_u64().unwrap() > 0, "{pins}");
+}

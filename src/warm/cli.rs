@@ -59,6 +59,13 @@ pub struct WarmArgs {
     /// Seconds between plain progress lines.
     #[arg(long, default_value_t = 5.0)]
     pub progress_interval: f64,
+    /// Also pin each image (its --platform platforms), so the LRU never evicts it: through
+    /// --admin's /pins with --server, in the data_dir's own pins when seeding.
+    #[arg(long)]
+    pub pin: bool,
+    /// The admin listener of --server's archway (http://host:port), for --pin.
+    #[arg(long, env = "ARCHWAY_ADMIN")]
+    pub admin: Option<String>,
     /// Image references (alpine, docker.io/library/alpine:3.20, ghcr.io/org/app@sha256:…).
     pub images: Vec<String>,
 }
@@ -143,6 +150,33 @@ pub async fn run(args: WarmArgs, local: impl FnOnce() -> Result<Config, String>)
             }
         }
     };
+    // Pinned first: the manifests warm pulls then fill each pin as they pass.
+    if args.pin {
+        let pinned = match (&local_proxy, &args.admin) {
+            (Some((proxy, _)), _) => {
+                pin_all(&images, &args.platform, |i, p| async move {
+                    proxy.add_pin(&i, &p).await.map_err(|e| e.to_string())
+                })
+                .await
+            }
+            (None, Some(admin)) => {
+                pin_all(&images, &args.platform, |i, p| async move {
+                    crate::pins_client::add(admin, &i, &p).await
+                })
+                .await
+            }
+            (None, None) => {
+                return usage(
+                    "--pin with --server needs --admin http://host:port (its admin listener)"
+                        .into(),
+                )
+            }
+        };
+        if let Err(e) = pinned {
+            eprintln!("archway: warm --pin: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let opts = WarmOptions {
         platforms,
         with_attestations: args.with_attestations,
@@ -195,6 +229,7 @@ pub async fn run(args: WarmArgs, local: impl FnOnce() -> Result<Config, String>)
         // that serves this directory later knows who may read what without asking upstream.
         proxy.blob_store().finish_commits(SETTLE).await;
         proxy.flush_access_records();
+        proxy.pins().flush().await;
         if interrupted {
             remove_own_partials(dir);
         }
@@ -228,6 +263,22 @@ pub async fn run(args: WarmArgs, local: impl FnOnce() -> Result<Config, String>)
         );
         ExitCode::FAILURE
     }
+}
+
+/// Pins every image through `add` (the admin API or the in-process pins), naming the first
+/// that fails.
+async fn pin_all<F, Fut>(images: &[String], platforms: &[String], add: F) -> Result<(), String>
+where
+    F: Fn(String, Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, String>>,
+{
+    let platforms: Vec<String> = platforms.iter().map(|p| p.trim().to_owned()).collect();
+    for image in images {
+        add(image.clone(), platforms.clone())
+            .await
+            .map_err(|e| format!("{image}: {e}"))?;
+    }
+    Ok(())
 }
 
 fn credentials(args: &WarmArgs) -> Result<Option<(String, Secret)>, String> {
