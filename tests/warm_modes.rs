@@ -1,7 +1,7 @@
 //! `archway warm` beyond plain HTTP: seeding a data_dir with no server (then served with the
-//! upstream down), a server with TLS and `[auth]`, `--for` a legacy client (its converted answer
-//! is a hit afterwards), Ctrl-C (exit 130, no partial file), and progress as plain lines and as
-//! bars in a pseudo-terminal (`script`).
+//! upstream down), a server with TLS and `[auth]`, `--for` a legacy client (its converted answer,
+//! and the tars of zstd layers for old Docker, are hits afterwards), `--pin`, Ctrl-C (exit 130, no
+//! partial file), and progress as plain lines and as bars in a pseudo-terminal (`script`).
 
 mod support;
 
@@ -460,4 +460,46 @@ async fn warm_pin_pins_what_it_warms() {
     assert_eq!(pin["image"], "lib/seed:v1", "{pins}");
     assert_eq!(pin["digest"], img.manifest.to_string(), "{pins}");
     assert!(pin["bytes"].as_u64().unwrap() > 0, "{pins}");
+}
+
+/// `--for 'docker/20.10 (linux)'` on an image with a zstd layer: warm asks as Docker 20.10 does,
+/// archway answers the amd64 child with that layer's tar, and warm pulls the tar, so Docker's
+/// first pull is whole from the cache with the upstream down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_for_old_docker_makes_the_tars_of_zstd_layers() {
+    let h = Harness::start().await;
+    let idx = support::images::zstd_index(&h.fake, "lib/z", "v1", 28);
+    let amd64 = &idx.images[0];
+    let server = format!("http://{}", h.addr());
+    let (code, out, err) = run(
+        &[
+            "--server",
+            &server,
+            "--for",
+            "docker/20.10 (linux)",
+            "--progress",
+            "none",
+            "lib/z:v1",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    h.fake.fault(None, Fault::status(503));
+    let docker = clients::docker_2010();
+    let r = h.get_with("/v2/lib/z/manifests/v1", &docker.lines()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let m = r.json();
+    let layers = m["layers"].as_array().unwrap();
+    let (diff_id, tar) = &amd64.tars[1];
+    assert_eq!(layers[1]["digest"], diff_id.to_string(), "{m}");
+    let b = h
+        .get_with(&format!("/v2/lib/z/blobs/{diff_id}"), &docker.lines())
+        .await;
+    assert_eq!(b.status, StatusCode::OK, "{}", b.text());
+    assert_eq!(b.header("x-archway-cache"), Some("hit"));
+    assert!(b.body == *tar, "the zstd layer's tar");
+    let plain = &amd64.layers[0].1;
+    let b = h.get(&format!("/v2/lib/z/blobs/{plain}")).await;
+    assert_eq!(b.status, StatusCode::OK);
 }
