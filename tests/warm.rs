@@ -127,3 +127,43 @@ async fn a_failure_is_named_and_the_exit_status_says_so() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--server"));
 }
+
+/// Registry names map to the configured upstreams as containerd's `ns=` does: `ghcr.io/…` (by
+/// digest too) reaches the upstream named ghcr.io, a bare name the default one, and a registry
+/// that is not configured fails that image, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_names_reach_their_upstreams() {
+    let ghcr = FakeRegistry::start().await;
+    let ghcr_url = ghcr.url();
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        let mut u = archway::config::UpstreamConfig::from_url(Some("ghcr.io"), &ghcr_url).unwrap();
+        u.connect_timeout = std::time::Duration::from_secs(2);
+        c.upstreams.push(u);
+    })
+    .await;
+    let app = ghcr.sample_image("org/app", "v1", 11);
+    let local = h.fake.sample_image("lib/local", "v1", 12);
+    let by_digest = format!("ghcr.io/org/app@{}", app.manifest);
+    let (code, out, err) = warm(&h, &[&by_digest, "lib/local:v1", "quay.io/x/y:1"], None).await;
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("1 of 3 failed: quay.io/x/y:1"), "{err}");
+    assert!(out.contains("not configured"), "{out}");
+    for d in &app.layers {
+        assert_eq!(
+            ghcr.count_path("GET", &format!("/v2/org/app/blobs/{d}")),
+            1,
+            "{d}"
+        );
+        assert_eq!(
+            h.fake.count_path("GET", &format!("/v2/org/app/blobs/{d}")),
+            0
+        );
+    }
+    for d in &local.layers {
+        assert_eq!(
+            h.fake
+                .count_path("GET", &format!("/v2/lib/local/blobs/{d}")),
+            1
+        );
+    }
+}
