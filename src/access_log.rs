@@ -24,9 +24,11 @@ pub struct RequestNotes {
     /// The API endpoint kind (`ping`, `manifest`, `blob`, `tags`, `referrers`); `None` when the
     /// path is none of them.
     pub kind: Option<&'static str>,
-    /// Where the body's bytes come from (`cache` or `upstream`); `None` for archway's own
-    /// bodies (pings, errors).
+    /// Where the body's bytes come from (`cache`, `upstream`; for blobs also `bucket`, `peer`,
+    /// `parent`); `None` for archway's own bodies (pings, errors).
     pub source: Option<&'static str>,
+    /// How a blob was served, as the store told it; `cache` and `source` are derived from it.
+    pub blob: Option<crate::cache::blob::BlobOrigin>,
     /// An error answer depends on the client's hints (a rewritable tag): it carries `Vary`.
     pub vary_on_error: bool,
     /// For the rewrites metric: the client's platform and what the platform logic did
@@ -122,6 +124,9 @@ impl Drop for LoggedBody {
             }
             if let Some(source) = notes.source {
                 m.bytes_served(source, self.bytes);
+                if notes.blob.is_some_and(|b| b.saves_upstream()) {
+                    m.upstream_bytes_saved(self.bytes);
+                }
             }
             if let Some((platform, reason)) = &notes.rewrite_outcome {
                 m.rewrite(platform, reason);
@@ -138,6 +143,8 @@ impl Drop for LoggedBody {
             duration_ms = took.as_micros() as f64 / 1000.0,
             upstream = log.notes.upstream.as_deref().unwrap_or("-"),
             cache = log.notes.cache.unwrap_or("none"),
+            source = log.notes.source,
+            origin = log.notes.blob.map(|b| b.as_str()),
             error = log.notes.error.as_deref(),
             rewrite = log.notes.rewrite.as_deref(),
             foreign = log.notes.foreign.as_deref(),

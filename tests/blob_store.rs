@@ -1,7 +1,9 @@
 //! Blob store behaviour: verified, coalesced fills; streaming readers; ranges; LRU budget; restart.
 
 use archway::body::{ResponseBody, UpstreamBody};
-use archway::cache::blob::{Blob, BlobStore, FillError, IncomingBlob, SourceError};
+use archway::cache::blob::{
+    Blob, BlobOrigin, BlobSource, BlobStore, FillError, IncomingBlob, SourceError,
+};
 use archway::digest::Digest;
 use archway::error::{ErrorCode, ProxyError};
 use bytes::Bytes;
@@ -59,7 +61,11 @@ fn fetch_from(
         let body = slot.lock().unwrap().take();
         Box::pin(async move {
             match body {
-                Some(body) => Ok(IncomingBlob { size, body }),
+                Some(body) => Ok(IncomingBlob {
+                    size,
+                    body,
+                    from_parent: false,
+                }),
                 None => Err(SourceError::new(ProxyError::internal(
                     "test upstream already consumed",
                 ))),
@@ -223,6 +229,15 @@ async fn concurrent_requests_coalesce_into_one_fetch() {
         )
     }))
     .await;
+    // One filled it (from upstream), the others joined that fill, and each is told which.
+    let outcomes: Vec<_> = blobs
+        .iter()
+        .map(|b| b.as_ref().unwrap().outcome())
+        .collect();
+    let filled = BlobOrigin::Filled(BlobSource::Upstream);
+    let joined = BlobOrigin::Joined(BlobSource::Upstream);
+    assert_eq!(outcomes.iter().filter(|o| **o == filled).count(), 1);
+    assert_eq!(outcomes.iter().filter(|o| **o == joined).count(), 31);
     let readers: Vec<_> = blobs
         .into_iter()
         .map(|blob| {
@@ -251,6 +266,8 @@ async fn concurrent_requests_coalesce_into_one_fetch() {
         (1, 0, 1)
     );
     assert!(store.get(&digest).is_some());
+    let hit = store.lookup(&digest).await.unwrap();
+    assert_eq!(hit.outcome(), BlobOrigin::Hit);
 }
 
 /// Checks the failure contract: every reader's body errors, nothing committed, tmp/ empty, and a

@@ -4,7 +4,9 @@
 //! exercised by `tests/e2e_storage.rs`.
 
 use archway::body::UpstreamBody;
-use archway::cache::blob::{Blob, BlobStore, BlobStoreLimits, IncomingBlob, SourceError};
+use archway::cache::blob::{
+    Blob, BlobOrigin, BlobSource, BlobStore, BlobStoreLimits, IncomingBlob, SourceError,
+};
 use archway::cache::bucket::{Bucket, BucketSettings, StorageObserver, RECORD_PURPOSE};
 use archway::cache::manifest_store::{Manifest, ManifestStore};
 use archway::cache::tag_store::{now_ms, TagEntry, TagKey, TagStore};
@@ -96,6 +98,7 @@ fn upstream(
             Ok(IncomingBlob {
                 size: Some(size),
                 body,
+                from_parent: false,
             })
         })
     }
@@ -193,6 +196,7 @@ async fn upstream_fills_are_copied_and_a_replica_with_an_empty_disk_reads_the_bu
             .get_or_fill(&digest, upstream(data.clone(), calls.clone()))
             .await
             .unwrap();
+        assert_eq!(blob.outcome(), BlobOrigin::Filled(BlobSource::Upstream));
         assert_eq!(read_all(&blob).await.unwrap(), *data);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
@@ -224,6 +228,8 @@ async fn upstream_fills_are_copied_and_a_replica_with_an_empty_disk_reads_the_bu
     for data in [&small, &large] {
         let digest = Digest::sha256_of(data);
         let blob = b.get_or_fill(&digest, no_upstream()).await.unwrap();
+        // The store tells the proxy where the bytes came from: the bucket, not upstream.
+        assert_eq!(blob.outcome(), BlobOrigin::Filled(BlobSource::Bucket));
         assert_eq!(blob.size(), Some(data.len() as u64));
         assert_eq!(read_all(&blob).await.unwrap(), *data);
         drop(blob);

@@ -164,6 +164,7 @@ impl PeerSource for HttpPeers {
             Ok(PeerAnswer::Blob(IncomingBlob {
                 size,
                 body: StreamBody::new(frames).boxed_unsync(),
+                from_parent: false,
             }))
         })
     }

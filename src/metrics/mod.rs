@@ -273,6 +273,7 @@ pub struct Metrics {
     request_duration: HistogramFamily<KindMethodLabels>,
     cache_results: Family<CacheLabels, Counter>,
     bytes_served: Family<SourceLabels, Counter>,
+    upstream_bytes_saved: Counter,
     rewrites: Family<RewriteLabels, Counter>,
     upstream_requests: Family<UpstreamStatusLabels, Counter>,
     upstream_duration: HistogramFamily<UpstreamLabels>,
@@ -379,8 +380,16 @@ impl Metrics {
             &mut registry,
             &mut described,
             "archway_served_bytes",
-            "Response body bytes sent to clients, by where they came from: cache or upstream",
+            "Response body bytes sent to clients, by where they came from: cache (L1), bucket, peer, parent or upstream",
             bytes_served.clone(),
+        );
+        let upstream_bytes_saved = Counter::default();
+        register(
+            &mut registry,
+            &mut described,
+            "archway_upstream_bytes_saved",
+            "Blob body bytes sent to clients that this archway did not fetch from upstream for them: L1 hits, joined downloads, bucket and peer fills",
+            upstream_bytes_saved.clone(),
         );
         let rewrites = Family::<RewriteLabels, Counter>::default();
         register(
@@ -623,7 +632,16 @@ impl Metrics {
                 drop(cache_results.get_or_create(&CacheLabels { kind, result }));
             }
         }
-        for source in SOURCES {
+        // A tier's source exists (at 0) only where the tier is configured.
+        let tiers = [
+            (features.storage, "bucket"),
+            (features.fleet, "peer"),
+            (features.parent, "parent"),
+        ];
+        let sources = SOURCES
+            .into_iter()
+            .chain(tiers.into_iter().filter(|(on, _)| *on).map(|(_, s)| s));
+        for source in sources {
             drop(bytes_served.get_or_create(&SourceLabels { source }));
         }
         let layer_conversions = Family::<OutcomeLabels, Counter>::default();
@@ -709,6 +727,7 @@ impl Metrics {
             request_duration,
             cache_results,
             bytes_served,
+            upstream_bytes_saved,
             rewrites,
             upstream_requests,
             upstream_duration,
@@ -821,7 +840,14 @@ impl Metrics {
             .inc();
     }
 
-    /// `n` body bytes sent to a client from `source` (`cache` or `upstream`).
+    /// `n` blob body bytes sent to a client that upstream did not send for it (see
+    /// `BlobOrigin::saves_upstream`).
+    pub fn upstream_bytes_saved(&self, n: u64) {
+        self.upstream_bytes_saved.inc_by(n);
+    }
+
+    /// `n` body bytes sent to a client from `source` (`cache`, `upstream`, `bucket`, `peer`,
+    /// `parent`).
     pub fn bytes_served(&self, source: &'static str, n: u64) {
         self.bytes_served
             .get_or_create(&SourceLabels { source })

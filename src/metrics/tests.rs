@@ -137,6 +137,7 @@ fn families_at_start_are_those_configured_with_known_series_at_zero() {
         [
             "archway_cache_results",
             "archway_served_bytes",
+            "archway_upstream_bytes_saved",
             "archway_upstream_token_fetches",
             "archway_connections_open",
             "archway_connections_closed",

@@ -12,7 +12,9 @@ use super::response::{blob_headers, blob_response, insert_digest_headers, not_mo
 use super::uncached;
 use crate::access_log::RequestNotes;
 use crate::body::{self, ResponseBody};
-use crate::cache::blob::{Blob, BlobStore, FillError, IncomingBlob, SourceError};
+use crate::cache::blob::{
+    Blob, BlobOrigin, BlobSource, BlobStore, FillError, IncomingBlob, SourceError,
+};
 use crate::digest::Digest;
 use crate::error::ProxyError;
 use crate::foreign::ForeignMemo;
@@ -80,12 +82,13 @@ impl Blobs {
         {
             let url = self.store.bucket_url(digest).await;
             if let Some(redirected) = url.and_then(|url| redirect(digest, &url)) {
-                note(CacheResult::Redirect, notes);
+                notes.cache = Some(CacheResult::Redirect.as_str());
+                notes.source = CacheResult::Redirect.source();
                 return Ok(redirected);
             }
         }
         if let Some(blob) = self.store.lookup(digest).await {
-            note(CacheResult::Hit, notes);
+            note(blob.outcome(), notes);
             return Ok(blob_response(client, digest, &blob, self.max_ranges, notes));
         }
         if client.is_head() {
@@ -115,14 +118,7 @@ impl Blobs {
         } else {
             blob
         };
-        let result = if started {
-            CacheResult::Miss
-        } else if blob.is_local() {
-            CacheResult::Hit
-        } else {
-            CacheResult::Coalesced
-        };
-        note(result, notes);
+        note(blob.outcome(), notes);
         Ok(blob_response(client, digest, &blob, self.max_ranges, notes))
     }
 
@@ -258,6 +254,7 @@ impl Blobs {
                 Ok(IncomingBlob {
                     size: stream.size,
                     body: stream.body,
+                    from_parent: stream.from_parent,
                 })
             }) as FetchFuture
         })
@@ -272,7 +269,7 @@ impl Blobs {
         client: &ClientRequest,
         notes: &mut RequestNotes,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        note(CacheResult::Miss, notes);
+        note(BlobOrigin::Uncached, notes);
         let stream = upstream.get_blob(repo, digest).await?;
         if stream.size.is_none() && client.cannot_detect_truncation() {
             return Err(ProxyError::bad_gateway(format!(
@@ -299,15 +296,8 @@ impl Blobs {
         let mut out = Response::new(body::empty());
         // Being downloaded, or committed since the lookup: the size is known, upstream isn't
         // asked.
-        if let Some((size, local)) = self.store.head(digest) {
-            note(
-                if local {
-                    CacheResult::Hit
-                } else {
-                    CacheResult::Coalesced
-                },
-                notes,
-            );
+        if let Some((size, origin)) = self.store.head(digest) {
+            note(origin, notes);
             out.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
             blob_headers(out.headers_mut(), digest);
@@ -315,13 +305,13 @@ impl Blobs {
         }
         // A replica with an empty disk: the shared storage knows the size.
         if let Some(size) = self.store.head_in_bucket(digest).await {
-            note(CacheResult::Hit, notes);
+            note(BlobOrigin::Filled(BlobSource::Bucket), notes);
             out.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
             blob_headers(out.headers_mut(), digest);
             return Ok(out);
         }
-        note(CacheResult::Miss, notes);
+        note(BlobOrigin::Filled(BlobSource::Upstream), notes);
         let head = upstream.head_blob(repo, digest).await?;
         if let Some(size) = head.size {
             out.headers_mut()
@@ -370,10 +360,12 @@ fn source_error(e: UpstreamError) -> SourceError {
     }
 }
 
-/// Notes how the cache answered a blob request, for the log and the metrics.
-fn note(result: CacheResult, notes: &mut RequestNotes) {
-    notes.cache = Some(result.as_str());
-    notes.source = result.source();
+/// Notes how the cache answered a blob request, for the log and the metrics: every field comes
+/// from the one outcome the store handed back.
+pub(super) fn note(origin: BlobOrigin, notes: &mut RequestNotes) {
+    notes.cache = Some(CacheResult::from(origin).as_str());
+    notes.source = Some(origin.source());
+    notes.blob = Some(origin);
 }
 
 /// `307` to the bucket, with the headers a registry sends with its own redirect: the digest (the
@@ -450,5 +442,41 @@ mod tests {
         assert_eq!(e.status, StatusCode::BAD_GATEWAY);
         let e = fill_error(FillError::Storage("cannot create blob temp file".into()));
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// Every log field and metric label of a blob answer comes from the store's outcome: the
+    /// `cache` result is L1's view, `source` where the bytes came from.
+    #[test]
+    fn each_blob_origin_has_its_labels() {
+        use crate::cache::blob::{BlobOrigin as O, BlobSource as S};
+        for (origin, cache, source, word, saves) in [
+            (O::Hit, "hit", "cache", "hit", true),
+            (
+                O::Joined(S::Upstream),
+                "coalesced",
+                "upstream",
+                "joined",
+                true,
+            ),
+            (O::Joined(S::Bucket), "coalesced", "bucket", "joined", true),
+            (
+                O::Filled(S::Upstream),
+                "miss",
+                "upstream",
+                "upstream",
+                false,
+            ),
+            (O::Filled(S::Bucket), "miss", "bucket", "bucket", true),
+            (O::Filled(S::Peer), "miss", "peer", "peer", true),
+            (O::Filled(S::Parent), "miss", "parent", "parent", false),
+            (O::Uncached, "miss", "upstream", "uncached", false),
+        ] {
+            let mut notes = RequestNotes::default();
+            note(origin, &mut notes);
+            assert_eq!(notes.cache, Some(cache), "{origin:?}");
+            assert_eq!(notes.source, Some(source), "{origin:?}");
+            assert_eq!(notes.blob.map(|b| b.as_str()), Some(word), "{origin:?}");
+            assert_eq!(origin.saves_upstream(), saves, "{origin:?}");
+        }
     }
 }

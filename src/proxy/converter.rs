@@ -71,6 +71,7 @@ impl Converter {
         Ok(IncomingBlob {
             size: None,
             body: unzstd::decompress(zstd, self.bounds, permit, report),
+            from_parent: false,
         })
     }
 }

@@ -12,7 +12,7 @@ use super::access::{AccessGate, Object};
 use super::blobs::Blobs;
 use super::converter::Converter;
 use super::manifests::Manifests;
-use crate::cache::blob::FillError;
+use crate::cache::blob::{BlobOrigin, FillError};
 use crate::digest::Digest;
 use crate::error::{ErrorCode, ProxyError};
 use crate::layer_plan::{self, ConvertedLayer, LayerPlan, LayerPlanError, ZstdLayer};
@@ -131,7 +131,7 @@ impl LayerWork<'_> {
         converter.remember(name, &diff_id, &layer.digest);
         let store = self.blobs.store();
         let size = match store.head(&diff_id) {
-            Some((size, true)) => size,
+            Some((size, BlobOrigin::Hit)) => size,
             _ => {
                 if layer.size > converter.max_layer_size {
                     return Err(failed(format!(

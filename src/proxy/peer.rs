@@ -70,8 +70,7 @@ pub(super) async fn serve(
             "blob {digest} is neither cached nor being filled here"
         )));
     };
-    notes.cache = Some(if blob.is_local() { "hit" } else { "coalesced" });
-    notes.source = Some("cache");
+    super::blobs::note(blob.outcome(), notes);
     // A replica asks for the blob, or one range of it: a list gets the whole blob.
     Ok(blob_response(client, &digest, &blob, 1, notes))
 }

@@ -127,6 +127,7 @@ impl Upstream {
             return Ok(BlobStream {
                 size: Some(layer.size),
                 body: self.finish(response).into_body(),
+                from_parent: false,
             });
         }
     }

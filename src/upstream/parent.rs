@@ -22,6 +22,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+/// A response extension: a parent answered this request, not upstream (nor the `direct`
+/// fallback).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FromParent;
+
 /// One configured parent: its client (with the parent's credentials) and when it is up again.
 struct Parent {
     /// `scheme://host[:port]` as configured: the log field and the metrics label.
@@ -260,6 +265,8 @@ impl Parents {
                         status = response.status().as_u16(),
                         "answered by parent"
                     );
+                    // Marked for the blob store, which labels a fill by where it came from.
+                    response.extensions_mut().insert(FromParent);
                     return Ok(response);
                 }
                 Err(e) if is_outage(&e) => {

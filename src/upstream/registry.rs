@@ -41,6 +41,8 @@ pub struct BlobHead {
 pub struct BlobStream {
     pub size: Option<u64>,
     pub body: UpstreamBody,
+    /// A parent archway answered (the parent tier), not upstream itself.
+    pub from_parent: bool,
 }
 
 /// A tags/list or referrers answer, passed on as it came: the status (2xx/3xx), the headers a
@@ -177,6 +179,10 @@ impl Upstream {
         self.expect_ok(&resp, Missing::Blob, "a blob")?;
         Ok(BlobStream {
             size: content_length(resp.headers()),
+            from_parent: resp
+                .extensions()
+                .get::<super::parent::FromParent>()
+                .is_some(),
             body: resp.into_body(),
         })
     }

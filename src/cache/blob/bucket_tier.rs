@@ -9,6 +9,7 @@
 
 use super::catalog::PinGuard;
 use super::in_bucket::InBucket;
+use super::origin::BlobSource;
 use super::source::IncomingBlob;
 use crate::cache::bucket::{Bucket, BucketError, HeldLease};
 use crate::digest::{Digest, Verifier};
@@ -35,6 +36,18 @@ pub(crate) enum FillSource {
 }
 
 impl FillSource {
+    /// What the request learns of it; `from_parent`: upstream's bytes came through a parent.
+    pub(crate) fn blob_source(self, from_parent: bool) -> BlobSource {
+        match self {
+            FillSource::Bucket => BlobSource::Bucket,
+            FillSource::Peer => BlobSource::Peer,
+            FillSource::Upstream | FillSource::UpstreamBucketDown if from_parent => {
+                BlobSource::Parent
+            }
+            FillSource::Upstream | FillSource::UpstreamBucketDown => BlobSource::Upstream,
+        }
+    }
+
     /// In messages and logs.
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -140,6 +153,7 @@ impl BlobTier {
         Ok(Some(IncomingBlob {
             size: Some(object.size),
             body,
+            from_parent: false,
         }))
     }
 

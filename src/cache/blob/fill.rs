@@ -199,10 +199,12 @@ impl FillTask {
         }
         let size = upstream.size;
         let reader_file = file.clone();
+        let source = self.source.blob_source(upstream.from_parent);
         self.fill.publish(|s| {
             s.phase = Phase::Streaming;
             s.size = size;
             s.file = Some(reader_file);
+            s.source = Some(source);
         });
 
         let writer = match self.stream(upstream, file.clone()).await {

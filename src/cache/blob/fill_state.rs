@@ -1,6 +1,7 @@
 //! What everyone who follows one in-flight download sees: its phase, how far it got, and the
 //! received chunks still waiting for the disk. The fill task is the only writer.
 
+use super::origin::BlobSource;
 use super::source::FillError;
 use crate::digest::Digest;
 use bytes::Bytes;
@@ -59,6 +60,8 @@ pub(crate) struct FillState {
     /// The temp file, opened read+write. Readers `pread` from this descriptor, which stays valid
     /// after the rename into `blobs/` (and even after an unlink), so late joiners need no path.
     pub(crate) file: Option<Arc<File>>,
+    /// Where the bytes come from, known once the phase leaves `Fetching`.
+    pub(crate) source: Option<BlobSource>,
 }
 
 #[derive(Clone)]
@@ -149,6 +152,7 @@ impl Fill {
             received: 0,
             size: None,
             file: None,
+            source: None,
         });
         Fill {
             digest,
@@ -185,6 +189,11 @@ impl Fill {
 
     pub(crate) fn is_verified(&self) -> bool {
         self.tx.borrow().is_verified()
+    }
+
+    /// Where the bytes come from, once the source's response head arrived.
+    pub(crate) fn source(&self) -> Option<BlobSource> {
+        self.tx.borrow().source
     }
 
     /// How many requests follow the download now.

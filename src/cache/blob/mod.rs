@@ -9,6 +9,8 @@
 //! - `write_buffer`: the bound on received bytes waiting for the disk;
 //! - `failures`: downloads that failed lately; `scrub`: committed blobs checked in the background;
 //! - `source`: what a download reads from and how it fails, in the cache's own terms;
+//! - `origin`: how a request got its blob (hit, joined, filled from bucket, peer, parent or
+//!   upstream, uncached), handed back with it for the proxy's logs and metrics;
 //! - `bucket_tier`: the shared bucket (`[storage]`) behind the disk: read on a miss before
 //!   upstream, written after a verified commit; with `storage.redirect`, presigned URLs of
 //!   the blobs there (`in_bucket`: the digests seen there lately, bounded);
@@ -26,6 +28,7 @@ mod in_bucket;
 mod index;
 mod layout;
 mod memory;
+mod origin;
 mod scrub;
 mod source;
 mod store;
@@ -34,6 +37,7 @@ mod write_buffer;
 pub use bucket_tier::BucketRedirects;
 pub use fleet::{Fleet, PeerAnswer, PeerFuture, PeerSource};
 pub use memory::SMALL_BLOB_BYTES;
+pub use origin::{BlobOrigin, BlobSource};
 pub use source::{Cause, FillError, IncomingBlob, SourceError};
 pub use store::{
     Blob, BlobStore, BlobStoreLimits, BlobStoreStats, CacheFile, CachedBlob, DiskBudget,

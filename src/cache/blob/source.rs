@@ -10,6 +10,9 @@ use std::sync::Arc;
 pub struct IncomingBlob {
     pub size: Option<u64>,
     pub body: UpstreamBody,
+    /// A parent archway sent it on upstream's behalf (the parent tier): told apart in the
+    /// fill's [`BlobSource`](super::BlobSource).
+    pub from_parent: bool,
 }
 
 /// Why the source could not start delivering a blob. Opaque to the cache, which hands the same

@@ -11,6 +11,7 @@ use super::fleet::Fleet;
 pub use super::index::CacheFile;
 use super::index::Item;
 use super::memory::{Loaded, SmallBlobs, SMALL_BLOB_BYTES};
+use super::origin::{BlobOrigin, BlobSource};
 use super::scrub::{self, Damage};
 use super::source::{FillError, IncomingBlob, SourceError};
 use super::write_buffer::{WriteBuffer, DEFAULT_WRITE_BUFFER};
@@ -245,16 +246,21 @@ impl BlobStore {
     }
 
     /// What a `HEAD` needs, in one look at the catalog (a download may commit between two):
-    /// the size, and whether the bytes are local — committed, or downloaded and verified with
-    /// only the commit running — rather than still arriving. `None`: neither cached nor being
-    /// downloaded with a known size.
-    pub fn head(&self, digest: &Digest) -> Option<(u64, bool)> {
+    /// the size, and how it would be served — a hit if the bytes are local (committed, or
+    /// downloaded and verified with only the commit running), else joined to its fill. `None`:
+    /// neither cached nor being downloaded with a known size.
+    pub fn head(&self, digest: &Digest) -> Option<(u64, BlobOrigin)> {
         let state = self.catalog.lock();
         if let Some(size) = state.index.size(digest) {
-            return Some((size, true));
+            return Some((size, BlobOrigin::Hit));
         }
         let fill = state.in_flight.get(digest)?;
-        Some((fill.size()?, fill.is_verified()))
+        let size = fill.size()?;
+        if fill.is_verified() {
+            return Some((size, BlobOrigin::Hit));
+        }
+        let source = fill.source().unwrap_or(BlobSource::Upstream);
+        Some((size, BlobOrigin::Joined(source)))
     }
 
     /// The size of a blob that is neither in L1 nor being downloaded, if the bucket has it
@@ -404,6 +410,7 @@ impl BlobStore {
                     fill,
                     verified,
                     started: start,
+                    source: state.source.unwrap_or(BlobSource::Upstream),
                     _reader: reader,
                 }))
             }
@@ -440,6 +447,7 @@ impl BlobStore {
                     fill,
                     verified,
                     started: false,
+                    source: state.source.unwrap_or(BlobSource::Upstream),
                     _reader: reader,
                 }))
             }
@@ -629,6 +637,8 @@ pub struct FillingBlob {
     verified: bool,
     /// This caller started the download.
     started: bool,
+    /// Where the download reads from (published with its first byte, so always known here).
+    source: BlobSource,
     /// Counts this request as following the download while it (or a body from it) lives.
     _reader: Arc<ReaderGuard>,
 }
@@ -723,6 +733,18 @@ impl Blob {
         match self {
             Blob::Filling(blob) => Ok(Blob::Filling(blob.verified().await?)),
             done => Ok(done),
+        }
+    }
+
+    /// How this request got it, for the proxy's log and metrics. A download this request
+    /// started stays its fill even once verified; a joined one verified before the join is
+    /// local bytes, a hit.
+    pub fn outcome(&self) -> BlobOrigin {
+        match self {
+            Blob::Cached(_) | Blob::Memory(_) => BlobOrigin::Hit,
+            Blob::Filling(blob) if blob.started => BlobOrigin::Filled(blob.source),
+            Blob::Filling(blob) if blob.verified => BlobOrigin::Hit,
+            Blob::Filling(blob) => BlobOrigin::Joined(blob.source),
         }
     }
 
