@@ -189,6 +189,50 @@ async fn a_pull_through_the_node_verifies_and_upstream_sees_each_blob_once() {
     }
 }
 
+/// A blob the node filled through a parent is counted as the parent's bytes, not upstream's;
+/// the node's next request is its own hit; the parent itself filled from upstream.
+#[tokio::test]
+async fn a_fill_through_a_parent_is_labelled_parent() {
+    let mut fleet = Fleet::start(1).await;
+    let digest = fleet.fake.add_blob(REPO, vec![7u8; 30_000]);
+    let node = fleet.node().await;
+    let path = format!("/v2/{REPO}/blobs/{digest}");
+    let first = fleet.get(&node, &path, &[]).await;
+    assert_verified(&first, &digest, "through the parent");
+    node.proxy()
+        .blob_store()
+        .finish_commits(Duration::from_secs(10))
+        .await;
+    let again = fleet.get(&node, &path, &[]).await;
+    assert_verified(&again, &digest, "from the node's cache");
+    let s = scrape_until(&node, |s| {
+        s.get("archway_served_bytes_total", &[("source", "cache")]) == Some(30_000.0)
+    })
+    .await;
+    let served = |s: &Scrape, source| s.value("archway_served_bytes_total", &[("source", source)]);
+    assert_eq!(served(&s, "parent"), 30_000.0);
+    assert_eq!(served(&s, "cache"), 30_000.0);
+    assert_eq!(served(&s, "upstream"), 0.0);
+    // The parent may have fetched it from upstream: only the node's own hit saved anything.
+    assert_eq!(s.value("archway_upstream_bytes_saved_total", &[]), 30_000.0);
+    for result in ["miss", "hit"] {
+        let labels = [("kind", "blob"), ("result", result)];
+        assert_eq!(s.value("archway_cache_results_total", &labels), 1.0);
+    }
+    let p = scrape_until(fleet.parent(0), |s| {
+        s.get("archway_served_bytes_total", &[("source", "upstream")]) == Some(30_000.0)
+    })
+    .await;
+    assert_eq!(
+        p.value("archway_served_bytes_total", &[("source", "upstream")]),
+        30_000.0
+    );
+    assert_eq!(
+        p.get("archway_served_bytes_total", &[("source", "parent")]),
+        None
+    );
+}
+
 // === (b) rendezvous ===
 
 #[tokio::test]
