@@ -194,6 +194,29 @@ async fn three_replicas_fill_a_cold_blob_from_upstream_once() {
         2.0 * data.len() as f64,
         "both joiners streamed it from the owner"
     );
+    // What the clients were told, by source: the owner's fill is upstream's, each replica that
+    // joined it is the peer's, and the second client on the first replica joined that
+    // replica's own fill (upstream's or the peer's, whichever that replica's was). Counted as
+    // each body ends, just after the client read it: waited for.
+    let len = data.len() as f64;
+    let served = |source| -> f64 {
+        let labels = [("source", source)];
+        all.iter()
+            .map(|a| fleet_value(a, "archway_served_bytes_total", &labels))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served("peer") + served("upstream") < 4.0 * len && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(served("peer") + served("upstream"), 4.0 * len);
+    assert!(served("peer") >= 2.0 * len, "{} peer bytes", served("peer"));
+    assert_eq!(served("cache") + served("bucket"), 0.0);
+    let saved: f64 = all
+        .iter()
+        .map(|a| fleet_value(a, "archway_upstream_bytes_saved_total", &[]))
+        .sum();
+    assert_eq!(saved, 3.0 * len, "two peer fills and one join");
 
     // The owner copies it to the bucket, then releases the lease.
     let blob_key = format!("fleet/blobs/sha256/{}", digest.hex());
@@ -206,6 +229,30 @@ async fn three_replicas_fill_a_cold_blob_from_upstream_once() {
         assert!(Instant::now() < deadline, "bucket holds {listed:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A fourth replica, its disk empty, fills from the bucket and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = replica_config(&fake, dir.path(), &moto.url(), Duration::from_secs(5));
+    let late = Archway::start(cfg).await.unwrap();
+    let url = format!("http://{}/v2/lib/app/blobs/{digest}", late.local_addr());
+    assert_verified(&client.get(&url).await, &data, "the late replica");
+    let from_bucket =
+        |a: &Archway| fleet_value(a, "archway_served_bytes_total", &[("source", "bucket")]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while from_bucket(&late) < len && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(from_bucket(&late), len);
+    assert_eq!(
+        fleet_value(&late, "archway_upstream_bytes_saved_total", &[]),
+        len
+    );
+    let miss = [("kind", "blob"), ("result", "miss")];
+    assert_eq!(
+        fleet_value(&late, "archway_cache_results_total", &miss),
+        1.0
+    );
+    assert_eq!(fake.count("GET", Kind::Blob), 1, "still one upstream GET");
+    late.shutdown().await;
     for a in replicas {
         a.shutdown().await;
     }
