@@ -158,16 +158,12 @@ impl BlobTier {
     }
 
     /// Counts a fill by where it reads from; a bucket failure also counts as a read bypassed.
-    pub(crate) fn note_fill(&self, source: FillSource) {
+    /// The label is the one the requests are told (`BlobSource`), so the two never disagree.
+    pub(crate) fn note_fill(&self, source: FillSource, from_parent: bool) {
         let observer = self.bucket.observer();
-        match source {
-            FillSource::Bucket => observer.blob_fill("bucket"),
-            FillSource::Upstream => observer.blob_fill("upstream"),
-            FillSource::Peer => observer.blob_fill("peer"),
-            FillSource::UpstreamBucketDown => {
-                observer.blob_fill("upstream");
-                observer.bypassed("blob_read");
-            }
+        observer.blob_fill(source.blob_source(from_parent).as_str());
+        if source == FillSource::UpstreamBucketDown {
+            observer.bypassed("blob_read");
         }
     }
 

@@ -161,8 +161,9 @@ impl FillTask {
                         (FillSource::UpstreamBucketDown, fetch().await)
                     }
                 };
-                tracing::debug!(%digest, source = source.name(), "blob fill source");
-                tier.note_fill(source);
+                let from_parent = fetched.as_ref().is_ok_and(|b| b.from_parent);
+                tracing::debug!(%digest, source = source.blob_source(from_parent).as_str(), "blob fill source");
+                tier.note_fill(source, from_parent);
                 self.source = source;
                 fetched
             }
