@@ -46,7 +46,7 @@ fn tools_required(test: &str, tools: &[&str]) -> bool {
     assert!(
         missing.is_empty(),
         "{test} is required (ARCHWAY_E2E=1 or CI=true) but these tools are missing: {}. \
-         scripts/test installs them (apt-get install kubernetes-client systemd)",
+         scripts/test installs them (apt-get install kubernetes-client systemd prometheus)",
         missing.join(", ")
     );
     true
@@ -1102,4 +1102,59 @@ fn warm_cronjob_renders_and_its_arguments_are_archways() {
         "{}",
         out.stderr
     );
+}
+
+/// deploy/monitoring/alerts.yaml: `promtool check rules` accepts it, `promtool test rules`
+/// passes its unit tests (each alert fires on a sick series and stays silent on a healthy one),
+/// every `archway_*` metric it names is in docs/operations.md's metrics table, and
+/// operations.md has a runbook line for each alert.
+#[test]
+fn alert_rules_check_and_pass_their_unit_tests() {
+    if !tools_required("alert_rules_check_and_pass_their_unit_tests", &["promtool"]) {
+        return;
+    }
+    let dir = repo().join("deploy/monitoring");
+    let check = run(Command::new("promtool")
+        .args(["check", "rules", "alerts.yaml"])
+        .current_dir(&dir));
+    assert!(check.success, "{}\n{}", check.stdout, check.stderr);
+    let test = run(Command::new("promtool")
+        .args(["test", "rules", "alerts.test.yaml"])
+        .current_dir(&dir));
+    assert!(test.success, "{}\n{}", test.stdout, test.stderr);
+
+    let rules = read("deploy/monitoring/alerts.yaml");
+    let ops = read("docs/operations.md");
+    let documented: BTreeSet<String> = ops
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `archway_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|n| format!("archway_{n}"))
+        .collect();
+    let mut named = BTreeSet::new();
+    for (i, _) in rules.match_indices("archway_") {
+        let name: String = rules[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        named.insert(name);
+    }
+    assert!(named.len() > 10, "{named:?}");
+    for n in &named {
+        assert!(
+            documented.contains(n),
+            "alerts.yaml names {n}, which archway does not document"
+        );
+    }
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert_eq!(alerts.len(), 13);
+    for a in alerts {
+        assert!(
+            ops.contains(&format!("| `{a}` |")),
+            "no runbook line for {a} in operations.md"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! The documentation holds together: every relative link in README.md and docs/*.md reaches an
 //! existing file (and, into a markdown file, an existing heading), and the Prometheus alert rules
-//! in docs/operations.md are a rules file that parses. Needs no external program.
+//! (deploy/monitoring/alerts.yaml) parse, each rule whole. Needs no external program; promtool's
+//! check and the rules' unit tests run in tests/deploy.rs.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -145,13 +146,9 @@ fn the_anchor_rule_is_githubs() {
     assert_eq!(a, want);
 }
 
-/// The YAML block after the "### Alerts" heading of docs/operations.md.
+/// The alert rules file (docs/operations.md's "Alerts" points at it).
 fn alert_rules_block() -> String {
-    let text = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
-    let section = &text[text.find("\n### Alerts\n").expect("the Alerts section")..];
-    let start = section.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
-    let end = section[start..].find("\n```").expect("the block's end");
-    section[start..start + end + 1].to_owned()
+    std::fs::read_to_string(root().join("deploy/monitoring/alerts.yaml")).unwrap()
 }
 
 #[test]
@@ -166,8 +163,12 @@ fn the_documented_alert_rules_parse_and_each_rule_is_whole() {
         for rule in group["rules"].as_sequence().expect("rules") {
             let map = rule.as_mapping().expect("a rule is a mapping");
             let keys: BTreeSet<&str> = map.keys().filter_map(|k| k.as_str()).collect();
-            let want: BTreeSet<&str> = ["alert", "expr", "for"].into_iter().collect();
-            assert_eq!(keys, want, "{rule:?}");
+            // `for` is optional (absent: fires at once); labels and annotations always there.
+            let want: BTreeSet<&str> = ["alert", "expr", "labels", "annotations"]
+                .into_iter()
+                .collect();
+            assert!(keys.is_superset(&want), "{rule:?}");
+            assert!(keys.len() <= want.len() + 1, "{rule:?}");
             let alert = rule["alert"].as_str().expect("alert is a name");
             assert!(alert.chars().all(|c| c.is_ascii_alphanumeric()), "{alert}");
             let expr = rule["expr"].as_str().expect("expr is a string");
@@ -177,7 +178,7 @@ fn the_documented_alert_rules_parse_and_each_rule_is_whole() {
             );
             // One rule's text never runs into the next (`for: 15m  - alert: …`).
             assert!(!expr.contains("alert:"), "{alert}: {expr}");
-            let r#for = rule["for"].as_str().expect("for is a duration");
+            let r#for = rule["for"].as_str().unwrap_or("0s");
             assert!(
                 r#for.len() > 1
                     && r#for[..r#for.len() - 1].chars().all(|c| c.is_ascii_digit())
@@ -194,31 +195,4 @@ fn the_documented_alert_rules_parse_and_each_rule_is_whole() {
     assert!(names.contains(&"ArchwayTokenStorm".to_owned()), "{names:?}");
     let unique: BTreeSet<&String> = names.iter().collect();
     assert_eq!(unique.len(), names.len(), "{names:?}");
-}
-
-/// `promtool check rules` on the same block, where promtool is installed (scripts/test does not
-/// install Prometheus; the parse above always runs).
-#[test]
-fn promtool_takes_the_documented_alert_rules_where_it_is_installed() {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("promtool").is_file()))
-        .unwrap_or(false);
-    if !found {
-        eprintln!("\n######## promtool check rules: skipped: promtool is not on PATH ########");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("archway-rules.yml");
-    std::fs::write(&file, alert_rules_block()).unwrap();
-    let out = std::process::Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&file)
-        .output()
-        .expect("promtool runs");
-    assert!(
-        out.status.success(),
-        "promtool check rules:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
