@@ -55,6 +55,25 @@ pub fn media_type_of(content_type: Option<&str>, bytes: &[u8]) -> String {
     }
 }
 
+/// The config and layers an image manifest names, with their declared sizes (foreign layers
+/// too: they may be cached); an error when the bytes are not JSON.
+pub fn named_blobs(bytes: &[u8]) -> Result<Vec<(Digest, u64)>, serde_json::Error> {
+    let v: serde_json::Value = serde_json::from_slice(bytes)?;
+    Ok(v.get("config")
+        .into_iter()
+        .chain(
+            v.get("layers")
+                .and_then(|l| l.as_array())
+                .into_iter()
+                .flatten(),
+        )
+        .filter_map(|d| {
+            let digest = d.get("digest")?.as_str()?.parse::<Digest>().ok()?;
+            Some((digest, d.get("size").and_then(|s| s.as_u64()).unwrap_or(0)))
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -335,24 +335,9 @@ impl PinSet {
     }
 }
 
-/// The config and layers an image manifest names (foreign layers too: they may be cached).
+/// The config and layers an image manifest names (none when it is not JSON).
 fn image_blobs(bytes: &[u8]) -> Vec<(Digest, u64)> {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
-        return Vec::new();
-    };
-    v.get("config")
-        .into_iter()
-        .chain(
-            v.get("layers")
-                .and_then(|l| l.as_array())
-                .into_iter()
-                .flatten(),
-        )
-        .filter_map(|d| {
-            let digest = d.get("digest")?.as_str()?.parse::<Digest>().ok()?;
-            Some((digest, d.get("size").and_then(|s| s.as_u64()).unwrap_or(0)))
-        })
-        .collect()
+    crate::manifest::named_blobs(bytes).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -244,22 +244,8 @@ async fn plan_and_fetch(
                 }
             }
         } else {
-            let v: serde_json::Value = serde_json::from_slice(&a.body)
+            let named = crate::manifest::named_blobs(&a.body)
                 .map_err(|e| format!("{reference}: not a manifest: {e}"))?;
-            let named = v
-                .get("config")
-                .into_iter()
-                .chain(
-                    v.get("layers")
-                        .and_then(|l| l.as_array())
-                        .into_iter()
-                        .flatten(),
-                )
-                .filter_map(|d| {
-                    let digest = d.get("digest")?.as_str()?.parse::<Digest>().ok()?;
-                    let size = d.get("size").and_then(|s| s.as_u64()).unwrap_or(0);
-                    Some((digest, size))
-                });
             blobs.extend(named);
             o.platforms.push(platform.unwrap_or_else(|| "-".into()));
         }
