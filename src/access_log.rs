@@ -40,6 +40,9 @@ pub struct RequestNotes {
     pub ranges: Option<usize>,
     /// A tag answer whose zstd layers were replaced by tars for this client.
     pub converted: bool,
+    /// `upstream/repository:tag` of a manifest request by tag: a pull, for the status page's
+    /// "most pulled".
+    pub image: Option<String>,
 }
 
 pub struct AccessLog {
@@ -121,6 +124,16 @@ impl Drop for LoggedBody {
             m.request_done(kind, &log.method, log.status, took);
             if let Some(result) = notes.cache {
                 m.cache_result(kind, result);
+                if result == "stale" {
+                    if let Some(upstream) = &notes.upstream {
+                        m.board().stale_served(upstream);
+                    }
+                }
+            }
+            if let Some(image) = &notes.image {
+                if (200..300).contains(&log.status) {
+                    m.board().pulled(image);
+                }
             }
             if let Some(source) = notes.source {
                 m.bytes_served(source, self.bytes);

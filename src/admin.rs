@@ -1,5 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz` and the warm jobs (`admin_warm.rs`)
-//! over plain HTTP/1.1, on its own address so that it is never exposed (or authenticated) like
+//! The admin listener: the status page (`/`, `/status`), `/metrics`, `/healthz`, `/readyz`,
+//! the warm jobs (`admin_warm.rs`) and pins (`admin_pins.rs`) over plain HTTP/1.1, on its own address so that it is never exposed (or authenticated) like
 //! the registry port.
 
 use crate::accept;
@@ -32,8 +32,9 @@ pub struct Admin {
     probes: AtomicU64,
     /// `POST /warm`'s jobs (refused with `admin_warm = false`).
     warm: Option<WarmJobs>,
-    /// `/pins` (admin_pins.rs): the proxy whose pins are listed and changed.
-    pins: Option<Arc<crate::proxy::Proxy>>,
+    /// The proxy whose pins `/pins` (admin_pins.rs) lists and changes, and whose state the
+    /// status page shows.
+    proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 impl Admin {
@@ -43,7 +44,7 @@ impl Admin {
             data_dir,
             probes: AtomicU64::new(0),
             warm: None,
-            pins: None,
+            proxy: None,
         }
     }
 
@@ -53,9 +54,9 @@ impl Admin {
         self
     }
 
-    /// With `/pins` answered for `proxy`'s pins.
-    pub fn with_pins(mut self, proxy: Arc<crate::proxy::Proxy>) -> Admin {
-        self.pins = Some(proxy);
+    /// With `/pins` and the status page answered for `proxy`.
+    pub fn with_proxy(mut self, proxy: Arc<crate::proxy::Proxy>) -> Admin {
+        self.proxy = Some(proxy);
         self
     }
 
@@ -69,7 +70,7 @@ impl Admin {
         }
         // Its own methods (POST, DELETE) and body: see admin_pins.rs.
         if req.uri().path() == "/pins" {
-            return crate::admin_pins::handle(self.pins.as_ref(), req).await;
+            return crate::admin_pins::handle(self.proxy.as_ref(), req).await;
         }
         let head = req.method() == Method::HEAD;
         if req.method() != Method::GET && !head {
@@ -84,6 +85,10 @@ impl Admin {
                 );
                 r
             }
+            "/" | "/status" => match &self.proxy {
+                Some(proxy) => status_page(proxy, head),
+                None => text(StatusCode::NOT_FOUND, "no status page here\n", head),
+            },
             "/healthz" => text(StatusCode::OK, "ok\n", head),
             "/readyz" => match self.ready().await {
                 Ok(()) => text(StatusCode::OK, "ready\n", head),
@@ -95,7 +100,7 @@ impl Admin {
             },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /healthz, /readyz, /warm\n",
+                "not found: try /, /metrics, /healthz, /readyz, /warm, /pins\n",
                 head,
             ),
         }
@@ -110,6 +115,30 @@ impl Admin {
             .await
             .map_err(|e| format!("readiness probe failed: {e}"))?
     }
+}
+
+/// The status page: HTML that names no external asset and runs no script (the CSP says so to
+/// the browser too), never cached.
+fn status_page(proxy: &crate::proxy::Proxy, head: bool) -> Response<ResponseBody> {
+    let page = crate::status::page::render(&crate::status::snapshot::gather(proxy));
+    let mut r = text(StatusCode::OK, page, head);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
 }
 
 /// Creates and deletes a probe file in `dir`.

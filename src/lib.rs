@@ -41,6 +41,7 @@ pub mod reference;
 pub mod route_policy;
 pub mod server;
 pub mod stall;
+pub mod status;
 pub mod tls;
 pub mod unzstd;
 pub mod upstream;

@@ -104,12 +104,12 @@ impl Archway {
                 .map_err(|source| StartError::Bind { addr, source })?;
             let local = listener.local_addr().unwrap_or(addr);
             admin_addr = Some(local);
-            tracing::info!(addr = %local, "admin listening (/metrics, /healthz, /readyz, /warm, /pins)");
+            tracing::info!(addr = %local, "admin listening (/ status page, /metrics, /healthz, /readyz, /warm, /pins)");
             let jobs = crate::warm::jobs::WarmJobs::new(&proxy, admin_warm);
             let state = Arc::new(
                 Admin::new(proxy.metrics().clone(), data_dir)
                     .with_warm(jobs)
-                    .with_pins(proxy.clone()),
+                    .with_proxy(proxy.clone()),
             );
             tasks.push(tokio::spawn(admin::serve(
                 listener,

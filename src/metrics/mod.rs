@@ -7,6 +7,7 @@
 
 use crate::cache::blob::BlobStore;
 use crate::cache::bucket::StorageObserver;
+use crate::status::{Board, Role};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -152,6 +153,7 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 impl StorageObserver for Metrics {
     fn operation(&self, op: &'static str, status: &'static str, elapsed: Duration) {
+        self.board.bucket_op(op, status);
         self.storage_operations
             .get_or_create(&StorageOpLabels { op, status })
             .inc();
@@ -186,6 +188,19 @@ impl StorageObserver for Metrics {
         self.lease_takeovers.inc();
     }
 
+    fn lease_seen(&self, owner: &str) {
+        self.board.lease_seen(owner);
+    }
+
+    fn lease_held(&self, held: bool) {
+        if held {
+            self.leases_held.inc();
+        } else {
+            self.leases_held.dec();
+        }
+        self.board.lease_held(held);
+    }
+
     fn record_rejected(&self, kind: &'static str, reason: &'static str) {
         self.records_rejected
             .get_or_create(&KindReasonLabels { kind, reason })
@@ -214,6 +229,25 @@ pub enum UpstreamOutcome {
     Error,
     /// No response headers within the budget.
     Timeout,
+}
+
+impl UpstreamOutcome {
+    /// The status page's wording of a failed exchange (a 5xx, a 429, no answer); `None` for
+    /// an answer (a 404 or a 401 is the upstream working).
+    pub fn failure(self) -> Option<String> {
+        match self {
+            UpstreamOutcome::Status(s) if s >= 500 || s == 429 => {
+                let reason = http::StatusCode::from_u16(s)
+                    .ok()
+                    .and_then(|c| c.canonical_reason())
+                    .unwrap_or("");
+                Some(format!("HTTP {s} {reason}").trim_end().to_owned())
+            }
+            UpstreamOutcome::Status(_) => None,
+            UpstreamOutcome::Error => Some("connection failed".into()),
+            UpstreamOutcome::Timeout => Some("no answer in time".into()),
+        }
+    }
 }
 
 /// The features configured, whose metric families are registered: a family of a feature that
@@ -296,6 +330,7 @@ pub struct Metrics {
     fleet_fills: Family<OutcomeLabels, Counter>,
     fleet_fetches: Family<WhatOutcomeLabels, Counter>,
     lease_takeovers: Counter,
+    leases_held: Gauge,
     records_rejected: Family<KindReasonLabels, Counter>,
     leases_swept: Counter,
     uploads_aborted: Counter,
@@ -312,6 +347,8 @@ pub struct Metrics {
     /// series, and [`Metrics::encode`] puts its `# HELP`/`# TYPE` back, so that every family
     /// is on the first scrape.
     described: Vec<Described>,
+    /// The status page's memory (last errors, the hour's traffic), fed by the same hooks.
+    board: Board,
 }
 
 type Described = (&'static str, &'static str, MetricType);
@@ -579,6 +616,16 @@ impl Metrics {
                 lease_takeovers.clone(),
             );
         }
+        let leases_held = Gauge::default();
+        if features.fleet {
+            register(
+                &mut registry,
+                &mut described,
+                "archway_fleet_leases_held",
+                "Fill and fetch leases this replica holds in the bucket now",
+                leases_held.clone(),
+            );
+        }
         let records_rejected = Family::<KindReasonLabels, Counter>::default();
         if features.fleet {
             register(
@@ -750,6 +797,7 @@ impl Metrics {
             fleet_fills,
             fleet_fetches,
             lease_takeovers,
+            leases_held,
             records_rejected,
             leases_swept,
             uploads_aborted,
@@ -763,6 +811,7 @@ impl Metrics {
             refresh_ahead_in_flight,
             platforms: Mutex::new(HashSet::new()),
             described,
+            board: Board::default(),
         }
     }
 
@@ -834,6 +883,11 @@ impl Metrics {
     }
 
     /// How the cache answered a manifest or blob request (`hit`, `miss`, `stale`, `coalesced`).
+    /// The status page's memory (see `status::board`).
+    pub fn board(&self) -> &Board {
+        &self.board
+    }
+
     pub fn cache_result(&self, kind: &'static str, result: &'static str) {
         self.cache_results
             .get_or_create(&CacheLabels { kind, result })
@@ -843,12 +897,14 @@ impl Metrics {
     /// `n` blob body bytes sent to a client that upstream did not send for it (see
     /// `BlobOrigin::saves_upstream`).
     pub fn upstream_bytes_saved(&self, n: u64) {
+        self.board.saved(n);
         self.upstream_bytes_saved.inc_by(n);
     }
 
     /// `n` body bytes sent to a client from `source` (`cache`, `upstream`, `bucket`, `peer`,
     /// `parent`).
     pub fn bytes_served(&self, source: &'static str, n: u64) {
+        self.board.served(source == "cache", n);
         self.bytes_served
             .get_or_create(&SourceLabels { source })
             .inc_by(n);
@@ -865,6 +921,8 @@ impl Metrics {
 
     /// One HTTP exchange with an upstream.
     pub fn upstream_request(&self, upstream: &str, outcome: UpstreamOutcome, took: Duration) {
+        self.board
+            .exchanged(Role::Upstream, upstream, outcome.failure().as_deref());
         let status = match outcome {
             UpstreamOutcome::Status(s) => s.to_string(),
             UpstreamOutcome::Error => "error".to_owned(),
@@ -886,6 +944,7 @@ impl Metrics {
     /// Makes the token counter of `upstream` exist (at 0) before its first fetch, so that
     /// `increase()` sees the first one.
     pub fn register_upstream(&self, upstream: &str) {
+        self.board.register(Role::Upstream, upstream);
         drop(self.token_fetches.get_or_create(&UpstreamLabels {
             upstream: upstream.to_owned(),
         }));
@@ -897,6 +956,12 @@ impl Metrics {
         }
     }
 
+    /// Why an exchange with `upstream` failed, in archway's words (host and port, never a
+    /// URL's path or query): the status page's "last error".
+    pub fn upstream_failure(&self, upstream: &str, wording: &str) {
+        self.board.error_detail(Role::Upstream, upstream, wording);
+    }
+
     pub fn token_fetch(&self, upstream: &str) {
         self.token_fetches
             .get_or_create(&UpstreamLabels {
@@ -906,6 +971,7 @@ impl Metrics {
     }
 
     pub fn ratelimit_remaining(&self, upstream: &str, remaining: i64) {
+        self.board.ratelimit(upstream, remaining);
         self.ratelimit_remaining
             .get_or_create(&UpstreamLabels {
                 upstream: upstream.to_owned(),
@@ -922,6 +988,7 @@ impl Metrics {
 
     /// Makes the failover counter of `parent` exist (at 0) before its first failover.
     pub fn register_parent(&self, parent: &str) {
+        self.board.register(Role::Parent, parent);
         drop(self.parent_failovers.get_or_create(&ParentLabels {
             parent: parent.to_owned(),
         }));
@@ -929,6 +996,8 @@ impl Metrics {
 
     /// One request to a parent archway (its auth retry included).
     pub fn parent_request(&self, parent: &str, outcome: UpstreamOutcome) {
+        self.board
+            .exchanged(Role::Parent, parent, outcome.failure().as_deref());
         let status = match outcome {
             UpstreamOutcome::Status(s) => s.to_string(),
             UpstreamOutcome::Error => "error".to_owned(),

@@ -191,6 +191,7 @@ fn families_at_start_are_those_configured_with_known_series_at_zero() {
             "archway_fleet_fetches",
             "archway_fleet_fills",
             "archway_fleet_lease_takeovers",
+            "archway_fleet_leases_held",
             "archway_fleet_leases_swept",
             "archway_fleet_orphaned_uploads_aborted",
             "archway_fleet_peer_bytes",

@@ -383,6 +383,11 @@ impl Proxy {
         &self.metrics
     }
 
+    /// The config this proxy runs.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     pub fn upstream(&self, i: usize) -> Option<&Arc<Upstream>> {
         self.upstreams.get(i)
     }
@@ -750,6 +755,9 @@ impl Proxy {
                         self.platform
                             .decision_before_manifest(upstream, &target, client),
                     ));
+                }
+                if let Reference::Tag(tag) = reference {
+                    notes.image = Some(format!("{}/{}:{}", upstream.config().name, repo, tag));
                 }
                 let (m, result) = match reference {
                     Reference::Digest(d) => {

@@ -317,16 +317,25 @@ impl Upstream {
         match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
-                let detail = format!(": {}", describe_failure(&e, url));
-                Err(UpstreamError::unavailable_of(&self.config.name, detail).with_source(e))
+                let cause = describe_failure(&e, url);
+                if let Some(m) = &self.metrics {
+                    m.upstream_failure(&self.config.name, &cause);
+                }
+                Err(
+                    UpstreamError::unavailable_of(&self.config.name, format!(": {cause}"))
+                        .with_source(e),
+                )
             }
-            Err(_) => Err(UpstreamError::timeout_of(
-                &self.config.name,
-                format!(
-                    ": {host} did not answer within {:.1} s",
-                    budget.as_secs_f64()
-                ),
-            )),
+            Err(_) => {
+                let cause = format!("{host} did not answer within {:.1} s", budget.as_secs_f64());
+                if let Some(m) = &self.metrics {
+                    m.upstream_failure(&self.config.name, &cause);
+                }
+                Err(UpstreamError::timeout_of(
+                    &self.config.name,
+                    format!(": {cause}"),
+                ))
+            }
         }
     }
 

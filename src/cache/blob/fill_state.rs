@@ -196,6 +196,12 @@ impl Fill {
         self.tx.borrow().source
     }
 
+    /// `(bytes received, announced size, source)` now.
+    pub(crate) fn progress(&self) -> (u64, Option<u64>, Option<BlobSource>) {
+        let state = self.tx.borrow();
+        (state.received, state.size, state.source)
+    }
+
     /// How many requests follow the download now.
     pub(crate) fn readers(&self) -> usize {
         self.readers.load(Ordering::Relaxed)

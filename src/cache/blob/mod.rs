@@ -41,6 +41,6 @@ pub use origin::{BlobOrigin, BlobSource};
 pub use source::{Cause, FillError, IncomingBlob, SourceError};
 pub use store::{
     Blob, BlobStore, BlobStoreLimits, BlobStoreStats, CacheFile, CachedBlob, DiskBudget,
-    FillingBlob, Kept,
+    FillProgress, FillingBlob, Kept,
 };
 pub use write_buffer::DEFAULT_WRITE_BUFFER;

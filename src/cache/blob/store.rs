@@ -99,6 +99,20 @@ pub struct BlobStoreStats {
     pub pinned_entries: u64,
 }
 
+/// One download in progress, as [`BlobStore::fills_in_progress`] tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FillProgress {
+    pub digest: Digest,
+    /// Bytes received so far.
+    pub received: u64,
+    /// The source's announced length, once known.
+    pub size: Option<u64>,
+    /// Where the bytes come from, once known.
+    pub source: Option<BlobSource>,
+    /// Requests following it now.
+    pub readers: usize,
+}
+
 pub struct BlobStore {
     env: Arc<FillEnv>,
     catalog: Arc<Catalog>,
@@ -473,6 +487,34 @@ impl BlobStore {
             damaged_on_read: self.damage.on_read(),
             read_check_bytes: self.damage.read_check_bytes(),
         }
+    }
+
+    /// Up to `max` downloads in progress (largest received first): for the status page.
+    pub fn fills_in_progress(&self, max: usize) -> Vec<FillProgress> {
+        let mut fills: Vec<FillProgress> = {
+            let state = self.catalog.lock();
+            state
+                .in_flight
+                .values()
+                .map(|fill| {
+                    let (received, size, source) = fill.progress();
+                    FillProgress {
+                        digest: fill.digest.clone(),
+                        received,
+                        size,
+                        source,
+                        readers: fill.readers(),
+                    }
+                })
+                .collect()
+        };
+        fills.sort_by(|a, b| {
+            b.received
+                .cmp(&a.received)
+                .then_with(|| a.digest.cmp(&b.digest))
+        });
+        fills.truncate(max);
+        fills
     }
 
     /// The configured byte budget.

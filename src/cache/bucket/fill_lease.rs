@@ -118,6 +118,7 @@ impl Bucket {
                     LeaseFound::TakeOver
                 }
                 Some(Some(r)) => {
+                    self.observer.lease_seen(&r.owner);
                     let now = self.now_ms();
                     if r.is_too_far_ahead(now, ttl_ms, self.skew_ms()) {
                         self.reject(
@@ -177,6 +178,8 @@ impl Bucket {
             e_tag: Mutex::new(e_tag),
             lost: AtomicBool::new(false),
         });
+        self.observer.lease_seen(me);
+        self.observer.lease_held(true);
         let renewing = shared.clone();
         let renewal = tokio::spawn(async move { renewing.renew_until_lost().await });
         HeldLease { shared, renewal }
@@ -227,6 +230,7 @@ impl Held {
 impl Drop for HeldLease {
     fn drop(&mut self) {
         self.renewal.abort();
+        self.shared.bucket.observer.lease_held(false);
         if self.is_lost() {
             return;
         }

@@ -111,6 +111,10 @@ pub trait StorageObserver: Send + Sync {
     fn uploads_aborted(&self, _count: u64) {}
     /// `[fleet]`: blob bytes received from another replica.
     fn peer_bytes(&self, _bytes: u64) {}
+    /// `[fleet]`: a lease of `owner` (another replica's `peer_url`, or this one's) read back.
+    fn lease_seen(&self, _owner: &str) {}
+    /// `[fleet]`: this replica took (`true`) or let go of a lease.
+    fn lease_held(&self, _held: bool) {}
 }
 
 /// Observes nothing (tests, tools).
