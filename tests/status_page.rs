@@ -5,8 +5,17 @@
 
 mod support;
 
+#[allow(dead_code)]
+mod e2e {
+    pub mod browser;
+    pub mod http;
+    pub mod procs;
+    pub mod tools;
+}
+
 use archway::config::{Credentials, Secret};
 use archway::status::page::{bytes, percent};
+use e2e::browser::text_of;
 use http::StatusCode;
 use std::time::{Duration, Instant};
 use support::metrics::Scrape;
@@ -25,40 +34,6 @@ async fn scrape(h: &Harness) -> Scrape {
     let r = admin_get(h, "/metrics").await;
     assert_eq!(r.status, StatusCode::OK);
     Scrape::parse(r.text())
-}
-
-/// The page's visible text, tags dropped (what a person reads; the browser test reads the
-/// browser's own rendering).
-fn text_of(html: &str) -> String {
-    let mut out = String::new();
-    let mut in_tag = false;
-    let mut in_style = false;
-    let mut rest = html;
-    while let Some(c) = rest.chars().next() {
-        if rest.starts_with("<style") {
-            in_style = true;
-        }
-        if rest.starts_with("</style>") {
-            in_style = false;
-        }
-        match c {
-            '<' => in_tag = true,
-            '>' => {
-                in_tag = false;
-                out.push(' ');
-            }
-            c if !in_tag && !in_style => out.push(c),
-            _ => {}
-        }
-        rest = &rest[c.len_utf8()..];
-    }
-    let out = out
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&");
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Requests are counted when their bodies are dropped: waits until two scrapes in a row agree.

@@ -37,7 +37,7 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
     found
 }
 
-fn tool(name: &str) -> PathBuf {
+pub fn tool(name: &str) -> PathBuf {
     find_tool(name).unwrap_or_else(|| panic!("{name} not found"))
 }
 
