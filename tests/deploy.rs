@@ -1150,11 +1150,85 @@ fn alert_rules_check_and_pass_their_unit_tests() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 13);
+    assert_eq!(alerts.len(), 14);
     for a in alerts {
         assert!(
             ops.contains(&format!("| `{a}` |")),
             "no runbook line for {a} in operations.md"
+        );
+    }
+}
+
+/// deploy/kubernetes/monitoring: the PrometheusRule is alerts.yaml's groups word for word, and
+/// the PodMonitor (and the pods' scrape annotations) reach the admin listener of every archway
+/// pod the base and overlays run, as job="archway" (ArchwayDown's selector).
+#[test]
+fn monitoring_kustomization_scrapes_every_archway_pod_and_carries_the_alerts() {
+    if !tools_required(
+        "monitoring_kustomization_scrapes_every_archway_pod_and_carries_the_alerts",
+        &["kubectl"],
+    ) {
+        return;
+    }
+    let docs = kustomize("deploy/kubernetes/monitoring");
+    assert_eq!(
+        kinds(&docs),
+        ["PodMonitor", "PrometheusRule"].map(String::from).into()
+    );
+    let rule = one(&docs, "PrometheusRule");
+    let alerts: Value = serde_norway::from_str(&read("deploy/monitoring/alerts.yaml")).unwrap();
+    assert_eq!(
+        rule["spec"]["groups"], alerts["groups"],
+        "deploy/kubernetes/monitoring/prometheusrule.yaml differs from deploy/monitoring/alerts.yaml: regenerate it"
+    );
+    assert!(rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .is_some_and(|r| r.len() == 14));
+
+    let monitor = one(&docs, "PodMonitor");
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["path"], "/metrics");
+    let port = endpoint["port"].as_str().unwrap();
+    let job_label = monitor["spec"]["jobLabel"].as_str().unwrap();
+    for (dir, kind) in [
+        ("deploy/kubernetes/base", "Deployment"),
+        ("deploy/kubernetes/overlays/fleet", "Deployment"),
+        ("deploy/kubernetes/overlays/node-cache", "DaemonSet"),
+    ] {
+        let rendered = kustomize(dir);
+        let workload = one(&rendered, kind);
+        let template = &workload["spec"]["template"];
+        let labels = &template["metadata"]["labels"];
+        for (k, v) in selector {
+            assert_eq!(
+                &labels[k], v,
+                "{dir}: the PodMonitor does not select its pods"
+            );
+        }
+        assert_eq!(labels[job_label], "archway", "{dir}: job label");
+        let container = by_name(&template["spec"]["containers"], "archway");
+        let admin = by_name(&container["ports"], port);
+        let annotations = &template["metadata"]["annotations"];
+        assert_eq!(annotations["prometheus.io/scrape"], "true", "{dir}");
+        assert_eq!(
+            annotations["prometheus.io/port"],
+            admin["containerPort"].to_string(),
+            "{dir}: the scrape annotation names another port"
+        );
+        assert_eq!(annotations["prometheus.io/path"], "/metrics", "{dir}");
+        // And that port is the admin listener the config binds.
+        let config =
+            &rendered.iter().find(|d| d["kind"] == "ConfigMap").unwrap()["data"]["archway.toml"];
+        assert!(
+            config
+                .as_str()
+                .unwrap()
+                .contains(&format!(":{}\"", admin["containerPort"])),
+            "{dir}: admin_listen is not on port {}",
+            admin["containerPort"]
         );
     }
 }

@@ -93,7 +93,22 @@ impl Collector for BlobStoreCollector {
                 write_buffered,
             ),
         ];
-        for (name, help, value) in gauges {
+        let disk = [
+            (
+                "archway_cache_disk_free_bytes",
+                "Bytes free for archway on the cache's filesystem (statvfs, read at scrape time).",
+                store.disk_free(),
+            ),
+            (
+                "archway_cache_min_free_bytes",
+                "cache.min_free_space: with less free on the disk, blobs are served without being cached.",
+                Some(store.min_free_space()),
+            ),
+        ];
+        let disk = disk
+            .into_iter()
+            .filter_map(|(name, help, value)| Some((name, help, value?)));
+        for (name, help, value) in gauges.into_iter().chain(disk) {
             let gauge = ConstGauge::new(value);
             let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric)?;

@@ -523,6 +523,16 @@ impl BlobStore {
     }
 
     /// The store's byte budget, for the manifest and tag stores to keep their files under.
+    /// Bytes free for archway on the cache's filesystem (`statvfs`), if the platform tells.
+    pub fn disk_free(&self) -> Option<u64> {
+        self.catalog.free_space()
+    }
+
+    /// `cache.min_free_space`: below it, blobs are served without being cached.
+    pub fn min_free_space(&self) -> u64 {
+        self.env.min_free_space
+    }
+
     pub fn disk_budget(&self) -> DiskBudget {
         DiskBudget {
             catalog: self.catalog.clone(),
