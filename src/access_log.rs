@@ -15,7 +15,11 @@ use std::time::Instant;
 #[derive(Debug, Clone, Default)]
 pub struct RequestNotes {
     pub upstream: Option<String>,
-    pub cache: Option<&'static str>,
+    /// How the answer was come by: `cache`, `source` and the blob's `origin` derive from it.
+    pub outcome: Option<crate::proxy::Outcome>,
+    /// The body is not counted as bytes served from `source`: archway's own error, or a
+    /// replica's peer request (the replica that asked counts them as `peer`).
+    pub body_uncounted: bool,
     pub error: Option<String>,
     /// The platform a tag answer was resolved for, when it was.
     pub rewrite: Option<String>,
@@ -24,11 +28,6 @@ pub struct RequestNotes {
     /// The API endpoint kind (`ping`, `manifest`, `blob`, `tags`, `referrers`); `None` when the
     /// path is none of them.
     pub kind: Option<&'static str>,
-    /// Where the body's bytes come from (`cache`, `upstream`; for blobs also `bucket`, `peer`,
-    /// `parent`); `None` for archway's own bodies (pings, errors).
-    pub source: Option<&'static str>,
-    /// How a blob was served, as the store told it; `cache` and `source` are derived from it.
-    pub blob: Option<crate::cache::blob::BlobOrigin>,
     /// An error answer depends on the client's hints (a rewritable tag): it carries `Vary`.
     pub vary_on_error: bool,
     /// For the rewrites metric: the client's platform and what the platform logic did
@@ -43,6 +42,27 @@ pub struct RequestNotes {
     /// `upstream/repository:tag` of a manifest request by tag: a pull, for the status page's
     /// "most pulled".
     pub image: Option<String>,
+}
+
+impl RequestNotes {
+    /// The `cache` field and label.
+    pub fn cache(&self) -> Option<&'static str> {
+        self.outcome.and_then(|o| o.cache())
+    }
+
+    /// Where the body's bytes come from; `None` for archway's own bodies (pings, errors) and
+    /// bodies not counted (see `body_uncounted`).
+    pub fn source(&self) -> Option<&'static str> {
+        if self.body_uncounted {
+            return None;
+        }
+        self.outcome.and_then(|o| o.source())
+    }
+
+    /// How a blob was served, as the store told it.
+    pub fn blob(&self) -> Option<crate::cache::blob::BlobOrigin> {
+        self.outcome.and_then(|o| o.blob())
+    }
 }
 
 pub struct AccessLog {
@@ -122,7 +142,7 @@ impl Drop for LoggedBody {
             let notes = &log.notes;
             let kind = notes.kind.unwrap_or("other");
             m.request_done(kind, &log.method, log.status, took);
-            if let Some(result) = notes.cache {
+            if let Some(result) = notes.cache() {
                 m.cache_result(kind, result);
                 if result == "stale" {
                     if let Some(upstream) = &notes.upstream {
@@ -135,9 +155,9 @@ impl Drop for LoggedBody {
                     m.board().pulled(image);
                 }
             }
-            if let Some(source) = notes.source {
+            if let Some(source) = notes.source() {
                 m.bytes_served(source, self.bytes);
-                if notes.blob.is_some_and(|b| b.saves_upstream()) {
+                if notes.blob().is_some_and(|b| b.saves_upstream()) {
                     m.upstream_bytes_saved(self.bytes);
                 }
             }
@@ -155,9 +175,9 @@ impl Drop for LoggedBody {
             // Microseconds, printed as milliseconds with at most three decimals.
             duration_ms = took.as_micros() as f64 / 1000.0,
             upstream = log.notes.upstream.as_deref().unwrap_or("-"),
-            cache = log.notes.cache.unwrap_or("none"),
-            source = log.notes.source,
-            origin = log.notes.blob.map(|b| b.as_str()),
+            cache = log.notes.cache().unwrap_or("none"),
+            source = log.notes.source(),
+            origin = log.notes.blob().map(|b| b.as_str()),
             error = log.notes.error.as_deref(),
             rewrite = log.notes.rewrite.as_deref(),
             foreign = log.notes.foreign.as_deref(),

@@ -7,7 +7,7 @@
 use super::access::{AccessGate, Object};
 use super::client::ClientRequest;
 use super::converter::Converter;
-use super::outcome::CacheResult;
+use super::outcome::Outcome;
 use super::response::{blob_headers, blob_response, insert_digest_headers, not_modified};
 use super::uncached;
 use crate::access_log::RequestNotes;
@@ -82,8 +82,7 @@ impl Blobs {
         {
             let url = self.store.bucket_url(digest).await;
             if let Some(redirected) = url.and_then(|url| redirect(digest, &url)) {
-                notes.cache = Some(CacheResult::Redirect.as_str());
-                notes.source = CacheResult::Redirect.source();
+                notes.outcome = Some(Outcome::Redirect);
                 return Ok(redirected);
             }
         }
@@ -363,9 +362,7 @@ fn source_error(e: UpstreamError) -> SourceError {
 /// Notes how the cache answered a blob request, for the log and the metrics: every field comes
 /// from the one outcome the store handed back.
 pub(super) fn note(origin: BlobOrigin, notes: &mut RequestNotes) {
-    notes.cache = Some(CacheResult::from(origin).as_str());
-    notes.source = Some(origin.source());
-    notes.blob = Some(origin);
+    notes.outcome = Some(Outcome::Blob(origin));
 }
 
 /// `307` to the bucket, with the headers a registry sends with its own redirect: the digest (the
@@ -473,9 +470,9 @@ mod tests {
         ] {
             let mut notes = RequestNotes::default();
             note(origin, &mut notes);
-            assert_eq!(notes.cache, Some(cache), "{origin:?}");
-            assert_eq!(notes.source, Some(source), "{origin:?}");
-            assert_eq!(notes.blob.map(|b| b.as_str()), Some(word), "{origin:?}");
+            assert_eq!(notes.cache(), Some(cache), "{origin:?}");
+            assert_eq!(notes.source(), Some(source), "{origin:?}");
+            assert_eq!(notes.blob().map(|b| b.as_str()), Some(word), "{origin:?}");
             assert_eq!(origin.saves_upstream(), saves, "{origin:?}");
         }
     }

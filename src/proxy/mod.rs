@@ -56,7 +56,7 @@ use client::ClientRequest;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use manifests::Manifests;
-use outcome::CacheResult;
+pub use outcome::{CacheResult, Outcome};
 use platform_answer::PlatformAnswers;
 use response::{manifest_response, ping, API_VERSION, HINT_VARY};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -697,7 +697,7 @@ impl Proxy {
             Err(e) => {
                 notes.error = Some(e.message.clone());
                 // The body is archway's error, not content from the cache or upstream.
-                notes.source = None;
+                notes.body_uncounted = true;
                 let mut r = error_response(&e, client.is_head());
                 if notes.vary_on_error {
                     r.headers_mut()
@@ -710,7 +710,7 @@ impl Proxy {
         h.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
         // What the cache did, for `archway warm`'s "already cached" and "fetched" (a client can
         // tell as much from the timing).
-        if let Some(cache) = notes.cache {
+        if let Some(cache) = notes.cache() {
             h.insert(CACHE_HEADER, HeaderValue::from_static(cache));
         }
         (response, notes)
@@ -773,8 +773,7 @@ impl Proxy {
                     }
                     Reference::Tag(t) => self.manifests.by_tag(upstream, repo, t).await?,
                 };
-                notes.cache = Some(result.as_str());
-                notes.source = result.source();
+                notes.outcome = Some(Outcome::Cache(result));
                 let foreign = self.blobs.foreign();
                 foreign.record(&upstream.config().name, &m);
                 let looked_up = m.digest.clone();
@@ -824,7 +823,7 @@ impl Proxy {
                 Ok(answer)
             }
             Resource::TagsList => {
-                notes.source = Some("upstream");
+                notes.outcome = Some(Outcome::Listing);
                 listings::tags(upstream, repo, view(raw_name, ns, client)).await
             }
             Resource::Referrers(digest) => {
@@ -832,8 +831,7 @@ impl Proxy {
                     .referrers
                     .serve(upstream, repo, digest, view(raw_name, ns, client))
                     .await?;
-                notes.cache = Some(result.as_str());
-                notes.source = result.source();
+                notes.outcome = Some(Outcome::Cache(result));
                 Ok(r)
             }
         }

@@ -73,7 +73,7 @@ pub(super) async fn serve(
     super::blobs::note(blob.outcome(), notes);
     // Not a client's bytes: the replica that asked counts them when it serves them (`peer`);
     // counted here too, a fleet's sums would see them twice.
-    notes.source = None;
+    notes.body_uncounted = true;
     // A replica asks for the blob, or one range of it: a list gets the whole blob.
     Ok(blob_response(client, &digest, &blob, 1, notes))
 }
