@@ -16,7 +16,7 @@ use std::time::Instant;
 pub struct RequestNotes {
     pub upstream: Option<String>,
     /// How the answer was come by: `cache`, `source` and the blob's `origin` derive from it.
-    pub outcome: Option<crate::proxy::Outcome>,
+    pub outcome: Option<crate::outcome::Outcome>,
     /// The body is not counted as bytes served from `source`: archway's own error, or a
     /// replica's peer request (the replica that asked counts them as `peer`).
     pub body_uncounted: bool,

@@ -86,7 +86,7 @@ impl Admin {
                 r
             }
             "/" | "/status" => match &self.proxy {
-                Some(proxy) => status_page(proxy, head),
+                Some(proxy) => crate::admin_status::respond(proxy, head),
                 None => text(StatusCode::NOT_FOUND, "no status page here\n", head),
             },
             "/healthz" => text(StatusCode::OK, "ok\n", head),
@@ -115,30 +115,6 @@ impl Admin {
             .await
             .map_err(|e| format!("readiness probe failed: {e}"))?
     }
-}
-
-/// The status page: HTML that names no external asset and runs no script (the CSP says so to
-/// the browser too), never cached.
-fn status_page(proxy: &crate::proxy::Proxy, head: bool) -> Response<ResponseBody> {
-    let page = crate::status::page::render(&crate::status::snapshot::gather(proxy));
-    let mut r = text(StatusCode::OK, page, head);
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'",
-        ),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    r
 }
 
 /// Creates and deletes a probe file in `dir`.

@@ -7,7 +7,7 @@
 use super::access::{AccessGate, Object};
 use super::client::ClientRequest;
 use super::converter::Converter;
-use super::outcome::Outcome;
+use crate::outcome::Outcome;
 use super::response::{blob_headers, blob_response, insert_digest_headers, not_modified};
 use super::uncached;
 use crate::access_log::RequestNotes;

@@ -10,7 +10,7 @@
 //! the replicas on the bucket (`cache::fetch_lease`): the lease holder writes its answer to the
 //! bucket before letting go, the others read it from there.
 
-use super::outcome::CacheResult;
+use crate::outcome::CacheResult;
 use super::pins::Pins;
 use super::refresh_ahead::RefreshAhead;
 use crate::cache::blob::DiskBudget;

@@ -8,7 +8,7 @@
 //! - `blobs`: the blob store or one download per digest; `listings`: tags/list and uncached
 //!   referrers pages; `referrers`: referrers lists cached per subject and filter;
 //! - `peer`: `[fleet]`'s peer endpoint, another replica joining this one's fill;
-//! - `response`: building responses (pure); `client`: the request as read; `outcome`: hit/miss.
+//! - `response`: building responses (pure); `client`: the request as read (`crate::outcome`: how a request was answered).
 
 mod access;
 mod blobs;
@@ -19,7 +19,6 @@ mod listings;
 mod manifests;
 mod memo;
 mod multipart;
-mod outcome;
 mod peer;
 pub mod pins;
 mod platform_answer;
@@ -56,7 +55,7 @@ use client::ClientRequest;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use manifests::Manifests;
-pub use outcome::{CacheResult, Outcome};
+pub use crate::outcome::{CacheResult, Outcome};
 use platform_answer::PlatformAnswers;
 use response::{manifest_response, ping, API_VERSION, HINT_VARY};
 use std::sync::atomic::{AtomicU64, Ordering};

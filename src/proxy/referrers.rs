@@ -12,7 +12,7 @@
 //! `n`/`last`), so one page is never kept as the whole list; and any status but 200.
 
 use super::listings::{self, ClientView};
-use super::outcome::CacheResult;
+use crate::outcome::CacheResult;
 use crate::api;
 use crate::body;
 use crate::body::ResponseBody;

@@ -1,10 +1,9 @@
-//! Everything the status page shows, gathered in one pass from the running proxy: the board,
-//! the blob store and the config's names. Nothing secret is copied in: upstreams and parents
-//! by name, the bucket by name, errors in archway's own words.
+//! Everything the status page shows, as `admin_status.rs` gathers it in one pass from the
+//! running proxy: the board, the blob store and the config's names. Nothing secret is in it:
+//! upstreams and parents by name, the bucket by name, errors in archway's own words.
 
 use super::board::{BoardView, BucketHealth};
 use crate::cache::blob::FillProgress;
-use crate::proxy::Proxy;
 
 /// Images listed in "most pulled".
 pub const TOP_IMAGES: usize = 10;
@@ -44,32 +43,4 @@ pub struct Snapshot {
     pub storage: Option<StorageFigures>,
     pub fleet: Option<FleetFigures>,
     pub fills: Vec<FillProgress>,
-}
-
-pub fn gather(proxy: &Proxy) -> Snapshot {
-    let config = proxy.config();
-    let store = proxy.blob_store();
-    let stats = store.stats();
-    let board = proxy.metrics().board().view(TOP_IMAGES);
-    Snapshot {
-        version: env!("CARGO_PKG_VERSION"),
-        cache: CacheFigures {
-            used: stats.bytes.saturating_add(stats.file_bytes),
-            max: store.max_bytes(),
-            blobs: stats.entries,
-            evictions: stats.evictions,
-            damaged: stats.damaged_by_scrub.saturating_add(stats.damaged_on_read),
-            pinned_bytes: stats.pinned_bytes,
-            downloads_in_flight: stats.in_flight,
-        },
-        storage: config.storage.as_ref().map(|s| StorageFigures {
-            bucket: s.s3_bucket.clone(),
-            health: board.bucket.clone(),
-        }),
-        fleet: config.fleet.as_ref().map(|f| FleetFigures {
-            me: f.peer_url.clone().unwrap_or_default(),
-        }),
-        fills: store.fills_in_progress(FILLS_LISTED),
-        board,
-    }
 }
