@@ -332,7 +332,17 @@ impl Upstream {
 
     pub(super) fn finish(&self, response: Response<Incoming>) -> Response<UpstreamBody> {
         let idle = self.config.read_timeout;
+        let received = self
+            .metrics
+            .as_ref()
+            .map(|m| m.upstream_received_counter(&self.config.name));
         response.map(|body| {
+            let body = body.map_frame(move |frame| {
+                if let (Some(counter), Some(data)) = (&received, frame.data_ref()) {
+                    counter.inc_by(data.len() as u64);
+                }
+                frame
+            });
             timeout::IdleTimeout::new(body.map_err(std::io::Error::other), idle).boxed_unsync()
         })
     }
