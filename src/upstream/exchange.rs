@@ -3,6 +3,7 @@
 //! (dropping `Authorization` across origins) and the timeouts.
 
 use super::auth::{self, Challenge};
+use super::counted::Counted;
 use super::error::{UpstreamError, UpstreamErrorKind};
 use super::redirect;
 use super::timeout;
@@ -337,13 +338,8 @@ impl Upstream {
             .as_ref()
             .map(|m| m.upstream_received_counter(&self.config.name));
         response.map(|body| {
-            let body = body.map_frame(move |frame| {
-                if let (Some(counter), Some(data)) = (&received, frame.data_ref()) {
-                    counter.inc_by(data.len() as u64);
-                }
-                frame
-            });
-            timeout::IdleTimeout::new(body.map_err(std::io::Error::other), idle).boxed_unsync()
+            let body = Counted::new(body.map_err(std::io::Error::other), received);
+            timeout::IdleTimeout::new(body, idle).boxed_unsync()
         })
     }
 
