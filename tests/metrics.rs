@@ -144,10 +144,12 @@ async fn scripted_traffic_is_counted_with_exact_labels() {
     })
     .await;
     assert_eq!(during.value("archway_blob_downloads_in_flight", &[]), 1.0);
+    let mut coalesced_len = 0;
     for t in tasks {
         let r = t.await.unwrap();
         ok(&r, "coalesced blob");
         bytes.upstream += r.body.len();
+        coalesced_len = r.body.len();
     }
     h.fake.set_delay(Some(Kind::Blob), Duration::ZERO);
 
@@ -289,6 +291,24 @@ async fn scripted_traffic_is_counted_with_exact_labels() {
         bytes.upstream as f64
     );
     assert!(bytes.cache >= 3_000 && bytes.upstream >= 3 * 40_000 + 3_000);
+    // Bodies read from upstream: both blobs whole, the coalesced one once for its three
+    // clients (so well under what was served from upstream); flaky's manifest and its 503.
+    let received = s.value(
+        "archway_upstream_received_bytes_total",
+        &[("upstream", "fake")],
+    );
+    assert!(
+        received >= (3_000 + coalesced_len) as f64
+            && received < (bytes.upstream - coalesced_len) as f64,
+        "received {received}, served from upstream {}",
+        bytes.upstream
+    );
+    assert!(
+        s.value(
+            "archway_upstream_received_bytes_total",
+            &[("upstream", "flaky")]
+        ) > 0.0
+    );
 
     // Rewrites by platform and reason.
     for ((platform, reason), n) in [

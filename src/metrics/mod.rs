@@ -312,6 +312,7 @@ pub struct Metrics {
     upstream_requests: Family<UpstreamStatusLabels, Counter>,
     upstream_duration: HistogramFamily<UpstreamLabels>,
     token_fetches: Family<UpstreamLabels, Counter>,
+    upstream_received: Family<UpstreamLabels, Counter>,
     ratelimit_remaining: Family<UpstreamLabels, Gauge>,
     parent_requests: Family<ParentStatusLabels, Counter>,
     parent_failovers: Family<ParentLabels, Counter>,
@@ -460,6 +461,14 @@ impl Metrics {
             "archway_upstream_token_fetches",
             "Bearer token requests made to an upstream's token endpoint",
             token_fetches.clone(),
+        );
+        let upstream_received = Family::<UpstreamLabels, Counter>::default();
+        register(
+            &mut registry,
+            &mut described,
+            "archway_upstream_received_bytes",
+            "Response body bytes read from upstreams (blobs, manifests, tag lists, error bodies; not token responses), by upstream",
+            upstream_received.clone(),
         );
         let ratelimit_remaining = Family::<UpstreamLabels, Gauge>::default();
         register(
@@ -779,6 +788,7 @@ impl Metrics {
             upstream_requests,
             upstream_duration,
             token_fetches,
+            upstream_received,
             ratelimit_remaining,
             parent_requests,
             parent_failovers,
@@ -948,6 +958,7 @@ impl Metrics {
         drop(self.token_fetches.get_or_create(&UpstreamLabels {
             upstream: upstream.to_owned(),
         }));
+        drop(self.upstream_received_counter(upstream));
         for outcome in FOREIGN_OUTCOMES {
             drop(self.foreign_fetches.get_or_create(&ForeignLabels {
                 upstream: upstream.to_owned(),
@@ -960,6 +971,16 @@ impl Metrics {
     /// URL's path or query): the status page's "last error".
     pub fn upstream_failure(&self, upstream: &str, wording: &str) {
         self.board.error_detail(Role::Upstream, upstream, wording);
+    }
+
+    /// The counter of body bytes read from `upstream`, for a response body to add to as it is
+    /// read (looked up once per response, not per frame).
+    pub fn upstream_received_counter(&self, upstream: &str) -> Counter {
+        self.upstream_received
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .clone()
     }
 
     pub fn token_fetch(&self, upstream: &str) {

@@ -139,6 +139,7 @@ fn families_at_start_are_those_configured_with_known_series_at_zero() {
             "archway_served_bytes",
             "archway_upstream_bytes_saved",
             "archway_upstream_token_fetches",
+            "archway_upstream_received_bytes",
             "archway_connections_open",
             "archway_connections_closed",
             "archway_responses_stalled",
@@ -166,6 +167,7 @@ fn families_at_start_are_those_configured_with_known_series_at_zero() {
         "archway_foreign_layer_fetches_total{upstream=\"hub\",outcome=\"not_allowed\"} 0",
         "archway_layer_conversions_total{outcome=\"failed\"} 0",
         "archway_layer_conversion_bytes_total{what=\"tar\"} 0",
+        "archway_upstream_received_bytes_total{upstream=\"hub\"} 0",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -7,7 +7,6 @@
 use super::access::{AccessGate, Object};
 use super::client::ClientRequest;
 use super::converter::Converter;
-use crate::outcome::Outcome;
 use super::response::{blob_headers, blob_response, insert_digest_headers, not_modified};
 use super::uncached;
 use crate::access_log::RequestNotes;
@@ -18,6 +17,7 @@ use crate::cache::blob::{
 use crate::digest::Digest;
 use crate::error::ProxyError;
 use crate::foreign::ForeignMemo;
+use crate::outcome::Outcome;
 use crate::reference::RepositoryName;
 use crate::upstream::{Upstream, UpstreamError, UpstreamErrorKind};
 use http::header::{self, HeaderValue};

@@ -10,7 +10,6 @@
 //! the replicas on the bucket (`cache::fetch_lease`): the lease holder writes its answer to the
 //! bucket before letting go, the others read it from there.
 
-use crate::outcome::CacheResult;
 use super::pins::Pins;
 use super::refresh_ahead::RefreshAhead;
 use crate::cache::blob::DiskBudget;
@@ -23,6 +22,7 @@ use crate::config::CacheConfig;
 use crate::digest::Digest;
 use crate::error::{ErrorCode, ProxyError};
 use crate::manifest::Manifest;
+use crate::outcome::CacheResult;
 use crate::reference::{RepositoryName, Tag};
 use crate::upstream::{ManifestRef, Upstream, UpstreamError};
 use std::path::Path;

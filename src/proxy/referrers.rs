@@ -12,7 +12,6 @@
 //! `n`/`last`), so one page is never kept as the whole list; and any status but 200.
 
 use super::listings::{self, ClientView};
-use crate::outcome::CacheResult;
 use crate::api;
 use crate::body;
 use crate::body::ResponseBody;
@@ -20,6 +19,7 @@ use crate::cache::keyed_lock::KeyedLock;
 use crate::digest::Digest;
 use crate::error::ProxyError;
 use crate::manifest::MAX_MANIFEST_BYTES;
+use crate::outcome::CacheResult;
 use crate::reference::RepositoryName;
 use crate::upstream::{Listing, Upstream};
 use bytes::Bytes;

@@ -3,6 +3,7 @@
 //! (dropping `Authorization` across origins) and the timeouts.
 
 use super::auth::{self, Challenge};
+use super::counted::Counted;
 use super::error::{UpstreamError, UpstreamErrorKind};
 use super::redirect;
 use super::timeout;
@@ -341,8 +342,13 @@ impl Upstream {
 
     pub(super) fn finish(&self, response: Response<Incoming>) -> Response<UpstreamBody> {
         let idle = self.config.read_timeout;
+        let received = self
+            .metrics
+            .as_ref()
+            .map(|m| m.upstream_received_counter(&self.config.name));
         response.map(|body| {
-            timeout::IdleTimeout::new(body.map_err(std::io::Error::other), idle).boxed_unsync()
+            let body = Counted::new(body.map_err(std::io::Error::other), received);
+            timeout::IdleTimeout::new(body, idle).boxed_unsync()
         })
     }
 

@@ -4,6 +4,7 @@
 
 pub(crate) mod auth;
 mod client_tls;
+mod counted;
 pub(crate) use client_tls::tls_config;
 mod egress;
 mod error;
