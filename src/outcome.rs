@@ -56,6 +56,8 @@ pub enum CacheResult {
     Coalesced,
     /// `storage.redirect`: sent to a presigned URL of the bucket; no body from here.
     Redirect,
+    /// Not in L1, read from the shared bucket (`[storage]`): another replica fetched it.
+    Bucket,
 }
 
 /// A blob's `cache` label is the L1 view (so the hit-ratio recipes keep their meaning); where a
@@ -78,6 +80,8 @@ impl CacheResult {
             CacheResult::Stale => "stale",
             CacheResult::Coalesced => "coalesced",
             CacheResult::Redirect => "redirect",
+            // As a blob filled from the bucket: an L1 miss whose bytes came from the bucket.
+            CacheResult::Bucket => "miss",
         }
     }
 
@@ -88,6 +92,7 @@ impl CacheResult {
             CacheResult::Hit | CacheResult::Stale => Some("cache"),
             CacheResult::Miss | CacheResult::Coalesced => Some("upstream"),
             CacheResult::Redirect => None,
+            CacheResult::Bucket => Some("bucket"),
         }
     }
 }
@@ -100,7 +105,7 @@ mod tests {
     /// Every outcome that is not a blob's (those: `proxy::blobs::tests`), and its labels.
     #[test]
     fn each_outcome_has_its_labels() {
-        let table: [(Outcome, Option<&str>, Option<&str>); 7] = [
+        let table: [(Outcome, Option<&str>, Option<&str>); 8] = [
             (Outcome::Cache(CacheResult::Hit), Some("hit"), Some("cache")),
             (
                 Outcome::Cache(CacheResult::Stale),
@@ -118,6 +123,11 @@ mod tests {
                 Some("upstream"),
             ),
             (Outcome::Redirect, Some("redirect"), None),
+            (
+                Outcome::Cache(CacheResult::Bucket),
+                Some("miss"),
+                Some("bucket"),
+            ),
             (Outcome::Listing, None, Some("upstream")),
             (
                 Outcome::Blob(BlobOrigin::Filled(BlobSource::Peer)),

@@ -17,6 +17,15 @@ use std::sync::Arc;
 /// The largest manifest read from the bucket (as upstream's: 4 MiB).
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
+/// Where [`ManifestStore::lookup`] found a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestFrom {
+    /// This archway's memory or disk (L1).
+    Local,
+    /// The shared bucket (`[storage]`): another replica fetched it.
+    Bucket,
+}
+
 pub struct ManifestStore {
     memory: moka::sync::Cache<Digest, Arc<Manifest>>,
     dir: PathBuf,
@@ -79,30 +88,35 @@ impl ManifestStore {
     /// From memory, else from disk, else from the bucket (each copy re-checked against its
     /// digest, so a damaged one is a miss). One found in the bucket is kept on disk.
     pub async fn get(&self, digest: &Digest) -> Option<Arc<Manifest>> {
+        self.lookup(digest).await.map(|(m, _)| m)
+    }
+
+    /// Like [`get`](Self::get), saying whether the copy was this archway's own or the bucket's.
+    pub async fn lookup(&self, digest: &Digest) -> Option<(Arc<Manifest>, ManifestFrom)> {
         if let Some(m) = self.memory.get(digest) {
             // Used: its file (if still on disk) is not the next to go.
             self.touch(digest);
-            return Some(m);
+            return Some((m, ManifestFrom::Local));
         }
         let from_disk = match tokio::fs::read(self.path(digest)).await {
             Ok(raw) => decode(digest, &raw),
             Err(_) => None,
         };
-        let m = match from_disk {
+        let (m, from) = match from_disk {
             Some(m) => {
                 self.touch(digest);
-                Arc::new(m)
+                (Arc::new(m), ManifestFrom::Local)
             }
             None => {
                 let m = Arc::new(self.read_bucket(digest).await?);
                 if let Err(e) = self.write_file(&m).await {
                     tracing::error!(%digest, error = %e, "cannot persist manifest");
                 }
-                m
+                (m, ManifestFrom::Bucket)
             }
         };
         self.memory.insert(digest.clone(), m.clone());
-        Some(m)
+        Some((m, from))
     }
 
     async fn read_bucket(&self, digest: &Digest) -> Option<Manifest> {

@@ -16,7 +16,7 @@ use crate::cache::blob::DiskBudget;
 use crate::cache::bucket::Bucket;
 use crate::cache::fetch_lease::{FetchLeases, Turn};
 use crate::cache::keyed_lock::KeyedLock;
-use crate::cache::manifest_store::ManifestStore;
+use crate::cache::manifest_store::{ManifestFrom, ManifestStore};
 use crate::cache::tag_store::{TagEntry, TagKey, TagStore};
 use crate::config::CacheConfig;
 use crate::digest::Digest;
@@ -36,6 +36,14 @@ const RECENT_FAILURE_TTL: Duration = Duration::from_secs(5);
 const RECENT_FAILURE_BYTES: u64 = 4 << 20;
 
 type Found = (Arc<Manifest>, CacheResult);
+
+/// A manifest found in the store: a hit if it was this archway's own, else read from the bucket.
+fn found((m, from): (Arc<Manifest>, ManifestFrom)) -> Found {
+    match from {
+        ManifestFrom::Local => (m, CacheResult::Hit),
+        ManifestFrom::Bucket => (m, CacheResult::Bucket),
+    }
+}
 
 pub(crate) struct Manifests {
     store: ManifestStore,
@@ -196,8 +204,8 @@ impl Manifests {
         repo: &RepositoryName,
         digest: &Digest,
     ) -> Result<Found, ProxyError> {
-        let found = match self.store.get(digest).await {
-            Some(m) => (m, CacheResult::Hit),
+        let found = match self.store.lookup(digest).await {
+            Some(f) => found(f),
             None => self.fetch_digest(upstream, repo, digest).await?,
         };
         self.pin_manifest(&found.0, false).await;
@@ -213,8 +221,8 @@ impl Manifests {
         digest: &Digest,
     ) -> Result<Found, UpstreamError> {
         let _fetching = self.fetching.lock(digest).await;
-        if let Some(m) = self.store.get(digest).await {
-            return Ok((m, CacheResult::Hit));
+        if let Some(f) = self.store.lookup(digest).await {
+            return Ok(found(f));
         }
         let reference = ManifestRef::Digest(digest);
         let Some(leases) = &self.leases else {
@@ -225,10 +233,10 @@ impl Manifests {
         };
         let key = leases.bucket().keys().manifest_lease(digest);
         match leases
-            .turn(key, "manifest", || self.store.get(digest))
+            .turn(key, "manifest", || self.store.lookup(digest))
             .await
         {
-            Turn::Ready(m) => Ok((m, CacheResult::Hit)),
+            Turn::Ready(f) => Ok(found(f)),
             // The lease (if any) is let go only after the bucket has the manifest.
             Turn::Fetch(_lease) => Ok((
                 self.fetch(upstream, repo, reference).await?,
@@ -255,7 +263,7 @@ impl Manifests {
         }
         // Asked for within its TTL: worth revalidating before it expires. A stale answer is
         // not (upstream is down; the next request asks again anyway).
-        if let Ok((_, CacheResult::Hit | CacheResult::Miss)) = &found {
+        if let Ok((_, CacheResult::Hit | CacheResult::Miss | CacheResult::Bucket)) = &found {
             self.schedule_ahead(upstream, repo, tag, key, ttl).await;
         }
         found
@@ -488,11 +496,9 @@ impl Manifests {
         // Another replica may have confirmed the tag within the TTL: then upstream isn't asked.
         self.tags.adopt_from_bucket(key, ttl).await;
         match self.tags.get(key).await {
-            Some(entry) if entry.age(self.tags.now()) < ttl => self
-                .store
-                .get(&entry.digest)
-                .await
-                .map(|m| Ok((m, CacheResult::Hit))),
+            Some(entry) if entry.age(self.tags.now()) < ttl => {
+                self.store.lookup(&entry.digest).await.map(|f| Ok(found(f)))
+            }
             Some(_) => None,
             None if self.tags.is_known_missing(key) => Some(Err(ProxyError::upstream(
                 ErrorCode::ManifestUnknown,
@@ -554,12 +560,14 @@ impl Manifests {
                 }
             }
             if let Some(digest) = head?.digest {
-                let m = match self.store.get(&digest).await {
-                    Some(m) => m,
-                    None => self.fetch_digest(upstream, repo, &digest).await?.0,
+                // Unchanged upstream: answered with the copy here, or fetched by digest now
+                // (labelled as that fetch was).
+                let (m, result) = match self.store.lookup(&digest).await {
+                    Some(f) => found(f),
+                    None => self.fetch_digest(upstream, repo, &digest).await?,
                 };
                 self.remember_tag(key, &m).await;
-                return Ok((m, CacheResult::Hit));
+                return Ok((m, result));
             }
         }
         let fetched = self.fetch(upstream, repo, ManifestRef::Tag(tag)).await;

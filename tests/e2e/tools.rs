@@ -162,6 +162,9 @@ pub struct Access {
     pub bytes: Option<u64>,
     pub upstream: Option<String>,
     pub cache: Option<String>,
+    /// Where the body's bytes came from (`cache`, `upstream`, `bucket`, `peer`, `parent`).
+    #[allow(dead_code)] // read by the e2e_storage binary, which shares this module
+    pub source: Option<String>,
     /// Whether the whole body reached the client (archway logs when the body ends or drops).
     pub complete: Option<bool>,
     pub error: Option<String>,
@@ -197,6 +200,7 @@ impl Access {
             bytes: f.get("bytes").and_then(Value::as_u64),
             upstream: s("upstream"),
             cache: s("cache"),
+            source: s("source"),
             complete: f.get("complete").and_then(Value::as_bool),
             error: s("error"),
             rewrite: s("rewrite"),
