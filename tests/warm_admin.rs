@@ -157,3 +157,83 @@ async fn admin_warm_false_switches_it_off() {
         "{metrics}"
     );
 }
+
+/// The jobs' bounds: at most 1,000 images a job, 4 jobs running at once (the fifth is 429 until
+/// one ends), and 64 jobs remembered (the oldest finished one is forgotten first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_jobs_images_and_remembered_jobs_are_bounded() {
+    let h = admin_harness(true).await;
+    let addr = admin(&h);
+    let id_of = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    let images: Vec<String> = (0..1001).map(|i| format!("\"lib/a{i}:v1\"")).collect();
+    let (status, text) = call(
+        addr,
+        Method::POST,
+        "/warm",
+        &format!(r#"{{"images": [{}]}}"#, images.join(",")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("1 to 1000"), "{text}");
+
+    // Four slow jobs run; a fifth is refused until one of them ends.
+    h.fake.set_delay(None, Duration::from_secs(2));
+    let mut running = Vec::new();
+    for i in 0..4 {
+        let (status, body) = call(
+            addr,
+            Method::POST,
+            "/warm",
+            &format!(r#"{{"images": ["lib/slow{i}:v1"]}}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        running.push(id_of(&body));
+    }
+    let (status, text) = call(addr, Method::POST, "/warm", r#"{"images": ["lib/x:v1"]}"#).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{text}");
+    let (_, metrics) = call(addr, Method::GET, "/metrics", "").await;
+    assert!(metrics.contains("archway_warm_jobs_running 4"), "{metrics}");
+    for id in &running {
+        wait_done(addr, id).await;
+    }
+    h.fake.set_delay(None, Duration::ZERO);
+
+    // 64 more (quick: the images do not exist) push the first four out of memory.
+    let mut last = String::new();
+    for i in 0..64 {
+        let (status, body) = call(
+            addr,
+            Method::POST,
+            "/warm",
+            &format!(r#"{{"images": ["lib/none{i}:v1"]}}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        last = id_of(&body);
+        wait_done(addr, &last).await;
+    }
+    for id in &running {
+        let (status, _) = call(addr, Method::GET, &format!("/warm/{id}"), "").await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "job {id} is still remembered"
+        );
+    }
+    let (status, _) = call(addr, Method::GET, &format!("/warm/{last}"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = call(addr, Method::GET, "/warm", "").await;
+    let listed: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let n = listed
+        .as_array()
+        .or_else(|| listed["jobs"].as_array())
+        .map_or(0, Vec::len);
+    assert_eq!(n, 64, "{list}");
+}
