@@ -7,13 +7,17 @@
 use super::access::{AccessGate, Object};
 use super::client::ClientRequest;
 use super::converter::Converter;
-use super::response::{blob_headers, blob_response, insert_digest_headers, not_modified};
+use super::response::{
+    blob_headers, blob_response, insert_digest_headers, not_modified, range_response,
+};
 use super::uncached;
 use crate::access_log::RequestNotes;
 use crate::body::{self, ResponseBody};
+use crate::byte_ranges::{self, RangeAnswer};
 use crate::cache::blob::{
     Blob, BlobOrigin, BlobSource, BlobStore, FillError, IncomingBlob, SourceError,
 };
+use crate::config::ColdRanges;
 use crate::digest::Digest;
 use crate::error::ProxyError;
 use crate::foreign::ForeignMemo;
@@ -37,7 +41,14 @@ pub(crate) struct Blobs {
     foreign: Arc<ForeignMemo>,
     /// `limits.max_ranges`: range-specs in one `Range` answered as such.
     max_ranges: usize,
+    /// `cache.cold_ranges`: a single Range of a download that has not reached it, relayed.
+    cold_ranges: ColdRanges,
 }
+
+/// A Range starting less than this past the bytes a download has is answered from the download
+/// (unverified, as it arrives) rather than by a Range request of its own: the download gets
+/// there in about the time another request's round trip takes, and costs no extra transfer.
+const FILL_AHEAD: u64 = 64 << 10;
 
 impl Blobs {
     pub(crate) fn new(
@@ -45,12 +56,14 @@ impl Blobs {
         foreign: Arc<ForeignMemo>,
         max_ranges: usize,
         converter: Arc<Converter>,
+        cold_ranges: ColdRanges,
     ) -> Self {
         Blobs {
             store,
             converter,
             foreign,
             max_ranges,
+            cold_ranges,
         }
     }
 
@@ -117,8 +130,80 @@ impl Blobs {
         } else {
             blob
         };
+        if self.cold_ranges == ColdRanges::Relay {
+            if let Some(span) = self.cold_range(client, digest, &blob) {
+                return Ok(self
+                    .relay(upstream, repo, digest, span, blob, notes, from_route)
+                    .await);
+            }
+        }
         note(blob.outcome(), notes);
         Ok(blob_response(client, digest, &blob, self.max_ranges, notes))
+    }
+
+    /// The one range `(start, end, size)` a GET asks of a download not verified yet: what
+    /// `cache.cold_ranges = "relay"` answers without waiting for the digest check.
+    fn cold_range(
+        &self,
+        client: &ClientRequest,
+        digest: &Digest,
+        blob: &Blob,
+    ) -> Option<(u64, u64, u64)> {
+        blob.unverified_received()?;
+        let size = blob.size()?;
+        if client.method != Method::GET || not_modified(&client.headers, digest) {
+            return None;
+        }
+        let range = client.headers.get(header::RANGE)?.to_str().ok()?;
+        match byte_ranges::parse(Some(range), size, self.max_ranges) {
+            RangeAnswer::Single(start, end) => Some((start, end, size)),
+            // Several ranges of a download are sent whole, as before (`blob_response`).
+            _ => None,
+        }
+    }
+
+    /// A cold range: from an upstream Range request of its own when the download is far from
+    /// it, else (or when that request fails or is refused) from the download as its bytes
+    /// arrive. Either way unverified; the download goes on, and is verified and kept.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepositoryName,
+        digest: &Digest,
+        (start, end, size): (u64, u64, u64),
+        blob: Blob,
+        notes: &mut RequestNotes,
+        from_route: &mut bool,
+    ) -> Response<ResponseBody> {
+        let received = blob.unverified_received().unwrap_or(size);
+        let far = start >= received.saturating_add(FILL_AHEAD);
+        if far {
+            match upstream
+                .get_blob_range(repo, digest, (start, end), size)
+                .await
+            {
+                Ok(stream) => {
+                    *from_route = true;
+                    let source = if stream.from_parent {
+                        BlobSource::Parent
+                    } else {
+                        BlobSource::Upstream
+                    };
+                    note(BlobOrigin::Relayed(source), notes);
+                    return range_response(digest, (start, end), size, stream.body);
+                }
+                Err(e) => {
+                    tracing::info!(%digest, start, end, error = %e, "cold range not relayed; answered from the download");
+                }
+            }
+        }
+        note(blob.outcome(), notes);
+        let body = match blob.filling() {
+            Some(filling) => filling.unverified_range((start, end)),
+            None => blob.body(Some((start, end))),
+        };
+        range_response(digest, (start, end), size, body)
     }
 
     /// The blob from the cache, or its download under this route (and the foreign url it came
@@ -467,6 +552,14 @@ mod tests {
             (O::Filled(S::Peer), "miss", "peer", "peer", true),
             (O::Filled(S::Parent), "miss", "parent", "parent", false),
             (O::Uncached, "miss", "upstream", "uncached", false),
+            (
+                O::Relayed(S::Upstream),
+                "miss",
+                "upstream",
+                "relayed",
+                false,
+            ),
+            (O::Relayed(S::Parent), "miss", "parent", "relayed", false),
         ] {
             let mut notes = RequestNotes::default();
             note(origin, &mut notes);

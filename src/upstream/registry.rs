@@ -187,6 +187,64 @@ impl Upstream {
         })
     }
 
+    /// GET the inclusive byte range `start..=end` of a blob of `size` bytes (a cold Range
+    /// relayed, `cache.cold_ranges`): through the same exchange as `get_blob` (auth, redirects
+    /// under the egress policy, parents). Only a `206` for exactly that range, with its exact
+    /// `Content-Length`, is an answer: anything else (a `200` that ignored the Range, another
+    /// range, no length) is refused before a body byte is read, and the caller waits for its
+    /// fill instead. The body is not checked against anything (it cannot be): it is counted in
+    /// `archway_cold_range_bytes_total`.
+    pub async fn get_blob_range(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        (start, end): (u64, u64),
+        size: u64,
+    ) -> Result<BlobStream, UpstreamError> {
+        let mut headers = HeaderMap::new();
+        let range = HeaderValue::from_str(&format!("bytes={start}-{end}"))
+            .map_err(|_| UpstreamError::unavailable_of(&self.config().name, ": bad range"))?;
+        headers.insert(header::RANGE, range);
+        let resp = self
+            .send(Method::GET, repo, &format!("blobs/{digest}"), headers)
+            .await?;
+        self.fail_on_error(&resp, Missing::Blob)?;
+        let refuse = |why: String| {
+            Err(UpstreamError::unavailable_of(
+                &self.config().name,
+                format!(" answered the Range bytes={start}-{end} of {digest} {why}"),
+            ))
+        };
+        if resp.status() != StatusCode::PARTIAL_CONTENT {
+            return refuse(format!("with {}", resp.status()));
+        }
+        let expected = format!("bytes {start}-{end}/{size}");
+        let content_range = resp
+            .headers()
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok());
+        if content_range != Some(expected.as_str()) {
+            return refuse(format!("with Content-Range {content_range:?}"));
+        }
+        let len = end - start + 1;
+        if content_length(resp.headers()) != Some(len) {
+            return refuse("without its exact Content-Length".to_owned());
+        }
+        let from_parent = resp
+            .extensions()
+            .get::<super::parent::FromParent>()
+            .is_some();
+        let counter = self
+            .metrics
+            .as_ref()
+            .map(|m| m.cold_range_counter(if from_parent { "parent" } else { "upstream" }));
+        Ok(BlobStream {
+            size: Some(len),
+            from_parent,
+            body: super::counted::Counted::new(resp.into_body(), counter).boxed_unsync(),
+        })
+    }
+
     /// GET tags/list; `query` is the `?n=…&last=…` to pass on (or empty).
     pub async fn tags(&self, repo: &RepositoryName, query: &str) -> Result<Listing, UpstreamError> {
         self.listing(repo, &format!("tags/list{query}"), Missing::Repository)
