@@ -23,7 +23,7 @@ use crate::error::ProxyError;
 use crate::foreign::ForeignMemo;
 use crate::outcome::Outcome;
 use crate::reference::RepositoryName;
-use crate::upstream::{Upstream, UpstreamError, UpstreamErrorKind};
+use crate::upstream::{RangeStream, Upstream, UpstreamError, UpstreamErrorKind};
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,7 +107,18 @@ impl Blobs {
             *from_route = true;
             return self.head(upstream, repo, digest, notes).await;
         }
-        let (filled, foreign_url) = self.fill(upstream, repo, digest).await;
+        // A far range of a blob no download has the head of yet is asked of upstream at once,
+        // alongside the download's own GET, rather than after it.
+        let ((filled, foreign_url), early) = match self.early_spec(client, digest) {
+            Some(spec) => {
+                let (filled, relayed) = tokio::join!(
+                    self.fill(upstream, repo, digest),
+                    upstream.get_blob_range(repo, digest, &spec)
+                );
+                (filled, Some(relayed))
+            }
+            None => (self.fill(upstream, repo, digest).await, None),
+        };
         if let Some(url) = foreign_url {
             notes.foreign = Some(url);
         }
@@ -133,7 +144,7 @@ impl Blobs {
         if self.cold_ranges == ColdRanges::Relay {
             if let Some(span) = self.cold_range(client, digest, &blob) {
                 return Ok(self
-                    .relay(upstream, repo, digest, span, blob, notes, from_route)
+                    .relay(upstream, repo, digest, span, blob, early, notes, from_route)
                     .await);
             }
         }
@@ -162,9 +173,25 @@ impl Blobs {
         }
     }
 
+    /// The `Range` to ask upstream for alongside the download's start: a single range starting
+    /// at least `FILL_AHEAD` in (or a suffix: the end of the blob), of a blob neither cached
+    /// nor being downloaded with a known size, under `relay`.
+    fn early_spec(&self, client: &ClientRequest, digest: &Digest) -> Option<String> {
+        if self.cold_ranges != ColdRanges::Relay
+            || client.method != Method::GET
+            || not_modified(&client.headers, digest)
+            || self.store.head(digest).is_some()
+        {
+            return None;
+        }
+        let range = client.headers.get(header::RANGE)?.to_str().ok()?;
+        far_range_spec(range)
+    }
+
     /// A cold range: from an upstream Range request of its own when the download is far from
-    /// it, else (or when that request fails or is refused) from the download as its bytes
-    /// arrive. Either way unverified; the download goes on, and is verified and kept.
+    /// it (`early`: asked already, alongside the download), else (or when that request fails,
+    /// is refused or answers another range) from the download as its bytes arrive. Either way
+    /// unverified; the download goes on, and is verified and kept.
     #[allow(clippy::too_many_arguments)]
     async fn relay(
         &self,
@@ -173,29 +200,39 @@ impl Blobs {
         digest: &Digest,
         (start, end, size): (u64, u64, u64),
         blob: Blob,
+        early: Option<Result<RangeStream, UpstreamError>>,
         notes: &mut RequestNotes,
         from_route: &mut bool,
     ) -> Response<ResponseBody> {
         let received = blob.unverified_received().unwrap_or(size);
+        // The download near the range already: an early answer is dropped unread.
         let far = start >= received.saturating_add(FILL_AHEAD);
-        if far {
-            match upstream
-                .get_blob_range(repo, digest, (start, end), size)
-                .await
-            {
-                Ok(stream) => {
-                    *from_route = true;
-                    let source = if stream.from_parent {
-                        BlobSource::Parent
-                    } else {
-                        BlobSource::Upstream
-                    };
-                    note(BlobOrigin::Relayed(source), notes);
-                    return range_response(digest, (start, end), size, stream.body);
-                }
-                Err(e) => {
-                    tracing::info!(%digest, start, end, error = %e, "cold range not relayed; answered from the download");
-                }
+        let relayed = match early {
+            Some(relayed) => Some(relayed),
+            None if far => {
+                let spec = format!("bytes={start}-{end}");
+                Some(upstream.get_blob_range(repo, digest, &spec).await)
+            }
+            None => None,
+        };
+        match relayed {
+            None => {}
+            Some(_) if !far => {}
+            Some(Ok(stream)) if (stream.start, stream.end, stream.size) == (start, end, size) => {
+                *from_route = true;
+                let source = if stream.from_parent {
+                    BlobSource::Parent
+                } else {
+                    BlobSource::Upstream
+                };
+                note(BlobOrigin::Relayed(source), notes);
+                return range_response(digest, (start, end), size, stream.body);
+            }
+            Some(Ok(stream)) => {
+                tracing::info!(%digest, start, end, size, got_start = stream.start, got_end = stream.end, got_size = stream.size, "upstream answered a cold range with another; answered from the download");
+            }
+            Some(Err(e)) => {
+                tracing::info!(%digest, start, end, error = %e, "cold range not relayed; answered from the download");
             }
         }
         note(blob.outcome(), notes);
@@ -413,6 +450,30 @@ fn foreign_fallback(e: &UpstreamError) -> bool {
     !matches!(e.kind, UpstreamErrorKind::Internal)
 }
 
+/// A single range-spec worth asking upstream for before the blob's size is known, normalised:
+/// `bytes=a-b` or `bytes=a-` with `a` at least `FILL_AHEAD`, or a suffix `bytes=-n`.
+fn far_range_spec(range: &str) -> Option<String> {
+    let spec = range.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        return (n > 0).then(|| format!("bytes=-{n}"));
+    }
+    let a: u64 = a.parse().ok()?;
+    if a < FILL_AHEAD {
+        return None;
+    }
+    if b.is_empty() {
+        return Some(format!("bytes={a}-"));
+    }
+    let b: u64 = b.parse().ok()?;
+    (b >= a).then(|| format!("bytes={a}-{b}"))
+}
+
 /// A `Range` with a list (`bytes=a-b,c-d`); what it resolves to needs the blob's size.
 fn asks_for_several_ranges(client: &ClientRequest) -> bool {
     client
@@ -507,6 +568,27 @@ mod tests {
             redirect(&digest, "http://x/\n").is_none(),
             "served here instead"
         );
+    }
+
+    #[test]
+    fn far_ranges_are_asked_for_early() {
+        let far = FILL_AHEAD;
+        for (range, spec) in [
+            (
+                format!("bytes={far}-{}", far + 9),
+                Some(format!("bytes={far}-{}", far + 9)),
+            ),
+            (format!("bytes= {far}-"), Some(format!("bytes={far}-"))),
+            ("bytes=-65536".to_owned(), Some("bytes=-65536".to_owned())),
+            ("bytes=0-9".to_owned(), None),
+            ("bytes=-0".to_owned(), None),
+            (format!("bytes={far}-{}", far - 1), None),
+            (format!("bytes={far}-{},0-1", far + 9), None),
+            (format!("items={far}-"), None),
+            ("bytes=x-".to_owned(), None),
+        ] {
+            assert_eq!(far_range_spec(&range), spec, "{range}");
+        }
     }
 
     #[test]
