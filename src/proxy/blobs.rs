@@ -108,14 +108,25 @@ impl Blobs {
             return self.head(upstream, repo, digest, notes).await;
         }
         // A far range of a blob no download has the head of yet is asked of upstream at once,
-        // alongside the download's own GET, rather than after it.
+        // alongside the download's own GET; its answer goes out as soon as it comes.
         let ((filled, foreign_url), early) = match self.early_spec(client, digest) {
             Some(spec) => {
-                let (filled, relayed) = tokio::join!(
-                    self.fill(upstream, repo, digest),
-                    upstream.get_blob_range(repo, digest, &spec)
-                );
-                (filled, Some(relayed))
+                let fill = self.fill(upstream, repo, digest);
+                let relay = upstream.get_blob_range(repo, digest, &spec);
+                tokio::pin!(fill, relay);
+                // Biased: the fill is polled first, so the download is started (its own task,
+                // which no drop here cancels) before anything is answered.
+                tokio::select! {
+                    biased;
+                    filled = &mut fill => (filled, Some(relay.await)),
+                    relayed = &mut relay => match relayed {
+                        Ok(stream) if asked_for(client, &stream) => {
+                            *from_route = true;
+                            return Ok(relayed_response(digest, stream, notes));
+                        }
+                        other => (fill.await, Some(other)),
+                    },
+                }
             }
             None => (self.fill(upstream, repo, digest).await, None),
         };
@@ -220,13 +231,7 @@ impl Blobs {
             Some(_) if !far => {}
             Some(Ok(stream)) if (stream.start, stream.end, stream.size) == (start, end, size) => {
                 *from_route = true;
-                let source = if stream.from_parent {
-                    BlobSource::Parent
-                } else {
-                    BlobSource::Upstream
-                };
-                note(BlobOrigin::Relayed(source), notes);
-                return range_response(digest, (start, end), size, stream.body);
+                return relayed_response(digest, stream, notes);
             }
             Some(Ok(stream)) => {
                 tracing::info!(%digest, start, end, size, got_start = stream.start, got_end = stream.end, got_size = stream.size, "upstream answered a cold range with another; answered from the download");
@@ -448,6 +453,33 @@ impl Blobs {
 /// so does archway — except after an error archway made itself.
 fn foreign_fallback(e: &UpstreamError) -> bool {
     !matches!(e.kind, UpstreamErrorKind::Internal)
+}
+
+/// Whether upstream's range is the one the client's `Range` asks for of a blob of its size.
+fn asked_for(client: &ClientRequest, stream: &RangeStream) -> bool {
+    let range = client
+        .headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok());
+    matches!(
+        byte_ranges::parse(range, stream.size, 1),
+        RangeAnswer::Single(a, b) if (a, b) == (stream.start, stream.end)
+    )
+}
+
+/// The 206 of a range relayed from upstream (or a parent), noted as such.
+fn relayed_response(
+    digest: &Digest,
+    stream: RangeStream,
+    notes: &mut RequestNotes,
+) -> Response<ResponseBody> {
+    let source = if stream.from_parent {
+        BlobSource::Parent
+    } else {
+        BlobSource::Upstream
+    };
+    note(BlobOrigin::Relayed(source), notes);
+    range_response(digest, (stream.start, stream.end), stream.size, stream.body)
 }
 
 /// A single range-spec worth asking upstream for before the blob's size is known, normalised:
