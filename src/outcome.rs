@@ -67,7 +67,9 @@ impl From<BlobOrigin> for CacheResult {
         match origin {
             BlobOrigin::Hit => CacheResult::Hit,
             BlobOrigin::Joined(_) => CacheResult::Coalesced,
-            BlobOrigin::Filled(_) | BlobOrigin::Uncached => CacheResult::Miss,
+            BlobOrigin::Filled(_) | BlobOrigin::Uncached | BlobOrigin::Relayed(_) => {
+                CacheResult::Miss
+            }
         }
     }
 }

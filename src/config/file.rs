@@ -99,6 +99,9 @@ impl Config {
             if let Some(v) = c.verify_reads_ttl {
                 k.verify_reads_ttl = parse_duration("cache.verify_reads_ttl", &v)?;
             }
+            if let Some(v) = c.cold_ranges {
+                k.cold_ranges = ColdRanges::parse("cache.cold_ranges", &v)?;
+            }
             if let Some(v) = c.refresh_ahead {
                 k.refresh_ahead = v;
             }
@@ -494,6 +497,7 @@ struct RawCache {
     scrub_rate: Option<String>,
     verify_reads: Option<bool>,
     verify_reads_ttl: Option<String>,
+    cold_ranges: Option<String>,
     refresh_ahead: Option<bool>,
     refresh_ahead_concurrency: Option<u32>,
     refresh_ahead_window: Option<String>,

@@ -24,6 +24,29 @@ pub enum LogFormat {
     Json,
 }
 
+/// `cache.cold_ranges`: how a single Range of a blob still downloading is answered when the
+/// download has not reached it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ColdRanges {
+    /// From an upstream Range request (and bytes the download has, before it is verified):
+    /// unverified, as a lazy puller checks its chunks itself.
+    #[default]
+    Relay,
+    /// From the download, once every byte matched the digest.
+    Wait,
+}
+
+impl ColdRanges {
+    /// `relay` or `wait`.
+    pub fn parse(key: &str, s: &str) -> Result<ColdRanges, ConfigError> {
+        match s {
+            "relay" => Ok(ColdRanges::Relay),
+            "wait" => Ok(ColdRanges::Wait),
+            _ => Err(invalid(key, format!("`{s}` is not one of relay, wait"))),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
@@ -202,6 +225,8 @@ pub struct CacheConfig {
     /// With `verify_reads`: how long a whole-blob check (its download, a verified whole read,
     /// the scrub) vouches for the blob's range reads; zero: every range read hashes the blob.
     pub verify_reads_ttl: Duration,
+    /// A single Range of a blob still downloading, past the bytes the download has.
+    pub cold_ranges: ColdRanges,
     /// Revalidate tags asked for within their TTL in the background before they expire.
     pub refresh_ahead: bool,
     /// Background revalidations at a time (at least 1).
@@ -241,6 +266,7 @@ impl Default for CacheConfig {
             scrub_rate: keys::CACHE_SCRUB_RATE,
             verify_reads: false,
             verify_reads_ttl: keys::CACHE_VERIFY_READS_TTL,
+            cold_ranges: ColdRanges::Relay,
             refresh_ahead: true,
             refresh_ahead_concurrency: keys::CACHE_REFRESH_AHEAD_CONCURRENCY,
             refresh_ahead_window: None,

@@ -87,6 +87,7 @@ fn bad_config_names_the_key() {
         ("[cache]\nanswer_memo = \"0\"", "cache.answer_memo"),
         ("[cache]\nforeign_memo = \"0\"", "cache.foreign_memo"),
         ("[cache]\nverify_reads_ttl = \"soon\"", "cache.verify_reads_ttl"),
+        ("[cache]\ncold_ranges = \"fast\"", "cache.cold_ranges"),
         ("[cache]\nmax_pins = 0", "cache.max_pins"),
         ("[storage]\ns3_bucket = \"b\"\npin_sync_interval = \"0s\"", "storage.pin_sync_interval"),
         ("[storage]\ns3_bucket = \"b\"\npin_sync_interval = \"often\"", "storage.pin_sync_interval"),
@@ -718,6 +719,15 @@ fn verify_reads_ttl() {
         c.cache.verify_reads_ttl.is_zero(),
         "0s: every range read hashes the blob"
     );
+}
+
+#[test]
+fn cold_ranges() {
+    assert_eq!(Config::default().cache.cold_ranges, ColdRanges::Relay);
+    let c = Config::from_toml("[cache]\ncold_ranges = \"wait\"").unwrap();
+    assert_eq!(c.cache.cold_ranges, ColdRanges::Wait);
+    let c = Config::from_toml("[cache]\ncold_ranges = \"relay\"").unwrap();
+    assert_eq!(c.cache.cold_ranges, ColdRanges::Relay);
 }
 
 #[test]

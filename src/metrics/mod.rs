@@ -328,6 +328,7 @@ pub struct Metrics {
     storage_bypassed: Family<WhatLabels, Counter>,
     access_confirmations: Family<ResultLabels, Counter>,
     blob_fills: Family<SourceLabels, Counter>,
+    cold_range_bytes: Family<SourceLabels, Counter>,
     fleet_fills: Family<OutcomeLabels, Counter>,
     fleet_fetches: Family<WhatOutcomeLabels, Counter>,
     lease_takeovers: Counter,
@@ -595,6 +596,14 @@ impl Metrics {
             "Blob downloads into the disk cache, by where the bytes came from: storage or upstream",
             blob_fills.clone(),
         );
+        let cold_range_bytes = Family::<SourceLabels, Counter>::default();
+        register(
+            &mut registry,
+            &mut described,
+            "archway_cold_range_bytes",
+            "Bytes of Range answers relayed from an extra Range request (cache.cold_ranges = \"relay\"), beyond the blob's one whole download, by where they came from: upstream or parent",
+            cold_range_bytes.clone(),
+        );
         let fleet_fills = Family::<OutcomeLabels, Counter>::default();
         if features.fleet {
             register(
@@ -759,6 +768,7 @@ impl Metrics {
         // Upstream is a fill source in every config; the bucket and peers only with their
         // features, and a test reads "no bucket series" as "nothing came from the bucket".
         drop(blob_fills.get_or_create(&SourceLabels { source: "upstream" }));
+        drop(cold_range_bytes.get_or_create(&SourceLabels { source: "upstream" }));
         if features.storage {
             for what in STORAGE_BYPASSED {
                 drop(storage_bypassed.get_or_create(&WhatLabels { what }));
@@ -804,6 +814,7 @@ impl Metrics {
             storage_bypassed,
             access_confirmations,
             blob_fills,
+            cold_range_bytes,
             fleet_fills,
             fleet_fetches,
             lease_takeovers,
@@ -1005,6 +1016,14 @@ impl Metrics {
         self.blob_fills
             .get_or_create(&SourceLabels { source })
             .inc();
+    }
+
+    /// The counter of bytes relayed for cold ranges from `source` (`upstream`, `parent`), to
+    /// count a relayed body as it streams.
+    pub fn cold_range_counter(&self, source: &'static str) -> Counter {
+        self.cold_range_bytes
+            .get_or_create(&SourceLabels { source })
+            .clone()
     }
 
     /// Makes the failover counter of `parent` exist (at 0) before its first failover.

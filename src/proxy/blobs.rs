@@ -7,19 +7,23 @@
 use super::access::{AccessGate, Object};
 use super::client::ClientRequest;
 use super::converter::Converter;
-use super::response::{blob_headers, blob_response, insert_digest_headers, not_modified};
+use super::response::{
+    blob_headers, blob_response, insert_digest_headers, not_modified, range_response,
+};
 use super::uncached;
 use crate::access_log::RequestNotes;
 use crate::body::{self, ResponseBody};
+use crate::byte_ranges::{self, RangeAnswer};
 use crate::cache::blob::{
     Blob, BlobOrigin, BlobSource, BlobStore, FillError, IncomingBlob, SourceError,
 };
+use crate::config::ColdRanges;
 use crate::digest::Digest;
 use crate::error::ProxyError;
 use crate::foreign::ForeignMemo;
 use crate::outcome::Outcome;
 use crate::reference::RepositoryName;
-use crate::upstream::{Upstream, UpstreamError, UpstreamErrorKind};
+use crate::upstream::{RangeStream, Upstream, UpstreamError, UpstreamErrorKind};
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +41,14 @@ pub(crate) struct Blobs {
     foreign: Arc<ForeignMemo>,
     /// `limits.max_ranges`: range-specs in one `Range` answered as such.
     max_ranges: usize,
+    /// `cache.cold_ranges`: a single Range of a download that has not reached it, relayed.
+    cold_ranges: ColdRanges,
 }
+
+/// A Range starting less than this past the bytes a download has is answered from the download
+/// (unverified, as it arrives) rather than by a Range request of its own: the download gets
+/// there in about the time another request's round trip takes, and costs no extra transfer.
+const FILL_AHEAD: u64 = 64 << 10;
 
 impl Blobs {
     pub(crate) fn new(
@@ -45,12 +56,14 @@ impl Blobs {
         foreign: Arc<ForeignMemo>,
         max_ranges: usize,
         converter: Arc<Converter>,
+        cold_ranges: ColdRanges,
     ) -> Self {
         Blobs {
             store,
             converter,
             foreign,
             max_ranges,
+            cold_ranges,
         }
     }
 
@@ -94,7 +107,29 @@ impl Blobs {
             *from_route = true;
             return self.head(upstream, repo, digest, notes).await;
         }
-        let (filled, foreign_url) = self.fill(upstream, repo, digest).await;
+        // A far range of a blob no download has the head of yet is asked of upstream at once,
+        // alongside the download's own GET; its answer goes out as soon as it comes.
+        let ((filled, foreign_url), early) = match self.early_spec(client, digest) {
+            Some(spec) => {
+                let fill = self.fill(upstream, repo, digest);
+                let relay = upstream.get_blob_range(repo, digest, &spec);
+                tokio::pin!(fill, relay);
+                // Biased: the fill is polled first, so the download is started (its own task,
+                // which no drop here cancels) before anything is answered.
+                tokio::select! {
+                    biased;
+                    filled = &mut fill => (filled, Some(relay.await)),
+                    relayed = &mut relay => match relayed {
+                        Ok(stream) if asked_for(client, &stream) => {
+                            *from_route = true;
+                            return Ok(relayed_response(digest, stream, notes));
+                        }
+                        other => (fill.await, Some(other)),
+                    },
+                }
+            }
+            None => (self.fill(upstream, repo, digest).await, None),
+        };
         if let Some(url) = foreign_url {
             notes.foreign = Some(url);
         }
@@ -117,8 +152,100 @@ impl Blobs {
         } else {
             blob
         };
+        if self.cold_ranges == ColdRanges::Relay {
+            if let Some(span) = self.cold_range(client, digest, &blob) {
+                return Ok(self
+                    .relay(upstream, repo, digest, span, blob, early, notes, from_route)
+                    .await);
+            }
+        }
         note(blob.outcome(), notes);
         Ok(blob_response(client, digest, &blob, self.max_ranges, notes))
+    }
+
+    /// The one range `(start, end, size)` a GET asks of a download not verified yet: what
+    /// `cache.cold_ranges = "relay"` answers without waiting for the digest check.
+    fn cold_range(
+        &self,
+        client: &ClientRequest,
+        digest: &Digest,
+        blob: &Blob,
+    ) -> Option<(u64, u64, u64)> {
+        blob.unverified_received()?;
+        let size = blob.size()?;
+        if client.method != Method::GET || not_modified(&client.headers, digest) {
+            return None;
+        }
+        let range = client.headers.get(header::RANGE)?.to_str().ok()?;
+        match byte_ranges::parse(Some(range), size, self.max_ranges) {
+            RangeAnswer::Single(start, end) => Some((start, end, size)),
+            // Several ranges of a download are sent whole, as before (`blob_response`).
+            _ => None,
+        }
+    }
+
+    /// The `Range` to ask upstream for alongside the download's start: a single range starting
+    /// at least `FILL_AHEAD` in (or a suffix: the end of the blob), of a blob neither cached
+    /// nor being downloaded with a known size, under `relay`.
+    fn early_spec(&self, client: &ClientRequest, digest: &Digest) -> Option<String> {
+        if self.cold_ranges != ColdRanges::Relay
+            || client.method != Method::GET
+            || not_modified(&client.headers, digest)
+            || self.store.head(digest).is_some()
+        {
+            return None;
+        }
+        let range = client.headers.get(header::RANGE)?.to_str().ok()?;
+        far_range_spec(range)
+    }
+
+    /// A cold range: from an upstream Range request of its own when the download is far from
+    /// it (`early`: asked already, alongside the download), else (or when that request fails,
+    /// is refused or answers another range) from the download as its bytes arrive. Either way
+    /// unverified; the download goes on, and is verified and kept.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepositoryName,
+        digest: &Digest,
+        (start, end, size): (u64, u64, u64),
+        blob: Blob,
+        early: Option<Result<RangeStream, UpstreamError>>,
+        notes: &mut RequestNotes,
+        from_route: &mut bool,
+    ) -> Response<ResponseBody> {
+        let received = blob.unverified_received().unwrap_or(size);
+        // The download near the range already: an early answer is dropped unread.
+        let far = start >= received.saturating_add(FILL_AHEAD);
+        let relayed = match early {
+            Some(relayed) => Some(relayed),
+            None if far => {
+                let spec = format!("bytes={start}-{end}");
+                Some(upstream.get_blob_range(repo, digest, &spec).await)
+            }
+            None => None,
+        };
+        match relayed {
+            None => {}
+            Some(_) if !far => {}
+            Some(Ok(stream)) if (stream.start, stream.end, stream.size) == (start, end, size) => {
+                *from_route = true;
+                return relayed_response(digest, stream, notes);
+            }
+            Some(Ok(stream)) => {
+                tracing::info!(%digest, start, end, size, got_start = stream.start, got_end = stream.end, got_size = stream.size, "upstream answered a cold range with another; answered from the download");
+            }
+            Some(Err(e)) => {
+                tracing::info!(%digest, start, end, error = %e, "cold range not relayed; answered from the download");
+            }
+        }
+        note(blob.outcome(), notes);
+        let body = match blob.filling() {
+            Some(filling) => filling.unverified_range((start, end)),
+            None => blob.body(Some((start, end))),
+        };
+        range_response(digest, (start, end), size, body)
     }
 
     /// The blob from the cache, or its download under this route (and the foreign url it came
@@ -328,6 +455,57 @@ fn foreign_fallback(e: &UpstreamError) -> bool {
     !matches!(e.kind, UpstreamErrorKind::Internal)
 }
 
+/// Whether upstream's range is the one the client's `Range` asks for of a blob of its size.
+fn asked_for(client: &ClientRequest, stream: &RangeStream) -> bool {
+    let range = client
+        .headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok());
+    matches!(
+        byte_ranges::parse(range, stream.size, 1),
+        RangeAnswer::Single(a, b) if (a, b) == (stream.start, stream.end)
+    )
+}
+
+/// The 206 of a range relayed from upstream (or a parent), noted as such.
+fn relayed_response(
+    digest: &Digest,
+    stream: RangeStream,
+    notes: &mut RequestNotes,
+) -> Response<ResponseBody> {
+    let source = if stream.from_parent {
+        BlobSource::Parent
+    } else {
+        BlobSource::Upstream
+    };
+    note(BlobOrigin::Relayed(source), notes);
+    range_response(digest, (stream.start, stream.end), stream.size, stream.body)
+}
+
+/// A single range-spec worth asking upstream for before the blob's size is known, normalised:
+/// `bytes=a-b` or `bytes=a-` with `a` at least `FILL_AHEAD`, or a suffix `bytes=-n`.
+fn far_range_spec(range: &str) -> Option<String> {
+    let spec = range.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        return (n > 0).then(|| format!("bytes=-{n}"));
+    }
+    let a: u64 = a.parse().ok()?;
+    if a < FILL_AHEAD {
+        return None;
+    }
+    if b.is_empty() {
+        return Some(format!("bytes={a}-"));
+    }
+    let b: u64 = b.parse().ok()?;
+    (b >= a).then(|| format!("bytes={a}-{b}"))
+}
+
 /// A `Range` with a list (`bytes=a-b,c-d`); what it resolves to needs the blob's size.
 fn asks_for_several_ranges(client: &ClientRequest) -> bool {
     client
@@ -425,6 +603,27 @@ mod tests {
     }
 
     #[test]
+    fn far_ranges_are_asked_for_early() {
+        let far = FILL_AHEAD;
+        for (range, spec) in [
+            (
+                format!("bytes={far}-{}", far + 9),
+                Some(format!("bytes={far}-{}", far + 9)),
+            ),
+            (format!("bytes= {far}-"), Some(format!("bytes={far}-"))),
+            ("bytes=-65536".to_owned(), Some("bytes=-65536".to_owned())),
+            ("bytes=0-9".to_owned(), None),
+            ("bytes=-0".to_owned(), None),
+            (format!("bytes={far}-{}", far - 1), None),
+            (format!("bytes={far}-{},0-1", far + 9), None),
+            (format!("items={far}-"), None),
+            ("bytes=x-".to_owned(), None),
+        ] {
+            assert_eq!(far_range_spec(&range), spec, "{range}");
+        }
+    }
+
+    #[test]
     fn fill_errors_as_clients_see_them() {
         let not_found = UpstreamError::new(
             UpstreamErrorKind::NotFound(Missing::Blob),
@@ -467,6 +666,14 @@ mod tests {
             (O::Filled(S::Peer), "miss", "peer", "peer", true),
             (O::Filled(S::Parent), "miss", "parent", "parent", false),
             (O::Uncached, "miss", "upstream", "uncached", false),
+            (
+                O::Relayed(S::Upstream),
+                "miss",
+                "upstream",
+                "relayed",
+                false,
+            ),
+            (O::Relayed(S::Parent), "miss", "parent", "relayed", false),
         ] {
             let mut notes = RequestNotes::default();
             note(origin, &mut notes);

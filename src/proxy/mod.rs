@@ -311,6 +311,7 @@ impl Proxy {
                 Arc::new(crate::foreign::ForeignMemo::new(config.cache.foreign_memo)),
                 config.limits.max_ranges,
                 converter,
+                config.cache.cold_ranges,
             ),
             referrers: referrers::Referrers::new(
                 config.cache.referrers_memory,

@@ -182,6 +182,24 @@ pub(crate) fn blob_response(
     r
 }
 
+/// 206 with the bytes `start..=end` of a blob of `size` bytes in `body` (exactly that many).
+pub(crate) fn range_response(
+    digest: &Digest,
+    (start, end): (u64, u64),
+    size: u64,
+    body: ResponseBody,
+) -> Response<ResponseBody> {
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+    let h = r.headers_mut();
+    blob_headers(h, digest);
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}")) {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+    r
+}
+
 /// 206 `multipart/byteranges` with the exact `Content-Length`; a HEAD gets the same headers.
 fn multipart(
     mut r: Response<ResponseBody>,

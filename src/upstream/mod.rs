@@ -20,7 +20,7 @@ pub use egress::{classify, AddrClass, Egress, GuardedResolver};
 pub use error::{status_error, Missing, UpstreamError, UpstreamErrorKind};
 pub use foreign::ForeignBlob;
 pub use parent::{ParentInitError, Parents};
-pub use registry::{BlobHead, BlobStream, Listing, ManifestHead, ManifestRef};
+pub use registry::{BlobHead, BlobStream, Listing, ManifestHead, ManifestRef, RangeStream};
 
 use crate::config::{Secret, UpstreamConfig};
 use crate::metrics::Metrics;

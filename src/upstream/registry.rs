@@ -45,6 +45,15 @@ pub struct BlobStream {
     pub from_parent: bool,
 }
 
+/// A blob range's answer (`get_blob_range`): the inclusive range sent, of a blob of `size`.
+pub struct RangeStream {
+    pub start: u64,
+    pub end: u64,
+    pub size: u64,
+    pub from_parent: bool,
+    pub body: UpstreamBody,
+}
+
 /// A tags/list or referrers answer, passed on as it came: the status (2xx/3xx), the headers a
 /// client needs, and the body.
 pub struct Listing {
@@ -187,6 +196,63 @@ impl Upstream {
         })
     }
 
+    /// GET one range of a blob, `spec` as a `Range` value (`bytes=a-b`, `bytes=a-`, `bytes=-n`):
+    /// a cold Range relayed (`cache.cold_ranges`), through the same exchange as `get_blob`
+    /// (auth, redirects under the egress policy, parents). Only a `206` with a `Content-Range:
+    /// bytes a-b/size` and its exact `Content-Length` is an answer; anything else (a `200` that
+    /// ignored the Range, no length) is refused before a body byte is read. The caller checks
+    /// the range is the one its client asked for. The body is not checked against anything (it
+    /// cannot be): it is counted in `archway_cold_range_bytes_total` as it is read.
+    pub async fn get_blob_range(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        spec: &str,
+    ) -> Result<RangeStream, UpstreamError> {
+        let mut headers = HeaderMap::new();
+        let range = HeaderValue::from_str(spec)
+            .map_err(|_| UpstreamError::unavailable_of(&self.config().name, ": bad range"))?;
+        headers.insert(header::RANGE, range);
+        let resp = self
+            .send(Method::GET, repo, &format!("blobs/{digest}"), headers)
+            .await?;
+        self.fail_on_error(&resp, Missing::Blob)?;
+        let refuse = |why: String| {
+            Err(UpstreamError::unavailable_of(
+                &self.config().name,
+                format!(" answered the Range {spec} of {digest} {why}"),
+            ))
+        };
+        if resp.status() != StatusCode::PARTIAL_CONTENT {
+            return refuse(format!("with {}", resp.status()));
+        }
+        let content_range = resp
+            .headers()
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok());
+        let Some((start, end, size)) = content_range.and_then(parse_content_range) else {
+            return refuse(format!("with Content-Range {content_range:?}"));
+        };
+        if content_length(resp.headers()) != Some(end - start + 1) {
+            return refuse("without its exact Content-Length".to_owned());
+        }
+        let from_parent = resp
+            .extensions()
+            .get::<super::parent::FromParent>()
+            .is_some();
+        let counter = self
+            .metrics
+            .as_ref()
+            .map(|m| m.cold_range_counter(if from_parent { "parent" } else { "upstream" }));
+        Ok(RangeStream {
+            start,
+            end,
+            size,
+            from_parent,
+            body: super::counted::Counted::new(resp.into_body(), counter).boxed_unsync(),
+        })
+    }
+
     /// GET tags/list; `query` is the `?n=…&last=…` to pass on (or empty).
     pub async fn tags(&self, repo: &RepositoryName, query: &str) -> Result<Listing, UpstreamError> {
         self.listing(repo, &format!("tags/list{query}"), Missing::Repository)
@@ -281,9 +347,38 @@ fn manifest_accept() -> HeaderMap {
     h
 }
 
+/// `bytes a-b/size` with `a <= b < size`.
+fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
+    let (span, size) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (a, b) = span.split_once('-')?;
+    let (a, b, size) = (a.parse().ok()?, b.parse().ok()?, size.parse().ok()?);
+    (a <= b && b < size).then_some((a, b, size))
+}
+
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_content_range;
+
+    #[test]
+    fn content_ranges_that_are_relayed() {
+        assert_eq!(parse_content_range("bytes 0-9/10"), Some((0, 9, 10)));
+        assert_eq!(parse_content_range("bytes 5-5/6"), Some((5, 5, 6)));
+        for bad in [
+            "bytes 0-9/*",
+            "bytes 0-10/10",
+            "bytes 9-0/10",
+            "items 0-9/10",
+            "bytes */10",
+            "bytes 0-9",
+        ] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
+    }
 }

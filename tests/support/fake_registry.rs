@@ -237,6 +237,8 @@ struct State {
     seen: u64,
     /// Answer the referrers API 404 "404 page not found", as Distribution 2.x does.
     no_referrers_api: bool,
+    /// Answer a blob GET with a `Range` 200 and the whole blob, as a server that ignores it.
+    ignore_ranges: bool,
 }
 
 struct Settings {
@@ -789,6 +791,11 @@ impl FakeRegistry {
     /// Serve the referrers API (OCI 1.1, the default) or answer it 404 like Distribution 2.x.
     pub fn set_referrers_api(&self, on: bool) {
         self.shared.lock().no_referrers_api = !on;
+    }
+
+    /// Ignore `Range` on blob GETs (answer 200 with the whole blob), as RFC 9110 allows.
+    pub fn set_ignore_ranges(&self, on: bool) {
+        self.shared.lock().ignore_ranges = on;
     }
 
     /// Send `name: value` on every registry answer from now on (replacing an earlier value).
@@ -1516,13 +1523,11 @@ fn serve_blob(
             .insert(http::header::CONTENT_LENGTH, HeaderValue::from(0));
         return r;
     }
-    serve_bytes(
-        req.headers(),
-        "application/octet-stream",
-        &digest,
-        bytes,
-        head,
-    )
+    let mut headers = req.headers().clone();
+    if shared.lock().ignore_ranges {
+        headers.remove(http::header::RANGE);
+    }
+    serve_bytes(&headers, "application/octet-stream", &digest, bytes, head)
 }
 
 /// Full or single-range answer for a blob's bytes.

@@ -73,7 +73,9 @@ pub(crate) fn cached_body(
 }
 
 /// A blob being filled: bytes are released as they are written, except that the range's last
-/// byte (or, with no known end, the end of the stream) waits until the fill is verified.
+/// byte (or, with no known end, the end of the stream) waits until the fill is verified —
+/// unless `unverified` (a cold range relayed, `cache.cold_ranges`): a range then ends with its
+/// last byte received.
 pub(crate) fn filling_body(
     fill: Arc<Fill>,
     rx: watch::Receiver<FillState>,
@@ -81,6 +83,7 @@ pub(crate) fn filling_body(
     size: Option<u64>,
     range: Option<(u64, u64)>,
     reader: Arc<ReaderGuard>,
+    unverified: bool,
 ) -> ResponseBody {
     let (start, end) = match range {
         Some((start, end)) => (start, end.checked_add(1)),
@@ -91,6 +94,7 @@ pub(crate) fn filling_body(
             fill,
             rx,
             file,
+            unverified: unverified && range.is_some(),
             _reader: reader,
         },
         pos: start,
@@ -134,6 +138,8 @@ enum Source {
         fill: Arc<Fill>,
         rx: watch::Receiver<FillState>,
         file: Arc<File>,
+        /// A range released before the fill is verified (its bytes as they came).
+        unverified: bool,
         _reader: Arc<ReaderGuard>,
     },
 }
@@ -293,12 +299,23 @@ impl Reader {
                     limit: end,
                 })
             }
-            Source::Filling { fill, rx, file, .. } => loop {
+            Source::Filling {
+                fill,
+                rx,
+                file,
+                unverified,
+                ..
+            } => loop {
+                let unverified = *unverified;
+                // Such a range is whole with its last byte: it does not wait for the verdict.
+                if unverified && end.is_some_and(|end| pos >= end) {
+                    return Ok(Progress::End);
+                }
                 let state = rx
                     .wait_for(|s| {
                         s.is_verified()
                             || s.is_terminal()
-                            || releasable(s.received, false, end) > pos
+                            || releasable(s.received, unverified, end) > pos
                     })
                     .await
                     .map(|s| (*s).clone())
@@ -309,7 +326,7 @@ impl Reader {
                     Phase::HeadFailed(e) => return Err(io::Error::other(e.to_string())),
                     Phase::Fetching | Phase::Streaming => false,
                 };
-                let limit = releasable(state.received, done, end);
+                let limit = releasable(state.received, done || unverified, end);
                 if pos < limit {
                     if pos >= state.written {
                         if let Some(bytes) = fill.pending_at(pos, limit - pos) {

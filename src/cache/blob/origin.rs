@@ -37,6 +37,9 @@ pub enum BlobOrigin {
     Filled(BlobSource),
     /// The cache could not take it: passed through from upstream, not kept.
     Uncached,
+    /// A Range the download had not reached (`cache.cold_ranges = "relay"`): relayed from an
+    /// upstream (or parent) Range request of its own, unverified, while the download goes on.
+    Relayed(BlobSource),
 }
 
 impl BlobOrigin {
@@ -47,6 +50,7 @@ impl BlobOrigin {
             BlobOrigin::Joined(_) => "joined",
             BlobOrigin::Filled(source) => source.as_str(),
             BlobOrigin::Uncached => "uncached",
+            BlobOrigin::Relayed(_) => "relayed",
         }
     }
 
@@ -54,7 +58,9 @@ impl BlobOrigin {
     pub fn source(self) -> &'static str {
         match self {
             BlobOrigin::Hit => "cache",
-            BlobOrigin::Joined(source) | BlobOrigin::Filled(source) => source.as_str(),
+            BlobOrigin::Joined(source)
+            | BlobOrigin::Filled(source)
+            | BlobOrigin::Relayed(source) => source.as_str(),
             BlobOrigin::Uncached => BlobSource::Upstream.as_str(),
         }
     }
@@ -66,7 +72,7 @@ impl BlobOrigin {
         match self {
             BlobOrigin::Hit | BlobOrigin::Joined(_) => true,
             BlobOrigin::Filled(source) => matches!(source, BlobSource::Bucket | BlobSource::Peer),
-            BlobOrigin::Uncached => false,
+            BlobOrigin::Uncached | BlobOrigin::Relayed(_) => false,
         }
     }
 }

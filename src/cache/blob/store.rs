@@ -709,6 +709,21 @@ impl FillingBlob {
             self.size,
             range,
             self._reader.clone(),
+            false,
+        )
+    }
+
+    /// The range `start..=end` as the download receives it, its last byte not held back for the
+    /// digest check (`cache.cold_ranges = "relay"`): bytes as the source sent them, unverified.
+    pub fn unverified_range(&self, range: (u64, u64)) -> ResponseBody {
+        body::filling_body(
+            self.fill.clone(),
+            self.rx.clone(),
+            self.file.clone(),
+            self.size,
+            Some(range),
+            self._reader.clone(),
+            true,
         )
     }
 
@@ -797,6 +812,23 @@ impl Blob {
             Blob::Filling(blob) if blob.started => BlobOrigin::Filled(blob.source),
             Blob::Filling(blob) if blob.verified => BlobOrigin::Hit,
             Blob::Filling(blob) => BlobOrigin::Joined(blob.source),
+        }
+    }
+
+    /// A download not verified yet: the bytes it has received so far (`None`: every byte is
+    /// here and verified, or committed).
+    pub fn unverified_received(&self) -> Option<u64> {
+        match self {
+            Blob::Filling(blob) if !blob.verified => Some(blob.fill.progress().0),
+            _ => None,
+        }
+    }
+
+    /// The filling blob itself (`None` when committed).
+    pub fn filling(&self) -> Option<&FillingBlob> {
+        match self {
+            Blob::Filling(blob) => Some(blob),
+            _ => None,
         }
     }
 

@@ -1,0 +1,294 @@
+//! Cold ranges (`cache.cold_ranges`): a single Range of a blob whose download has not reached it
+//! is relayed from an upstream Range request of its own (`relay`, the default) instead of waiting
+//! for the download's verified bytes (`wait`); the blob is still downloaded whole, once, verified
+//! and kept. Upstream here sends every blob body slowly, so that the download is still running
+//! when the range is answered. In its own test binary: it reads the captured log lines.
+
+mod support;
+
+use archway::config::ColdRanges;
+use bytes::Bytes;
+use http::StatusCode;
+use std::time::{Duration, Instant};
+use support::{logs, FakeRegistry, Fault, Harness, Kind};
+
+/// 4 MiB, sent 64 KiB every 30 ms: about 2 s for the whole blob, 30 ms for one 64 KiB range.
+const SIZE: usize = 4 << 20;
+const SLOW: Fault = Fault::SlowBody {
+    chunk: 64 << 10,
+    every: Duration::from_millis(30),
+};
+
+/// archway (with `cold_ranges`) in front of a fake that sends blob bodies slowly, and one
+/// 4 MiB layer of it: `(harness, path, bytes)`.
+async fn slow_blob(cold_ranges: ColdRanges, seed: u64) -> (Harness, String, Bytes) {
+    // The first subscriber of this binary wins: every test installs the same one.
+    logs::capture_json();
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        c.cache.cold_ranges = cold_ranges;
+    })
+    .await;
+    let img = h
+        .fake
+        .sample_image_sized("lib/lazy", Some("v1"), seed, &[SIZE]);
+    h.fake.fault(Some(Kind::Blob), SLOW);
+    let path = format!("/v2/lib/lazy/blobs/{}", img.layers[0]);
+    (h, path, img.layer_bytes[0].clone())
+}
+
+fn in_flight(h: &Harness) -> u64 {
+    h.archway
+        .as_ref()
+        .unwrap()
+        .proxy()
+        .blob_store()
+        .stats()
+        .in_flight
+}
+
+/// Bytes the one download in flight has received: less than the blob while it runs.
+fn received(h: &Harness) -> Option<u64> {
+    let store = h.archway.as_ref().unwrap().proxy().blob_store().clone();
+    store.fills_in_progress(1).first().map(|f| f.received)
+}
+
+async fn committed(h: &Harness) {
+    let store = h.archway.as_ref().unwrap().proxy().blob_store().clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while in_flight(h) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.finish_commits(Duration::from_secs(10)).await;
+    assert_eq!(in_flight(h), 0, "the download finished");
+}
+
+/// The `Range` header of each blob GET upstream saw, in order (`None`: a whole GET).
+fn upstream_blob_gets(h: &Harness, digest_path: &str) -> Vec<Option<String>> {
+    h.fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.kind == Kind::Blob && r.path.ends_with(digest_path))
+        .map(|r| {
+            r.headers
+                .get("range")
+                .map(|v| v.to_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+fn cold_range_bytes(h: &Harness, source: &str) -> f64 {
+    let text = h.archway.as_ref().unwrap().proxy().metrics().encode();
+    support::metrics::Scrape::parse(text)
+        .get("archway_cold_range_bytes_total", &[("source", source)])
+        .unwrap_or(0.0)
+}
+
+/// The `(cache, source, origin)` of the access lines of `path` with this `range`.
+async fn access_lines(logs: &logs::Logs, path: &str, n: usize) -> Vec<(String, String, String)> {
+    let lines = || -> Vec<(String, String, String)> {
+        logs.json_lines()
+            .into_iter()
+            .filter(|l| l["target"] == "archway::access" && l["fields"]["path"] == path)
+            .map(|l| {
+                let f = &l["fields"];
+                let s = |k: &str| f[k].as_str().unwrap_or("").to_owned();
+                (s("cache"), s("source"), s("origin"))
+            })
+            .collect()
+    };
+    for _ in 0..250 {
+        if lines().len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lines()
+}
+
+/// A 64 KiB range at the end of a never-seen blob is relayed from upstream while the download
+/// (started by that very request) goes on; upstream sees one whole GET and the range GET; the
+/// download is verified and kept, and a later range is a hit that asks upstream nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_range_past_the_download_is_relayed_from_upstream() {
+    let logs = logs::capture_json();
+    let (h, path, blob) = slow_blob(ColdRanges::Relay, 31).await;
+    let (a, b) = (SIZE - (64 << 10), SIZE - 1);
+    let range = format!("bytes={a}-{b}");
+    let r = h.get_with(&path, &[("range", &range)]).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{}", r.text());
+    assert!(r.complete());
+    assert_eq!(r.body, blob.slice(a..=b));
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes {a}-{b}/{SIZE}").as_str())
+    );
+    assert_eq!(
+        r.header("content-length"),
+        Some((b - a + 1).to_string().as_str())
+    );
+    let got = received(&h).expect("the download still runs");
+    assert!(
+        got < SIZE as u64,
+        "answered before the download had it all: {got}"
+    );
+
+    committed(&h).await;
+    let digest = path.rsplit('/').next().unwrap();
+    // Asked together (the range alongside the download's start): in either order.
+    let mut gets = upstream_blob_gets(&h, digest);
+    gets.sort();
+    assert_eq!(
+        gets,
+        [None, Some(range.clone())],
+        "one whole GET, one Range GET"
+    );
+    assert_eq!(cold_range_bytes(&h, "upstream"), (b - a + 1) as f64);
+
+    // Kept and verified: the same range and another are answered from the cache.
+    let r = h.get_with(&path, &[("range", &range)]).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.body, blob.slice(a..=b));
+    let r = h.get_with(&path, &[("range", "bytes=1000-1999")]).await;
+    assert_eq!(r.body, blob.slice(1000..2000));
+    assert_eq!(
+        upstream_blob_gets(&h, digest).len(),
+        2,
+        "nothing more asked"
+    );
+    let whole = h.get(&path).await;
+    assert_eq!(whole.body, blob);
+
+    let lines = access_lines(&logs, &path, 4).await;
+    let word = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+    assert_eq!(
+        lines,
+        [
+            word("miss", "upstream", "relayed"),
+            word("hit", "cache", "hit"),
+            word("hit", "cache", "hit"),
+            word("hit", "cache", "hit"),
+        ]
+    );
+}
+
+/// With `cache.cold_ranges = "wait"` the same range waits for the download's verified bytes,
+/// as before: no Range request upstream, nothing counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_a_cold_range_waits_for_the_download() {
+    let (h, path, blob) = slow_blob(ColdRanges::Wait, 32).await;
+    let (a, b) = (SIZE - (64 << 10), SIZE - 1);
+    let started = Instant::now();
+    let r = h
+        .get_with(&path, &[("range", &format!("bytes={a}-{b}"))])
+        .await;
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.body, blob.slice(a..=b));
+    // 64 chunks 30 ms apart: the range's last byte came with the digest check at the end.
+    assert!(took >= Duration::from_millis(63 * 30), "{took:?}");
+    committed(&h).await;
+    let digest = path.rsplit('/').next().unwrap();
+    assert_eq!(upstream_blob_gets(&h, digest), [None]);
+    assert_eq!(cold_range_bytes(&h, "upstream"), 0.0);
+}
+
+/// A range the download has reached (or nearly) is answered from it as the bytes arrive, not
+/// held for the digest check and not asked of upstream again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_the_download_reaches_is_answered_from_it() {
+    let (h, path, blob) = slow_blob(ColdRanges::Relay, 33).await;
+    let r = h.get_with(&path, &[("range", "bytes=100-4195")]).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert!(r.complete());
+    assert_eq!(r.body, blob.slice(100..4196));
+    let got = received(&h).expect("the download still runs");
+    assert!(
+        got < SIZE as u64,
+        "answered before the download had it all: {got}"
+    );
+    committed(&h).await;
+    let digest = path.rsplit('/').next().unwrap();
+    assert_eq!(upstream_blob_gets(&h, digest), [None], "no Range upstream");
+    assert_eq!(cold_range_bytes(&h, "upstream"), 0.0);
+}
+
+/// An upstream that ignores `Range` (a 200 with the whole blob) is not relayed as a 206: the
+/// range is answered from the download when it gets there; the refused answer's body is not
+/// read, and the blob is still kept once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_ignoring_the_range_is_not_relayed() {
+    let (h, path, blob) = slow_blob(ColdRanges::Relay, 34).await;
+    h.fake.set_ignore_ranges(true);
+    let (a, b) = (SIZE / 2, SIZE / 2 + 9999);
+    let r = h
+        .get_with(&path, &[("range", &format!("bytes={a}-{b}"))])
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert!(r.complete());
+    assert_eq!(r.body, blob.slice(a..=b));
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes {a}-{b}/{SIZE}").as_str())
+    );
+    committed(&h).await;
+    let digest = path.rsplit('/').next().unwrap();
+    assert_eq!(
+        upstream_blob_gets(&h, digest).len(),
+        2,
+        "the refused one too"
+    );
+    assert_eq!(cold_range_bytes(&h, "upstream"), 0.0, "nothing relayed");
+    let whole = h.get(&path).await;
+    assert_eq!(whole.body, blob, "kept whole and right");
+    assert_eq!(upstream_blob_gets(&h, digest).len(), 2);
+}
+
+/// A range relay that upstream fails (a 503 for the Range GET while the download runs) falls
+/// back to the download: the range is answered when the download reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_relay_falls_back_to_the_download() {
+    let (h, path, blob) = slow_blob(ColdRanges::Relay, 35).await;
+    // The download, started by a whole GET that follows it to the end.
+    let whole = {
+        let url = h.url(&path);
+        let client = h.client.clone();
+        tokio::spawn(async move { client.get(&url).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.fake.count("GET", Kind::Blob) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    h.fake.fault_times(Some(Kind::Blob), Fault::status(503), 1);
+    let (a, b) = (SIZE - 5000, SIZE - 1);
+    let r = h
+        .get_with(&path, &[("range", &format!("bytes={a}-{b}"))])
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{}", r.text());
+    assert!(r.complete());
+    assert_eq!(r.body, blob.slice(a..=b));
+    let whole = whole.await.unwrap();
+    assert!(whole.complete());
+    assert_eq!(whole.body, blob);
+    committed(&h).await;
+    let digest = path.rsplit('/').next().unwrap();
+    assert_eq!(
+        upstream_blob_gets(&h, digest),
+        [None, Some(format!("bytes={a}-{b}"))]
+    );
+    assert_eq!(cold_range_bytes(&h, "upstream"), 0.0);
+}
+
+/// Several ranges of a download in flight are answered as before (the whole blob, 200): no
+/// Range request upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_cold_ranges_are_not_relayed() {
+    let (h, path, blob) = slow_blob(ColdRanges::Relay, 36).await;
+    let r = h
+        .get_with(&path, &[("range", "bytes=0-9,4000000-4000009")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, blob);
+    committed(&h).await;
+    let digest = path.rsplit('/').next().unwrap();
+    assert_eq!(upstream_blob_gets(&h, digest), [None]);
+}
