@@ -30,9 +30,10 @@ pub enum LogFormat {
 pub enum ColdRanges {
     /// From an upstream Range request (and bytes the download has, before it is verified):
     /// unverified, as a lazy puller checks its chunks itself.
-    #[default]
     Relay,
-    /// From the download, once every byte matched the digest.
+    /// From the download, once every byte matched the digest. The default: a relayed range
+    /// passes on whatever upstream sends (the fault soak caught wrong bytes going through).
+    #[default]
     Wait,
 }
 
@@ -266,7 +267,7 @@ impl Default for CacheConfig {
             scrub_rate: keys::CACHE_SCRUB_RATE,
             verify_reads: false,
             verify_reads_ttl: keys::CACHE_VERIFY_READS_TTL,
-            cold_ranges: ColdRanges::Relay,
+            cold_ranges: ColdRanges::Wait,
             refresh_ahead: true,
             refresh_ahead_concurrency: keys::CACHE_REFRESH_AHEAD_CONCURRENCY,
             refresh_ahead_window: None,

@@ -723,7 +723,7 @@ fn verify_reads_ttl() {
 
 #[test]
 fn cold_ranges() {
-    assert_eq!(Config::default().cache.cold_ranges, ColdRanges::Relay);
+    assert_eq!(Config::default().cache.cold_ranges, ColdRanges::Wait);
     let c = Config::from_toml("[cache]\ncold_ranges = \"wait\"").unwrap();
     assert_eq!(c.cache.cold_ranges, ColdRanges::Wait);
     let c = Config::from_toml("[cache]\ncold_ranges = \"relay\"").unwrap();
