@@ -41,6 +41,7 @@ pub mod platform;
 pub mod proxy;
 pub mod reference;
 pub mod route_policy;
+pub mod sendfile;
 pub mod server;
 pub mod stall;
 pub mod status;

@@ -6,6 +6,7 @@ use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::connection::{self, ConnectionLimits, Ended, TrackedIo, Tracker};
 use crate::proxy::{ConnInfo, Proxy, ProxyInitError};
+use crate::sendfile::{self, Lane, LaneIo};
 use crate::stall::{GuardedBody, InFlight, ResponseProgress, StreamExec};
 use crate::tls::{ServerTls, TlsError};
 use hyper::service::service_fn;
@@ -246,11 +247,25 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, serving: Serving)
         metrics.clone(),
     ));
     builder.http2().max_concurrent_streams(serving.max_streams);
+    // hyper's queued writes keep each body chunk as handed over, which a `sendfile` placeholder
+    // needs (and avoids a copy of every chunk besides).
+    builder.http1().writev(true);
+    // Plain HTTP/1.1 answers may send cached blobs' files (`sendfile`); TLS must encrypt every
+    // byte here, and h2 frames them.
+    let lane =
+        (serving.tls.is_none() && sendfile::SUPPORTED && serving.proxy.config().cache.sendfile)
+            .then(Lane::new);
     let proxy = serving.proxy.clone();
     let requests = tracker.clone();
     let in_flight = serving.requests.clone();
     let wait_for_slot = serving.limits.stall_timeout;
-    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+    let request_lane = lane.clone();
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        if req.version() < http::Version::HTTP_2 {
+            if let Some(lane) = &request_lane {
+                req.extensions_mut().insert(lane.clone());
+            }
+        }
         let proxy = proxy.clone();
         let guard = requests.request_started(req.version());
         let tracker = requests.clone();
@@ -271,9 +286,15 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, serving: Serving)
             Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, guard, progress, slot)))
         }
     });
-    let io = TrackedIo::new(stream, tracker.clone());
     let (ended, error) = match serving.tls {
         None => {
+            let progress = tracker.clone();
+            let sent = metrics.clone();
+            let io = LaneIo::new(stream, lane.unwrap_or_default(), move |n| {
+                progress.progressed(progress.stamp());
+                sent.sendfile_sent(n);
+            });
+            let io = TrackedIo::new(io, tracker.clone());
             let conn = builder.serve_connection(TokioIo::new(io), service);
             connection::supervise(
                 conn,
@@ -285,6 +306,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, serving: Serving)
             .await
         }
         Some(acceptor) => {
+            let io = TrackedIo::new(stream, tracker.clone());
             let stream =
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
                     Ok(Ok(s)) => s,

@@ -102,6 +102,9 @@ impl Config {
             if let Some(v) = c.cold_ranges {
                 k.cold_ranges = ColdRanges::parse("cache.cold_ranges", &v)?;
             }
+            if let Some(v) = c.sendfile {
+                k.sendfile = v;
+            }
             if let Some(v) = c.refresh_ahead {
                 k.refresh_ahead = v;
             }
@@ -498,6 +501,7 @@ struct RawCache {
     verify_reads: Option<bool>,
     verify_reads_ttl: Option<String>,
     cold_ranges: Option<String>,
+    sendfile: Option<bool>,
     refresh_ahead: Option<bool>,
     refresh_ahead_concurrency: Option<u32>,
     refresh_ahead_window: Option<String>,

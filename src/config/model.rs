@@ -228,6 +228,8 @@ pub struct CacheConfig {
     pub verify_reads_ttl: Duration,
     /// A single Range of a blob still downloading, past the bytes the download has.
     pub cold_ranges: ColdRanges,
+    /// Cached blob bodies on plain HTTP/1.1 go from the file to the socket by `sendfile`.
+    pub sendfile: bool,
     /// Revalidate tags asked for within their TTL in the background before they expire.
     pub refresh_ahead: bool,
     /// Background revalidations at a time (at least 1).
@@ -268,6 +270,7 @@ impl Default for CacheConfig {
             verify_reads: false,
             verify_reads_ttl: keys::CACHE_VERIFY_READS_TTL,
             cold_ranges: ColdRanges::Wait,
+            sendfile: true,
             refresh_ahead: true,
             refresh_ahead_concurrency: keys::CACHE_REFRESH_AHEAD_CONCURRENCY,
             refresh_ahead_window: None,

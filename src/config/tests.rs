@@ -731,6 +731,13 @@ fn cold_ranges() {
 }
 
 #[test]
+fn sendfile_key() {
+    assert!(Config::default().cache.sendfile, "on by default");
+    let c = Config::from_toml("[cache]\nsendfile = false").unwrap();
+    assert!(!c.cache.sendfile);
+}
+
+#[test]
 fn refresh_ahead_keys() {
     let d = Config::default().cache;
     assert!(d.refresh_ahead, "on by default");

@@ -329,6 +329,7 @@ pub struct Metrics {
     access_confirmations: Family<ResultLabels, Counter>,
     blob_fills: Family<SourceLabels, Counter>,
     cold_range_bytes: Family<SourceLabels, Counter>,
+    sendfile_bytes: Counter,
     fleet_fills: Family<OutcomeLabels, Counter>,
     fleet_fetches: Family<WhatOutcomeLabels, Counter>,
     lease_takeovers: Counter,
@@ -604,6 +605,14 @@ impl Metrics {
             "Bytes of Range answers relayed from an extra Range request (cache.cold_ranges = \"relay\"), beyond the blob's one whole download, by where they came from: upstream or parent",
             cold_range_bytes.clone(),
         );
+        let sendfile_bytes = Counter::default();
+        register(
+            &mut registry,
+            &mut described,
+            "archway_sendfile_bytes",
+            "Bytes of cached blob bodies the kernel sent from the blob file (sendfile, plain HTTP/1.1, cache.sendfile), never copied through archway",
+            sendfile_bytes.clone(),
+        );
         let fleet_fills = Family::<OutcomeLabels, Counter>::default();
         if features.fleet {
             register(
@@ -815,6 +824,7 @@ impl Metrics {
             access_confirmations,
             blob_fills,
             cold_range_bytes,
+            sendfile_bytes,
             fleet_fills,
             fleet_fetches,
             lease_takeovers,
@@ -1016,6 +1026,11 @@ impl Metrics {
         self.blob_fills
             .get_or_create(&SourceLabels { source })
             .inc();
+    }
+
+    /// Bytes of a cached blob body the kernel sent (`crate::sendfile`).
+    pub fn sendfile_sent(&self, bytes: usize) {
+        self.sendfile_bytes.inc_by(bytes as u64);
     }
 
     /// The counter of bytes relayed for cold ranges from `source` (`upstream`, `parent`), to

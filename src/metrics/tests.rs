@@ -149,6 +149,7 @@ fn families_at_start_are_those_configured_with_known_series_at_zero() {
             "archway_access_confirmations",
             "archway_blob_fills",
             "archway_cold_range_bytes",
+            "archway_sendfile_bytes",
             "archway_foreign_layer_fetches",
             "archway_layer_conversions",
             "archway_layer_conversion_bytes",

@@ -35,6 +35,9 @@ pub(crate) struct ClientRequest {
     pub(crate) explain: bool,
     /// With `[auth]`: the user's or the token's name, for an upstream's `clients`.
     pub(crate) user: Option<std::sync::Arc<str>>,
+    /// The connection sends files (`crate::sendfile`): an answer that is a committed blob's
+    /// bytes as they are may go by `sendfile`.
+    pub(crate) lane: Option<crate::sendfile::Lane>,
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host header, and no request two. (h2

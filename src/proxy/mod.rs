@@ -672,6 +672,7 @@ impl Proxy {
             query: parts.uri.query().map(str::to_owned),
             explain: parts.extensions.get::<ExplainRequest>().is_some(),
             user,
+            lane: parts.extensions.get::<crate::sendfile::Lane>().cloned(),
         };
         let mut notes = RequestNotes::default();
         let peer = self.config.fleet.as_ref().and_then(|f| {

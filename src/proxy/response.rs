@@ -177,7 +177,7 @@ pub(crate) fn blob_response(
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if !head {
-        *r.body_mut() = blob.body(span);
+        *r.body_mut() = blob.body_sent_by(span, client.lane.clone());
     }
     r
 }

@@ -8,6 +8,7 @@ use super::fill_state::{Fill, FillState, Phase, ReaderGuard};
 use super::scrub::Damage;
 use crate::body::ResponseBody;
 use crate::digest::{Digest, Verifier};
+use crate::sendfile::Lane;
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
@@ -46,6 +47,7 @@ pub(crate) fn cached_body(
     range: Option<(u64, u64)>,
     pin: Arc<PinGuard>,
     verify: Option<Arc<ReadVerify>>,
+    lane: Option<Lane>,
 ) -> ResponseBody {
     let (start, end) = match range {
         Some((start, end)) => (start, end.checked_add(1)),
@@ -62,8 +64,17 @@ pub(crate) fn cached_body(
                 size,
             })
         });
+    // Bytes that are hashed on the way cannot skip user space.
+    let lane = lane
+        .filter(|_| check.is_none())
+        .map(|lane| Box::new(KernelSend { lane, file: None }));
     let reader = Reader {
-        source: Source::Cached { path, pin, check },
+        source: Source::Cached {
+            path,
+            pin,
+            check,
+            lane,
+        },
         pos: start,
         end,
         finished: false,
@@ -133,6 +144,8 @@ enum Source {
         path: PathBuf,
         pin: Arc<PinGuard>,
         check: Option<Box<ReadCheck>>,
+        /// Sent by the kernel (`sendfile`): the body hands out placeholders.
+        lane: Option<Box<KernelSend>>,
     },
     Filling {
         fill: Arc<Fill>,
@@ -142,6 +155,14 @@ enum Source {
         unverified: bool,
         _reader: Arc<ReaderGuard>,
     },
+}
+
+/// A committed blob's body on a connection that sends files (`crate::sendfile`). The file is
+/// opened once and held for the body's life: a plain HTTP/1.1 connection has one response at a
+/// time, and a request in flight is budgeted a file (`fd_limit`).
+struct KernelSend {
+    lane: Lane,
+    file: Option<Arc<File>>,
 }
 
 /// `cache.verify_reads` on one committed blob's body.
@@ -198,6 +219,9 @@ impl Reader {
             }
             Progress::Fail(e) => Err(e),
             Progress::Ready(bytes) => Ok(bytes),
+            Progress::Read { file, limit } if self.sends_files() => {
+                self.placeholder(file, limit).await
+            }
             Progress::Read { file, limit } => {
                 let len = (limit - self.pos).min(self.chunk);
                 // Asked again: the client took the last chunk.
@@ -213,6 +237,36 @@ impl Reader {
             Err(_) => self.finished = true,
         }
         Some(result)
+    }
+
+    fn sends_files(&self) -> bool {
+        matches!(&self.source, Source::Cached { lane: Some(_), .. })
+    }
+
+    /// The next chunk as a placeholder the connection sends from the file (opened on the
+    /// first chunk). Chunks are as large as a placeholder may be: they cost no memory.
+    async fn placeholder(&mut self, file: FileRef, limit: u64) -> io::Result<Bytes> {
+        let Source::Cached {
+            lane: Some(send), ..
+        } = &mut self.source
+        else {
+            return Err(io::Error::other("not a body that sends files"));
+        };
+        let open = match (&send.file, file) {
+            (Some(open), _) => open.clone(),
+            (None, FileRef::Open(open)) => open,
+            (None, FileRef::Path(path)) => {
+                let opened = tokio::task::spawn_blocking(move || File::open(path))
+                    .await
+                    .map_err(io::Error::other)??;
+                Arc::new(opened)
+            }
+        };
+        send.file = Some(open.clone());
+        let len = usize::try_from(limit - self.pos)
+            .unwrap_or(usize::MAX)
+            .min(crate::sendfile::MAX_SEGMENT);
+        Ok(send.lane.placeholder(open, self.pos, len))
     }
 
     /// With `verify_reads`, a committed blob's bytes pass here before they are released: the

@@ -18,6 +18,7 @@ use super::write_buffer::{WriteBuffer, DEFAULT_WRITE_BUFFER};
 use crate::body::ResponseBody;
 use crate::cache::bucket::Bucket;
 use crate::digest::Digest;
+use crate::sendfile::Lane;
 use bytes::Bytes;
 use std::fmt;
 use std::fs::File;
@@ -641,12 +642,19 @@ impl CachedBlob {
     }
 
     pub fn body(&self, range: Option<(u64, u64)>) -> ResponseBody {
+        self.body_sent_by(range, None)
+    }
+
+    /// [`CachedBlob::body`], sent by the kernel on `lane` (the connection it is the answer on):
+    /// only for a body that goes to the client as it is.
+    pub fn body_sent_by(&self, range: Option<(u64, u64)>, lane: Option<Lane>) -> ResponseBody {
         body::cached_body(
             self.path.clone(),
             self.size,
             range,
             self.pin.clone(),
             self.verify.clone(),
+            lane,
         )
     }
 
@@ -664,6 +672,7 @@ impl CachedBlob {
             } else {
                 None
             },
+            None,
         )
     }
 }
@@ -849,8 +858,14 @@ impl Blob {
     /// has validated the range against `size()`. For `Filling` it yields bytes as they arrive;
     /// a failed fill ends the body with an `Err`, never a short or wrong success.
     pub fn body(&self, range: Option<(u64, u64)>) -> ResponseBody {
+        self.body_sent_by(range, None)
+    }
+
+    /// [`Blob::body`] as the whole answer on a connection that may send files (`lane`): a
+    /// committed blob's bytes then go by `sendfile`.
+    pub fn body_sent_by(&self, range: Option<(u64, u64)>, lane: Option<Lane>) -> ResponseBody {
         match self {
-            Blob::Cached(blob) => blob.body(range),
+            Blob::Cached(blob) => blob.body_sent_by(range, lane),
             Blob::Memory(bytes) => memory_body(bytes, range),
             Blob::Filling(blob) => blob.body(range),
         }
