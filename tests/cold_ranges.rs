@@ -1,8 +1,9 @@
-//! Cold ranges (`cache.cold_ranges`): a single Range of a blob whose download has not reached it
-//! is relayed from an upstream Range request of its own (`relay`, the default) instead of waiting
-//! for the download's verified bytes (`wait`); the blob is still downloaded whole, once, verified
-//! and kept. Upstream here sends every blob body slowly, so that the download is still running
-//! when the range is answered. In its own test binary: it reads the captured log lines.
+//! Cold ranges (`cache.cold_ranges`): a Range of a blob whose download has not reached it is
+//! relayed from an upstream Range request of its own (`relay`, set explicitly: the default is
+//! `wait`) instead of waiting for the download's verified bytes (`wait`); several ranges are
+//! answered multipart, a request per far part; the blob is still downloaded whole, once,
+//! verified and kept. Upstream here sends every blob body slowly, so that the download is still
+//! running when the range is answered. In its own test binary: it reads the captured log lines.
 
 mod support;
 
@@ -22,12 +23,17 @@ const SLOW: Fault = Fault::SlowBody {
 /// archway (with `cold_ranges`) in front of a fake that sends blob bodies slowly, and one
 /// 4 MiB layer of it: `(harness, path, bytes)`.
 async fn slow_blob(cold_ranges: ColdRanges, seed: u64) -> (Harness, String, Bytes) {
+    slow_blob_with(seed, |c| c.cache.cold_ranges = cold_ranges).await
+}
+
+/// `slow_blob` with archway's configuration tweaked.
+async fn slow_blob_with(
+    seed: u64,
+    tweak: impl FnOnce(&mut archway::config::Config),
+) -> (Harness, String, Bytes) {
     // The first subscriber of this binary wins: every test installs the same one.
     logs::capture_json();
-    let h = Harness::with(FakeRegistry::start().await, |c| {
-        c.cache.cold_ranges = cold_ranges;
-    })
-    .await;
+    let h = Harness::with(FakeRegistry::start().await, tweak).await;
     let img = h
         .fake
         .sample_image_sized("lib/lazy", Some("v1"), seed, &[SIZE]);
@@ -278,11 +284,217 @@ async fn a_failed_relay_falls_back_to_the_download() {
     assert_eq!(cold_range_bytes(&h, "upstream"), 0.0);
 }
 
-/// Several ranges of a download in flight are answered as before (the whole blob, 200): no
-/// Range request upstream.
+/// One part of a `multipart/byteranges` body: its `Content-Range` `(a, b, total)` and bytes.
+type Part = ((u64, u64, u64), Bytes);
+
+/// Parses a multipart/byteranges answer strictly (the framing archway sends for a cached blob:
+/// boundary `archway-<digest hex, 60 digits>`, each part `Content-Type` then `Content-Range`), checking
+/// the exact `Content-Length`.
+fn parts(r: &support::Reply, digest: &str) -> Vec<Part> {
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{}", r.text());
+    assert!(r.complete(), "{:?}", r.body_error);
+    assert!(r.header("content-range").is_none(), "only in the parts");
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    // The start of the digest's hex (a boundary is at most 70 characters).
+    let boundary = format!("archway-{}", &hex[..60]);
+    assert_eq!(
+        r.header("content-type"),
+        Some(format!("multipart/byteranges; boundary={boundary}").as_str())
+    );
+    assert_eq!(
+        r.header("content-length")
+            .map(|v| v.parse::<usize>().unwrap()),
+        Some(r.body.len()),
+        "Content-Length is exact"
+    );
+    let body = &r.body;
+    let mut pos = 0;
+    let mut out = Vec::new();
+    loop {
+        let lead = if out.is_empty() { "" } else { "\r\n" };
+        let close = format!("{lead}--{boundary}--\r\n");
+        if body[pos..] == *close.as_bytes() {
+            return out;
+        }
+        let head_start = format!(
+            "{lead}--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes "
+        );
+        assert!(
+            body[pos..].starts_with(head_start.as_bytes()),
+            "a part's head at {pos}: {:?}",
+            String::from_utf8_lossy(&body[pos..(pos + 200).min(body.len())])
+        );
+        pos += head_start.len();
+        let end = pos
+            + body[pos..]
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap();
+        let value = std::str::from_utf8(&body[pos..end]).unwrap();
+        let (span, total) = value.split_once('/').unwrap();
+        let (a, b) = span.split_once('-').unwrap();
+        let (a, b, total): (u64, u64, u64) = (
+            a.parse().unwrap(),
+            b.parse().unwrap(),
+            total.parse().unwrap(),
+        );
+        pos = end + 4;
+        let len = (b - a + 1) as usize;
+        out.push(((a, b, total), body.slice(pos..pos + len)));
+        pos += len;
+    }
+}
+
+/// Checks each part's range, total and bytes against the blob.
+fn check_parts(r: &support::Reply, digest: &str, blob: &Bytes, want: &[(usize, usize)]) {
+    let got = parts(r, digest);
+    let ranges: Vec<(u64, u64, u64)> = got.iter().map(|p| p.0).collect();
+    let wanted: Vec<(u64, u64, u64)> = want
+        .iter()
+        .map(|&(a, b)| (a as u64, b as u64, blob.len() as u64))
+        .collect();
+    assert_eq!(ranges, wanted, "the parts, in the order asked for");
+    for ((a, b, _), bytes) in &got {
+        assert!(
+            *bytes == blob.slice(*a as usize..=*b as usize),
+            "part {a}-{b} byte for byte"
+        );
+    }
+}
+
+/// The `ranges` field of the access lines of `path` (waiting for `n` of them).
+async fn access_ranges(logs: &logs::Logs, path: &str, n: usize) -> Vec<Option<u64>> {
+    let lines = || -> Vec<Option<u64>> {
+        logs.json_lines()
+            .into_iter()
+            .filter(|l| l["target"] == "archway::access" && l["fields"]["path"] == path)
+            .map(|l| l["fields"]["ranges"].as_u64())
+            .collect()
+    };
+    for _ in 0..250 {
+        if lines().len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lines()
+}
+
+/// `bytes=a-b,c-d,…` for inclusive ranges.
+fn range_header(ranges: &[(usize, usize)]) -> String {
+    let specs: Vec<String> = ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+    format!("bytes={}", specs.join(","))
+}
+
+/// Starts the download with a whole GET that follows it to the end; returns once upstream has
+/// been asked for it (and has begun its slow answer).
+async fn start_download(h: &Harness, path: &str) -> tokio::task::JoinHandle<support::Reply> {
+    let whole = {
+        let url = h.url(path);
+        let client = h.client.clone();
+        tokio::spawn(async move { client.get(&url).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received(h).is_none_or(|n| n == 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(received(h).is_some(), "the download runs");
+    whole
+}
+
+/// Several ranges of a never-seen blob (what podman's zstd:chunked partial pull sends) are
+/// answered `206 multipart/byteranges` while the download runs, as for a cached blob: the part
+/// the download has from it, each far part from an upstream Range request of its own. Upstream
+/// sees one whole GET and one Range GET per far part; the blob is kept, and the same request
+/// again is a hit that asks upstream nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn several_cold_ranges_are_not_relayed() {
+async fn several_cold_ranges_are_relayed_as_multipart() {
+    let logs = logs::capture_json();
     let (h, path, blob) = slow_blob(ColdRanges::Relay, 36).await;
+    let digest = path.rsplit('/').next().unwrap().to_owned();
+    let want = [
+        (0, 9),
+        (2_000_000, 2_009_999),
+        (SIZE - (64 << 10), SIZE - 1),
+    ];
+    let range = range_header(&want);
+    let r = h.get_with(&path, &[("range", &range)]).await;
+    check_parts(&r, &digest, &blob, &want);
+    let got = received(&h).expect("the download still runs");
+    assert!(
+        got < SIZE as u64,
+        "answered before the download had it all: {got}"
+    );
+
+    committed(&h).await;
+    let mut gets = upstream_blob_gets(&h, &digest);
+    gets.sort();
+    assert_eq!(
+        gets,
+        [
+            None,
+            Some("bytes=2000000-2009999".to_owned()),
+            Some(format!("bytes={}-{}", SIZE - (64 << 10), SIZE - 1)),
+        ],
+        "one whole GET, one Range GET per far part"
+    );
+    assert_eq!(
+        cold_range_bytes(&h, "upstream"),
+        (10_000 + (64 << 10)) as f64
+    );
+
+    // Kept and verified: the same ranges from the cache, nothing more asked.
+    let r = h.get_with(&path, &[("range", &range)]).await;
+    check_parts(&r, &digest, &blob, &want);
+    assert_eq!(upstream_blob_gets(&h, &digest).len(), 3);
+    assert_eq!(h.get(&path).await.body, blob);
+
+    let lines = access_lines(&logs, &path, 3).await;
+    let word = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+    assert_eq!(
+        lines,
+        [
+            word("miss", "upstream", "relayed"),
+            word("hit", "cache", "hit"),
+            word("hit", "cache", "hit"),
+        ]
+    );
+    assert_eq!(
+        access_ranges(&logs, &path, 3).await,
+        [Some(3), Some(3), None]
+    );
+}
+
+/// Several ranges the download has reached (or nearly) are answered multipart from it as its
+/// bytes arrive: no Range request upstream, nothing counted, origin as for the download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_ranges_the_download_reaches_are_answered_from_it() {
+    let logs = logs::capture_json();
+    let (h, path, blob) = slow_blob(ColdRanges::Relay, 37).await;
+    let digest = path.rsplit('/').next().unwrap().to_owned();
+    let want = [(100, 4195), (0, 9), (10_000, 20_000)];
+    let r = h.get_with(&path, &[("range", &range_header(&want))]).await;
+    check_parts(&r, &digest, &blob, &want);
+    assert!(received(&h).expect("the download still runs") < SIZE as u64);
+    committed(&h).await;
+    assert_eq!(upstream_blob_gets(&h, &digest), [None], "no Range upstream");
+    assert_eq!(cold_range_bytes(&h, "upstream"), 0.0);
+    let lines = access_lines(&logs, &path, 1).await;
+    assert_eq!(
+        lines,
+        [(
+            "miss".to_owned(),
+            "upstream".to_owned(),
+            "upstream".to_owned()
+        )]
+    );
+}
+
+/// With `cache.cold_ranges = "wait"` several ranges of a cold blob are answered as before: the
+/// whole blob (200) from the download, no Range request upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_several_cold_ranges_get_the_whole_blob() {
+    let (h, path, blob) = slow_blob(ColdRanges::Wait, 38).await;
     let r = h
         .get_with(&path, &[("range", "bytes=0-9,4000000-4000009")])
         .await;
@@ -291,4 +503,97 @@ async fn several_cold_ranges_are_not_relayed() {
     committed(&h).await;
     let digest = path.rsplit('/').next().unwrap();
     assert_eq!(upstream_blob_gets(&h, digest), [None]);
+    assert_eq!(cold_range_bytes(&h, "upstream"), 0.0);
+}
+
+/// A far part whose Range request upstream fails (503) is answered from the download when it
+/// gets there; the next far part is still relayed; the multipart answer is whole and right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_part_falls_back_to_the_download() {
+    let (h, path, blob) = slow_blob(ColdRanges::Relay, 39).await;
+    let digest = path.rsplit('/').next().unwrap().to_owned();
+    let whole = start_download(&h, &path).await;
+    h.fake.fault_times(Some(Kind::Blob), Fault::status(503), 1);
+    let want = [(1_000_000, 1_000_999), (SIZE - 5000, SIZE - 1)];
+    let r = h.get_with(&path, &[("range", &range_header(&want))]).await;
+    check_parts(&r, &digest, &blob, &want);
+    let whole = whole.await.unwrap();
+    assert_eq!(whole.body, blob);
+    committed(&h).await;
+    assert_eq!(
+        upstream_blob_gets(&h, &digest),
+        [
+            None,
+            Some("bytes=1000000-1000999".to_owned()),
+            Some(format!("bytes={}-{}", SIZE - 5000, SIZE - 1)),
+        ],
+        "each far part asked once, in order"
+    );
+    assert_eq!(cold_range_bytes(&h, "upstream"), 5000.0, "the second part");
+}
+
+/// A relayed part that breaks off mid-body is finished from the download: the client gets a
+/// whole, right multipart answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_that_breaks_off_is_finished_from_the_download() {
+    let (h, path, blob) = slow_blob(ColdRanges::Relay, 40).await;
+    let digest = path.rsplit('/').next().unwrap().to_owned();
+    let whole = start_download(&h, &path).await;
+    // The download's own body is slow already; the next blob body (the part's) breaks off
+    // after 1000 bytes, and later ones are slow again.
+    h.fake.clear_faults();
+    h.fake
+        .fault_times(Some(Kind::Blob), Fault::Truncate { sent: 1000 }, 1);
+    h.fake.fault(Some(Kind::Blob), SLOW);
+    let want = [(0, 9), (SIZE - 30_000, SIZE - 1)];
+    let r = h.get_with(&path, &[("range", &range_header(&want))]).await;
+    check_parts(&r, &digest, &blob, &want);
+    assert_eq!(whole.await.unwrap().body, blob);
+    committed(&h).await;
+    assert_eq!(
+        upstream_blob_gets(&h, &digest),
+        [None, Some(format!("bytes={}-{}", SIZE - 30_000, SIZE - 1))]
+    );
+    assert_eq!(
+        cold_range_bytes(&h, "upstream"),
+        1000.0,
+        "what upstream sent"
+    );
+}
+
+/// `limits.max_ranges` bounds the parts, hence the upstream Range requests of one client
+/// request: at the cap each far part is relayed; past it the whole blob is sent (200) from the
+/// download, as for a cached blob, and no Range request goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_ranges_bounds_the_relayed_parts() {
+    let (h, path, blob) = slow_blob_with(41, |c| {
+        c.cache.cold_ranges = ColdRanges::Relay;
+        c.limits.max_ranges = 2;
+    })
+    .await;
+    let digest = path.rsplit('/').next().unwrap().to_owned();
+    let three = [
+        (1_000_000, 1_000_009),
+        (2_000_000, 2_000_009),
+        (3_000_000, 3_000_009),
+    ];
+    let r = h.get_with(&path, &[("range", &range_header(&three))]).await;
+    assert_eq!(r.status, StatusCode::OK, "past the cap: whole");
+    assert_eq!(r.body, blob);
+    committed(&h).await;
+    assert_eq!(upstream_blob_gets(&h, &digest), [None]);
+
+    // Another blob, at the cap: two far parts, two Range requests.
+    let img = h
+        .fake
+        .sample_image_sized("lib/lazy", Some("v2"), 42, &[SIZE]);
+    let path = format!("/v2/lib/lazy/blobs/{}", img.layers[0]);
+    let blob = img.layer_bytes[0].clone();
+    let digest = img.layers[0].to_string();
+    let two = [(1_000_000, 1_000_009), (3_000_000, 3_000_009)];
+    let r = h.get_with(&path, &[("range", &range_header(&two))]).await;
+    check_parts(&r, &digest, &blob, &two);
+    committed(&h).await;
+    assert_eq!(upstream_blob_gets(&h, &digest).len(), 3);
+    assert_eq!(cold_range_bytes(&h, "upstream"), 20.0);
 }

@@ -141,7 +141,7 @@ pub const KEYS: &[Key] = &[
     key("cache.verify_reads", D::Bool(false), "", "check every cached read against its digest"),
     key("cache.verify_reads_ttl", D::Duration(CACHE_VERIFY_READS_TTL), "", "with verify_reads: a whole-blob check vouches this long for Range reads; \"0s\": each Range hashes the blob"),
     key("cache.sendfile", D::Bool(true), "", "cached blob bodies on plain HTTP/1.1 are sent by the kernel (sendfile), not read and written"),
-    key("cache.cold_ranges", D::Text("wait"), "\"relay\"", "a single Range of a blob still downloading, past what the download has: \"relay\" (from an upstream Range request, unverified) or \"wait\" (for the download's digest-checked bytes)"),
+    key("cache.cold_ranges", D::Text("wait"), "\"relay\"", "the Range (one or several) of a blob still downloading, past what the download has: \"relay\" (from upstream Range requests, unverified) or \"wait\" (for the download's digest-checked bytes)"),
     key("cache.refresh_ahead", D::Bool(true), "", "revalidate a tag asked for within its TTL in the background shortly before it expires (TTLs of 2s and more)"),
     key("cache.refresh_ahead_concurrency", D::Int(CACHE_REFRESH_AHEAD_CONCURRENCY as u64), "", "background revalidations at a time; past it a tag is revalidated on expiry as without refresh_ahead"),
     key("cache.refresh_ahead_window", D::None("a tenth of the tag's TTL, at least 1s"), "\"30s\"", "how long before a tag expires its background revalidation starts (at most half its TTL)"),

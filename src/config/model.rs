@@ -24,7 +24,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// `cache.cold_ranges`: how a single Range of a blob still downloading is answered when the
+/// `cache.cold_ranges`: how a Range (one or several) of a blob still downloading is answered when the
 /// download has not reached it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ColdRanges {
