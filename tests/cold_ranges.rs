@@ -597,3 +597,34 @@ async fn max_ranges_bounds_the_relayed_parts() {
     assert_eq!(upstream_blob_gets(&h, &digest).len(), 3);
     assert_eq!(cold_range_bytes(&h, "upstream"), 20.0);
 }
+
+/// `cache.cold_ranges_relay_max` bounds the bytes one request's parts relay: a far part that
+/// does not fit what is left comes from the download; a later, smaller one that fits is still
+/// relayed; the answer is whole and right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_ranges_relay_max_bounds_the_relayed_bytes() {
+    let (h, path, blob) = slow_blob_with(43, |c| {
+        c.cache.cold_ranges = ColdRanges::Relay;
+        c.cache.cold_ranges_relay_max = 15_000;
+    })
+    .await;
+    let digest = path.rsplit('/').next().unwrap().to_owned();
+    let want = [
+        (1_000_000, 1_009_999),
+        (2_000_000, 2_009_999),
+        (3_000_000, 3_003_999),
+    ];
+    let r = h.get_with(&path, &[("range", &range_header(&want))]).await;
+    check_parts(&r, &digest, &blob, &want);
+    committed(&h).await;
+    assert_eq!(
+        upstream_blob_gets(&h, &digest),
+        [
+            None,
+            Some("bytes=1000000-1009999".to_owned()),
+            Some("bytes=3000000-3003999".to_owned()),
+        ],
+        "the second part past the budget: from the download"
+    );
+    assert_eq!(cold_range_bytes(&h, "upstream"), 14_000.0);
+}

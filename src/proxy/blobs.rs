@@ -45,6 +45,8 @@ pub(crate) struct Blobs {
     max_ranges: usize,
     /// `cache.cold_ranges`: Ranges (one or several) of a download that has not reached them, relayed.
     cold_ranges: ColdRanges,
+    /// `cache.cold_ranges_relay_max`: bytes of one request's several ranges relayed at most.
+    relay_max: u64,
 }
 
 /// A Range starting less than this past the bytes a download has is answered from the download
@@ -59,6 +61,7 @@ impl Blobs {
         max_ranges: usize,
         converter: Arc<Converter>,
         cold_ranges: ColdRanges,
+        relay_max: u64,
     ) -> Self {
         Blobs {
             store,
@@ -66,6 +69,7 @@ impl Blobs {
             foreign,
             max_ranges,
             cold_ranges,
+            relay_max,
         }
     }
 
@@ -162,9 +166,8 @@ impl Blobs {
                         .await);
                 }
                 Some(Cold::Several(ranges, size)) => {
-                    return Ok(relay_parts(
-                        upstream, repo, digest, ranges, size, blob, notes,
-                    ));
+                    let parts = (ranges, size, self.relay_max);
+                    return Ok(relay_parts(upstream, repo, digest, parts, blob, notes));
                 }
                 None => {}
             }
@@ -507,22 +510,26 @@ fn far_from(start: u64, received: u64) -> bool {
 /// blob (same boundary, parts, length). Each part is made when the body reaches it: from the
 /// download if it has (nearly) got there by then, else from an upstream Range request of its
 /// own. One part at a time and at most one request per part, so never more upstream requests
-/// than `limits.max_ranges`, never two at once, and never more relayed bytes than the blob
-/// holds (merged ranges do not overlap): the same bound as one relayed range, so no cap of its
-/// own. Unverified, as a single cold range is; the download goes on, and is verified and kept.
+/// than `limits.max_ranges` and never two at once; and at most `relay_max` bytes relayed in all
+/// (`cache.cold_ranges_relay_max`): a list covering much of a large blob would otherwise fetch
+/// it twice, while the download, running anyway, brings the same bytes in order. Unverified, as
+/// a single cold range is; the download goes on, and is verified and kept.
 fn relay_parts(
     upstream: &Arc<Upstream>,
     repo: &RepositoryName,
     digest: &Digest,
-    ranges: Vec<(u64, u64)>,
-    size: u64,
+    (ranges, size, relay_max): (Vec<(u64, u64)>, u64, u64),
     blob: Blob,
     notes: &mut RequestNotes,
 ) -> Response<ResponseBody> {
     let received = blob.unverified_received().unwrap_or(size);
     // The log is written from the notes as they are when the answer starts: `relayed` when a
-    // part is past the download now (each part is decided again when it is reached).
-    if ranges.iter().any(|&(start, _)| far_from(start, received)) {
+    // part past the download now fits the budget (each part is decided again when reached).
+    let mut plan = relay_max;
+    let relays = ranges
+        .iter()
+        .any(|&(start, end)| far_from(start, received) && take_budget(&mut plan, end - start + 1));
+    if relays {
         let source = if upstream.has_parents() {
             BlobSource::Parent
         } else {
@@ -535,12 +542,36 @@ fn relay_parts(
     let mut r = Response::new(body::empty());
     blob_headers(r.headers_mut(), digest);
     let (upstream, repo, digest2) = (upstream.clone(), repo.clone(), digest.clone());
+    // Parts are made one after the other; an atomic is only what lets the `Fn` count down.
+    let budget = std::sync::atomic::AtomicU64::new(relay_max);
     multipart(r, digest, ranges, size, false, notes, move |range, _| {
-        relayed_part(&upstream, &repo, &digest2, range, size, &blob)
+        let received = blob.unverified_received().unwrap_or(size);
+        let len = range.1 - range.0 + 1;
+        let relay = far_from(range.0, received)
+            && budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                    left.checked_sub(len)
+                })
+                .is_ok();
+        if relay {
+            relayed_part(&upstream, &repo, &digest2, range, size, &blob)
+        } else {
+            from_download(&blob, range)
+        }
     })
 }
 
-/// One part of several cold ranges (`relay_parts`), made when the body reaches it.
+/// Takes `len` bytes from a relay budget if they fit.
+fn take_budget(left: &mut u64, len: u64) -> bool {
+    let fits = len <= *left;
+    if fits {
+        *left -= len;
+    }
+    fits
+}
+
+/// A part of several cold ranges (`relay_parts`) from an upstream Range request of its own,
+/// made when the body reaches it; from the download if that fails or answers another range.
 fn relayed_part(
     upstream: &Arc<Upstream>,
     repo: &RepositoryName,
@@ -549,10 +580,6 @@ fn relayed_part(
     size: u64,
     blob: &Blob,
 ) -> ResponseBody {
-    let received = blob.unverified_received().unwrap_or(size);
-    if !far_from(start, received) {
-        return from_download(blob, (start, end));
-    }
     let (upstream, repo, digest, blob) =
         (upstream.clone(), repo.clone(), digest.clone(), blob.clone());
     let relayed = async move {
