@@ -798,6 +798,21 @@ mod tests {
     }
 
     #[test]
+    fn a_relay_budget_is_never_overdrawn() {
+        let mut left = 10;
+        assert!(take_budget(&mut left, 6));
+        assert!(!take_budget(&mut left, 5), "does not fit what is left");
+        assert_eq!(left, 4, "a refused part takes nothing");
+        assert!(take_budget(&mut left, 4));
+        assert!(!take_budget(&mut left, 1));
+        assert!(!take_budget(&mut 0, 1), "\"0\": no part relayed");
+        // Far: at least FILL_AHEAD past what the download has (no overflow near u64::MAX).
+        assert!(!far_from(FILL_AHEAD + 9, 10));
+        assert!(far_from(FILL_AHEAD + 10, 10));
+        assert!(!far_from(1, u64::MAX));
+    }
+
+    #[test]
     fn fill_errors_as_clients_see_them() {
         let not_found = UpstreamError::new(
             UpstreamErrorKind::NotFound(Missing::Blob),
