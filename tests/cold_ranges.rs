@@ -628,3 +628,415 @@ async fn cold_ranges_relay_max_bounds_the_relayed_bytes() {
     );
     assert_eq!(cold_range_bytes(&h, "upstream"), 14_000.0);
 }
+
+// === A stargz snapshotter's lazy pull, replayed ===
+//
+// What containerd/stargz-snapshotter asks a registry for a layer it has never seen, read from
+// its source (github.com/containerd/stargz-snapshotter at 7cf47cb, 2026-08):
+//
+// - fs/remote/resolver.go: `redirect` first GETs the blob with `Range: bytes=0-1` (to follow a
+//   redirect; the body is dropped), then `getSize` asks `HEAD` for its size (falling back to
+//   another `bytes=0-1` GET where HEAD fails). Every later read is `httpFetcher.fetch`: one GET
+//   with `Range: bytes=a-b,c-d,…` (no spaces; adjacent regions merged by `regionSet`) and
+//   `Accept-Encoding: identity`, whose answer may be a single 206, a `multipart/` 206 or a 200
+//   with the whole blob (taken as one part covering it all).
+// - fs/remote/blob.go: `ReadAt` rounds every read out to `chunk_size` (`defaultChunkSize`,
+//   50000 bytes, in resolver.go), asks only the chunks it does not hold yet, and keeps what it
+//   got; so a read over chunks already held asks several ranges in one GET.
+// - estargz/estargz.go `Open`: reads the footer, the last 51 bytes (estargz/types.go
+//   `FooterSize`, the largest footer of its decompressors), whose gzip Extra field holds
+//   `%016xSTARGZ`, the offset of the TOC (estargz/gzip.go `gzipFooterBytes`, `ParseFooter`);
+//   then `parseTOC` reads from that offset up to the footer: a gzip stream of a tar holding
+//   `stargz.index.json`.
+// - fs/layer/layer.go, fs/fs.go: then the files a container opens are read on demand, while
+//   `Prefetch` and `BackgroundFetch` read the rest of the layer in the background (paused while
+//   on-demand reads run: `DoPrioritizedTask`).
+
+/// fs/remote/resolver.go `defaultChunkSize`.
+const ESGZ_CHUNK: u64 = 50_000;
+/// estargz/types.go `FooterSize`.
+const ESGZ_FOOTER: usize = 51;
+/// The replayed layer's files: `ESGZ_FILES` of them, `ESGZ_FILE` bytes apart from offset 0.
+const ESGZ_FILE: u64 = 100_000;
+const ESGZ_FILES: u64 = 42;
+/// Where the replayed layer's TOC ends (the footer's chunk starts): about 4.2 MB in, so that
+/// the footer, the TOC and the files' chunks are far past a download's first bytes.
+const ESGZ_TOC_END: u64 = 84 * ESGZ_CHUNK;
+
+/// eStargz's footer for a TOC at `toc_offset` (estargz/gzip.go `gzipFooterBytes`): an empty
+/// gzip stream whose Extra field is `SG`, 22, `%016xSTARGZ`.
+fn estargz_footer(toc_offset: u64) -> Vec<u8> {
+    let subfield = format!("{toc_offset:016x}STARGZ");
+    let mut extra = b"SG".to_vec();
+    extra.extend_from_slice(&(subfield.len() as u16).to_le_bytes());
+    extra.extend_from_slice(subfield.as_bytes());
+    let mut out = vec![0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 255];
+    out.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+    out.extend_from_slice(&extra);
+    out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    out.extend_from_slice(&[0; 8]);
+    assert_eq!(out.len(), ESGZ_FOOTER);
+    out
+}
+
+/// An eStargz-shaped layer: the files' (pseudo-random, standing for compressed) bytes, the TOC
+/// (gzip of a tar holding `stargz.index.json`, listing each file's offset) and the footer.
+/// The TOC straddles a chunk boundary, so that reading it is a request of its own after the
+/// footer's. Returns the layer and the TOC's offset.
+fn estargz_layer(seed: u64) -> (Bytes, u64) {
+    use std::io::Write;
+    let entries: Vec<serde_json::Value> = (0..ESGZ_FILES)
+        .map(|i| {
+            serde_json::json!({
+                "name": format!("usr/lib/f{i:02}"),
+                "type": "reg",
+                "size": ESGZ_FILE * 3,
+                "offset": i * ESGZ_FILE,
+            })
+        })
+        .collect();
+    let index = serde_json::to_vec(&serde_json::json!({"version": 1, "entries": entries})).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(index.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "stargz.index.json", &index[..])
+        .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar.into_inner().unwrap()).unwrap();
+    let toc = gz.finish().unwrap();
+    let toc_offset = ESGZ_TOC_END - (toc.len() as u64).div_ceil(2);
+    assert!(toc_offset > (ESGZ_FILES - 1) * ESGZ_FILE);
+    let mut layer = support::fake_registry::pseudo_random_bytes(seed, toc_offset as usize);
+    layer.extend_from_slice(&toc);
+    layer.extend_from_slice(&estargz_footer(toc_offset));
+    assert_eq!(
+        (layer.len() - ESGZ_FOOTER) as u64 / ESGZ_CHUNK,
+        ESGZ_TOC_END / ESGZ_CHUNK,
+        "the footer's chunk starts where the TOC's last byte is"
+    );
+    (Bytes::from(layer), toc_offset)
+}
+
+/// The snapshotter's side of a lazy pull through archway: its chunk cache (fs/remote/blob.go)
+/// and every range it asked. Each answer is checked against the layer's bytes.
+struct Snapshotter<'a> {
+    h: &'a Harness,
+    path: &'a str,
+    digest: String,
+    blob: &'a Bytes,
+    /// Chunks held, by index.
+    held: std::collections::BTreeMap<u64, Bytes>,
+    /// Every region asked, in order.
+    asked: Vec<(u64, u64)>,
+    /// GETs made.
+    requests: usize,
+    /// `relay`: every answer must be a 206 (a 200 with the whole blob is what a registry may
+    /// send for a list of ranges, and what archway sends a cold list under `wait`).
+    parts_only: bool,
+}
+
+impl Snapshotter<'_> {
+    fn size(&self) -> u64 {
+        self.blob.len() as u64
+    }
+
+    /// `blob.ReadAt` of `first..=last`: the chunks not held yet, adjacent ones merged, asked in
+    /// one GET (if any), then the bytes from the chunks held.
+    async fn read(&mut self, first: u64, last: u64) -> Bytes {
+        let size = self.size();
+        let mut regions: Vec<(u64, u64)> = Vec::new();
+        for c in first / ESGZ_CHUNK..=last / ESGZ_CHUNK {
+            if self.held.contains_key(&c) {
+                continue;
+            }
+            let (a, b) = (c * ESGZ_CHUNK, ((c + 1) * ESGZ_CHUNK).min(size) - 1);
+            match regions.last_mut() {
+                Some(r) if r.1 + 1 == a => r.1 = b,
+                _ => regions.push((a, b)),
+            }
+        }
+        if !regions.is_empty() {
+            self.fetch(&regions).await;
+        }
+        let mut out = Vec::with_capacity((last - first + 1) as usize);
+        for c in first / ESGZ_CHUNK..=last / ESGZ_CHUNK {
+            let chunk = &self.held[&c];
+            let start = c * ESGZ_CHUNK;
+            let a = first.max(start) - start;
+            let b = last.min(start + chunk.len() as u64 - 1) - start;
+            out.extend_from_slice(&chunk[a as usize..=b as usize]);
+        }
+        Bytes::from(out)
+    }
+
+    /// `httpFetcher.fetch`: one GET for `regions`; the answer checked byte for byte.
+    async fn fetch(&mut self, regions: &[(u64, u64)]) {
+        let specs: Vec<String> = regions.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+        let range = format!("bytes={}", specs.join(","));
+        let r = self
+            .h
+            .get_with(
+                self.path,
+                &[("range", &range), ("accept-encoding", "identity")],
+            )
+            .await;
+        let size = self.size();
+        let got: Vec<((u64, u64), Bytes)> = match r.status {
+            StatusCode::OK if !self.parts_only => {
+                assert!(r.complete(), "{range}: {:?}", r.body_error);
+                assert!(r.body == *self.blob, "{range}: a 200 is the whole blob");
+                vec![((0, size - 1), r.body.clone())]
+            }
+            StatusCode::PARTIAL_CONTENT if regions.len() == 1 => {
+                assert!(r.complete(), "{range}: {:?}", r.body_error);
+                let (a, b) = regions[0];
+                assert_eq!(
+                    r.header("content-range"),
+                    Some(format!("bytes {a}-{b}/{size}").as_str()),
+                    "{range}"
+                );
+                vec![((a, b), r.body.clone())]
+            }
+            StatusCode::PARTIAL_CONTENT => parts(&r, &self.digest)
+                .into_iter()
+                .map(|((a, b, total), bytes)| {
+                    assert_eq!(total, size, "{range}");
+                    ((a, b), bytes)
+                })
+                .collect(),
+            status => panic!("{range}: {status} {}", r.text()),
+        };
+        if r.status == StatusCode::PARTIAL_CONTENT {
+            let spans: Vec<(u64, u64)> = got.iter().map(|p| p.0).collect();
+            assert_eq!(spans, regions, "the parts asked, in order");
+        }
+        for ((a, b), bytes) in got {
+            assert!(
+                bytes == self.blob.slice(a as usize..=b as usize),
+                "{range}: bytes {a}-{b} differ from the layer's"
+            );
+            for c in a / ESGZ_CHUNK..=b / ESGZ_CHUNK {
+                let start = c * ESGZ_CHUNK;
+                let end = ((c + 1) * ESGZ_CHUNK).min(size);
+                self.held
+                    .insert(c, bytes.slice((start - a) as usize..(end - a) as usize));
+            }
+        }
+        self.asked.extend_from_slice(regions);
+        self.requests += 1;
+    }
+}
+
+/// What the replay saw: the regions asked on demand (before the background fetch), and the
+/// download's received bytes after each on-demand answer (`None`: no download running).
+struct Replayed {
+    on_demand: Vec<(u64, u64)>,
+    received_after: Vec<Option<u64>>,
+    asked: Vec<(u64, u64)>,
+    /// Requests made of archway for the layer.
+    requests: usize,
+}
+
+/// Replays a stargz snapshotter's lazy pull of the layer at `path` (see above): the size probes,
+/// the footer, the TOC (parsed from archway's answers), the files a container opens (the last
+/// read spans chunks already held: several ranges in one GET), then the background fetch of
+/// the whole layer in reads of four chunks.
+async fn replay_stargz(
+    h: &Harness,
+    path: &str,
+    blob: &Bytes,
+    toc_offset: u64,
+    parts_only: bool,
+) -> Replayed {
+    use std::io::Read;
+    let size = blob.len() as u64;
+    let mut received_after = Vec::new();
+    // resolver.go `redirect`: `bytes=0-1`, a 2xx wanted; `getSize`: HEAD.
+    let r = h.get_with(path, &[("range", "bytes=0-1")]).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{}", r.text());
+    assert_eq!(r.body, blob.slice(0..2));
+    received_after.push(received(h));
+    let r = h.head(path).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-length"), Some(size.to_string().as_str()));
+    received_after.push(received(h));
+
+    let mut s = Snapshotter {
+        h,
+        path,
+        digest: path.rsplit('/').next().unwrap().to_owned(),
+        blob,
+        held: Default::default(),
+        asked: Vec::new(),
+        requests: 0,
+        parts_only,
+    };
+    // estargz.Open: the footer, then the TOC it points at.
+    let footer = s.read(size - ESGZ_FOOTER as u64, size - 1).await;
+    received_after.push(received(h));
+    let mut gz = flate2::read::GzDecoder::new(&footer[..]);
+    std::io::copy(&mut gz, &mut std::io::sink()).unwrap();
+    let extra = gz
+        .header()
+        .and_then(|g| g.extra())
+        .expect("the footer's Extra field");
+    assert_eq!(&extra[..4], b"SG\x16\x00");
+    assert_eq!(&extra[20..], b"STARGZ");
+    let toc_at = u64::from_str_radix(std::str::from_utf8(&extra[4..20]).unwrap(), 16).unwrap();
+    assert_eq!(toc_at, toc_offset);
+    let toc = s.read(toc_at, size - ESGZ_FOOTER as u64 - 1).await;
+    received_after.push(received(h));
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&toc[..]));
+    let mut entry = tar.entries().unwrap().next().unwrap().unwrap();
+    assert_eq!(entry.path().unwrap().to_str(), Some("stargz.index.json"));
+    let mut index = String::new();
+    entry.read_to_string(&mut index).unwrap();
+    let index: serde_json::Value = serde_json::from_str(&index).unwrap();
+    // Each file's bytes run from its offset to the next one's (the last: to the TOC).
+    let offsets: Vec<u64> = index["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["offset"].as_u64().unwrap())
+        .chain([toc_at])
+        .collect();
+    let file = |i: usize| (offsets[i], offsets[i + 1] - 1);
+
+    // On demand: three files, then a read over files 24-28, two of which are held already.
+    for (a, b) in [file(20), file(25), file(27), (file(24).0, file(28).1)] {
+        s.read(a, b).await;
+        received_after.push(received(h));
+    }
+    let on_demand = s.asked.clone();
+    // The background fetch: the whole layer, four chunks a read, the chunks held skipped.
+    let mut at = 0;
+    while at < size {
+        let last = (at + 4 * ESGZ_CHUNK).min(size) - 1;
+        s.read(at, last).await;
+        at = last + 1;
+    }
+    assert_eq!(s.held.len() as u64, size.div_ceil(ESGZ_CHUNK));
+    Replayed {
+        on_demand,
+        received_after,
+        asked: s.asked,
+        requests: 2 + s.requests,
+    }
+}
+
+/// A stargz snapshotter's lazy pull of a never-seen eStargz layer (replayed as its source does
+/// it; see above) under `cache.cold_ranges = "relay"`: every range, lists of ranges included,
+/// is answered 206 with the layer's bytes, the on-demand ones while the one whole download is
+/// still running (upstream sends the blob slowly: about 2 s); upstream is asked for the blob
+/// whole exactly once, and otherwise only for ranges the snapshotter asked; the layer is kept,
+/// and a later whole GET is a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stargz_lazy_pull_is_answered_in_ranges_while_the_layer_downloads() {
+    let logs = logs::capture_json();
+    let h = Harness::with(FakeRegistry::start().await, |c| {
+        c.cache.cold_ranges = ColdRanges::Relay;
+    })
+    .await;
+    let (blob, toc_offset) = estargz_layer(44);
+    let size = blob.len() as u64;
+    let digest = h.fake.add_blob("lib/esgz", blob.clone());
+    h.fake.fault(Some(Kind::Blob), SLOW);
+    let path = format!("/v2/lib/esgz/blobs/{digest}");
+
+    let replayed = replay_stargz(&h, &path, &blob, toc_offset, true).await;
+    for (i, got) in replayed.received_after.iter().enumerate() {
+        let got = got.unwrap_or_else(|| panic!("on-demand answer {i}: the download has ended"));
+        assert!(got < size, "on-demand answer {i}: the download had it all");
+    }
+    let footer_chunk = (size - ESGZ_FOOTER as u64) / ESGZ_CHUNK * ESGZ_CHUNK;
+    let toc_chunk = toc_offset / ESGZ_CHUNK * ESGZ_CHUNK;
+    let on_demand: Vec<(u64, u64)> = [
+        (footer_chunk, size - 1),
+        (toc_chunk, footer_chunk - 1),
+        (2_000_000, 2_099_999),
+        (2_500_000, 2_599_999),
+        (2_700_000, 2_799_999),
+        (2_400_000, 2_499_999),
+        (2_600_000, 2_699_999),
+        (2_800_000, 2_899_999),
+    ]
+    .into();
+    assert_eq!(replayed.on_demand, on_demand, "what the snapshotter asked");
+
+    committed(&h).await;
+    let digest = digest.to_string();
+    let gets = upstream_blob_gets(&h, &digest);
+    assert_eq!(
+        gets.iter().filter(|g| g.is_none()).count(),
+        1,
+        "the blob fetched whole once: {gets:?}"
+    );
+    // Each on-demand region was far past the download when asked: relayed, a request each.
+    let ranges: Vec<(u64, u64)> = gets
+        .iter()
+        .flatten()
+        .map(|spec| {
+            let (a, b) = spec
+                .strip_prefix("bytes=")
+                .unwrap()
+                .split_once('-')
+                .unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    for r in &on_demand {
+        assert!(ranges.contains(r), "{r:?} relayed: {gets:?}");
+    }
+    // Anything else upstream was asked is a range the snapshotter asked (its background fetch).
+    for &(a, b) in &ranges {
+        assert!(
+            replayed.asked.iter().any(|&(x, y)| x <= a && b <= y),
+            "upstream asked for {a}-{b}, which no client asked: {gets:?}"
+        );
+    }
+    // The cost: the snapshotter asks each chunk once, so at most the layer once more. (Its
+    // background fetch, once it has jumped past the chunks it holds ahead of the download, is
+    // relayed read after read: about half the layer in runs here.)
+    let relayed: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
+    assert!(relayed < size, "{relayed} bytes relayed");
+    assert_eq!(cold_range_bytes(&h, "upstream"), relayed as f64);
+
+    // Kept and verified: the whole layer is a hit, nothing more asked.
+    let r = h.get(&path).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body == blob);
+    assert_eq!(upstream_blob_gets(&h, &digest), gets);
+    let lines = access_lines(&logs, &path, replayed.requests + 1).await;
+    assert_eq!(lines.len(), replayed.requests + 1);
+    assert_eq!(
+        lines
+            .last()
+            .map(|(c, s, o)| (c.as_str(), s.as_str(), o.as_str())),
+        Some(("hit", "cache", "hit"))
+    );
+}
+
+/// The same lazy pull under the default `cache.cold_ranges = "wait"`: every answer is right too
+/// (a cold list of ranges may be answered 200 with the whole layer, which the snapshotter takes
+/// as one part covering it); upstream is asked for the blob whole once and for nothing else; the
+/// layer is kept, and a later whole GET is a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_a_stargz_lazy_pull_gets_right_answers() {
+    logs::capture_json();
+    let h = Harness::start().await;
+    let (blob, toc_offset) = estargz_layer(45);
+    let digest = h.fake.add_blob("lib/esgz", blob.clone());
+    h.fake.fault(Some(Kind::Blob), SLOW);
+    let path = format!("/v2/lib/esgz/blobs/{digest}");
+    replay_stargz(&h, &path, &blob, toc_offset, false).await;
+    committed(&h).await;
+    let digest = digest.to_string();
+    assert_eq!(upstream_blob_gets(&h, &digest), [None]);
+    assert_eq!(cold_range_bytes(&h, "upstream"), 0.0);
+    let r = h.get(&path).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body == blob);
+    assert_eq!(upstream_blob_gets(&h, &digest), [None]);
+}
