@@ -4,6 +4,7 @@
 
 mod support;
 
+use archway::config::ColdRanges;
 use bytes::Bytes;
 use http::StatusCode;
 use std::time::Duration;
@@ -240,6 +241,8 @@ async fn suffix_and_open_ranges_mix_with_closed_ones() {
     assert_eq!(r.body, blob);
 }
 
+/// Under `cache.cold_ranges = "wait"` (the default) a cold blob with several ranges is sent
+/// whole (200) from its download; once cached, the same ranges are answered in parts.
 #[tokio::test]
 async fn a_cold_blob_with_ranges_is_sent_whole_then_answered_in_parts() {
     // The first subscriber of this binary wins: every test installs the same one.
@@ -253,6 +256,30 @@ async fn a_cold_blob_with_ranges_is_sent_whole_then_answered_in_parts() {
     let r = h.get_with(&path, &[("range", "bytes=0-9,100-109")]).await;
     assert_eq!(r.status, StatusCode::OK, "cold: the whole blob, as before");
     assert_eq!(r.body, blob);
+    assert_eq!(h.fake.count("GET", Kind::Blob), 1);
+    let store = h.archway.as_ref().unwrap().proxy().blob_store().clone();
+    store.finish_commits(Duration::from_secs(10)).await;
+    let r = h.get_with(&path, &[("range", "bytes=0-9,100-109")]).await;
+    assert_eq!(check_parts(&r, &blob), vec![(0, 9), (100, 109)]);
+    assert_eq!(h.fake.count("GET", Kind::Blob), 1);
+}
+
+/// With `cache.cold_ranges = "relay"` (not the default) a cold blob with several ranges is
+/// answered in parts from its one download as it arrives (ranges this near the start are never
+/// asked of upstream on their own; see tests/cold_ranges.rs), and again from the cache.
+#[tokio::test]
+async fn with_relay_a_cold_blob_with_ranges_is_answered_in_parts_from_its_download() {
+    // The first subscriber of this binary wins: every test installs the same one.
+    logs::capture_json();
+    let fake = FakeRegistry::start().await;
+    let h = Harness::with(fake, |c| c.cache.cold_ranges = ColdRanges::Relay).await;
+    let img = h
+        .fake
+        .sample_image_sized("lib/app", Some("v1"), 8, &[300_000]);
+    let path = format!("/v2/lib/app/blobs/{}", img.layers[0]);
+    let blob = img.layer_bytes[0].clone();
+    let r = h.get_with(&path, &[("range", "bytes=0-9,100-109")]).await;
+    assert_eq!(check_parts(&r, &blob), vec![(0, 9), (100, 109)]);
     assert_eq!(h.fake.count("GET", Kind::Blob), 1);
     let store = h.archway.as_ref().unwrap().proxy().blob_store().clone();
     store.finish_commits(Duration::from_secs(10)).await;

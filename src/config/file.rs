@@ -105,6 +105,9 @@ impl Config {
             if let Some(v) = c.sendfile {
                 k.sendfile = v;
             }
+            if let Some(v) = c.cold_ranges_relay_max {
+                k.cold_ranges_relay_max = parse_size("cache.cold_ranges_relay_max", &v)?;
+            }
             if let Some(v) = c.refresh_ahead {
                 k.refresh_ahead = v;
             }
@@ -502,6 +505,7 @@ struct RawCache {
     verify_reads_ttl: Option<String>,
     cold_ranges: Option<String>,
     sendfile: Option<bool>,
+    cold_ranges_relay_max: Option<String>,
     refresh_ahead: Option<bool>,
     refresh_ahead_concurrency: Option<u32>,
     refresh_ahead_window: Option<String>,

@@ -23,6 +23,9 @@ pub const CACHE_NEGATIVE_TTL: Duration = secs(30);
 pub const CACHE_MIN_FREE_SPACE: u64 = 1 << 30;
 pub const CACHE_SCRUB_INTERVAL: Duration = secs(24 * 3600);
 pub const CACHE_SCRUB_RATE: u64 = 20 << 20;
+/// `cache.cold_ranges_relay_max`: a lazy puller's cold list of chunks is a few MiB (podman's of
+/// a 2.6 MB layer: 81 ranges, most of it); past this the download, running anyway, is waited for.
+pub const CACHE_COLD_RANGES_RELAY_MAX: u64 = 16 << 20;
 pub const CACHE_VERIFY_READS_TTL: Duration = secs(3600);
 pub const CACHE_REFRESH_AHEAD_CONCURRENCY: u32 = 4;
 pub const CACHE_MAX_PINS: u64 = 10_000;
@@ -141,7 +144,8 @@ pub const KEYS: &[Key] = &[
     key("cache.verify_reads", D::Bool(false), "", "check every cached read against its digest"),
     key("cache.verify_reads_ttl", D::Duration(CACHE_VERIFY_READS_TTL), "", "with verify_reads: a whole-blob check vouches this long for Range reads; \"0s\": each Range hashes the blob"),
     key("cache.sendfile", D::Bool(true), "", "cached blob bodies on plain HTTP/1.1 are sent by the kernel (sendfile), not read and written"),
-    key("cache.cold_ranges", D::Text("wait"), "\"relay\"", "a single Range of a blob still downloading, past what the download has: \"relay\" (from an upstream Range request, unverified) or \"wait\" (for the download's digest-checked bytes)"),
+    key("cache.cold_ranges", D::Text("wait"), "\"relay\"", "the Range (one or several) of a blob still downloading, past what the download has: \"relay\" (from upstream Range requests, unverified) or \"wait\" (for the download's digest-checked bytes)"),
+    key("cache.cold_ranges_relay_max", D::Size(CACHE_COLD_RANGES_RELAY_MAX), "", "with relay: bytes of one request's several ranges relayed from upstream at most; further parts come from the download"),
     key("cache.refresh_ahead", D::Bool(true), "", "revalidate a tag asked for within its TTL in the background shortly before it expires (TTLs of 2s and more)"),
     key("cache.refresh_ahead_concurrency", D::Int(CACHE_REFRESH_AHEAD_CONCURRENCY as u64), "", "background revalidations at a time; past it a tag is revalidated on expiry as without refresh_ahead"),
     key("cache.refresh_ahead_window", D::None("a tenth of the tag's TTL, at least 1s"), "\"30s\"", "how long before a tag expires its background revalidation starts (at most half its TTL)"),

@@ -24,7 +24,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// `cache.cold_ranges`: how a single Range of a blob still downloading is answered when the
+/// `cache.cold_ranges`: how a Range (one or several) of a blob still downloading is answered when the
 /// download has not reached it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ColdRanges {
@@ -230,6 +230,8 @@ pub struct CacheConfig {
     pub cold_ranges: ColdRanges,
     /// Cached blob bodies on plain HTTP/1.1 go from the file to the socket by `sendfile`.
     pub sendfile: bool,
+    /// With `Relay`: bytes of one request's several ranges relayed from upstream at most.
+    pub cold_ranges_relay_max: u64,
     /// Revalidate tags asked for within their TTL in the background before they expire.
     pub refresh_ahead: bool,
     /// Background revalidations at a time (at least 1).
@@ -271,6 +273,7 @@ impl Default for CacheConfig {
             verify_reads_ttl: keys::CACHE_VERIFY_READS_TTL,
             cold_ranges: ColdRanges::Wait,
             sendfile: true,
+            cold_ranges_relay_max: keys::CACHE_COLD_RANGES_RELAY_MAX,
             refresh_ahead: true,
             refresh_ahead_concurrency: keys::CACHE_REFRESH_AHEAD_CONCURRENCY,
             refresh_ahead_window: None,

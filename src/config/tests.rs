@@ -728,6 +728,11 @@ fn cold_ranges() {
     assert_eq!(c.cache.cold_ranges, ColdRanges::Wait);
     let c = Config::from_toml("[cache]\ncold_ranges = \"relay\"").unwrap();
     assert_eq!(c.cache.cold_ranges, ColdRanges::Relay);
+    assert_eq!(Config::default().cache.cold_ranges_relay_max, 16 << 20);
+    let c = Config::from_toml("[cache]\ncold_ranges_relay_max = \"1MiB\"").unwrap();
+    assert_eq!(c.cache.cold_ranges_relay_max, 1 << 20);
+    let c = Config::from_toml("[cache]\ncold_ranges_relay_max = \"0\"").unwrap();
+    assert_eq!(c.cache.cold_ranges_relay_max, 0);
 }
 
 #[test]

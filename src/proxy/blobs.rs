@@ -8,7 +8,7 @@ use super::access::{AccessGate, Object};
 use super::client::ClientRequest;
 use super::converter::Converter;
 use super::response::{
-    blob_headers, blob_response, insert_digest_headers, not_modified, range_response,
+    blob_headers, blob_response, insert_digest_headers, multipart, not_modified, range_response,
 };
 use super::uncached;
 use crate::access_log::RequestNotes;
@@ -24,8 +24,10 @@ use crate::foreign::ForeignMemo;
 use crate::outcome::Outcome;
 use crate::reference::RepositoryName;
 use crate::upstream::{RangeStream, Upstream, UpstreamError, UpstreamErrorKind};
+use futures_util::stream::{self, StreamExt};
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, BodyStream, StreamBody};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -41,8 +43,10 @@ pub(crate) struct Blobs {
     foreign: Arc<ForeignMemo>,
     /// `limits.max_ranges`: range-specs in one `Range` answered as such.
     max_ranges: usize,
-    /// `cache.cold_ranges`: a single Range of a download that has not reached it, relayed.
+    /// `cache.cold_ranges`: Ranges (one or several) of a download that has not reached them, relayed.
     cold_ranges: ColdRanges,
+    /// `cache.cold_ranges_relay_max`: bytes of one request's several ranges relayed at most.
+    relay_max: u64,
 }
 
 /// A Range starting less than this past the bytes a download has is answered from the download
@@ -57,6 +61,7 @@ impl Blobs {
         max_ranges: usize,
         converter: Arc<Converter>,
         cold_ranges: ColdRanges,
+        relay_max: u64,
     ) -> Self {
         Blobs {
             store,
@@ -64,6 +69,7 @@ impl Blobs {
             foreign,
             max_ranges,
             cold_ranges,
+            relay_max,
         }
     }
 
@@ -153,24 +159,26 @@ impl Blobs {
             blob
         };
         if self.cold_ranges == ColdRanges::Relay {
-            if let Some(span) = self.cold_range(client, digest, &blob) {
-                return Ok(self
-                    .relay(upstream, repo, digest, span, blob, early, notes, from_route)
-                    .await);
+            match self.cold_range(client, digest, &blob) {
+                Some(Cold::One(span)) => {
+                    return Ok(self
+                        .relay(upstream, repo, digest, span, blob, early, notes, from_route)
+                        .await);
+                }
+                Some(Cold::Several(ranges, size)) => {
+                    let parts = (ranges, size, self.relay_max);
+                    return Ok(relay_parts(upstream, repo, digest, parts, blob, notes));
+                }
+                None => {}
             }
         }
         note(blob.outcome(), notes);
         Ok(blob_response(client, digest, &blob, self.max_ranges, notes))
     }
 
-    /// The one range `(start, end, size)` a GET asks of a download not verified yet: what
+    /// The range or ranges a GET asks of a download not verified yet: what
     /// `cache.cold_ranges = "relay"` answers without waiting for the digest check.
-    fn cold_range(
-        &self,
-        client: &ClientRequest,
-        digest: &Digest,
-        blob: &Blob,
-    ) -> Option<(u64, u64, u64)> {
+    fn cold_range(&self, client: &ClientRequest, digest: &Digest, blob: &Blob) -> Option<Cold> {
         blob.unverified_received()?;
         let size = blob.size()?;
         if client.method != Method::GET || not_modified(&client.headers, digest) {
@@ -178,9 +186,11 @@ impl Blobs {
         }
         let range = client.headers.get(header::RANGE)?.to_str().ok()?;
         match byte_ranges::parse(Some(range), size, self.max_ranges) {
-            RangeAnswer::Single(start, end) => Some((start, end, size)),
-            // Several ranges of a download are sent whole, as before (`blob_response`).
-            _ => None,
+            RangeAnswer::Single(start, end) => Some(Cold::One((start, end, size))),
+            // Already merged and within `limits.max_ranges`: at most that many parts.
+            RangeAnswer::Multi(ranges) => Some(Cold::Several(ranges, size)),
+            // A 200 (past the cap, unparsable) or a 416: as for any blob (`blob_response`).
+            RangeAnswer::Whole | RangeAnswer::Unsatisfiable => None,
         }
     }
 
@@ -482,6 +492,170 @@ fn relayed_response(
     range_response(digest, (stream.start, stream.end), stream.size, stream.body)
 }
 
+/// What a GET asks of a download not verified yet, under `cache.cold_ranges = "relay"`.
+enum Cold {
+    /// One range `(start, end, size)`.
+    One((u64, u64, u64)),
+    /// Two or more ranges (merged, at most `limits.max_ranges`) of a blob of `size` bytes.
+    Several(Vec<(u64, u64)>, u64),
+}
+
+/// Whether a range starting at `start` is far enough past the `received` bytes of a download
+/// to be worth an upstream Range request of its own (see `FILL_AHEAD`).
+fn far_from(start: u64, received: u64) -> bool {
+    start >= received.saturating_add(FILL_AHEAD)
+}
+
+/// Several cold ranges, answered at once `206 multipart/byteranges` exactly as for a cached
+/// blob (same boundary, parts, length). Each part is made when the body reaches it: from the
+/// download if it has (nearly) got there by then, else from an upstream Range request of its
+/// own. One part at a time and at most one request per part, so never more upstream requests
+/// than `limits.max_ranges` and never two at once; and at most `relay_max` bytes relayed in all
+/// (`cache.cold_ranges_relay_max`): a list covering much of a large blob would otherwise fetch
+/// it twice, while the download, running anyway, brings the same bytes in order. Unverified, as
+/// a single cold range is; the download goes on, and is verified and kept.
+fn relay_parts(
+    upstream: &Arc<Upstream>,
+    repo: &RepositoryName,
+    digest: &Digest,
+    (ranges, size, relay_max): (Vec<(u64, u64)>, u64, u64),
+    blob: Blob,
+    notes: &mut RequestNotes,
+) -> Response<ResponseBody> {
+    let received = blob.unverified_received().unwrap_or(size);
+    // The log is written from the notes as they are when the answer starts: `relayed` when a
+    // part past the download now fits the budget (each part is decided again when reached).
+    let mut plan = relay_max;
+    let relays = ranges
+        .iter()
+        .any(|&(start, end)| far_from(start, received) && take_budget(&mut plan, end - start + 1));
+    if relays {
+        let source = if upstream.has_parents() {
+            BlobSource::Parent
+        } else {
+            BlobSource::Upstream
+        };
+        note(BlobOrigin::Relayed(source), notes);
+    } else {
+        note(blob.outcome(), notes);
+    }
+    let mut r = Response::new(body::empty());
+    blob_headers(r.headers_mut(), digest);
+    let (upstream, repo, digest2) = (upstream.clone(), repo.clone(), digest.clone());
+    // Parts are made one after the other; an atomic is only what lets the `Fn` count down.
+    let budget = std::sync::atomic::AtomicU64::new(relay_max);
+    multipart(r, digest, ranges, size, false, notes, move |range, _| {
+        let received = blob.unverified_received().unwrap_or(size);
+        let len = range.1 - range.0 + 1;
+        let relay = far_from(range.0, received)
+            && budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                    left.checked_sub(len)
+                })
+                .is_ok();
+        if relay {
+            relayed_part(&upstream, &repo, &digest2, range, size, &blob)
+        } else {
+            from_download(&blob, range)
+        }
+    })
+}
+
+/// Takes `len` bytes from a relay budget if they fit.
+fn take_budget(left: &mut u64, len: u64) -> bool {
+    let fits = len <= *left;
+    if fits {
+        *left -= len;
+    }
+    fits
+}
+
+/// A part of several cold ranges (`relay_parts`) from an upstream Range request of its own,
+/// made when the body reaches it; from the download if that fails or answers another range.
+fn relayed_part(
+    upstream: &Arc<Upstream>,
+    repo: &RepositoryName,
+    digest: &Digest,
+    (start, end): (u64, u64),
+    size: u64,
+    blob: &Blob,
+) -> ResponseBody {
+    let (upstream, repo, digest, blob) =
+        (upstream.clone(), repo.clone(), digest.clone(), blob.clone());
+    let relayed = async move {
+        let spec = format!("bytes={start}-{end}");
+        match upstream.get_blob_range(&repo, &digest, &spec).await {
+            Ok(stream) if (stream.start, stream.end, stream.size) == (start, end, size) => {
+                resumable(stream.body, (start, end), digest, blob)
+            }
+            Ok(stream) => {
+                tracing::info!(%digest, start, end, size, got_start = stream.start, got_end = stream.end, got_size = stream.size, "upstream answered a cold range part with another; answered from the download");
+                from_download(&blob, (start, end))
+            }
+            Err(e) => {
+                tracing::info!(%digest, start, end, error = %e, "cold range part not relayed; answered from the download");
+                from_download(&blob, (start, end))
+            }
+        }
+    };
+    let frames = stream::once(relayed).flat_map(BodyStream::new);
+    StreamBody::new(frames).boxed_unsync()
+}
+
+/// The bytes `start..=end` from the download as they arrive, unverified (as `relay` answers a
+/// range it does not relay).
+fn from_download(blob: &Blob, range: (u64, u64)) -> ResponseBody {
+    match blob.filling() {
+        Some(filling) => filling.unverified_range(range),
+        None => blob.body(Some(range)),
+    }
+}
+
+/// An upstream part's body; if it breaks off, the rest of the part comes from the download, so
+/// that one failed part does not break a multipart answer whose length is already promised.
+fn resumable(
+    body: ResponseBody,
+    (start, end): (u64, u64),
+    digest: Digest,
+    blob: Blob,
+) -> ResponseBody {
+    enum State {
+        Relaying(BodyStream<ResponseBody>, u64),
+        Download(BodyStream<ResponseBody>),
+    }
+    let frames = stream::unfold(
+        Some(State::Relaying(BodyStream::new(body), start)),
+        move |state| {
+            let (blob, digest) = (blob.clone(), digest.clone());
+            async move {
+                match state? {
+                    State::Relaying(mut s, pos) => match s.next().await {
+                        Some(Ok(frame)) => {
+                            let next = pos + frame.data_ref().map_or(0, |d| d.len() as u64);
+                            Some((Ok(frame), Some(State::Relaying(s, next))))
+                        }
+                        // Upstream's exact length was checked: a clean end is the part's end, and
+                        // so is an error after its last byte.
+                        None => None,
+                        Some(Err(_)) if pos > end => None,
+                        Some(Err(e)) => {
+                            tracing::info!(%digest, start, end, at = pos, error = %e, "a relayed part broke off; the rest from the download");
+                            let mut rest = BodyStream::new(from_download(&blob, (pos, end)));
+                            let first = rest.next().await?;
+                            Some((first, Some(State::Download(rest))))
+                        }
+                    },
+                    State::Download(mut s) => {
+                        let item = s.next().await?;
+                        Some((item, Some(State::Download(s))))
+                    }
+                }
+            }
+        },
+    );
+    StreamBody::new(frames).boxed_unsync()
+}
+
 /// A single range-spec worth asking upstream for before the blob's size is known, normalised:
 /// `bytes=a-b` or `bytes=a-` with `a` at least `FILL_AHEAD`, or a suffix `bytes=-n`.
 fn far_range_spec(range: &str) -> Option<String> {
@@ -621,6 +795,21 @@ mod tests {
         ] {
             assert_eq!(far_range_spec(&range), spec, "{range}");
         }
+    }
+
+    #[test]
+    fn a_relay_budget_is_never_overdrawn() {
+        let mut left = 10;
+        assert!(take_budget(&mut left, 6));
+        assert!(!take_budget(&mut left, 5), "does not fit what is left");
+        assert_eq!(left, 4, "a refused part takes nothing");
+        assert!(take_budget(&mut left, 4));
+        assert!(!take_budget(&mut left, 1));
+        assert!(!take_budget(&mut 0, 1), "\"0\": no part relayed");
+        // Far: at least FILL_AHEAD past what the download has (no overflow near u64::MAX).
+        assert!(!far_from(FILL_AHEAD + 9, 10));
+        assert!(far_from(FILL_AHEAD + 10, 10));
+        assert!(!far_from(1, u64::MAX));
     }
 
     #[test]

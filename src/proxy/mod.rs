@@ -312,6 +312,7 @@ impl Proxy {
                 config.limits.max_ranges,
                 converter,
                 config.cache.cold_ranges,
+                config.cache.cold_ranges_relay_max,
             ),
             referrers: referrers::Referrers::new(
                 config.cache.referrers_memory,

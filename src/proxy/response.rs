@@ -115,7 +115,8 @@ pub(crate) fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
 
 /// A blob answer: headers, `If-None-Match`, `Range`. A list of ranges is answered
 /// `multipart/byteranges` for a blob held here whole and verified; one still downloading gets it
-/// whole (200), as before. Past `max_ranges` range-specs the whole blob is sent too.
+/// whole (200) here (under `cache.cold_ranges = "relay"`, `Blobs::serve` answers it in parts
+/// before this is reached). Past `max_ranges` range-specs the whole blob is sent too.
 pub(crate) fn blob_response(
     client: &ClientRequest,
     digest: &Digest,
@@ -145,9 +146,12 @@ pub(crate) fn blob_response(
         RangeAnswer::Whole => (StatusCode::OK, None),
         RangeAnswer::Single(a, b) => (StatusCode::PARTIAL_CONTENT, Some((a, b))),
         RangeAnswer::Multi(ranges) if blob.is_local() => {
-            return multipart(r, digest, blob, ranges, size, head, notes);
+            let blob = blob.clone();
+            return multipart(r, digest, ranges, size, head, notes, move |range, i| {
+                blob.part_body(range, i)
+            });
         }
-        // Still downloading: the ranges of a fill are not framed; the whole blob, as before.
+        // Still downloading (`cold_ranges = "wait"`): the whole blob, as before.
         RangeAnswer::Multi(_) => (StatusCode::OK, None),
         RangeAnswer::Unsatisfiable => {
             *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
@@ -201,15 +205,19 @@ pub(crate) fn range_response(
 }
 
 /// 206 `multipart/byteranges` with the exact `Content-Length`; a HEAD gets the same headers.
-fn multipart(
+/// `part(range, index)` makes each part's body when the body reaches it.
+pub(crate) fn multipart<F>(
     mut r: Response<ResponseBody>,
     digest: &Digest,
-    blob: &Blob,
     ranges: Vec<(u64, u64)>,
     size: u64,
     head: bool,
     notes: &mut RequestNotes,
-) -> Response<ResponseBody> {
+    part: F,
+) -> Response<ResponseBody>
+where
+    F: Fn((u64, u64), usize) -> ResponseBody + Send + 'static,
+{
     let layout = Multipart::new(byte_ranges::boundary_for(digest.hex()), &ranges, size);
     notes.ranges = Some(ranges.len());
     *r.status_mut() = StatusCode::PARTIAL_CONTENT;
@@ -222,8 +230,7 @@ fn multipart(
         HeaderValue::from(layout.content_length),
     );
     if !head {
-        let blob = blob.clone();
-        *r.body_mut() = multipart::body(layout, ranges, move |range, i| blob.part_body(range, i));
+        *r.body_mut() = multipart::body(layout, ranges, part);
     }
     r
 }

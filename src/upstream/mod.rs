@@ -239,6 +239,11 @@ impl Upstream {
         &self.config
     }
 
+    /// Requests go through parent archways (the parent tier) first.
+    pub(crate) fn has_parents(&self) -> bool {
+        self.parents.is_some()
+    }
+
     /// How many token requests were made (for tests/metrics).
     pub fn token_fetches(&self) -> u64 {
         self.token_fetches.load(Ordering::Relaxed)

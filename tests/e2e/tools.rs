@@ -165,6 +165,8 @@ pub struct Access {
     /// Where the body's bytes came from (`cache`, `upstream`, `bucket`, `peer`, `parent`).
     #[allow(dead_code)] // read by the e2e_storage binary, which shares this module
     pub source: Option<String>,
+    /// How a blob answer was had (`hit`, `joined`, `upstream`, `relayed`, …).
+    pub origin: Option<String>,
     /// Whether the whole body reached the client (archway logs when the body ends or drops).
     pub complete: Option<bool>,
     pub error: Option<String>,
@@ -201,6 +203,7 @@ impl Access {
             upstream: s("upstream"),
             cache: s("cache"),
             source: s("source"),
+            origin: s("origin"),
             complete: f.get("complete").and_then(Value::as_bool),
             error: s("error"),
             rewrite: s("rewrite"),
@@ -222,13 +225,17 @@ impl std::fmt::Display for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} {} -> {} cache={} upstream={} bytes={}{}{}{}",
+            "{} {} -> {} cache={} upstream={} bytes={}{}{}{}{}",
             self.method,
             self.uri,
             self.status,
             self.cache.as_deref().unwrap_or("-"),
             self.upstream.as_deref().unwrap_or("-"),
             self.bytes.map_or("-".into(), |b| b.to_string()),
+            self.origin
+                .as_deref()
+                .map(|o| format!(" origin={o}"))
+                .unwrap_or_default(),
             self.rewrite
                 .as_deref()
                 .map(|r| format!(" rewrite={r:?}"))
