@@ -22,8 +22,10 @@ pub const PEER_SCHEME: &str = "ArchwayPeer";
 /// The purpose the signing key is derived for (see `RecordKey::derive`).
 pub const PEER_PURPOSE: &str = "peer requests";
 
-/// Signatures remembered against replay. At one peer request per fill, a fleet makes far fewer
-/// within a window; past this the endpoint refuses until the oldest leave the window.
+/// Signatures remembered against replay. At one peer request per fill (and, with
+/// `cache.cold_ranges = "relay"`, one per cold range a joining replica relays from the fill), a
+/// fleet makes far fewer within a window; past this the endpoint refuses until the oldest leave
+/// the window.
 pub const MAX_SEEN_SIGNATURES: usize = 65_536;
 
 /// Why a peer request was refused (the metrics' `reason`; never the header's contents).

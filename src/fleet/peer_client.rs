@@ -7,7 +7,10 @@
 
 use super::peer_auth::PeerSigner;
 use super::peer_path::PEER_PATH_PREFIX;
-use crate::cache::blob::{IncomingBlob, PeerAnswer, PeerFuture, PeerSource, SourceError};
+use crate::body::UpstreamBody;
+use crate::cache::blob::{
+    IncomingBlob, PeerAnswer, PeerFuture, PeerRangeFuture, PeerSource, SourceError,
+};
 use crate::cache::bucket::StorageObserver;
 use crate::digest::Digest;
 use crate::upstream::{Egress, GuardedResolver};
@@ -129,43 +132,113 @@ impl PeerSource for HttpPeers {
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            let body = response.into_body();
-            let frames = futures_util::stream::unfold(Some(body), move |body| {
-                let observer = observer.clone();
-                async move {
-                    let mut body = body?;
-                    loop {
-                        match tokio::time::timeout(timeout, body.frame()).await {
-                            Ok(Some(Ok(frame))) => match frame.into_data() {
-                                Ok(data) => {
-                                    observer.peer_bytes(data.len() as u64);
-                                    return Some((Ok(Frame::data(data)), Some(body)));
-                                }
-                                // Trailers carry nothing.
-                                Err(_) => continue,
-                            },
-                            Ok(Some(Err(e))) => {
-                                let e = std::io::Error::other(format!("peer body failed: {e}"));
-                                return Some((Err(e), None));
-                            }
-                            Ok(None) => return None,
-                            Err(_) => {
-                                let e = std::io::Error::new(
-                                    std::io::ErrorKind::TimedOut,
-                                    format!("peer body stalled for {timeout:?}"),
-                                );
-                                return Some((Err(e), None));
-                            }
-                        }
-                    }
-                }
-            })
-            .boxed();
+            let counted = move |n: u64| observer.peer_bytes(n);
+            let body = timed_body(response.into_body(), timeout, counted);
             Ok(PeerAnswer::Blob(IncomingBlob {
                 size,
-                body: StreamBody::new(frames).boxed_unsync(),
+                body,
                 from_parent: false,
             }))
         })
     }
+
+    /// A `Range` GET of one range, signed like any peer request (a fresh signature each; the
+    /// `Range` is not signed: what comes back is checked instead). Only a `206` with exactly
+    /// `Content-Range: bytes start-end/size` and its `Content-Length` is taken; the owner's
+    /// `416` (not there yet) and anything else is `None`. The bytes are counted as the peer's
+    /// (`peer_bytes`) and as a cold range's (`cold_range_bytes`, `peer`) as they are read.
+    fn fetch_range(
+        &self,
+        owner: &str,
+        digest: &Digest,
+        (start, end): (u64, u64),
+        size: u64,
+    ) -> PeerRangeFuture {
+        let owner = owner.to_owned();
+        let url = format!("{owner}{PEER_PATH_PREFIX}{digest}");
+        let client = self.client.clone();
+        let authorization = HeaderValue::from_str(&self.signer.authorization("GET", digest));
+        let timeout = self.timeout;
+        let observer = self.observer.clone();
+        let digest = digest.clone();
+        Box::pin(async move {
+            let req = Request::get(url.as_str())
+                .header(header::AUTHORIZATION, authorization.ok()?)
+                .header(header::RANGE, format!("bytes={start}-{end}"))
+                .body(Empty::new())
+                .ok()?;
+            let response = match tokio::time::timeout(timeout, client.request(req)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => {
+                    tracing::debug!(%digest, %owner, error = %e, "fill owner unreachable for a cold range");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!(%digest, %owner, ?timeout, "fill owner did not answer a cold range");
+                    return None;
+                }
+            };
+            let headers = response.headers();
+            let content_range = headers
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok());
+            let length = headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let exact = response.status() == StatusCode::PARTIAL_CONTENT
+                && content_range == Some(format!("bytes {start}-{end}/{size}").as_str())
+                && length == Some(end - start + 1);
+            if !exact {
+                tracing::debug!(%digest, %owner, start, end, status = %response.status(), ?content_range, "fill owner has not got a cold range (yet)");
+                return None;
+            }
+            let counted = move |n: u64| {
+                observer.peer_bytes(n);
+                observer.cold_range_bytes("peer", n);
+            };
+            Some(timed_body(response.into_body(), timeout, counted))
+        })
+    }
+}
+
+/// A peer's body, each chunk within `timeout` (a stalled or dead owner breaks it off), each
+/// data chunk's length handed to `counted`.
+fn timed_body(
+    body: hyper::body::Incoming,
+    timeout: Duration,
+    counted: impl Fn(u64) + Clone + Send + Sync + 'static,
+) -> UpstreamBody {
+    let frames = futures_util::stream::unfold(Some(body), move |body| {
+        let counted = counted.clone();
+        async move {
+            let mut body = body?;
+            loop {
+                match tokio::time::timeout(timeout, body.frame()).await {
+                    Ok(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => {
+                            counted(data.len() as u64);
+                            return Some((Ok(Frame::data(data)), Some(body)));
+                        }
+                        // Trailers carry nothing.
+                        Err(_) => continue,
+                    },
+                    Ok(Some(Err(e))) => {
+                        let e = std::io::Error::other(format!("peer body failed: {e}"));
+                        return Some((Err(e), None));
+                    }
+                    Ok(None) => return None,
+                    Err(_) => {
+                        let e = std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("peer body stalled for {timeout:?}"),
+                        );
+                        return Some((Err(e), None));
+                    }
+                }
+            }
+        }
+    })
+    .boxed();
+    StreamBody::new(frames).boxed_unsync()
 }

@@ -218,6 +218,12 @@ impl StorageObserver for Metrics {
     fn peer_bytes(&self, bytes: u64) {
         self.peer_bytes.inc_by(bytes);
     }
+
+    fn cold_range_bytes(&self, source: &'static str, bytes: u64) {
+        self.cold_range_bytes
+            .get_or_create(&SourceLabels { source })
+            .inc_by(bytes);
+    }
 }
 
 /// How an upstream exchange ended, for the `status` label.
@@ -602,7 +608,7 @@ impl Metrics {
             &mut registry,
             &mut described,
             "archway_cold_range_bytes",
-            "Bytes of Range answers relayed from an extra Range request (cache.cold_ranges = \"relay\"), beyond the blob's one whole download, by where they came from: upstream or parent",
+            "Bytes of Range answers relayed from an extra Range request (cache.cold_ranges = \"relay\"), beyond the blob's one whole download, by where they came from: upstream, parent, or peer (another replica's fill in flight, with [fleet])",
             cold_range_bytes.clone(),
         );
         let sendfile_bytes = Counter::default();
@@ -784,6 +790,7 @@ impl Metrics {
             }
         }
         if features.fleet {
+            drop(cold_range_bytes.get_or_create(&SourceLabels { source: "peer" }));
             for what in FLEET_BYPASSED {
                 drop(storage_bypassed.get_or_create(&WhatLabels { what }));
             }

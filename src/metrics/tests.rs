@@ -220,6 +220,11 @@ fn families_at_start_are_those_configured_with_known_series_at_zero() {
         );
     }
 
+    // A replica joining another's fill relays cold ranges from it: at 0 from the start.
+    let peer_ranges = "archway_cold_range_bytes_total{source=\"peer\"} 0";
+    assert!(all.encode().lines().any(|l| l == peer_ranges));
+    assert!(!text.contains("source=\"peer\""), "{text}");
+
     let storage_only = Metrics::with(Features {
         storage: true,
         ..Features::default()

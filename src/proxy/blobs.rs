@@ -196,9 +196,11 @@ impl Blobs {
 
     /// The `Range` to ask upstream for alongside the download's start: a single range starting
     /// at least `FILL_AHEAD` in (or a suffix: the end of the blob), of a blob neither cached
-    /// nor being downloaded with a known size, under `relay`.
+    /// nor being downloaded with a known size, under `relay`. Never in a fleet: there the
+    /// fill's lease decides first whether another replica's fill has the range (`relay`).
     fn early_spec(&self, client: &ClientRequest, digest: &Digest) -> Option<String> {
         if self.cold_ranges != ColdRanges::Relay
+            || self.store.in_fleet()
             || client.method != Method::GET
             || not_modified(&client.headers, digest)
             || self.store.head(digest).is_some()
@@ -212,7 +214,9 @@ impl Blobs {
     /// A cold range: from an upstream Range request of its own when the download is far from
     /// it (`early`: asked already, alongside the download), else (or when that request fails,
     /// is refused or answers another range) from the download as its bytes arrive. Either way
-    /// unverified; the download goes on, and is verified and kept.
+    /// unverified; the download goes on, and is verified and kept. In a fleet, a download that
+    /// streams another replica's fill asks that replica for a far range first: its fill may be
+    /// well ahead of this one's copy of it; upstream only if it has not got every byte yet.
     #[allow(clippy::too_many_arguments)]
     async fn relay(
         &self,
@@ -228,6 +232,12 @@ impl Blobs {
         let received = blob.unverified_received().unwrap_or(size);
         // The download near the range already: an early answer is dropped unread.
         let far = start >= received.saturating_add(FILL_AHEAD);
+        if far && early.is_none() {
+            if let Some(body) = self.store.range_from_owner(&blob, (start, end), size).await {
+                note(BlobOrigin::Relayed(BlobSource::Peer), notes);
+                return range_response(digest, (start, end), size, body);
+            }
+        }
         let relayed = match early {
             Some(relayed) => Some(relayed),
             None if far => {
@@ -863,6 +873,7 @@ mod tests {
                 false,
             ),
             (O::Relayed(S::Parent), "miss", "parent", "relayed", false),
+            (O::Relayed(S::Peer), "miss", "peer", "relayed", true),
         ] {
             let mut notes = RequestNotes::default();
             note(origin, &mut notes);

@@ -3,12 +3,15 @@
 //! the clock skew and never seen before (401 otherwise, counted; see `fleet::peer_auth`), names
 //! only a digest (404 otherwise), and gets only what this replica has — the committed blob, or its fill in flight
 //! as the bytes arrive (a fill that breaks breaks this body off too). It never starts a fetch.
+//! One range of a fill in flight (a cold range another replica relays) is answered only with
+//! bytes already here: `416` at once otherwise (`range_of_fill`).
 
 use super::client::ClientRequest;
-use super::response::blob_response;
+use super::response::{blob_response, range_response};
 use crate::access_log::RequestNotes;
 use crate::body::ResponseBody;
-use crate::cache::blob::BlobStore;
+use crate::byte_ranges::{self, RangeAnswer};
+use crate::cache::blob::{Blob, BlobStore};
 use crate::cache::bucket::StorageObserver;
 use crate::config::FleetConfig;
 use crate::digest::Digest;
@@ -74,6 +77,41 @@ pub(super) async fn serve(
     // Not a client's bytes: the replica that asked counts them when it serves them (`peer`);
     // counted here too, a fleet's sums would see them twice.
     notes.body_uncounted = true;
+    if let Some(answer) = range_of_fill(client, &digest, &blob) {
+        return answer;
+    }
     // A replica asks for the blob, or one range of it: a list gets the whole blob.
     Ok(blob_response(client, &digest, &blob, 1, notes))
+}
+
+/// One range of a fill in flight (not verified yet), which another replica asks for a cold
+/// range (`cache.cold_ranges = "relay"`): answered `206` with the bytes as received (unverified,
+/// as an upstream Range's are) only if every one of them is here now; else `416` at once — not
+/// there yet: the asking replica asks upstream instead, rather than waiting on this fill.
+/// (A fill of unknown length has no range to give: `416` too.) `None` for anything else (no
+/// `Range`, a list, a committed or verified blob): answered as before.
+fn range_of_fill(
+    client: &ClientRequest,
+    digest: &Digest,
+    blob: &Blob,
+) -> Option<Result<Response<ResponseBody>, ProxyError>> {
+    let received = blob.unverified_received()?;
+    let filling = blob.filling()?;
+    let range = client.headers.get(header::RANGE)?.to_str().ok()?;
+    if let Some(size) = blob.size() {
+        match byte_ranges::parse(Some(range), size, 1) {
+            RangeAnswer::Single(start, end) if end < received => {
+                let body = filling.unverified_range((start, end));
+                return Some(Ok(range_response(digest, (start, end), size, body)));
+            }
+            RangeAnswer::Single(..) => {}
+            _ => return None,
+        }
+    }
+    Some(Err(ProxyError::downstream(
+        ErrorCode::RangeInvalid,
+        format!(
+            "the range is not in this replica's fill of {digest} yet ({received} bytes received)"
+        ),
+    )))
 }

@@ -150,6 +150,7 @@ impl FillTask {
                                 (FillSource::Upstream, fetch().await)
                             }
                             FleetSource::Peer { blob, owner } => {
+                                self.fill.set_owner(&owner);
                                 self.peer = Some(owner);
                                 (FillSource::Peer, Ok(blob))
                             }

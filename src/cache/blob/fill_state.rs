@@ -25,6 +25,9 @@ pub(crate) struct Fill {
     /// Who started it, as its caller tagged it (the proxy: a hash of the route), so that a
     /// request joining it can tell its own route's download from another's.
     pub(crate) origin: u64,
+    /// `[fleet]`: the replica whose fill this one streams, once the lease named it (its
+    /// `peer_url`): where a cold range past this fill's bytes may be asked first.
+    owner: std::sync::OnceLock<String>,
 }
 
 /// One request following a fill, counted while it lives: a download of unknown length that
@@ -160,6 +163,7 @@ impl Fill {
             pending: Mutex::new(VecDeque::new()),
             readers: AtomicUsize::new(0),
             origin,
+            owner: std::sync::OnceLock::new(),
         }
     }
 
@@ -180,6 +184,16 @@ impl Fill {
         }
         let len = usize::try_from(max).unwrap_or(usize::MAX);
         Some(chunk.slice(start..chunk.len().min(start.saturating_add(len))))
+    }
+
+    /// `[fleet]`: this fill streams `owner`'s fill (set once, before its first byte).
+    pub(crate) fn set_owner(&self, owner: &str) {
+        let _ = self.owner.set(owner.to_owned());
+    }
+
+    /// `[fleet]`: the replica whose fill this one streams, if it streams one.
+    pub(crate) fn owner(&self) -> Option<&str> {
+        self.owner.get().map(String::as_str)
     }
 
     /// The source's announced length, once its response head arrived.

@@ -8,6 +8,7 @@
 
 use super::bucket_tier::BlobTier;
 use super::source::{IncomingBlob, SourceError};
+use crate::body::UpstreamBody;
 use crate::cache::bucket::{Bucket, HeldLease};
 use crate::cache::lease_turn::{self, OnLive, Taken, Why};
 use crate::digest::Digest;
@@ -26,6 +27,9 @@ pub enum PeerAnswer {
 
 pub type PeerFuture = Pin<Box<dyn Future<Output = Result<PeerAnswer, SourceError>> + Send>>;
 
+/// One range of a peer's blob (`PeerSource::fetch_range`): exactly its bytes, or `None`.
+pub type PeerRangeFuture = Pin<Box<dyn Future<Output = Option<UpstreamBody>> + Send>>;
+
 /// Reaches another replica's peer endpoint.
 pub trait PeerSource: Send + Sync {
     /// Why `owner` may not be reached (the egress policy), if it may not.
@@ -33,6 +37,19 @@ pub trait PeerSource: Send + Sync {
         None
     }
     fn fetch(&self, owner: &str, digest: &Digest) -> PeerFuture;
+    /// The bytes `start..=end` of `owner`'s blob `digest` (of `size` bytes), if it has every
+    /// one of them now: a cold range (`cache.cold_ranges = "relay"`) of a fill streaming
+    /// `owner`'s. `None` for anything else (the owner has not got them yet, answered another
+    /// range, did not answer): the caller asks upstream. Never waits for the owner's fill.
+    fn fetch_range(
+        &self,
+        _owner: &str,
+        _digest: &Digest,
+        _range: (u64, u64),
+        _size: u64,
+    ) -> PeerRangeFuture {
+        Box::pin(std::future::ready(None))
+    }
 }
 
 /// Owners whose fill of a blob failed here (wrong bytes, a broken body, no answer): not
@@ -94,6 +111,22 @@ impl Fleet {
     pub(crate) fn owner_failed(&self, digest: &Digest, owner: &str) {
         tracing::warn!(%digest, %owner, "a peer's fill failed here; its lease is taken over next time");
         self.failed.insert((digest.clone(), owner.to_owned()), ());
+    }
+
+    /// A cold range of `digest` from `owner`, whose fill this replica's streams (see
+    /// `PeerSource::fetch_range`); `None` at once if `owner` is not to be asked.
+    pub(crate) fn range_from(
+        &self,
+        owner: &str,
+        digest: &Digest,
+        range: (u64, u64),
+        size: u64,
+    ) -> Option<PeerRangeFuture> {
+        if let Some(why) = self.refuses(digest, owner) {
+            tracing::debug!(%digest, %owner, why, "cold range not asked of the fill's owner");
+            return None;
+        }
+        Some(self.peers.fetch_range(owner, digest, range, size))
     }
 
     /// Why a live lease's `owner` must not be joined for `digest`.

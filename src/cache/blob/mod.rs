@@ -35,7 +35,7 @@ mod store;
 mod write_buffer;
 
 pub use bucket_tier::BucketRedirects;
-pub use fleet::{Fleet, PeerAnswer, PeerFuture, PeerSource};
+pub use fleet::{Fleet, PeerAnswer, PeerFuture, PeerRangeFuture, PeerSource};
 pub use memory::SMALL_BLOB_BYTES;
 pub use origin::{BlobOrigin, BlobSource};
 pub use source::{Cause, FillError, IncomingBlob, SourceError};

@@ -38,7 +38,8 @@ pub enum BlobOrigin {
     /// The cache could not take it: passed through from upstream, not kept.
     Uncached,
     /// A Range the download had not reached (`cache.cold_ranges = "relay"`): relayed from an
-    /// upstream (or parent) Range request of its own, unverified, while the download goes on.
+    /// upstream (or parent) Range request of its own, or (`[fleet]`) from the fill this one
+    /// streams, on the replica that owns it; unverified, while the download goes on.
     Relayed(BlobSource),
 }
 
@@ -66,13 +67,16 @@ impl BlobOrigin {
     }
 
     /// Whether serving it cost this archway no upstream transfer of its own: an L1 hit, a
-    /// joined fill (upstream sent it once, for another request), a bucket or peer fill. A
-    /// parent's bytes may well have come from upstream through it: not counted.
+    /// joined fill (upstream sent it once, for another request), a bucket or peer fill, a
+    /// range relayed from a peer's fill. A parent's bytes may well have come from upstream
+    /// through it: not counted.
     pub fn saves_upstream(self) -> bool {
         match self {
             BlobOrigin::Hit | BlobOrigin::Joined(_) => true,
             BlobOrigin::Filled(source) => matches!(source, BlobSource::Bucket | BlobSource::Peer),
-            BlobOrigin::Uncached | BlobOrigin::Relayed(_) => false,
+            // A peer's range is of its fill, which upstream sends once anyway.
+            BlobOrigin::Relayed(source) => source == BlobSource::Peer,
+            BlobOrigin::Uncached => false,
         }
     }
 }

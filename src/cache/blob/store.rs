@@ -469,6 +469,30 @@ impl BlobStore {
         }
     }
 
+    /// A member of a fleet (`[fleet]`).
+    pub fn in_fleet(&self) -> bool {
+        self.env.fleet.is_some()
+    }
+
+    /// `[fleet]`, a cold range (`cache.cold_ranges = "relay"`): the bytes `start..=end` of a
+    /// blob (`size` bytes) whose fill here streams another replica's fill, from that replica,
+    /// if it has every one of them now. `None` when the blob is no such fill, or the owner did
+    /// not answer with exactly that range at once (see `PeerSource::fetch_range`).
+    pub async fn range_from_owner(
+        &self,
+        blob: &Blob,
+        range: (u64, u64),
+        size: u64,
+    ) -> Option<crate::body::UpstreamBody> {
+        let fleet = self.env.fleet.as_ref()?;
+        let Blob::Filling(filling) = blob else {
+            return None;
+        };
+        let fill = &filling.fill;
+        let asked = fleet.range_from(fill.owner()?, &fill.digest, range, size)?;
+        asked.await
+    }
+
     pub fn stats(&self) -> BlobStoreStats {
         let state = self.catalog.lock();
         let (pinned_bytes, pinned_entries) = state.index.kept_bytes();

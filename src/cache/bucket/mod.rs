@@ -111,6 +111,9 @@ pub trait StorageObserver: Send + Sync {
     fn uploads_aborted(&self, _count: u64) {}
     /// `[fleet]`: blob bytes received from another replica.
     fn peer_bytes(&self, _bytes: u64) {}
+    /// `[fleet]`: bytes of a cold range (`cache.cold_ranges = "relay"`) relayed from `source`
+    /// (`peer`: another replica's fill in flight).
+    fn cold_range_bytes(&self, _source: &'static str, _bytes: u64) {}
     /// `[fleet]`: a lease of `owner` (another replica's `peer_url`, or this one's) read back.
     fn lease_seen(&self, _owner: &str) {}
     /// `[fleet]`: this replica took (`true`) or let go of a lease.
