@@ -1826,6 +1826,10 @@ fn metric_rows(scrape: &Scrape) -> Vec<(String, String)> {
         ));
     }
     rows.push((
+        "archway: cached blob bytes sent by sendfile".to_owned(),
+        format!("{}", scrape.sum("archway_sendfile_bytes_total")),
+    ));
+    rows.push((
         "archway: blobs evicted from its cache".to_owned(),
         format!("{}", scrape.sum("archway_blob_store_evictions_total")),
     ));
