@@ -42,6 +42,11 @@ pub struct ResponseProgress {
     since: AtomicU64,
 }
 
+/// Whether this runs in an h2 stream's task (see [`StreamExec`]).
+pub fn in_h2_stream() -> bool {
+    STREAM.try_with(|_| ()).is_ok()
+}
+
 impl ResponseProgress {
     pub fn new(tracker: Arc<Tracker>) -> Arc<ResponseProgress> {
         Arc::new(ResponseProgress {
