@@ -261,7 +261,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, serving: Serving)
     let wait_for_slot = serving.limits.stall_timeout;
     let request_lane = lane.clone();
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        if req.version() < http::Version::HTTP_2 {
+        // Only a blob GET can be answered by sendfile; other requests skip the extension's
+        // allocation.
+        if req.version() < http::Version::HTTP_2
+            && req.method() == http::Method::GET
+            && req.uri().path().contains("/blobs/")
+        {
             if let Some(lane) = &request_lane {
                 req.extensions_mut().insert(lane.clone());
             }

@@ -84,6 +84,23 @@ impl std::fmt::Debug for HttpPeers {
     }
 }
 
+impl HttpPeers {
+    /// The peer endpoint's URL for `digest` at `owner`, and a fresh signature for a GET of it.
+    fn signed_get(
+        &self,
+        owner: &str,
+        digest: &Digest,
+    ) -> (
+        String,
+        Result<HeaderValue, http::header::InvalidHeaderValue>,
+    ) {
+        (
+            format!("{owner}{PEER_PATH_PREFIX}{digest}"),
+            HeaderValue::from_str(&self.signer.authorization("GET", digest)),
+        )
+    }
+}
+
 impl PeerSource for HttpPeers {
     fn refuses(&self, owner: &str) -> Option<String> {
         match owner.parse::<http::Uri>() {
@@ -96,9 +113,8 @@ impl PeerSource for HttpPeers {
 
     fn fetch(&self, owner: &str, digest: &Digest) -> PeerFuture {
         let owner = owner.to_owned();
-        let url = format!("{owner}{PEER_PATH_PREFIX}{digest}");
+        let (url, authorization) = self.signed_get(&owner, digest);
         let client = self.client.clone();
-        let authorization = HeaderValue::from_str(&self.signer.authorization("GET", digest));
         let timeout = self.timeout;
         let observer = self.observer.clone();
         Box::pin(async move {
@@ -155,9 +171,8 @@ impl PeerSource for HttpPeers {
         size: u64,
     ) -> PeerRangeFuture {
         let owner = owner.to_owned();
-        let url = format!("{owner}{PEER_PATH_PREFIX}{digest}");
+        let (url, authorization) = self.signed_get(&owner, digest);
         let client = self.client.clone();
-        let authorization = HeaderValue::from_str(&self.signer.authorization("GET", digest));
         let timeout = self.timeout;
         let observer = self.observer.clone();
         let digest = digest.clone();
