@@ -350,6 +350,70 @@ async fn an_inconsistent_config_is_refused() {
     );
 }
 
+/// A config or zstd layer upstream does not have (404), or cannot send (503), is an error
+/// naming that blob and the cause: never the manifest's 404 BLOB_UNKNOWN, never an image.
+#[tokio::test]
+async fn a_missing_config_or_zstd_layer_is_a_clear_error_naming_it() {
+    let h = Harness::start().await;
+    let c = clients::docker_2010();
+    let code = |r: &Reply| {
+        r.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+
+    // The config is gone upstream.
+    let img = oci_zstd_image(&h.fake, "noconfig", 41);
+    h.fake.remove_blob(REPO, &img.config);
+    let r = h
+        .get_with(&format!("/v2/{REPO}/manifests/noconfig"), &c.lines())
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert_eq!(code(&r), "MANIFEST_BLOB_UNKNOWN", "{}", r.text());
+    let text = r.text();
+    assert!(text.contains("image config"), "{text}");
+    assert!(text.contains(&img.config.to_string()), "{text}");
+    assert!(text.contains("upstream does not have it"), "{text}");
+
+    // The zstd layer is gone upstream.
+    let img = oci_zstd_image(&h.fake, "nolayer", 42);
+    let zstd_layer = img.layers[0].1.clone();
+    h.fake.remove_blob(REPO, &zstd_layer);
+    let r = h
+        .get_with(&format!("/v2/{REPO}/manifests/nolayer"), &c.lines())
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert_eq!(code(&r), "MANIFEST_BLOB_UNKNOWN", "{}", r.text());
+    let text = r.text();
+    assert!(text.contains("layer 1"), "{text}");
+    assert!(text.contains(&zstd_layer.to_string()), "{text}");
+    assert!(text.contains("upstream does not have it"), "{text}");
+    let diff_id = &img.tars[0].0;
+    let b = h
+        .get_with(&format!("/v2/{REPO}/blobs/{diff_id}"), &c.lines())
+        .await;
+    assert_ne!(b.status, StatusCode::OK, "no tar without its zstd layer");
+
+    // The zstd layer fails upstream (503): the status says retry, the text names the layer.
+    let img = oci_zstd_image(&h.fake, "failing", 43);
+    let zstd_layer = img.layers[0].1.clone();
+    // The config is fetched first, then the layer: only the layer's GET fails.
+    h.get_with(&format!("/v2/{REPO}/blobs/{}", img.config), &c.lines())
+        .await;
+    h.fake
+        .fault(Some(support::Kind::Blob), support::Fault::status(503));
+    let r = h
+        .get_with(&format!("/v2/{REPO}/manifests/failing"), &c.lines())
+        .await;
+    h.fake.clear_faults();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    let text = r.text();
+    assert!(text.contains("layer 1"), "{text}");
+    assert!(text.contains(&zstd_layer.to_string()), "{text}");
+    assert!(text.contains("503"), "the cause: {text}");
+}
+
 // === fixtures ===
 
 /// An image of `manifest_type` whose layers are `(media type, stored bytes, diff_id)`.
