@@ -414,6 +414,64 @@ async fn a_missing_config_or_zstd_layer_is_a_clear_error_naming_it() {
     assert!(text.contains("503"), "the cause: {text}");
 }
 
+/// The conversion metrics: a good conversion counts `converted` with its bytes in and out and
+/// its seconds; a layer that does not decompress to its diff_id counts `failed`, never
+/// `converted`.
+#[tokio::test]
+async fn conversions_are_counted_by_outcome_with_bytes_and_seconds() {
+    use support::metrics::Scrape;
+    let h = Harness::start().await;
+    let scrape = || Scrape::parse(h.archway.as_ref().unwrap().proxy().metrics().encode());
+    let outcome =
+        |s: &Scrape, o: &str| s.value("archway_layer_conversions_total", &[("outcome", o)]);
+    let bytes =
+        |s: &Scrape, w: &str| s.value("archway_layer_conversion_bytes_total", &[("what", w)]);
+    let seconds = |s: &Scrape| s.value("archway_layer_conversion_seconds_total", &[]);
+    let s = scrape();
+    assert_eq!(outcome(&s, "converted"), 0.0);
+    assert_eq!(seconds(&s), 0.0);
+
+    let c = clients::docker_2010();
+    let img = oci_zstd_image(&h.fake, "v1", 44);
+    let r = pull(&h, &c).await;
+    assert_converted_from(&h, &r, &img, &[0], &c).await;
+    let s = scrape();
+    assert_eq!(outcome(&s, "converted"), 1.0, "{}", s.text);
+    assert_eq!(outcome(&s, "failed"), 0.0);
+    assert_eq!(outcome(&s, "abandoned"), 0.0);
+    let zstd_len = img.layers[0].2.len() as f64;
+    let tar_len = img.tars[0].1.len() as f64;
+    assert_eq!(bytes(&s, "zstd"), zstd_len);
+    assert_eq!(bytes(&s, "tar"), tar_len);
+    let took = seconds(&s);
+    assert!(took > 0.0 && took < 30.0, "seconds: {took}");
+
+    // A whole zstd stream whose tar is not the config's diff_id.
+    let tar = pseudo_random_bytes(45, 5000);
+    let z = zstd::encode_all(&tar[..], 3).unwrap();
+    image_of(
+        &h.fake,
+        "mismatch",
+        OCI_MANIFEST,
+        &[(OCI_LAYER_ZSTD, z.clone(), sha256_digest(b"another tar"))],
+    );
+    let r = h
+        .get_with(&format!("/v2/{REPO}/manifests/mismatch"), &c.lines())
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    let s = scrape();
+    assert_eq!(
+        outcome(&s, "converted"),
+        1.0,
+        "a mismatch is no conversion: {}",
+        s.text
+    );
+    assert_eq!(outcome(&s, "failed"), 1.0, "{}", s.text);
+    assert_eq!(bytes(&s, "zstd"), zstd_len + z.len() as f64);
+    assert_eq!(bytes(&s, "tar"), tar_len + tar.len() as f64);
+    assert!(seconds(&s) > took, "seconds: {}", seconds(&s));
+}
+
 // === fixtures ===
 
 /// An image of `manifest_type` whose layers are `(media type, stored bytes, diff_id)`.

@@ -4,7 +4,7 @@
 //! layer no longer cached converts it again.
 
 use crate::body::UpstreamBody;
-use crate::cache::blob::{IncomingBlob, SourceError};
+use crate::cache::blob::{IncomingBlob, OnSettled, SourceError};
 use crate::config::ConversionConfig;
 use crate::digest::Digest;
 use crate::unzstd::{self, Bounds};
@@ -64,14 +64,71 @@ impl Converter {
             .acquire_owned()
             .await
             .map_err(SourceError::new)?;
+        // A whole zstd stream is a conversion only if its tar is the diff_id: counted once
+        // the fill has checked it (a mismatch is `failed`), whichever of the two ends last.
+        let outcome = Arc::new(std::sync::Mutex::new(Outcome::default()));
         let metrics = self.metrics.clone();
+        let ended = outcome.clone();
         let report: unzstd::Report = Box::new(move |outcome, zstd, tar, took| {
-            metrics.layer_conversion(outcome, zstd, tar, took);
+            if let Some((outcome, zstd, tar, took)) = lock(&ended).ended(outcome, zstd, tar, took) {
+                metrics.layer_conversion(outcome, zstd, tar, took);
+            }
+        });
+        let metrics = self.metrics.clone();
+        let settled = OnSettled::new(move |verified| {
+            if let Some((outcome, zstd, tar, took)) = lock(&outcome).settled(verified) {
+                metrics.layer_conversion(outcome, zstd, tar, took);
+            }
         });
         Ok(IncomingBlob {
             size: None,
             body: unzstd::decompress(zstd, self.bounds, permit, report),
             from_parent: false,
+            on_settled: Some(settled),
         })
     }
+}
+
+/// What the decompression reported and what the fill said of its output, until both are in.
+#[derive(Default)]
+struct Outcome {
+    decompressed: Option<(&'static str, u64, u64, Duration)>,
+    verified: Option<bool>,
+}
+
+type Counted = (&'static str, u64, u64, Duration);
+
+impl Outcome {
+    /// The decompression ended: counted now unless a whole stream waits for the fill's word.
+    fn ended(
+        &mut self,
+        outcome: &'static str,
+        zstd: u64,
+        tar: u64,
+        took: Duration,
+    ) -> Option<Counted> {
+        self.decompressed = Some((outcome, zstd, tar, took));
+        self.count()
+    }
+
+    fn settled(&mut self, verified: bool) -> Option<Counted> {
+        self.verified = Some(verified);
+        self.count()
+    }
+
+    fn count(&mut self) -> Option<Counted> {
+        let (outcome, zstd, tar, took) = self.decompressed?;
+        let outcome = match (outcome, self.verified) {
+            ("converted", None) => return None,
+            ("converted", Some(false)) => "failed",
+            (outcome, _) => outcome,
+        };
+        // Counted once: the other side, arriving later, finds nothing.
+        self.decompressed = None;
+        Some((outcome, zstd, tar, took))
+    }
+}
+
+fn lock(m: &std::sync::Mutex<Outcome>) -> std::sync::MutexGuard<'_, Outcome> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
