@@ -472,6 +472,67 @@ async fn conversions_are_counted_by_outcome_with_bytes_and_seconds() {
     assert!(seconds(&s) > took, "seconds: {}", seconds(&s));
 }
 
+/// A real zstd stream, damaged (bytes flipped, or cut off) but served under its own digest:
+/// it passes the blob's digest check and fails decompression. A clear error naming the layer,
+/// and nothing left in the data dir: no tar, no temp file.
+#[tokio::test]
+async fn a_damaged_zstd_layer_is_a_clear_error_and_leaves_no_file() {
+    let h = Harness::start().await;
+    let c = clients::docker_2010();
+    // Compressible, so its blocks are compressed ones (a flipped byte in a raw block would
+    // decode to another tar: the diff_id mismatch case).
+    let tar: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("line {} of a tar\n", i % 977).into_bytes())
+        .collect();
+    let z = zstd::encode_all(&tar[..], 3).unwrap();
+    let mut flipped = z.clone();
+    for b in flipped.iter_mut().skip(z.len() / 3).step_by(7).take(64) {
+        *b ^= 0xa5;
+    }
+    let cut = z[..z.len() / 2].to_vec();
+    let diff_id = sha256_digest(&tar);
+    for (what, layer) in [("bytes flipped", flipped), ("cut off", cut)] {
+        let tag = if what == "cut off" { "cut" } else { "flipped" };
+        let img = image_of(
+            &h.fake,
+            tag,
+            OCI_MANIFEST,
+            &[(OCI_LAYER_ZSTD, layer.clone(), diff_id.clone())],
+        );
+        let r = h
+            .get_with(&format!("/v2/{REPO}/manifests/{tag}"), &c.lines())
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{what}: {}", r.text());
+        let text = r.text();
+        assert!(text.contains("layer 1"), "{what}: {text}");
+        assert!(
+            text.contains(&img.layers[0].1.to_string()),
+            "{what}: {text}"
+        );
+        assert!(text.contains("not a valid zstd stream"), "{what}: {text}");
+        // The damaged zstd blob itself is upstream's, whole and verified: it may be kept.
+        // Its tar may not, nor any temp file of it.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let data = h.data_dir();
+        let left: Vec<_> = support::files_under(&data)
+            .into_iter()
+            .filter(|p| {
+                let rel = p.strip_prefix(&data).unwrap_or(p);
+                rel.to_string_lossy().contains(diff_id.hex())
+                    || rel.components().any(|c| c.as_os_str() == "tmp")
+            })
+            .collect();
+        assert!(left.is_empty(), "{what}: left {left:?}");
+        let b = h
+            .get_with(&format!("/v2/{REPO}/blobs/{diff_id}"), &c.lines())
+            .await;
+        assert!(
+            b.status != StatusCode::OK || !b.complete(),
+            "{what}: never served whole"
+        );
+    }
+}
+
 // === fixtures ===
 
 /// An image of `manifest_type` whose layers are `(media type, stored bytes, diff_id)`.
