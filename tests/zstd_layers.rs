@@ -742,3 +742,90 @@ async fn a_slow_conversion_is_503_then_done_and_blocks_no_other_pull() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// `conversion.max_concurrent = 1`: while one conversion holds the permit (its zstd layer's
+/// body crawls from upstream), a second image's conversion waits — its zstd layer is already
+/// downloaded, its tar not begun — and a pull that converts nothing is served meanwhile. The
+/// second ends only after the first is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_conversion_waits_for_the_permit_while_other_pulls_are_served() {
+    use support::metrics::Scrape;
+    let h = Harness::with(FakeRegistry::start().await, |cfg| {
+        cfg.conversion.max_concurrent = 1;
+    })
+    .await;
+    let converted = |h: &Harness| {
+        Scrape::parse(h.archway.as_ref().unwrap().proxy().metrics().encode()).value(
+            "archway_layer_conversions_total",
+            &[("outcome", "converted")],
+        )
+    };
+    let first = image_with_tars(
+        &h.fake,
+        "first",
+        OCI_MANIFEST,
+        &[(OCI_LAYER_ZSTD, pseudo_random_bytes(51, 1 << 20))],
+    );
+    let second = image_with_tars(
+        &h.fake,
+        "second",
+        OCI_MANIFEST,
+        &[(OCI_LAYER_ZSTD, pseudo_random_bytes(52, 3000))],
+    );
+    let other = images::zstd_index(&h.fake, REPO, "other", 53);
+    // Only the first image's zstd layer is slow: about 1.6 s.
+    h.fake.fault_path(
+        &format!("/v2/{REPO}/blobs/{}", first.layers[0].1),
+        support::Fault::SlowBody {
+            chunk: 64 << 10,
+            every: std::time::Duration::from_millis(100),
+        },
+    );
+    let docker = clients::docker_2010();
+    let spawn_pull = |tag: &str| {
+        let client = h.client.clone();
+        let url = h.url(&format!("/v2/{REPO}/manifests/{tag}"));
+        let headers: Vec<(String, String)> = docker.headers.clone();
+        tokio::spawn(async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            client.get_with(&url, &headers).await
+        })
+    };
+    let started = std::time::Instant::now();
+    let a = spawn_pull("first");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let b = spawn_pull("second");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // A pull that converts nothing is answered meanwhile.
+    let r = h
+        .get_with(
+            &format!("/v2/{REPO}/manifests/other"),
+            &clients::containerd_16().lines(),
+        )
+        .await;
+    assert!(r.body == other.bytes, "{}", r.text());
+    // The second image's zstd layer is here (fetched before the permit is asked for); its
+    // conversion, a few KiB, would be done in milliseconds if it had a permit.
+    let second_layer = format!("/v2/{REPO}/blobs/{}", second.layers[0].1);
+    assert_eq!(h.fake.count_path("GET", &second_layer), 1);
+    assert!(!a.is_finished(), "the first conversion still runs");
+    assert!(
+        !b.is_finished(),
+        "the second conversion waits for the permit"
+    );
+    assert_eq!(converted(&h), 0.0);
+    assert!(started.elapsed() < std::time::Duration::from_millis(1400));
+    let rb = b.await.unwrap();
+    assert_eq!(rb.status, StatusCode::OK, "{}", rb.text());
+    assert!(
+        a.is_finished() || converted(&h) == 2.0,
+        "the second ended only after the first"
+    );
+    let ra = a.await.unwrap();
+    assert_converted_from(&h, &ra, &first, &[0], &docker).await;
+    assert_converted_from(&h, &rb, &second, &[0], &docker).await;
+    assert_eq!(converted(&h), 2.0);
+}
