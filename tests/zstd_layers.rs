@@ -829,3 +829,49 @@ async fn a_second_conversion_waits_for_the_permit_while_other_pulls_are_served()
     assert_converted_from(&h, &rb, &second, &[0], &docker).await;
     assert_eq!(converted(&h), 2.0);
 }
+
+/// A restart (an upgrade) mid-pull: the tag was answered with tars, archway restarts on the
+/// same data dir, and the tar the client has yet to GET was evicted meanwhile. The GET by its
+/// digest converts it again from its zstd layer (which one is read back from the data dir).
+#[tokio::test]
+async fn after_a_restart_an_evicted_tar_is_converted_again_on_its_get() {
+    let mut h = Harness::start().await;
+    let docker = clients::docker_2010();
+    let img = oci_zstd_image(&h.fake, "v1", 61);
+    let r = pull(&h, &docker).await;
+    assert_converted_from(&h, &r, &img, &[0], &docker).await;
+    let (diff_id, tar) = img.tars[0].clone();
+
+    // Stopped; the tar evicted (its file gone); started again on the same data dir.
+    if let Some(a) = h.archway.take() {
+        a.shutdown().await;
+    }
+    let data = h.data_dir();
+    let tars: Vec<_> = support::files_under(&data)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(diff_id.hex()))
+        .collect();
+    assert!(!tars.is_empty(), "the tar was cached");
+    for p in &tars {
+        std::fs::remove_file(p).unwrap();
+    }
+    h.restart().await;
+
+    // The client goes on with the manifest it had: the converted one, by digest...
+    let digest = sha256_digest(&r.body);
+    let m = h
+        .get_with(&format!("/v2/{REPO}/manifests/{digest}"), &docker.lines())
+        .await;
+    assert_eq!(m.status, StatusCode::OK, "{}", m.text());
+    assert!(m.body == r.body);
+    // ...and its layers by digest: the tar made again, byte for byte.
+    let b = h
+        .get_with(&format!("/v2/{REPO}/blobs/{diff_id}"), &docker.lines())
+        .await;
+    assert_eq!(b.status, StatusCode::OK, "{}", b.text());
+    assert!(b.body == tar, "the zstd layer's tar");
+    // Upstream was never asked for the diff_id: it was archway's to make.
+    let path = format!("/v2/{REPO}/blobs/{diff_id}");
+    assert_eq!(h.fake.count_path("GET", &path), 0);
+    assert_eq!(h.fake.count_path("HEAD", &path), 0);
+}
