@@ -875,3 +875,70 @@ async fn after_a_restart_an_evicted_tar_is_converted_again_on_its_get() {
     assert_eq!(h.fake.count_path("GET", &path), 0);
     assert_eq!(h.fake.count_path("HEAD", &path), 0);
 }
+
+/// `X-Meta-Layers` changes the answer under every route's `layers`, so every answer that could
+/// be converted says it varies on it: `as-is` and `compatible` routes too, Docker's manifest
+/// type too.
+#[tokio::test]
+async fn answers_that_x_meta_layers_can_change_vary_on_it() {
+    let h = Harness::with(FakeRegistry::start().await, |cfg| {
+        for (ua, layers) in [
+            ("docker/20.10", LayersMode::AsIs),
+            ("containerd", LayersMode::Compatible),
+        ] {
+            cfg.routes.push(RouteConfig {
+                matcher: archway::route_policy::RouteMatch {
+                    user_agent: Some(ua.into()),
+                    ..Default::default()
+                },
+                layers,
+                ..Default::default()
+            });
+        }
+    })
+    .await;
+    let img = docker_zstd_image(&h.fake, "v1", 71);
+    let vary = |r: &Reply| r.header_all("vary").join(",").to_ascii_lowercase();
+    let curl = ClientHeaders {
+        name: "curl".into(),
+        headers: vec![("User-Agent".into(), "curl/8.5.0".into())],
+    };
+    let c20 = clients::containerd_16().with_user_agent("containerd/2.0.0");
+    for (what, c, converted) in [
+        ("as-is route", clients::docker_2010(), false),
+        ("compatible route", c20.clone(), true),
+        ("auto, reads zstd", curl.clone(), false),
+        (
+            "auto, forced",
+            curl.with_header("X-Meta-Layers", "compatible"),
+            true,
+        ),
+        (
+            "as-is route, forced",
+            clients::docker_2010().with_header("X-Meta-Layers", "compatible"),
+            true,
+        ),
+        (
+            "compatible route, kept",
+            c20.with_header("X-Meta-Layers", "as-is"),
+            false,
+        ),
+    ] {
+        let r = pull(&h, &c).await;
+        assert_eq!(r.status, StatusCode::OK, "{what}: {}", r.text());
+        assert_eq!(r.body != img.bytes, converted, "{what}");
+        let v = vary(&r);
+        for hint in ["accept", "user-agent", "x-meta-layers"] {
+            assert!(v.contains(hint), "{what}: vary {v:?} lacks {hint}");
+        }
+    }
+    // A digest request is never rewritten: no Vary.
+    let r = h
+        .get_with(
+            &format!("/v2/{REPO}/manifests/{}", img.digest),
+            &clients::docker_2010().lines(),
+        )
+        .await;
+    assert!(r.body == img.bytes);
+    assert!(!vary(&r).contains("x-meta-layers"), "{}", vary(&r));
+}
