@@ -751,7 +751,7 @@ impl Metrics {
             &mut registry,
             &mut described,
             "archway_layer_conversion_seconds",
-            "Time spent decompressing zstd layers (summed over concurrent conversions)",
+            "Wall-clock seconds of layer conversions, from the permit to the last byte (waits for the zstd input included; not CPU time), summed over concurrent conversions",
             layer_conversion_seconds.clone(),
         );
         let warm = WarmMetrics::register(&mut registry, &mut described);
