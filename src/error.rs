@@ -8,6 +8,8 @@ pub enum ErrorCode {
     BlobUnknown,
     ManifestUnknown,
     ManifestInvalid,
+    /// A manifest names a blob (its config, a layer) that cannot be had.
+    ManifestBlobUnknown,
     NameUnknown,
     NameInvalid,
     TagInvalid,
@@ -29,6 +31,7 @@ impl ErrorCode {
             ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
             ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
             ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
+            ErrorCode::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
             ErrorCode::NameUnknown => "NAME_UNKNOWN",
             ErrorCode::NameInvalid => "NAME_INVALID",
             ErrorCode::TagInvalid => "TAG_INVALID",
@@ -51,6 +54,7 @@ impl ErrorCode {
                 StatusCode::NOT_FOUND
             }
             ErrorCode::ManifestInvalid
+            | ErrorCode::ManifestBlobUnknown
             | ErrorCode::NameInvalid
             | ErrorCode::TagInvalid
             | ErrorCode::DigestInvalid => StatusCode::BAD_REQUEST,

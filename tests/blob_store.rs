@@ -65,6 +65,7 @@ fn fetch_from(
                     size,
                     body,
                     from_parent: false,
+                    on_settled: None,
                 }),
                 None => Err(SourceError::new(ProxyError::internal(
                     "test upstream already consumed",

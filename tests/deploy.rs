@@ -8,7 +8,7 @@
 //! paths exist only where it is deployed. The container image is tested in `tests/e2e.rs`.
 
 use archway::config::Config;
-use archway::route_policy::{RequestFacts, RewriteMode};
+use archway::route_policy::{LayersMode, RequestFacts, RewriteMode};
 use archway::upstream_choice;
 use serde::Deserialize;
 use serde_json::Value;
@@ -223,6 +223,22 @@ fn example_archway_toml_serves_the_mixed_fleet() {
     ];
     for (facts, want) in &cases {
         assert_eq!(&route_for(&cfg, facts), *want, "{facts:?}");
+    }
+    // The NAS subnet's route converts zstd layers for everyone on it; every other route keeps
+    // the default (by User-Agent).
+    let layers_for = |facts: &RequestFacts<'_>| {
+        cfg.routes
+            .iter()
+            .find(|r| r.matcher.matches(facts))
+            .map(|r| r.layers)
+    };
+    let nas = facts(Some("archway.internal:5000"), 5000, "192.168.50.7");
+    assert_eq!(layers_for(&nas), Some(LayersMode::Compatible));
+    for (facts, _) in &cases {
+        assert!(
+            matches!(layers_for(facts), None | Some(LayersMode::Auto)),
+            "{facts:?}"
+        );
     }
 }
 

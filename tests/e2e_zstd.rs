@@ -3,7 +3,8 @@
 //! the tar error users report; through archway — as its `registry-mirrors` entry and as a
 //! registry named directly — it gets the same images with tars in place of the zstd layers, and
 //! the files in them are checked (`docker save`). containerd 1.6's ctr and skopeo, which read
-//! zstd, get the original layers byte for byte. Images: one pushed by skopeo
+//! OCI zstd, get the original layers byte for byte; Docker's zstd type, which neither reads,
+//! they get as its tars (the config's diff_ids). Images: one pushed by skopeo
 //! `--dest-compress-format zstd` (OCI type), one of Docker's zstd type and a two-platform OCI
 //! index of zstd images, both pushed by the test's own tooling. Loopback only; runs with
 //! `ARCHWAY_E2E=1`.
@@ -433,4 +434,88 @@ fn ctr_and_skopeo_get_the_original_zstd_layers() {
             show(&log)
         );
     }
+
+    // Docker's zstd type is read by neither (containerd only from 2.0, containers/image not
+    // in schema2): under "auto" both get its tars, which are the config's diff_ids, byte for
+    // byte; the config is the image's own.
+    let docker_files = layer_files("keptdocker", 6);
+    let tars: Vec<Vec<u8>> = docker_files.iter().map(tar_of).collect();
+    let pushed = push_zstd_image(
+        &registry.url(),
+        "library/zstdkeepdocker",
+        Some("v1"),
+        DOCKER_FLAVOUR,
+        "amd64",
+        &docker_files,
+    );
+    let pushed: Value = serde_json::from_slice(&pushed.data).unwrap();
+    let out = tmp.path().join("copied-docker");
+    run_ok(
+        &mut skopeo(
+            tmp.path(),
+            &[
+                "copy",
+                "--src-tls-verify=false",
+                &format!("docker://{}/library/zstdkeepdocker:v1", archway.host()),
+                &format!("dir:{}", out.display()),
+            ],
+        ),
+        PULL,
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["config"], pushed["config"],
+        "skopeo: the image's config"
+    );
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), tars.len());
+    for (l, tar) in layers.iter().zip(&tars) {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar"
+        );
+        assert_eq!(l["digest"], sha256(tar), "skopeo: the layer is its diff_id");
+        let hex = sha256(tar).trim_start_matches("sha256:").to_owned();
+        let blob = std::fs::read(out.join(&hex)).unwrap();
+        assert!(blob == *tar, "skopeo: the tar byte for byte");
+    }
+    run_ok(
+        &mut containerd.ctr(&[
+            "image",
+            "pull",
+            "--hosts-dir",
+            &hosts.display().to_string(),
+            "docker.io/library/zstdkeepdocker:v1",
+        ]),
+        PULL,
+    );
+    let content = run_ok(&mut containerd.ctr(&["content", "ls", "-q"]), PULL).stdout;
+    for tar in &tars {
+        let digest = sha256(tar);
+        assert!(
+            content.contains(&digest),
+            "ctr holds the tar {digest}:\n{content}"
+        );
+    }
+    for l in pushed["layers"].as_array().unwrap() {
+        let digest = l["digest"].as_str().unwrap();
+        assert!(
+            !content.contains(digest),
+            "ctr got no Docker zstd layer {digest}"
+        );
+    }
+    let log = archway.access_log();
+    let answers = log
+        .iter()
+        .filter(|a| a.path() == "/v2/library/zstdkeepdocker/manifests/v1" && a.status == 200)
+        .collect::<Vec<_>>();
+    assert!(
+        answers.len() >= 2
+            && answers
+                .iter()
+                .all(|a| a.converted.as_deref() == Some("zstd")),
+        "both tag answers (skopeo's GET, ctr's HEAD) converted:\n{}",
+        show(&log)
+    );
 }

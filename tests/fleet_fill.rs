@@ -748,6 +748,70 @@ async fn two_replicas_convert_a_zstd_layer_once() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // So is the converted manifest.
+    let converted_digest = support::sha256_digest(&replies[0].body);
+    let manifest_key = format!("fleet/manifests/sha256/{}", converted_digest.hex());
+    while !objects_and_leases(&moto).contains(&manifest_key) {
+        assert!(
+            Instant::now() < deadline,
+            "bucket holds {:?}",
+            objects_and_leases(&moto)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A third replica, which never answered the tag, serves both by digest from the bucket:
+    // nothing converted again, nothing asked of upstream.
+    fake.clear_faults();
+    let third_dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = replica_config(&fake, third_dir.path(), &moto.url(), Duration::from_secs(5));
+    let third = Archway::start(cfg).await.unwrap();
+    let before = fake.total();
+    let r = client
+        .get_with(
+            &format!(
+                "http://{}/v2/lib/app/manifests/{converted_digest}",
+                third.local_addr()
+            ),
+            &docker,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "third replica: {}", r.text());
+    assert_eq!(
+        r.body, replies[0].body,
+        "third replica: the converted manifest"
+    );
+    let r = client
+        .get_with(
+            &format!("http://{}/v2/lib/app/blobs/{diff_id}", third.local_addr()),
+            &docker,
+        )
+        .await;
+    assert_verified(&r, &tar, "the tar from the third replica");
+    assert_eq!(
+        fleet_value(
+            &third,
+            "archway_layer_conversions_total",
+            &[("outcome", "converted")]
+        ),
+        0.0,
+        "the third replica converted nothing"
+    );
+    assert_eq!(
+        fake.count_path("GET", &path),
+        1,
+        "the zstd layer still once"
+    );
+    let asked: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .skip(before)
+        .filter(|r| {
+            r.path.contains(&converted_digest.hex().to_string()) || r.path.contains(diff_id.hex())
+        })
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(asked.is_empty(), "upstream asked {asked:?}");
+    third.shutdown().await;
     for a in replicas {
         a.shutdown().await;
     }

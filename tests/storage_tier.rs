@@ -99,6 +99,7 @@ fn upstream(
                 size: Some(size),
                 body,
                 from_parent: false,
+                on_settled: None,
             })
         })
     }

@@ -350,6 +350,189 @@ async fn an_inconsistent_config_is_refused() {
     );
 }
 
+/// A config or zstd layer upstream does not have (404), or cannot send (503), is an error
+/// naming that blob and the cause: never the manifest's 404 BLOB_UNKNOWN, never an image.
+#[tokio::test]
+async fn a_missing_config_or_zstd_layer_is_a_clear_error_naming_it() {
+    let h = Harness::start().await;
+    let c = clients::docker_2010();
+    let code = |r: &Reply| {
+        r.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+
+    // The config is gone upstream.
+    let img = oci_zstd_image(&h.fake, "noconfig", 41);
+    h.fake.remove_blob(REPO, &img.config);
+    let r = h
+        .get_with(&format!("/v2/{REPO}/manifests/noconfig"), &c.lines())
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert_eq!(code(&r), "MANIFEST_BLOB_UNKNOWN", "{}", r.text());
+    let text = r.text();
+    assert!(text.contains("image config"), "{text}");
+    assert!(text.contains(&img.config.to_string()), "{text}");
+    assert!(text.contains("upstream does not have it"), "{text}");
+
+    // The zstd layer is gone upstream.
+    let img = oci_zstd_image(&h.fake, "nolayer", 42);
+    let zstd_layer = img.layers[0].1.clone();
+    h.fake.remove_blob(REPO, &zstd_layer);
+    let r = h
+        .get_with(&format!("/v2/{REPO}/manifests/nolayer"), &c.lines())
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert_eq!(code(&r), "MANIFEST_BLOB_UNKNOWN", "{}", r.text());
+    let text = r.text();
+    assert!(text.contains("layer 1"), "{text}");
+    assert!(text.contains(&zstd_layer.to_string()), "{text}");
+    assert!(text.contains("upstream does not have it"), "{text}");
+    let diff_id = &img.tars[0].0;
+    let b = h
+        .get_with(&format!("/v2/{REPO}/blobs/{diff_id}"), &c.lines())
+        .await;
+    assert_ne!(b.status, StatusCode::OK, "no tar without its zstd layer");
+
+    // The zstd layer fails upstream (503): the status says retry, the text names the layer.
+    let img = oci_zstd_image(&h.fake, "failing", 43);
+    let zstd_layer = img.layers[0].1.clone();
+    // The config is fetched first, then the layer: only the layer's GET fails.
+    h.get_with(&format!("/v2/{REPO}/blobs/{}", img.config), &c.lines())
+        .await;
+    h.fake
+        .fault(Some(support::Kind::Blob), support::Fault::status(503));
+    let r = h
+        .get_with(&format!("/v2/{REPO}/manifests/failing"), &c.lines())
+        .await;
+    h.fake.clear_faults();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    let text = r.text();
+    assert!(text.contains("layer 1"), "{text}");
+    assert!(text.contains(&zstd_layer.to_string()), "{text}");
+    assert!(text.contains("503"), "the cause: {text}");
+}
+
+/// The conversion metrics: a good conversion counts `converted` with its bytes in and out and
+/// its seconds; a layer that does not decompress to its diff_id counts `failed`, never
+/// `converted`.
+#[tokio::test]
+async fn conversions_are_counted_by_outcome_with_bytes_and_seconds() {
+    use support::metrics::Scrape;
+    let h = Harness::start().await;
+    let scrape = || Scrape::parse(h.archway.as_ref().unwrap().proxy().metrics().encode());
+    let outcome =
+        |s: &Scrape, o: &str| s.value("archway_layer_conversions_total", &[("outcome", o)]);
+    let bytes =
+        |s: &Scrape, w: &str| s.value("archway_layer_conversion_bytes_total", &[("what", w)]);
+    let seconds = |s: &Scrape| s.value("archway_layer_conversion_seconds_total", &[]);
+    let s = scrape();
+    assert_eq!(outcome(&s, "converted"), 0.0);
+    assert_eq!(seconds(&s), 0.0);
+
+    let c = clients::docker_2010();
+    let img = oci_zstd_image(&h.fake, "v1", 44);
+    let r = pull(&h, &c).await;
+    assert_converted_from(&h, &r, &img, &[0], &c).await;
+    let s = scrape();
+    assert_eq!(outcome(&s, "converted"), 1.0, "{}", s.text);
+    assert_eq!(outcome(&s, "failed"), 0.0);
+    assert_eq!(outcome(&s, "abandoned"), 0.0);
+    let zstd_len = img.layers[0].2.len() as f64;
+    let tar_len = img.tars[0].1.len() as f64;
+    assert_eq!(bytes(&s, "zstd"), zstd_len);
+    assert_eq!(bytes(&s, "tar"), tar_len);
+    let took = seconds(&s);
+    assert!(took > 0.0 && took < 30.0, "seconds: {took}");
+
+    // A whole zstd stream whose tar is not the config's diff_id.
+    let tar = pseudo_random_bytes(45, 5000);
+    let z = zstd::encode_all(&tar[..], 3).unwrap();
+    image_of(
+        &h.fake,
+        "mismatch",
+        OCI_MANIFEST,
+        &[(OCI_LAYER_ZSTD, z.clone(), sha256_digest(b"another tar"))],
+    );
+    let r = h
+        .get_with(&format!("/v2/{REPO}/manifests/mismatch"), &c.lines())
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    let s = scrape();
+    assert_eq!(
+        outcome(&s, "converted"),
+        1.0,
+        "a mismatch is no conversion: {}",
+        s.text
+    );
+    assert_eq!(outcome(&s, "failed"), 1.0, "{}", s.text);
+    assert_eq!(bytes(&s, "zstd"), zstd_len + z.len() as f64);
+    assert_eq!(bytes(&s, "tar"), tar_len + tar.len() as f64);
+    assert!(seconds(&s) > took, "seconds: {}", seconds(&s));
+}
+
+/// A real zstd stream, damaged (bytes flipped, or cut off) but served under its own digest:
+/// it passes the blob's digest check and fails decompression. A clear error naming the layer,
+/// and nothing left in the data dir: no tar, no temp file.
+#[tokio::test]
+async fn a_damaged_zstd_layer_is_a_clear_error_and_leaves_no_file() {
+    let h = Harness::start().await;
+    let c = clients::docker_2010();
+    // Compressible, so its blocks are compressed ones (a flipped byte in a raw block would
+    // decode to another tar: the diff_id mismatch case).
+    let tar: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("line {} of a tar\n", i % 977).into_bytes())
+        .collect();
+    let z = zstd::encode_all(&tar[..], 3).unwrap();
+    let mut flipped = z.clone();
+    for b in flipped.iter_mut().skip(z.len() / 3).step_by(7).take(64) {
+        *b ^= 0xa5;
+    }
+    let cut = z[..z.len() / 2].to_vec();
+    let diff_id = sha256_digest(&tar);
+    for (what, layer) in [("bytes flipped", flipped), ("cut off", cut)] {
+        let tag = if what == "cut off" { "cut" } else { "flipped" };
+        let img = image_of(
+            &h.fake,
+            tag,
+            OCI_MANIFEST,
+            &[(OCI_LAYER_ZSTD, layer.clone(), diff_id.clone())],
+        );
+        let r = h
+            .get_with(&format!("/v2/{REPO}/manifests/{tag}"), &c.lines())
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{what}: {}", r.text());
+        let text = r.text();
+        assert!(text.contains("layer 1"), "{what}: {text}");
+        assert!(
+            text.contains(&img.layers[0].1.to_string()),
+            "{what}: {text}"
+        );
+        assert!(text.contains("not a valid zstd stream"), "{what}: {text}");
+        // The damaged zstd blob itself is upstream's, whole and verified: it may be kept.
+        // Its tar may not, nor any temp file of it.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let data = h.data_dir();
+        let left: Vec<_> = support::files_under(&data)
+            .into_iter()
+            .filter(|p| {
+                let rel = p.strip_prefix(&data).unwrap_or(p);
+                rel.to_string_lossy().contains(diff_id.hex())
+                    || rel.components().any(|c| c.as_os_str() == "tmp")
+            })
+            .collect();
+        assert!(left.is_empty(), "{what}: left {left:?}");
+        let b = h
+            .get_with(&format!("/v2/{REPO}/blobs/{diff_id}"), &c.lines())
+            .await;
+        assert!(
+            b.status != StatusCode::OK || !b.complete(),
+            "{what}: never served whole"
+        );
+    }
+}
+
 // === fixtures ===
 
 /// An image of `manifest_type` whose layers are `(media type, stored bytes, diff_id)`.
@@ -558,4 +741,204 @@ async fn a_slow_conversion_is_503_then_done_and_blocks_no_other_pull() {
         assert!(std::time::Instant::now() < deadline, "never converted");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// `conversion.max_concurrent = 1`: while one conversion holds the permit (its zstd layer's
+/// body crawls from upstream), a second image's conversion waits — its zstd layer is already
+/// downloaded, its tar not begun — and a pull that converts nothing is served meanwhile. The
+/// second ends only after the first is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_conversion_waits_for_the_permit_while_other_pulls_are_served() {
+    use support::metrics::Scrape;
+    let h = Harness::with(FakeRegistry::start().await, |cfg| {
+        cfg.conversion.max_concurrent = 1;
+    })
+    .await;
+    let converted = |h: &Harness| {
+        Scrape::parse(h.archway.as_ref().unwrap().proxy().metrics().encode()).value(
+            "archway_layer_conversions_total",
+            &[("outcome", "converted")],
+        )
+    };
+    let first = image_with_tars(
+        &h.fake,
+        "first",
+        OCI_MANIFEST,
+        &[(OCI_LAYER_ZSTD, pseudo_random_bytes(51, 1 << 20))],
+    );
+    let second = image_with_tars(
+        &h.fake,
+        "second",
+        OCI_MANIFEST,
+        &[(OCI_LAYER_ZSTD, pseudo_random_bytes(52, 3000))],
+    );
+    let other = images::zstd_index(&h.fake, REPO, "other", 53);
+    // Only the first image's zstd layer is slow: about 1.6 s.
+    h.fake.fault_path(
+        &format!("/v2/{REPO}/blobs/{}", first.layers[0].1),
+        support::Fault::SlowBody {
+            chunk: 64 << 10,
+            every: std::time::Duration::from_millis(100),
+        },
+    );
+    let docker = clients::docker_2010();
+    let spawn_pull = |tag: &str| {
+        let client = h.client.clone();
+        let url = h.url(&format!("/v2/{REPO}/manifests/{tag}"));
+        let headers: Vec<(String, String)> = docker.headers.clone();
+        tokio::spawn(async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            client.get_with(&url, &headers).await
+        })
+    };
+    let started = std::time::Instant::now();
+    let a = spawn_pull("first");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let b = spawn_pull("second");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // A pull that converts nothing is answered meanwhile.
+    let r = h
+        .get_with(
+            &format!("/v2/{REPO}/manifests/other"),
+            &clients::containerd_16().lines(),
+        )
+        .await;
+    assert!(r.body == other.bytes, "{}", r.text());
+    // The second image's zstd layer is here (fetched before the permit is asked for); its
+    // conversion, a few KiB, would be done in milliseconds if it had a permit.
+    let second_layer = format!("/v2/{REPO}/blobs/{}", second.layers[0].1);
+    assert_eq!(h.fake.count_path("GET", &second_layer), 1);
+    assert!(!a.is_finished(), "the first conversion still runs");
+    assert!(
+        !b.is_finished(),
+        "the second conversion waits for the permit"
+    );
+    assert_eq!(converted(&h), 0.0);
+    assert!(started.elapsed() < std::time::Duration::from_millis(1400));
+    let rb = b.await.unwrap();
+    assert_eq!(rb.status, StatusCode::OK, "{}", rb.text());
+    assert!(
+        a.is_finished() || converted(&h) == 2.0,
+        "the second ended only after the first"
+    );
+    let ra = a.await.unwrap();
+    assert_converted_from(&h, &ra, &first, &[0], &docker).await;
+    assert_converted_from(&h, &rb, &second, &[0], &docker).await;
+    assert_eq!(converted(&h), 2.0);
+}
+
+/// A restart (an upgrade) mid-pull: the tag was answered with tars, archway restarts on the
+/// same data dir, and the tar the client has yet to GET was evicted meanwhile. The GET by its
+/// digest converts it again from its zstd layer (which one is read back from the data dir).
+#[tokio::test]
+async fn after_a_restart_an_evicted_tar_is_converted_again_on_its_get() {
+    let mut h = Harness::start().await;
+    let docker = clients::docker_2010();
+    let img = oci_zstd_image(&h.fake, "v1", 61);
+    let r = pull(&h, &docker).await;
+    assert_converted_from(&h, &r, &img, &[0], &docker).await;
+    let (diff_id, tar) = img.tars[0].clone();
+
+    // Stopped; the tar evicted (its file gone); started again on the same data dir.
+    if let Some(a) = h.archway.take() {
+        a.shutdown().await;
+    }
+    let data = h.data_dir();
+    let tars: Vec<_> = support::files_under(&data)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(diff_id.hex()))
+        .collect();
+    assert!(!tars.is_empty(), "the tar was cached");
+    for p in &tars {
+        std::fs::remove_file(p).unwrap();
+    }
+    h.restart().await;
+
+    // The client goes on with the manifest it had: the converted one, by digest...
+    let digest = sha256_digest(&r.body);
+    let m = h
+        .get_with(&format!("/v2/{REPO}/manifests/{digest}"), &docker.lines())
+        .await;
+    assert_eq!(m.status, StatusCode::OK, "{}", m.text());
+    assert!(m.body == r.body);
+    // ...and its layers by digest: the tar made again, byte for byte.
+    let b = h
+        .get_with(&format!("/v2/{REPO}/blobs/{diff_id}"), &docker.lines())
+        .await;
+    assert_eq!(b.status, StatusCode::OK, "{}", b.text());
+    assert!(b.body == tar, "the zstd layer's tar");
+    // Upstream was never asked for the diff_id: it was archway's to make.
+    let path = format!("/v2/{REPO}/blobs/{diff_id}");
+    assert_eq!(h.fake.count_path("GET", &path), 0);
+    assert_eq!(h.fake.count_path("HEAD", &path), 0);
+}
+
+/// `X-Meta-Layers` changes the answer under every route's `layers`, so every answer that could
+/// be converted says it varies on it: `as-is` and `compatible` routes too, Docker's manifest
+/// type too.
+#[tokio::test]
+async fn answers_that_x_meta_layers_can_change_vary_on_it() {
+    let h = Harness::with(FakeRegistry::start().await, |cfg| {
+        for (ua, layers) in [
+            ("docker/20.10", LayersMode::AsIs),
+            ("containerd", LayersMode::Compatible),
+        ] {
+            cfg.routes.push(RouteConfig {
+                matcher: archway::route_policy::RouteMatch {
+                    user_agent: Some(ua.into()),
+                    ..Default::default()
+                },
+                layers,
+                ..Default::default()
+            });
+        }
+    })
+    .await;
+    let img = docker_zstd_image(&h.fake, "v1", 71);
+    let vary = |r: &Reply| r.header_all("vary").join(",").to_ascii_lowercase();
+    let curl = ClientHeaders {
+        name: "curl".into(),
+        headers: vec![("User-Agent".into(), "curl/8.5.0".into())],
+    };
+    let c20 = clients::containerd_16().with_user_agent("containerd/2.0.0");
+    for (what, c, converted) in [
+        ("as-is route", clients::docker_2010(), false),
+        ("compatible route", c20.clone(), true),
+        ("auto, reads zstd", curl.clone(), false),
+        (
+            "auto, forced",
+            curl.with_header("X-Meta-Layers", "compatible"),
+            true,
+        ),
+        (
+            "as-is route, forced",
+            clients::docker_2010().with_header("X-Meta-Layers", "compatible"),
+            true,
+        ),
+        (
+            "compatible route, kept",
+            c20.with_header("X-Meta-Layers", "as-is"),
+            false,
+        ),
+    ] {
+        let r = pull(&h, &c).await;
+        assert_eq!(r.status, StatusCode::OK, "{what}: {}", r.text());
+        assert_eq!(r.body != img.bytes, converted, "{what}");
+        let v = vary(&r);
+        for hint in ["accept", "user-agent", "x-meta-layers"] {
+            assert!(v.contains(hint), "{what}: vary {v:?} lacks {hint}");
+        }
+    }
+    // A digest request is never rewritten: no Vary.
+    let r = h
+        .get_with(
+            &format!("/v2/{REPO}/manifests/{}", img.digest),
+            &clients::docker_2010().lines(),
+        )
+        .await;
+    assert!(r.body == img.bytes);
+    assert!(!vary(&r).contains("x-meta-layers"), "{}", vary(&r));
 }

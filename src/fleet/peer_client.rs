@@ -154,6 +154,7 @@ impl PeerSource for HttpPeers {
                 size,
                 body,
                 from_parent: false,
+                on_settled: None,
             }))
         })
     }

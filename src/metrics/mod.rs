@@ -729,7 +729,7 @@ impl Metrics {
             &mut registry,
             &mut described,
             "archway_layer_conversions",
-            "zstd layers decompressed to their tars for clients that cannot read zstd, by outcome: converted (the whole tar made), failed (not zstd, cut off, past conversion.max_output or max_ratio), abandoned (no reader left)",
+            "zstd layers decompressed to their tars for clients that cannot read zstd, by outcome: converted (the whole tar made and its diff_id checked), failed (not zstd, cut off, past conversion.max_output or max_ratio, or not its diff_id), abandoned (no reader left)",
             layer_conversions.clone(),
         );
         for outcome in LAYER_CONVERSIONS {
@@ -751,7 +751,7 @@ impl Metrics {
             &mut registry,
             &mut described,
             "archway_layer_conversion_seconds",
-            "Time spent decompressing zstd layers (summed over concurrent conversions)",
+            "Wall-clock seconds of layer conversions, from the permit to the last byte (waits for the zstd input included; not CPU time), summed over concurrent conversions",
             layer_conversion_seconds.clone(),
         );
         let warm = WarmMetrics::register(&mut registry, &mut described);

@@ -401,6 +401,7 @@ impl Blobs {
                     size: stream.size,
                     body: stream.body,
                     from_parent: stream.from_parent,
+                    on_settled: None,
                 })
             }) as FetchFuture
         })

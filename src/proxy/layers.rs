@@ -92,7 +92,16 @@ impl LayerWork<'_> {
         let blob = self
             .blobs
             .fetch_for_route(self.access, upstream, repo, &plan.config)
-            .await?;
+            .await
+            .map_err(|e| {
+                unreadable(
+                    e,
+                    format!(
+                        "the image config {} cannot be read for its diff_ids",
+                        plan.config
+                    ),
+                )
+            })?;
         let blob = blob
             .verified()
             .await
@@ -143,7 +152,16 @@ impl LayerWork<'_> {
                 let source = self
                     .blobs
                     .fetch_for_route(self.access, upstream, repo, &layer.digest)
-                    .await?;
+                    .await
+                    .map_err(|e| {
+                        unreadable(
+                            e,
+                            format!(
+                                "layer {} of {} ({}) cannot be converted for this client",
+                                layer.position, m.digest, layer.digest
+                            ),
+                        )
+                    })?;
                 let c = converter.clone();
                 let fill = self
                     .blobs
@@ -178,6 +196,25 @@ impl LayerWork<'_> {
             digest: diff_id,
             size,
         })
+    }
+}
+
+/// A blob a conversion reads (the config, a zstd layer) that could not be had, said of the
+/// manifest asked for: upstream's 404 of that blob is not the manifest missing, so the answer
+/// is a 502 naming the blob. Other failures keep their status and code (a 401 still asks for
+/// credentials, a 429 or 503 still says when to retry), with `what` in the message.
+fn unreadable(e: ProxyError, what: String) -> ProxyError {
+    if e.status == StatusCode::NOT_FOUND {
+        ProxyError::upstream(
+            ErrorCode::ManifestBlobUnknown,
+            format!("{what}: upstream does not have it ({})", e.message),
+        )
+        .with_status(StatusCode::BAD_GATEWAY)
+    } else {
+        ProxyError {
+            message: format!("{what}: {}", e.message),
+            ..e
+        }
     }
 }
 

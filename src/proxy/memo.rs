@@ -20,7 +20,8 @@ static HINT_HEADERS: [HeaderName; 4] = [
 ];
 
 /// What a tag answer depends on, hashed: the manifest the tag points at, the route, and the
-/// client's hints exactly as sent (User-Agent, X-Meta-Platform, every Accept line, in order).
+/// client's hints exactly as sent (User-Agent, X-Meta-Platform, X-Meta-Layers, every Accept line,
+/// in order).
 /// SipHash under a secret per-process key: nobody outside can aim a collision at it, and by
 /// chance any two of the tens of thousands of answers the budget holds collide with odds below
 /// one in 10¹⁰.

@@ -294,6 +294,7 @@ impl Proxy {
         let converter = Arc::new(converter::Converter::new(
             &config.conversion,
             metrics.clone(),
+            &config.data_dir,
         ));
         Ok(Proxy {
             access,

@@ -165,10 +165,11 @@ impl PlatformAnswers {
             })?;
         decision.layers = Some(format!("{:?}: {}", layers.reads, layers.why));
         let reads = layers.reads;
-        // Answers differ by client wherever a zstd layer may be converted for some of them.
-        let vary = (mode != RewriteMode::Never && (is_index || single_oci))
-            || (layers_mode == crate::route_policy::LayersMode::Auto
-                && (is_index || mentions_zstd(&m.bytes)));
+        // Answers differ by client wherever a zstd layer may be converted for some of them:
+        // under any route's `layers`, since `X-Meta-Layers` overrides it (an index's children
+        // may have zstd layers its own bytes do not show).
+        let vary =
+            is_index || (mode != RewriteMode::Never && single_oci) || mentions_zstd(&m.bytes);
         // A client that cannot read zstd gets the child for its platform when the index's
         // child has zstd layers: the index's own digests name the zstd children.
         let for_layers = !rewrite && reads != ZstdReads::Both && is_index;

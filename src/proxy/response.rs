@@ -18,7 +18,7 @@ pub(crate) const API_VERSION: HeaderName =
     HeaderName::from_static("docker-distribution-api-version");
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 /// What a rewritten (or rewritable) answer depends on.
-pub(crate) const HINT_VARY: &str = "Accept, User-Agent, X-Meta-Platform";
+pub(crate) const HINT_VARY: &str = "Accept, User-Agent, X-Meta-Platform, X-Meta-Layers";
 const STALE_WARNING: &str = "110 - \"Response is Stale\"";
 
 /// `Docker-Content-Digest` and `ETag` for a digest. Built from one formatted string, handed to

@@ -197,6 +197,8 @@ struct FaultRule {
     fault: Fault,
     /// `None`: until cleared.
     remaining: Option<usize>,
+    /// Only requests for this path (`None`: any).
+    path: Option<String>,
 }
 
 #[derive(Clone)]
@@ -751,6 +753,7 @@ impl FakeRegistry {
             kind,
             fault,
             remaining: None,
+            path: None,
         });
     }
 
@@ -763,6 +766,17 @@ impl FakeRegistry {
             kind,
             fault,
             remaining: Some(times),
+            path: None,
+        });
+    }
+
+    /// Inject `fault` into every request for `path` (e.g. one blob) until cleared.
+    pub fn fault_path(&self, path: &str, fault: Fault) {
+        self.shared.lock().faults.push(FaultRule {
+            kind: None,
+            fault,
+            remaining: None,
+            path: Some(path.to_owned()),
         });
     }
 
@@ -1101,7 +1115,7 @@ async fn handle(
             .filter(|(k, _)| k.is_none() || *k == Some(kind))
             .map(|(_, d)| *d)
             .max();
-        (delay, take_fault(&mut st, kind, false))
+        (delay, take_fault(&mut st, kind, &path, false))
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -1180,7 +1194,7 @@ async fn handle(
 
     // Body faults only touch successful GETs with a body.
     if req.method() == Method::GET && response.status().is_success() {
-        let fault = take_fault(&mut shared.lock(), kind, true);
+        let fault = take_fault(&mut shared.lock(), kind, &path, true);
         if let Some(f) = fault {
             let (mut parts, body) = response.into_parts();
             let FakeBody::Full(Some(bytes)) = body else {
@@ -1239,9 +1253,10 @@ async fn handle(
     Ok(response)
 }
 
-fn take_fault(st: &mut State, kind: Kind, body_phase: bool) -> Option<Fault> {
+fn take_fault(st: &mut State, kind: Kind, path: &str, body_phase: bool) -> Option<Fault> {
     let i = st.faults.iter().position(|r| {
         (r.kind.is_none() || r.kind == Some(kind))
+            && r.path.as_deref().is_none_or(|p| p == path)
             && r.fault.is_body_fault() == body_phase
             && r.remaining != Some(0)
     })?;

@@ -154,6 +154,7 @@ impl BlobTier {
             size: Some(object.size),
             body,
             from_parent: false,
+            on_settled: None,
         }))
     }
 

@@ -304,6 +304,8 @@ impl FillTask {
     ) -> Result<(u64, oneshot::Receiver<io::Result<u64>>), FillFailure> {
         let expected_size = upstream.size;
         let mut body = upstream.body;
+        // Dropped on any early return (so told `false`) before the failure is published.
+        let on_settled = upstream.on_settled;
         let from = self.source.name();
         let algorithm = self.fill.digest.algorithm();
         let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(HASH_QUEUE);
@@ -419,6 +421,9 @@ impl FillTask {
                     self.fill.digest
                 ),
             ));
+        }
+        if let Some(settled) = on_settled {
+            settled.settle(true);
         }
         self.fill.publish(|s| s.phase = Phase::Verified);
         Ok((received, write_done))

@@ -38,7 +38,7 @@ pub use bucket_tier::BucketRedirects;
 pub use fleet::{Fleet, PeerAnswer, PeerFuture, PeerRangeFuture, PeerSource};
 pub use memory::SMALL_BLOB_BYTES;
 pub use origin::{BlobOrigin, BlobSource};
-pub use source::{Cause, FillError, IncomingBlob, SourceError};
+pub use source::{Cause, FillError, IncomingBlob, OnSettled, SourceError};
 pub use store::{
     Blob, BlobStore, BlobStoreLimits, BlobStoreStats, CacheFile, CachedBlob, DiskBudget,
     FillProgress, FillingBlob, Kept,

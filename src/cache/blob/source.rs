@@ -13,6 +13,32 @@ pub struct IncomingBlob {
     /// A parent archway sent it on upstream's behalf (the parent tier): told apart in the
     /// fill's [`BlobSource`](super::BlobSource).
     pub from_parent: bool,
+    /// Told whether the fill verified these bytes (`true`) or failed (`false`, also when
+    /// dropped untold): a conversion's outcome is known only once its output is checked.
+    pub on_settled: Option<OnSettled>,
+}
+
+/// Called once with how a fill of an [`IncomingBlob`] ended; dropped uncalled it says `false`.
+pub struct OnSettled(Option<Box<dyn FnOnce(bool) + Send>>);
+
+impl OnSettled {
+    pub fn new(f: impl FnOnce(bool) + Send + 'static) -> Self {
+        OnSettled(Some(Box::new(f)))
+    }
+
+    pub fn settle(mut self, verified: bool) {
+        if let Some(f) = self.0.take() {
+            f(verified);
+        }
+    }
+}
+
+impl Drop for OnSettled {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(false);
+        }
+    }
 }
 
 /// Why the source could not start delivering a blob. Opaque to the cache, which hands the same
