@@ -130,7 +130,15 @@ impl ManifestStore {
                 .await;
         }
         match got {
-            Ok(Some((bytes, Some(media_type)))) if digest.verifies(&bytes) => {
+            Ok(Some((bytes, _))) if !digest.verifies(&bytes) => {
+                tracing::warn!(%digest, "manifest in storage does not match its digest; ignored");
+                None
+            }
+            // The bytes are proven by their digest, the Content-Type beside them by nothing: a
+            // bucket writer could retype a verified manifest, so the type must be the bytes' own.
+            Ok(Some((bytes, Some(media_type))))
+                if crate::manifest::proves_media_type(&media_type, &bytes) =>
+            {
                 tracing::debug!(%digest, "manifest from storage");
                 Some(Manifest {
                     digest: digest.clone(),
@@ -138,8 +146,11 @@ impl ManifestStore {
                     bytes,
                 })
             }
-            Ok(Some(_)) => {
-                tracing::warn!(%digest, "manifest in storage does not match its digest (or has no media type); ignored");
+            Ok(Some((_, media_type))) => {
+                let why = format!(
+                    "media type {media_type:?} is not the one the manifest's bytes say; a miss"
+                );
+                bucket.reject("manifest", "media_type", &key, &why);
                 None
             }
             Ok(None) => None,
