@@ -147,6 +147,9 @@ mod tests {
         assert!(proves_media_type(media_type::DOCKER_SCHEMA1_SIGNED, s1));
         assert!(!proves_media_type(media_type::OCI_MANIFEST, s1));
         assert!(!proves_media_type("application/json", b"not json"));
-        assert!(!proves_media_type(media_type::OCI_MANIFEST, br#"{"schemaVersion":2}"#));
+        assert!(!proves_media_type(
+            media_type::OCI_MANIFEST,
+            br#"{"schemaVersion":2}"#
+        ));
     }
 }

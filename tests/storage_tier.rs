@@ -468,7 +468,11 @@ async fn a_manifests_media_type_from_the_bucket_is_served_only_when_its_bytes_pr
         assert_eq!(store.get(d).await, None, "{d}: a type the bytes contradict");
         assert_eq!(store.get(d).await, None, "{d}: and again");
     }
-    assert_eq!(seen.count("rejected/manifest/media_type"), 4, "each read counted");
+    assert_eq!(
+        seen.count("rejected/manifest/media_type"),
+        4,
+        "each read counted"
+    );
     let got = store.get(&list_d).await.expect("a type the bytes prove");
     assert_eq!(got.media_type, OCI_INDEX);
     // Put back with its true type: served, as its type.
