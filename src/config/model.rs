@@ -440,6 +440,13 @@ impl Config {
         }
         for (i, u) in self.upstreams.iter().enumerate() {
             refuse_upstream_user_info(&format!("upstream[{i}].url"), &u.url)?;
+            // Without [auth] no client has a name, so `clients` would refuse every request.
+            if u.clients.is_some() && self.auth.is_none() {
+                return Err(invalid(
+                    format!("upstream[{i}].clients"),
+                    "names [auth] users and tokens, but there is no [auth]: every request to this upstream would be refused (403); add [auth], or remove `clients`",
+                ));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {

@@ -854,7 +854,6 @@ impl Plan {
     }
 }
 
-/// An error answer to a request refused before it was looked at.
 /// An upstream archway holds credentials for, open to every client that reaches archway: say so
 /// at start, in words. (Its content is still served only where it was fetched, `access_rule`.)
 fn warn_open_private_upstreams(config: &Config) {
@@ -871,6 +870,7 @@ fn warn_open_private_upstreams(config: &Config) {
     }
 }
 
+/// An error answer to a request refused before it was looked at.
 fn refuse(e: ProxyError, head: bool) -> (Response<ResponseBody>, RequestNotes) {
     let mut response = error_response(&e, head);
     response
