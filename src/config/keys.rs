@@ -166,7 +166,7 @@ pub const KEYS: &[Key] = &[
     key("upstream[].library_prefix", D::None("true for Docker Hub, else false"), "true", "add library/ to one-component names"),
     key("upstream[].redirect_hosts", D::List(&[]), "[\"cdn.internal\", \"*.blobs.internal:8443\"]", "blob redirects may reach these even on private addresses"),
     key("upstream[].foreign_layer_hosts", D::List(&crate::foreign::DEFAULT_FOREIGN_LAYER_HOSTS), "", "foreign layers upstream lacks come from their urls on these; host / *.domain: https only; []: never"),
-    key("upstream[].visibility", D::None("\"private\" with credentials, else \"public\""), "\"private\"", "who is served what was fetched from it"),
+    key("upstream[].visibility", D::None("\"private\" with credentials or parents, else \"public\""), "\"private\"", "who is served what was fetched from it"),
     key("upstream[].clients", D::None("none: every client"), "[\"ci\", \"alice\"]", "[auth] users / named tokens that may use it (needs [auth])"),
     key("route[].match.host", D::None("none: any"), "\"ltsc2019.mirror.internal\"", "the Host the client asked for"),
     key("route[].match.port", D::None("none: any"), "5000", "the listener port the client reached"),

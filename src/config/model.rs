@@ -314,7 +314,8 @@ pub struct UpstreamConfig {
 }
 
 impl UpstreamConfig {
-    /// `visibility`, or its default: private when archway holds credentials for it.
+    /// `visibility`, or its default: private when archway holds credentials for it. (With
+    /// `parent = [...]` an upstream without `visibility` is private: the proxy sets it.)
     pub fn visibility(&self) -> crate::access_rule::Visibility {
         self.visibility.unwrap_or_else(|| {
             crate::access_rule::Visibility::default_for(self.credentials.is_some())

@@ -265,6 +265,13 @@ impl Proxy {
             .upstreams
             .iter()
             .map(|u| {
+                let mut u = u.clone();
+                if parents.is_some() && u.visibility.is_none() {
+                    // Reached through parents, which may hold credentials of their own for it:
+                    // what came through them is not known to be anyone's, so it is kept to its
+                    // route unless the operator says `visibility = "public"`.
+                    u.visibility = Some(crate::access_rule::Visibility::Private);
+                }
                 Upstream::new(u.clone())
                     .map(|up| {
                         let up = up.with_metrics(metrics.clone()).with_via(via.clone());
