@@ -121,13 +121,12 @@ impl ManifestStore {
 
     async fn read_bucket(&self, digest: &Digest) -> Option<Manifest> {
         let bucket = self.bucket.as_ref()?;
-        let key = bucket.keys().manifest(digest);
+        let mut key = bucket.keys().manifest(digest);
         let mut got = bucket.get_small(&key, MAX_MANIFEST_BYTES).await;
         if matches!(got, Ok(None)) {
             // Expired under manifests/ by the lifecycle rule: a pinned image's copy outlives it.
-            got = bucket
-                .get_small(&bucket.keys().pinned_manifest(digest), MAX_MANIFEST_BYTES)
-                .await;
+            key = bucket.keys().pinned_manifest(digest);
+            got = bucket.get_small(&key, MAX_MANIFEST_BYTES).await;
         }
         match got {
             Ok(Some((bytes, _))) if !digest.verifies(&bytes) => {
