@@ -55,6 +55,40 @@ pub fn media_type_of(content_type: Option<&str>, bytes: &[u8]) -> String {
     }
 }
 
+/// Whether the manifest's own bytes prove `media_type` (a type read back from somewhere that
+/// is not trusted, the bucket's Content-Type): its `mediaType` field when it has one, else its
+/// shape (`manifests`: an index or list; `config` and `layers`: an image manifest; schema 1).
+/// Bytes that say nothing of their type prove nothing.
+pub fn proves_media_type(media_type: &str, bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        #[serde(rename = "schemaVersion")]
+        schema_version: Option<u32>,
+        manifests: Option<serde_json::Value>,
+        config: Option<serde_json::Value>,
+        layers: Option<serde_json::Value>,
+    }
+    let Ok(shape) = serde_json::from_slice::<Shape>(bytes) else {
+        return false;
+    };
+    if let Some(t) = shape.media_type.filter(|t| !t.is_empty()) {
+        return t == media_type;
+    }
+    if shape.schema_version == Some(1) {
+        return media_type == media_type::DOCKER_SCHEMA1_SIGNED
+            || media_type == media_type::DOCKER_SCHEMA1;
+    }
+    if shape.manifests.is_some() {
+        return media_type::is_index(media_type);
+    }
+    if shape.config.is_some() && shape.layers.is_some() {
+        return media_type == media_type::OCI_MANIFEST || media_type == media_type::DOCKER_MANIFEST;
+    }
+    false
+}
+
 /// The config and layers an image manifest names, with their declared sizes (foreign layers
 /// too: they may be cached); an error when the bytes are not JSON.
 pub fn named_blobs(bytes: &[u8]) -> Result<Vec<(Digest, u64)>, serde_json::Error> {
@@ -94,5 +128,28 @@ mod tests {
         let s1 = br#"{"schemaVersion":1,"signatures":[]}"#;
         assert_eq!(media_type_of(None, s1), media_type::DOCKER_SCHEMA1_SIGNED);
         assert_eq!(media_type_of(None, b"not json"), "application/json");
+    }
+
+    #[test]
+    fn a_media_type_is_proven_by_the_bytes_or_not_at_all() {
+        let oci = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+        assert!(proves_media_type(media_type::OCI_INDEX, oci));
+        assert!(!proves_media_type(media_type::DOCKER_MANIFEST_LIST, oci));
+        assert!(!proves_media_type(media_type::OCI_MANIFEST, oci));
+        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert!(proves_media_type(media_type::OCI_INDEX, index));
+        assert!(proves_media_type(media_type::DOCKER_MANIFEST_LIST, index));
+        assert!(!proves_media_type(media_type::OCI_MANIFEST, index));
+        let image = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+        assert!(proves_media_type(media_type::OCI_MANIFEST, image));
+        assert!(!proves_media_type(media_type::OCI_INDEX, image));
+        let s1 = br#"{"schemaVersion":1,"fsLayers":[],"signatures":[]}"#;
+        assert!(proves_media_type(media_type::DOCKER_SCHEMA1_SIGNED, s1));
+        assert!(!proves_media_type(media_type::OCI_MANIFEST, s1));
+        assert!(!proves_media_type("application/json", b"not json"));
+        assert!(!proves_media_type(
+            media_type::OCI_MANIFEST,
+            br#"{"schemaVersion":2}"#
+        ));
     }
 }

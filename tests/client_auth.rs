@@ -419,3 +419,41 @@ async fn resets_and_closed_connections_run_no_more_checks_than_the_slots() {
     assert_eq!(r.status, StatusCode::OK);
     drop(h2_connections);
 }
+
+/// An upstream archway holds credentials for, reachable with no `[auth]`: said at start, in
+/// words, naming it; with `[auth]` it is not.
+#[tokio::test]
+async fn a_credentialed_upstream_open_to_every_client_is_warned_of_at_start() {
+    let logs = logs::capture();
+    let private = FakeRegistry::start().await;
+    let credentialed = |name: &str| {
+        let mut u = support::upstream_for(name, &private);
+        u.credentials = Some(archway::config::Credentials {
+            username: "bot".into(),
+            password: archway::config::Secret::new("pw"),
+        });
+        u
+    };
+    let open = credentialed("open-private");
+    let _h = Harness::with(FakeRegistry::start().await, move |c| c.upstreams.push(open)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = credentialed("closed-private");
+    let auth = auth_files(dir.path());
+    let _g = Harness::with(FakeRegistry::start().await, move |c| {
+        c.auth = Some(auth);
+        c.upstreams.push(closed);
+    })
+    .await;
+    let text = logs.text();
+    let warned = |name: &str| {
+        text.lines().any(|l| {
+            l.contains("WARN")
+                && l.contains(&format!(
+                    "upstream {name} has credentials and there is no [auth]: every client that can reach archway pulls from it"
+                ))
+        })
+    };
+    assert!(warned("open-private"), "{text}");
+    assert!(!warned("closed-private"), "with [auth] there is no warning");
+    assert!(!warned("fake"), "an anonymous upstream is no matter");
+}

@@ -1061,3 +1061,51 @@ async fn a_parent_ca_file_that_cannot_be_read_stops_the_start_naming_the_parent(
     assert!(err.contains("https://cluster.invalid:5443"), "{err}");
     assert!(err.contains("missing-ca.pem"), "{err}");
 }
+
+/// A node's upstream has no credentials of its own, but its parent may have: what the parent
+/// fetched with them must not become public on the node. Without `visibility`, an upstream
+/// reached through parents is private: served under the route that got it, and elsewhere only
+/// once that route's answer (through the parent) confirms it. `visibility = "public"` opts out.
+#[tokio::test]
+async fn what_a_node_fetched_through_a_parent_stays_on_its_route_unless_visibility_is_public() {
+    const USER: &str = "parent-bot";
+    const PASS: &str = "parent-upstream-pw";
+    let private = FakeRegistry::builder()
+        .credentials(USER, PASS)
+        .start()
+        .await;
+    let mut fleet = Fleet::start_with(private, 1, |c| {
+        c.upstreams[0].credentials = Some(Credentials {
+            username: USER.into(),
+            password: Secret::new(PASS),
+        });
+    })
+    .await;
+    let d = fleet.fake.add_blob(REPO, vec![7u8; 5000]);
+    let node = fleet.node_of(&[0], |_| {}).await;
+    let open = fleet
+        .node_of(&[0], |c| {
+            c.upstreams[0].visibility = Some(archway::access_rule::Visibility::Public)
+        })
+        .await;
+    for n in [&node, &open] {
+        let r = fleet.get(n, &format!("/v2/{REPO}/blobs/{d}"), &[]).await;
+        assert_verified(&r, &d, "the route that has it, through the parent");
+    }
+    for path in [
+        format!("/v2/team/other/blobs/{d}"),
+        format!("/v2/library/x/blobs/{d}"),
+    ] {
+        let r = fleet.get(&node, &path, &[]).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.text());
+        let r = fleet.head(&node, &path).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "HEAD {path}");
+        let r = fleet.get(&open, &path, &[]).await;
+        assert_verified(&r, &d, "visibility = \"public\" says anyone may");
+    }
+    // Its own route is still served from the node's cache.
+    let r = fleet
+        .get(&node, &format!("/v2/{REPO}/blobs/{d}"), &[])
+        .await;
+    assert_verified(&r, &d, "again");
+}

@@ -393,3 +393,77 @@ async fn a_concurrent_request_under_another_route_does_not_join_the_download() {
         }
     }
 }
+
+/// Referrers follow their source: the signature list of a private image, cached under its
+/// route, is not served under another route, and neither are the signature's own manifest
+/// and payload.
+#[tokio::test]
+async fn referrers_of_private_content_are_served_only_under_their_route() {
+    const SIG_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+    let private = private_registry().await;
+    let img = images::docker_image(&private, "team/app", 10, "linux/amd64");
+    private.set_tag("team/app", "v1", &img.digest);
+    let sig = private.add_referrer("team/app", &img.digest, SIG_TYPE, 10);
+    let h = two_upstreams(&private, |_| {}).await;
+    pull_private(&h, "team/app", "v1", &img).await;
+    let own = format!("/v2/team/app/referrers/{}?ns=private", img.digest);
+    let r = h.get(&own).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains(&sig.to_string()), "the route's own list");
+    let r = h
+        .get(&format!("/v2/team/app/manifests/{sig}?ns=private"))
+        .await;
+    assert_eq!(r.status, 200, "the signature, under its route");
+    let sig_manifest = r.json();
+    let payload = sig_manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = h
+        .get(&format!("/v2/team/app/blobs/{payload}?ns=private"))
+        .await;
+    assert_eq!(r.status, 200);
+
+    // Anonymously under the public upstream, by the same or another name, and under another
+    // repository of the private upstream: neither the list nor what it names.
+    let private_gets = private.count("GET", Kind::Referrers);
+    for repo_query in ["team/app", "library/x", "x/y?ns=fake"] {
+        let (repo, query) = repo_query.split_once('?').unwrap_or((repo_query, ""));
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        let r = h
+            .get(&format!("/v2/{repo}/referrers/{}{q}", img.digest))
+            .await;
+        assert!(
+            !r.text().contains(&sig.to_string()),
+            "{repo_query}: {} {}",
+            r.status,
+            r.text()
+        );
+        for path in [
+            format!("/v2/{repo}/manifests/{sig}{q}"),
+            format!("/v2/{repo}/blobs/{payload}{q}"),
+        ] {
+            let r = h.get(&path).await;
+            assert_eq!(r.status, 404, "{path}: {}", r.text());
+        }
+    }
+    let r = h
+        .get(&format!(
+            "/v2/team/other/referrers/{}?ns=private",
+            img.digest
+        ))
+        .await;
+    assert!(
+        !r.text().contains(&sig.to_string()),
+        "team/other: {}",
+        r.text()
+    );
+    assert!(
+        private.count("GET", Kind::Referrers) > private_gets,
+        "team/other's own list is asked of the private upstream, not taken from team/app's"
+    );
+}

@@ -382,7 +382,9 @@ async fn manifests_keep_exact_bytes_and_media_type_and_are_verified_on_read() {
     let s3 = Arc::new(InMemory::new());
     let seen = Arc::new(Seen::default());
     // Odd spacing on purpose: the bytes are kept, never re-serialised.
-    let bytes = Bytes::from_static(b"{ \"schemaVersion\" : 2,\n  \"mediaType\":\"x\" }");
+    let bytes = Bytes::from_static(
+        b"{ \"schemaVersion\" : 2,\n  \"mediaType\":\"application/vnd.oci.image.manifest.v1+json\" }",
+    );
     let m = Arc::new(Manifest {
         digest: Digest::sha256_of(&bytes),
         media_type: "application/vnd.oci.image.manifest.v1+json".into(),
@@ -420,6 +422,65 @@ async fn manifests_keep_exact_bytes_and_media_type_and_are_verified_on_read() {
         .await
         .unwrap();
     assert_eq!(b.get(&other).await, None);
+}
+
+/// A bucket writer's object: `bytes` at `key` with `content_type`.
+async fn plant_typed(s3: &InMemory, key: &ObjectPath, bytes: &'static [u8], content_type: &str) {
+    let mut attributes = object_store::Attributes::new();
+    attributes.insert(Attribute::ContentType, content_type.to_owned().into());
+    let opts = object_store::PutOptions {
+        attributes,
+        ..Default::default()
+    };
+    object_store::ObjectStore::put_opts(s3, key, PutPayload::from_static(bytes), opts)
+        .await
+        .unwrap();
+}
+
+/// The bytes are digest-verified, but the media type beside them is only the bucket's
+/// Content-Type: it is served only when the bytes prove it (their `mediaType`, else their
+/// shape), else the copy is a miss, counted and logged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifests_media_type_from_the_bucket_is_served_only_when_its_bytes_prove_it() {
+    const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let s3 = Arc::new(InMemory::new());
+    let seen = Arc::new(Seen::default());
+    let key = |d: &Digest| ObjectPath::from(format!("prod/manifests/sha256/{}", d.hex()));
+    let typed: &'static [u8] =
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
+    let untyped: &'static [u8] = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+    let list: &'static [u8] = br#"{"schemaVersion":2,"manifests":[]}"#;
+    let (typed_d, untyped_d, list_d) = (
+        Digest::sha256_of(typed),
+        Digest::sha256_of(untyped),
+        Digest::sha256_of(list),
+    );
+    // Retyped by a bucket writer: an image manifest said to be an index, twice over.
+    plant_typed(&s3, &key(&typed_d), typed, OCI_INDEX).await;
+    plant_typed(&s3, &key(&untyped_d), untyped, OCI_INDEX).await;
+    // Proven by its shape alone.
+    plant_typed(&s3, &key(&list_d), list, OCI_INDEX).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = ManifestStore::open(dir.path().into(), 1 << 20)
+        .unwrap()
+        .with_bucket(Some(bucket_over(s3.clone(), seen.clone())));
+    for d in [&typed_d, &untyped_d] {
+        assert_eq!(store.get(d).await, None, "{d}: a type the bytes contradict");
+        assert_eq!(store.get(d).await, None, "{d}: and again");
+    }
+    assert_eq!(
+        seen.count("rejected/manifest/media_type"),
+        4,
+        "each read counted"
+    );
+    let got = store.get(&list_d).await.expect("a type the bytes prove");
+    assert_eq!(got.media_type, OCI_INDEX);
+    // Put back with its true type: served, as its type.
+    plant_typed(&s3, &key(&typed_d), typed, OCI_MANIFEST).await;
+    let got = store.get(&typed_d).await.expect("its own type");
+    assert_eq!(got.media_type, OCI_MANIFEST);
+    assert_eq!(got.bytes.as_ref(), typed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

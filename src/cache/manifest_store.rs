@@ -121,16 +121,23 @@ impl ManifestStore {
 
     async fn read_bucket(&self, digest: &Digest) -> Option<Manifest> {
         let bucket = self.bucket.as_ref()?;
-        let key = bucket.keys().manifest(digest);
+        let mut key = bucket.keys().manifest(digest);
         let mut got = bucket.get_small(&key, MAX_MANIFEST_BYTES).await;
         if matches!(got, Ok(None)) {
             // Expired under manifests/ by the lifecycle rule: a pinned image's copy outlives it.
-            got = bucket
-                .get_small(&bucket.keys().pinned_manifest(digest), MAX_MANIFEST_BYTES)
-                .await;
+            key = bucket.keys().pinned_manifest(digest);
+            got = bucket.get_small(&key, MAX_MANIFEST_BYTES).await;
         }
         match got {
-            Ok(Some((bytes, Some(media_type)))) if digest.verifies(&bytes) => {
+            Ok(Some((bytes, _))) if !digest.verifies(&bytes) => {
+                tracing::warn!(%digest, "manifest in storage does not match its digest; ignored");
+                None
+            }
+            // The bytes are proven by their digest, the Content-Type beside them by nothing: a
+            // bucket writer could retype a verified manifest, so the type must be the bytes' own.
+            Ok(Some((bytes, Some(media_type))))
+                if crate::manifest::proves_media_type(&media_type, &bytes) =>
+            {
                 tracing::debug!(%digest, "manifest from storage");
                 Some(Manifest {
                     digest: digest.clone(),
@@ -138,8 +145,11 @@ impl ManifestStore {
                     bytes,
                 })
             }
-            Ok(Some(_)) => {
-                tracing::warn!(%digest, "manifest in storage does not match its digest (or has no media type); ignored");
+            Ok(Some((_, media_type))) => {
+                let why = format!(
+                    "media type {media_type:?} is not the one the manifest's bytes say; a miss"
+                );
+                bucket.reject("manifest", "media_type", &key, &why);
                 None
             }
             Ok(None) => None,

@@ -314,7 +314,8 @@ pub struct UpstreamConfig {
 }
 
 impl UpstreamConfig {
-    /// `visibility`, or its default: private when archway holds credentials for it.
+    /// `visibility`, or its default: private when archway holds credentials for it. (With
+    /// `parent = [...]` an upstream without `visibility` is private: the proxy sets it.)
     pub fn visibility(&self) -> crate::access_rule::Visibility {
         self.visibility.unwrap_or_else(|| {
             crate::access_rule::Visibility::default_for(self.credentials.is_some())
@@ -440,6 +441,13 @@ impl Config {
         }
         for (i, u) in self.upstreams.iter().enumerate() {
             refuse_upstream_user_info(&format!("upstream[{i}].url"), &u.url)?;
+            // Without [auth] no client has a name, so `clients` would refuse every request.
+            if u.clients.is_some() && self.auth.is_none() {
+                return Err(invalid(
+                    format!("upstream[{i}].clients"),
+                    "names [auth] users and tokens, but there is no [auth]: every request to this upstream would be refused (403); add [auth], or remove `clients`",
+                ));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {

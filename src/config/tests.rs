@@ -892,3 +892,15 @@ fn bad_pins_name_the_key() {
     let e = Config::from_toml("[[pin]]\nimage = \"alpine\"\ntag = \"x\"").unwrap_err();
     assert!(e.to_string().contains("tag"), "{e}");
 }
+
+#[test]
+fn clients_without_auth_is_refused_at_load() {
+    // Without [auth] no client has a name, so `clients` would refuse every request (403).
+    let toml = "[[upstream]]\nname = \"private\"\nurl = \"https://private.example\"\nclients = [\"alice\"]";
+    let err = Config::from_toml(toml).unwrap_err().to_string();
+    assert!(err.contains("upstream[0].clients"), "{err}");
+    assert!(err.contains("[auth]"), "{err}");
+    let with_auth = format!("[auth]\ntokens_file = \"t\"\n{toml}");
+    let c = Config::from_toml(&with_auth).unwrap();
+    assert_eq!(c.upstreams[0].clients, Some(vec!["alice".to_owned()]));
+}

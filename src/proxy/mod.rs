@@ -265,6 +265,13 @@ impl Proxy {
             .upstreams
             .iter()
             .map(|u| {
+                let mut u = u.clone();
+                if parents.is_some() && u.visibility.is_none() {
+                    // Reached through parents, which may hold credentials of their own for it:
+                    // what came through them is not known to be anyone's, so it is kept to its
+                    // route unless the operator says `visibility = "public"`.
+                    u.visibility = Some(crate::access_rule::Visibility::Private);
+                }
                 Upstream::new(u.clone())
                     .map(|up| {
                         let up = up.with_metrics(metrics.clone()).with_via(via.clone());
@@ -855,7 +862,6 @@ impl Plan {
     }
 }
 
-/// An error answer to a request refused before it was looked at.
 /// An upstream archway holds credentials for, open to every client that reaches archway: say so
 /// at start, in words. (Its content is still served only where it was fetched, `access_rule`.)
 fn warn_open_private_upstreams(config: &Config) {
@@ -872,6 +878,7 @@ fn warn_open_private_upstreams(config: &Config) {
     }
 }
 
+/// An error answer to a request refused before it was looked at.
 fn refuse(e: ProxyError, head: bool) -> (Response<ResponseBody>, RequestNotes) {
     let mut response = error_response(&e, head);
     response

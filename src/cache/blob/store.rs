@@ -280,7 +280,8 @@ impl BlobStore {
 
     /// The size of a blob that is neither in L1 nor being downloaded, if the bucket has it
     /// (a HEAD on a replica with an empty L1). `None` without `[storage]`, when the bucket does
-    /// not have it, or when the bucket fails.
+    /// not have it, or when the bucket fails. The size is the bucket object's, not proven: a
+    /// bucket writer can make it wrong (docs/fleet.md); a GET is verified whatever it says.
     pub async fn head_in_bucket(&self, digest: &Digest) -> Option<u64> {
         let bucket = self.bucket.as_ref()?;
         let mut size = bucket.size(&bucket.keys().blob(digest)).await;
