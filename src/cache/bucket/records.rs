@@ -157,3 +157,85 @@ impl Bucket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::bucket::StorageObserver;
+    use object_store::memory::InMemory;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    #[derive(Default)]
+    struct Rejections(AtomicU64);
+
+    impl StorageObserver for Rejections {
+        fn operation(&self, _: &'static str, _: &'static str, _: Duration) {}
+        fn blob_fill(&self, _: &'static str) {}
+        fn bypassed(&self, _: &'static str) {}
+        fn record_rejected(&self, _: &'static str, _: &'static str) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    // A forged record read a thousand times must not write a thousand log lines: every read
+    // is counted, each (object, kind, reason) is logged once.
+    #[test]
+    fn every_rejection_is_counted_and_each_object_and_reason_logged_once() {
+        let seen = Arc::new(Rejections::default());
+        let bucket = Bucket::over(
+            Arc::new(InMemory::new()),
+            "p/",
+            Duration::from_secs(5),
+            5 << 20,
+            seen.clone(),
+        );
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let forged = Path::from("p/tags/hub/library/alpine/latest");
+            let other = Path::from("p/tags/hub/library/alpine/3.20");
+            for _ in 0..1000 {
+                bucket.reject("tag", "unsealed", &forged, "no seal");
+            }
+            bucket.reject("tag", "future", &forged, "ahead");
+            bucket.reject("tag", "unsealed", &other, "no seal");
+            bucket.reject("tag", "unsealed", &other, "no seal");
+        });
+        assert_eq!(seen.0.load(Ordering::Relaxed), 1003);
+        let text = String::from_utf8_lossy(&lines.0.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_owned();
+        let logged: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("record in storage not believed"))
+            .collect();
+        assert_eq!(logged.len(), 3, "{text}");
+        assert_eq!(
+            logged
+                .iter()
+                .filter(|l| l.contains("alpine/latest") && l.contains("unsealed"))
+                .count(),
+            1
+        );
+    }
+}
