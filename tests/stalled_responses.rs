@@ -262,3 +262,55 @@ async fn one_h2_connection_runs_at_most_max_streams_per_connection_at_once() {
         "{peak} streams at once past max_streams_per_connection = 4"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_whose_streams_all_make_no_progress_is_closed() {
+    let (h, path) = harness(|_| {}).await;
+    let io = TokioIo::new(TcpStream::connect(h.addr()).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake::<_, Empty<Bytes>>(io)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        send.ready().await.unwrap();
+        let req = http::Request::get(h.url(&path))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = send.send_request(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        bodies.push(response.into_body());
+    }
+    // No stream ever gets a window: archway must close the connection itself, not only reset the
+    // streams and leave it to the idle timeout (120 s here).
+    let started = Instant::now();
+    let ended = tokio::time::timeout(STALL * 4, conn).await;
+    assert!(
+        ended.is_ok(),
+        "an h2 connection with no progress on any stream was still open {:?} after",
+        STALL * 4
+    );
+    assert!(
+        started.elapsed() >= STALL / 2,
+        "closed after {:?}, before the stall timeout",
+        started.elapsed()
+    );
+    // archway counts the close once its connection task has ended.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let closed = scrape(&h)
+            .get("archway_connections_closed_total", &[("reason", "stall")])
+            .unwrap_or(0.0);
+        if closed == 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{closed} connections closed as stalled, want 1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(bodies);
+}
