@@ -65,17 +65,24 @@ impl Archway {
             stall_timeout: config.limits.stall_timeout,
         };
         let max_streams = config.limits.max_streams_per_connection;
-        let max_requests = config
-            .limits
-            .max_requests
-            .unwrap_or_else(crate::fd_limit::default_max_requests);
-        tracing::info!(max_requests, "request limit");
-        let requests = Arc::new(Semaphore::new(max_requests as usize));
         let max_connections = config
             .limits
             .max_connections
             .unwrap_or_else(crate::fd_limit::default_max_connections);
         tracing::info!(max_connections, "connection limit");
+        // The default share of descriptors for requests follows the connection cap in force,
+        // configured or not.
+        let max_requests = config
+            .limits
+            .max_requests
+            .unwrap_or_else(|| crate::fd_limit::default_max_requests(max_connections));
+        tracing::info!(max_requests, "request limit");
+        if let Some(words) =
+            crate::fd_limit::over_budget(crate::fd_limit::current(), max_connections, max_requests)
+        {
+            tracing::warn!("{words}");
+        }
+        let requests = Arc::new(Semaphore::new(max_requests as usize));
         let slots = Arc::new(Semaphore::new(max_connections as usize));
         let proxy = Arc::new(Proxy::new(config)?);
         let (stop, _) = watch::channel(false);

@@ -262,3 +262,117 @@ async fn one_h2_connection_runs_at_most_max_streams_per_connection_at_once() {
         "{peak} streams at once past max_streams_per_connection = 4"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_whose_streams_all_make_no_progress_is_closed() {
+    let (h, path) = harness(|_| {}).await;
+    let io = TokioIo::new(TcpStream::connect(h.addr()).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake::<_, Empty<Bytes>>(io)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        send.ready().await.unwrap();
+        let req = http::Request::get(h.url(&path))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = send.send_request(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        bodies.push(response.into_body());
+    }
+    // No stream ever gets a window: archway must close the connection itself, not only reset the
+    // streams and leave it to the idle timeout (120 s here).
+    let started = Instant::now();
+    let ended = tokio::time::timeout(STALL * 4, conn).await;
+    assert!(
+        ended.is_ok(),
+        "an h2 connection with no progress on any stream was still open {:?} after",
+        STALL * 4
+    );
+    assert!(
+        started.elapsed() >= STALL / 2,
+        "closed after {:?}, before the stall timeout",
+        started.elapsed()
+    );
+    // archway counts the close once its connection task has ended.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let closed = scrape(&h)
+            .get("archway_connections_closed_total", &[("reason", "stall")])
+            .unwrap_or(0.0);
+        if closed == 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{closed} connections closed as stalled, want 1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(bodies);
+}
+
+/// Open descriptors of this process (archway runs in it) on files under `dir`.
+fn files_open_under(dir: &std::path::Path) -> usize {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|target| target.starts_with(&dir))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_cached_blob_responses_never_read_hold_at_most_one_file_each_until_the_stall() {
+    const STALLED: usize = 8;
+    let (mut h, path) = harness(|_| {}).await;
+    assert!(h.config.cache.sendfile, "the default is sendfile on");
+    // The warm-up's pooled connection is closed: only the stalled ones are left.
+    h.client = support::TestClient::new();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let data = h.data_dir();
+    assert_eq!(files_open_under(&data), 0, "files open before the test");
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        let mut s = TcpStream::connect(h.addr()).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // Every response has started and filled the socket buffers by now.
+    tokio::time::sleep(STALL / 3).await;
+    let held = files_open_under(&data);
+    println!("{STALLED} never-read HTTP/1.1 GETs of a cached blob hold {held} files");
+    // With sendfile a response keeps its blob's file open while it waits on the client: at most
+    // one each, never a file per read.
+    assert!(
+        held <= STALLED,
+        "{STALLED} stalled responses hold {held} files"
+    );
+    // Dropped at the stall timeout (the supervisor ticks at a quarter of it): every file goes
+    // with its response, while this client still holds its end of each socket.
+    let deadline = Instant::now() + STALL * 3;
+    loop {
+        let held = files_open_under(&data);
+        let closed = scrape(&h)
+            .get("archway_connections_closed_total", &[("reason", "stall")])
+            .unwrap_or(0.0);
+        if held == 0 && closed == STALLED as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?} after the stall timeout: {held} files still open, {closed} of {STALLED} \
+             connections closed as stalled",
+            STALL * 2
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(stalled);
+}

@@ -170,3 +170,47 @@ async fn requests_upstream_carry_via_and_a_parent_chain_is_no_loop() {
         assert_ne!(via[0], via[1], "each archway its own marker: {via:?}");
     }
 }
+
+/// A parent that is this archway's own listener, by address or as `localhost`: refused at
+/// start with an ERROR naming it, and never asked (a request to it would come back as a parent
+/// request, again and again).
+#[tokio::test]
+async fn a_parent_on_archways_own_listener_is_refused_at_start_with_an_error() {
+    let logs = support::logs::capture();
+    let fake = FakeRegistry::start().await;
+    let digest = fake.add_blob("lib/app", vec![5u8; 100]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut config = config_for(&fake, dir.path());
+    config.listen = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+    config.parent.urls = vec![
+        format!("http://127.0.0.1:{port}").parse().unwrap(),
+        format!("http://localhost:{port}").parse().unwrap(),
+    ];
+    let archway = Archway::start(config).await.unwrap();
+    let text = logs.text();
+    for host in ["127.0.0.1", "localhost"] {
+        let parent = format!("{host}:{port}");
+        assert!(
+            text.lines().any(|l| l.contains("ERROR")
+                && l.contains("parent refused")
+                && l.contains("it is this archway")
+                && l.contains(&parent)),
+            "a start-up error for the parent {parent}: {text}"
+        );
+    }
+    // Never asked: with no parent to ask and `parent_fallback = "none"`, a cold blob is a clear
+    // error at once, naming why, and not a loop through itself.
+    let r = get_promptly(
+        &TestClient::new(),
+        &format!("http://{}/v2/lib/app/blobs/{digest}", archway.local_addr()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(r.text().contains("own listener"), "{}", r.text());
+    assert_eq!(
+        fake.total(),
+        0,
+        "parent_fallback = \"none\": upstream is not asked"
+    );
+}
