@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Turns bench/run's raw outputs into the markdown table: each figure for archway, Distribution's
-proxy and nginx, the ratios archway / peer, the target from issue 5 and whether it was met.
+proxy and nginx, the ratios archway / peer, the targets (docs/benchmarks.md) and whether it was met.
 
 usage: report.py RAW_DIR RESULTS_FILE BIG_BLOB_SIZE COLD_BLOBS
 """

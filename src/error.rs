@@ -242,5 +242,14 @@ mod chain_tests {
             super::chain(&e),
             "upstream hub: connection refused: os says no"
         );
+        // A fill whose source failed: the upstream's io::Error is in the chain the log gets.
+        let fill = crate::cache::blob::FillError::Source(crate::cache::blob::SourceError::new(e));
+        assert_eq!(
+            super::chain(&fill),
+            "upstream hub: connection refused: os says no"
+        );
+        let tls =
+            crate::upstream::UpstreamInitError::Tls(rustls::Error::General("no versions".into()));
+        assert!(std::error::Error::source(&tls).is_some(), "{tls}");
     }
 }

@@ -1167,14 +1167,15 @@ fn alert_rules_check_and_pass_their_unit_tests() {
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
     assert_eq!(alerts.len(), 14);
-    let readme = read("README.md");
-    let runbook = &readme[readme
-        .find("## Monitoring")
-        .expect("README has a Monitoring section")..];
+    let operations = read("docs/operations.md");
+    let runbook = &operations[operations
+        .find("### Alerts")
+        .expect("docs/operations.md has an Alerts section")..];
+    let runbook = &runbook[..runbook.find("\n## ").unwrap_or(runbook.len())];
     for a in alerts {
         assert!(
             runbook.contains(&format!("| `{a}` |")),
-            "no runbook line for {a} in README's Monitoring section"
+            "no runbook line for {a} in docs/operations.md's Alerts section"
         );
     }
 }

@@ -1,14 +1,10 @@
 //! Config-time failures: what could not be read, parsed, or used, naming the key.
 
-use std::path::PathBuf;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The config file itself: named by its flag, in the words of every other file read.
+    #[error(transparent)]
+    Read(crate::key_file::KeyFileError),
     #[error("config: {0}")]
     Parse(String),
     #[error("config key `{key}`: {message}")]

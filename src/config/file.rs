@@ -14,10 +14,7 @@ use std::path::{Path, PathBuf};
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = crate::key_file::read_to_string("--config", path).map_err(ConfigError::Read)?;
         Self::from_toml(&text)
     }
 

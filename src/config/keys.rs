@@ -153,7 +153,7 @@ pub const KEYS: &[Key] = &[
     key("upstream[].name", D::None("none: required; without any [[upstream]], Docker Hub"), "\"docker.io\"", "what ns=, a path prefix or Host select"),
     key("upstream[].url", D::None("none: required"), "\"https://registry-1.docker.io\"", "scheme and host[:port] only; http:// allowed; no user:pass@"),
     key("upstream[].aliases", D::List(&[]), "[\"index.docker.io\"]", "other names that select it"),
-    key("upstream[].default", D::Bool(false), "", "what requests with no ns=, prefix or Host match reach"),
+    key("upstream[].default", D::Bool(false), "", "what requests with no ns=, prefix or Host match reach (a sole upstream is the default without it)"),
     key("upstream[].username", D::None("none: anonymous"), "\"mirror-bot\"", "for upstream's token service, with one of password, password_file, password_env"),
     key("upstream[].password", D::None("none"), "\"secret\"", "inline"),
     key("upstream[].password_file", D::None("none"), "\"/run/secrets/hub\"", "from a file (trailing newline ignored)"),

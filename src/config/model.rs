@@ -669,9 +669,14 @@ impl Config {
         Ok(())
     }
 
-    /// The upstream a request with no `ns=`, prefix or Host match reaches.
+    /// The upstream a request with no `ns=`, prefix or Host match reaches: the one with
+    /// `default = true`, or the only one there is (a lone mirror without the flag would
+    /// otherwise start and then refuse every plain request).
     pub fn default_upstream(&self) -> Option<usize> {
-        self.upstreams.iter().position(|u| u.default)
+        match self.upstreams.iter().position(|u| u.default) {
+            None if self.upstreams.len() == 1 => Some(0),
+            found => found,
+        }
     }
 }
 

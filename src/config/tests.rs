@@ -796,6 +796,9 @@ fn a_missing_file_reads_the_same_for_every_key_naming_the_key_and_path() {
             "{toml}"
         );
     }
+    // The config file itself, named by its flag.
+    let err = Config::from_file(&missing).unwrap_err().to_string();
+    assert_eq!(err, format!("`--config`: cannot read {m}: file not found"));
     // Read when serving starts: the same words.
     let err = crate::tls::load_certified_key(&missing, &missing, &crate::tls::provider())
         .err()
@@ -865,7 +868,8 @@ fn bad_pins_name_the_key() {
             "pinned twice",
         ),
         (
-            "[[upstream]]\nname = \"r\"\nurl = \"http://r\"\n[[pin]]\nimage = \"alpine\"",
+            // Two upstreams, neither the default (a sole upstream would be).
+            "[[upstream]]\nname = \"r\"\nurl = \"http://r\"\n[[upstream]]\nname = \"s\"\nurl = \"http://s\"\n[[pin]]\nimage = \"alpine\"",
             "pin[0].image",
             "no upstream is the default",
         ),
@@ -903,4 +907,31 @@ fn clients_without_auth_is_refused_at_load() {
     let with_auth = format!("[auth]\ntokens_file = \"t\"\n{toml}");
     let c = Config::from_toml(&with_auth).unwrap();
     assert_eq!(c.upstreams[0].clients, Some(vec!["alice".to_owned()]));
+}
+
+#[test]
+fn a_sole_upstream_is_the_default_without_saying_so() {
+    let one =
+        Config::from_toml("[[upstream]]\nname = \"local\"\nurl = \"http://127.0.0.1:5001\"\n")
+            .unwrap();
+    assert_eq!(one.default_upstream(), Some(0));
+    // A plain request (no ns=, prefix or Host match) reaches it instead of NAME_UNKNOWN.
+    let target = crate::upstream_choice::resolve(
+        &one.upstreams,
+        one.default_upstream(),
+        "library/alpine",
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (target.upstream, target.selected_by),
+        (0, crate::upstream_choice::SelectedBy::Default)
+    );
+    // Two and none marked: no guess.
+    let two = Config::from_toml(
+        "[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:5001\"\n[[upstream]]\nname = \"b\"\nurl = \"http://127.0.0.1:5002\"\n",
+    )
+    .unwrap();
+    assert_eq!(two.default_upstream(), None);
 }

@@ -753,7 +753,10 @@ fn fill_error(e: FillError) -> ProxyError {
             None => ProxyError::bad_gateway(source.to_string()),
         },
         // The download broke before this request joined: nothing of it can be served.
-        FillError::Failed(cause) => ProxyError::bad_gateway(cause.message()),
+        FillError::Failed(cause) => {
+            tracing::warn!(error = %crate::error::chain(&cause), "blob download failed");
+            ProxyError::bad_gateway(cause.message())
+        }
         FillError::TooLarge(cause) => ProxyError::bad_gateway(cause.message()),
         FillError::Storage(cause) => {
             // The client gets the words; the log gets the io::Error behind them too.

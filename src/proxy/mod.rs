@@ -143,8 +143,8 @@ fn bucket_settings(s: &crate::config::StorageConfig) -> BucketSettings {
                 k.secret_access_key.expose().to_owned(),
             )
         }),
-        timeout: s.s3_timeout,
-        upload_timeout: s.s3_upload_timeout,
+        s3_timeout: s.s3_timeout,
+        s3_upload_timeout: s.s3_upload_timeout,
         max_uploads: s.s3_max_uploads,
         upload_queue: s.s3_upload_queue,
         part_size: s.s3_part_size,

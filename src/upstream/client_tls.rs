@@ -17,7 +17,7 @@ pub(crate) fn tls_config(
         let verifier = crate::tls::AcceptAnyServerCert::new(provider.clone());
         return Ok(rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| UpstreamInitError::Tls(e.to_string()))?
+            .map_err(UpstreamInitError::Tls)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth());
@@ -53,7 +53,7 @@ pub(crate) fn tls_config(
     }
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| UpstreamInitError::Tls(e.to_string()))?
+        .map_err(UpstreamInitError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }

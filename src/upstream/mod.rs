@@ -54,7 +54,7 @@ pub enum UpstreamInitError {
     #[error("CA file {}: {message}", path.display())]
     CaFileInvalid { path: PathBuf, message: String },
     #[error("TLS setup failed: {0}")]
-    Tls(String),
+    Tls(#[source] rustls::Error),
 }
 
 /// What the last challenge of this upstream asked for, so that later requests can present a

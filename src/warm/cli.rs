@@ -86,19 +86,14 @@ pub async fn run(args: WarmArgs, local: impl FnOnce() -> Result<Config, String>)
     };
     let mut images = args.images.clone();
     if let Some(file) = &args.file {
-        let text = if file.as_os_str() == "-" {
-            std::io::read_to_string(std::io::stdin())
-        } else {
-            std::fs::read_to_string(file)
-        };
-        match text {
+        match image_list(file) {
             Ok(t) => images.extend(
                 t.lines()
                     .map(|l| l.split('#').next().unwrap_or(""))
                     .flat_map(str::split_whitespace)
                     .map(str::to_owned),
             ),
-            Err(e) => return usage(format!("--file {}: {e}", file.display())),
+            Err(e) => return usage(e),
         }
     }
     if images.is_empty() {
@@ -281,14 +276,23 @@ where
     Ok(())
 }
 
+/// The text of `-f FILE` ("-": standard input), or why not in the words every file read uses.
+fn image_list(file: &Path) -> Result<String, String> {
+    if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("--file -: {e}"))
+    } else {
+        crate::key_file::read_to_string("--file", file).map_err(|e| e.to_string())
+    }
+}
+
 fn credentials(args: &WarmArgs) -> Result<Option<(String, Secret)>, String> {
     let Some(user) = &args.username else {
         return Ok(None);
     };
     let password = match &args.password_file {
-        Some(path) => std::fs::read_to_string(path)
+        Some(path) => crate::key_file::read_to_string("--password-file", path)
             .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-            .map_err(|e| format!("--password-file {}: {e}", path.display()))?,
+            .map_err(|e| e.to_string())?,
         None => std::env::var("ARCHWAY_PASSWORD")
             .map_err(|_| "--username needs ARCHWAY_PASSWORD or --password-file".to_owned())?,
     };
@@ -308,5 +312,44 @@ fn remove_own_partials(dir: &Path) {
         if name.starts_with(&prefix) && name.ends_with(".part") {
             let _ = std::fs::remove_file(e.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        warm: WarmArgs,
+    }
+
+    #[test]
+    fn a_missing_file_reads_as_every_other_missing_file_naming_flag_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let m = missing.display().to_string();
+        assert_eq!(
+            image_list(&missing).unwrap_err(),
+            format!("`--file`: cannot read {m}: file not found")
+        );
+        let cli = Cli::try_parse_from([
+            "warm",
+            "--server",
+            "http://127.0.0.1:9",
+            "--username",
+            "u",
+            "--password-file",
+            &m,
+        ])
+        .unwrap();
+        assert_eq!(
+            credentials(&cli.warm).err(),
+            Some(format!(
+                "`--password-file`: cannot read {m}: file not found"
+            ))
+        );
     }
 }

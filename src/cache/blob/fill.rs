@@ -212,7 +212,8 @@ impl FillTask {
         let writer = match self.stream(upstream, file.clone()).await {
             Ok(writer) => writer,
             Err(failure) => {
-                tracing::warn!(%digest, reason = failure.message(), "blob fill failed");
+                // The log gets the io::Error behind the words too.
+                tracing::warn!(%digest, error = %crate::error::chain(&failure.cause()), "blob fill failed");
                 self.abandon(Phase::Failed(failure));
                 return;
             }

@@ -230,3 +230,21 @@ impl Fill {
         self.tx.send_modify(f);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_fill_logs_the_io_error_behind_its_words() {
+        // What fill.rs logs and what a caller that joined too late gets: the words and the cause.
+        let failure = FillFailure::of(
+            io::Error::other("connection reset by peer"),
+            "upstream body failed",
+        );
+        assert_eq!(
+            crate::error::chain(&super::super::FillError::Failed(failure.cause())),
+            "upstream body failed: connection reset by peer"
+        );
+    }
+}

@@ -142,7 +142,7 @@ impl From<String> for Cause {
 pub enum FillError {
     /// The source refused or failed before any body.
     #[error("{0}")]
-    Source(SourceError),
+    Source(#[source] SourceError),
     /// The download failed before this caller joined it: nothing of it can be served.
     #[error("{0}")]
     Failed(#[source] Cause),

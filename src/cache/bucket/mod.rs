@@ -59,9 +59,9 @@ pub struct BucketSettings {
     /// `(access key id, secret access key)` from the config; `None`: the AWS chain.
     pub keys: Option<(String, String)>,
     /// `storage.s3_timeout` (its default: `config::keys::STORAGE_S3_TIMEOUT`).
-    pub timeout: Duration,
+    pub s3_timeout: Duration,
     /// `storage.s3_upload_timeout`.
-    pub upload_timeout: Duration,
+    pub s3_upload_timeout: Duration,
     /// `storage.s3_max_uploads`.
     pub max_uploads: u32,
     /// `storage.s3_upload_queue`.
@@ -147,8 +147,8 @@ pub struct Bucket {
     /// Where the open multipart uploads are listed (with `signer`).
     listing: Option<orphans::UploadListing>,
     keys: Keys,
-    timeout: Duration,
-    upload_timeout: Duration,
+    s3_timeout: Duration,
+    s3_upload_timeout: Duration,
     part_size: u64,
     uploads: Arc<Semaphore>,
     /// Background writes queued or running.
@@ -239,7 +239,7 @@ impl Bucket {
             // the same bound as the first try.
             .with_retry(RetryConfig {
                 max_retries: 1,
-                retry_timeout: settings.timeout,
+                retry_timeout: settings.s3_timeout,
                 ..RetryConfig::default()
             })
             .with_client_options(
@@ -249,8 +249,8 @@ impl Bucket {
                     // CompleteMultipartUpload only once it has assembled the object): every
                     // operation is bounded again by its own limit in `timed`.
                     .with_timeout_disabled()
-                    .with_connect_timeout(settings.timeout)
-                    .with_read_timeout(settings.timeout.max(settings.upload_timeout)),
+                    .with_connect_timeout(settings.s3_timeout)
+                    .with_read_timeout(settings.s3_timeout.max(settings.s3_upload_timeout)),
             );
         if let Some(endpoint) = &settings.endpoint {
             builder = builder
@@ -258,8 +258,8 @@ impl Bucket {
                 .with_allow_http(endpoint.starts_with("http://"));
             if connector::is_loopback(endpoint) {
                 builder = builder.with_http_connector(connector::Direct::new(
-                    settings.timeout,
-                    settings.timeout.max(settings.upload_timeout),
+                    settings.s3_timeout,
+                    settings.s3_timeout.max(settings.s3_upload_timeout),
                 ));
             }
         }
@@ -275,8 +275,8 @@ impl Bucket {
             signer: Some(store),
             listing: Some(listing),
             keys: Keys::new(&settings.prefix),
-            timeout: settings.timeout,
-            upload_timeout: settings.upload_timeout,
+            s3_timeout: settings.s3_timeout,
+            s3_upload_timeout: settings.s3_upload_timeout,
             part_size: settings.part_size,
             uploads: Arc::new(Semaphore::new(max_uploads as usize)),
             pending: Arc::new(AtomicU64::new(0)),
@@ -300,8 +300,8 @@ impl Bucket {
             signer: None,
             listing: None,
             keys: Keys::new(prefix),
-            timeout,
-            upload_timeout: timeout,
+            s3_timeout: timeout,
+            s3_upload_timeout: timeout,
             part_size,
             uploads: Arc::new(Semaphore::new(4)),
             pending: Arc::new(AtomicU64::new(0)),
@@ -331,7 +331,7 @@ impl Bucket {
         let got = self
             .timed(
                 op,
-                self.timeout,
+                self.s3_timeout,
                 self.store.get_opts(key, GetOptions::new()),
             )
             .await;
@@ -346,7 +346,7 @@ impl Bucket {
             .map(|v| v.to_string());
         let size = got.meta.size;
         let e_tag = got.meta.e_tag.clone();
-        let timeout = self.timeout;
+        let timeout = self.s3_timeout;
         let stream = got.into_stream();
         let body = futures_util::stream::unfold(Some(stream), move |stream| async move {
             let mut stream = stream?;
@@ -425,11 +425,11 @@ impl Bucket {
         };
         // A small object trickling in chunk by chunk must not hold a request for long either:
         // the whole body within the timeout too.
-        let bytes = tokio::time::timeout(self.timeout, read)
+        let bytes = tokio::time::timeout(self.s3_timeout, read)
             .await
             .map_err(|_| BucketError::Timeout {
                 op: "GetObject",
-                after: self.timeout,
+                after: self.s3_timeout,
             })??;
         Ok(Some((bytes, content_type, e_tag)))
     }
@@ -442,7 +442,7 @@ impl Bucket {
     /// The size of the object at `key` (HEAD); `None` if there is none.
     pub async fn size(&self, key: &Path) -> Result<Option<u64>, BucketError> {
         match self
-            .timed("HeadObject", self.timeout, self.store.head(key))
+            .timed("HeadObject", self.s3_timeout, self.store.head(key))
             .await
         {
             Ok(meta) => Ok(Some(meta.size)),
@@ -468,7 +468,7 @@ impl Bucket {
         };
         self.timed(
             "PutObject",
-            self.upload_timeout,
+            self.s3_upload_timeout,
             self.store
                 .put_opts(key, PutPayload::from_bytes(bytes), opts),
         )
@@ -490,7 +490,7 @@ impl Bucket {
         };
         self.timed(
             "PutObject",
-            self.timeout,
+            self.s3_timeout,
             self.store
                 .put_opts(key, PutPayload::from_bytes(bytes), opts),
         )
@@ -503,7 +503,7 @@ impl Bucket {
         let upload = self
             .timed(
                 "CreateMultipartUpload",
-                self.timeout,
+                self.s3_timeout,
                 self.store.put_multipart(key),
             )
             .await?;
@@ -516,12 +516,16 @@ impl Bucket {
     /// A copy of `from` at `to`, made by the store (CopyObject: no bytes through archway; at
     /// most 5 GiB on S3).
     pub async fn copy(&self, from: &Path, to: &Path) -> Result<(), BucketError> {
-        self.timed("CopyObject", self.upload_timeout, self.store.copy(from, to))
-            .await
+        self.timed(
+            "CopyObject",
+            self.s3_upload_timeout,
+            self.store.copy(from, to),
+        )
+        .await
     }
 
     pub async fn delete(&self, key: &Path) -> Result<(), BucketError> {
-        self.timed("DeleteObject", self.timeout, self.store.delete(key))
+        self.timed("DeleteObject", self.s3_timeout, self.store.delete(key))
             .await
     }
 
@@ -623,14 +627,18 @@ impl Multipart<'_> {
     pub async fn put_part(&mut self, bytes: Bytes) -> Result<(), BucketError> {
         let part = self.upload.put_part(PutPayload::from_bytes(bytes));
         self.bucket
-            .timed("UploadPart", self.bucket.upload_timeout, part)
+            .timed("UploadPart", self.bucket.s3_upload_timeout, part)
             .await
     }
 
     pub async fn complete(mut self) -> Result<(), BucketError> {
         let done = self.upload.complete();
         self.bucket
-            .timed("CompleteMultipartUpload", self.bucket.upload_timeout, done)
+            .timed(
+                "CompleteMultipartUpload",
+                self.bucket.s3_upload_timeout,
+                done,
+            )
             .await
             .map(drop)
     }
@@ -639,7 +647,7 @@ impl Multipart<'_> {
         let aborted = self.upload.abort();
         if let Err(e) = self
             .bucket
-            .timed("AbortMultipartUpload", self.bucket.timeout, aborted)
+            .timed("AbortMultipartUpload", self.bucket.s3_timeout, aborted)
             .await
         {
             tracing::warn!(error = %e, "cannot abort a multipart upload; a lifecycle rule clears it");

@@ -41,8 +41,8 @@ impl UploadListing {
             (None, false) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
         };
         let mut client = reqwest::Client::builder()
-            .connect_timeout(settings.timeout)
-            .read_timeout(settings.timeout)
+            .connect_timeout(settings.s3_timeout)
+            .read_timeout(settings.s3_timeout)
             .http1_only();
         if loopback {
             client = client.no_proxy();
@@ -131,7 +131,7 @@ impl Bucket {
             Ok(String::from_utf8_lossy(&body).into_owned())
         };
         let xml = self
-            .timed("ListMultipartUploads", self.timeout, list)
+            .timed("ListMultipartUploads", self.s3_timeout, list)
             .await?;
         let now = SystemTime::now();
         let mut aborted = 0;
@@ -145,7 +145,7 @@ impl Bucket {
             };
             let id = upload.upload_id.clone();
             let abort = s3.abort_multipart(&path, &id);
-            self.timed("AbortMultipartUpload", self.timeout, abort)
+            self.timed("AbortMultipartUpload", self.s3_timeout, abort)
                 .await?;
             tracing::info!(key = %upload.key, age = ?age, "orphaned multipart upload aborted");
             aborted += 1;

@@ -29,7 +29,7 @@ impl Bucket {
         };
         let op = "PresignGetObject";
         let signed = signer.signed_url(http::Method::GET, key, expires_in);
-        match tokio::time::timeout(self.timeout, signed).await {
+        match tokio::time::timeout(self.s3_timeout, signed).await {
             Ok(Ok(url)) => Ok(Some(url.to_string())),
             // object_store's signing errors name the credential source or the key, never a
             // signature.
@@ -39,7 +39,7 @@ impl Bucket {
             }),
             Err(_) => Err(BucketError::Timeout {
                 op,
-                after: self.timeout,
+                after: self.s3_timeout,
             }),
         }
     }
@@ -61,8 +61,8 @@ mod tests {
             region: "eu-west-1".into(),
             path_style: true,
             keys: Some(("AKIDEXAMPLE".into(), "wJalrXUtnFEMI-secret-key".into())),
-            timeout: Duration::from_secs(5),
-            upload_timeout: Duration::from_secs(5),
+            s3_timeout: Duration::from_secs(5),
+            s3_upload_timeout: Duration::from_secs(5),
             max_uploads: 1,
             upload_queue: 1,
             part_size: 5 << 20,

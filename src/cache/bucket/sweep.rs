@@ -45,7 +45,7 @@ impl Bucket {
             Ok(out)
         };
         let listed = self
-            .timed("ListObjects", self.timeout.saturating_mul(6), listing)
+            .timed("ListObjects", self.s3_timeout.saturating_mul(6), listing)
             .await?;
         let mut swept = Swept {
             listed: listed.len(),

@@ -220,12 +220,162 @@ fn the_printed_defaults_are_the_parser_defaults() {
             format!("{:?}", parsed.data_dir),
             format!("{:?}", want.data_dir),
         ),
+        (
+            "admin_warm",
+            format!("{:?}", parsed.admin_warm),
+            format!("{:?}", want.admin_warm),
+        ),
+        (
+            "admin_pins",
+            format!("{:?}", parsed.admin_pins),
+            format!("{:?}", want.admin_pins),
+        ),
+        (
+            "conversion",
+            format!("{:?}", parsed.conversion),
+            format!("{:?}", want.conversion),
+        ),
     ] {
         assert_eq!(
             got, want,
             "{what}: the table's defaults differ from the constructors'\n{text}"
         );
     }
+}
+
+/// A `[[route]]` changes behaviour, so its defaults are compared route against route: one
+/// that sets every `route[]` key the table gives a default, at that default, is the route that
+/// sets none.
+#[test]
+fn the_printed_route_defaults_are_the_parser_defaults() {
+    let mut text = String::from("[[route]]\n");
+    let mut n = 0;
+    for k in KEYS.iter().filter(|k| k.section() == "route[]") {
+        if let Some(v) = k.default.toml() {
+            text.push_str(&format!("{} = {v}\n", k.leaf()));
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "route[] keys with defaults: {n}\n{text}");
+    let set = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let bare = Config::from_toml("[[route]]\n").unwrap();
+    assert_eq!(
+        format!("{:?}", set.routes),
+        format!("{:?}", bare.routes),
+        "route[]: the table's defaults differ from the parser's\n{text}"
+    );
+}
+
+/// `5 s` → `5s`, `15 min` → `15m`, `10,000` → `10000`, `50 GiB` → `50GiB`: a default as the
+/// prose writes it, in the key table's units.
+fn squeeze(prose: &str) -> String {
+    let units = ["ms", "s", "m", "min", "h", "KiB", "MiB", "GiB", "TiB"];
+    let mut out = String::new();
+    let mut words = prose.split(' ').peekable();
+    while let Some(word) = words.next() {
+        let core = word.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+        let number = core.replace(',', "");
+        if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&number);
+            out.push_str(&word[core.len()..]);
+            // The unit's word, without what sticks to it (`s;`, `MiB/s`, `s)`).
+            if let Some(next) = words.peek().filter(|_| core.len() == word.len()) {
+                let unit = &next[..next
+                    .find(|c: char| !c.is_ascii_alphabetic())
+                    .unwrap_or(next.len())];
+                if units.contains(&unit) {
+                    out.push_str(if unit == "min" { "m" } else { unit });
+                    out.push_str(&next[unit.len()..]);
+                    words.next();
+                }
+            }
+        } else {
+            out.push_str(word);
+        }
+        out.push(' ');
+    }
+    out.trim_end().to_owned()
+}
+
+/// The defaults docs/operations.md's "Limits and timeouts" table states, against the table's:
+/// a row naming one key starts its default column with that key's default; a row naming
+/// several mentions each one's.
+#[test]
+fn the_limits_table_states_the_keys_defaults() {
+    let docs = include_str!("../../../docs/operations.md");
+    let table = docs
+        .split_once("## Limits and timeouts")
+        .map(|(_, rest)| rest)
+        .expect("docs/operations.md has a Limits and timeouts section");
+    let mut checked = 0;
+    for row in table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+    {
+        let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+        let [_, default, keys] = cells[..] else {
+            continue;
+        };
+        let named: Vec<&Key> = keys
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter_map(|name| {
+                // The table says `upstream.connect_timeout` for `upstream[].connect_timeout`.
+                let name = name.replacen("upstream.", "upstream[].", 1);
+                KEYS.iter().find(|k| k.name == name)
+            })
+            .collect();
+        // Whether a word of the prose (`5s`, `50GiB`, `10000`, `off`) is `k`'s default.
+        let is_default = |k: &Key, word: &str| match k.default {
+            DefaultValue::Duration(d) => crate::config::parse_duration("", word).ok() == Some(d),
+            DefaultValue::Size(n) => crate::config::parse_size("", word).ok() == Some(n),
+            DefaultValue::Int(n) => word.parse::<u64>().ok() == Some(n),
+            DefaultValue::Bool(b) => word == if b { "on" } else { "off" },
+            _ => true,
+        };
+        let stated = squeeze(default);
+        let words: Vec<&str> = stated
+            .split(|c: char| c.is_whitespace() || matches!(c, ';' | '(' | ')' | ',' | '/'))
+            .filter(|w| !w.is_empty())
+            .collect();
+        let typed: Vec<&&Key> = named
+            .iter()
+            .filter(|k| {
+                !matches!(
+                    k.default,
+                    DefaultValue::None(_) | DefaultValue::Text(_) | DefaultValue::List(_)
+                )
+            })
+            .collect();
+        match typed.as_slice() {
+            [] => continue,
+            [k] if named.len() == 1 => assert!(
+                words.first().is_some_and(|w| is_default(k, w)),
+                "docs/operations.md says the default of `{}` is \"{default}\"; the key table \
+                 says {}",
+                k.name,
+                k.default.toml().unwrap_or_default()
+            ),
+            several => {
+                for k in several {
+                    assert!(
+                        words.iter().any(|w| is_default(k, w)),
+                        "docs/operations.md's row for `{}` (\"{default}\") does not state its \
+                         default {}",
+                        k.name,
+                        k.default.toml().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 30,
+        "only {checked} rows of the limits table checked"
+    );
 }
 
 /// The block between these lines of docs/configuration.md is `reference()`, verbatim.
