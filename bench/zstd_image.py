@@ -41,8 +41,11 @@ def random_files():
         p = os.path.join(scratch, f"random-{i:05}")
         with open(p, "wb") as f:
             f.write(os.urandom(16 << 20))
-        yield p, 16 << 20
-        os.remove(p)
+        try:
+            yield p, 16 << 20
+        finally:
+            # Also when the layer is full and the generator is dropped: nothing left behind.
+            os.remove(p)
 
 
 def layout(out, layers, per_layer, random=False):
