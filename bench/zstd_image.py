@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""OCI image layouts for bench/zstd, from this machine's own files (real binaries and data:
-they compress like real images do), with uncompressed tar layers; skopeo then pushes them
-with zstd or gzip layers.
+"""OCI image layouts for bench/zstd, with uncompressed tar layers; skopeo then pushes them
+with zstd or gzip layers. Layers of this machine's own files (real binaries and data: they
+compress like real images do), or of random bytes (incompressible: an image whose compressed
+layers are as large as its tars).
 
-    zstd_image.py DIR LAYERS MB_PER_LAYER [DIR2 TOTAL_MB]   layouts (DIR2: 4 layers, TOTAL_MB in all)
-    zstd_image.py --tars DIR                                the layers' tars, one after another, to stdout
+    zstd_image.py DIR LAYERS MB_PER_LAYER [random]   a layout (random: files of random bytes)
+    zstd_image.py --tars DIR                         the layers' tars, one after another, to stdout
 """
 import hashlib
 import io
@@ -32,10 +33,25 @@ def files():
                     continue
 
 
-def layout(out, layers, per_layer):
+def random_files():
+    """Files of 16 MiB of random bytes, written to a scratch directory as they are asked for."""
+    scratch = "/tmp/zstd-image-random"
+    os.makedirs(scratch, exist_ok=True)
+    for i in range(1 << 20):
+        p = os.path.join(scratch, f"random-{i:05}")
+        with open(p, "wb") as f:
+            f.write(os.urandom(16 << 20))
+        try:
+            yield p, 16 << 20
+        finally:
+            # Also when the layer is full and the generator is dropped: nothing left behind.
+            os.remove(p)
+
+
+def layout(out, layers, per_layer, random=False):
     blobs = os.path.join(out, "blobs", "sha256")
     os.makedirs(blobs, exist_ok=True)
-    it = files()
+    it = random_files() if random else files()
     descs, diff_ids = [], []
     for _ in range(layers):
         buf = io.BytesIO()
@@ -87,6 +103,4 @@ if __name__ == "__main__":
     if a and a[0] == "--tars":
         tars(a[1])
     else:
-        layout(a[0], int(a[1]), int(a[2]) << 20)
-        if len(a) >= 5:
-            layout(a[3], 4, (int(a[4]) << 20) // 4)
+        layout(a[0], int(a[1]), int(a[2]) << 20, random=a[3:4] == ["random"])
