@@ -70,6 +70,11 @@ pub struct Tracker {
     waiting: AtomicIsize,
     /// The last time any response handed over bytes or got new ones ready.
     progress_at: AtomicU64,
+    /// The last time the socket took a write of a body's size (not a control frame): what the
+    /// client let through. A body handing a chunk to h2 is not that: when one stalled stream is
+    /// reset, h2 gives its buffer room to the next, whose body then hands over a chunk that no
+    /// window lets out.
+    sent_at: AtomicU64,
     /// An h2 stream stalled and nothing else moved for `stall_timeout`: close the connection.
     stalled: AtomicBool,
     /// Wakes the supervisor when `stalled` is set.
@@ -89,6 +94,7 @@ impl Tracker {
             h2: AtomicBool::new(false),
             waiting: AtomicIsize::new(0),
             progress_at: AtomicU64::new(0),
+            sent_at: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
             wake: Notify::new(),
             stalled_at_close: AtomicUsize::new(0),
@@ -120,7 +126,7 @@ impl Tracker {
     /// An h2 stream was dropped as stalled: if no other stream moved for `timeout` either, the
     /// connection goes too.
     pub(crate) fn stream_stalled(&self, timeout: Duration) {
-        let last = self.at(self.progress_at.load(Ordering::Relaxed).max(1));
+        let last = self.at(self.sent_at.load(Ordering::Relaxed).max(1));
         if last + timeout <= Instant::now() {
             self.stalled.store(true, Ordering::Release);
             self.wake.notify_one();
@@ -135,6 +141,16 @@ impl Tracker {
 
     fn at(&self, stamp: u64) -> Instant {
         self.opened + Duration::from_nanos(stamp.saturating_sub(1))
+    }
+
+    /// The socket took `n` bytes. Control frames (RST_STREAM, PING and SETTINGS acks,
+    /// WINDOW_UPDATE: at most a few dozen bytes, with TLS too) are no sign of a client taking a
+    /// body.
+    fn bytes_sent(&self, n: usize) {
+        const BODY_SIZED: usize = 256;
+        if n >= BODY_SIZED {
+            self.sent_at.fetch_max(self.now(), Ordering::Relaxed);
+        }
     }
 
     fn bytes_read(&self) {
@@ -177,7 +193,9 @@ impl Tracker {
     /// When the connection must be closed if nothing changes, and why.
     fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, Ended)> {
         if self.stalled.load(Ordering::Acquire) {
-            return Some((Instant::now(), Ended::Stall));
+            // Already due: a time taken before the caller's `now` (a fresh `Instant::now()`
+            // here would be later than it, never due, and the supervisor would spin).
+            return Some((self.opened, Ended::Stall));
         }
         let active = self.active.load(Ordering::Acquire);
         if active > 0 {
@@ -246,7 +264,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.tracker.bytes_sent(n);
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -254,7 +276,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.tracker.bytes_sent(n);
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
