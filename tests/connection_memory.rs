@@ -37,13 +37,15 @@ const ROUNDS: [(&str, u32); 6] = [
     ("256 KiB window, never read", 256 << 10),
 ];
 /// What may still be held once every round's connections closed, beyond the RSS before the
-/// first: one round's worth at the stated bound. glibc malloc keeps memory freed on archway's
+/// first: two rounds' worth at the stated bound. glibc malloc keeps memory freed on archway's
 /// worker threads in their arenas rather than returning it, so after a round RSS often stays at
 /// its peak (measured: 8 zero-window connections held 12-20 MiB and RSS did not drop when they
 /// closed) — but the next round reuses it (the same 8 connections again grew RSS by 0.2 MiB).
 /// The issue's finding was memory that stayed held per connection (956 MiB after 20 had closed):
-/// over 48 closed connections, that is far past one round's 40 MiB (plus `NOISE`).
-const RETAINED_BOUND: u64 = CONNECTIONS as u64 * BOUND_PER_CONNECTION + NOISE;
+/// over 48 closed connections, that is far past two rounds' 80 MiB (plus `NOISE`). One round was
+/// not enough margin: a clean-clone run kept 40.2 MiB (a zero-window round's arena growth that
+/// a later round did not reuse).
+const RETAINED_BOUND: u64 = 2 * CONNECTIONS as u64 * BOUND_PER_CONNECTION + NOISE;
 /// Noise in RSS between settled samples (the runtime's and the allocator's own moves).
 const NOISE: u64 = 4 << 20;
 
@@ -222,12 +224,13 @@ async fn a_connection_that_never_reads_holds_a_bounded_amount_of_memory() {
             "{label}: {per_connection} bytes per connection, past the stated {BOUND_PER_CONNECTION}"
         );
     }
-    // Closed connections give their memory back for reuse: once each kind has run twice, later
-    // rounds leave RSS no higher than the earlier ones did.
+    // Closed connections give their memory back for reuse: once each kind has run twice, a later
+    // round leaves RSS at most one round's bound above the earlier ones (an arena on another
+    // worker thread may grow once: 11 MiB seen in a clean-clone run), never a round's more each time.
     let settled = afters[..4].iter().copied().max().unwrap_or(baseline);
     for (round, after) in afters.iter().enumerate().skip(4) {
         assert!(
-            *after <= settled + NOISE,
+            *after <= settled + CONNECTIONS as u64 * BOUND_PER_CONNECTION,
             "round {}: RSS {after} after its connections closed, {settled} after the first four: \
              memory stays held per closed connection",
             round + 1
