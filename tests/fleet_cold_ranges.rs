@@ -3,6 +3,7 @@
 //! that joins another's fill through the peer endpoint answers a Range that fill has already
 //! got from that replica (its peer endpoint answers one range of a fill in flight with the bytes
 //! it has, `416` at once if it has not got them all); a Range it has not got yet from upstream.
+//! Several ranges in one request: each relayed part likewise, the owner first.
 //! Upstream still sends the blob whole once, for the fleet, and both replicas keep it.
 //!
 //! Needs `moto_server`, as `tests/fleet_fill.rs` does: run with `ARCHWAY_E2E=1` (or
@@ -29,6 +30,7 @@ use e2e::fleet_kit::{fleet_value, moto, replica_config, skip, SECRET};
 use http::StatusCode;
 use std::time::{Duration, Instant};
 use support::fake_registry::pseudo_random_bytes;
+use support::multipart::parts;
 use support::{FakeRegistry, Fault, Kind, Reply, TestClient};
 
 /// 8 MiB, sent 64 KiB every 30 ms: about 4 s for the whole blob.
@@ -90,6 +92,75 @@ fn assert_range(r: &Reply, data: &[u8], (a, b): (usize, usize), what: &str) {
     assert!(r.body.as_ref() == &data[a..=b], "{what}: other bytes");
 }
 
+/// Two replicas on one bucket, both `cold_ranges = "relay"`, in front of a fake registry that
+/// holds one blob of `SIZE` pseudo-random bytes (`seed`) and sends blob bodies slowly.
+struct Pair {
+    _moto: e2e::s3::Moto,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    fake: FakeRegistry,
+    data: bytes::Bytes,
+    digest: archway::digest::Digest,
+    a: Archway,
+    b: Archway,
+    client: TestClient,
+    url_a: String,
+    url_b: String,
+    /// A whole GET at A, running: A owns the blob's fill.
+    whole_a: tokio::task::JoinHandle<Reply>,
+}
+
+impl Pair {
+    /// Started, with A's fill `ahead` bytes in.
+    async fn start(seed: u64, ahead: u64) -> Pair {
+        support::init_tracing();
+        let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+        let fake = FakeRegistry::start().await;
+        let data = pseudo_random_bytes(seed, SIZE);
+        let digest = fake.add_blob("lib/lazy", data.clone());
+        fake.fault(Some(Kind::Blob), SLOW);
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let ttl = Duration::from_secs(10);
+        let (mut cfg_a, _) = replica_config(&fake, dirs.0.path(), &moto.url(), ttl);
+        let (mut cfg_b, _) = replica_config(&fake, dirs.1.path(), &moto.url(), ttl);
+        cfg_a.cache.cold_ranges = ColdRanges::Relay;
+        cfg_b.cache.cold_ranges = ColdRanges::Relay;
+        let a = Archway::start(cfg_a).await.unwrap();
+        let b = Archway::start(cfg_b).await.unwrap();
+        let client = TestClient::new();
+        let path = format!("/v2/lib/lazy/blobs/{digest}");
+        let (url_a, url_b) = (
+            format!("http://{}{path}", a.local_addr()),
+            format!("http://{}{path}", b.local_addr()),
+        );
+        let whole_a = tokio::spawn({
+            let client = client.clone();
+            let url = url_a.clone();
+            async move { client.get(&url).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while received(&a) < ahead {
+            assert!(
+                Instant::now() < deadline,
+                "A's fill never got {ahead} bytes"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Pair {
+            _moto: moto,
+            _dirs: dirs,
+            fake,
+            data: data.into(),
+            digest,
+            a,
+            b,
+            client,
+            url_a,
+            url_b,
+            whole_a,
+        }
+    }
+}
+
 /// Replica A owns a slow fill; replica B, cold, is asked for a range A's fill has already got:
 /// B joins A's fill and answers the range from A (a Range request to A's peer endpoint), not
 /// upstream. Then a range far past A's fill: A's peer endpoint says at once that it has not got
@@ -100,20 +171,19 @@ async fn a_replica_joining_a_fill_relays_a_cold_range_from_the_owner_when_it_has
     if skip("a_replica_joining_a_fill_relays_a_cold_range_from_the_owner_when_it_has_it") {
         return;
     }
-    support::init_tracing();
-    let moto = tokio::task::spawn_blocking(moto).await.unwrap();
-    let fake = FakeRegistry::start().await;
-    let data = pseudo_random_bytes(41, SIZE);
-    let digest = fake.add_blob("lib/lazy", data.clone());
-    fake.fault(Some(Kind::Blob), SLOW);
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let ttl = Duration::from_secs(10);
-    let (mut cfg_a, _) = replica_config(&fake, dir_a.path(), &moto.url(), ttl);
-    let (mut cfg_b, _) = replica_config(&fake, dir_b.path(), &moto.url(), ttl);
-    cfg_a.cache.cold_ranges = ColdRanges::Relay;
-    cfg_b.cache.cold_ranges = ColdRanges::Relay;
-    let a = Archway::start(cfg_a).await.unwrap();
-    let b = Archway::start(cfg_b).await.unwrap();
+    let Pair {
+        _moto,
+        _dirs,
+        fake,
+        data,
+        digest,
+        a,
+        b,
+        client,
+        url_a,
+        url_b,
+        whole_a,
+    } = Pair::start(41, 3 << 20).await;
     for r in [&a, &b] {
         assert_eq!(cold_range_bytes(r, "peer"), 0.0, "registered at start");
         assert!(r
@@ -122,24 +192,7 @@ async fn a_replica_joining_a_fill_relays_a_cold_range_from_the_owner_when_it_has
             .encode()
             .contains("archway_cold_range_bytes_total{source=\"peer\"} 0"));
     }
-    let client = TestClient::new();
-    let path = format!("/v2/lib/lazy/blobs/{digest}");
-    let (url_a, url_b) = (
-        format!("http://{}{path}", a.local_addr()),
-        format!("http://{}{path}", b.local_addr()),
-    );
-
     // A owns the fill: a whole GET there, running in the background.
-    let whole_a = tokio::spawn({
-        let client = client.clone();
-        let url = url_a.clone();
-        async move { client.get(&url).await }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while received(&a) < 3 << 20 {
-        assert!(Instant::now() < deadline, "A's fill never got 3 MiB");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     let owned = [("outcome", "owned")];
     assert_eq!(fleet_value(&a, "archway_fleet_fills_total", &owned), 1.0);
 
@@ -236,6 +289,89 @@ async fn a_replica_joining_a_fill_relays_a_cold_range_from_the_owner_when_it_has
         assert_eq!(hit_count(), 2.0, "{name}: two hits");
     }
     assert_eq!(upstream_blob_gets(&fake, &digest_str).len(), 2);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Several ranges asked at a replica that joins another's fill: each part past the joining
+/// replica's download is asked of the owner first, as a single range is. Replica A owns a slow
+/// fill; B, cold, is asked for two ranges: one A's fill has already got (from A, not upstream)
+/// and one far past it (A's peer endpoint says at once it has not got it: from upstream, one
+/// Range request). The answer is one right `multipart/byteranges`; upstream still sends the
+/// blob whole once for the fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_ranges_at_a_joining_replica_ask_the_owner_first_for_each_part() {
+    if skip("several_ranges_at_a_joining_replica_ask_the_owner_first_for_each_part") {
+        return;
+    }
+    let Pair {
+        _moto,
+        _dirs,
+        fake,
+        data,
+        digest,
+        a,
+        b,
+        client,
+        url_b,
+        whole_a,
+        ..
+    } = Pair::start(43, 6 << 20).await;
+    // A well ahead: B's own copy of A's fill, starting with the request, must not reach the
+    // near part before the answer does.
+
+    let near = (11 << 19, (11 << 19) + (128 << 10) - 1);
+    let far = (SIZE - (64 << 10), SIZE - 1);
+    let ranges = format!("bytes={}-{},{}-{}", near.0, near.1, far.0, far.1);
+    let r = client.get_with(&url_b, &[("range", &ranges)]).await;
+    let digest_str = digest.to_string();
+    let got = parts(&r, &digest_str);
+    let want: Vec<_> = [near, far]
+        .iter()
+        .map(|&(x, y)| ((x as u64, y as u64, SIZE as u64), &data[x..=y]))
+        .collect();
+    assert_eq!(got.len(), 2, "two parts");
+    for (((span, bytes), (want_span, want_bytes)), what) in
+        got.iter().zip(&want).zip(["near", "far"])
+    {
+        assert_eq!(span, want_span, "{what} part's Content-Range");
+        assert!(bytes.as_ref() == *want_bytes, "{what} part: other bytes");
+    }
+    let joined = [("outcome", "joined_peer")];
+    assert_eq!(fleet_value(&b, "archway_fleet_fills_total", &joined), 1.0);
+    assert_eq!(
+        cold_range_bytes(&b, "peer"),
+        (near.1 - near.0 + 1) as f64,
+        "the part the owner had, from the owner's fill"
+    );
+    assert_eq!(
+        cold_range_bytes(&b, "upstream"),
+        (far.1 - far.0 + 1) as f64,
+        "the part it had not, from upstream"
+    );
+    assert!(
+        received(&a) < SIZE as u64,
+        "answered while A's fill still runs"
+    );
+
+    let r = whole_a.await.unwrap();
+    assert!(
+        r.complete() && r.body.as_ref() == &data[..],
+        "A's whole GET"
+    );
+    committed(&a).await;
+    committed(&b).await;
+    assert_eq!(
+        upstream_blob_gets(&fake, &digest_str),
+        [None, Some(format!("bytes={}-{}", far.0, far.1))],
+        "one whole GET for the fleet and the far part's GET"
+    );
+    for (name, replica) in [("A", &a), ("B", &b)] {
+        assert!(
+            replica.proxy().blob_store().get(&digest).is_some(),
+            "{name} keeps it"
+        );
+    }
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -167,7 +167,10 @@ impl Blobs {
                 }
                 Some(Cold::Several(ranges, size)) => {
                     let parts = (ranges, size, self.relay_max);
-                    return Ok(relay_parts(upstream, repo, digest, parts, blob, notes));
+                    let store = &self.store;
+                    return Ok(relay_parts(
+                        store, upstream, repo, digest, parts, blob, notes,
+                    ));
                 }
                 None => {}
             }
@@ -524,8 +527,11 @@ fn far_from(start: u64, received: u64) -> bool {
 /// than `limits.max_ranges` and never two at once; and at most `relay_max` bytes relayed in all
 /// (`cache.cold_ranges_relay_max`): a list covering much of a large blob would otherwise fetch
 /// it twice, while the download, running anyway, brings the same bytes in order. Unverified, as
-/// a single cold range is; the download goes on, and is verified and kept.
+/// a single cold range is; the download goes on, and is verified and kept. In a fleet, a
+/// download that streams another replica's fill asks that replica for a relayed part first, as
+/// `relay` does for a single range.
 fn relay_parts(
+    store: &Arc<BlobStore>,
     upstream: &Arc<Upstream>,
     repo: &RepositoryName,
     digest: &Digest,
@@ -541,7 +547,10 @@ fn relay_parts(
         .iter()
         .any(|&(start, end)| far_from(start, received) && take_budget(&mut plan, end - start + 1));
     if relays {
-        let source = if upstream.has_parents() {
+        // A part the owner has not got goes upstream, but the owner is asked first.
+        let source = if store.streams_owner(&blob) {
+            BlobSource::Peer
+        } else if upstream.has_parents() {
             BlobSource::Parent
         } else {
             BlobSource::Upstream
@@ -552,7 +561,12 @@ fn relay_parts(
     }
     let mut r = Response::new(body::empty());
     blob_headers(r.headers_mut(), digest);
-    let (upstream, repo, digest2) = (upstream.clone(), repo.clone(), digest.clone());
+    let (store, upstream, repo, digest2) = (
+        store.clone(),
+        upstream.clone(),
+        repo.clone(),
+        digest.clone(),
+    );
     // Parts are made one after the other; an atomic is only what lets the `Fn` count down.
     let budget = std::sync::atomic::AtomicU64::new(relay_max);
     multipart(r, digest, ranges, size, false, notes, move |range, _| {
@@ -565,7 +579,7 @@ fn relay_parts(
                 })
                 .is_ok();
         if relay {
-            relayed_part(&upstream, &repo, &digest2, range, size, &blob)
+            relayed_part(&store, &upstream, &repo, &digest2, range, size, &blob)
         } else {
             from_download(&blob, range)
         }
@@ -583,7 +597,9 @@ fn take_budget(left: &mut u64, len: u64) -> bool {
 
 /// A part of several cold ranges (`relay_parts`) from an upstream Range request of its own,
 /// made when the body reaches it; from the download if that fails or answers another range.
+/// In a fleet, from the owner's fill first when it has every byte of the part by then.
 fn relayed_part(
+    store: &Arc<BlobStore>,
     upstream: &Arc<Upstream>,
     repo: &RepositoryName,
     digest: &Digest,
@@ -591,9 +607,17 @@ fn relayed_part(
     size: u64,
     blob: &Blob,
 ) -> ResponseBody {
-    let (upstream, repo, digest, blob) =
-        (upstream.clone(), repo.clone(), digest.clone(), blob.clone());
+    let (store, upstream, repo, digest, blob) = (
+        store.clone(),
+        upstream.clone(),
+        repo.clone(),
+        digest.clone(),
+        blob.clone(),
+    );
     let relayed = async move {
+        if let Some(body) = store.range_from_owner(&blob, (start, end), size).await {
+            return resumable(body, (start, end), digest, blob);
+        }
         let spec = format!("bytes={start}-{end}");
         match upstream.get_blob_range(&repo, &digest, &spec).await {
             Ok(stream) if (stream.start, stream.end, stream.size) == (start, end, size) => {

@@ -10,6 +10,7 @@ pub mod foreign_host;
 pub mod images;
 pub mod logs;
 pub mod metrics;
+pub mod multipart;
 
 use archway::config::{CacheConfig, Config, LogFormat, UpstreamConfig};
 use archway::Archway;

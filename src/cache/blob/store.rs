@@ -494,6 +494,13 @@ impl BlobStore {
         asked.await
     }
 
+    /// `[fleet]`: whether `blob` is a fill here that streams another replica's fill (so its
+    /// cold ranges are asked of that replica first, `range_from_owner`).
+    pub fn streams_owner(&self, blob: &Blob) -> bool {
+        self.env.fleet.is_some()
+            && matches!(blob, Blob::Filling(filling) if filling.fill.owner().is_some())
+    }
+
     pub fn stats(&self) -> BlobStoreStats {
         let state = self.catalog.lock();
         let (pinned_bytes, pinned_entries) = state.index.kept_bytes();
