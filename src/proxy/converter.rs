@@ -164,11 +164,21 @@ struct SourceLog {
     path: PathBuf,
     file: Option<std::fs::File>,
     lines: u64,
+    /// `MAX_LOG_LINES` (smaller in tests).
+    max_lines: u64,
 }
 
 impl SourceLog {
     /// The log at `path`, its records read into `into` (malformed lines are skipped).
     fn open(path: PathBuf, into: &moka::sync::Cache<(String, Digest), Digest>) -> Self {
+        Self::open_capped(path, into, MAX_LOG_LINES)
+    }
+
+    fn open_capped(
+        path: PathBuf,
+        into: &moka::sync::Cache<(String, Digest), Digest>,
+        max_lines: u64,
+    ) -> Self {
         let mut lines = 0;
         match std::fs::read_to_string(&path) {
             Ok(text) => {
@@ -196,8 +206,9 @@ impl SourceLog {
             path,
             file: None,
             lines,
+            max_lines,
         };
-        if log.lines > MAX_LOG_LINES {
+        if log.lines > log.max_lines {
             log.rewrite(into);
         }
         log
@@ -214,7 +225,7 @@ impl SourceLog {
         if upstream.is_empty() || upstream.contains(char::is_whitespace) {
             return;
         }
-        if self.lines >= MAX_LOG_LINES {
+        if self.lines >= self.max_lines {
             self.rewrite(all);
             return;
         }
@@ -294,5 +305,50 @@ mod tests {
         assert_eq!(again.get(&("hub".to_owned(), tar.clone())), Some(zstd));
         assert_eq!(again.iter().count(), 1);
         assert_eq!(log.lines, 3);
+    }
+
+    /// The log never grows past its cap: an append at the cap rewrites it from the memory (one
+    /// line per remembered layer, duplicates gone), and a log found longer than the cap at start
+    /// is rewritten at once.
+    #[test]
+    fn the_sources_log_is_rewritten_from_memory_at_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sources");
+        let memory = moka::sync::Cache::builder()
+            .max_capacity(MAX_SOURCES)
+            .build();
+        let layers: Vec<_> = (0..3u8)
+            .map(|i| (Digest::sha256_of(&[i]), Digest::sha256_of(&[i, i])))
+            .collect();
+        let file_lines = |path: &Path| std::fs::read_to_string(path).unwrap().lines().count();
+        let mut log = SourceLog::open_capped(path.clone(), &memory, 5);
+        for (converted, source) in &layers {
+            memory.insert(("hub".to_owned(), converted.clone()), source.clone());
+            log.append("hub", converted, source, &memory);
+        }
+        // The same layers again (a restart that forgot nothing would not, but a log may hold
+        // them twice after a failed rewrite): up to the cap, appended.
+        log.append("hub", &layers[0].0, &layers[0].1, &memory);
+        log.append("hub", &layers[1].0, &layers[1].1, &memory);
+        assert_eq!((log.lines, file_lines(&path)), (5, 5));
+        // At the cap: rewritten from the memory.
+        log.append("hub", &layers[2].0, &layers[2].1, &memory);
+        assert_eq!((log.lines, file_lines(&path)), (3, 3));
+        log.append("hub", &layers[2].0, &layers[2].1, &memory);
+        assert_eq!((log.lines, file_lines(&path)), (4, 4), "appending again");
+        drop(log);
+
+        // Longer than a smaller cap at start: rewritten at once, and everything read back.
+        let again = moka::sync::Cache::builder()
+            .max_capacity(MAX_SOURCES)
+            .build();
+        let log = SourceLog::open_capped(path.clone(), &again, 3);
+        assert_eq!((log.lines, file_lines(&path)), (3, 3));
+        for (converted, source) in &layers {
+            assert_eq!(
+                again.get(&("hub".to_owned(), converted.clone())).as_ref(),
+                Some(source)
+            );
+        }
     }
 }
