@@ -6,7 +6,9 @@
 //! OCI zstd, get the original layers byte for byte; Docker's zstd type, which neither reads,
 //! they get as its tars (the config's diff_ids). Images: one pushed by skopeo
 //! `--dest-compress-format zstd` (OCI type), one of Docker's zstd type and a two-platform OCI
-//! index of zstd images, both pushed by the test's own tooling. Loopback only; runs with
+//! index of zstd images, both pushed by the test's own tooling. `X-Meta-Layers` in the Docker
+//! CLI's `HttpHeaders` reaches archway through dockerd and overrides a route's `layers = "as-is"`.
+//! Loopback only; runs with
 //! `ARCHWAY_E2E=1`.
 
 #[allow(dead_code)]
@@ -340,6 +342,60 @@ fn debian_dockerd_pulls_zstd_images_through_archway_and_fails_without() {
             show(&log)
         );
     }
+}
+
+/// `X-Meta-Layers` as a real dockerd sends it: on a route whose `layers = "as-is"` hands
+/// Docker 20.10 the zstd layers it cannot read, the pull fails; with the header in the CLI's
+/// `HttpHeaders` (dockerd forwards `X-Meta-*` headers to the registry), the same dockerd gets
+/// tars and the files are right.
+#[test]
+fn dockerd_forwards_x_meta_layers_from_the_cli_config() {
+    if !e2e_enabled("dockerd_forwards_x_meta_layers_from_the_cli_config") {
+        return;
+    }
+    let registry = Registry::start();
+    let tmp = temp_dir("zstdhdr");
+    let files = layer_files("hdr", 6);
+    push_with_skopeo(tmp.path(), &registry, "library/zstdhdr", &files);
+    let route = "[[route]]\nmatch = { client_cidr = \"127.0.0.0/8\" }\nlayers = \"as-is\"\n";
+    let archway = Archway::start_with(&registry.url(), "5m", 0, |_| route.to_owned());
+    let containerd = Containerd::start(&tmp.path().join("ctd"));
+    let dockerd = Dockerd::start(&tmp.path().join("dkd"), &containerd, &archway.host());
+    let converted = |log: &[Access]| {
+        log.iter().any(|a| {
+            a.path() == "/v2/library/zstdhdr/manifests/v1" && a.converted.as_deref() == Some("zstd")
+        })
+    };
+
+    // As-is: the zstd layers, which Docker 20.10 cannot read.
+    let out = run(&mut dockerd.docker(&["pull", "zstdhdr:v1"]), PULL);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(!out.success(), "Docker 20.10 read zstd?\n{said}");
+    let log = archway.access_log();
+    assert!(
+        log.iter()
+            .any(|a| a.path() == "/v2/library/zstdhdr/manifests/v1" && a.status == 200),
+        "the pull went through archway:\n{}",
+        show(&log)
+    );
+    assert!(!converted(&log), "nothing converted as-is:\n{}", show(&log));
+
+    // The header from the CLI's config: tars.
+    dockerd.write_cli_config(r#"{"HttpHeaders": {"X-Meta-Layers": "compatible"}}"#);
+    let out = run(&mut dockerd.docker(&["pull", "zstdhdr:v1"]), PULL);
+    assert!(
+        out.success(),
+        "docker pull with X-Meta-Layers:\n{}\n{}\n{}",
+        out.stdout,
+        out.stderr,
+        dockerd.log_tail()
+    );
+    assert_files(
+        &saved_files(&dockerd, tmp.path(), "zstdhdr:v1"),
+        &files,
+        "X-Meta-Layers: compatible",
+    );
+    assert!(converted(&archway.access_log()), "converted for the header");
 }
 
 #[test]

@@ -614,7 +614,15 @@ impl Dockerd {
         d
     }
 
-    /// `/usr/bin/docker -H unix://<socket> <args>` with its own, empty client config.
+    /// Writes the CLI's `config.json` (e.g. its `HttpHeaders`, which the CLI sends with every
+    /// API request and dockerd forwards to registries when they start with `X-Meta-`).
+    #[allow(dead_code)] // used by the e2e_zstd binary, which shares this module
+    pub fn write_cli_config(&self, json: &str) {
+        std::fs::write(self.cli_config.join("config.json"), json).expect("docker cli config.json");
+    }
+
+    /// `/usr/bin/docker -H unix://<socket> <args>` with its own client config (empty unless
+    /// [`Dockerd::write_cli_config`] wrote one).
     pub fn docker(&self, args: &[&str]) -> Command {
         let mut cmd = command(DOCKER_CLI);
         cmd.env("DOCKER_CONFIG", &self.cli_config)
