@@ -168,9 +168,8 @@ impl Blobs {
                 Some(Cold::Several(ranges, size)) => {
                     let parts = (ranges, size, self.relay_max);
                     let store = &self.store;
-                    return Ok(relay_parts(
-                        store, upstream, repo, digest, parts, blob, notes,
-                    ));
+                    let answer = relay_parts(store, upstream, repo, digest, parts, blob, notes);
+                    return Ok(answer);
                 }
                 None => {}
             }
