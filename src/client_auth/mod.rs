@@ -54,7 +54,7 @@ mod htpasswd;
 mod tokens;
 
 pub use authorization::{parse_authorization, Presented};
-use failures::*;
+use failures::Failures;
 pub use htpasswd::{parse_htpasswd, Htpasswd};
 pub use tokens::{parse_tokens, Tokens};
 

@@ -1,5 +1,6 @@
 //! Tests of client authentication (`ClientAuth` and its parts).
 
+use super::failures::{BudgetRef, ClientKey};
 use super::*;
 use base64::Engine as _;
 
