@@ -19,6 +19,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+tokio::task_local! {
+    /// Set in the task of each h2 stream (`stall::StreamExec` spawns them): a response body
+    /// made there holds its reads smaller (`cache/blob/body.rs`).
+    static H2_STREAM: ();
+}
+
+/// Runs `fut` as an h2 stream's task: [`in_h2_stream`] is true inside it.
+pub fn h2_stream<F: Future>(fut: F) -> impl Future<Output = F::Output> {
+    H2_STREAM.scope((), fut)
+}
+
+/// Whether this runs in an h2 stream's task (HTTP/1.1 answers run in the connection's task).
+pub fn in_h2_stream() -> bool {
+    H2_STREAM.try_with(|_| ()).is_ok()
+}
+
 /// How long a connection may take to send a request's head, and stay idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {

@@ -39,6 +39,7 @@ pub mod pin_set;
 pub mod pins_client;
 pub mod platform;
 pub mod proxy;
+pub mod record_key;
 pub mod reference;
 pub mod route_policy;
 pub mod sendfile;

@@ -42,11 +42,6 @@ pub struct ResponseProgress {
     since: AtomicU64,
 }
 
-/// Whether this runs in an h2 stream's task (see [`StreamExec`]).
-pub fn in_h2_stream() -> bool {
-    STREAM.try_with(|_| ()).is_ok()
-}
-
 impl ResponseProgress {
     pub fn new(tracker: Arc<Tracker>) -> Arc<ResponseProgress> {
         Arc::new(ResponseProgress {
@@ -264,7 +259,7 @@ where
         let tracker = self.tracker.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            let stream = STREAM.scope(progress.clone(), fut);
+            let stream = crate::connection::h2_stream(STREAM.scope(progress.clone(), fut));
             if until_stalled(stream, &progress, timeout).await {
                 metrics.response_stalled();
                 tracker.stream_stalled(timeout);

@@ -13,7 +13,7 @@ use archway::cache::tag_store::{now_ms, TagEntry, TagKey, TagStore};
 use archway::clock::Clock;
 use archway::digest::Digest;
 use archway::error::ProxyError;
-use archway::fleet::RecordKey;
+use archway::record_key::RecordKey;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body::Frame;

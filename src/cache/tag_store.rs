@@ -59,9 +59,6 @@ const MAX_MISSING: usize = 100_000;
 /// A tag record is a few hundred bytes; anything much larger is not one.
 const MAX_RECORD_BYTES: u64 = 64 << 10;
 
-/// The default `cache.tag_memory`.
-pub const DEFAULT_TAG_MEMORY: u64 = 32 << 20;
-
 pub struct TagStore {
     dir: PathBuf,
     bucket: Option<Arc<Bucket>>,
@@ -90,8 +87,8 @@ impl TagStore {
         Ok(TagStore {
             dir,
             bucket: None,
-            memory: TagMemory::new(DEFAULT_TAG_MEMORY),
-            budget: DEFAULT_TAG_MEMORY,
+            memory: TagMemory::new(crate::config::DEFAULT_TAG_MEMORY),
+            budget: crate::config::DEFAULT_TAG_MEMORY,
             disk: None,
             missing: RwLock::new(HashMap::new()),
             clock: Clock::system(),

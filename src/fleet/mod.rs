@@ -5,7 +5,6 @@
 //! - `peer_auth`: signing peer requests and checking them (the secret never leaves the process);
 //! - `peer_client`: reaching another replica's peer endpoint for a blob, through the egress
 //!   policy;
-//! - `record_key`: HMAC keys derived from the fleet secret, sealing bucket records (pure).
 //!
 //! The peer endpoint is `GET /_archway/fleet/blobs/<digest>` on the registry listener: no
 //! registry client asks for a path outside `/v2/`. It needs a request signed with a key derived
@@ -16,11 +15,9 @@
 mod peer_auth;
 mod peer_client;
 mod peer_path;
-mod record_key;
 
 pub use peer_auth::{
     PeerAuthError, PeerSigner, PeerVerifier, MAX_SEEN_SIGNATURES, PEER_PURPOSE, PEER_SCHEME,
 };
 pub use peer_client::HttpPeers;
 pub use peer_path::{peer_digest, PEER_PATH_PREFIX};
-pub use record_key::{RecordKey, SealError};

@@ -11,7 +11,7 @@
 
 use crate::clock::Clock;
 use crate::digest::Digest;
-use crate::fleet::RecordKey;
+use crate::record_key::RecordKey;
 use ring::rand::{SecureRandom, SystemRandom};
 use std::collections::HashMap;
 use std::sync::Mutex;

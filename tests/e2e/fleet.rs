@@ -310,7 +310,7 @@ pub fn lease_owner(moto: &Moto, hex: &str) -> String {
     loop {
         if let Some(sealed) = moto.get_object(BUCKET, &key) {
             // Sealed with the fleet's record key (issue 18): opened as a replica would.
-            let body = archway::fleet::RecordKey::derive(SECRET.as_bytes(), "bucket records")
+            let body = archway::record_key::RecordKey::derive(SECRET.as_bytes(), "bucket records")
                 .open(&key, &sealed)
                 .unwrap_or_else(|e| panic!("lease {key} is not sealed by the fleet: {e}"))
                 .to_vec();

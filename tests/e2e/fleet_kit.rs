@@ -92,8 +92,8 @@ pub fn fleet_value(archway: &Archway, name: &str, labels: &[(&str, &str)]) -> f6
 
 /// The fleet's record key for the test secret: what a replica seals its records with (a test
 /// that plays a replica of the fleet; an attacker without the secret cannot make one).
-pub fn record_key() -> archway::fleet::RecordKey {
-    archway::fleet::RecordKey::derive(SECRET.as_bytes(), "bucket records")
+pub fn record_key() -> archway::record_key::RecordKey {
+    archway::record_key::RecordKey::derive(SECRET.as_bytes(), "bucket records")
 }
 
 /// Puts `body` at `key` (under the bucket) as it is: a bucket writer's object.

@@ -230,7 +230,7 @@ impl Reader {
             Progress::Read { file, limit } => {
                 let len = (limit - self.pos).min(self.chunk);
                 // Asked again: the client took the last chunk.
-                self.chunk = (self.chunk * 2).min(if crate::stall::in_h2_stream() {
+                self.chunk = (self.chunk * 2).min(if crate::connection::in_h2_stream() {
                     H2_CHUNK
                 } else {
                     CHUNK

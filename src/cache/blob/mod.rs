@@ -43,4 +43,3 @@ pub use store::{
     Blob, BlobStore, BlobStoreLimits, BlobStoreStats, CacheFile, CachedBlob, DiskBudget,
     FillProgress, FillingBlob, Kept,
 };
-pub use write_buffer::DEFAULT_WRITE_BUFFER;

@@ -8,10 +8,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Units of permits: one permit per KiB not yet written.
 const PERMIT_BYTES: u64 = 1024;
 
-/// Received blob bytes that may wait in memory for the disk, across all downloads, unless
-/// configured otherwise (`cache.write_buffer`).
-pub const DEFAULT_WRITE_BUFFER: u64 = 64 << 20;
-
 pub(crate) struct WriteBuffer {
     semaphore: Arc<Semaphore>,
     permits: u32,

@@ -251,7 +251,7 @@ impl Drop for HeldLease {
 mod tests {
     use super::*;
     use crate::cache::bucket::{now_ms, NoObserver};
-    use crate::fleet::RecordKey;
+    use crate::record_key::RecordKey;
     use bytes::Bytes;
     use object_store::memory::InMemory;
 

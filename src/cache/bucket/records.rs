@@ -1,6 +1,6 @@
 //! Records in the bucket that are not content-addressed (tag records, leases): anyone who can
 //! write to the bucket can write one, so each is sealed with the fleet's record key
-//! (`fleet::RecordKey`, bound to the object's key) and opened on reading. A record that fails
+//! (`record_key::RecordKey`, bound to the object's key) and opened on reading. A record that fails
 //! its seal is not believed: the caller treats it as absent (a tag) or damaged (a lease). Each
 //! rejection is counted (`StorageObserver::record_rejected`) and logged once per object and
 //! reason (a bounded memo), not once per read.
@@ -10,7 +10,7 @@
 
 use super::{Bucket, BucketError};
 use crate::clock::Clock;
-use crate::fleet::{RecordKey, SealError};
+use crate::record_key::{RecordKey, SealError};
 use bytes::Bytes;
 use object_store::path::Path;
 use std::collections::HashSet;

@@ -148,7 +148,7 @@ mod tests {
                 Arc::new(NoObserver),
             )
             .with_records(
-                crate::fleet::RecordKey::derive(b"s", "bucket records"),
+                crate::record_key::RecordKey::derive(b"s", "bucket records"),
                 crate::clock::Clock::system(),
                 Duration::from_secs(5),
             ),

@@ -1,6 +1,6 @@
 use super::*;
 use crate::cache::bucket::{now_ms, Bucket, LeaseRecord, NoObserver};
-use crate::fleet::RecordKey;
+use crate::record_key::RecordKey;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::PutMode;
