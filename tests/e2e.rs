@@ -947,32 +947,19 @@ fn docker_pull_through_an_arm_v7_route_inspects_as_arm_v7() {
     }
 }
 
-const DOCKER_1706_ACCEPT: [&str; 4] = [
-    "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    "application/json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
-
-/// Docker EE 17.06's User-Agent on a Linux host of architecture `arch`.
-fn docker_1706_user_agent(arch: &str) -> String {
-    format!(
-        "docker/17.06.2-ee-19 go/go1.8.7 git-commit/6b5fb4d kernel/3.10.0-1062.el7.x86_64 \
-         os/linux arch/{arch} UpstreamClient(Docker-Client/17.06.2-ee-19 \\(linux\\))"
-    )
-}
-
 /// Replays Docker 17.06's pull of `repo:tag` against `base` with archway's own HTTP client and
 /// checks that what comes back is `want` as a complete, verifiable schema2 image. Returns the
 /// digest of the manifest archway answered with.
 fn replay_docker_1706_pull(base: &str, repo: &str, tag: &str, arch: &str, want: &Image) -> String {
-    let ua = docker_1706_user_agent(arch);
+    let ua = fixtures::docker_1706_user_agent(arch);
     let ping = e2e::http::get(&format!("{base}/v2/"), &[("user-agent", &ua)]).expect("GET /v2/");
     assert_eq!(ping.status, 200, "GET /v2/: {}", ping.text());
 
     // Four separate Accept lines, as Go's Header.Add writes them.
-    let mut headers: Vec<(&str, &str)> =
-        DOCKER_1706_ACCEPT.iter().map(|t| ("accept", *t)).collect();
+    let mut headers: Vec<(&str, &str)> = fixtures::DOCKER_1706_ACCEPT
+        .iter()
+        .map(|t| ("accept", *t))
+        .collect();
     headers.push(("user-agent", &ua));
     let url = format!("{base}/v2/{repo}/manifests/{tag}");
     let r = e2e::http::get(&url, &headers).expect("GET manifest by tag");

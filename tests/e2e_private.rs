@@ -1,6 +1,7 @@
 //! End-to-end tier for private registries: a real Distribution (`docker-registry`) with htpasswd
 //! as the credentialed upstream `private`, another as the anonymous default, skopeo as the
-//! client, moto for `storage.redirect`. Content pulled through the private route is never served
+//! client (and Docker 17.06's requests replayed, for a converted answer), moto for
+//! `storage.redirect`. Content pulled through the private route is never served
 //! under another upstream or repository, to another `[auth]` user, or redirected to the bucket
 //! for a route that could not have pulled it. Same gate and helpers as `tests/e2e.rs`.
 
@@ -315,4 +316,77 @@ fn a_private_blob_in_the_bucket_is_never_redirected_across_routes() {
         redirected > 0,
         "storage.redirect redirected nothing on the own route"
     );
+}
+
+/// Docker 17.06 cannot read OCI, so archway answers its tag GET with a schema2 manifest it
+/// converted: a digest that upstream never had. Against a real Distribution with htpasswd, that
+/// answer stays on the route that asked: by digest there, served; under the default upstream or
+/// another private repository, not — until that repository's own tag answer makes it its own.
+#[test]
+fn a_converted_answer_of_private_content_stays_on_its_route() {
+    if !e2e_enabled("a_converted_answer_of_private_content_stays_on_its_route") {
+        return;
+    }
+    let tmp = temp_dir("privconv");
+    let (private, fx) = private_upstream(tmp.path(), &["team/app", "team/base2"]);
+    let public = Registry::start();
+    let admin = free_port();
+    let setup = Setup {
+        top: format!("admin_listen = \"127.0.0.1:{admin}\"\n"),
+        ..Setup::default()
+    };
+    let archway =
+        Archway::start_set_up(&public.url(), "5m", &private_section(&private, ""), &setup);
+    let base = archway.url();
+    let ua = fixtures::docker_1706_user_agent("amd64");
+    let mut legacy: Vec<(&str, &str)> = fixtures::DOCKER_1706_ACCEPT
+        .iter()
+        .map(|t| ("accept", *t))
+        .collect();
+    legacy.push(("user-agent", &ua));
+    let get = |path: &str| {
+        http::get(&format!("{base}{path}"), &legacy).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    };
+
+    let tag = get("/v2/private/team/app/manifests/oci");
+    assert_eq!(tag.status, 200, "{}", tag.text());
+    assert_eq!(tag.header("content-type"), Some(fixtures::DOCKER_MANIFEST));
+    let converted = fixtures::sha256(&tag.body);
+    assert_eq!(
+        tag.header("docker-content-digest"),
+        Some(converted.as_str())
+    );
+    let upstream_has = std::iter::once(fx.tag("oci"))
+        .chain(fx.child_manifests())
+        .any(|m| m.digest == converted);
+    assert!(!upstream_has, "{converted}: not a conversion");
+    let m = scrape(admin);
+    assert!(
+        m.contains("archway_rewrites_total{"),
+        "the answer was archway's:\n{m}"
+    );
+
+    // Its own route, by digest: the same bytes.
+    let own = get(&format!("/v2/private/team/app/manifests/{converted}"));
+    assert_eq!(own.status, 200, "{}", own.text());
+    assert_eq!(own.body, tag.body);
+    // Any other name: not there (each such route asks its own upstream, which has no such digest).
+    for path in [
+        format!("/v2/library/x/manifests/{converted}"),
+        format!("/v2/private/team/other/manifests/{converted}"),
+        format!("/v2/private/team/base2/manifests/{converted}"),
+        format!("/v2/library/x/manifests/{}", fx.tag("oci").digest),
+    ] {
+        let r = get(&path);
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+    }
+    // team/base2 holds the same image: its own tag answer is the same conversion, and from then
+    // on the digest is served there too.
+    let second = get("/v2/private/team/base2/manifests/oci");
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(fixtures::sha256(&second.body), converted);
+    let r = get(&format!("/v2/private/team/base2/manifests/{converted}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(&format!("/v2/library/x/manifests/{converted}"));
+    assert_eq!(r.status, 404, "still not public: {}", r.text());
 }

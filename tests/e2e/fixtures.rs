@@ -80,6 +80,22 @@ pub fn fresh_seed() -> u64 {
     rng.next_u64()
 }
 
+/// Docker 17.06's manifest Accept lines (moby 17.06 `distribution/pull_v2.go`): no OCI type.
+pub const DOCKER_1706_ACCEPT: [&str; 4] = [
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "application/json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// Docker EE 17.06's User-Agent on a Linux host of architecture `arch`.
+pub fn docker_1706_user_agent(arch: &str) -> String {
+    format!(
+        "docker/17.06.2-ee-19 go/go1.8.7 git-commit/6b5fb4d kernel/3.10.0-1062.el7.x86_64 \
+         os/linux arch/{arch} UpstreamClient(Docker-Client/17.06.2-ee-19 \\(linux\\))"
+    )
+}
+
 pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
