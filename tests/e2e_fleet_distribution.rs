@@ -1,4 +1,4 @@
-//! Issue 18's clock and lease cases on a real S3 protocol server (moto) and a real Distribution
+//! Issue 18's clock, lease and bad-owner cases on a real S3 protocol server (moto) and a real Distribution
 //! that wants htpasswd credentials: in-process replicas (so one's clock can be set ahead), the
 //! upstream behind a counting proxy. Runs with `ARCHWAY_E2E=1` (or `CI=true`).
 
@@ -226,6 +226,89 @@ async fn a_never_expiring_tag_lease_delays_nothing_and_is_swept_on_distribution(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(fleet_value(&archway, "archway_fleet_leases_swept_total", &[]) >= 1.0);
+    archway.shutdown().await;
+    finish(w).await;
+}
+
+/// Issue 18 on Distribution: a lease owner that serves wrong bytes (a listener standing in for
+/// a replica, named by a lease sealed with the fleet's key) breaks off one client body; the
+/// next request takes the lease over and fills from Distribution, right, without asking the
+/// owner again, and the bucket gets the right bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_serving_wrong_bytes_is_taken_over_on_distribution() {
+    if skip("an_owner_serving_wrong_bytes_is_taken_over_on_distribution") {
+        return;
+    }
+    support::init_tracing();
+    let w = tokio::task::spawn_blocking(world).await.unwrap();
+    let dummy = FakeRegistry::start().await;
+    let blob =
+        w.fx.blobs()
+            .into_iter()
+            .max_by_key(|b| b.data.len())
+            .unwrap()
+            .clone();
+    let wrong: Vec<u8> = blob.data.iter().map(|b| b ^ 0x5a).collect();
+    let (port, seen) = e2e::fleet_kit::fake_owner(Some(wrong)).await;
+    // Live for the whole test (the TTL is 10 s): only giving up on the owner gets past it.
+    let ttl = Duration::from_secs(10);
+    let now = archway::cache::bucket::now_ms();
+    plant_sealed(
+        &w.moto,
+        &format!("fleet/fills/sha256/{}", blob.hex()),
+        &lease_json(&format!("http://127.0.0.1:{port}"), now + 10_000),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let archway = Archway::start(config(&w, dir.path(), ttl, &dummy))
+        .await
+        .unwrap();
+    let client = TestClient::new();
+    let url = format!(
+        "http://{}/v2/{REPO}/blobs/{}",
+        archway.local_addr(),
+        blob.digest
+    );
+    let started = Instant::now();
+    let mut broken = 0;
+    for attempt in 0..4 {
+        let r = client.get(&url).await;
+        if r.status == StatusCode::OK && r.complete() && r.body == blob.data {
+            break;
+        }
+        assert!(
+            r.status != StatusCode::OK || !r.complete(),
+            "attempt {attempt}: wrong bytes served as a complete body"
+        );
+        broken += 1;
+    }
+    assert_eq!(broken, 1, "broken-off bodies before a right one");
+    assert!(started.elapsed() < ttl, "{:?}", started.elapsed());
+    assert_eq!(seen.accepted(), 1, "the bad owner was asked once");
+    let outcome = |o: &str| fleet_value(&archway, "archway_fleet_fills_total", &[("outcome", o)]);
+    assert_eq!(outcome("joined_peer"), 1.0);
+    assert_eq!(outcome("taken_over"), 1.0);
+    let path = format!("/v2/{REPO}/blobs/{}", blob.digest);
+    assert_eq!(
+        w.proxy.count("GET", &path),
+        1,
+        "Distribution served it once:\n{}",
+        w.proxy.show()
+    );
+    // The fill's copy in the bucket is the right one.
+    let key = format!("fleet/blobs/sha256/{}", blob.hex());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !list_keys(&w.moto, "fleet/blobs/").contains(&key) {
+        assert!(Instant::now() < deadline, "{key} never reached the bucket");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let bucket = e2e::fleet_kit::BUCKET;
+    let stored = w.moto.get_object(bucket, &key).expect("the bucket's copy");
+    assert!(
+        stored == blob.data.as_ref(),
+        "the bucket holds the right bytes"
+    );
+    let r = client.get(&url).await;
+    assert!(r.status == StatusCode::OK && r.complete() && r.body == blob.data);
     archway.shutdown().await;
     finish(w).await;
 }
