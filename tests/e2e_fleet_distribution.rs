@@ -1,6 +1,6 @@
-//! Issue 18's clock, lease and bad-owner cases on a real S3 protocol server (moto) and a real Distribution
-//! that wants htpasswd credentials: in-process replicas (so one's clock can be set ahead), the
-//! upstream behind a counting proxy. Runs with `ARCHWAY_E2E=1` (or `CI=true`).
+//! Issue 18's clock, lease and bad-owner cases on a real S3 protocol server (moto) and a real
+//! Distribution that wants htpasswd credentials: in-process replicas (so one's clock can be set
+//! ahead), the upstream behind a counting proxy. Runs with `ARCHWAY_E2E=1` (or `CI=true`).
 
 mod support;
 
