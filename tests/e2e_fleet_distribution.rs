@@ -21,7 +21,8 @@ use archway::server::Archway;
 use e2e::counting_proxy::CountingProxy;
 use e2e::fixtures::{self, FixtureSet};
 use e2e::fleet_kit::{
-    fleet_value, lease_json, list_keys, moto, plant_sealed, replica_config, skip,
+    broken_before_right, fleet_value, lease_json, list_keys, moto, plant_sealed, replica_config,
+    skip,
 };
 use e2e::procs::run_ok;
 use e2e::s3::Moto;
@@ -269,18 +270,7 @@ async fn an_owner_serving_wrong_bytes_is_taken_over_on_distribution() {
         blob.digest
     );
     let started = Instant::now();
-    let mut broken = 0;
-    for attempt in 0..4 {
-        let r = client.get(&url).await;
-        if r.status == StatusCode::OK && r.complete() && r.body == blob.data {
-            break;
-        }
-        assert!(
-            r.status != StatusCode::OK || !r.complete(),
-            "attempt {attempt}: wrong bytes served as a complete body"
-        );
-        broken += 1;
-    }
+    let broken = broken_before_right(&client, &url, &blob.data).await;
     assert_eq!(broken, 1, "broken-off bodies before a right one");
     assert!(started.elapsed() < ttl, "{:?}", started.elapsed());
     assert_eq!(seen.accepted(), 1, "the bad owner was asked once");

@@ -29,8 +29,8 @@ use support::{FakeRegistry, Fault, Kind, Reply, TestClient};
 use archway::clock::Clock;
 use archway::fleet::PeerSigner;
 use e2e::fleet_kit::{
-    fake_owner, fleet_value, free_port, lease_json, list_keys, moto, plant, plant_sealed,
-    replica_config, skip, BUCKET, SECRET,
+    broken_before_right, fake_owner, fleet_value, free_port, lease_json, list_keys, moto, plant,
+    plant_sealed, replica_config, skip, BUCKET, SECRET,
 };
 
 fn rejected(a: &Archway, kind: &str, reason: &str) -> f64 {
@@ -613,21 +613,8 @@ async fn an_owner_serving_wrong_bytes_breaks_one_body_then_its_lease_is_taken_ov
     let archway = Archway::start(cfg).await.unwrap();
     let client = TestClient::new();
     let url = format!("http://{}/v2/lib/app/blobs/{digest}", archway.local_addr());
-    let mut broken = 0;
     let started = Instant::now();
-    for attempt in 0..4 {
-        let r = client.get(&url).await;
-        let clean =
-            r.status == StatusCode::OK && r.complete() && r.body.as_ref() == data.as_slice();
-        if clean {
-            break;
-        }
-        assert!(
-            r.status != StatusCode::OK || !r.complete(),
-            "attempt {attempt}: wrong bytes served as a complete body"
-        );
-        broken += 1;
-    }
+    let broken = broken_before_right(&client, &url, &data).await;
     assert_eq!(broken, 1, "broken-off bodies before a right one");
     assert!(started.elapsed() < ttl, "{:?}", started.elapsed());
     let r = client.get(&url).await;

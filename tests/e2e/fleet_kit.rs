@@ -175,6 +175,27 @@ pub async fn fake_owner(reply: Option<Vec<u8>>) -> (u16, Seen) {
     (port, out)
 }
 
+/// GETs `url` up to four times until the body is `data`, whole; never accepts other bytes as a
+/// complete body. Returns how many answers were broken off (or not 200) before the right one.
+pub async fn broken_before_right(
+    client: &crate::support::TestClient,
+    url: &str,
+    data: &[u8],
+) -> usize {
+    for attempt in 0..4 {
+        let r = client.get(url).await;
+        let whole = r.status == http::StatusCode::OK && r.complete();
+        if whole && r.body.as_ref() == data {
+            return attempt;
+        }
+        assert!(
+            !whole,
+            "attempt {attempt}: wrong bytes served as a complete body"
+        );
+    }
+    panic!("{url}: no right body in 4 attempts");
+}
+
 /// A lease record's JSON.
 pub fn lease_json(owner: &str, expires_at_ms: u64) -> String {
     format!(r#"{{"owner":"{owner}","expires_at_ms":{expires_at_ms}}}"#)
