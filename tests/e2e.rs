@@ -9,6 +9,7 @@
 //! Runs when `ARCHWAY_E2E=1` or `CI=true` (then a missing tool fails the test); otherwise each
 //! test prints that it was skipped. `scripts/test` installs the tools and sets `ARCHWAY_E2E=1`.
 
+#[allow(dead_code)]
 mod e2e {
     pub mod fixtures;
     pub mod http;

@@ -243,31 +243,14 @@ async fn an_owner_serving_wrong_bytes_is_taken_over_on_distribution() {
     support::init_tracing();
     let w = tokio::task::spawn_blocking(world).await.unwrap();
     let dummy = FakeRegistry::start().await;
-    // The largest layer of the `:oci` index's images: the only tag Distribution was given.
-    let index: serde_json::Value = serde_json::from_slice(&w.fx.tag("oci").data).unwrap();
-    let children: Vec<&str> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["digest"].as_str())
-        .collect();
-    let layers: Vec<String> =
-        w.fx.child_manifests()
-            .filter(|m| children.contains(&m.digest.as_str()))
-            .flat_map(|m| {
-                let m: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
-                let layers = m["layers"].as_array().cloned().unwrap_or_default();
-                layers
-                    .into_iter()
-                    .filter_map(|l| l["digest"].as_str().map(str::to_owned))
-            })
-            .collect();
+    // The largest blob of the `:oci` index's images: the only tag Distribution was given.
+    let objects = w.fx.tag_objects("oci");
     let blob =
         w.fx.blobs()
             .into_iter()
-            .filter(|b| layers.contains(&b.digest))
+            .filter(|b| objects.contains(&("blobs", b.digest.clone())))
             .max_by_key(|b| b.data.len())
-            .expect("a layer of the :oci images")
+            .expect("a blob of the :oci images")
             .clone();
     let wrong: Vec<u8> = blob.data.iter().map(|b| b ^ 0x5a).collect();
     let (port, seen) = e2e::fleet_kit::fake_owner(Some(wrong)).await;

@@ -117,31 +117,6 @@ fn basic(user: &str, password: &str) -> String {
     )
 }
 
-/// The objects of the index tagged `tag`, as `skopeo copy --all` pulls them: its children's
-/// blobs (once each), its children, then the index itself.
-fn image_objects(fx: &FixtureSet, tag: &str) -> Vec<(&'static str, String)> {
-    let index: serde_json::Value = serde_json::from_slice(&fx.tag(tag).data).unwrap();
-    let mut blobs = std::collections::BTreeSet::new();
-    let mut manifests = Vec::new();
-    for entry in index["manifests"].as_array().unwrap() {
-        let d = entry["digest"].as_str().unwrap().to_owned();
-        let child = fx
-            .child_manifests()
-            .find(|m| m.digest == d)
-            .unwrap_or_else(|| panic!("{d}: not a fixture manifest"));
-        let child: serde_json::Value = serde_json::from_slice(&child.data).unwrap();
-        let named = std::iter::once(&child["config"])
-            .chain(child["layers"].as_array().into_iter().flatten())
-            .filter_map(|b| b["digest"].as_str());
-        blobs.extend(named.map(str::to_owned));
-        manifests.push(d);
-    }
-    let mut out: Vec<_> = blobs.into_iter().map(|d| ("blobs", d)).collect();
-    out.extend(manifests.into_iter().map(|d| ("manifests", d)));
-    out.push(("manifests", fx.tag(tag).digest.clone()));
-    out
-}
-
 #[test]
 fn private_content_stays_on_its_route_with_real_clients() {
     if !e2e_enabled("private_content_stays_on_its_route_with_real_clients") {
@@ -195,7 +170,7 @@ fn private_content_stays_on_its_route_with_real_clients() {
     // Every object of the image, under every other name: never served.
     let alice = basic("alice", "alice-pw");
     let bob = basic("bob", "bob-pw");
-    let objects = image_objects(&fx, "oci");
+    let objects = fx.tag_objects("oci");
     let mut refused = 0;
     for (kind, d) in &objects {
         for (path, who) in [

@@ -87,8 +87,8 @@ impl TagStore {
         Ok(TagStore {
             dir,
             bucket: None,
-            memory: TagMemory::new(crate::config::DEFAULT_TAG_MEMORY),
-            budget: crate::config::DEFAULT_TAG_MEMORY,
+            memory: TagMemory::new(crate::config::keys::CACHE_TAG_MEMORY),
+            budget: crate::config::keys::CACHE_TAG_MEMORY,
             disk: None,
             missing: RwLock::new(HashMap::new()),
             clock: Clock::system(),

@@ -12,10 +12,12 @@ const fn secs(s: u64) -> Duration {
 // Defaults without a home elsewhere. Each is read by its constructor and by `KEYS`.
 pub const CACHE_MAX_SIZE: u64 = 50 << 30;
 pub const CACHE_MEMORY_SIZE: u64 = 64 << 20;
+pub const CACHE_WRITE_BUFFER: u64 = 64 << 20;
 pub const CACHE_ANSWER_MEMO: u64 = 16 << 20;
 pub const CACHE_SELECTION_MEMO: u64 = 16 << 20;
 pub const CACHE_FOREIGN_MEMO: u64 = 4 << 20;
 pub const CACHE_REFERRERS_MEMORY: u64 = 16 << 20;
+pub const CACHE_TAG_MEMORY: u64 = 32 << 20;
 pub const CACHE_ACCESS_MEMORY: u64 = 8 << 20;
 pub const CACHE_TAG_TTL: Duration = secs(300);
 pub const CACHE_STALE_IF_ERROR: Duration = secs(24 * 3600);
@@ -127,12 +129,12 @@ pub const KEYS: &[Key] = &[
     key("parent_fallback", D::Text("none"), "\"direct\"", "when no parent answers: \"none\" (cache or error) or \"direct\" (the upstream itself)"),
     key("cache.max_size", D::Size(CACHE_MAX_SIZE), "", "disk budget: blobs, manifests and tag records (B, KB/KiB, MB/MiB, GB/GiB, TB/TiB)"),
     key("cache.memory_size", D::Size(CACHE_MEMORY_SIZE), "", "in-memory manifest cache budget (+ a quarter for small blobs)"),
-    key("cache.write_buffer", D::Size(super::DEFAULT_WRITE_BUFFER), "", "downloaded blob bytes that may wait in memory for the disk"),
+    key("cache.write_buffer", D::Size(CACHE_WRITE_BUFFER), "", "downloaded blob bytes that may wait in memory for the disk"),
     key("cache.answer_memo", D::Size(CACHE_ANSWER_MEMO), "", "remembered tag answers per client header set"),
     key("cache.selection_memo", D::Size(CACHE_SELECTION_MEMO), "", "remembered platform selections per (index, platform)"),
     key("cache.foreign_memo", D::Size(CACHE_FOREIGN_MEMO), "", "remembered foreign layers (digest, size, urls) of served manifests"),
     key("cache.referrers_memory", D::Size(CACHE_REFERRERS_MEMORY), "", "cached referrers answers (per subject and artifactType filter)"),
-    key("cache.tag_memory", D::Size(super::DEFAULT_TAG_MEMORY), "", "tag records held in memory (the rest are read from disk on use)"),
+    key("cache.tag_memory", D::Size(CACHE_TAG_MEMORY), "", "tag records held in memory (the rest are read from disk on use)"),
     key("cache.access_memory", D::Size(CACHE_ACCESS_MEMORY), "", "access records held in memory (the rest live on the cached files)"),
     key("cache.tag_ttl", D::Duration(CACHE_TAG_TTL), "", "how long a tag is served without asking upstream (durations: ms, s, m, h, d, combinable)"),
     key("cache.stale_if_error", D::Duration(CACHE_STALE_IF_ERROR), "", "how old a cached tag may be and still be served when upstream fails"),

@@ -136,11 +136,6 @@ pub struct LimitsConfig {
 
 /// containers/storage asks for at most 1024 ranges at once (`maxNumberMissingChunks`).
 pub const DEFAULT_MAX_RANGES: usize = 1024;
-/// Received blob bytes that may wait in memory for the disk, across all downloads
-/// (`cache.write_buffer`).
-pub const DEFAULT_WRITE_BUFFER: u64 = 64 << 20;
-/// Tag records held in memory (`cache.tag_memory`); the rest are read from disk on use.
-pub const DEFAULT_TAG_MEMORY: u64 = 32 << 20;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -260,12 +255,12 @@ impl Default for CacheConfig {
         CacheConfig {
             max_size: keys::CACHE_MAX_SIZE,
             memory_size: keys::CACHE_MEMORY_SIZE,
-            write_buffer: DEFAULT_WRITE_BUFFER,
+            write_buffer: keys::CACHE_WRITE_BUFFER,
             answer_memo: keys::CACHE_ANSWER_MEMO,
             selection_memo: keys::CACHE_SELECTION_MEMO,
             foreign_memo: keys::CACHE_FOREIGN_MEMO,
             referrers_memory: keys::CACHE_REFERRERS_MEMORY,
-            tag_memory: DEFAULT_TAG_MEMORY,
+            tag_memory: keys::CACHE_TAG_MEMORY,
             access_memory: keys::CACHE_ACCESS_MEMORY,
             tag_ttl: keys::CACHE_TAG_TTL,
             stale_if_error: keys::CACHE_STALE_IF_ERROR,

@@ -3,7 +3,7 @@
 
 use super::labels::*;
 use super::BlobStoreCollector;
-use super::{Metrics, WarmMetrics, REFRESH_AHEAD_OUTCOMES};
+use super::{Metrics, WarmMetrics};
 use crate::status::Board;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,6 +21,15 @@ pub(super) const REQUEST_BUCKETS: [f64; 16] = [
 /// Upstream requests are timed to their response headers.
 pub(super) const UPSTREAM_BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// `archway_refresh_ahead` outcomes.
+pub(super) const REFRESH_AHEAD_OUTCOMES: [&str; 5] = [
+    "refreshed",
+    "unchanged",
+    "not_needed",
+    "failed",
+    "skipped_busy",
 ];
 
 /// `archway_layer_conversions` outcomes.

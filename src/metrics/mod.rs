@@ -21,15 +21,6 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// `archway_refresh_ahead` outcomes.
-pub const REFRESH_AHEAD_OUTCOMES: [&str; 5] = [
-    "refreshed",
-    "unchanged",
-    "not_needed",
-    "failed",
-    "skipped_busy",
-];
-
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

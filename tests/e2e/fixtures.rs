@@ -539,6 +539,31 @@ impl FixtureSet {
             .chain(self.attestations.iter().map(|a| &a.manifest))
     }
 
+    /// The objects of the index tagged `tag`, as `skopeo copy --all` pulls them: its children's
+    /// blobs (once each), its children, then the index itself.
+    pub fn tag_objects(&self, tag: &str) -> Vec<(&'static str, String)> {
+        let index: serde_json::Value = serde_json::from_slice(&self.tag(tag).data).unwrap();
+        let mut blobs = std::collections::BTreeSet::new();
+        let mut manifests = Vec::new();
+        for entry in index["manifests"].as_array().unwrap() {
+            let d = entry["digest"].as_str().unwrap().to_owned();
+            let child = self
+                .child_manifests()
+                .find(|m| m.digest == d)
+                .unwrap_or_else(|| panic!("{d}: not a fixture manifest"));
+            let child: serde_json::Value = serde_json::from_slice(&child.data).unwrap();
+            let named = std::iter::once(&child["config"])
+                .chain(child["layers"].as_array().into_iter().flatten())
+                .filter_map(|b| b["digest"].as_str());
+            blobs.extend(named.map(str::to_owned));
+            manifests.push(d);
+        }
+        let mut out: Vec<_> = blobs.into_iter().map(|d| ("blobs", d)).collect();
+        out.extend(manifests.into_iter().map(|d| ("manifests", d)));
+        out.push(("manifests", self.tag(tag).digest.clone()));
+        out
+    }
+
     /// Pushes everything into each repository of `repos` on the registry at `base`
     /// (`http://127.0.0.1:<port>`). Later repositories mount blobs from the first.
     pub fn push(&self, base: &str, repos: &[&str]) {

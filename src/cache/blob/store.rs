@@ -17,7 +17,7 @@ use super::source::{FillError, IncomingBlob, SourceError};
 use super::write_buffer::WriteBuffer;
 use crate::body::ResponseBody;
 use crate::cache::bucket::Bucket;
-use crate::config::DEFAULT_WRITE_BUFFER;
+use crate::config::keys::CACHE_WRITE_BUFFER;
 use crate::digest::Digest;
 use crate::sendfile::Lane;
 use bytes::Bytes;
@@ -57,7 +57,7 @@ impl BlobStoreLimits {
     pub fn with_max_bytes(max_bytes: u64) -> Self {
         BlobStoreLimits {
             max_bytes,
-            write_buffer: DEFAULT_WRITE_BUFFER,
+            write_buffer: CACHE_WRITE_BUFFER,
             small_blob_memory: 16 << 20,
             max_blob_size: u64::MAX,
             min_free_space: 0,
