@@ -183,7 +183,10 @@ pub async fn broken_before_right(
     data: &[u8],
 ) -> usize {
     for attempt in 0..4 {
-        let r = client.get(url).await;
+        // A small blob's answer can break off before its head was sent: broken too.
+        let Ok(r) = client.try_request(http::Method::GET, url, &[]).await else {
+            continue;
+        };
         let whole = r.status == http::StatusCode::OK && r.complete();
         if whole && r.body.as_ref() == data {
             return attempt;
