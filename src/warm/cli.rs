@@ -25,7 +25,7 @@ pub struct WarmArgs {
     /// A CA certificate (PEM) to trust for --server, beside the system's.
     #[arg(long, requires = "server")]
     pub ca: Option<PathBuf>,
-    /// The user for --server's [auth]; the password comes from ARCHWAY_PASSWORD or
+    /// The user for --server's `[auth]`; the password comes from ARCHWAY_PASSWORD or
     /// --password-file.
     #[arg(long, env = "ARCHWAY_USERNAME", requires = "server")]
     pub username: Option<String>,

@@ -1,6 +1,9 @@
 //! Blobs on disk, content-addressed and verified, as named pieces:
 //!
 //! - `store`: the API the proxy uses (lookup, join-or-start a download, HEAD, shutdown);
+//! - `lookup`: what a lookup hands back (`Blob`: a committed file, a small blob's bytes, or a
+//!   download to follow) and the bodies each makes;
+//! - `disk_budget`: `DiskBudget` and `Kept`, the one budget as the manifest and tag stores see it;
 //! - `catalog`: committed blobs and downloads in flight under one lock (commit, evict, pins);
 //! - `index`: what is committed, recency and pins (pure); `layout`: where files live;
 //!   manifests and tag records share the budget and the LRU (`DiskBudget`);
@@ -20,6 +23,7 @@
 mod body;
 mod bucket_tier;
 mod catalog;
+mod disk_budget;
 mod failures;
 mod fill;
 mod fill_state;
@@ -27,6 +31,7 @@ mod fleet;
 mod in_bucket;
 mod index;
 mod layout;
+mod lookup;
 mod memory;
 mod origin;
 mod scrub;

@@ -1,34 +1,30 @@
 //! The blob store's API: look a blob up, join or start the one download of a digest, answer a
 //! HEAD, wait for commits at shutdown. The proxy sees blobs and bodies, never files.
 
-use super::body::{self, ReadVerify};
+use super::body::ReadVerify;
 use super::bucket_tier::{BlobTier, BucketRedirects};
-use super::catalog::{Catalog, PinGuard};
+use super::catalog::Catalog;
+pub use super::disk_budget::{DiskBudget, Kept};
 use super::failures::RecentFailures;
 use super::fill::{self, FillEnv};
-use super::fill_state::{Fill, FillState, Phase, ReaderGuard};
+use super::fill_state::{Fill, Phase, ReaderGuard};
 use super::fleet::Fleet;
 pub use super::index::CacheFile;
-use super::index::Item;
+pub use super::lookup::{Blob, CachedBlob, FillingBlob};
 use super::memory::{Loaded, SmallBlobs, SMALL_BLOB_BYTES};
 use super::origin::{BlobOrigin, BlobSource};
 use super::scrub::{self, Damage};
 use super::source::{FillError, IncomingBlob, SourceError};
 use super::write_buffer::WriteBuffer;
-use crate::body::ResponseBody;
 use crate::cache::bucket::Bucket;
 use crate::config::keys::CACHE_WRITE_BUFFER;
 use crate::digest::Digest;
-use crate::sendfile::Lane;
-use bytes::Bytes;
 use std::fmt;
-use std::fs::File;
 use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// What the store may use.
 #[derive(Debug, Clone, Copy)]
@@ -574,72 +570,6 @@ impl BlobStore {
     }
 }
 
-/// What pinned images hold (`pin_set`): blobs and manifests by digest, their tags' records by
-/// file name. Never evicted while held; counted against the budget all the same.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Kept {
-    pub blobs: Vec<Digest>,
-    pub manifests: Vec<Digest>,
-    pub tags: Vec<String>,
-}
-
-impl Kept {
-    fn items(&self) -> Vec<Item> {
-        self.blobs
-            .iter()
-            .map(|d| Item::Blob(d.clone()))
-            .chain(
-                self.manifests
-                    .iter()
-                    .map(|d| Item::File(CacheFile::Manifest(d.clone()))),
-            )
-            .chain(
-                self.tags
-                    .iter()
-                    .map(|t| Item::File(CacheFile::Tag(t.clone()))),
-            )
-            .collect()
-    }
-}
-
-/// `cache.max_size` as the manifest and tag stores see it: their files are counted and evicted
-/// with the blobs, least recently used first.
-#[derive(Clone)]
-pub struct DiskBudget {
-    catalog: Arc<Catalog>,
-}
-
-impl DiskBudget {
-    /// Puts `tmp` (written and synced, `len` bytes) in place as `file` and evicts down to the
-    /// budget. Blocking. On error `tmp` is the caller's to delete.
-    pub fn commit(&self, file: CacheFile, tmp: &Path, len: u64) -> io::Result<()> {
-        self.catalog.commit_file(file, tmp, len)
-    }
-
-    /// What pinned images hold: never evicted while held.
-    pub fn set_kept(&self, kept: &Kept) {
-        self.catalog.set_kept(kept.items());
-    }
-
-    /// `file` was used: it moves to the back of the eviction order. `false` if not on disk.
-    pub fn touch(&self, file: &CacheFile) -> bool {
-        self.catalog.touch_file(file)
-    }
-
-    /// Deletes `file` and stops counting it.
-    pub fn remove(&self, file: &CacheFile) {
-        self.catalog.remove_file(file)
-    }
-}
-
-impl fmt::Debug for DiskBudget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DiskBudget")
-            .field("max_bytes", &self.catalog.max_bytes())
-            .finish()
-    }
-}
-
 impl fmt::Debug for BlobStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BlobStore")
@@ -647,281 +577,5 @@ impl fmt::Debug for BlobStore {
             .field("max_bytes", &self.catalog.max_bytes())
             .field("stats", &self.stats())
             .finish()
-    }
-}
-
-/// A committed blob, pinned while this handle (or a body made from it) lives.
-#[derive(Clone)]
-pub struct CachedBlob {
-    size: u64,
-    path: PathBuf,
-    pin: Arc<PinGuard>,
-    /// `cache.verify_reads`: bodies check the bytes and report damage here.
-    verify: Option<Arc<ReadVerify>>,
-}
-
-impl CachedBlob {
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    pub fn digest(&self) -> &Digest {
-        self.pin.digest()
-    }
-
-    /// Where the blob lives on disk (for tests and tools; the proxy streams bodies).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn body(&self, range: Option<(u64, u64)>) -> ResponseBody {
-        self.body_sent_by(range, None)
-    }
-
-    /// [`CachedBlob::body`], sent by the kernel on `lane` (the connection it is the answer on):
-    /// only for a body that goes to the client as it is.
-    pub fn body_sent_by(&self, range: Option<(u64, u64)>, lane: Option<Lane>) -> ResponseBody {
-        body::cached_body(
-            self.path.clone(),
-            self.size,
-            range,
-            self.pin.clone(),
-            self.verify.clone(),
-            lane,
-        )
-    }
-
-    /// Part `index` of a multi-range answer. With `cache.verify_reads` only the first part
-    /// checks the file: the rest follow it in the same body, and a pinned file does not change,
-    /// so the whole file is hashed once per answer rather than once per part.
-    pub fn part_body(&self, range: (u64, u64), index: usize) -> ResponseBody {
-        body::cached_body(
-            self.path.clone(),
-            self.size,
-            Some(range),
-            self.pin.clone(),
-            if index == 0 {
-                self.verify.clone()
-            } else {
-                None
-            },
-            None,
-        )
-    }
-}
-
-impl fmt::Debug for CachedBlob {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CachedBlob")
-            .field("digest", self.pin.digest())
-            .field("size", &self.size)
-            .finish()
-    }
-}
-
-/// A blob being downloaded; bodies made from it follow the download.
-#[derive(Clone)]
-pub struct FillingBlob {
-    size: Option<u64>,
-    file: Arc<File>,
-    rx: watch::Receiver<FillState>,
-    fill: Arc<Fill>,
-    /// Joined after every byte was verified (the commit still running): served wholly from
-    /// local, verified data, as a committed blob would be.
-    verified: bool,
-    /// This caller started the download.
-    started: bool,
-    /// Where the download reads from (published with its first byte, so always known here).
-    source: BlobSource,
-    /// Counts this request as following the download while it (or a body from it) lives.
-    _reader: Arc<ReaderGuard>,
-}
-
-impl FillingBlob {
-    /// The source's announced length, if it sent one.
-    pub fn size(&self) -> Option<u64> {
-        self.size
-    }
-
-    pub fn body(&self, range: Option<(u64, u64)>) -> ResponseBody {
-        body::filling_body(
-            self.fill.clone(),
-            self.rx.clone(),
-            self.file.clone(),
-            self.size,
-            range,
-            self._reader.clone(),
-            false,
-        )
-    }
-
-    /// The range `start..=end` as the download receives it, its last byte not held back for the
-    /// digest check (`cache.cold_ranges = "relay"`): bytes as the source sent them, unverified.
-    pub fn unverified_range(&self, range: (u64, u64)) -> ResponseBody {
-        body::filling_body(
-            self.fill.clone(),
-            self.rx.clone(),
-            self.file.clone(),
-            self.size,
-            Some(range),
-            self._reader.clone(),
-            true,
-        )
-    }
-
-    /// Waits until every byte arrived and matched the digest, then answers with the length
-    /// known: what a client that cannot tell a cut-off body from a whole one (HTTP/1.0 without
-    /// a Content-Length) must get instead of a stream.
-    pub async fn verified(&self) -> Result<FillingBlob, FillError> {
-        let mut rx = self.rx.clone();
-        let state = rx
-            .wait_for(|s| s.is_verified() || s.is_terminal())
-            .await
-            .map(|s| (*s).clone())
-            .map_err(|_| FillError::Failed("blob fill vanished".into()))?;
-        match state.phase {
-            Phase::Verified | Phase::Done => Ok(FillingBlob {
-                size: Some(state.received),
-                verified: true,
-                ..self.clone()
-            }),
-            Phase::HeadFailed(e) => Err(e),
-            Phase::Failed(f) => Err(FillError::Failed(f.cause())),
-            Phase::Fetching | Phase::Streaming => {
-                Err(FillError::Failed("blob fill ended unverified".into()))
-            }
-        }
-    }
-}
-
-impl fmt::Debug for FillingBlob {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FillingBlob")
-            .field("size", &self.size)
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum Blob {
-    /// Committed, streamed from the store.
-    Cached(CachedBlob),
-    /// Committed and small: its verified bytes, from memory.
-    Memory(Bytes),
-    /// Being downloaded.
-    Filling(FillingBlob),
-}
-
-impl Blob {
-    /// Known unless a download's source announced no length.
-    pub fn size(&self) -> Option<u64> {
-        match self {
-            Blob::Cached(blob) => Some(blob.size()),
-            Blob::Memory(bytes) => Some(bytes.len() as u64),
-            Blob::Filling(blob) => blob.size(),
-        }
-    }
-
-    /// Committed in the store (rather than a download joined while in flight).
-    pub fn is_cached(&self) -> bool {
-        matches!(self, Blob::Cached(_) | Blob::Memory(_))
-    }
-
-    /// Served without waiting on the source: committed, or fully downloaded and verified with
-    /// only the commit still running (a request right after a pull). Counted as a cache hit.
-    pub fn is_local(&self) -> bool {
-        match self {
-            Blob::Cached(_) | Blob::Memory(_) => true,
-            Blob::Filling(blob) => blob.verified,
-        }
-    }
-
-    /// The blob with its length known and (if downloading) every byte verified; see
-    /// [`FillingBlob::verified`].
-    pub async fn verified(self) -> Result<Blob, FillError> {
-        match self {
-            Blob::Filling(blob) => Ok(Blob::Filling(blob.verified().await?)),
-            done => Ok(done),
-        }
-    }
-
-    /// How this request got it, for the proxy's log and metrics. A download this request
-    /// started stays its fill even once verified; a joined one verified before the join is
-    /// local bytes, a hit.
-    pub fn outcome(&self) -> BlobOrigin {
-        match self {
-            Blob::Cached(_) | Blob::Memory(_) => BlobOrigin::Hit,
-            Blob::Filling(blob) if blob.started => BlobOrigin::Filled(blob.source),
-            Blob::Filling(blob) if blob.verified => BlobOrigin::Hit,
-            Blob::Filling(blob) => BlobOrigin::Joined(blob.source),
-        }
-    }
-
-    /// A download not verified yet: the bytes it has received so far (`None`: every byte is
-    /// here and verified, or committed).
-    pub fn unverified_received(&self) -> Option<u64> {
-        match self {
-            Blob::Filling(blob) if !blob.verified => Some(blob.fill.progress().0),
-            _ => None,
-        }
-    }
-
-    /// The filling blob itself (`None` when committed).
-    pub fn filling(&self) -> Option<&FillingBlob> {
-        match self {
-            Blob::Filling(blob) => Some(blob),
-            _ => None,
-        }
-    }
-
-    /// This caller's request started the download (a miss, not a join).
-    pub fn started_download(&self) -> bool {
-        matches!(self, Blob::Filling(blob) if blob.started)
-    }
-
-    /// The `origin` the download it follows was started with; `None` once committed.
-    pub fn origin(&self) -> Option<u64> {
-        match self {
-            Blob::Filling(blob) => Some(blob.fill.origin),
-            _ => None,
-        }
-    }
-
-    /// The bytes `start..=end` (`None` = whole blob) as a streaming response body. The caller
-    /// has validated the range against `size()`. For `Filling` it yields bytes as they arrive;
-    /// a failed fill ends the body with an `Err`, never a short or wrong success.
-    pub fn body(&self, range: Option<(u64, u64)>) -> ResponseBody {
-        self.body_sent_by(range, None)
-    }
-
-    /// [`Blob::body`] as the whole answer on a connection that may send files (`lane`): a
-    /// committed blob's bytes then go by `sendfile`.
-    pub fn body_sent_by(&self, range: Option<(u64, u64)>, lane: Option<Lane>) -> ResponseBody {
-        match self {
-            Blob::Cached(blob) => blob.body_sent_by(range, lane),
-            Blob::Memory(bytes) => memory_body(bytes, range),
-            Blob::Filling(blob) => blob.body(range),
-        }
-    }
-
-    /// Part `index` (an inclusive range inside the blob) of a multi-range answer; see
-    /// [`CachedBlob::part_body`].
-    pub fn part_body(&self, range: (u64, u64), index: usize) -> ResponseBody {
-        match self {
-            Blob::Cached(blob) => blob.part_body(range, index),
-            other => other.body(Some(range)),
-        }
-    }
-}
-
-fn memory_body(bytes: &Bytes, range: Option<(u64, u64)>) -> ResponseBody {
-    match range {
-        None => crate::body::full(bytes.clone()),
-        // Callers only pass ranges inside the blob; anything else would end short of its
-        // Content-Length, never panic.
-        Some((a, b)) => match (usize::try_from(a), usize::try_from(b)) {
-            (Ok(a), Ok(b)) if a <= b && b < bytes.len() => crate::body::full(bytes.slice(a..=b)),
-            _ => crate::body::empty(),
-        },
     }
 }
