@@ -97,19 +97,19 @@ fn serve(mut client: TcpStream, upstream: &str, mode: Mode) -> io::Result<()> {
         };
         // Only a blob's body has a digest to check (`/v2/` answers `{}`).
         let want = path.split_once("/blobs/sha256:").map(|(_, d)| d.to_owned());
-        let mode = match (mode, &want) {
-            (Mode::CopyHash, None) => Mode::Copy,
-            (Mode::SpliceHash, None) => Mode::Splice,
-            (mode, _) => mode,
-        };
-        let want = want.unwrap_or_default();
+        let hash = matches!(mode, Mode::CopyHash | Mode::SpliceHash);
         write!(
             client,
             "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
         )?;
+        let body = Body {
+            rest,
+            len,
+            check: want.as_deref().filter(|_| hash),
+        };
         match mode {
-            Mode::Copy | Mode::CopyHash => copy(&mut up, &mut client, rest, len, mode, &want)?,
-            Mode::Splice | Mode::SpliceHash => spliced(&up, &mut client, rest, len, mode, &want)?,
+            Mode::Copy | Mode::CopyHash => copy(&mut up, &mut client, body)?,
+            Mode::Splice | Mode::SpliceHash => spliced(&up, &mut client, body)?,
         }
     }
     Ok(())
@@ -129,15 +129,21 @@ fn check(digest: String, want: &str) -> io::Result<()> {
     }
 }
 
-fn copy(
-    up: &mut TcpStream,
-    client: &mut TcpStream,
+/// One answer's body: the bytes read with the head, the whole length, and the digest to check
+/// (if any) before the last byte.
+struct Body<'a> {
     rest: Vec<u8>,
     len: u64,
-    mode: Mode,
-    want: &str,
-) -> io::Result<()> {
-    let hash = mode == Mode::CopyHash;
+    check: Option<&'a str>,
+}
+
+fn copy(up: &mut TcpStream, client: &mut TcpStream, body: Body) -> io::Result<()> {
+    let Body {
+        rest,
+        len,
+        check: want,
+    } = body;
+    let hash = want.is_some();
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; rest.len().max(256 * 1024)];
     let mut left = len.saturating_sub(rest.len() as u64);
@@ -152,7 +158,7 @@ fn copy(
             // The last chunk: everything but its last byte, then that byte once checked.
             let keep = usize::from(hash && !chunk.is_empty());
             client.write_all(&chunk[..chunk.len() - keep])?;
-            if hash {
+            if let Some(want) = want {
                 check(hex(&hasher.finalize()), want)?;
             }
             return client.write_all(&chunk[chunk.len() - keep..]);
@@ -167,15 +173,13 @@ fn copy(
     }
 }
 
-fn spliced(
-    up: &TcpStream,
-    client: &mut TcpStream,
-    rest: Vec<u8>,
-    len: u64,
-    mode: Mode,
-    want: &str,
-) -> io::Result<()> {
-    let hash = mode == Mode::SpliceHash;
+fn spliced(up: &TcpStream, client: &mut TcpStream, body: Body) -> io::Result<()> {
+    let Body {
+        rest,
+        len,
+        check: want,
+    } = body;
+    let hash = want.is_some();
     let (to_client_r, to_client_w) = pipe()?;
     let (to_hash_r, to_hash_w) = pipe()?;
     let _ = fcntl_setpipe_size(&to_client_w, 1 << 20);
@@ -253,7 +257,7 @@ fn spliced(
         let digest = hasher
             .join()
             .map_err(|_| io::Error::other("hash thread panicked"))??;
-        check(digest, want)?;
+        check(digest, want.unwrap_or_default())?;
     }
     if held_in_rest {
         client.write_all(&rest[rest.len() - 1..])?;
