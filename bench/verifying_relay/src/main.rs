@@ -105,7 +105,7 @@ fn serve(mut client: TcpStream, upstream: &str, mode: Mode) -> io::Result<()> {
         let body = Body {
             rest,
             len,
-            check: want.as_deref().filter(|_| hash),
+            want: want.as_deref().filter(|_| hash),
         };
         match mode {
             Mode::Copy | Mode::CopyHash => copy(&mut up, &mut client, body)?,
@@ -134,15 +134,11 @@ fn check(digest: String, want: &str) -> io::Result<()> {
 struct Body<'a> {
     rest: Vec<u8>,
     len: u64,
-    check: Option<&'a str>,
+    want: Option<&'a str>,
 }
 
 fn copy(up: &mut TcpStream, client: &mut TcpStream, body: Body) -> io::Result<()> {
-    let Body {
-        rest,
-        len,
-        check: want,
-    } = body;
+    let Body { rest, len, want } = body;
     let hash = want.is_some();
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; rest.len().max(256 * 1024)];
@@ -174,11 +170,7 @@ fn copy(up: &mut TcpStream, client: &mut TcpStream, body: Body) -> io::Result<()
 }
 
 fn spliced(up: &TcpStream, client: &mut TcpStream, body: Body) -> io::Result<()> {
-    let Body {
-        rest,
-        len,
-        check: want,
-    } = body;
+    let Body { rest, len, want } = body;
     let hash = want.is_some();
     let (to_client_r, to_client_w) = pipe()?;
     let (to_hash_r, to_hash_w) = pipe()?;
