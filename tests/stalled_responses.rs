@@ -311,7 +311,6 @@ async fn an_h2_connection_whose_streams_all_make_no_progress_is_closed() {
     drop(bodies);
 }
 
-/// Open descriptors of this process (archway runs in it) on files under `dir`.
 /// Waits until nothing holds a file under `dir`: the warm-up's fill commits (fsync, rename)
 /// after its last byte went out, and a closed connection's end is noticed asynchronously; on a
 /// loaded machine either takes a while.
@@ -323,6 +322,7 @@ async fn no_files_open_under(dir: &std::path::Path) {
     }
 }
 
+/// Open descriptors of this process (archway runs in it) on files under `dir`.
 fn files_open_under(dir: &std::path::Path) -> usize {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
     std::fs::read_dir("/proc/self/fd")
