@@ -195,7 +195,11 @@ async fn past_max_requests_a_request_waits_then_gets_503_with_retry_after() {
         let url = url.clone();
         busy.push(tokio::spawn(async move { c.get(&url).await }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both reach archway well inside upstream's 2 s delay, however loaded the machine.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while scrape(&h).value("archway_requests_in_flight", &[]) < 2.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(scrape(&h).value("archway_requests_in_flight", &[]), 2.0);
     let started = Instant::now();
     let r = support::TestClient::new().get(&h.url("/v2/")).await;
