@@ -9,7 +9,7 @@ use http::StatusCode;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::metrics::Scrape;
-use support::{FakeRegistry, Fault, Harness, Kind};
+use support::{wait_for, FakeRegistry, Fault, Harness, Kind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -43,14 +43,6 @@ async fn committed(h: &Harness) {
 
 fn stats(h: &Harness) -> archway::cache::blob::BlobStoreStats {
     h.archway.as_ref().unwrap().proxy().blob_store().stats()
-}
-
-async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// HTTP/1.0 (nginx's `proxy_pass` default) has no chunked framing: a cold blob whose upstream

@@ -8,7 +8,7 @@ use http::StatusCode;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::metrics::Scrape;
-use support::{FakeRegistry, Harness};
+use support::{wait_for, FakeRegistry, Harness};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -47,14 +47,6 @@ fn closed(h: &Harness, reason: &str) -> f64 {
 fn open_connections(h: &Harness) -> f64 {
     let s = Scrape::parse(h.archway.as_ref().unwrap().proxy().metrics().encode());
     s.value("archway_connections_open", &[])
-}
-
-async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -319,11 +319,7 @@ async fn an_h2_connection_whose_streams_all_make_no_progress_is_closed() {
 /// after its last byte went out, and a closed connection's end is noticed asynchronously; on a
 /// loaded machine either takes a while.
 async fn no_files_open_under(dir: &std::path::Path) {
-    let settled = Instant::now() + Duration::from_secs(10);
-    while files_open_under(dir) > 0 {
-        assert!(Instant::now() < settled, "files open before the test");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_for(|| files_open_under(dir) == 0, "files open before the test").await;
 }
 
 /// Open descriptors of this process (archway runs in it) on files under `dir`.

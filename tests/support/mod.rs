@@ -19,6 +19,15 @@ pub use fake_registry::{sha256_digest, FakeRegistry, Fault, Kind, SampleImage};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Polls `cond` every 20 ms until it holds; fails the test with `what` after 10 s.
+pub async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Logs go to the test's captured output; `RUST_LOG=archway=debug` shows them on failure.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
