@@ -47,11 +47,23 @@ impl Replica {
 
     /// With `storage` appended to the `[storage]` section.
     fn start_with(upstream: &str, tag_ttl: &str, moto: &Moto, storage: &str) -> Replica {
+        Self::start_on(upstream, tag_ttl, moto, storage, None)
+    }
+
+    /// `start_with`, on `data_dir` if given (a disk an earlier archway filled).
+    fn start_on(
+        upstream: &str,
+        tag_ttl: &str,
+        moto: &Moto,
+        storage: &str,
+        data_dir: Option<&Path>,
+    ) -> Replica {
         let admin = free_port();
         let setup = Setup {
             top: format!("admin_listen = \"127.0.0.1:{admin}\"\n"),
             env_remove: vec!["NO_PROXY".into(), "no_proxy".into()],
             peer_url: true,
+            data_dir: data_dir.map(Path::to_path_buf),
         };
         // Tag records are shared only within a fleet (issue 18: sealed with its key; without
         // [fleet] a bucket writer could repoint a tag): these replicas are one.
@@ -290,6 +302,107 @@ fn s3_is_the_only_copy_for_a_replica_with_an_empty_disk_and_no_upstream() {
         "multi:oci past its TTL with upstream down: stale from the bucket's record: {results:?}\n{}",
         show(&log)
     );
+}
+
+/// A node cache that ran without `[storage]` gets a bucket: what its disk holds is copied there
+/// at the next start (`storage.backfill`), from the disk, and a replica with an empty disk then
+/// takes every blob from the bucket, not from upstream.
+#[test]
+fn blobs_cached_before_the_bucket_are_copied_at_the_next_start() {
+    if !e2e_enabled("blobs_cached_before_the_bucket_are_copied_at_the_next_start") {
+        return;
+    }
+    let moto = moto();
+    let (registry, fx) = upstream(&["library/multi"]);
+    let tmp = temp_dir("s3backfill");
+    let data_dir = tmp.path().join("node-data");
+    let oci = fx.image(Flavour::Oci, LINUX_ARM64_V8);
+
+    // No [storage]: the pull fills the disk only.
+    let setup = Setup {
+        data_dir: Some(data_dir.clone()),
+        ..Setup::default()
+    };
+    let node = Archway::start_set_up(&registry.url(), "5m", "", &setup);
+    let layout = skopeo_copy(
+        tmp.path(),
+        &format!("{}/multi:oci", node.host()),
+        "node-oci",
+        &ARM64,
+    );
+    check(&layout, oci);
+    node.signal("TERM"); // A graceful stop waits for the commits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.is_running() {
+        assert!(Instant::now() < deadline, "archway did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(node);
+    let keys: Vec<String> = oci
+        .blobs()
+        .map(|b| format!("e2e/blobs/sha256/{}", b.hex()))
+        .collect();
+    assert!(
+        keys.iter().all(|k| moto.head(BUCKET, k) == 404),
+        "nothing in the bucket yet"
+    );
+
+    // The same disk, now with [storage]: every blob on it goes to the bucket, read from the disk.
+    let node = Replica::start_on(&registry.url(), "5m", &moto, "", Some(&data_dir));
+    wait_in_bucket(&moto, &keys);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let m = loop {
+        let m = node.metrics();
+        let copied = metric(
+            &m,
+            "archway_storage_backfilled_blobs_total{outcome=\"copied\"}",
+        );
+        if copied >= keys.len() as f64 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "not all counted: {m}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for outcome in ["damaged", "failed"] {
+        let series = format!("archway_storage_backfilled_blobs_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(metric(&m, &series), 0.0, "{m}");
+    }
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("archway_upstream_requests_total{")),
+        "upstream never asked: {m}"
+    );
+    let marker = std::fs::read_to_string(data_dir.join("storage-backfill"));
+    assert!(
+        marker
+            .as_deref()
+            .is_ok_and(|t| t.starts_with(&format!("s3://{BUCKET}/e2e/ at "))),
+        "the pass is marked done: {marker:?}"
+    );
+
+    // A replica with an empty disk: every blob from the bucket, the exact bytes. (Upstream is
+    // still asked once per object whether this route may have it: a copy in the bucket is not
+    // a route's proof, docs/operations.md.)
+    let empty = Replica::start(&registry.url(), "5m", &moto);
+    for b in oci.blobs() {
+        let url = format!(
+            "{}/v2/library/multi/blobs/{}",
+            empty.archway.url(),
+            b.digest
+        );
+        let r = e2e::http::get(&url, &[]).expect("a blob GET");
+        assert_eq!(r.status, 200, "{url}: {}", r.text());
+        assert!(r.body == b.data, "{url}: the exact bytes");
+    }
+    let m = empty.metrics();
+    let from = |source: &str| {
+        metric(
+            &m,
+            &format!("archway_blob_fills_total{{source=\"{source}\"}}"),
+        )
+    };
+    assert_eq!(from("bucket"), keys.len() as f64, "{m}");
+    assert_eq!(from("upstream"), 0.0, "{m}");
 }
 
 #[test]

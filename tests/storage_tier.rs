@@ -58,6 +58,9 @@ impl StorageObserver for Seen {
     fn record_rejected(&self, kind: &'static str, reason: &'static str) {
         self.add(format!("rejected/{kind}/{reason}"));
     }
+    fn backfilled(&self, outcome: &'static str) {
+        self.add(format!("backfill/{outcome}"));
+    }
 }
 
 const FLEET_SECRET: &[u8] = b"storage-tier-fleet-secret";
@@ -367,6 +370,149 @@ async fn storage_down_blobs_come_from_upstream_uncopied_and_counted() {
         .await;
     assert_eq!(tags.get(&tag_key()).await, None);
     assert_eq!(seen.count("bypassed/tag_read"), 1);
+}
+
+/// A store with no bucket, filled with `blobs` from upstream and committed, then closed.
+async fn disk_cache_without_bucket(dir: &std::path::Path, blobs: &[&Vec<u8>]) {
+    let store = open_store(dir, None);
+    for data in blobs {
+        let digest = Digest::sha256_of(data);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let blob = store
+            .get_or_fill(&digest, upstream((*data).clone(), calls))
+            .await
+            .unwrap();
+        assert_eq!(read_all(&blob).await.unwrap(), **data);
+    }
+    store.finish_commits(Duration::from_secs(30)).await;
+    for data in blobs {
+        assert!(store.get(&Digest::sha256_of(data)).is_some(), "committed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_cached_before_the_bucket_are_copied_once_verified_and_a_damaged_one_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let present = sample(300 << 10, 11);
+    let large = sample((12 << 20) + 7, 12);
+    let damaged = sample(100 << 10, 13);
+    disk_cache_without_bucket(dir.path(), &[&present, &large, &damaged]).await;
+    let damaged_digest = Digest::sha256_of(&damaged);
+    let path = open_store(dir.path(), None).file_path(&damaged_digest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[5000] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    // [storage] is set now; the bucket already has one of the three (another replica's copy).
+    let s3 = Arc::new(InMemory::new());
+    let present_key = blob_key(&Digest::sha256_of(&present));
+    s3.put(&present_key, PutPayload::from(present.clone()))
+        .await
+        .unwrap();
+    let seen = Arc::new(Seen::default());
+    let store = open_store(
+        dir.path(),
+        Some(bucket_without_fleet(s3.clone(), seen.clone())),
+    );
+    let marker = dir.path().join("storage-backfill");
+    let pass = store
+        .start_backfill(marker.clone(), "s3://a/prod/ at test".into())
+        .expect("a bucket");
+    tokio::time::timeout(Duration::from_secs(30), pass)
+        .await
+        .expect("the pass ends")
+        .unwrap();
+
+    // The large blob copied whole (multipart, completed only once the file hashed right).
+    let copied = s3.get(&blob_key(&Digest::sha256_of(&large))).await.unwrap();
+    assert!(copied.bytes().await.unwrap() == large.as_slice());
+    assert_eq!(seen.count("CompleteMultipartUpload/ok"), 1);
+    assert_eq!(seen.count("PutObject/ok"), 0, "the one present is not sent");
+    // The damaged file is neither copied nor kept: the next request downloads it again.
+    assert!(s3.get(&blob_key(&damaged_digest)).await.is_err());
+    assert!(
+        store.get(&damaged_digest).is_none(),
+        "dropped from the disk"
+    );
+    assert!(store.get(&Digest::sha256_of(&large)).is_some());
+    for (outcome, n) in [("copied", 1), ("present", 1), ("damaged", 1), ("failed", 0)] {
+        assert_eq!(seen.count(&format!("backfill/{outcome}")), n, "{outcome}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "s3://a/prod/ at test\n"
+    );
+    drop(store);
+
+    // The next start finds the marker: not a single request to the bucket.
+    let again = Arc::new(Seen::default());
+    let store = open_store(
+        dir.path(),
+        Some(bucket_without_fleet(s3.clone(), again.clone())),
+    );
+    let pass = store.start_backfill(marker.clone(), "s3://a/prod/ at test".into());
+    pass.unwrap().await.unwrap();
+    assert!(
+        again.counts.lock().unwrap().is_empty(),
+        "{:?}",
+        again.counts
+    );
+
+    // Another bucket or prefix is copied to afresh.
+    let pass = store.start_backfill(marker.clone(), "s3://b/ at test".into());
+    pass.unwrap().await.unwrap();
+    assert_eq!(again.count("backfill/present"), 2, "both there already");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "s3://b/ at test\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_the_bucket_breaks_off_stops_after_three_failures_in_a_row_and_is_not_marked_done(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs: Vec<Vec<u8>> = (0..5).map(|i| sample(50 << 10, 20 + i)).collect();
+    disk_cache_without_bucket(dir.path(), &blobs.iter().collect::<Vec<_>>()).await;
+    // A loopback S3 endpoint nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let settings = BucketSettings {
+        bucket: "archway".into(),
+        prefix: String::new(),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        region: "us-east-1".into(),
+        path_style: true,
+        keys: Some(("test".into(), "test".into())),
+        s3_timeout: Duration::from_secs(2),
+        s3_upload_timeout: Duration::from_secs(2),
+        max_uploads: 2,
+        upload_queue: 8,
+        part_size: PART,
+    };
+    let seen = Arc::new(Seen::default());
+    let bucket = Arc::new(Bucket::open(&settings, seen.clone()).unwrap());
+    let store = open_store(dir.path(), Some(bucket));
+    let marker = dir.path().join("storage-backfill");
+    let pass = store.start_backfill(marker.clone(), "s3://archway/ at down".into());
+    tokio::time::timeout(Duration::from_secs(30), pass.unwrap())
+        .await
+        .expect("bounded by s3_timeout")
+        .unwrap();
+    assert_eq!(seen.count("backfill/failed"), 3, "then the pass ends");
+    assert_eq!(
+        seen.count("backfill/copied") + seen.count("backfill/present"),
+        0
+    );
+    assert!(!marker.exists(), "not done: the next start tries again");
+    for data in &blobs {
+        assert!(
+            store.get(&Digest::sha256_of(data)).is_some(),
+            "still served from disk"
+        );
+    }
 }
 
 fn tag_key() -> TagKey {

@@ -80,6 +80,7 @@ pub(super) struct RawStorage {
     redirect_expiry: Option<String>,
     redirect_memo: Option<String>,
     pin_sync_interval: Option<String>,
+    backfill: Option<bool>,
 }
 
 impl RawStorage {
@@ -159,6 +160,9 @@ impl RawStorage {
         }
         if let Some(v) = self.redirect_memo {
             s.redirect_memo = parse_size("storage.redirect_memo", &v)?;
+        }
+        if let Some(v) = self.backfill {
+            s.backfill = v;
         }
         Ok(s)
     }

@@ -100,6 +100,8 @@ pub struct StorageConfig {
     pub redirect_memo: u64,
     /// How often pinned objects are copied under `pins/` and the fleet's pin list adopted.
     pub pin_sync_interval: Duration,
+    /// Blobs on the disk from before the bucket are copied to it once, in the background.
+    pub backfill: bool,
 }
 
 /// Smallest part S3 accepts in a multipart upload (but the last).
@@ -128,6 +130,7 @@ impl StorageConfig {
             redirect_expiry: keys::STORAGE_REDIRECT_EXPIRY,
             redirect_memo: keys::STORAGE_REDIRECT_MEMO,
             pin_sync_interval: keys::STORAGE_PIN_SYNC_INTERVAL,
+            backfill: true,
         }
     }
 }

@@ -218,6 +218,7 @@ pub const KEYS: &[Key] = &[
     key("storage.redirect", D::Bool(false), "", "true: a blob GET for a blob in the bucket gets 307 to a presigned URL"),
     key("storage.redirect_expiry", D::Duration(STORAGE_REDIRECT_EXPIRY), "", "how long a presigned URL is valid (1s-7d)"),
     key("storage.redirect_memo", D::Size(STORAGE_REDIRECT_MEMO), "", "digests remembered as in the bucket (no HEAD); \"0\": ask each time"),
+    key("storage.backfill", D::Bool(true), "", "blobs cached on the disk before this bucket was set are copied to it once, one at a time, in the background"),
     key("storage.pin_sync_interval", D::Duration(STORAGE_PIN_SYNC_INTERVAL), "", "how often pinned objects are copied under pins/ (and, with [fleet], the pin list adopted)"),
     key("fleet.peer_url", D::None("none: required, here or by ARCHWAY_PEER_URL / --peer-url"), "\"http://10.1.2.3:5000\"", "how the other replicas reach this one (no path)"),
     key("fleet.secret", D::None("refused"), "\"inline\"", "not taken inline: keep the secret in a file and give secret_file"),

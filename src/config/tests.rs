@@ -518,6 +518,16 @@ fn storage_redirect_is_accepted_with_its_expiry_and_memo() {
 }
 
 #[test]
+fn storage_backfill_is_on_unless_switched_off() {
+    let s = Config::from_toml("[storage]\ns3_bucket = \"b\"").unwrap();
+    assert!(s.storage.unwrap().backfill, "the default");
+    let s = Config::from_toml("[storage]\ns3_bucket = \"b\"\nbackfill = false").unwrap();
+    assert!(!s.storage.unwrap().backfill);
+    let bad = Config::from_toml("[storage]\ns3_bucket = \"b\"\nbackfill = \"yes\"");
+    assert!(bad.is_err(), "{bad:?}");
+}
+
+#[test]
 fn parent_keys_parse() {
     let plain = Config::from_toml("").unwrap();
     assert!(plain.parent.urls.is_empty(), "no parent unless configured");

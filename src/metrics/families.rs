@@ -73,6 +73,8 @@ pub(super) const CONNECTION_ENDS: [&str; 5] = [
 pub(super) const ACCESS_RESULTS: [&str; 3] = ["allowed", "denied", "error"];
 pub(super) const STORAGE_BYPASSED: [&str; 4] =
     ["blob_read", "blob_write", "manifest_read", "manifest_write"];
+/// What copying a blob committed before the bucket did (`storage.backfill`).
+pub(super) const STORAGE_BACKFILLED: [&str; 4] = ["copied", "present", "damaged", "failed"];
 /// Tag and access records go through the bucket only with `[fleet]`.
 pub(super) const FLEET_BYPASSED: [&str; 4] =
     ["tag_read", "tag_write", "access_read", "access_write"];
@@ -302,6 +304,16 @@ impl Metrics {
                 storage_bypassed.clone(),
             );
         }
+        let storage_backfilled = Family::<OutcomeLabels, Counter>::default();
+        if features.storage {
+            register(
+                &mut registry,
+                &mut described,
+                "archway_storage_backfilled_blobs",
+                "Blobs cached on the disk before [storage] was set, copied to the bucket once (storage.backfill), by outcome: copied, present (the bucket had it), damaged (the file did not match its digest: dropped from the disk, not copied), failed (the next start tries again)",
+                storage_backfilled.clone(),
+            );
+        }
         let access_confirmations = Family::<ResultLabels, Counter>::default();
         register(
             &mut registry,
@@ -503,6 +515,9 @@ impl Metrics {
             for what in STORAGE_BYPASSED {
                 drop(storage_bypassed.get_or_create(&WhatLabels { what }));
             }
+            for outcome in STORAGE_BACKFILLED {
+                drop(storage_backfilled.get_or_create(&OutcomeLabels { outcome }));
+            }
         }
         if features.fleet {
             drop(cold_range_bytes.get_or_create(&SourceLabels { source: "peer" }));
@@ -543,6 +558,7 @@ impl Metrics {
             storage_operations,
             storage_duration,
             storage_bypassed,
+            storage_backfilled,
             access_confirmations,
             blob_fills,
             cold_range_bytes,

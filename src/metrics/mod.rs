@@ -54,6 +54,7 @@ pub struct Metrics {
     storage_operations: Family<StorageOpLabels, Counter>,
     storage_duration: HistogramFamily<OpLabels>,
     storage_bypassed: Family<WhatLabels, Counter>,
+    storage_backfilled: Family<OutcomeLabels, Counter>,
     access_confirmations: Family<ResultLabels, Counter>,
     blob_fills: Family<SourceLabels, Counter>,
     cold_range_bytes: Family<SourceLabels, Counter>,

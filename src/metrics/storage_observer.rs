@@ -27,6 +27,12 @@ impl StorageObserver for Metrics {
             .inc();
     }
 
+    fn backfilled(&self, outcome: &'static str) {
+        self.storage_backfilled
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
     fn fleet_fill(&self, outcome: &'static str) {
         self.fleet_fills
             .get_or_create(&OutcomeLabels { outcome })

@@ -201,6 +201,7 @@ fn families_at_start_are_those_configured_with_known_series_at_zero() {
             "archway_fleet_peer_bytes",
             "archway_parent_failovers",
             "archway_parent_requests",
+            "archway_storage_backfilled_blobs",
             "archway_storage_bypassed",
             "archway_storage_operation_duration_seconds",
             "archway_storage_operations",
@@ -231,6 +232,7 @@ fn families_at_start_are_those_configured_with_known_series_at_zero() {
     });
     let text = storage_only.encode();
     assert!(text.contains("archway_storage_bypassed_total{what=\"blob_read\"} 0"));
+    assert!(text.contains("archway_storage_backfilled_blobs_total{outcome=\"copied\"} 0"));
     assert!(!text.contains("what=\"tag_read\""), "{text}");
     assert!(!text.contains("archway_fleet_"), "{text}");
 }

@@ -174,6 +174,17 @@ impl Proxy {
         if !cache.scrub_interval.is_zero() {
             blobs.start_scrub(cache.scrub_interval, cache.scrub_rate);
         }
+        if let Some(storage) = config.storage.as_ref().filter(|s| s.backfill) {
+            // The marker names the bucket and prefix: another bucket is copied to afresh.
+            let target = format!(
+                "s3://{}/{} at {}",
+                storage.s3_bucket,
+                storage.s3_prefix,
+                storage.s3_endpoint.as_deref().unwrap_or("AWS")
+            );
+            // Runs on its own; nothing waits for it.
+            drop(blobs.start_backfill(dir.join("storage-backfill"), target));
+        }
         let manifests = Manifests::open(
             &dir,
             &config.cache,

@@ -268,6 +268,9 @@ pub struct Setup {
     pub env_remove: Vec<String>,
     /// Sets `ARCHWAY_PEER_URL` to this archway's own listener (`[fleet]` replicas).
     pub peer_url: bool,
+    /// `data_dir` (kept by the caller, e.g. for a restart on the same disk); else one in the
+    /// archway's own temporary directory.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// archway, built by cargo for this test run, configured with one default upstream named
@@ -377,7 +380,11 @@ impl Archway {
                          default = true\n\n{}\n{extra}",
                         setup.top,
                         listen.join(", "),
-                        dir.path().join("data").display(),
+                        setup
+                            .data_dir
+                            .clone()
+                            .unwrap_or_else(|| dir.path().join("data"))
+                            .display(),
                         routes(&ports),
                     ),
                 )

@@ -202,6 +202,19 @@ impl BlobTier {
         self.bucket.spawn_write("blob_write", write);
     }
 
+    /// Copies a committed blob (pinned by the caller) now, and waits: `Ok(false)` if the
+    /// bucket had it. A file that does not hash to its digest is `BucketError::Damaged`.
+    pub(crate) async fn copy(
+        &self,
+        digest: &Digest,
+        path: PathBuf,
+        size: u64,
+    ) -> Result<bool, BucketError> {
+        let copied = upload(&self.bucket, digest, path, size).await?;
+        self.seen_in_bucket(digest);
+        Ok(copied)
+    }
+
     /// A bucket object that did not hash to its key is garbage: deleted, so the next fill goes
     /// upstream. (A correct copy written meanwhile by another replica may go with it; it is
     /// written again.)

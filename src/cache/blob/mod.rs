@@ -11,6 +11,7 @@
 //! - `body`: response bodies over a committed file or a download; `memory`: small blobs' bytes;
 //! - `write_buffer`: the bound on received bytes waiting for the disk;
 //! - `failures`: downloads that failed lately; `scrub`: committed blobs checked in the background;
+//! - `backfill`: blobs committed before `[storage]` was set, copied to the bucket once;
 //! - `source`: what a download reads from and how it fails, in the cache's own terms;
 //! - `origin`: how a request got its blob (hit, joined, filled from bucket, peer, parent or
 //!   upstream, uncached), handed back with it for the proxy's logs and metrics;
@@ -20,6 +21,7 @@
 //! - `fleet`: `[fleet]`: a bucket miss takes the blob's fill lease, or joins the replica that
 //!   holds it through its peer endpoint.
 
+mod backfill;
 mod body;
 mod bucket_tier;
 mod catalog;

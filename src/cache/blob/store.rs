@@ -1,6 +1,7 @@
 //! The blob store's API: look a blob up, join or start the one download of a digest, answer a
 //! HEAD, wait for commits at shutdown. The proxy sees blobs and bodies, never files.
 
+use super::backfill;
 use super::body::ReadVerify;
 use super::bucket_tier::{BlobTier, BucketRedirects};
 use super::catalog::Catalog;
@@ -207,6 +208,20 @@ impl BlobStore {
             interval,
             rate,
         );
+    }
+
+    /// With a bucket: starts copying the blobs committed before it was set to it, one at a
+    /// time in the background, unless `marker` (a file) already names `target`, the bucket
+    /// and prefix a finished pass copied to (`storage.backfill`). It ends with the store, or
+    /// when the returned task does; `None` without a bucket.
+    pub fn start_backfill(
+        self: &Arc<Self>,
+        marker: PathBuf,
+        target: String,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let tier = self.env.tier.as_ref()?;
+        let catalog = Arc::downgrade(&self.catalog);
+        Some(backfill::spawn(catalog, tier.clone(), marker, target))
     }
 
     /// A committed blob, pinned (not evictable) while the returned handle lives. Touches LRU.

@@ -105,6 +105,10 @@ pub trait StorageObserver: Send + Sync {
     /// believed, and why: `unsealed`, `bad_seal`, `unreadable`, `future`, `owner`, `replay`,
     /// `expired`.
     fn record_rejected(&self, _kind: &'static str, _reason: &'static str) {}
+    /// A blob on the disk from before the bucket, by what its copy did (`storage.backfill`):
+    /// `copied`, `present` (the bucket had it), `damaged` (the file did not hash to its
+    /// digest: dropped), `failed`.
+    fn backfilled(&self, _outcome: &'static str) {}
     /// `[fleet]`: stale leases deleted by a sweep.
     fn leases_swept(&self, _count: u64) {}
     /// `[fleet]`: orphaned multipart uploads aborted by a sweep.
