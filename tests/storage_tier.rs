@@ -151,6 +151,33 @@ fn bucket_without_fleet(store: Arc<InMemory>, seen: Arc<Seen>) -> Arc<Bucket> {
     ))
 }
 
+/// A bucket at a loopback S3 endpoint nobody listens on: every request is refused at once.
+fn bucket_nobody_answers(seen: Arc<Seen>) -> Bucket {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    bucket_at(port, Duration::from_secs(2), seen)
+}
+
+/// A bucket at a loopback S3 endpoint on `port`, every request bounded by `timeout`.
+fn bucket_at(port: u16, timeout: Duration, seen: Arc<Seen>) -> Bucket {
+    let settings = BucketSettings {
+        bucket: "archway".into(),
+        prefix: String::new(),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        region: "us-east-1".into(),
+        path_style: true,
+        keys: Some(("test".into(), "test".into())),
+        s3_timeout: timeout,
+        s3_upload_timeout: timeout,
+        max_uploads: 2,
+        upload_queue: 8,
+        part_size: PART,
+    };
+    Bucket::open(&settings, seen).unwrap()
+}
+
 fn open_store(dir: &std::path::Path, bucket: Option<Arc<Bucket>>) -> Arc<BlobStore> {
     BlobStore::open_with_bucket(
         dir.to_path_buf(),
@@ -303,27 +330,9 @@ async fn a_damaged_bucket_object_is_never_served_whole_nor_kept_and_the_retry_go
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_down_blobs_come_from_upstream_uncopied_and_counted() {
-    // A loopback S3 endpoint nobody listens on: every request is refused at once.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let seen = Arc::new(Seen::default());
-    let settings = BucketSettings {
-        bucket: "archway".into(),
-        prefix: String::new(),
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
-        region: "us-east-1".into(),
-        path_style: true,
-        keys: Some(("test".into(), "test".into())),
-        s3_timeout: Duration::from_secs(2),
-        s3_upload_timeout: Duration::from_secs(2),
-        max_uploads: 2,
-        upload_queue: 8,
-        part_size: PART,
-    };
     // With the fleet's key, so that tag records are read from the bucket too.
-    let bucket = Arc::new(with_key(Bucket::open(&settings, seen.clone()).unwrap()));
+    let bucket = Arc::new(with_key(bucket_nobody_answers(seen.clone())));
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path(), Some(bucket.clone()));
     let data = sample(100 << 10, 4);
@@ -474,26 +483,8 @@ async fn a_backfill_the_bucket_breaks_off_stops_after_three_failures_in_a_row_an
     let dir = tempfile::tempdir().unwrap();
     let blobs: Vec<Vec<u8>> = (0..5).map(|i| sample(50 << 10, 20 + i)).collect();
     disk_cache_without_bucket(dir.path(), &blobs.iter().collect::<Vec<_>>()).await;
-    // A loopback S3 endpoint nobody listens on.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let settings = BucketSettings {
-        bucket: "archway".into(),
-        prefix: String::new(),
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
-        region: "us-east-1".into(),
-        path_style: true,
-        keys: Some(("test".into(), "test".into())),
-        s3_timeout: Duration::from_secs(2),
-        s3_upload_timeout: Duration::from_secs(2),
-        max_uploads: 2,
-        upload_queue: 8,
-        part_size: PART,
-    };
     let seen = Arc::new(Seen::default());
-    let bucket = Arc::new(Bucket::open(&settings, seen.clone()).unwrap());
+    let bucket = Arc::new(bucket_nobody_answers(seen.clone()));
     let store = open_store(dir.path(), Some(bucket));
     let marker = dir.path().join("storage-backfill");
     let pass = store.start_backfill(marker.clone(), "s3://archway/ at down".into());
@@ -717,20 +708,7 @@ async fn a_storage_that_accepts_and_never_answers_costs_one_timeout() {
         }
     });
     let seen = Arc::new(Seen::default());
-    let settings = BucketSettings {
-        bucket: "archway".into(),
-        prefix: String::new(),
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
-        region: "us-east-1".into(),
-        path_style: true,
-        keys: Some(("test".into(), "test".into())),
-        s3_timeout: Duration::from_secs(1),
-        s3_upload_timeout: Duration::from_secs(1),
-        max_uploads: 2,
-        upload_queue: 8,
-        part_size: PART,
-    };
-    let bucket = Arc::new(Bucket::open(&settings, seen.clone()).unwrap());
+    let bucket = Arc::new(bucket_at(port, Duration::from_secs(1), seen.clone()));
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path(), Some(bucket));
     let data = sample(50 << 10, 5);
