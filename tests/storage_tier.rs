@@ -477,6 +477,34 @@ async fn blobs_cached_before_the_bucket_are_copied_once_verified_and_a_damaged_o
     );
 }
 
+/// A file that cannot be read says nothing of its bytes (too many open files, say): it is not
+/// dropped as damaged, only not copied this time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_file_that_cannot_be_read_is_kept_not_copied_and_counted_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = sample(80 << 10, 30);
+    disk_cache_without_bucket(dir.path(), &[&data]).await;
+    let s3 = Arc::new(InMemory::new());
+    let seen = Arc::new(Seen::default());
+    let store = open_store(
+        dir.path(),
+        Some(bucket_without_fleet(s3.clone(), seen.clone())),
+    );
+    let digest = Digest::sha256_of(&data);
+    // Indexed at open; now a directory where the file was: opened, but every read fails.
+    let path = store.file_path(&digest);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let marker = dir.path().join("storage-backfill");
+    let pass = store.start_backfill(marker.clone(), "s3://a/ at test".into());
+    pass.unwrap().await.unwrap();
+    assert_eq!(seen.count("backfill/failed"), 1);
+    assert_eq!(seen.count("backfill/damaged"), 0);
+    assert!(store.head(&digest).is_some(), "still indexed: not dropped");
+    assert!(s3.get(&blob_key(&digest)).await.is_err(), "not copied");
+    assert!(!marker.exists(), "the next start tries again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_the_bucket_breaks_off_stops_after_three_failures_in_a_row_and_is_not_marked_done(
 ) {

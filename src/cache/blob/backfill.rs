@@ -11,9 +11,8 @@
 //! skips it; a pass the bucket broke off (`MAX_FAILURES` failures in a row) does not, and the
 //! next start tries again.
 
-use super::bucket_tier::BlobTier;
+use super::bucket_tier::{BlobTier, CopyError};
 use super::catalog::Catalog;
-use crate::cache::bucket::BucketError;
 use std::path::PathBuf;
 use std::sync::Weak;
 
@@ -83,7 +82,7 @@ async fn run(catalog: &Weak<Catalog>, tier: &BlobTier) -> Pass {
                 pass.present += 1;
                 "present"
             }
-            Err(BucketError::Damaged { why, .. }) => {
+            Err(CopyError::Mismatch(why)) => {
                 tracing::warn!(%digest, why, "a cached blob does not match its digest: dropped, not copied");
                 drop(pin);
                 store.remove_damaged(&digest);

@@ -203,13 +203,13 @@ impl BlobTier {
     }
 
     /// Copies a committed blob (pinned by the caller) now, and waits: `Ok(false)` if the
-    /// bucket had it. A file that does not hash to its digest is `BucketError::Damaged`.
+    /// bucket had it.
     pub(crate) async fn copy(
         &self,
         digest: &Digest,
         path: PathBuf,
         size: u64,
-    ) -> Result<bool, BucketError> {
+    ) -> Result<bool, CopyError> {
         let copied = upload(&self.bucket, digest, path, size).await?;
         self.seen_in_bucket(digest);
         Ok(copied)
@@ -239,6 +239,19 @@ impl BlobTier {
     }
 }
 
+/// Why a committed blob was not copied to the bucket.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CopyError {
+    /// The file could not be read (it may be whole: nothing is known of its bytes).
+    #[error("cannot read the committed file: {0}")]
+    Unreadable(#[source] std::io::Error),
+    /// The file was read whole and is not the blob: damaged on the disk.
+    #[error("the committed file is damaged: {0}")]
+    Mismatch(String),
+    #[error(transparent)]
+    Bucket(#[from] BucketError),
+}
+
 /// `Ok(false)`: already there. Reads the committed file once, hashing it; nothing becomes
 /// visible unless the hash matches.
 async fn upload(
@@ -246,27 +259,26 @@ async fn upload(
     digest: &Digest,
     path: PathBuf,
     size: u64,
-) -> Result<bool, BucketError> {
+) -> Result<bool, CopyError> {
     let key = bucket.keys().blob(digest);
     if bucket.exists(&key).await? {
         return Ok(false);
     }
     let part_size = bucket.part_size();
-    let damaged = |why: String| BucketError::Damaged {
-        key: path.display().to_string(),
-        why,
-    };
-    let mut reader = PartReader::open(path.clone(), digest)
+    let mut reader = PartReader::open(path, digest)
         .await
-        .map_err(|e| damaged(e.to_string()))?;
+        .map_err(CopyError::Unreadable)?;
     if size <= part_size {
         let bytes = reader
             .next(part_size)
             .await
-            .map_err(|e| damaged(e.to_string()))?;
+            .map_err(CopyError::Unreadable)?;
         let actual = reader.finish();
         if bytes.len() as u64 != size || actual != *digest {
-            return Err(damaged(format!("the committed file hashes to {actual}")));
+            return Err(CopyError::Mismatch(format!(
+                "{} bytes hashing to {actual}",
+                bytes.len()
+            )));
         }
         bucket.put(&key, bytes, None).await?;
         return Ok(true);
@@ -278,7 +290,7 @@ async fn upload(
             Ok(part) => part,
             Err(e) => {
                 upload.abort().await;
-                return Err(damaged(e.to_string()));
+                return Err(CopyError::Unreadable(e));
             }
         };
         if part.is_empty() {
@@ -287,14 +299,14 @@ async fn upload(
         sent += part.len() as u64;
         if let Err(e) = upload.put_part(part).await {
             upload.abort().await;
-            return Err(e);
+            return Err(e.into());
         }
     }
     let actual = reader.finish();
     if sent != size || actual != *digest {
         upload.abort().await;
-        return Err(damaged(format!(
-            "the committed file ({sent} bytes) hashes to {actual}"
+        return Err(CopyError::Mismatch(format!(
+            "{sent} bytes hashing to {actual}"
         )));
     }
     upload.complete().await?;
