@@ -45,12 +45,13 @@ pub(crate) fn spawn(
             return;
         }
         let pass = run(&catalog, &tier).await;
-        let level_warn = pass.broken_off || pass.failed > 0;
-        if level_warn {
+        if pass.broken_off || pass.failed > 0 {
             tracing::warn!(bucket = %target, copied = pass.copied, present = pass.present, damaged = pass.damaged, failed = pass.failed, broken_off = pass.broken_off, "blobs on disk not all copied to storage; the next start tries again");
             return;
         }
-        tracing::info!(bucket = %target, copied = pass.copied, present = pass.present, damaged = pass.damaged, "blobs on disk copied to storage");
+        if pass != Pass::default() {
+            tracing::info!(bucket = %target, copied = pass.copied, present = pass.present, damaged = pass.damaged, "blobs on disk copied to storage");
+        }
         if let Err(e) = write_marker(marker, target).await {
             tracing::warn!(error = %e, "cannot note the copy to storage as done; the next start checks again");
         }
@@ -62,6 +63,9 @@ async fn run(catalog: &Weak<Catalog>, tier: &BlobTier) -> Pass {
     let Some(digests) = catalog.upgrade().map(|c| c.digests()) else {
         return pass;
     };
+    if digests.is_empty() {
+        return pass; // A new replica's empty disk: nothing to say.
+    }
     tracing::info!(blobs = digests.len(), "copying blobs on disk to storage");
     let observer = tier.bucket().observer();
     let mut in_a_row = 0;
@@ -69,7 +73,7 @@ async fn run(catalog: &Weak<Catalog>, tier: &BlobTier) -> Pass {
         let Some(store) = catalog.upgrade() else {
             return pass; // The store is gone: shutting down.
         };
-        let Some((size, pin)) = store.pin(&digest) else {
+        let Some((size, pin)) = store.pin_untouched(&digest) else {
             continue; // Evicted meanwhile.
         };
         let path = store.blob_path(&digest);

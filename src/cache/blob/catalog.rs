@@ -105,6 +105,14 @@ impl Catalog {
         Some((size, self.pin_guard(digest)))
     }
 
+    /// `pin`, leaving the blob where it is in the recency order: archway's own reads (the
+    /// scrub, the copy to the bucket) are no client's use, and must not spare it from eviction
+    /// over blobs, manifests and tags clients did use.
+    pub(crate) fn pin_untouched(self: &Arc<Self>, digest: &Digest) -> Option<(u64, PinGuard)> {
+        let size = self.lock().index.pin(digest)?;
+        Some((size, self.pin_guard(digest)))
+    }
+
     /// Wraps a pin already taken under the lock.
     pub(crate) fn pin_guard(self: &Arc<Self>, digest: &Digest) -> PinGuard {
         PinGuard {

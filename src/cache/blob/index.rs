@@ -293,6 +293,13 @@ impl Index {
     pub(crate) fn touch_and_pin(&mut self, digest: &Digest) -> Option<u64> {
         let slot = self.find_blob(digest)?;
         self.lru.move_to_back(slot);
+        self.pin(digest)
+    }
+
+    /// Pins the entry where it is in the recency order: for archway's own reads (the scrub,
+    /// the copy to the bucket), which are no client's use; `None` if not committed.
+    pub(crate) fn pin(&mut self, digest: &Digest) -> Option<u64> {
+        let slot = self.find_blob(digest)?;
         let entry = self.lru.get_mut(slot)?;
         entry.pins = entry.pins.saturating_add(1);
         Some(entry.size)
@@ -484,6 +491,33 @@ mod tests {
         assert_eq!(index.evict_to(0), vec![Item::Blob(d(1))]);
         assert_eq!(index.size(&d(0)), Some(100));
         assert_eq!(index.bytes(), 100);
+    }
+
+    /// archway's own reads pin a blob without making it recent: evicted in its turn once released.
+    #[test]
+    fn a_pin_that_is_no_use_keeps_the_recency_order() {
+        let mut index = Index::default();
+        for n in 0..3 {
+            index.insert(d(n), 100);
+        }
+        let manifest = CacheFile::Manifest(d(9));
+        index.insert_file(manifest.clone(), 10);
+        assert_eq!(index.pin(&d(0)), Some(100));
+        assert_eq!(index.pin(&d(7)), None, "not committed");
+        assert_eq!(
+            index.digests(),
+            vec![d(0), d(1), d(2)],
+            "least recent first, unchanged"
+        );
+        // Pinned, 0 is skipped; released, it is the first to go, before the newer manifest.
+        assert_eq!(index.evict_to(300), vec![Item::Blob(d(1))]);
+        index.unpin(&d(0));
+        assert_eq!(index.evict_to(200), vec![Item::Blob(d(0))]);
+        assert_eq!(
+            index.evict_to(0),
+            vec![Item::Blob(d(2)), Item::File(manifest)],
+            "the manifest, used last, goes last"
+        );
     }
 
     /// Pinned images' blobs and manifests are skipped by eviction however old, still count

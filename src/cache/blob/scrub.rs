@@ -70,7 +70,7 @@ pub(crate) fn spawn(catalog: Weak<Catalog>, damage: Arc<Damage>, interval: Durat
 
 /// Reads one committed blob (pinned meanwhile) at no more than `rate` bytes a second.
 fn check(catalog: &Arc<Catalog>, digest: &Digest, rate: u64, damage: &Damage) {
-    let Some((size, pin)) = catalog.pin(digest) else {
+    let Some((size, pin)) = catalog.pin_untouched(digest) else {
         return; // Evicted meanwhile.
     };
     let Ok(mut file) = std::fs::File::open(catalog.blob_path(digest)) else {
@@ -103,5 +103,40 @@ fn check(catalog: &Arc<Catalog>, digest: &Digest, rate: u64, damage: &Damage) {
     } else {
         // Vouches for the blob's range reads under `verify_reads` for a while.
         catalog.mark_verified(digest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::blob::index::Item;
+    use crate::cache::blob::CacheFile;
+
+    /// The scrub reads every blob; that is no client's use. A manifest a client used after the
+    /// blob still outlives it afterwards.
+    #[test]
+    fn a_scrubbed_blob_is_no_more_recent_than_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Arc::new(Catalog::open(dir.path(), 1 << 20, Vec::new()).unwrap());
+        let bytes = b"an old layer".to_vec();
+        let digest = Digest::sha256_of(&bytes);
+        let path = catalog.blob_path(&digest);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let manifest = CacheFile::Manifest(Digest::sha256_of(b"{}"));
+        {
+            let mut state = catalog.lock();
+            state.index.insert(digest.clone(), bytes.len() as u64);
+            state.index.insert_file(manifest.clone(), 2);
+        }
+        let damage = Damage::default();
+        check(&catalog, &digest, 0, &damage);
+        assert_eq!((damage.checked(), damage.by_scrub()), (1, 0));
+        let evicted = catalog.lock().index.evict_to(2);
+        assert_eq!(
+            evicted,
+            vec![Item::Blob(digest)],
+            "the blob, used first, goes first"
+        );
     }
 }
