@@ -21,13 +21,13 @@ const MAX_FAILURES: u32 = 3;
 
 /// What one pass did, for the log.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Pass {
-    pub(crate) copied: u64,
-    pub(crate) present: u64,
-    pub(crate) damaged: u64,
-    pub(crate) failed: u64,
+struct Pass {
+    copied: u64,
+    present: u64,
+    damaged: u64,
+    failed: u64,
     /// Ended early: the bucket failed `MAX_FAILURES` times in a row.
-    pub(crate) broken_off: bool,
+    broken_off: bool,
 }
 
 /// Starts the pass unless `marker` already names `target` (the bucket and prefix); the task

@@ -179,21 +179,14 @@ impl BlobTier {
         pin: PinGuard,
         lease: Option<HeldLease>,
     ) {
-        let bucket = self.bucket.clone();
         let tier = self.clone();
         let write = async move {
-            match upload(&bucket, &digest, path, size).await {
-                Ok(true) => {
-                    tracing::debug!(%digest, bytes = size, "blob copied to storage");
-                    tier.seen_in_bucket(&digest);
-                }
-                Ok(false) => {
-                    tracing::debug!(%digest, "blob already in storage");
-                    tier.seen_in_bucket(&digest);
-                }
+            match tier.copy(&digest, path, size).await {
+                Ok(true) => tracing::debug!(%digest, bytes = size, "blob copied to storage"),
+                Ok(false) => tracing::debug!(%digest, "blob already in storage"),
                 Err(e) => {
                     tracing::warn!(%digest, error = %e, "cannot copy blob to storage");
-                    bucket.observer().bypassed("blob_write");
+                    tier.bucket.observer().bypassed("blob_write");
                 }
             }
             drop(pin);

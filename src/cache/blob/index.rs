@@ -293,13 +293,17 @@ impl Index {
     pub(crate) fn touch_and_pin(&mut self, digest: &Digest) -> Option<u64> {
         let slot = self.find_blob(digest)?;
         self.lru.move_to_back(slot);
-        self.pin(digest)
+        self.pin_slot(slot)
     }
 
     /// Pins the entry where it is in the recency order: for archway's own reads (the scrub,
     /// the copy to the bucket), which are no client's use; `None` if not committed.
     pub(crate) fn pin(&mut self, digest: &Digest) -> Option<u64> {
         let slot = self.find_blob(digest)?;
+        self.pin_slot(slot)
+    }
+
+    fn pin_slot(&mut self, slot: u32) -> Option<u64> {
         let entry = self.lru.get_mut(slot)?;
         entry.pins = entry.pins.saturating_add(1);
         Some(entry.size)
